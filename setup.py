@@ -1,0 +1,35 @@
+"""Builds the compiled core. Cython directives live here, once; RNNENGINE_DEBUG=1 turns the
+bounds checks back on for a debug build."""
+import os
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("RNNENGINE_DEBUG") == "1"
+
+directives = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+}
+
+# No -march: ISA variants are compiled per function with target attributes and chosen at
+# run time, so one build runs on any x86-64 (and the portable path builds on ARM).
+compile_args = ["-O3", "-fno-math-errno", "-std=c11"] if os.name != "nt" else ["/O2"]
+if DEBUG:
+    compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-std=c11"]
+
+extensions = [
+    Extension(
+        "rnnengine._kernels",
+        ["src/rnnengine/_kernels.pyx"],
+        include_dirs=["include", numpy.get_include()],
+        extra_compile_args=compile_args,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives))
