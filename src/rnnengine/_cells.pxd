@@ -1,5 +1,15 @@
 # Declarations of the C headers in include/rnnengine/ (one place for every .pyx).
 
+cdef extern from "rnnengine/cpu.h" nogil:
+    enum:
+        RNN_ISA_SERIAL
+        RNN_ISA_AVX2
+        RNN_ISA_AVX512
+        RNN_ISA_COUNT
+    const char *const rnn_isa_names[]
+    int rnn_cpu_supports(int isa)
+    int rnn_cpu_best_isa()
+
 cdef extern from "rnnengine/activations.h" nogil:
     ctypedef struct rnn_activation_t:
         int code
@@ -8,6 +18,7 @@ cdef extern from "rnnengine/activations.h" nogil:
 
 cdef extern from "rnnengine/cells.h" nogil:
     enum:
+        RNN_BW
         RNN_KIND_LSTM
         RNN_KIND_GRU
         RNN_KIND_RNN
@@ -15,29 +26,63 @@ cdef extern from "rnnengine/cells.h" nogil:
     ctypedef struct rnn_cell_t:
         int kind
         int gates
+        int gates_h
         int input_size
         int hidden_size
         int output_size
+        int blocks
+        int proj_blocks
         int reverse
         int input_forget
         int linear_before_reset
         float clip
         rnn_activation_t act[3]
-        const float *W
-        const float *R
+        const float *px
+        const float *ph
+        const float *prh
+        const float *pproj
         const float *bias
         const float *rbh
         const float *peep
-        const float *proj
 
-    void rnn_lstm_cell_f32_serial(const rnn_cell_t *cell, int N, const float *xp, int ldxp,
-                                  float *rec, const float *c_prev, float *c_next,
-                                  float *h_out, int ldh)
-    void rnn_gru_zr_f32_serial(const rnn_cell_t *cell, int N, const float *xp, int ldxp,
-                               float *rec)
-    void rnn_gru_reset_f32_serial(const rnn_cell_t *cell, int N, const float *rec,
-                                  const float *h_prev, float *rh)
-    void rnn_gru_h_f32_serial(const rnn_cell_t *cell, int N, const float *xp, int ldxp,
-                              float *rec, const float *h_prev, float *h_next)
-    void rnn_rnn_cell_f32_serial(const rnn_cell_t *cell, int N, const float *xp, int ldxp,
-                                 float *rec, float *h_next)
+    ctypedef struct rnn_step_io_t:
+        int N
+        int backward
+        const float *x
+        size_t ldx
+        const float *xp
+        size_t ldxp
+        const float *h_prev
+        float *h_next
+        float *c
+        float *hraw
+        float *zs
+        float *hx
+        float *rh
+
+cdef extern from "rnnengine/kernels.h" nogil:
+    ctypedef struct rnn_kernels_t:
+        void (*activate)(rnn_activation_t a, float *x, size_t n) noexcept nogil
+        float (*read_sum)(const float *p, size_t n) noexcept nogil
+        float (*fma_loop)(long iters) noexcept nogil
+        int vector_width
+    const rnn_kernels_t *rnn_kernels_for(int isa)
+
+cdef extern from "rnnengine/workers.h" nogil:
+    ctypedef struct rnn_pool_t:
+        pass
+    rnn_pool_t *rnn_pool_create(int nthreads)
+    void rnn_pool_destroy(rnn_pool_t *pool)
+    int rnn_pool_threads(const rnn_pool_t *pool)
+    int rnn_flag_try_acquire(int *flag)
+    void rnn_flag_release(int *flag)
+
+cdef extern from "rnnengine/driver.h" nogil:
+    void rnn_cell_step(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t *c,
+                       const rnn_step_io_t *io)
+    size_t rnn_step_scratch(const rnn_cell_t *c, int N)
+    void rnn_step_io_init(rnn_step_io_t *io, const rnn_cell_t *c, int N, float *scratch)
+    size_t rnn_seq_workspace(const rnn_cell_t *c, int T, int N)
+    void rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t *c,
+                           int T, int N, const float *x, size_t ldx, const int *lengths,
+                           float *h_state, float *c_state, float *y, size_t ldy, float *work)

@@ -254,32 +254,75 @@ def check_stack(layers: Sequence[Layer]) -> None:
 
 
 KIND_CODES = {"lstm": 0, "gru": 1, "rnn": 2}   # enum rnn_kind in include/rnnengine/cells.h
+BLOCK = 16   # RNN_BW in include/rnnengine/cells.h: hidden units per block
+
+
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """A 64-byte aligned, C-contiguous float32 copy of ``a`` (whole cache lines for the
+    kernels' vector loads)."""
+    flat = np.empty(a.size + 16, np.float32)
+    offset = (-flat.ctypes.data % 64) // 4
+    out = flat[offset:offset + a.size].reshape(a.shape)
+    out[...] = a
+    return out
+
+
+def _panels(w: np.ndarray, gates: int) -> np.ndarray:
+    """Gate-major weights ``[G*H, K]`` -> gate-interleaved panels ``[HB, K, G, 16]`` with
+    ``panel[b, k, g, u] = w[g*H + 16*b + u, k]`` (zero where ``16*b + u >= H``)."""
+    H = w.shape[0] // gates
+    K = w.shape[1]
+    HB = -(-H // BLOCK)
+    padded = np.zeros((gates, HB * BLOCK, K), np.float32)
+    padded[:, :H] = w.reshape(gates, H, K)
+    return _aligned(padded.reshape(gates, HB, BLOCK, K).transpose(1, 3, 0, 2))
+
+
+def _blocked(v: np.ndarray, gates: int) -> np.ndarray:
+    """Gate-major vector ``[G*H]`` -> ``[HB, G, 16]`` (biases, peepholes)."""
+    H = v.shape[0] // gates
+    HB = -(-H // BLOCK)
+    padded = np.zeros((gates, HB * BLOCK), np.float32)
+    padded[:, :H] = v.reshape(gates, H)
+    return _aligned(padded.reshape(gates, HB, BLOCK).transpose(1, 0, 2))
 
 
 def pack_layer(layer: Layer) -> list:
-    """Repack one layer, once, into the per-direction kernel descriptors the C code runs.
+    """Repack one layer, once, into the per-direction kernel descriptors the C code runs
+    (layout: include/rnnengine/cells.h).
 
-    Biases are pre-summed (Wb + Rb) so the input GEMM adds them for free; the one exception is
-    GRU with linear_before_reset, whose Rbh must stay inside r * (h' Rh^T + Rbh)."""
+    Weights become gate-interleaved panels per block of 16 hidden units, so the kernels read
+    each weight once per step in one sequential pass and run the gate math while a block's
+    pre-activations are in registers. Biases are pre-summed (Wb + Rb); the one exception is
+    GRU with linear_before_reset, whose Rbh must stay inside r * (h' Rh^T + Rbh). GRU with
+    linear_before_reset=0 keeps Rh apart, since it multiplies r*h' which needs r first."""
     from ._kernels import CellKernel
 
     if layer.packed:
         return layer.packed
     H = layer.hidden_size
+    G = GATES[layer.kind]
     kernels = []
     for d in range(layer.num_directions):
         bias = layer.Wb[d] + layer.Rb[d]
-        rbh = None
+        rbh = prh = None
+        R = layer.R[d]
         if layer.kind == "gru" and layer.linear_before_reset:
             bias[2 * H:] = layer.Wb[d, 2 * H:]
-            rbh = np.ascontiguousarray(layer.Rb[d, 2 * H:])
+            rbh = _blocked(layer.Rb[d, 2 * H:], 1)
+            ph = _panels(R, G)
+        elif layer.kind == "gru":
+            ph = _panels(R[:2 * H], 2)
+            prh = _panels(R[2 * H:], 1)
+        else:
+            ph = _panels(R, G)
         kernels.append(CellKernel(
-            KIND_CODES[layer.kind], GATES[layer.kind], H, layer.output_size,
+            KIND_CODES[layer.kind], G, layer.input_size, H, layer.output_size,
             d == 1 or layer.reverse, layer.input_forget, layer.linear_before_reset,
             layer.clip or 0.0,
             [(a.code, a.alpha, a.beta) for a in layer.activations[d]],
-            layer.W[d], layer.R[d], np.ascontiguousarray(bias, np.float32), rbh,
-            None if layer.P is None else layer.P[d],
-            None if layer.proj is None else layer.proj[d]))
+            _panels(layer.W[d], G), ph, _blocked(bias, G), prh=prh,
+            pproj=None if layer.proj is None else _panels(layer.proj[d], 1),
+            rbh=rbh, peep=None if layer.P is None else _blocked(layer.P[d], 3)))
     layer.packed.extend(kernels)
     return kernels

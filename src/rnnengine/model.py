@@ -28,16 +28,31 @@ def as_float32(name: str, a, expected: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def check_threads(threads) -> int:
+    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer; got {threads!r}")
+    return int(threads)
+
+
 class Model:
     """A stack of recurrent layers, immutable once built and safe to share between threads
-    (every call allocates its own buffers; streams and pools own their state)."""
+    (every call allocates its own buffers; streams and pools own their state).
 
-    def __init__(self, layers: Sequence[Layer], batch_first: bool = False):
+    threads: intra-op threads for ``run`` and the default for ``stream``. The hidden units of
+    every layer are split between them (results change only by float rounding); worth it for
+    large hidden sizes (about 256 and up), not for small ones."""
+
+    def __init__(self, layers: Sequence[Layer], batch_first: bool = False, threads: int = 1):
         layers = tuple(layers)
         check_stack(layers)
         self._layers = layers
         self._cells = [kernel for layer in layers for kernel in pack_layer(layer)]
         self.batch_first = bool(batch_first)
+        self._threads = check_threads(threads)
+
+    @property
+    def threads(self) -> int:
+        return self._threads
 
     # -- description -------------------------------------------------------------------
     @property
@@ -171,7 +186,7 @@ class Model:
             raise ValueError("lengths for an unbatched input must have one entry")
         h, c = self._check_state(state, N, unbatched)
         y = np.zeros((T, N, self.output_size), np.float32)
-        _kernels.run_stack(self._cells, self.num_directions, x, lens, h, c, y)
+        _kernels.run_stack(self._cells, self.num_directions, x, lens, h, c, y, self._threads)
         if unbatched:
             y, h = y[:, 0], h[:, 0]
             c = None if c is None else c[:, 0]
@@ -180,9 +195,10 @@ class Model:
         return y, ((h, c) if c is not None else h)
 
     # -- streaming -----------------------------------------------------------------------
-    def stream(self, batch: int = 1) -> "Stream":
-        """A stateful stream of ``batch`` sequences advanced a few timesteps at a time."""
-        return Stream(self, batch)
+    def stream(self, batch: int = 1, threads: Optional[int] = None) -> "Stream":
+        """A stateful stream of ``batch`` sequences advanced a few timesteps at a time.
+        threads: intra-op threads for this stream (default: the model's)."""
+        return Stream(self, batch, threads)
 
     def pool(self, capacity: int = 64):
         """Many independent streams stepped together (see ``rnnengine.pool.Pool``)."""
@@ -195,47 +211,54 @@ class Model:
         save_model(self, path)
 
 
-class Stream:
-    """Carries the state of ``batch`` sequences across calls. Not for concurrent use from
-    two threads; use one stream per thread (the Model itself is shareable)."""
+class Stream(_kernels.StreamCore):
+    """Carries the state of ``batch`` sequences across calls. Its buffers are allocated once,
+    so ``step`` allocates nothing but its output (none with ``out=``). Not for concurrent use
+    from two threads: that raises RuntimeError; use one stream per thread (the Model itself is
+    shareable).
 
-    def __init__(self, model: Model, batch: int = 1):
+    ``step(x_t, out=None)`` (implemented in ``_kernels.StreamCore``): one timestep, x_t
+    ``(N, I)`` (or ``(I,)`` when batch is 1) -> y_t ``(N, Hout)`` (or ``(Hout,)``)."""
+
+    def __init__(self, model: Model, batch: int = 1, threads: Optional[int] = None):
         if model.num_directions != 1:
             raise ValueError("a bidirectional model cannot stream: its reverse direction needs "
                              "the whole sequence; use Model.run")
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
             raise ValueError(f"batch must be a positive integer; got {batch!r}")
+        threads = model.threads if threads is None else check_threads(threads)
         self.model = model
         self.batch = int(batch)
-        self._h, self._c = model._check_state(None, self.batch, False)
+        self._init_core(model._cells, self.batch, threads)
 
     @property
     def state(self) -> State:
         """A copy of the current state, in the structure ``Model.run`` returns."""
-        return (self._h.copy(), self._c.copy()) if self._c is not None else self._h.copy()
+        h, c = self._state_views()
+        return (h.copy(), c.copy()) if c is not None else h.copy()
 
     @state.setter
     def state(self, value: State) -> None:
-        self._h, self._c = self.model._check_state(value, self.batch, False)
+        h_new, c_new = self.model._check_state(value, self.batch, False)
+        self._lock()
+        try:
+            h, c = self._state_views()
+            h[...] = h_new
+            if c is not None:
+                c[...] = c_new
+        finally:
+            self._unlock()
 
     def reset(self) -> None:
         """Back to the zero state."""
-        self._h[...] = 0
-        if self._c is not None:
-            self._c[...] = 0
-
-    def step(self, x_t):
-        """One timestep: x_t ``(N, I)`` (or ``(I,)`` when batch is 1) -> y_t ``(N, Hout)``
-        (or ``(Hout,)``)."""
-        I = self.model.input_size
-        x_t = as_float32("x_t", x_t, f"({self.batch}, {I})")
-        single = x_t.ndim == 1 and self.batch == 1
-        x3 = x_t.reshape(1, 1, -1) if single else x_t[None]
-        if x3.ndim != 3 or x3.shape[1:] != (self.batch, I):
-            raise ValueError(f"x_t must be float32 of shape ({self.batch}, {I}); got {x_t.shape}")
-        y = np.empty((1, self.batch, self.model.output_size), np.float32)
-        _kernels.run_stack(self.model._cells, 1, x3, None, self._h, self._c, y)
-        return y[0, 0] if single else y[0]
+        self._lock()
+        try:
+            h, c = self._state_views()
+            h[...] = 0
+            if c is not None:
+                c[...] = 0
+        finally:
+            self._unlock()
 
     def run(self, chunk):
         """Several timesteps, state carried on: chunk ``(T, N, I)`` (``(N, T, I)`` when the
@@ -254,7 +277,7 @@ class Stream:
         if x.ndim != 3 or x.shape[1:] != (self.batch, I):
             raise ValueError(f"chunk must be float32 of shape {expected}; got {chunk.shape}")
         y = np.empty((x.shape[0], self.batch, self.model.output_size), np.float32)
-        _kernels.run_stack(self.model._cells, 1, x, None, self._h, self._c, y)
+        self._run(x, y)
         if single:
             return y[:, 0]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y

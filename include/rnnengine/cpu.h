@@ -1,0 +1,43 @@
+/* Which instruction-set variants this CPU can run.
+ *
+ * The kernels are compiled three times in one translation unit (kernels.h): portable C, and on
+ * x86-64 also with AVX2+FMA and AVX-512 target attributes. No -march flag is used, so one
+ * binary runs on any x86-64; the variant is chosen at run time from CPUID (libgcc's
+ * __builtin_cpu_supports, which also checks that the OS saves the wide registers).
+ */
+#ifndef RNNENGINE_CPU_H
+#define RNNENGINE_CPU_H
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define RNN_X86 1
+#else
+#define RNN_X86 0
+#endif
+
+enum rnn_isa { RNN_ISA_SERIAL = 0, RNN_ISA_AVX2 = 1, RNN_ISA_AVX512 = 2, RNN_ISA_COUNT = 3 };
+
+static const char *const rnn_isa_names[RNN_ISA_COUNT] = {"serial", "avx2", "avx512"};
+
+/* 1 if the variant was compiled into this build and this CPU and OS can run it. */
+static inline int rnn_cpu_supports(int isa) {
+    if (isa == RNN_ISA_SERIAL) return 1;
+#if RNN_X86
+    __builtin_cpu_init();
+    if (isa == RNN_ISA_AVX2)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (isa == RNN_ISA_AVX512)
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+#endif
+    return 0;
+}
+
+/* The widest variant this machine supports. */
+static inline int rnn_cpu_best_isa(void) {
+    for (int isa = RNN_ISA_COUNT - 1; isa > 0; isa--)
+        if (rnn_cpu_supports(isa)) return isa;
+    return RNN_ISA_SERIAL;
+}
+
+#endif

@@ -1,0 +1,369 @@
+/* The compute kernels of one ISA variant, written once over the operations of a vec_<isa>.h
+ * (no include guard: kernels.h includes this file once per variant; RNN_FN(name) gives the
+ * variant's name, e.g. rnn_phase_f32_avx2).
+ *
+ *   rnn_panel    acc[n][g][0:16] += sum_k in[n][k] * w[k][g][0:16], for nb rows and G gates:
+ *                the register-blocked GEMV/small-GEMM over one block's panel (cells.h).
+ *   rnn_phase    one phase of one timestep for blocks [b0, b1): pre-activations through
+ *                rnn_panel, then the cell's gate math on them while they are in L1.
+ *   rnn_xproj    input projections + bias of M rows for blocks [b0, b1), the GEMM run once
+ *                for a whole sequence before its timestep loop.
+ *   rnn_activate one activation over an array (tests check the vector math with it).
+ */
+
+#define RNN_NV (RNN_BW / RNN_VL)  /* vectors per 16-unit block */
+/* Rows x gates x vectors accumulators for one row is too few to hide the FMA latency (4
+ * cycles, 2 per cycle): with one row, K is unrolled with this many independent sums. */
+#define RNN_UNROLL(G) ((G) * RNN_NV >= 8 ? 1 : 8 / ((G) * RNN_NV))
+#define RNN_MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* One fixed (rows NB, gates G) instance; the accumulators live in registers. */
+#define RNN_PANEL_FMA(NB, G, u, kk)                                                                \
+    do {                                                                                    \
+        const float *wk = w + (size_t)(kk) * (G * RNN_BW);                                  \
+        rnn_v wv[G][RNN_NV];                                                                \
+        _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                 \
+        _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                           \
+            wv[g][v] = v_load(wk + g * RNN_BW + v * RNN_VL);                                \
+        _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++) {                              \
+            const rnn_v xb = v_set1(in[(size_t)n * ldin + (kk)]);                           \
+            _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                             \
+            _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                       \
+                a[u][n][g][v] = v_fmadd(xb, wv[g][v], a[u][n][g][v]);                       \
+        }                                                                                   \
+    } while (0)
+
+#define RNN_PANEL_DEF(NB, G)                                                                \
+static void RNN_FN(rnn_panel_##NB##x##G)(int K, const float *restrict w,                    \
+                                         const float *restrict in, size_t ldin,             \
+                                         float *restrict acc, size_t ldacc) {               \
+    enum { U = (NB) == 1 ? RNN_UNROLL(G) : 1 };                                             \
+    rnn_v a[U][NB][G][RNN_NV];                                                              \
+    _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)                                     \
+    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
+    _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                               \
+        a[u][n][g][v] = u ? v_zero()                                                        \
+                          : v_load(acc + (size_t)n * ldacc + g * RNN_BW + v * RNN_VL);      \
+    int k = 0;                                                                              \
+    for (; k + U <= K; k += U) {                                                            \
+        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) RNN_PANEL_FMA(NB, G, u, k + u);        \
+    }                                                                                       \
+    for (; k < K; k++) RNN_PANEL_FMA(NB, G, 0, k);                                                 \
+    _Pragma("GCC unroll 8") for (int u = 1; u < U; u++)                                     \
+    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
+    _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                               \
+        a[0][n][g][v] = v_add(a[0][n][g][v], a[u][n][g][v]);                                \
+    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
+    _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                               \
+        v_store(acc + (size_t)n * ldacc + g * RNN_BW + v * RNN_VL, a[0][n][g][v]);          \
+}
+
+RNN_PANEL_INSTANCES(RNN_PANEL_DEF)
+
+/* acc rows n < nb (stride ldacc) += in rows (stride ldin) @ panel w [K][G][16];
+ * nb <= RNN_NB_MAX(G). */
+static inline void RNN_FN(rnn_panel)(int nb, int G, int K, const float *restrict w,
+                                     const float *restrict in, size_t ldin,
+                                     float *restrict acc, size_t ldacc) {
+    switch (G * 16 + nb) {
+#define RNN_PANEL_CASE(NB, G_)                                                              \
+    case (G_) * 16 + (NB):                                                                  \
+        RNN_FN(rnn_panel_##NB##x##G_)(K, w, in, ldin, acc, ldacc);                          \
+        return;
+        RNN_PANEL_INSTANCES(RNN_PANEL_CASE)
+#undef RNN_PANEL_CASE
+    default:
+        return; /* unreachable: callers pass nb <= RNN_NB_MAX(G) */
+    }
+}
+
+/* ---- 16-unit blocks of state: loads and stores that respect the last block's tail ---- */
+
+typedef struct { rnn_v v[RNN_NV]; } RNN_FN(rnn_blk);
+#define RNN_BLK RNN_FN(rnn_blk)
+
+static inline RNN_BLK RNN_FN(rnn_blk_load)(const float *p, int valid) {
+    RNN_BLK b;
+    float tmp[RNN_BW];
+    if (valid < RNN_BW) {
+        memset(tmp, 0, sizeof tmp);
+        memcpy(tmp, p, (size_t)valid * sizeof(float));
+        p = tmp;
+    }
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) b.v[v] = v_load(p + v * RNN_VL);
+    return b;
+}
+
+static inline void RNN_FN(rnn_blk_store)(float *p, RNN_BLK b, int valid) {
+    float tmp[RNN_BW];
+    float *dst = valid < RNN_BW ? tmp : p;
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) v_store(dst + v * RNN_VL, b.v[v]);
+    if (valid < RNN_BW) memcpy(p, tmp, (size_t)valid * sizeof(float));
+}
+
+/* f(clip(x)) */
+static inline rnn_v RNN_FN(rnn_gate)(const rnn_cell_t *c, int which, rnn_v x) {
+    return RNN_FN(rnn_act)(&c->act[which], RNN_FN(rnn_clip)(c->clip, x));
+}
+
+/* ---- epilogues: the gate math of one row of one block; pre = that row's [G][16] ---- */
+
+static inline void RNN_FN(rnn_lstm_epilogue)(const rnn_cell_t *c, int b, const float *pre,
+                                             float *cst, float *hout) {
+    const int valid = rnn_block_valid(c->hidden_size, b);
+    const float *pe = c->peep ? c->peep + (size_t)b * 3 * RNN_BW : NULL;
+    const rnn_v one = v_set1(1.0f);
+    RNN_BLK cp = RNN_FN(rnn_blk_load)(cst + (size_t)b * RNN_BW, valid), cn, hn;
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) {
+        rnn_v gi = v_load(pre + 0 * RNN_BW + v * RNN_VL);
+        rnn_v go = v_load(pre + 1 * RNN_BW + v * RNN_VL);
+        rnn_v gf = v_load(pre + 2 * RNN_BW + v * RNN_VL);
+        rnn_v gc = v_load(pre + 3 * RNN_BW + v * RNN_VL);
+        if (pe) {
+            gi = v_fmadd(v_load(pe + v * RNN_VL), cp.v[v], gi);
+            gf = v_fmadd(v_load(pe + 2 * RNN_BW + v * RNN_VL), cp.v[v], gf);
+        }
+        gi = RNN_FN(rnn_gate)(c, 0, gi);
+        gf = c->input_forget ? v_sub(one, gi) : RNN_FN(rnn_gate)(c, 0, gf);
+        gc = RNN_FN(rnn_gate)(c, 1, gc);
+        cn.v[v] = v_fmadd(gf, cp.v[v], v_mul(gi, gc));
+        if (pe) go = v_fmadd(v_load(pe + RNN_BW + v * RNN_VL), cn.v[v], go);
+        go = RNN_FN(rnn_gate)(c, 0, go);
+        hn.v[v] = v_mul(go, RNN_FN(rnn_act)(&c->act[2], cn.v[v]));
+    }
+    RNN_FN(rnn_blk_store)(cst + (size_t)b * RNN_BW, cn, valid);
+    RNN_FN(rnn_blk_store)(hout + (size_t)b * RNN_BW, hn, valid);
+}
+
+/* h = (1 - z)*n + z*h' */
+static inline rnn_v RNN_FN(rnn_gru_mix)(rnn_v z, rnn_v n, rnn_v hp) {
+    return v_fmadd(z, hp, v_mul(v_sub(v_set1(1.0f), z), n));
+}
+
+/* GRU lbr=1: pre = [z, r, h' Rh^T + Rbh], hxs = xh + Wbh. */
+static inline void RNN_FN(rnn_gru_epilogue)(const rnn_cell_t *c, int b, const float *pre,
+                                            const float *hxs, const float *hp, float *hout) {
+    const int valid = rnn_block_valid(c->hidden_size, b);
+    RNN_BLK h0 = RNN_FN(rnn_blk_load)(hp + (size_t)b * RNN_BW, valid), hn;
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) {
+        rnn_v z = RNN_FN(rnn_gate)(c, 0, v_load(pre + v * RNN_VL));
+        rnn_v r = RNN_FN(rnn_gate)(c, 0, v_load(pre + RNN_BW + v * RNN_VL));
+        rnn_v n = v_fmadd(r, v_load(pre + 2 * RNN_BW + v * RNN_VL), v_load(hxs + v * RNN_VL));
+        n = RNN_FN(rnn_gate)(c, 1, n);
+        hn.v[v] = RNN_FN(rnn_gru_mix)(z, n, h0.v[v]);
+    }
+    RNN_FN(rnn_blk_store)(hout + (size_t)b * RNN_BW, hn, valid);
+}
+
+/* GRU lbr=0, phase 0: z and r; stores z, the h-gate input part, and r*h' for phase 1. */
+static inline void RNN_FN(rnn_gru_zr_epilogue)(const rnn_cell_t *c, int b, const float *pre,
+                                               const float *hp, float *zs, float *hx,
+                                               float *rh) {
+    const int valid = rnn_block_valid(c->hidden_size, b);
+    RNN_BLK h0 = RNN_FN(rnn_blk_load)(hp + (size_t)b * RNN_BW, valid), rv;
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) {
+        rnn_v z = RNN_FN(rnn_gate)(c, 0, v_load(pre + v * RNN_VL));
+        rnn_v r = RNN_FN(rnn_gate)(c, 0, v_load(pre + RNN_BW + v * RNN_VL));
+        v_store(zs + (size_t)b * RNN_BW + v * RNN_VL, z);
+        v_store(hx + (size_t)b * RNN_BW + v * RNN_VL, v_load(pre + 2 * RNN_BW + v * RNN_VL));
+        rv.v[v] = v_mul(r, h0.v[v]);
+    }
+    RNN_FN(rnn_blk_store)(rh + (size_t)b * RNN_BW, rv, valid);
+}
+
+/* GRU lbr=0, phase 1: pre = hx + (r*h') Rh^T. */
+static inline void RNN_FN(rnn_gru_h_epilogue)(const rnn_cell_t *c, int b, const float *pre,
+                                              const float *zs, const float *hp, float *hout) {
+    const int valid = rnn_block_valid(c->hidden_size, b);
+    RNN_BLK h0 = RNN_FN(rnn_blk_load)(hp + (size_t)b * RNN_BW, valid), hn;
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) {
+        rnn_v n = RNN_FN(rnn_gate)(c, 1, v_load(pre + v * RNN_VL));
+        hn.v[v] = RNN_FN(rnn_gru_mix)(v_load(zs + (size_t)b * RNN_BW + v * RNN_VL), n, h0.v[v]);
+    }
+    RNN_FN(rnn_blk_store)(hout + (size_t)b * RNN_BW, hn, valid);
+}
+
+static inline void RNN_FN(rnn_rnn_epilogue)(const rnn_cell_t *c, int b, const float *pre,
+                                            float *hout) {
+    RNN_BLK hn;
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)
+        hn.v[v] = RNN_FN(rnn_gate)(c, 0, v_load(pre + v * RNN_VL));
+    RNN_FN(rnn_blk_store)(hout + (size_t)b * RNN_BW, hn, rnn_block_valid(c->hidden_size, b));
+}
+
+/* ---- one phase of one timestep ---- */
+
+/* Gate pre-activations of rows n0 .. n0+nb of block b into pre [nb][G][16]: the input part
+ * (xp, or bias + x @ Px fused here) plus h' @ Ph. GRU lbr=1 moves the h gate's input part to
+ * hxs and restarts that gate's sum from Rbh, since r multiplies only the recurrent part. */
+static inline void RNN_FN(rnn_preact)(const rnn_cell_t *c, const rnn_step_io_t *io, int b,
+                                      int n0, int nb, float *pre, float *hxs) {
+    const int G = c->gates, Gh = c->gates_h, nin = c->input_size, Ho = c->output_size;
+    const size_t ld = (size_t)G * RNN_BW;
+    if (io->xp) {
+        for (int i = 0; i < nb; i++)
+            memcpy(pre + i * ld, io->xp + (size_t)(n0 + i) * io->ldxp + b * ld,
+                   ld * sizeof(float));
+    } else {
+        for (int i = 0; i < nb; i++) memcpy(pre + i * ld, c->bias + b * ld, ld * sizeof(float));
+        RNN_FN(rnn_panel)(nb, G, nin, c->px + (size_t)b * nin * ld,
+                          io->x + (size_t)n0 * io->ldx, io->ldx, pre, ld);
+    }
+    if (hxs) {
+        for (int i = 0; i < nb; i++) {
+            memcpy(hxs + i * RNN_BW, pre + i * ld + 2 * RNN_BW, RNN_BW * sizeof(float));
+            memcpy(pre + i * ld + 2 * RNN_BW, c->rbh + (size_t)b * RNN_BW,
+                   RNN_BW * sizeof(float));
+        }
+    }
+    RNN_FN(rnn_panel)(nb, Gh, Ho, c->ph + (size_t)b * Ho * Gh * RNN_BW,
+                      io->h_prev + (size_t)n0 * Ho, Ho, pre, ld);
+}
+
+#define RNN_MAX_NB 8
+
+static void RNN_FN(rnn_phase)(const rnn_cell_t *c, const rnn_step_io_t *io, int phase,
+                              int b0, int b1) {
+    _Alignas(64) float pre[RNN_MAX_NB * 4 * RNN_BW];
+    _Alignas(64) float hxs[RNN_MAX_NB * RNN_BW];
+    const int N = io->N, H = c->hidden_size, Ho = c->output_size;
+    const size_t ldz = (size_t)c->blocks * RNN_BW;
+    const int second = phase == 1;
+    const int nbmax = RNN_MIN(RNN_NB_MAX(second ? 1 : c->gates), RNN_MAX_NB);
+    for (int j = b0; j < b1; j++) {
+        const int b = io->backward ? b1 - 1 - (j - b0) : j;
+        for (int n0 = 0; n0 < N; n0 += nbmax) {
+            const int nb = RNN_MIN(nbmax, N - n0);
+            if (c->kind == RNN_KIND_LSTM && second) {
+                /* projection: h = hraw @ proj^T, blocks over the P outputs */
+                memset(pre, 0, (size_t)nb * RNN_BW * sizeof(float));
+                RNN_FN(rnn_panel)(nb, 1, H, c->pproj + (size_t)b * H * RNN_BW,
+                                  io->hraw + (size_t)n0 * H, H, pre, RNN_BW);
+                for (int i = 0; i < nb; i++) {
+                    RNN_BLK hb = RNN_FN(rnn_blk_load)(pre + i * RNN_BW, RNN_BW);
+                    RNN_FN(rnn_blk_store)(io->h_next + (size_t)(n0 + i) * Ho + b * RNN_BW, hb,
+                                          rnn_block_valid(Ho, b));
+                }
+            } else if (c->kind == RNN_KIND_GRU && second) {
+                for (int i = 0; i < nb; i++)
+                    memcpy(pre + i * RNN_BW, io->hx + (n0 + i) * ldz + b * RNN_BW,
+                           RNN_BW * sizeof(float));
+                RNN_FN(rnn_panel)(nb, 1, H, c->prh + (size_t)b * H * RNN_BW,
+                                  io->rh + (size_t)n0 * H, H, pre, RNN_BW);
+                for (int i = 0; i < nb; i++) {
+                    const size_t n = (size_t)(n0 + i);
+                    RNN_FN(rnn_gru_h_epilogue)(c, b, pre + i * RNN_BW, io->zs + n * ldz,
+                                               io->h_prev + n * Ho, io->h_next + n * Ho);
+                }
+            } else {
+                const int lbr1 = c->kind == RNN_KIND_GRU && c->linear_before_reset;
+                const size_t ld = (size_t)c->gates * RNN_BW;
+                RNN_FN(rnn_preact)(c, io, b, n0, nb, pre, lbr1 ? hxs : NULL);
+                for (int i = 0; i < nb; i++) {
+                    const size_t n = (size_t)(n0 + i);
+                    const float *p = pre + i * ld;
+                    if (c->kind == RNN_KIND_LSTM) {
+                        RNN_FN(rnn_lstm_epilogue)(c, b, p, io->c + n * H,
+                                                  c->pproj ? io->hraw + n * H
+                                                           : io->h_next + n * Ho);
+                    } else if (lbr1) {
+                        RNN_FN(rnn_gru_epilogue)(c, b, p, hxs + i * RNN_BW,
+                                                 io->h_prev + n * Ho, io->h_next + n * Ho);
+                    } else if (c->kind == RNN_KIND_GRU) {
+                        RNN_FN(rnn_gru_zr_epilogue)(c, b, p, io->h_prev + n * Ho,
+                                                    io->zs + n * ldz, io->hx + n * ldz,
+                                                    io->rh + n * H);
+                    } else {
+                        RNN_FN(rnn_rnn_epilogue)(c, b, p, io->h_next + n * Ho);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Input projections of M rows: out[m][b][G][16] = bias[b] + x[m] @ Px[b] for blocks
+ * [b0, b1). Rows are tiled so a tile of x (about 1 MB) stays in L2 while the blocks' panels
+ * stream past it once per tile. */
+static void RNN_FN(rnn_xproj)(const rnn_cell_t *c, int M, const float *x, size_t ldx,
+                              float *out, int b0, int b1) {
+    const int G = c->gates, nin = c->input_size;
+    const size_t ld = rnn_cell_xp_width(c), ldb = (size_t)G * RNN_BW;
+    const int nbmax = RNN_NB_MAX(G);
+    int mc = (int)(262144 / (size_t)nin);
+    mc = mc < nbmax ? nbmax : mc - mc % nbmax;
+    for (int m0 = 0; m0 < M; m0 += mc) {
+        const int m1 = RNN_MIN(M, m0 + mc);
+        for (int b = b0; b < b1; b++) {
+            const float *w = c->px + (size_t)b * nin * ldb;
+            for (int n0 = m0; n0 < m1; n0 += nbmax) {
+                const int nb = RNN_MIN(nbmax, m1 - n0);
+                float *o = out + (size_t)n0 * ld + b * ldb;
+                for (int i = 0; i < nb; i++)
+                    memcpy(o + i * ld, c->bias + b * ldb, ldb * sizeof(float));
+                RNN_FN(rnn_panel)(nb, G, nin, w, x + (size_t)n0 * ldx, ldx, o, ld);
+            }
+        }
+    }
+}
+
+static void RNN_FN(rnn_activate)(rnn_activation_t a, float *x, size_t n) {
+    size_t i = 0;
+    for (; i + RNN_VL <= n; i += RNN_VL) v_store(x + i, RNN_FN(rnn_act)(&a, v_load(x + i)));
+    if (i < n) {
+        float tmp[RNN_VL];
+        memset(tmp, 0, sizeof tmp);
+        memcpy(tmp, x + i, (n - i) * sizeof(float));
+        v_store(tmp, RNN_FN(rnn_act)(&a, v_load(tmp)));
+        memcpy(x + i, tmp, (n - i) * sizeof(float));
+    }
+}
+
+/* ---- roofline probes for bench/: streaming read and FMA throughput of this variant ---- */
+
+/* Sum of p[0:n] (n a multiple of 4 * RNN_VL) with independent accumulators: reads memory at
+ * the rate the core can stream it. */
+static float RNN_FN(rnn_read_sum)(const float *p, size_t n) {
+    rnn_v a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+    for (size_t i = 0; i + 4 * RNN_VL <= n; i += 4 * RNN_VL) {
+        a0 = v_add(a0, v_load(p + i));
+        a1 = v_add(a1, v_load(p + i + RNN_VL));
+        a2 = v_add(a2, v_load(p + i + 2 * RNN_VL));
+        a3 = v_add(a3, v_load(p + i + 3 * RNN_VL));
+    }
+    float lanes[RNN_VL], s = 0.0f;
+    v_store(lanes, v_add(v_add(a0, a1), v_add(a2, a3)));
+    for (int i = 0; i < RNN_VL; i++) s += lanes[i];
+    return s;
+}
+
+/* iters rounds of 12 independent vector FMAs (12 * RNN_VL * 2 flops each). */
+static float RNN_FN(rnn_fma_loop)(long iters) {
+    rnn_v a[12];
+    const rnn_v m = v_set1(0.999f), d = v_set1(0.001f);
+    _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = v_set1((float)i);
+    for (long it = 0; it < iters; it++) {
+        _Pragma("GCC unroll 12") for (int i = 0; i < 12; i++) a[i] = v_fmadd(a[i], m, d);
+    }
+    rnn_v s = a[0];
+    _Pragma("GCC unroll 12") for (int i = 1; i < 12; i++) s = v_add(s, a[i]);
+    float lanes[RNN_VL];
+    v_store(lanes, s);
+    return lanes[0];
+}
+
+static const rnn_kernels_t RNN_FN(rnn_kernels) = {
+    RNN_FN(rnn_phase), RNN_FN(rnn_xproj), RNN_FN(rnn_activate),
+    RNN_FN(rnn_read_sum), RNN_FN(rnn_fma_loop), RNN_VL,
+};
+
+#undef RNN_NV
+#undef RNN_UNROLL
+#undef RNN_MIN
+#undef RNN_PANEL_FMA
+#undef RNN_PANEL_DEF
+#undef RNN_BLK
+#undef RNN_MAX_NB

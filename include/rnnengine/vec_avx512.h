@@ -1,0 +1,37 @@
+/* Vector operations for the AVX-512 variant (16 floats: one vector per 16-unit block).
+ * Included by kernels.h inside a target("avx512f,avx512vl,avx512dq,avx512bw,...") region;
+ * vec_undef.h removes the names. */
+#include <immintrin.h>
+
+#define RNN_ISA avx512
+#define RNN_VL 16
+#define rnn_v __m512
+#define v_load(p) _mm512_loadu_ps(p)
+#define v_store(p, a) _mm512_storeu_ps((p), (a))
+#define v_set1(f) _mm512_set1_ps(f)
+#define v_zero() _mm512_setzero_ps()
+#define v_add(a, b) _mm512_add_ps((a), (b))
+#define v_sub(a, b) _mm512_sub_ps((a), (b))
+#define v_mul(a, b) _mm512_mul_ps((a), (b))
+#define v_div(a, b) _mm512_div_ps((a), (b))
+#define v_fmadd(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define v_fnmadd(a, b, c) _mm512_fnmadd_ps((a), (b), (c))
+#define v_min(a, b) _mm512_min_ps((a), (b))
+#define v_max(a, b) _mm512_max_ps((a), (b))
+#define v_abs(a) _mm512_abs_ps(a)
+#define v_round(a) _mm512_roundscale_ps((a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define v_pow2n_mul(p, n) _mm512_scalef_ps((p), (n))
+#define v_sel_lt(a, b, x, y) \
+    _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ), (y), (x))
+#define v_sel_gt(a, b, x, y) \
+    _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (b), _CMP_GT_OQ), (y), (x))
+#define v_copysign(mag, sgn) \
+    _mm512_or_ps((mag), _mm512_and_ps((sgn), _mm512_set1_ps(-0.0f)))
+
+/* 32 zmm registers: up to 24 accumulators, G weight vectors and a broadcast. */
+#define RNN_NB_MAX(G) ((G) == 4 ? 6 : 8)
+#define RNN_PANEL_INSTANCES(X)                                                            \
+    X(1, 1) X(2, 1) X(3, 1) X(4, 1) X(5, 1) X(6, 1) X(7, 1) X(8, 1)                       \
+    X(1, 2) X(2, 2) X(3, 2) X(4, 2) X(5, 2) X(6, 2) X(7, 2) X(8, 2)                       \
+    X(1, 3) X(2, 3) X(3, 3) X(4, 3) X(5, 3) X(6, 3) X(7, 3) X(8, 3)                       \
+    X(1, 4) X(2, 4) X(3, 4) X(4, 4) X(5, 4) X(6, 4)

@@ -1,0 +1,62 @@
+/* Vector operations for the portable variant: the "vector" is one float, so a 16-unit block is
+ * 16 scalars. Written without libm calls so the compiler may vectorize it for the baseline ISA
+ * (SSE2 on x86-64, NEON on AArch64). Defines the names kernels_impl.h uses; vec_undef.h
+ * removes them again. */
+#include <stdint.h>
+#include <string.h>
+
+#ifndef RNNENGINE_VEC_SERIAL_ONCE
+#define RNNENGINE_VEC_SERIAL_ONCE
+/* Round to nearest even without libm: adding and subtracting 1.5 * 2^23 leaves an integer for
+ * |x| < 2^22 (callers clamp far below that). Not valid under -ffast-math, which is not used. */
+static inline float rnn_round_serial(float x) {
+    const float magic = 12582912.0f;
+    float t = x + magic; /* the assignment drops any excess precision (C99 6.3.1.8) */
+    return t - magic;
+}
+/* p * 2^n for an integer-valued n in [-126, 127]; NaN n gives NaN. */
+static inline float rnn_pow2n_mul_serial(float p, float n) {
+    if (!(n == n)) return n;
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, sizeof s);
+    return p * s;
+}
+static inline float rnn_copysign_serial(float mag, float sgn) {
+    uint32_t m, s;
+    memcpy(&m, &mag, sizeof m);
+    memcpy(&s, &sgn, sizeof s);
+    m = (m & 0x7fffffffu) | (s & 0x80000000u);
+    memcpy(&mag, &m, sizeof m);
+    return mag;
+}
+#endif
+
+#define RNN_ISA serial
+#define RNN_VL 1
+typedef float rnn_v_serial;
+#define rnn_v rnn_v_serial
+#define v_load(p) (*(p))
+#define v_store(p, a) (*(p) = (a))
+#define v_set1(f) ((float)(f))
+#define v_zero() 0.0f
+#define v_add(a, b) ((a) + (b))
+#define v_sub(a, b) ((a) - (b))
+#define v_mul(a, b) ((a) * (b))
+#define v_div(a, b) ((a) / (b))
+#define v_fmadd(a, b, c) ((a) * (b) + (c))
+#define v_fnmadd(a, b, c) ((c) - (a) * (b))
+/* min/max return the second operand when either is NaN, like the x86 instructions, so
+ * v_max(bound, x) passes a NaN x through. */
+#define v_min(a, b) ((a) < (b) ? (a) : (b))
+#define v_max(a, b) ((a) > (b) ? (a) : (b))
+#define v_abs(a) rnn_copysign_serial((a), 0.0f)
+#define v_round(a) rnn_round_serial(a)
+#define v_pow2n_mul(p, n) rnn_pow2n_mul_serial((p), (n))
+#define v_sel_lt(a, b, x, y) ((a) < (b) ? (x) : (y))
+#define v_sel_gt(a, b, x, y) ((a) > (b) ? (x) : (y))
+#define v_copysign(mag, sgn) rnn_copysign_serial((mag), (sgn))
+
+/* Rows per panel call for G gates, and (G, rows) pairs to compile: one row keeps it simple. */
+#define RNN_NB_MAX(G) 1
+#define RNN_PANEL_INSTANCES(X) X(1, 1) X(1, 2) X(1, 3) X(1, 4)

@@ -1,0 +1,24 @@
+/* Removes the names a vec_<isa>.h defined, so the next variant can define them again. */
+#undef RNN_ISA
+#undef RNN_VL
+#undef rnn_v
+#undef v_load
+#undef v_store
+#undef v_set1
+#undef v_zero
+#undef v_add
+#undef v_sub
+#undef v_mul
+#undef v_div
+#undef v_fmadd
+#undef v_fnmadd
+#undef v_min
+#undef v_max
+#undef v_abs
+#undef v_round
+#undef v_pow2n_mul
+#undef v_sel_lt
+#undef v_sel_gt
+#undef v_copysign
+#undef RNN_NB_MAX
+#undef RNN_PANEL_INSTANCES
