@@ -28,7 +28,7 @@ typedef struct {
     /* One activation over x[0:n], in place. */
     void (*activate)(rnn_activation_t a, float *x, size_t n);
     /* Roofline probes (bench/): sum of a buffer; iters rounds of 12 vector FMAs. */
-    float (*read_sum)(const float *p, size_t n);
+    float (*read_sum)(const float *p, size_t n, int backward);
     float (*fma_loop)(long iters);
     int vector_width; /* floats per vector */
 } rnn_kernels_t;

@@ -63,7 +63,7 @@ cdef extern from "rnnengine/cells.h" nogil:
 cdef extern from "rnnengine/kernels.h" nogil:
     ctypedef struct rnn_kernels_t:
         void (*activate)(rnn_activation_t a, float *x, size_t n) noexcept nogil
-        float (*read_sum)(const float *p, size_t n) noexcept nogil
+        float (*read_sum)(const float *p, size_t n, int backward) noexcept nogil
         float (*fma_loop)(long iters) noexcept nogil
         int vector_width
     const rnn_kernels_t *rnn_kernels_for(int isa)
