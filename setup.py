@@ -1,5 +1,6 @@
 """Builds the compiled core. Cython directives live here, once; RNNENGINE_DEBUG=1 turns the
 bounds checks back on for a debug build."""
+import glob
 import os
 
 import numpy
@@ -27,6 +28,8 @@ extensions = [
         "rnnengine._kernels",
         ["src/rnnengine/_kernels.pyx"],
         include_dirs=["include", numpy.get_include()],
+        # The C kernels live in headers: list them so editing one rebuilds the extension.
+        depends=sorted(glob.glob("include/rnnengine/*.h")),
         extra_compile_args=compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),

@@ -62,8 +62,8 @@ typedef struct {
     int backward;        /* walk blocks in descending order (see driver.h: cache reuse) */
     const float *x;      /* [N, ldx] inputs, or NULL */
     size_t ldx;
-    const float *xp;     /* [N, ldxp] input projections, rows in block layout [HB][G][16] */
-    size_t ldxp;
+    const float *xp;     /* input projections of block b, row n: xp[b * ldxp + n * G*16 + 0:G*16] */
+    size_t ldxp;         /* floats between blocks (rnn_xproj writes [HB][M][G][16]) */
     const float *h_prev; /* [N, Hout] */
     float *h_next;       /* [N, Hout], distinct from h_prev */
     float *c;            /* LSTM: [N, H] cell state, updated in place */
@@ -85,12 +85,20 @@ static inline int rnn_cell_phase_blocks(const rnn_cell_t *c, int phase) {
     return (phase == 1 && c->kind == RNN_KIND_LSTM) ? c->proj_blocks : c->blocks;
 }
 
+/* 1 if the cell uses its kind's default activations (LSTM sigmoid/tanh/tanh, GRU sigmoid/tanh,
+ * RNN tanh): the kernels then take a straight-line path without per-vector dispatch. */
+static inline int rnn_cell_default_acts(const rnn_cell_t *c) {
+    if (c->kind == RNN_KIND_RNN) return c->act[0].code == RNN_ACT_TANH;
+    if (c->act[0].code != RNN_ACT_SIGMOID || c->act[1].code != RNN_ACT_TANH) return 0;
+    return c->kind != RNN_KIND_LSTM || c->act[2].code == RNN_ACT_TANH;
+}
+
 /* Units of a size-wide vector that fall in block b (16, or fewer in the last block). */
 static inline int rnn_block_valid(int size, int b) {
     return size - b * RNN_BW < RNN_BW ? size - b * RNN_BW : RNN_BW;
 }
 
-/* Width of one row of rnn_xproj's output. */
+/* Floats of rnn_xproj's output per row (all blocks). */
 static inline size_t rnn_cell_xp_width(const rnn_cell_t *c) {
     return (size_t)c->blocks * c->gates * RNN_BW;
 }

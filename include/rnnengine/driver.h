@@ -141,8 +141,8 @@ static void rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rn
         const int t = c->reverse ? T - 1 - s : s;
         io.backward = s & 1;
         if (xproj) {
-            io.xp = xproj + (size_t)t * N * ldxp;
-            io.ldxp = ldxp;
+            io.xp = xproj + (size_t)t * N * c->gates * RNN_BW;
+            io.ldxp = (size_t)T * N * c->gates * RNN_BW;
         } else {
             io.x = x + (size_t)t * N * ldx;
             io.ldx = ldx;

@@ -22,7 +22,7 @@
 typedef struct {
     /* One phase of one timestep for blocks [b0, b1) (cells.h: rnn_cell_phases). */
     void (*phase)(const rnn_cell_t *c, const rnn_step_io_t *io, int phase, int b0, int b1);
-    /* Input projections + bias of M rows for blocks [b0, b1): out [M, rnn_cell_xp_width]. */
+    /* Input projections + bias of M rows for blocks [b0, b1): out [HB][M][G][16]. */
     void (*xproj)(const rnn_cell_t *c, int M, const float *x, size_t ldx, float *out, int b0,
                   int b1);
     /* One activation over x[0:n], in place. */

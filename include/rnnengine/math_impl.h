@@ -26,7 +26,7 @@ static inline rnn_v RNN_FN(rnn_exp)(rnn_v x) {
 
 static inline rnn_v RNN_FN(rnn_sigmoid)(rnn_v x) {
     const rnn_v one = v_set1(1.0f);
-    return v_div(one, v_add(one, RNN_FN(rnn_exp)(v_sub(v_zero(), x))));
+    return v_rcp(v_add(one, RNN_FN(rnn_exp)(v_sub(v_zero(), x))));
 }
 
 /* tanh: 1 - 2/(exp(2|x|) + 1) with x's sign, except for |x| < 0.625 where that form cancels
@@ -42,7 +42,7 @@ static inline rnn_v RNN_FN(rnn_tanh)(rnn_v x) {
     p = v_fmadd(p, z, v_set1(-3.33332819422e-1f));
     rnn_v small = v_fmadd(v_mul(p, z), x, x);
     rnn_v e = RNN_FN(rnn_exp)(v_add(ax, ax));
-    rnn_v big = v_sub(one, v_div(v_set1(2.0f), v_add(e, one)));
+    rnn_v big = v_fnmadd(v_set1(2.0f), v_rcp(v_add(e, one)), one);
     return v_sel_lt(ax, v_set1(0.625f), small, v_copysign(big, x));
 }
 

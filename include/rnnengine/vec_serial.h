@@ -46,6 +46,7 @@ typedef float rnn_v_serial;
 #define v_div(a, b) ((a) / (b))
 #define v_fmadd(a, b, c) ((a) * (b) + (c))
 #define v_fnmadd(a, b, c) ((c) - (a) * (b))
+#define v_rcp(x) (1.0f / (x))
 /* min/max return the second operand when either is NaN, like the x86 instructions, so
  * v_max(bound, x) passes a NaN x through. */
 #define v_min(a, b) ((a) < (b) ? (a) : (b))

@@ -12,6 +12,7 @@
 #undef v_div
 #undef v_fmadd
 #undef v_fnmadd
+#undef v_rcp
 #undef v_min
 #undef v_max
 #undef v_abs
