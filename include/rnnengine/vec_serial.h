@@ -58,6 +58,8 @@ typedef float rnn_v_serial;
 #define v_sel_gt(a, b, x, y) ((a) > (b) ? (x) : (y))
 #define v_copysign(mag, sgn) rnn_copysign_serial((mag), (sgn))
 
-/* Rows per panel call for G gates, and (G, rows) pairs to compile: one row keeps it simple. */
+/* Rows per panel call for G gates, and (G, rows) pairs to compile: one row keeps it simple;
+ * the panel kernel is plain loops (kernels_impl.h). */
+#define RNN_PANEL_PLAIN 1
 #define RNN_NB_MAX(G) 1
 #define RNN_PANEL_INSTANCES(X) X(1, 1) X(1, 2) X(1, 3) X(1, 4)

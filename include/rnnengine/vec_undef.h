@@ -23,3 +23,4 @@
 #undef v_copysign
 #undef RNN_NB_MAX
 #undef RNN_PANEL_INSTANCES
+#undef RNN_PANEL_PLAIN
