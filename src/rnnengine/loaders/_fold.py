@@ -96,53 +96,53 @@ def subgraph_free_names(node: onnx.NodeProto) -> set:
     return free
 
 
-def read_tensor(t: TensorProto, base_dir: Optional[str], where: str) -> np.ndarray:
+def read_tensor(t: TensorProto, base_dir: Optional[str]) -> np.ndarray:
     """TensorProto -> ndarray in its own dtype (bfloat16 via ml_dtypes), reading external
     data from ``base_dir`` and refusing a location that leaves it."""
     if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
-        raise ModelError(f"{where}: tensor {t.name!r} has type "
+        raise ModelError(f"tensor {t.name!r} has type "
                          f"{TensorProto.DataType.Name(t.data_type)}, not a number type")
     if t.data_location == TensorProto.EXTERNAL:
-        t = _inline_external(t, base_dir, where)
+        t = _inline_external(t, base_dir)
     try:
         return numpy_helper.to_array(t)
     except Exception as e:  # malformed protobuf content: wrong byte count, bad type code
-        raise ModelError(f"{where}: cannot read tensor {t.name!r}: {e}") from None
+        raise ModelError(f"cannot read tensor {t.name!r}: {e}") from None
 
 
-def _inline_external(t: TensorProto, base_dir: Optional[str], where: str) -> TensorProto:
+def _inline_external(t: TensorProto, base_dir: Optional[str]) -> TensorProto:
     info = {e.key: e.value for e in t.external_data}
     location = info.get("location", "")
     if base_dir is None:
-        raise ModelError(f"{where}: tensor {t.name!r} keeps its data in external file "
+        raise ModelError(f"tensor {t.name!r} keeps its data in external file "
                          f"{location!r}; load the model from a path so it can be found")
     base = os.path.realpath(base_dir)
     target = os.path.realpath(os.path.join(base, location))
     if not location or os.path.isabs(location) or os.path.commonpath([base, target]) != base:
-        raise ModelError(f"{where}: tensor {t.name!r}: external data location {location!r} "
+        raise ModelError(f"tensor {t.name!r}: external data location {location!r} "
                          f"is outside the model's folder {base_dir!r}; refused")
     try:
         offset = int(info.get("offset", 0))
         length = int(info["length"]) if "length" in info else None
     except ValueError:
-        raise ModelError(f"{where}: tensor {t.name!r}: bad external data offset/length "
+        raise ModelError(f"tensor {t.name!r}: bad external data offset/length "
                          f"{info}") from None
     itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     expected = int(np.prod(t.dims, dtype=np.int64)) * itemsize
     if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
         expected = (int(np.prod(t.dims, dtype=np.int64)) + 1) // 2
     if length is not None and length != expected:
-        raise ModelError(f"{where}: tensor {t.name!r}: external length {length} bytes but "
+        raise ModelError(f"tensor {t.name!r}: external length {length} bytes but "
                          f"shape {list(t.dims)} needs {expected}")
     try:
         with open(target, "rb") as f:
             f.seek(offset)
             data = f.read(expected)
     except OSError as e:
-        raise ModelError(f"{where}: tensor {t.name!r}: cannot read external data "
+        raise ModelError(f"tensor {t.name!r}: cannot read external data "
                          f"{location!r}: {e.strerror}") from None
     if offset < 0 or len(data) != expected:
-        raise ModelError(f"{where}: tensor {t.name!r}: external file {location!r} holds "
+        raise ModelError(f"tensor {t.name!r}: external file {location!r} holds "
                          f"{len(data)} bytes at offset {offset}; shape {list(t.dims)} "
                          f"needs {expected}")
     inline = TensorProto()
@@ -162,11 +162,11 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 
 class Folder:
-    """Evaluates constant tensors by name, memoised per defining scope."""
+    """Evaluates constant tensors by name, memoised per defining scope. Errors name the
+    tensor and the node; the caller adds the file and the recurrent node they feed."""
 
-    def __init__(self, base_dir: Optional[str], where: str):
+    def __init__(self, base_dir: Optional[str]):
         self.base_dir = base_dir
-        self.where = where
         self.memo = {}
 
     def value(self, name: str, scope: Scope) -> np.ndarray:
@@ -177,7 +177,7 @@ class Folder:
         if key in self.memo:
             return self.memo[key]
         if what[0] == "init":
-            out = read_tensor(what[1], self.base_dir, self.where)
+            out = read_tensor(what[1], self.base_dir)
         elif what[0] == "node":
             node = what[1]
             outs = self._evaluate(node, owner)
@@ -209,18 +209,18 @@ class Folder:
         inputs = [self.value(n, scope) if n else None for n in node.input]
         node_attrs = attrs(node)
         if isinstance(node_attrs.get("value"), TensorProto):
-            node_attrs["value"] = read_tensor(node_attrs["value"], self.base_dir, self.where)
+            node_attrs["value"] = read_tensor(node_attrs["value"], self.base_dir)
         try:
             outs = FOLD_OPS[node.op_type](node, inputs, node_attrs)
         except (NotConstant, ModelError):
             raise
         except Exception as e:  # bad shapes/attributes inside the chain
-            raise ModelError(f"{self.where}: cannot fold {node.op_type} node "
+            raise ModelError(f"cannot fold {node.op_type} node "
                              f"{node_label(node)!r}: {e}") from None
         outs = [np.asarray(o) for o in outs]
         for o in outs:
             if o.size > MAX_FOLDED_ELEMENTS:
-                raise ModelError(f"{self.where}: {node.op_type} node {node_label(node)!r} "
+                raise ModelError(f"{node.op_type} node {node_label(node)!r} "
                                  f"folds to {o.size} elements; refused")
         return outs
 

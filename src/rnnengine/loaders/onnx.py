@@ -67,7 +67,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
         raise ModelError(f"{where}: no LSTM, GRU or RNN node found (searched the main graph "
                          "and every If/Loop/Scan body); an exporter that unrolls the "
                          "recurrence into MatMul/Tanh nodes leaves nothing to load")
-    folder = Folder(base_dir, where)
+    folder = Folder(base_dir)
     following = _link_chains(found, folder)
     heads = [f for f in found if f not in set(following.values())]
 
@@ -140,13 +140,6 @@ def _describe(nodes: list) -> str:
 
 # --- one node -> one Layer ---------------------------------------------------------------
 
-def _as_float(a: np.ndarray) -> np.ndarray:
-    """float16/bfloat16/float8/float64 -> float32; anything else is not a weight."""
-    if a.dtype.kind == "f" or a.dtype.name.startswith(("bfloat16", "float8")):
-        return a.astype(np.float32)
-    raise NotConstant(f"it has dtype {a.dtype}, not a float type")
-
-
 def _layer(found: _Found, folder: Folder, where: str) -> Layer:
     node, scope = found.node, found.scope
     a = attrs(node)
@@ -159,9 +152,16 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
                 raise ModelError(f"{here}: input {label} is missing")
             return None
         try:
-            return _as_float(folder.value(name, scope))
+            value = folder.value(name, scope)
         except NotConstant as e:
             raise ModelError(f"{here}: input {label} ({name!r}) is not a constant: {e}") from None
+        except ModelError as e:
+            raise ModelError(f"{here}: input {label} ({name!r}): {e}") from None
+        # float16/bfloat16/float8/float64 -> float32; anything else is not a weight
+        if value.dtype.kind == "f" or value.dtype.name.startswith(("bfloat16", "float8")):
+            return value.astype(np.float32)
+        raise ModelError(f"{here}: input {label} ({name!r}) has dtype {value.dtype}; "
+                         "expected a float tensor")
 
     W = weight(1, "W", True)
     R = weight(2, "R", True)
@@ -174,6 +174,8 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
             value = folder.value(node.input[k], scope)
         except NotConstant:
             continue  # a run-time input, as it should be
+        except ModelError as e:
+            raise ModelError(f"{here}: input {label} ({node.input[k]!r}): {e}") from None
         if label == "sequence_lens":
             raise ModelError(f"{here}: sequence_lens is a constant {value.tolist()}; the "
                              "engine takes lengths at run time (Model.run(lengths=...))")
