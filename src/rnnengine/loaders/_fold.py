@@ -211,7 +211,8 @@ class Folder:
         if isinstance(node_attrs.get("value"), TensorProto):
             node_attrs["value"] = read_tensor(node_attrs["value"], self.base_dir)
         try:
-            outs = FOLD_OPS[node.op_type](node, inputs, node_attrs)
+            with np.errstate(all="ignore"):   # ONNX gives inf/nan, not warnings
+                outs = FOLD_OPS[node.op_type](node, inputs, node_attrs)
         except (NotConstant, ModelError):
             raise
         except Exception as e:  # bad shapes/attributes inside the chain
@@ -231,7 +232,10 @@ class Folder:
 # input forms of newer ones are both accepted, whichever the node carries.
 
 def _ints(a) -> list:
-    return [int(v) for v in np.asarray(a).reshape(-1)]
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"shape/axes/index input must be integers; got dtype {a.dtype}")
+    return [int(v) for v in a.reshape(-1)]
 
 
 def _axes(node_attrs, inputs, k=1):
@@ -387,6 +391,8 @@ def _shape(node, inputs, a):
 
 def _dequantize(node, inputs, a):
     x, scale = inputs[0], inputs[1]
+    if x.dtype.kind not in "iu" or scale.dtype.kind != "f":
+        raise ValueError(f"expects integer data and a float scale; got {x.dtype}, {scale.dtype}")
     zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else np.zeros((), x.dtype)
     if a.get("block_size", 0):
         raise NotConstant("blocked DequantizeLinear is not folded")

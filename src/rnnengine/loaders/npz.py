@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from typing import Optional
 
 import numpy as np
@@ -100,7 +99,7 @@ def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = 
     path = os.fspath(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, EOFError, ...
         raise ModelError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ModelError(f"{path}: not a .npz archive (numpy read a single array)")
