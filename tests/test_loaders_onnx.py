@@ -643,6 +643,25 @@ def test_garbage_bytes_are_a_model_error(tmp_path, content):
     assert str(path) in str(info.value)
 
 
+def test_cyclic_graph_is_an_error_not_a_hang(tmp_path):
+    W, R, B, _ = weights("RNN", 1, 2, 2)
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (B, "B"))]
+    nodes = [helper.make_node("RNN", ["Xa", "W", "R", "B"], ["Ya"], name="a", hidden_size=2),
+             const("ax", np.array([1])),
+             helper.make_node("Squeeze", ["Ya", "ax"], ["Xb"]),
+             helper.make_node("RNN", ["Xb", "W", "R", "B"], ["Yb"], name="b", hidden_size=2),
+             helper.make_node("Squeeze", ["Yb", "ax"], ["Xa"]),
+             helper.make_node("Identity", ["c1"], ["c2"]), helper.make_node("Identity", ["c2"], ["c1"]),
+             helper.make_node("RNN", ["X", "c1", "R", "B"], ["Yc"], name="c", hidden_size=2)]
+    path = save(make_model(nodes, inits, [vinfo("X")], [vinfo("Yc")]), tmp_path)
+    with pytest.raises(ModelError, match="cycle"):
+        rnnengine.load(path)
+    with pytest.raises(ModelError, match="cycle"):
+        rnnengine.load(path, node="a")
+    with pytest.raises(ModelError, match="node 'c': input W .* depends on itself"):
+        rnnengine.load(path, node="c")
+
+
 def test_model_without_recurrent_nodes(tmp_path):
     model = make_model([helper.make_node("Relu", ["X"], ["Y"])], [], [vinfo("X")], [vinfo("Y")])
     path = save(model, tmp_path)

@@ -168,6 +168,7 @@ class Folder:
     def __init__(self, base_dir: Optional[str]):
         self.base_dir = base_dir
         self.memo = {}
+        self.active = set()   # keys being evaluated: meeting one again means a cycle
 
     def value(self, name: str, scope: Scope) -> np.ndarray:
         """The constant value of ``name`` as seen from ``scope``; raises NotConstant
@@ -175,7 +176,21 @@ class Folder:
         owner, what = scope.lookup(name)
         key = (id(owner), name)
         if key in self.memo:
+            if isinstance(self.memo[key], NotConstant):
+                raise self.memo[key]
             return self.memo[key]
+        if key in self.active:
+            raise NotConstant(f"{name!r} depends on itself (a cycle in the graph)")
+        self.active.add(key)
+        try:
+            return self._value(name, owner, what, key)
+        except NotConstant as e:   # remembered too: a shared runtime tensor is walked once
+            self.memo[key] = e
+            raise
+        finally:
+            self.active.discard(key)
+
+    def _value(self, name, owner, what, key) -> np.ndarray:
         if what[0] == "init":
             out = read_tensor(what[1], self.base_dir)
         elif what[0] == "node":
@@ -196,11 +211,6 @@ class Folder:
             raise NotConstant(f"no node, initializer or input defines {name!r}")
         self.memo[key] = out
         return out
-
-    def optional(self, node, k, scope):
-        if k < len(node.input) and node.input[k]:
-            return self.value(node.input[k], scope)
-        return None
 
     def _evaluate(self, node: onnx.NodeProto, scope: Scope) -> list:
         if node.domain not in ("", "ai.onnx") or node.op_type not in FOLD_OPS:

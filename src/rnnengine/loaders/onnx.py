@@ -74,10 +74,15 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
     def stack_from(start):
         nodes = [start]
         while chain and nodes[-1] in following:
+            if following[nodes[-1]] in nodes:   # only a malformed (cyclic) graph does this
+                raise ModelError(f"{where}: recurrent nodes feed each other in a cycle: "
+                                 + " -> ".join(f.name for f in nodes))
             nodes.append(following[nodes[-1]])
         return nodes
 
     if node is None:
+        if not heads:
+            raise ModelError(f"{where}: recurrent nodes feed each other in a cycle")
         if len(heads) > 1:
             listing = "\n  ".join(_describe(stack_from(h)) for h in heads)
             raise ModelError(f"{where}: {len(heads)} candidate recurrent models; pick one with "
@@ -256,10 +261,21 @@ class _Glue:
         self.sizes = {}             # "D", "H" and any bound "T"/"N" -> size
         self.nodes = set()          # glue nodes visited (by id)
         self.lab_names = set()      # tensors holding (parts of) Y's data
+        self.memo = {}              # name -> value (a tensor read by Shape and Reshape, ...)
 
     def value(self, name: str, depth: int = 0):
-        if depth > 64:
+        if name not in self.memo:
+            if depth > 64:
+                raise _NotGlue
+            try:
+                self.memo[name] = self._value(name, depth)
+            except _NotGlue:
+                self.memo[name] = None
+        if self.memo[name] is None:
             raise _NotGlue
+        return self.memo[name]
+
+    def _value(self, name: str, depth: int):
         owner, what = self.scope.lookup(name)
         if owner is self.scope and what[0] == "node":
             node, k = what[1], what[2]
