@@ -251,3 +251,35 @@ def check_stack(layers: Sequence[Layer]) -> None:
                 f"{prev.num_directions}*{prev.output_size}")
         if layer.num_directions != layers[0].num_directions:
             raise ModelError("every layer of a stack must have the same number of directions")
+
+
+KIND_CODES = {"lstm": 0, "gru": 1, "rnn": 2}   # enum rnn_kind in include/rnnengine/cells.h
+
+
+def pack_layer(layer: Layer) -> list:
+    """Repack one layer, once, into the per-direction kernel descriptors the C code runs.
+
+    Biases are pre-summed (Wb + Rb) so the input GEMM adds them for free; the one exception is
+    GRU with linear_before_reset, whose Rbh must stay inside r * (h' Rh^T + Rbh)."""
+    from ._kernels import CellKernel
+
+    if layer.packed:
+        return layer.packed
+    H = layer.hidden_size
+    kernels = []
+    for d in range(layer.num_directions):
+        bias = layer.Wb[d] + layer.Rb[d]
+        rbh = None
+        if layer.kind == "gru" and layer.linear_before_reset:
+            bias[2 * H:] = layer.Wb[d, 2 * H:]
+            rbh = np.ascontiguousarray(layer.Rb[d, 2 * H:])
+        kernels.append(CellKernel(
+            KIND_CODES[layer.kind], GATES[layer.kind], H, layer.output_size,
+            d == 1 or layer.reverse, layer.input_forget, layer.linear_before_reset,
+            layer.clip or 0.0,
+            [(a.code, a.alpha, a.beta) for a in layer.activations[d]],
+            layer.W[d], layer.R[d], np.ascontiguousarray(bias, np.float32), rbh,
+            None if layer.P is None else layer.P[d],
+            None if layer.proj is None else layer.proj[d]))
+    layer.packed.extend(kernels)
+    return kernels

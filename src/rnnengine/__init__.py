@@ -1,0 +1,12 @@
+"""rnnengine: a CPU inference engine for LSTM, GRU and plain RNN networks.
+
+The compute core is a compiled extension; if it did not build, this import fails loudly
+(there is no pure-Python fallback)."""
+from ._kernels import CellKernel as _CellKernel  # noqa: F401  (fails loudly if not built)
+from .errors import ModelError
+from .backend import backend  # noqa: E402  (the Backend class shadows the submodule name)
+from .layers import Layer
+from .model import Model, Stream
+
+__all__ = ["ModelError", "Layer", "Model", "Stream", "backend"]
+__version__ = "0.1.0"

@@ -1,0 +1,281 @@
+"""Model and Stream: validation, shapes and state. All arithmetic happens in _kernels.
+
+Conventions are PyTorch's (SPEC §2): ``x`` is ``(T, N, I)`` or ``(N, T, I)`` with
+``batch_first``; ``y`` is ``(T, N, D*Hout)``; the state is ``h`` for GRU/RNN and ``(h, c)`` for
+LSTM, each ``(L*D, N, ·)``, layer-major and direction-minor; an unbatched ``(T, I)`` input gives
+an unbatched output and state.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _kernels
+from .layers import Layer, check_stack, pack_layer
+
+State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
+
+
+# The kernels index with C ints and hand sizes to a 32-bit-integer BLAS: any buffer they see
+# must hold fewer elements than this. Checked before anything is allocated.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def check_size(name: str, shape) -> None:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    if count > MAX_ELEMENTS:
+        raise ValueError(f"{name} of shape {tuple(shape)} has {count:,} elements; at most "
+                         f"{MAX_ELEMENTS:,} fit one call (split the batch or the sequence)")
+
+
+def as_float32(name: str, a, expected: str) -> np.ndarray:
+    """Any float array -> C-contiguous float32; anything else is a TypeError naming ``expected``."""
+    if isinstance(a, (tuple, list)):
+        try:
+            a = np.asarray(a, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must be a float array of shape {expected}; got a "
+                            f"{type(a).__name__} that is not one ({error})") from None
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a float array of shape {expected}; got {type(a).__name__}")
+    if a.dtype.kind != "f":
+        raise TypeError(f"{name} must be a float array of shape {expected}; got dtype {a.dtype}")
+    check_size(name, a.shape)
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class Model:
+    """A stack of recurrent layers, immutable once built and safe to share between threads
+    (every call allocates its own buffers; streams and pools own their state)."""
+
+    def __init__(self, layers: Sequence[Layer], batch_first: bool = False):
+        layers = tuple(layers)
+        check_stack(layers)
+        self._layers = layers
+        self._cells = [kernel for layer in layers for kernel in pack_layer(layer)]
+        self.batch_first = bool(batch_first)
+
+    # -- description -------------------------------------------------------------------
+    @property
+    def layers(self) -> Tuple[Layer, ...]:
+        return self._layers
+
+    @property
+    def kind(self) -> str:
+        return self._layers[0].kind
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    @property
+    def num_directions(self) -> int:
+        return self._layers[0].num_directions
+
+    @property
+    def input_size(self) -> int:
+        return self._layers[0].input_size
+
+    @property
+    def hidden_size(self) -> int:
+        return self._layers[0].hidden_size
+
+    @property
+    def proj_size(self) -> int:
+        """PyTorch's ``proj_size``: width of h for an LSTM with projection, else 0."""
+        layer = self._layers[0]
+        return layer.output_size if layer.proj is not None else 0
+
+    @property
+    def output_size(self) -> int:
+        """Width of y: D * Hout."""
+        return self.num_directions * self._layers[-1].output_size
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(layer.num_parameters for layer in self._layers)
+
+    def __repr__(self) -> str:
+        directions = {1: "forward", 2: "bidirectional"}[self.num_directions]
+        if self.num_directions == 1 and all(layer.reverse for layer in self._layers):
+            directions = "reverse"
+        proj = f", proj_size={self.proj_size}" if self.proj_size else ""
+        return (f"rnnengine.Model({self.kind.upper()}, layers={self.num_layers}, "
+                f"directions={directions}, input_size={self.input_size}, "
+                f"hidden_size={self.hidden_size}{proj}, batch_first={self.batch_first}, "
+                f"parameters={self.num_parameters:,})")
+
+    # -- state helpers -------------------------------------------------------------------
+    def _state_shapes(self, batch: int):
+        LD = self.num_layers * self.num_directions
+        h_shape = (LD, batch, self._layers[0].output_size)
+        c_shape = (LD, batch, self.hidden_size) if self.kind == "lstm" else None
+        return h_shape, c_shape
+
+    def zero_state(self, batch: int) -> State:
+        """The zero state for ``batch`` streams, in the structure ``run`` returns."""
+        h_shape, c_shape = self._state_shapes(batch)
+        h = np.zeros(h_shape, np.float32)
+        return (h, np.zeros(c_shape, np.float32)) if c_shape else h
+
+    def _check_state(self, state, batch: int, unbatched: bool):
+        """User state -> fresh float32 arrays (h, c or None) the kernel may overwrite."""
+        h_shape, c_shape = self._state_shapes(batch)
+        show = (lambda s: (s[0], s[2])) if unbatched else (lambda s: s)
+        if state is None:
+            return np.zeros(h_shape, np.float32), (np.zeros(c_shape, np.float32) if c_shape else None)
+        if c_shape:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"LSTM state must be a tuple (h, c) with h of shape {show(h_shape)} "
+                                f"and c of shape {show(c_shape)}; got {type(state).__name__}")
+            h, c = state
+        else:
+            if isinstance(state, (tuple, list)) and len(state) == 1:
+                state = state[0]
+            h, c = state, None
+        h = as_float32("state h", h, str(show(h_shape)))
+        if unbatched and h.ndim == 2:
+            h = h[:, None, :]
+        if h.shape != h_shape:
+            raise ValueError(f"state h must have shape {show(h_shape)}; got {h.shape if not unbatched else h[:, 0].shape}")
+        h = h.copy()
+        if c_shape:
+            c = as_float32("state c", c, str(show(c_shape)))
+            if unbatched and c.ndim == 2:
+                c = c[:, None, :]
+            if c.shape != c_shape:
+                raise ValueError(f"state c must have shape {show(c_shape)}; got {c.shape}")
+            c = c.copy()
+        return h, c
+
+    def _check_lengths(self, lengths, T: int, N: int) -> Optional[np.ndarray]:
+        if lengths is None:
+            return None
+        arr = np.asarray(lengths)
+        if arr.dtype.kind not in "iu" or arr.ndim != 1:
+            raise TypeError(f"lengths must be a 1-D sequence of {N} integers; got "
+                            f"dtype {arr.dtype}, shape {arr.shape}")
+        if arr.shape[0] != N:
+            raise ValueError(f"lengths must have {N} entries (one per batch entry); got {arr.shape[0]}")
+        if N and (arr.min() < 0 or arr.max() > T):
+            raise ValueError(f"lengths must lie in [0, {T}] (T={T}); got {arr.tolist()}")
+        return np.ascontiguousarray(arr, dtype=np.int32)
+
+    # -- whole sequence ------------------------------------------------------------------
+    def run(self, x, state: Optional[State] = None, lengths=None):
+        """Run the whole sequence ``x``.
+
+        x: ``(T, N, I)`` (``(N, T, I)`` when ``batch_first``) or unbatched ``(T, I)``.
+        state: initial state or None for zeros. lengths: N ints in ``[0, T]`` or None.
+        Returns ``(y, state)``: y ``(T, N, D*Hout)`` (or ``(N, T, ·)``, or ``(T, ·)``),
+        zero past each entry's length; the final state after each entry's last valid step."""
+        I = self.input_size
+        expected = "(N, T, %d)" % I if self.batch_first else "(T, N, %d)" % I
+        x = as_float32("x", x, f"{expected} or (T, {I})")
+        unbatched = x.ndim == 2
+        if unbatched:
+            x = x[:, None, :]
+        elif x.ndim == 3:
+            if self.batch_first:
+                x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        if x.ndim != 3 or x.shape[2] != I:
+            shape = x[:, 0].shape if unbatched else x.shape
+            raise ValueError(f"x must be float32 of shape {expected} or (T, {I}); got {shape}")
+        T, N = x.shape[0], x.shape[1]
+        widest = max(max(k.gates * k.hidden_size for k in self._cells), self.output_size)
+        check_size("the work buffers for x", (T, N, widest))
+        lens = self._check_lengths(lengths, T, N)
+        if unbatched and lens is not None and lens.shape[0] != 1:
+            raise ValueError("lengths for an unbatched input must have one entry")
+        h, c = self._check_state(state, N, unbatched)
+        y = np.zeros((T, N, self.output_size), np.float32)
+        _kernels.run_stack(self._cells, self.num_directions, x, lens, h, c, y)
+        if unbatched:
+            y, h = y[:, 0], h[:, 0]
+            c = None if c is None else c[:, 0]
+        elif self.batch_first:
+            y = np.ascontiguousarray(y.transpose(1, 0, 2))
+        return y, ((h, c) if c is not None else h)
+
+    # -- streaming -----------------------------------------------------------------------
+    def stream(self, batch: int = 1) -> "Stream":
+        """A stateful stream of ``batch`` sequences advanced a few timesteps at a time."""
+        return Stream(self, batch)
+
+    def pool(self, capacity: int = 64):
+        """Many independent streams stepped together (see ``rnnengine.pool.Pool``)."""
+        from .pool import Pool
+        return Pool(self, capacity)
+
+    def save(self, path) -> None:
+        """Write the engine's own ``.npz`` (arrays plus a JSON header; ``rnnengine.load`` reads it)."""
+        from .loaders.npz import save_model
+        save_model(self, path)
+
+
+class Stream:
+    """Carries the state of ``batch`` sequences across calls. Not for concurrent use from
+    two threads; use one stream per thread (the Model itself is shareable)."""
+
+    def __init__(self, model: Model, batch: int = 1):
+        if model.num_directions != 1:
+            raise ValueError("a bidirectional model cannot stream: its reverse direction needs "
+                             "the whole sequence; use Model.run")
+        if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be a positive integer; got {batch!r}")
+        self.model = model
+        self.batch = int(batch)
+        self._h, self._c = model._check_state(None, self.batch, False)
+
+    @property
+    def state(self) -> State:
+        """A copy of the current state, in the structure ``Model.run`` returns."""
+        return (self._h.copy(), self._c.copy()) if self._c is not None else self._h.copy()
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self._h, self._c = self.model._check_state(value, self.batch, False)
+
+    def reset(self) -> None:
+        """Back to the zero state."""
+        self._h[...] = 0
+        if self._c is not None:
+            self._c[...] = 0
+
+    def step(self, x_t):
+        """One timestep: x_t ``(N, I)`` (or ``(I,)`` when batch is 1) -> y_t ``(N, Hout)``
+        (or ``(Hout,)``)."""
+        I = self.model.input_size
+        x_t = as_float32("x_t", x_t, f"({self.batch}, {I})")
+        single = x_t.ndim == 1 and self.batch == 1
+        x3 = x_t.reshape(1, 1, -1) if single else x_t[None]
+        if x3.ndim != 3 or x3.shape[1:] != (self.batch, I):
+            raise ValueError(f"x_t must be float32 of shape ({self.batch}, {I}); got {x_t.shape}")
+        y = np.empty((1, self.batch, self.model.output_size), np.float32)
+        _kernels.run_stack(self.model._cells, 1, x3, None, self._h, self._c, y)
+        return y[0, 0] if single else y[0]
+
+    def run(self, chunk):
+        """Several timesteps, state carried on: chunk ``(T, N, I)`` (``(N, T, I)`` when the
+        model is batch_first, or ``(T, I)`` when batch is 1) -> y of the matching shape."""
+        I = self.model.input_size
+        batch_first = self.model.batch_first
+        expected = f"({self.batch}, T, {I})" if batch_first else f"(T, {self.batch}, {I})"
+        chunk = as_float32("chunk", chunk, expected)
+        single = chunk.ndim == 2 and self.batch == 1
+        if single:
+            x = chunk[:, None, :]
+        elif chunk.ndim == 3 and batch_first:
+            x = np.ascontiguousarray(chunk.transpose(1, 0, 2))
+        else:
+            x = chunk
+        if x.ndim != 3 or x.shape[1:] != (self.batch, I):
+            raise ValueError(f"chunk must be float32 of shape {expected}; got {chunk.shape}")
+        y = np.empty((x.shape[0], self.batch, self.model.output_size), np.float32)
+        _kernels.run_stack(self.model._cells, 1, x, None, self._h, self._c, y)
+        if single:
+            return y[:, 0]
+        return np.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y
