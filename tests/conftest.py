@@ -236,3 +236,57 @@ def node_attributes(node) -> dict:
             v = [s.decode() for s in v]
         out[a.name] = v
     return out
+
+
+def random_stack(rng, kind, num_layers, direction, I, H, proj=0, features=True):
+    """ONNX-layout dicts for a stack: layer k>0 takes D*Hout inputs. With ``features``, each
+    layer draws its own activations, clip, peepholes, input_forget, linear_before_reset."""
+    D = 2 if direction == "bidirectional" else 1
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    Hout = proj or H
+    layers = []
+    for k in range(num_layers):
+        width = I if k == 0 else D * Hout
+        s = 1.0 / np.sqrt(max(width, H))
+        d = dict(kind=kind, direction=direction,
+                 W=rng.uniform(-2 * s, 2 * s, (D, G * H, width)).astype(np.float32),
+                 R=rng.uniform(-2 * s, 2 * s, (D, G * H, Hout)).astype(np.float32),
+                 B=rng.uniform(-0.5, 0.5, (D, 2 * G * H)).astype(np.float32))
+        if proj:
+            d["proj"] = rng.uniform(-0.6, 0.6, (D, proj, H)).astype(np.float32)
+        if features:
+            if rng.random() < 0.5:
+                names, alphas, betas = random_activations(rng, kind.upper(), D)
+                d.update(activations=names, activation_alpha=alphas, activation_beta=betas)
+            if rng.random() < 0.3:
+                d["clip"] = float(np.float32(rng.uniform(0.5, 2.0)))
+            if kind == "lstm" and rng.random() < 0.4:
+                d["P"] = rng.uniform(-0.5, 0.5, (D, 3 * H)).astype(np.float32)
+            if kind == "lstm" and rng.random() < 0.3:
+                d["input_forget"] = 1
+            if kind == "gru":
+                d["linear_before_reset"] = int(rng.random() < 0.5)
+        layers.append(d)
+    return layers
+
+
+def build_model(layer_dicts, batch_first=False):
+    """An engine Model from ``random_stack``-style dicts, through Layer.from_onnx."""
+    from rnnengine import Layer, Model
+
+    layers = [Layer.from_onnx(d["kind"], d["W"], d["R"], d.get("B"), d.get("P"),
+                              **{k: v for k, v in d.items()
+                                 if k not in ("kind", "W", "R", "B", "P")})
+              for d in layer_dicts]
+    return Model(layers, batch_first=batch_first)
+
+
+def random_state(rng, kind, L, D, N, H, Hout):
+    """A random state in Model.run's structure: h or (h, c), each (L*D, N, .)."""
+    h = rng.uniform(-1, 1, (L * D, N, Hout)).astype(np.float32)
+    return (h, rng.uniform(-1, 1, (L * D, N, H)).astype(np.float32)) if kind == "lstm" else h
+
+
+def states(s):
+    """A state as a list of arrays, for comparisons."""
+    return list(s) if isinstance(s, tuple) else [s]
