@@ -121,6 +121,27 @@ def test_all_lengths_zero(op, rng):
     engine_vs_ort(op, inputs, attrs)
 
 
+@pytest.mark.parametrize("given", ["initial_h", "initial_c"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_lstm_one_initial_state_only(given, layout, rng):
+    # The absent one of initial_h / initial_c is zero.
+    inputs, attrs = random_onnx_case(rng, "LSTM", direction="bidirectional", initial=True,
+                                     lengths=True)
+    del inputs["initial_c" if given == "initial_h" else "initial_h"]
+    engine_vs_ort("LSTM", inputs, attrs, layout=layout)
+
+
+@pytest.mark.parametrize("op", RECURRENT_OPS)
+def test_hidden_size_attribute_absent(op, rng):
+    # hidden_size is optional in ONNX: the engine infers it from W; ORT is given it.
+    inputs, attrs = random_onnx_case(rng, op, initial=True, lengths=True)
+    expected = ort_run(onnx_node_model(op, inputs, ort_attrs(attrs)), inputs)
+    del attrs["hidden_size"]
+    model = onnx_node_model(op, inputs, attrs)
+    got = rnnengine.backend.prepare(model).run(graph_feeds(model, inputs))
+    assert_outputs_close(got, expected)
+
+
 def _slot_cases():
     for op, slots in (("LSTM", 3), ("GRU", 2), ("RNN", 1)):
         for slot in range(slots):
