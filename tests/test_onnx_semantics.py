@@ -7,8 +7,9 @@ transposed layout=0 twin."""
 import numpy as np
 import pytest
 
-from conftest import (ACTIVATION_NAMES, RECURRENT_OPS, assert_outputs_close, build_model,
-                      graph_feeds, onnx_node_model, ort_attrs, ort_run, outputs_to_layout1,
+from conftest import (ACTIVATION_SLOTS, FEATURES, RECURRENT_OPS, activation_slot_case,
+                      assert_outputs_close, build_model, graph_feeds, onnx_node_model,
+                      ort_attrs, ort_run, outputs_to_layout1, peephole_clip_case,
                       random_onnx_case, random_stack, random_state, states, to_layout1)
 
 import rnnengine
@@ -49,21 +50,6 @@ def test_random_node_layout1(op, seed):
     engine_vs_ort(op, inputs, attrs, initializers=WEIGHTS if seed % 2 else (), layout=1)
 
 
-FEATURES = {
-    "lengths": dict(lengths=True, initial=False),
-    "lengths_initial": dict(lengths=True, initial=True),
-    "initial": dict(initial=True, lengths=False),
-    "bidirectional_lengths": dict(direction="bidirectional", lengths=True, initial=True),
-    "reverse_lengths": dict(direction="reverse", lengths=True, initial=True),
-    "clip": dict(clip=True),
-    "activations": dict(activations=True),
-    "no_bias": dict(bias=False),
-    "batch1_T1": dict(N=1, T=1),
-    "H1": dict(H=1),
-    "H33_I17": dict(H=33, I=17),
-}
-
-
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("op", RECURRENT_OPS)
@@ -75,13 +61,7 @@ def test_feature(op, feature, seed, rng):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 def test_lstm_peepholes_clip_input_forget(direction, seed, rng):
-    # Large peepholes against a small clip: the clip bounds the peephole term too.
-    inputs, attrs = random_onnx_case(rng, "LSTM", direction=direction, peepholes=True,
-                                     clip=True, initial=True, input_forget=bool(seed % 2),
-                                     lengths=seed >= 2)
-    inputs["P"] = inputs["P"] * 4
-    attrs["clip"] = 0.4
-    engine_vs_ort("LSTM", inputs, attrs)
+    engine_vs_ort("LSTM", *peephole_clip_case(rng, direction, bool(seed % 2), seed >= 2))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -142,29 +122,12 @@ def test_hidden_size_attribute_absent(op, rng):
     assert_outputs_close(got, expected)
 
 
-def _slot_cases():
-    for op, slots in (("LSTM", 3), ("GRU", 2), ("RNN", 1)):
-        for slot in range(slots):
-            for name in ACTIVATION_NAMES:
-                yield op, slot, name
-
-
 @pytest.mark.parametrize("params", ["defaults", "given"])
-@pytest.mark.parametrize("op,slot,name", list(_slot_cases()))
+@pytest.mark.parametrize("op,slot,name", ACTIVATION_SLOTS)
 def test_every_activation_in_every_slot(op, slot, name, params, rng):
-    """Each of the eleven functions in each slot (f, g, h), mixed letter case, with ORT's
-    default alpha/beta and with given ones; the reverse direction keeps the defaults."""
-    inputs, attrs = random_onnx_case(rng, op, T=3, N=2, I=3, H=5, direction="bidirectional",
-                                     activations=False, initial=True)
-    defaults = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
-                "RNN": ["Tanh"]}[op]
-    names = list(defaults)
-    names[slot] = name.lower() if slot % 2 else name.upper()
-    attrs["activations"] = names + defaults
-    if params == "given":
-        attrs["activation_alpha"] = [0.7]
-        attrs["activation_beta"] = [0.3]
-    engine_vs_ort(op, inputs, attrs)
+    """Each of the eleven functions in each slot (f, g, h), odd letter case, with ORT's
+    default alpha/beta and with given ones."""
+    engine_vs_ort(op, *activation_slot_case(rng, op, slot, name, params == "given"))
 
 
 @pytest.mark.parametrize("op", RECURRENT_OPS)
@@ -197,6 +160,15 @@ def test_larger_sizes(op, H, I, rng):
     inputs, attrs = random_onnx_case(rng, op, H=H, I=I, T=5, N=4, direction="bidirectional",
                                      lengths=True, initial=True, activations=False)
     engine_vs_ort(op, inputs, attrs)
+
+
+@pytest.mark.parametrize("op", RECURRENT_OPS)
+def test_long_sequence(op, rng):
+    inputs, attrs = random_onnx_case(rng, op, T=40, N=3, H=17, I=8, direction="bidirectional",
+                                     lengths=True, initial=True, activations=False)
+    inputs["sequence_lens"] = np.array([40, 17, 1], np.int32)
+    engine_vs_ort(op, inputs, attrs)
+    engine_vs_ort(op, inputs, attrs, layout=1)
 
 
 def test_non_canonical_activation_case(rng):

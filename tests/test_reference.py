@@ -4,9 +4,10 @@ LSTM projection. Every other numeric test trusts the oracle only because of this
 import numpy as np
 import pytest
 
-from conftest import (ACTIVATION_NAMES, RECURRENT_OPS, assert_outputs_close, conformance_cases,
-                      conformance_node_inputs, node_attributes, onnx_node_model, ort_attrs,
-                      ort_run, random_onnx_case)
+from conftest import (ACTIVATION_SLOTS, FEATURES, RECURRENT_OPS, activation_slot_case,
+                      assert_outputs_close, conformance_cases, conformance_node_inputs,
+                      node_attributes, onnx_node_model, ort_attrs, ort_run,
+                      peephole_clip_case, random_onnx_case)
 from rnnengine._reference import onnx_rnn, run_stack
 
 torch = pytest.importorskip("torch")
@@ -29,18 +30,6 @@ def test_random_node_matches_ort(op, seed):
     oracle_vs_ort(op, *random_onnx_case(rng, op))
 
 
-FEATURES = {
-    "lengths": dict(lengths=True),
-    "initial_state": dict(initial=True),
-    "lengths_and_initial_state": dict(lengths=True, initial=True),
-    "bidirectional_lengths": dict(direction="bidirectional", lengths=True, initial=True),
-    "reverse_lengths": dict(direction="reverse", lengths=True, initial=True),
-    "clip": dict(clip=True),
-    "activations": dict(activations=True),
-    "no_bias": dict(bias=False),
-}
-
-
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("feature", FEATURES)
 @pytest.mark.parametrize("op", RECURRENT_OPS)
@@ -51,13 +40,7 @@ def test_feature_matches_ort(op, feature, seed, rng):
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 def test_lstm_peepholes_clip_input_forget(direction, seed, rng):
-    # Large peepholes and a small clip: the clip must bound the peephole term too.
-    inputs, attrs = random_onnx_case(rng, "LSTM", direction=direction, peepholes=True,
-                                     clip=True, initial=True, input_forget=bool(seed % 2),
-                                     lengths=seed >= 3)
-    inputs["P"] = inputs["P"] * 4
-    attrs["clip"] = 0.4
-    oracle_vs_ort("LSTM", inputs, attrs)
+    oracle_vs_ort("LSTM", *peephole_clip_case(rng, direction, bool(seed % 2), seed >= 3))
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -85,30 +68,10 @@ def test_zero_and_short_lengths(op, rng):
         assert not Y_h[:, 1].any()
 
 
-def _slot_cases():
-    for op, slots in (("LSTM", 3), ("GRU", 2), ("RNN", 1)):
-        for slot in range(slots):
-            for name in ACTIVATION_NAMES:
-                yield op, slot, name
-
-
 @pytest.mark.parametrize("params", ["defaults", "given"])
-@pytest.mark.parametrize("op,slot,name", list(_slot_cases()))
+@pytest.mark.parametrize("op,slot,name", ACTIVATION_SLOTS)
 def test_every_activation_in_every_slot(op, slot, name, params, rng):
-    # Short sequences keep unbounded functions in gate slots from blowing up the state.
-    inputs, attrs = random_onnx_case(rng, op, T=3, N=2, I=3, H=4, direction="bidirectional",
-                                     activations=False, initial=True, lengths=False)
-    defaults = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"],
-                "RNN": ["Tanh"]}[op]
-    names = list(defaults)
-    names[slot] = name.lower() if slot % 2 else name.upper()     # case-insensitive
-    # Reverse direction keeps the defaults: the alpha/beta lists are consumed only by
-    # functions that take them, so the reverse direction must get none of ours.
-    attrs["activations"] = names + defaults
-    if params == "given":
-        attrs["activation_alpha"] = [0.7]
-        attrs["activation_beta"] = [0.3]
-    oracle_vs_ort(op, inputs, attrs)
+    oracle_vs_ort(op, *activation_slot_case(rng, op, slot, name, params == "given"))
 
 
 def test_alpha_beta_consumed_in_order(rng):

@@ -139,7 +139,8 @@ class _Cell:
         # LSTM, ONNX gate order i, o, f, c; peepholes i, o, f
         g = self.W @ x + self.R @ h + self.Wb + self.Rb
         gi, go, gf, gc = g[:H], g[H:2 * H], g[2 * H:3 * H], g[3 * H:]
-        Pi, Po, Pf = (self.P[:H], self.P[H:2 * H], self.P[2 * H:]) if self.P is not None else (0, 0, 0)
+        Pi, Po, Pf = (0.0, 0.0, 0.0) if self.P is None else \
+            (self.P[:H], self.P[H:2 * H], self.P[2 * H:])
         i = self.f(0, self.clipped(gi + Pi * c))
         f = 1.0 - i if self.input_forget else self.f(0, self.clipped(gf + Pf * c))
         c = f * c + i * self.f(1, self.clipped(gc))
