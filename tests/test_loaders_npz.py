@@ -8,12 +8,11 @@ os.environ.setdefault("KERAS_BACKEND", "torch")   # real Keras layers without Te
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import rnnengine  # noqa: E402
+from conftest import onnx_node_model, ort_run  # noqa: E402
 from rnnengine import ModelError  # noqa: E402
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -181,16 +180,10 @@ def onnx_names_case(op, D, attributes, peepholes=False, seed=0):
 
 
 def ort_single_node(op, X, arrays, attributes):
-    inits = [numpy_helper.from_array(arrays[k], k) for k in ("W", "R", "B", "P") if k in arrays]
-    inputs = ["X", "W", "R", "B"] + (["", "", "", "P"] if "P" in arrays else [])
-    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
-    node = helper.make_node(op, inputs, outs, hidden_size=arrays["R"].shape[-1], **attributes)
-    info = lambda n: helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-    graph = helper.make_graph([node], "g", [info("X")], [info(o) for o in outs], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {"X": X})
+    inputs = dict(arrays, X=X)
+    model = onnx_node_model(op, inputs, dict(hidden_size=arrays["R"].shape[-1], **attributes),
+                            initializers=("W", "R", "B", "P"))
+    return ort_run(model, inputs)
 
 
 ONNX_NAME_CASES = {

@@ -17,6 +17,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import rnnengine
+from conftest import onnx_node_model, ort_run
 from rnnengine import ModelError
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -224,26 +225,17 @@ def save(model, folder, name="m.onnx"):
     return path
 
 
-def ort_run(model_or_path, feeds):
-    data = model_or_path if isinstance(model_or_path, str) else model_or_path.SerializeToString()
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return session.run(None, feeds)
+def ort_file_run(path, feeds):
+    """ONNX Runtime on a saved model (from its path, so that external data is found)."""
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 def single_node_reference(op, X, W, R, B=None, P=None, **attributes):
     """ONNX Runtime running one plain node with initializer weights: Y, Y_h (, Y_c)."""
-    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")]
-    names = ["X", "W", "R"]
-    if B is not None:
-        inits.append(numpy_helper.from_array(B, "B"))
-    names.append("B" if B is not None else "")
-    if P is not None:
-        inits.append(numpy_helper.from_array(P, "P"))
-        names += ["", "", "", "P"]
-    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
-    node = helper.make_node(op, names, outs, hidden_size=R.shape[-1], **attributes)
-    model = make_model([node], inits, [vinfo("X")], [vinfo(o) for o in outs])
-    return ort_run(model, {"X": X})
+    inputs = {"X": X, "W": W, "R": R, "B": B, "P": P}
+    model = onnx_node_model(op, inputs, dict(hidden_size=R.shape[-1], **attributes),
+                            initializers=("W", "R", "B", "P"))
+    return ort_run(model, inputs)
 
 
 def check_against_ort(model, X, expected, op):
@@ -368,7 +360,7 @@ def test_weight_chain_is_folded_like_onnxruntime(tmp_path, kind):
                        [vinfo("Y"), vinfo("Y_h"), vinfo("Y_c")], opset=opset)
     path = save(model, tmp_path)
     X = x_for(2)
-    check_against_ort(rnnengine.load(path), X, ort_run(path, {"X": X}), "LSTM")
+    check_against_ort(rnnengine.load(path), X, ort_file_run(path, {"X": X}), "LSTM")
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
@@ -390,7 +382,7 @@ def test_constant_nodes_and_attributes(tmp_path, op, direction):
     nodes.append(helper.make_node(op, inputs, outs, name="rec", hidden_size=4, **attributes))
     path = save(make_model(nodes, [], [vinfo("X")], [vinfo(o) for o in outs]), tmp_path)
     X = x_for(3, seed=D)
-    check_against_ort(rnnengine.load(path), X, ort_run(path, {"X": X}), op)
+    check_against_ort(rnnengine.load(path), X, ort_file_run(path, {"X": X}), op)
 
 
 def test_direct_float16_bfloat16_float64_weights(tmp_path):
@@ -451,7 +443,7 @@ def test_node_inside_subgraph(tmp_path, container):
     check_against_ort(loaded, X, single_node_reference("LSTM", X, W, R, B), "LSTM")
     assert rnnengine.load(path, node="inner_lstm").num_layers == 1
     if container == "If":   # ORT running the whole If agrees with the single-node reference
-        y_if = ort_run(path, {"X": X, "cond": np.array(True)})[0]
+        y_if = ort_file_run(path, {"X": X, "cond": np.array(True)})[0]
         np.testing.assert_allclose(loaded.run(X)[0], y_if[:, 0], **TOL)
 
 
@@ -466,7 +458,7 @@ def test_external_data_is_read_beside_the_model(tmp_path):
                     location="weights.bin", size_threshold=0)
     assert os.path.getsize(tmp_path / "weights.bin") > W.nbytes
     X = x_for(16)
-    check_against_ort(rnnengine.load(path), X, ort_run(path, {"X": X}), "GRU")
+    check_against_ort(rnnengine.load(path), X, ort_file_run(path, {"X": X}), "GRU")
 
 
 @pytest.mark.parametrize("location", ["../outside.bin", "/etc/passwd", "sub/../../outside.bin"])
@@ -575,7 +567,7 @@ def test_node_names_qualified_and_by_output(tmp_path):
     for label, cond in (("then", True), ("else", False)):
         by_qualname = rnnengine.load(path, node=f"choose::{label}_branch::rnn")
         by_output = rnnengine.load(path, node=f"Y_{label}")
-        y_ref = ort_run(path, {"X": X, "cond": np.array(cond)})[0]
+        y_ref = ort_file_run(path, {"X": X, "cond": np.array(cond)})[0]
         for m in (by_qualname, by_output):
             np.testing.assert_allclose(m.run(X)[0], y_ref[:, 0], **TOL)
 

@@ -100,7 +100,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
                              f"a qualified name:\n  {listing}")
         start = matches[0]
     nodes = stack_from(start)
-    layers = [_layer(f, folder, where) for f in nodes]
+    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
     if batch_first is None:
         batch_first = _input_is_batch_first(start)
     try:
@@ -168,6 +168,10 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
         raise ModelError(f"{here}: input {label} ({name!r}) has dtype {value.dtype}; "
                          "expected a float tensor")
 
+    if not node.input or not node.input[0]:
+        raise ModelError(f"{here}: input X is missing")
+    if a.get("layout", 0) not in (0, 1):
+        raise ModelError(f"{here}: layout must be 0 or 1; got {a.get('layout')}")
     W = weight(1, "W", True)
     R = weight(2, "R", True)
     B = weight(3, "B", False)
