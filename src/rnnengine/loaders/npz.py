@@ -202,7 +202,7 @@ def _merge_keras_bidirectional(groups: list) -> list:
                 side = "forward" if parts[i].startswith("forward_") else "backward"
                 halves.setdefault("/".join(parts[:i]), {}).setdefault(side, []).append(g)
                 break
-    out = [g for g in groups]
+    out = list(groups)
     for parent, sides in halves.items():
         if len(sides.get("forward", [])) == 1 and len(sides.get("backward", [])) == 1:
             fwd, bwd = sides["forward"][0], sides["backward"][0]
