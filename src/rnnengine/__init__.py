@@ -9,5 +9,5 @@ from .layers import Layer
 from .model import Model, Stream
 from .loaders import load
 
-__all__ = ["ModelError", "Layer", "Model", "Stream", "backend"]
+__all__ = ["ModelError", "Layer", "Model", "Stream", "backend", "load"]
 __version__ = "0.1.0"
