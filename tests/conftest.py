@@ -11,10 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-# Tests run against the in-place build in src/ (never a pip-installed copy).
-_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-if _SRC not in sys.path:
-    sys.path.insert(0, _SRC)
+# Tests import the installed package (CI: `pip install .`). For an in-place build during
+# development, run them with PYTHONPATH=src.
 
 ONNX_INPUTS = {
     "LSTM": ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"),
