@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from importlib import resources
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -82,13 +83,16 @@ def existing_file(path: str) -> str:
     return path
 
 
-def load_model(path: str, node: Optional[str] = None) -> Model:
+def load_model(path: str, node: Optional[str] = None, **options) -> Model:
     """``rnnengine.load`` with every failure turned into one line naming the file."""
     existing_file(path)
     from .loaders import load
+    options = {k: v for k, v in options.items() if v is not None}
     try:
-        return load(path, node=node) if node is not None else load(path)
-    except ModelError:
+        return load(path, node=node, **options)
+    except ModelError as exc:
+        if "node=" in str(exc) and node is None:  # the API's wording; say it the CLI's way
+            raise ModelError(f"{exc} (on the command line: --node NAME)") from exc
         raise
     except (OSError, ValueError, TypeError, KeyError, EOFError) as exc:
         raise ModelError(f"{path}: cannot read model: {exc}") from exc
@@ -409,25 +413,34 @@ class TorchCells:
 
 
 def optional_import(name: str):
+    """The module, or None when it is not installed."""
     try:
-        return __import__(name)
+        module = __import__(name)
     except ImportError:
         return None
+    if name == "torch":  # its note that projections bypass oneDNN is noise here
+        warnings.filterwarnings("ignore", message=".*oneDNN", category=UserWarning)
+    return module
 
 
 # --- subcommands ---------------------------------------------------------------------------
 
 def cmd_info(args) -> int:
     path = existing_file(args.model)
-    nodes = onnx_recurrent_nodes(path) if path.lower().endswith(".onnx") else []
+    is_onnx = path.lower().endswith(".onnx")
     try:
-        model = load_model(path, args.node)
+        model = load_model(path, args.node, nonlinearity=args.nonlinearity)
     except ModelError:
+        try:
+            nodes = onnx_recurrent_nodes(path) if is_onnx else []
+        except ModelError:
+            nodes = []
         if len(nodes) > 1:  # show what there is to choose from before the error line
             print(f"{path}: {len(nodes)} recurrent nodes")
             for name, op, where in nodes:
                 print(f"  {op:4s} {name}" + (f"   (inside {where})" if where else ""))
         raise
+    nodes = onnx_recurrent_nodes(path) if is_onnx else []
     D = model.num_directions
     L = model.num_layers
     hout = model.proj_size or model.hidden_size
@@ -491,7 +504,7 @@ def parse_lengths(text: Optional[str]) -> Optional[np.ndarray]:
 
 
 def cmd_run(args) -> int:
-    model = load_model(args.model, args.node)
+    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     if args.batch_first:
         model.batch_first = True
     x = load_array(args.input, "--input")
@@ -514,7 +527,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    model = load_model(args.model, args.node)
+    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     try:
         model.save(out)
@@ -546,7 +559,7 @@ def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
 
 
 def cmd_bench(args) -> int:
-    model = load_model(args.model, args.node)
+    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     model.batch_first = False
     T, N, steps, repeat = args.seq_len, args.batch, args.steps, args.repeat
     if min(T, N, steps, repeat) < 1:
@@ -684,65 +697,137 @@ def max_diff(a, b) -> float:
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-def original_node_check(path: str, node_name: Optional[str], model: Model, seed: int):
-    """Run the file's own recurrent node in onnxruntime (extracted with its weight chain) and
-    the engine on the same random input: (label, diff_y, diff_state) or (label, reason)."""
+def cut_graph(proto, x_name: str, wanted: List[str]):
+    """The part of an ONNX graph that computes ``wanted`` from the tensor ``x_name`` alone
+    (plus initializers and constants), as a model of its own whose only input is X."""
+    from onnx import TensorProto, helper
+
+    producer = {out: node for node in proto.graph.node for out in node.output if out}
+    initializers = {t.name for t in proto.graph.initializer}
+    x_info = next((v for v in list(proto.graph.input) + list(proto.graph.value_info)
+                   if v.name == x_name), None)
+    if x_info is None:  # an intermediate tensor without a recorded type: assume float
+        x_info = helper.make_tensor_value_info(x_name, TensorProto.FLOAT, None)
+    needed, todo = set(), list(wanted)
+    while todo:
+        name = todo.pop()
+        if not name or name == x_name or name in initializers:
+            continue
+        node = producer.get(name)
+        if node is None:
+            raise Unsupported(f"the node(s) depend on the graph input {name!r}")
+        if id(node) in needed:
+            continue
+        needed.add(id(node))
+        todo += list(node.input)
+        for attr in node.attribute:  # subgraphs may read outer tensors
+            if attr.type in (attr.GRAPH, attr.GRAPHS):
+                raise Unsupported(f"{node.op_type} {node.name!r} on the path has a subgraph")
+    nodes = [n for n in proto.graph.node if id(n) in needed]
+    used = {i for n in nodes for i in n.input}
+    elem = x_info.type.tensor_type.elem_type
+    graph = helper.make_graph(
+        nodes, "cut", [x_info], [helper.make_tensor_value_info(w, elem, None) for w in wanted],
+        [t for t in proto.graph.initializer if t.name in used])
+    model = helper.make_model(graph, opset_imports=proto.opset_import)
+    model.ir_version = proto.ir_version
+    return model
+
+
+def file_graph_check(path: str, node_name: Optional[str], model: Model, T: int, N: int,
+                     seed: int):
+    """Run the file's own recurrent node(s) in onnxruntime, cut out of the file together with
+    their weight chains and the glue between layers, and the engine on the same random input.
+
+    Independent of rnnengine's loader: returns ``(label, diff_y, diff_state)``, or
+    ``(label, reason)`` when this file cannot be cut that way."""
     import onnx
     import onnxruntime as ort
+    from onnx import numpy_helper
 
     nodes = onnx_recurrent_nodes(path)
-    if node_name is None:
-        if len(nodes) != 1:
-            return ("onnxruntime, node as in the file",
-                    f"not compared: {len(nodes)} recurrent nodes (checked through the loaded "
-                    "weights below)")
-        node_name = nodes[0][0]
-    where = next((w for n, _, w in nodes if n == node_name), None)
-    label = f"onnxruntime, node {node_name!r} as in the file"
-    if where:
-        return label, f"not compared: the node is inside {where}"
+    label = "onnxruntime, the file's own node(s)"
+    if any(where for _, _, where in nodes):
+        return label, "not compared: recurrent nodes inside subgraphs"
     proto = onnx.load(path)
-    node = next(n for n in proto.graph.node if n.name == node_name)
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if attrs.get("layout", 0) == 1:
-        return label, "not compared: onnxruntime rejects layout=1"
-    if model.num_layers != 1:
-        return label, "not compared: the node loaded as part of a multi-layer model"
-    constant = {i.name for i in proto.graph.initializer}
-    extra = [n for n in node.input[4:7] if n and n not in constant]
-    if extra:
-        return label, "not compared: sequence_lens/initial state come from graph inputs"
-    outputs = [n for n in node.output if n]
+    in_order = [n for n in proto.graph.node if n.op_type in RECURRENT_OPS]
+    start = 0
+    if node_name is not None:
+        start = next((i for i, n in enumerate(in_order) if n.name == node_name), -1)
+        if start < 0:
+            return label, f"not compared: no node {node_name!r} in the main graph"
+    elif len(in_order) != model.num_layers:
+        return label, (f"not compared: {len(in_order)} recurrent nodes for "
+                       f"{model.num_layers} layer(s)")
+    chain = in_order[start:start + model.num_layers]
+    if len(chain) != model.num_layers:
+        return label, "not compared: the loaded layers are not consecutive nodes"
+    label = ("onnxruntime, node " + ", ".join(repr(n.name) for n in chain) + " from the file")
+    for n in chain:
+        if any(a.name == "layout" and a.i == 1 for a in n.attribute):
+            return label, "not compared: onnxruntime rejects layout=1"
+        if len(n.input) > 4 and n.input[4]:
+            return label, "not compared: the file feeds sequence_lens"
+    initializers = {t.name: t for t in proto.graph.initializer}
+    wanted = [chain[-1].output[0]] if chain[-1].output[0] else []
+    for n in chain:
+        wanted += [name for name in list(n.output[1:3]) + list(n.input[5:7])
+                   if name and name not in initializers]
+    wanted = list(dict.fromkeys(wanted))
     try:
-        small = onnx.utils.Extractor(proto).extract_model([node.input[0]], outputs)
-        session = ort.InferenceSession(small.SerializeToString(), providers=["CPUExecutionProvider"])
+        small = cut_graph(proto, chain[0].input[0], wanted)
+        session = ort.InferenceSession(small.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+    except Unsupported as exc:
+        return label, f"not compared: {exc}"
     except Exception as exc:
-        return label, f"not compared: cannot extract the node ({type(exc).__name__}: {exc})"
+        return label, f"not compared: onnxruntime cannot run the node(s) ({one_line(exc)[:80]})"
     x_info = session.get_inputs()[0]
     dims = [d if isinstance(d, int) and d > 0 else None for d in x_info.shape]
-    T, N = dims[0] or 7, dims[1] or 3
-    x = random_input(model, T, N, seed)
+    if len(dims) == 3:  # a file may fix T or N
+        T, N = dims[0] or T, dims[1] or N
     dtype = {"tensor(float)": np.float32, "tensor(double)": np.float64,
              "tensor(float16)": np.float16}.get(x_info.type)
     if dtype is None:
         return label, f"not compared: X is {x_info.type}"
-    got = dict(zip(outputs, session.run(None, {x_info.name: x.astype(dtype)})))
+    x = random_input(model, T, N, seed).astype(dtype)
+    got = dict(zip(wanted, session.run(None, {x_info.name: x})))
+
+    def value(name, shape):  # an initial state as the file computes it (zeros if absent)
+        if not name:
+            return np.zeros(shape, np.float32)
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name]).astype(np.float32)
+        return got[name].astype(np.float32)
+
+    h_shape, c_shape = model._state_shapes(N)
+    D = model.num_directions
+    h0 = np.concatenate([value(n.input[5] if len(n.input) > 5 else "", (D,) + h_shape[1:])
+                         for n in chain])
+    state0 = h0
+    if model.kind == "lstm":
+        state0 = (h0, np.concatenate([value(n.input[6] if len(n.input) > 6 else "",
+                                            (D,) + c_shape[1:]) for n in chain]))
     model.batch_first = False
-    y, state = model.run(x)
+    y, state = model.run(x.astype(np.float32), state0)
     h, c = state if isinstance(state, tuple) else (state, None)
-    diffs_y, diffs_s = [], []
-    if node.output[0]:
-        Y = got[node.output[0]]  # (T, D, N, H) -> (T, N, D*H)
-        diffs_y.append(max_diff(y, Y.transpose(0, 2, 1, 3).reshape(T, N, -1)))
-    if len(node.output) > 1 and node.output[1]:
-        diffs_s.append(max_diff(h, got[node.output[1]]))
-    if c is not None and len(node.output) > 2 and node.output[2]:
-        diffs_s.append(max_diff(c, got[node.output[2]]))
-    return label, (max(diffs_y) if diffs_y else None), (max(diffs_s) if diffs_s else None)
+    diff_y = diff_s = None
+    if wanted and wanted[0] == chain[-1].output[0]:
+        Y = got[wanted[0]]  # (T, D, N, H) -> (T, N, D*H)
+        diff_y = max_diff(y, Y.transpose(0, 2, 1, 3).reshape(T, N, -1))
+    diffs = []
+    for k, n in enumerate(chain):
+        if len(n.output) > 1 and n.output[1]:
+            diffs.append(max_diff(h[k * D:(k + 1) * D], got[n.output[1]]))
+        if c is not None and len(n.output) > 2 and n.output[2]:
+            diffs.append(max_diff(c[k * D:(k + 1) * D], got[n.output[2]]))
+    if diffs:
+        diff_s = max(diffs)
+    return label, diff_y, diff_s
 
 
 def cmd_verify(args) -> int:
-    model = load_model(args.model, args.node)
+    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     model.batch_first = False
     T, N, seed = args.seq_len, args.batch, args.seed
     if min(T, N) < 1:
@@ -763,7 +848,7 @@ def cmd_verify(args) -> int:
 
     if ort is not None:
         if args.model.lower().endswith(".onnx"):
-            result = original_node_check(args.model, args.node, model, seed)
+            result = file_graph_check(args.model, args.node, model, T, N, seed)
             rows.append((result[0], None, None, result[1]) if len(result) == 2
                         else (result[0], result[1], result[2], ""))
         try:
@@ -893,7 +978,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p):
         p.add_argument("model", metavar="MODEL", help="an .onnx model or an .npz of weights")
-        p.add_argument("--node", help="the recurrent ONNX node to load, when there are several")
+        p.add_argument("--node", help="the recurrent node (ONNX) or weight group (.npz) to "
+                       "load, when the file has several")
+        p.add_argument("--nonlinearity", choices=("tanh", "relu"),
+                       help="for RNN weights in an .npz that does not record it (default tanh)")
 
     p = command("info", "describe a model: kind, layers, directions, sizes, parameters, nodes",
                 cmd_info)
