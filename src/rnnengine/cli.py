@@ -425,7 +425,7 @@ def optional_import(name: str):
 
 # --- subcommands ---------------------------------------------------------------------------
 
-def cmd_info(args) -> int:
+def cmd_info(args: argparse.Namespace) -> int:
     path = existing_file(args.model)
     is_onnx = path.lower().endswith(".onnx")
     try:
@@ -503,7 +503,7 @@ def parse_lengths(text: Optional[str]) -> Optional[np.ndarray]:
     return arr
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     if args.batch_first:
         model.batch_first = True
@@ -526,7 +526,7 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_convert(args) -> int:
+def cmd_convert(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     try:
@@ -558,7 +558,7 @@ def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
     return measure
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     model.batch_first = False
     T, N, steps, repeat = args.seq_len, args.batch, args.steps, args.repeat
@@ -826,7 +826,7 @@ def file_graph_check(path: str, node_name: Optional[str], model: Model, T: int, 
     return label, diff_y, diff_s
 
 
-def cmd_verify(args) -> int:
+def cmd_verify(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
     model.batch_first = False
     T, N, seed = args.seq_len, args.batch, args.seed
@@ -913,7 +913,7 @@ def demo_files() -> Tuple[str, dict]:
     return str(weights), vocab
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     weights_path, vocab = demo_files()
     model = load_model(weights_path)       # the recurrent part, read by rnnengine.load
     with np.load(weights_path, allow_pickle=False) as archive:   # the output layer, in NumPy
