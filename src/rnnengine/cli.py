@@ -94,9 +94,11 @@ def load_model(path: str, node: Optional[str] = None, **options) -> Model:
         if "node=" in str(exc) and node is None:  # the API's wording; say it the CLI's way
             raise ModelError(f"{exc} (on the command line: --node NAME)") from exc
         raise
-    except (OSError, ValueError, TypeError, KeyError, EOFError) as exc:
-        raise ModelError(f"{path}: cannot read model: {exc}") from exc
-    except Exception as exc:  # protobuf DecodeError, zipfile errors, ...: a corrupt file
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except (TypeError, ValueError):  # a bad option (the loader reports file faults as ModelError)
+        raise
+    except Exception as exc:  # anything a hostile file still provokes: name it, one line
         raise ModelError(f"{path}: cannot read model ({type(exc).__name__}): {exc}") from exc
 
 
