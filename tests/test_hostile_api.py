@@ -243,3 +243,13 @@ def test_stream_hammered_from_threads_does_not_crash():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok True"
+
+
+def test_caller_floating_point_state_is_left_alone(pair):
+    """Kernels may flush denormals to zero for speed, but must restore the caller's mode:
+    a subnormal result computed after a run must still be subnormal, not zero."""
+    _, model = pair
+    tiny = np.array([1e-38], np.float32)
+    model.run(np.full((3, 2, I), 1e-39, np.float32))
+    model.stream().step(np.full((1, I), 1e-39, np.float32))
+    assert (tiny / np.float32(10))[0] != 0

@@ -96,53 +96,53 @@ def subgraph_free_names(node: onnx.NodeProto) -> set:
     return free
 
 
-def read_tensor(t: TensorProto, base_dir: Optional[str], where: str) -> np.ndarray:
+def read_tensor(t: TensorProto, base_dir: Optional[str]) -> np.ndarray:
     """TensorProto -> ndarray in its own dtype (bfloat16 via ml_dtypes), reading external
     data from ``base_dir`` and refusing a location that leaves it."""
     if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
-        raise ModelError(f"{where}: tensor {t.name!r} has type "
+        raise ModelError(f"tensor {t.name!r} has type "
                          f"{TensorProto.DataType.Name(t.data_type)}, not a number type")
     if t.data_location == TensorProto.EXTERNAL:
-        t = _inline_external(t, base_dir, where)
+        t = _inline_external(t, base_dir)
     try:
         return numpy_helper.to_array(t)
     except Exception as e:  # malformed protobuf content: wrong byte count, bad type code
-        raise ModelError(f"{where}: cannot read tensor {t.name!r}: {e}") from None
+        raise ModelError(f"cannot read tensor {t.name!r}: {e}") from None
 
 
-def _inline_external(t: TensorProto, base_dir: Optional[str], where: str) -> TensorProto:
+def _inline_external(t: TensorProto, base_dir: Optional[str]) -> TensorProto:
     info = {e.key: e.value for e in t.external_data}
     location = info.get("location", "")
     if base_dir is None:
-        raise ModelError(f"{where}: tensor {t.name!r} keeps its data in external file "
+        raise ModelError(f"tensor {t.name!r} keeps its data in external file "
                          f"{location!r}; load the model from a path so it can be found")
     base = os.path.realpath(base_dir)
     target = os.path.realpath(os.path.join(base, location))
     if not location or os.path.isabs(location) or os.path.commonpath([base, target]) != base:
-        raise ModelError(f"{where}: tensor {t.name!r}: external data location {location!r} "
+        raise ModelError(f"tensor {t.name!r}: external data location {location!r} "
                          f"is outside the model's folder {base_dir!r}; refused")
     try:
         offset = int(info.get("offset", 0))
         length = int(info["length"]) if "length" in info else None
     except ValueError:
-        raise ModelError(f"{where}: tensor {t.name!r}: bad external data offset/length "
+        raise ModelError(f"tensor {t.name!r}: bad external data offset/length "
                          f"{info}") from None
     itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     expected = int(np.prod(t.dims, dtype=np.int64)) * itemsize
     if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
         expected = (int(np.prod(t.dims, dtype=np.int64)) + 1) // 2
     if length is not None and length != expected:
-        raise ModelError(f"{where}: tensor {t.name!r}: external length {length} bytes but "
+        raise ModelError(f"tensor {t.name!r}: external length {length} bytes but "
                          f"shape {list(t.dims)} needs {expected}")
     try:
         with open(target, "rb") as f:
             f.seek(offset)
             data = f.read(expected)
     except OSError as e:
-        raise ModelError(f"{where}: tensor {t.name!r}: cannot read external data "
+        raise ModelError(f"tensor {t.name!r}: cannot read external data "
                          f"{location!r}: {e.strerror}") from None
     if offset < 0 or len(data) != expected:
-        raise ModelError(f"{where}: tensor {t.name!r}: external file {location!r} holds "
+        raise ModelError(f"tensor {t.name!r}: external file {location!r} holds "
                          f"{len(data)} bytes at offset {offset}; shape {list(t.dims)} "
                          f"needs {expected}")
     inline = TensorProto()
@@ -162,12 +162,13 @@ def attrs(node: onnx.NodeProto) -> dict:
 
 
 class Folder:
-    """Evaluates constant tensors by name, memoised per defining scope."""
+    """Evaluates constant tensors by name, memoised per defining scope. Errors name the
+    tensor and the node; the caller adds the file and the recurrent node they feed."""
 
-    def __init__(self, base_dir: Optional[str], where: str):
+    def __init__(self, base_dir: Optional[str]):
         self.base_dir = base_dir
-        self.where = where
         self.memo = {}
+        self.active = set()   # keys being evaluated: meeting one again means a cycle
 
     def value(self, name: str, scope: Scope) -> np.ndarray:
         """The constant value of ``name`` as seen from ``scope``; raises NotConstant
@@ -175,9 +176,23 @@ class Folder:
         owner, what = scope.lookup(name)
         key = (id(owner), name)
         if key in self.memo:
+            if isinstance(self.memo[key], NotConstant):
+                raise self.memo[key]
             return self.memo[key]
+        if key in self.active:
+            raise NotConstant(f"{name!r} depends on itself (a cycle in the graph)")
+        self.active.add(key)
+        try:
+            return self._value(name, owner, what, key)
+        except NotConstant as e:   # remembered too: a shared runtime tensor is walked once
+            self.memo[key] = e
+            raise
+        finally:
+            self.active.discard(key)
+
+    def _value(self, name, owner, what, key) -> np.ndarray:
         if what[0] == "init":
-            out = read_tensor(what[1], self.base_dir, self.where)
+            out = read_tensor(what[1], self.base_dir)
         elif what[0] == "node":
             node = what[1]
             outs = self._evaluate(node, owner)
@@ -197,11 +212,6 @@ class Folder:
         self.memo[key] = out
         return out
 
-    def optional(self, node, k, scope):
-        if k < len(node.input) and node.input[k]:
-            return self.value(node.input[k], scope)
-        return None
-
     def _evaluate(self, node: onnx.NodeProto, scope: Scope) -> list:
         if node.domain not in ("", "ai.onnx") or node.op_type not in FOLD_OPS:
             raise NotConstant(f"it is computed by {node.op_type} node {node_label(node)!r}, "
@@ -209,18 +219,19 @@ class Folder:
         inputs = [self.value(n, scope) if n else None for n in node.input]
         node_attrs = attrs(node)
         if isinstance(node_attrs.get("value"), TensorProto):
-            node_attrs["value"] = read_tensor(node_attrs["value"], self.base_dir, self.where)
+            node_attrs["value"] = read_tensor(node_attrs["value"], self.base_dir)
         try:
-            outs = FOLD_OPS[node.op_type](node, inputs, node_attrs)
+            with np.errstate(all="ignore"):   # ONNX gives inf/nan, not warnings
+                outs = FOLD_OPS[node.op_type](node, inputs, node_attrs)
         except (NotConstant, ModelError):
             raise
         except Exception as e:  # bad shapes/attributes inside the chain
-            raise ModelError(f"{self.where}: cannot fold {node.op_type} node "
+            raise ModelError(f"cannot fold {node.op_type} node "
                              f"{node_label(node)!r}: {e}") from None
         outs = [np.asarray(o) for o in outs]
         for o in outs:
             if o.size > MAX_FOLDED_ELEMENTS:
-                raise ModelError(f"{self.where}: {node.op_type} node {node_label(node)!r} "
+                raise ModelError(f"{node.op_type} node {node_label(node)!r} "
                                  f"folds to {o.size} elements; refused")
         return outs
 
@@ -231,7 +242,10 @@ class Folder:
 # input forms of newer ones are both accepted, whichever the node carries.
 
 def _ints(a) -> list:
-    return [int(v) for v in np.asarray(a).reshape(-1)]
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"shape/axes/index input must be integers; got dtype {a.dtype}")
+    return [int(v) for v in a.reshape(-1)]
 
 
 def _axes(node_attrs, inputs, k=1):
@@ -387,6 +401,8 @@ def _shape(node, inputs, a):
 
 def _dequantize(node, inputs, a):
     x, scale = inputs[0], inputs[1]
+    if x.dtype.kind not in "iu" or scale.dtype.kind != "f":
+        raise ValueError(f"expects integer data and a float scale; got {x.dtype}, {scale.dtype}")
     zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else np.zeros((), x.dtype)
     if a.get("block_size", 0):
         raise NotConstant("blocked DequantizeLinear is not folded")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from typing import Optional
 
 import numpy as np
@@ -100,7 +99,7 @@ def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = 
     path = os.fspath(path)
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, EOFError, ...
         raise ModelError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ModelError(f"{path}: not a .npz archive (numpy read a single array)")
@@ -175,9 +174,11 @@ def _find_groups(files: list) -> list:
     found = []
     for (source, name), g in groups.items():
         params = {p[2] if isinstance(p, tuple) else p for p in g.keys}
-        if source.startswith("pytorch") and {"weight_ih", "weight_hh"} <= params:
+        # A group counts once it has a name only recurrent layers use; what else it lacks
+        # is then reported by the builder (e.g. "layer 0: weight_hh is missing").
+        if source.startswith("pytorch") and {"weight_ih", "weight_hh"} & params:
             found.append(_Group("pytorch", name, g.keys))
-        elif source == "keras" and {"kernel", "recurrent_kernel"} <= params:
+        elif source == "keras" and "recurrent_kernel" in params:
             found.append(g)
         elif source == "onnx" and {"W", "R"} <= params:
             found.append(g)
@@ -201,7 +202,7 @@ def _merge_keras_bidirectional(groups: list) -> list:
                 side = "forward" if parts[i].startswith("forward_") else "backward"
                 halves.setdefault("/".join(parts[:i]), {}).setdefault(side, []).append(g)
                 break
-    out = [g for g in groups]
+    out = list(groups)
     for parent, sides in halves.items():
         if len(sides.get("forward", [])) == 1 and len(sides.get("backward", [])) == 1:
             fwd, bwd = sides["forward"][0], sides["backward"][0]
@@ -267,17 +268,20 @@ def _torch_direction(archive: _Archive, where: str, k: int, keys: dict):
     w_ih = archive.weight(keys["weight_ih"], where, 2)
     w_hh = archive.weight(keys["weight_hh"], where, 2)
     w_hr = archive.weight(keys["weight_hr"], where, 2) if "weight_hr" in keys else None
+    # hidden size H: weight_hh's columns, or weight_hr's with a projection; G*H rows
     H = w_hr.shape[1] if w_hr is not None else w_hh.shape[1]
-    if H == 0 or w_ih.shape[0] % H or w_ih.shape[0] // H not in KIND_BY_GATES:
-        raise ModelError(f"layer {k}: {keys['weight_ih']!r} has {w_ih.shape[0]} rows, not "
-                         f"1, 3 or 4 gates of hidden size {H}")
+    if (H == 0 or w_ih.shape[0] != w_hh.shape[0] or w_ih.shape[0] % H
+            or w_ih.shape[0] // H not in KIND_BY_GATES):
+        shapes = f"{keys['weight_ih']!r} {w_ih.shape}, {keys['weight_hh']!r} {w_hh.shape}"
+        if w_hr is not None:
+            shapes += f", {keys['weight_hr']!r} {w_hr.shape}"
+        raise ModelError(f"layer {k}: shapes {shapes} do not make 1, 3 or 4 gates of one "
+                         "hidden size")
     G = w_ih.shape[0] // H
     kind = KIND_BY_GATES[G]
-    if w_hr is not None and kind != "lstm":
-        raise ModelError(f"layer {k}: weight_hr (proj_size) only exists for LSTM")
-    if w_hh.shape[0] != G * H:
-        raise ModelError(f"layer {k}: {keys['weight_hh']!r} has shape {w_hh.shape}; expected "
-                         f"({G * H}, {w_hr.shape[0] if w_hr is not None else H})")
+    if w_hr is not None and (kind != "lstm" or w_hh.shape[1] != w_hr.shape[0]):
+        raise ModelError(f"layer {k}: {keys['weight_hr']!r} {w_hr.shape} does not fit "
+                         f"{keys['weight_hh']!r} {w_hh.shape} (proj_size exists for LSTM only)")
     has_bias = ("bias_ih" in keys, "bias_hh" in keys)
     B = None
     if any(has_bias):
@@ -316,6 +320,8 @@ def _build_keras(archive: _Archive, group: _Group, nonlinearity):
 
 
 def _keras_direction(archive: _Archive, where: str, keys: dict):
+    if "kernel" not in keys:
+        raise ModelError(f"{keys['recurrent_kernel']!r} has no kernel beside it")
     kernel = archive.weight(keys["kernel"], where, 2)
     recurrent = archive.weight(keys["recurrent_kernel"], where, 2)
     U = recurrent.shape[0]

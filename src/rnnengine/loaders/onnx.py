@@ -67,17 +67,22 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
         raise ModelError(f"{where}: no LSTM, GRU or RNN node found (searched the main graph "
                          "and every If/Loop/Scan body); an exporter that unrolls the "
                          "recurrence into MatMul/Tanh nodes leaves nothing to load")
-    folder = Folder(base_dir, where)
+    folder = Folder(base_dir)
     following = _link_chains(found, folder)
     heads = [f for f in found if f not in set(following.values())]
 
     def stack_from(start):
         nodes = [start]
         while chain and nodes[-1] in following:
+            if following[nodes[-1]] in nodes:   # only a malformed (cyclic) graph does this
+                raise ModelError(f"{where}: recurrent nodes feed each other in a cycle: "
+                                 + " -> ".join(f.name for f in nodes))
             nodes.append(following[nodes[-1]])
         return nodes
 
     if node is None:
+        if not heads:
+            raise ModelError(f"{where}: recurrent nodes feed each other in a cycle")
         if len(heads) > 1:
             listing = "\n  ".join(_describe(stack_from(h)) for h in heads)
             raise ModelError(f"{where}: {len(heads)} candidate recurrent models; pick one with "
@@ -95,7 +100,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
                              f"a qualified name:\n  {listing}")
         start = matches[0]
     nodes = stack_from(start)
-    layers = [_layer(f, folder, where) for f in nodes]
+    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
     if batch_first is None:
         batch_first = _input_is_batch_first(start)
     try:
@@ -140,13 +145,6 @@ def _describe(nodes: list) -> str:
 
 # --- one node -> one Layer ---------------------------------------------------------------
 
-def _as_float(a: np.ndarray) -> np.ndarray:
-    """float16/bfloat16/float8/float64 -> float32; anything else is not a weight."""
-    if a.dtype.kind == "f" or a.dtype.name.startswith(("bfloat16", "float8")):
-        return a.astype(np.float32)
-    raise NotConstant(f"it has dtype {a.dtype}, not a float type")
-
-
 def _layer(found: _Found, folder: Folder, where: str) -> Layer:
     node, scope = found.node, found.scope
     a = attrs(node)
@@ -159,10 +157,21 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
                 raise ModelError(f"{here}: input {label} is missing")
             return None
         try:
-            return _as_float(folder.value(name, scope))
+            value = folder.value(name, scope)
         except NotConstant as e:
             raise ModelError(f"{here}: input {label} ({name!r}) is not a constant: {e}") from None
+        except ModelError as e:
+            raise ModelError(f"{here}: input {label} ({name!r}): {e}") from None
+        # float16/bfloat16/float8/float64 -> float32; anything else is not a weight
+        if value.dtype.kind == "f" or value.dtype.name.startswith(("bfloat16", "float8")):
+            return value.astype(np.float32)
+        raise ModelError(f"{here}: input {label} ({name!r}) has dtype {value.dtype}; "
+                         "expected a float tensor")
 
+    if not node.input or not node.input[0]:
+        raise ModelError(f"{here}: input X is missing")
+    if a.get("layout", 0) not in (0, 1):
+        raise ModelError(f"{here}: layout must be 0 or 1; got {a.get('layout')}")
     W = weight(1, "W", True)
     R = weight(2, "R", True)
     B = weight(3, "B", False)
@@ -174,6 +183,8 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
             value = folder.value(node.input[k], scope)
         except NotConstant:
             continue  # a run-time input, as it should be
+        except ModelError as e:
+            raise ModelError(f"{here}: input {label} ({node.input[k]!r}): {e}") from None
         if label == "sequence_lens":
             raise ModelError(f"{here}: sequence_lens is a constant {value.tolist()}; the "
                              "engine takes lengths at run time (Model.run(lengths=...))")
@@ -254,10 +265,21 @@ class _Glue:
         self.sizes = {}             # "D", "H" and any bound "T"/"N" -> size
         self.nodes = set()          # glue nodes visited (by id)
         self.lab_names = set()      # tensors holding (parts of) Y's data
+        self.memo = {}              # name -> value (a tensor read by Shape and Reshape, ...)
 
     def value(self, name: str, depth: int = 0):
-        if depth > 64:
+        if name not in self.memo:
+            if depth > 64:
+                raise _NotGlue
+            try:
+                self.memo[name] = self._value(name, depth)
+            except _NotGlue:
+                self.memo[name] = None
+        if self.memo[name] is None:
             raise _NotGlue
+        return self.memo[name]
+
+    def _value(self, name: str, depth: int):
         owner, what = self.scope.lookup(name)
         if owner is self.scope and what[0] == "node":
             node, k = what[1], what[2]
