@@ -172,8 +172,6 @@ def onnx_graph_for(model: Model):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from .layers import ACTIVATIONS
-
     if model.proj_size:
         raise Unsupported("an LSTM projection (proj_size) has no ONNX equivalent")
     inits, nodes, inputs, outputs = [], [], [], []
@@ -201,22 +199,17 @@ def onnx_graph_for(model: Model):
             if layer.P is not None:
                 inits.append(numpy_helper.from_array(layer.P, f"P_{k}"))
                 node_inputs.append(f"P_{k}")
-        acts = [act for direction in layer.activations for act in direction]
-        attrs = {"hidden_size": H, "direction": layer.direction,
-                 "activations": [ONNX_ACTIVATION_NAMES[act.name] for act in acts]}
-        # ONNX consumes alpha/beta only for the functions that take them, in order.
-        alphas = [act.alpha for act in acts if ACTIVATIONS[act.name][1]]
-        betas = [act.beta for act in acts if ACTIVATIONS[act.name][2]]
-        if alphas:
-            attrs["activation_alpha"] = alphas
-        if betas:
-            attrs["activation_beta"] = betas
-        if layer.clip is not None:
-            attrs["clip"] = layer.clip
-        if layer.kind == "lstm" and layer.input_forget:
+        attrs = {"hidden_size": H, "direction": a["direction"],
+                 "activations": [ONNX_ACTIVATION_NAMES[name] for name in a["activations"]]}
+        for key in ("activation_alpha", "activation_beta"):
+            if a[key]:
+                attrs[key] = a[key]
+        if a["clip"] is not None:
+            attrs["clip"] = a["clip"]
+        if layer.kind == "lstm" and a["input_forget"]:
             attrs["input_forget"] = 1
         if layer.kind == "gru":
-            attrs["linear_before_reset"] = int(layer.linear_before_reset)
+            attrs["linear_before_reset"] = a["linear_before_reset"]
         nodes.append(helper.make_node(layer.kind.upper(), node_inputs, node_outputs,
                                       name=f"layer{k}", **attrs))
         last = k == model.num_layers - 1
