@@ -17,14 +17,33 @@ from .layers import Layer, check_stack, pack_layer
 State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 
+# The kernels index with C ints and hand sizes to a 32-bit-integer BLAS: any buffer they see
+# must hold fewer elements than this. Checked before anything is allocated.
+MAX_ELEMENTS = 2**31 - 1
+
+
+def check_size(name: str, shape) -> None:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    if count > MAX_ELEMENTS:
+        raise ValueError(f"{name} of shape {tuple(shape)} has {count:,} elements; at most "
+                         f"{MAX_ELEMENTS:,} fit one call (split the batch or the sequence)")
+
+
 def as_float32(name: str, a, expected: str) -> np.ndarray:
     """Any float array -> C-contiguous float32; anything else is a TypeError naming ``expected``."""
     if isinstance(a, (tuple, list)):
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{name} must be a float array of shape {expected}; got a "
+                            f"{type(a).__name__} that is not one ({error})") from None
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a float array of shape {expected}; got {type(a).__name__}")
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array of shape {expected}; got dtype {a.dtype}")
+    check_size(name, a.shape)
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
@@ -181,6 +200,8 @@ class Model:
             shape = x[:, 0].shape if unbatched else x.shape
             raise ValueError(f"x must be float32 of shape {expected} or (T, {I}); got {shape}")
         T, N = x.shape[0], x.shape[1]
+        widest = max(max(k.gates * k.hidden_size for k in self._cells), self.output_size)
+        check_size("the work buffers for x", (T, N, widest))
         lens = self._check_lengths(lengths, T, N)
         if unbatched and lens is not None and lens.shape[0] != 1:
             raise ValueError("lengths for an unbatched input must have one entry")
@@ -221,8 +242,9 @@ class Stream(_kernels.StreamCore):
     ``(N, I)`` (or ``(I,)`` when batch is 1) -> y_t ``(N, Hout)`` (or ``(Hout,)``)."""
 
     def __init__(self, model: Model, batch: int = 1, threads: Optional[int] = None):
-        if model.num_directions != 1:
-            raise ValueError("a bidirectional model cannot stream: its reverse direction needs "
+        if model.num_directions != 1 or any(layer.reverse for layer in model.layers):
+            which = "bidirectional" if model.num_directions != 1 else "reverse-direction"
+            raise ValueError(f"a {which} model cannot stream: its reverse direction needs "
                              "the whole sequence; use Model.run")
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
             raise ValueError(f"batch must be a positive integer; got {batch!r}")
