@@ -12,13 +12,17 @@
  */
 
 #define RNN_NV (RNN_BW / RNN_VL)  /* vectors per 16-unit block */
-/* Rows x gates x vectors accumulators for one row is too few to hide the FMA latency (4
- * cycles, 2 per cycle): with one row, K is unrolled with this many independent sums. */
+/* K is summed in U contiguous parts: part 0 onto the initial value, parts 1.. from zero, then
+ * added left to right. With one row, the parts run interleaved so U * G * NV independent sums
+ * hide the FMA latency (4 cycles, 2 per cycle); with several rows there are enough sums
+ * already and the parts run one after another. Either way every output is the same sum in
+ * the same order, so a streamed step, a whole sequence, any batch size and any thread split
+ * give bit-identical pre-activations. */
 #define RNN_UNROLL(G) ((G) * RNN_NV >= 8 ? 1 : 8 / ((G) * RNN_NV))
 #define RNN_MIN(a, b) ((a) < (b) ? (a) : (b))
 
-/* One fixed (rows NB, gates G) instance; the accumulators live in registers. */
-#define RNN_PANEL_FMA(NB, G, u, kk)                                                                \
+/* a[u][n][g] += in[n][kk] * w[kk][g] for rows n < NB */
+#define RNN_PANEL_FMA(NB, G, u, kk)                                                         \
     do {                                                                                    \
         const float *wk = w + (size_t)(kk) * (G * RNN_BW);                                  \
         rnn_v wv[G][RNN_NV];                                                                \
@@ -33,32 +37,52 @@
         }                                                                                   \
     } while (0)
 
+#define RNN_PANEL_FOR_ALL(NB, G)                                                            \
+    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
+    _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)
+
+#define RNN_ACC(n, g, v) (acc + (size_t)(n) * ldacc + (g) * RNN_BW + (v) * RNN_VL)
+
+/* One fixed (rows NB, gates G) instance; the accumulators live in registers. */
 #define RNN_PANEL_DEF(NB, G)                                                                \
 static void RNN_FN(rnn_panel_##NB##x##G)(int K, const float *restrict w,                    \
                                          const float *restrict in, size_t ldin,             \
                                          float *restrict acc, size_t ldacc) {               \
-    enum { U = (NB) == 1 ? RNN_UNROLL(G) : 1 };                                             \
-    rnn_v a[U][NB][G][RNN_NV];                                                              \
-    _Pragma("GCC unroll 8") for (int u = 0; u < U; u++)                                     \
-    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
-    _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
-    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                               \
-        a[u][n][g][v] = u ? v_zero()                                                        \
-                          : v_load(acc + (size_t)n * ldacc + g * RNN_BW + v * RNN_VL);      \
-    int k = 0;                                                                              \
-    for (; k + U <= K; k += U) {                                                            \
-        _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) RNN_PANEL_FMA(NB, G, u, k + u);        \
+    enum { U = RNN_UNROLL(G) };                                                             \
+    const int Kp = (K + U - 1) / U;              /* part length; the last may be shorter */ \
+    if ((NB) == 1) {                                                                        \
+        enum { UI = (NB) == 1 ? U : 1 };                                                    \
+        rnn_v a[UI][NB][G][RNN_NV];                                                         \
+        _Pragma("GCC unroll 8") for (int u = 0; u < UI; u++)                                \
+        RNN_PANEL_FOR_ALL(NB, G) a[u][n][g][v] = u ? v_zero() : v_load(RNN_ACC(n, g, v));   \
+        const int full = K - (U - 1) * Kp;       /* steps where every part has a k */       \
+        int k = 0;                                                                          \
+        for (; k < full; k++) {                                                             \
+            _Pragma("GCC unroll 8") for (int u = 0; u < UI; u++)                            \
+                RNN_PANEL_FMA(NB, G, u, k + u * Kp);                                        \
+        }                                                                                   \
+        for (; k < Kp; k++) {                                                               \
+            _Pragma("GCC unroll 8") for (int u = 0; u < UI; u++)                            \
+                if (k + u * Kp < K) RNN_PANEL_FMA(NB, G, u, k + u * Kp);                    \
+        }                                                                                   \
+        _Pragma("GCC unroll 8") for (int u = 1; u < UI; u++)                                \
+        RNN_PANEL_FOR_ALL(NB, G) a[0][n][g][v] = v_add(a[0][n][g][v], a[u][n][g][v]);      \
+        RNN_PANEL_FOR_ALL(NB, G) v_store(RNN_ACC(n, g, v), a[0][n][g][v]);                  \
+    } else {                                                                                \
+        for (int u = 0; u < U; u++) {                                                       \
+            rnn_v a[1][NB][G][RNN_NV];                                                      \
+            RNN_PANEL_FOR_ALL(NB, G) a[0][n][g][v] = u ? v_zero() : v_load(RNN_ACC(n, g, v)); \
+            const int k1 = RNN_MIN(K, (u + 1) * Kp);                                        \
+            for (int k = u * Kp; k < k1; k++) RNN_PANEL_FMA(NB, G, 0, k);                   \
+            if (u == 0) {                                                                   \
+                RNN_PANEL_FOR_ALL(NB, G) v_store(RNN_ACC(n, g, v), a[0][n][g][v]);          \
+            } else {                                                                        \
+                RNN_PANEL_FOR_ALL(NB, G)                                                    \
+                    v_store(RNN_ACC(n, g, v), v_add(v_load(RNN_ACC(n, g, v)), a[0][n][g][v])); \
+            }                                                                               \
+        }                                                                                   \
     }                                                                                       \
-    for (; k < K; k++) RNN_PANEL_FMA(NB, G, 0, k);                                                 \
-    _Pragma("GCC unroll 8") for (int u = 1; u < U; u++)                                     \
-    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
-    _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
-    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                               \
-        a[0][n][g][v] = v_add(a[0][n][g][v], a[u][n][g][v]);                                \
-    _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
-    _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
-    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)                               \
-        v_store(acc + (size_t)n * ldacc + g * RNN_BW + v * RNN_VL, a[0][n][g][v]);          \
 }
 
 #ifdef RNN_PANEL_PLAIN
@@ -418,6 +442,8 @@ static const rnn_kernels_t RNN_FN(rnn_kernels) = {
 #undef RNN_UNROLL
 #undef RNN_MIN
 #undef RNN_PANEL_FMA
+#undef RNN_PANEL_FOR_ALL
+#undef RNN_ACC
 #undef RNN_PANEL_DEF
 #undef RNN_BLK
 #undef RNN_GROUP
