@@ -20,13 +20,16 @@ def isa(request):
     _kernels.set_isa(previous)
 
 
+# Sizes large enough that every phase goes to the pool (driver.h: RNN_POOL_MIN_MACS), the
+# projection phase of the LSTM included.
 CASES = [
     # kind, I, H, layers, proj, extra
     ("lstm", 24, 100, 2, 0, {}),
-    ("lstm", 10, 64, 1, 20, {}),
+    ("lstm", 10, 128, 1, 64, {}),
     ("gru", 16, 75, 2, 0, {}),
-    ("rnn", 12, 48, 1, 0, {"nonlinearity": "relu"}),
+    ("rnn", 12, 160, 1, 0, {"nonlinearity": "relu"}),
 ]
+N = 12
 
 
 @pytest.mark.parametrize("threads", [2, 3])
@@ -40,18 +43,18 @@ def test_threads_match_pytorch_and_one_thread(isa, case, threads):
     layers = torch_model_to_layers(m, kind)
     one, many = Model(layers, threads=1), Model(layers, threads=threads)
     assert many.threads == threads
-    x = np.random.default_rng(H).standard_normal((6, 5, I)).astype(np.float32)
+    x = np.random.default_rng(H).standard_normal((6, N, I)).astype(np.float32)
     with torch.no_grad():
         yt = m(torch.from_numpy(x))[0].numpy()
     y1, _ = one.run(x)
     yn, _ = many.run(x)
     np.testing.assert_allclose(yn, yt, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(yn, y1, rtol=1e-6, atol=1e-7)
-    s = many.stream(5)
+    s = many.stream(N)
     assert s.threads == threads
     ys = np.stack([s.step(x[t]) for t in range(6)])
     np.testing.assert_allclose(ys, yt, rtol=RTOL, atol=ATOL)
-    s1 = one.stream(5, threads=threads)
+    s1 = one.stream(N, threads=threads)
     np.testing.assert_allclose(s1.run(x), yt, rtol=RTOL, atol=ATOL)
 
 
@@ -59,13 +62,13 @@ def test_gru_linear_before_reset_0_with_threads(isa):
     """Two phases per step (z, r then the h gate over r*h'): checked against the serial,
     single-thread engine, which test_kernels checks against ONNX Runtime."""
     rng = np.random.default_rng(9)
-    H, I = 70, 9
+    H, I = 150, 9   # both phases large enough for the pool
     layer = Layer.from_onnx("gru", rng.uniform(-0.5, 0.5, (1, 3 * H, I)),
                             rng.uniform(-0.5, 0.5, (1, 3 * H, H)),
                             rng.uniform(-0.5, 0.5, (1, 6 * H)), linear_before_reset=0)
-    x = rng.standard_normal((5, 3, I)).astype(np.float32)
+    x = rng.standard_normal((5, 4, I)).astype(np.float32)
     y2, h2 = Model([layer], threads=2).run(x)
-    s = Model([layer]).stream(3, threads=2)
+    s = Model([layer]).stream(4, threads=2)
     ys = np.stack([s.step(x[t]) for t in range(5)])
     previous = _kernels.isa()
     _kernels.set_isa("serial")

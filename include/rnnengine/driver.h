@@ -43,6 +43,18 @@ static void rnn_xproj_task(void *ctx, int w, int nw) {
     if (b0 < b1) t->k->xproj(t->c, t->M, t->x, t->ldx, t->out, b0, b1);
 }
 
+/* Multiply-adds of one phase (its weights times rows). */
+static inline double rnn_phase_macs(const rnn_cell_t *c, const rnn_step_io_t *io, int phase) {
+    const double rows = io->N, units = (double)rnn_cell_phase_blocks(c, phase) * RNN_BW;
+    if (phase == 1) return rows * units * c->hidden_size;
+    return rows * units * (c->gates_h * (double)c->output_size +
+                           (io->x ? c->gates * (double)c->input_size : 0.0));
+}
+
+/* Below this much work a phase runs on the calling thread: waking the pool and meeting at
+ * the barrier costs a few microseconds, more than splitting saves (LSTM H=64: 1 us alone). */
+#define RNN_POOL_MIN_MACS 65536.0
+
 /* One timestep of one cell: every phase in order, each split over the pool (NULL: this
  * thread only). */
 static void rnn_cell_step(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t *c,
@@ -50,7 +62,7 @@ static void rnn_cell_step(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_ce
     const int phases = rnn_cell_phases(c);
     for (int p = 0; p < phases; p++) {
         const int blocks = rnn_cell_phase_blocks(c, p);
-        if (pool && blocks > 1) {
+        if (pool && blocks > 1 && rnn_phase_macs(c, io, p) >= RNN_POOL_MIN_MACS) {
             rnn_task_t t = {k, c, io, p, blocks, 0, NULL, 0, NULL};
             rnn_pool_run(pool, rnn_phase_task, &t);
         } else {

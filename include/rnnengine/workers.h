@@ -19,6 +19,7 @@
 #else
 #define RNN_HAVE_THREADS 1
 #include <pthread.h>
+#include <sched.h>
 #endif
 
 /* A busy flag for detecting concurrent use of one stream: 1 if it was free and is now taken. */
@@ -54,7 +55,19 @@ typedef struct rnn_pool rnn_pool_t;
 #define RNN_CPU_RELAX() ((void)0)
 #endif
 
-#define RNN_SPIN 4000 /* relax iterations before sleeping: tens of microseconds */
+/* Waiting: a few relax iterations (the partner is usually microseconds away), then yields
+ * (when the machine is oversubscribed the partner may be waiting for this very core: yielding
+ * hands it over at once, where spinning burned a whole time slice, measured ~100 us per
+ * barrier), then sleep on the condition variable. */
+#define RNN_SPIN 200
+#define RNN_YIELDS 200
+
+static inline void rnn_wait_a_bit(int spins) {
+    if (spins < RNN_SPIN)
+        RNN_CPU_RELAX();
+    else
+        sched_yield();
+}
 
 struct rnn_pool {
     int nthreads; /* including the caller */
@@ -83,10 +96,8 @@ static void *rnn_worker_main(void *arg) {
     for (;;) {
         int spins = 0;
         while (__atomic_load_n(&p->generation, __ATOMIC_ACQUIRE) == seen &&
-               !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) && spins < RNN_SPIN) {
-            RNN_CPU_RELAX();
-            spins++;
-        }
+               !__atomic_load_n(&p->stop, __ATOMIC_ACQUIRE) && spins < RNN_SPIN + RNN_YIELDS)
+            rnn_wait_a_bit(spins++);
         pthread_mutex_lock(&p->mu);
         while (p->generation == seen && !p->stop) pthread_cond_wait(&p->wake, &p->mu);
         if (p->stop) {
@@ -166,10 +177,9 @@ static void rnn_pool_run(rnn_pool_t *p, rnn_task_fn fn, void *ctx) {
     pthread_mutex_unlock(&p->mu);
     fn(ctx, 0, p->nthreads);
     int spins = 0;
-    while (__atomic_load_n(&p->remaining, __ATOMIC_ACQUIRE) != 0 && spins < RNN_SPIN) {
-        RNN_CPU_RELAX();
-        spins++;
-    }
+    while (__atomic_load_n(&p->remaining, __ATOMIC_ACQUIRE) != 0 &&
+           spins < RNN_SPIN + RNN_YIELDS)
+        rnn_wait_a_bit(spins++);
     pthread_mutex_lock(&p->mu);
     while (__atomic_load_n(&p->remaining, __ATOMIC_ACQUIRE) != 0)
         pthread_cond_wait(&p->done, &p->mu);
