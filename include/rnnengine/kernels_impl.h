@@ -178,15 +178,19 @@ RNN_INLINE rnn_v RNN_FN(rnn_gate)(const rnn_cell_t *c, int which, rnn_v x, int s
 
 /* ---- epilogues: the gate math of one row of one block; pre = that row's [G][16] ---- */
 
-RNN_INLINE void RNN_FN(rnn_lstm_epilogue)(const rnn_cell_t *c, int b, const float *pre,
-                                             float *cst, float *hout, int std) {
+/* LSTM in two passes over a block's rows, so each pass is a row loop of independent
+ * activations (one long i -> c -> tanh(c) -> h chain per row left the core waiting: at H=64,
+ * batch 16 the gate math was 44% of a step). Pass 1 activates i, f, g in place in pre; pass 2
+ * makes c, o and h. */
+RNN_INLINE void RNN_FN(rnn_lstm_ifg)(const rnn_cell_t *c, int b, float *pre, const float *cst,
+                                     int std) {
     const int valid = rnn_block_valid(c->hidden_size, b);
     const float *pe = c->peep ? c->peep + (size_t)b * 3 * RNN_BW : NULL;
     const rnn_v one = v_set1(1.0f);
-    RNN_BLK cp = RNN_FN(rnn_blk_load)(cst + (size_t)b * RNN_BW, valid), cn, hn;
+    RNN_BLK cp;
+    if (pe) cp = RNN_FN(rnn_blk_load)(cst + (size_t)b * RNN_BW, valid);
     _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) {
         rnn_v gi = v_load(pre + 0 * RNN_BW + v * RNN_VL);
-        rnn_v go = v_load(pre + 1 * RNN_BW + v * RNN_VL);
         rnn_v gf = v_load(pre + 2 * RNN_BW + v * RNN_VL);
         rnn_v gc = v_load(pre + 3 * RNN_BW + v * RNN_VL);
         if (pe) {
@@ -195,8 +199,23 @@ RNN_INLINE void RNN_FN(rnn_lstm_epilogue)(const rnn_cell_t *c, int b, const floa
         }
         gi = RNN_FN(rnn_gate)(c, 0, gi, std);
         gf = c->input_forget ? v_sub(one, gi) : RNN_FN(rnn_gate)(c, 0, gf, std);
-        gc = RNN_FN(rnn_gate)(c, 1, gc, std);
-        cn.v[v] = v_fmadd(gf, cp.v[v], v_mul(gi, gc));
+        v_store(pre + 0 * RNN_BW + v * RNN_VL, gi);
+        v_store(pre + 2 * RNN_BW + v * RNN_VL, gf);
+        v_store(pre + 3 * RNN_BW + v * RNN_VL, RNN_FN(rnn_gate)(c, 1, gc, std));
+    }
+}
+
+RNN_INLINE void RNN_FN(rnn_lstm_out)(const rnn_cell_t *c, int b, const float *pre,
+                                     float *cst, float *hout, int std) {
+    const int valid = rnn_block_valid(c->hidden_size, b);
+    const float *pe = c->peep ? c->peep + (size_t)b * 3 * RNN_BW : NULL;
+    RNN_BLK cp = RNN_FN(rnn_blk_load)(cst + (size_t)b * RNN_BW, valid), cn, hn;
+    _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) {
+        const rnn_v i = v_load(pre + 0 * RNN_BW + v * RNN_VL);
+        const rnn_v f = v_load(pre + 2 * RNN_BW + v * RNN_VL);
+        const rnn_v g = v_load(pre + 3 * RNN_BW + v * RNN_VL);
+        rnn_v go = v_load(pre + 1 * RNN_BW + v * RNN_VL);
+        cn.v[v] = v_fmadd(f, cp.v[v], v_mul(i, g));
         if (pe) go = v_fmadd(v_load(pe + RNN_BW + v * RNN_VL), cn.v[v], go);
         go = RNN_FN(rnn_gate)(c, 0, go, std);
         hn.v[v] = v_mul(go, std ? RNN_FN(rnn_tanh)(cn.v[v]) : RNN_FN(rnn_act)(&c->act[2], cn.v[v]));
@@ -211,13 +230,20 @@ static inline rnn_v RNN_FN(rnn_gru_mix)(rnn_v z, rnn_v n, rnn_v hp) {
 }
 
 /* GRU lbr=1: pre = [z, r, h' Rh^T + Rbh], hxs = xh + Wbh. */
-RNN_INLINE void RNN_FN(rnn_gru_epilogue)(const rnn_cell_t *c, int b, const float *pre,
-                                            const float *hxs, const float *hp, float *hout, int std) {
+/* GRU lbr=1 in two passes over the rows, for the reason given at rnn_lstm_ifg: pass 1
+ * activates z and r in place in pre (pre = [z, r, h' Rh^T + Rbh]), pass 2 makes n and h
+ * (hxs = xh + Wbh). */
+RNN_INLINE void RNN_FN(rnn_gru_zr_act)(const rnn_cell_t *c, float *pre, int std) {
+    _Pragma("GCC unroll 32") for (int v = 0; v < 2 * RNN_NV; v++)
+        v_store(pre + v * RNN_VL, RNN_FN(rnn_gate)(c, 0, v_load(pre + v * RNN_VL), std));
+}
+
+RNN_INLINE void RNN_FN(rnn_gru_out)(const rnn_cell_t *c, int b, const float *pre,
+                                    const float *hxs, const float *hp, float *hout, int std) {
     const int valid = rnn_block_valid(c->hidden_size, b);
     RNN_BLK h0 = RNN_FN(rnn_blk_load)(hp + (size_t)b * RNN_BW, valid), hn;
     _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++) {
-        rnn_v z = RNN_FN(rnn_gate)(c, 0, v_load(pre + v * RNN_VL), std);
-        rnn_v r = RNN_FN(rnn_gate)(c, 0, v_load(pre + RNN_BW + v * RNN_VL), std);
+        const rnn_v z = v_load(pre + v * RNN_VL), r = v_load(pre + RNN_BW + v * RNN_VL);
         rnn_v n = v_fmadd(r, v_load(pre + 2 * RNN_BW + v * RNN_VL), v_load(hxs + v * RNN_VL));
         n = RNN_FN(rnn_gate)(c, 1, n, std);
         hn.v[v] = RNN_FN(rnn_gru_mix)(z, n, h0.v[v]);
@@ -325,17 +351,29 @@ RNN_INLINE void RNN_FN(rnn_phase_rows)(const rnn_cell_t *c, const rnn_step_io_t 
         const int lbr1 = c->kind == RNN_KIND_GRU && c->linear_before_reset;
         const size_t ld = (size_t)c->gates * RNN_BW;
         RNN_FN(rnn_preact)(c, io, b, n0, nb, pre, lbr1 ? hxs : NULL);
+        if (c->kind == RNN_KIND_LSTM) {
+            for (int i = 0; i < nb; i++)
+                RNN_FN(rnn_lstm_ifg)(c, b, pre + i * ld, io->c + (size_t)(n0 + i) * H, std);
+            for (int i = 0; i < nb; i++) {
+                const size_t n = (size_t)(n0 + i);
+                RNN_FN(rnn_lstm_out)(c, b, pre + i * ld, io->c + n * H,
+                                     c->pproj ? io->hraw + n * H : io->h_next + n * Ho, std);
+            }
+            return;
+        }
+        if (lbr1) {
+            for (int i = 0; i < nb; i++) RNN_FN(rnn_gru_zr_act)(c, pre + i * ld, std);
+            for (int i = 0; i < nb; i++) {
+                const size_t n = (size_t)(n0 + i);
+                RNN_FN(rnn_gru_out)(c, b, pre + i * ld, hxs + i * RNN_BW, io->h_prev + n * Ho,
+                                    io->h_next + n * Ho, std);
+            }
+            return;
+        }
         for (int i = 0; i < nb; i++) {
             const size_t n = (size_t)(n0 + i);
             const float *p = pre + i * ld;
-            if (c->kind == RNN_KIND_LSTM) {
-                RNN_FN(rnn_lstm_epilogue)(c, b, p, io->c + n * H,
-                                          c->pproj ? io->hraw + n * H : io->h_next + n * Ho,
-                                          std);
-            } else if (lbr1) {
-                RNN_FN(rnn_gru_epilogue)(c, b, p, hxs + i * RNN_BW, io->h_prev + n * Ho,
-                                         io->h_next + n * Ho, std);
-            } else if (c->kind == RNN_KIND_GRU) {
+            if (c->kind == RNN_KIND_GRU) {
                 RNN_FN(rnn_gru_zr_epilogue)(c, b, p, io->h_prev + n * Ho, io->zs + n * ldz,
                                             io->hx + n * ldz, io->rh + n * H, std);
             } else {
