@@ -130,7 +130,7 @@ class Pool:
         takes it). RuntimeError when all ``capacity`` streams are open."""
         h = c = None
         if state is not None:
-            h, c = self.model._check_state(state, 1, True)
+            h, c = self._check_state(state)
         self._enter("open")
         try:
             if not self._free:
@@ -155,6 +155,12 @@ class Pool:
         finally:
             self._lock.release()
 
+    def _check_state(self, state):
+        """A user state for one stream, ``(L, 1, ·)`` or ``(L, ·)`` leaves -> (h, c) float32
+        copies ``(L, 1, ·)``; errors name the shape in the form the user gave."""
+        h = state[0] if isinstance(state, (tuple, list)) and len(state) else state
+        return self.model._check_state(state, 1, np.ndim(h) == 2)
+
     def _write(self, slot: int, h, c) -> None:
         """Set one slot's state; None means zeros. h (L, 1, Hout), c (L, 1, H)."""
         self._h[:, slot] = 0 if h is None else h[:, 0]
@@ -175,7 +181,7 @@ class Pool:
 
     def set_state(self, sid: int, state: State) -> None:
         """Assign one stream's state: ``h`` or ``(h, c)``, each ``(L, 1, ·)`` or ``(L, ·)``."""
-        h, c = self.model._check_state(state, 1, True)
+        h, c = self._check_state(state)
         self._enter("set_state")
         try:
             self._write(self._slot(sid), h, c)
