@@ -69,7 +69,8 @@ class Pool:
             slot, generation = int(sid) % self.capacity, int(sid) // self.capacity
             if generation < self._opened[slot]:
                 return ValueError(f"stream id {sid} was closed")
-        return ValueError(f"unknown stream id {sid!r}: ids come from Pool.open() of this pool")
+        shown = int(sid) if isinstance(sid, np.integer) else sid
+        return ValueError(f"unknown stream id {shown!r}: ids come from Pool.open() of this pool")
 
     def _slot(self, sid) -> int:
         """One open id -> its slot; ValueError/TypeError otherwise."""
