@@ -13,7 +13,8 @@ Rows, all in one process, contenders interleaved, best of several repetitions:
 2. Threads: 2 threads each driving their own pool of 64 streams (and, separately, their own
    batch-1 streams) against 1 thread doing the same per-thread work: throughput ratio
    ``2 * t(1 thread) / t(2 threads)`` (>= 1.6x on 2 cores asked). This is the row that uses
-   two cores; BLAS stays at one thread per calling thread.
+   two cores; BLAS stays at one thread per calling thread. A control row (sha256, GIL
+   released, nothing shared) shows how much of a second core the machine gives at the time.
 
 Roofline for row 1: FLOPs of a pool step over the FMA peak (a large single-thread sgemm), and
 weight bytes read per step over the copy bandwidth of a buffer the size of the weights.
@@ -27,6 +28,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
+import hashlib  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -162,22 +164,23 @@ def row_pool(model, W, R, B, reps: int, calls: int) -> float:
     return best["rnnengine 64 x Stream.step"] / base
 
 
-def threads_ratio(work, reps: int) -> tuple:
-    """(best 1-thread seconds, best 2-thread seconds) for ``work(k)`` (k = thread index);
-    interleaved, best of reps."""
-    one = two = float("inf")
+def threads_ratios(works: dict, reps: int) -> dict:
+    """name -> (best 1-thread seconds, best 2-thread seconds) of ``work(k)`` (k = thread
+    index); every repetition runs all works, 1 then 2 threads, so they see the same machine."""
+    best = {name: [float("inf"), float("inf")] for name in works}
     for _ in range(reps):
-        start = time.perf_counter()
-        work(0)
-        one = min(one, time.perf_counter() - start)
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        two = min(two, time.perf_counter() - start)
-    return one, two
+        for name, work in works.items():
+            start = time.perf_counter()
+            work(0)
+            best[name][0] = min(best[name][0], time.perf_counter() - start)
+            threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+            start = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            best[name][1] = min(best[name][1], time.perf_counter() - start)
+    return best
 
 
 def row_threads(model, reps: int, steps: int) -> dict:
@@ -195,14 +198,25 @@ def row_threads(model, reps: int, steps: int) -> dict:
         for t in range(steps * 16):
             streams[k].step(xs[t % STREAMS])
 
+    data = bytes(1 << 20)
+
+    def control_work(k):
+        # Control: C work that releases the GIL and shares nothing. It shows how much of a
+        # second core this machine actually gives right now (other processes share it).
+        for _ in range(steps * 2):
+            hashlib.sha256(data).digest()
+
     print(f"\nThreads sharing one model, each with its own streams (throughput, best of {reps}):")
+    works = {"own pool of 64 streams": (pool_work, steps * STREAMS),
+             "own batch-1 Stream": (stream_work, steps * 16),
+             "control: sha256 of 1 MB": (control_work, steps * 2)}
+    best = threads_ratios({name: work for name, (work, _) in works.items()}, reps)
     ratios = {}
-    for name, work, unit in (("own pool of 64 streams", pool_work, steps * STREAMS),
-                             ("own batch-1 Stream", stream_work, steps * 16)):
-        one, two = threads_ratio(work, reps)
+    for name, (_, unit) in works.items():
+        one, two = best[name]
         ratios[name] = 2 * one / two
-        print(f"  {name:24s} 1 thread {unit / one:9.0f} steps/s   2 threads "
-              f"{2 * unit / two:9.0f} steps/s   => {ratios[name]:.2f}x")
+        print(f"  {name:24s} 1 thread {unit / one:9.0f} /s   2 threads "
+              f"{2 * unit / two:9.0f} /s   => {ratios[name]:.2f}x")
     return ratios
 
 
@@ -216,7 +230,7 @@ def main() -> None:
     model = Model([Layer.from_onnx("lstm", W, R, B)])
     print(f"{model}; {os.cpu_count()} CPUs")
     row_pool(model, W, R, B, reps, calls=10 if args.quick else 20)
-    row_threads(model, reps=3 if args.quick else 7, steps=20 if args.quick else 50)
+    row_threads(model, reps=5 if args.quick else 25, steps=20)
 
 
 if __name__ == "__main__":
