@@ -7,6 +7,7 @@ from .errors import ModelError
 from .backend import backend  # noqa: E402  (the Backend class shadows the submodule name)
 from .layers import Layer
 from .model import Model, Stream
+from .loaders import load
 
-__all__ = ["ModelError", "Layer", "Model", "Stream", "backend"]
+__all__ = ["ModelError", "Layer", "Model", "Stream", "backend", "load"]
 __version__ = "0.1.0"

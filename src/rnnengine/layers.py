@@ -223,8 +223,11 @@ class Layer:
             "P": self.P, "proj": self.proj,
             "direction": self.direction,
             "activations": [a.name for d in self.activations for a in d],
-            "activation_alpha": [a.alpha for d in self.activations for a in d],
-            "activation_beta": [a.beta for d in self.activations for a in d],
+            # Only the functions that take an alpha/beta consume one (resolve_activations).
+            "activation_alpha": [a.alpha for d in self.activations for a in d
+                                 if ACTIVATIONS[a.name][1]],
+            "activation_beta": [a.beta for d in self.activations for a in d
+                                if ACTIVATIONS[a.name][2]],
             "clip": self.clip, "input_forget": int(self.input_forget),
             "linear_before_reset": int(self.linear_before_reset),
         }

@@ -221,8 +221,9 @@ class Stream:
     two threads; use one stream per thread (the Model itself is shareable)."""
 
     def __init__(self, model: Model, batch: int = 1):
-        if model.num_directions != 1:
-            raise ValueError("a bidirectional model cannot stream: its reverse direction needs "
+        if model.num_directions != 1 or any(layer.reverse for layer in model.layers):
+            which = "bidirectional" if model.num_directions != 1 else "reverse-direction"
+            raise ValueError(f"a {which} model cannot stream: its reverse direction needs "
                              "the whole sequence; use Model.run")
         if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
             raise ValueError(f"batch must be a positive integer; got {batch!r}")

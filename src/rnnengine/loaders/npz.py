@@ -1,0 +1,512 @@
+"""NumPy archives -> layers, and the engine's own ``.npz`` format (``save_model``).
+
+Archives are opened with ``allow_pickle=False``, always. Names recognised (the part before
+them is a prefix; each prefix is one weight group, ``node=`` picks one when there are several):
+
+    PyTorch  {prefix}weight_ih_l{k}[_reverse], weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k},
+             weight_hr_l{k} (proj_size); nn.LSTMCell/GRUCell/RNNCell: {prefix}weight_ih, ...
+             Gate order i,f,g,o / r,z,n; GRU always linear-before-reset. The kind follows from
+             the shapes (G*H rows against H columns). Input layout (T, N, I); batch_first and
+             nn.RNN's nonlinearity are not in a state_dict: pass them as load options.
+    Keras    {path}/kernel [I, G*U], {path}/recurrent_kernel [U, G*U], {path}/bias
+             ([G*U], or [2, G*U] for GRU reset_after=True); gate order i,f,c,o / z,r,h.
+             A Bidirectional wrapper's .../forward_*/... and .../backward_*/... groups load as
+             one bidirectional layer. Keras takes (N, T, I), so the model is batch_first. What
+             the weights do not record: activations (Keras defaults tanh/sigmoid assumed;
+             nonlinearity="relu" for a relu SimpleRNN), go_backwards, reset_after of a GRU
+             without bias (Keras' default, True, assumed).
+    ONNX     {prefix}W, R and optional B, P, with the node's attributes as arrays: op_type
+             (or kind), hidden_size, direction, activations, activation_alpha,
+             activation_beta, clip, input_forget, linear_before_reset, layout.
+    own      the header array ``__rnnengine__`` (JSON as uint8) and layer{k}/W, R, B, P, proj.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Optional
+
+import numpy as np
+
+from ..errors import ModelError
+from ..layers import ACTIVATIONS, GATES, Layer
+
+HEADER = "__rnnengine__"
+FORMAT_VERSION = 1
+KIND_BY_GATES = {4: "lstm", 3: "gru", 1: "rnn"}
+
+# Rows of each source's gate blocks, in ONNX order (LSTM i,o,f,c; GRU z,r,h).
+TORCH_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
+KERAS_ORDER = {"lstm": [0, 3, 1, 2], "gru": [0, 1, 2], "rnn": [0]}
+
+_TORCH_LAYER = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
+_TORCH_CELL = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh)$")
+_KERAS = re.compile(r"^(.+)/(kernel|recurrent_kernel|bias)(?::\d+)?$")
+_ONNX_PARAMS = ("W", "R", "B", "P", "op_type", "kind", "hidden_size", "direction",
+                "activations", "activation_alpha", "activation_beta", "clip", "input_forget",
+                "linear_before_reset", "layout")
+_ONNX = re.compile(r"^(.*?[/.])?(" + "|".join(_ONNX_PARAMS) + r")$")
+
+
+class _Archive:
+    """Reads arrays by name, turning every failure into a ModelError that names the file."""
+
+    def __init__(self, npz, path: str):
+        self.npz = npz
+        self.path = path
+        self.files = list(npz.files)
+
+    def get(self, key: str, group: str) -> np.ndarray:
+        try:
+            return self.npz[key]
+        except ValueError as e:
+            if "allow_pickle" in str(e):
+                raise ModelError(f"{self.path}: {group}: array {key!r} holds Python objects "
+                                 "(a pickle); refused, only numeric arrays are read") from None
+            raise ModelError(f"{self.path}: {group}: cannot read array {key!r}: {e}") from None
+        except Exception as e:  # zip/zlib/npy-header corruption
+            raise ModelError(f"{self.path}: {group}: cannot read array {key!r}: "
+                             f"{type(e).__name__}: {e}") from None
+
+    def weight(self, key: str, group: str, ndim: int) -> np.ndarray:
+        a = self.get(key, group)
+        if a.dtype.kind != "f":
+            raise ModelError(f"{self.path}: {group}: {key!r} must be a float array; got dtype {a.dtype}")
+        if a.ndim != ndim:
+            raise ModelError(f"{self.path}: {group}: {key!r} must have {ndim} dimension(s); "
+                             f"got shape {a.shape}")
+        return a
+
+
+class _Group:
+    """One loadable set of weights: source scheme, display name, {parameter: archive key}."""
+
+    def __init__(self, source: str, name: str, keys: dict):
+        self.source = source
+        self.name = name
+        self.keys = keys
+
+    def label(self) -> str:
+        return f"{self.name or '<no prefix>'} ({self.source})"
+
+
+def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = None,
+             nonlinearity: Optional[str] = None):
+    """Load weights from a ``.npz`` archive as a ``Model`` (see the module docstring)."""
+    from ..model import Model
+
+    path = os.fspath(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, EOFError, ...
+        raise ModelError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ModelError(f"{path}: not a .npz archive (numpy read a single array)")
+    with npz:
+        archive = _Archive(npz, path)
+        groups = _find_groups(archive.files)
+        if not groups:
+            shown = ", ".join(repr(f) for f in archive.files[:12])
+            raise ModelError(
+                f"{path}: no recurrent weights recognised; expected PyTorch state_dict names "
+                "(weight_ih_l0, weight_hh_l0, ...), Keras paths (.../kernel, "
+                ".../recurrent_kernel), ONNX names (W, R) or an rnnengine file; "
+                f"found {len(archive.files)} array(s): {shown}")
+        group = _select(groups, node, path)
+        build = {"pytorch": _build_torch, "keras": _build_keras, "onnx": _build_onnx,
+                 "rnnengine": _build_own}[group.source]
+        try:
+            layers, implied_batch_first = build(archive, group, nonlinearity)
+        except ModelError as e:
+            message = str(e)
+            if not message.startswith(path):
+                message = f"{path}: {group.label()}: {message}"
+            raise ModelError(message) from None
+    if batch_first is None:
+        batch_first = implied_batch_first
+    try:
+        return Model(layers, batch_first=bool(batch_first))
+    except ModelError as e:
+        raise ModelError(f"{path}: {group.label()}: {e}") from None
+
+
+def _select(groups: list, node: Optional[str], path: str) -> _Group:
+    if node is None:
+        if len(groups) == 1:
+            return groups[0]
+        listing = "\n  ".join(g.label() for g in groups)
+        raise ModelError(f"{path}: {len(groups)} weight groups; pick one with node=<name>:\n  {listing}")
+    wanted = node.rstrip("./")
+    matches = [g for g in groups if g.name == wanted]
+    if len(matches) != 1:
+        listing = "\n  ".join(g.label() for g in groups)
+        what = "no weight group" if not matches else f"{len(matches)} weight groups"
+        raise ModelError(f"{path}: {what} named {node!r}; the groups are:\n  {listing}")
+    return matches[0]
+
+
+def _find_groups(files: list) -> list:
+    if HEADER in files:
+        return [_Group("rnnengine", "", {"header": HEADER})]
+    groups = {}
+
+    def add(source, prefix, param, key):
+        name = prefix.rstrip("./")
+        groups.setdefault((source, name), _Group(source, name, {})).keys[param] = key
+
+    for key in files:
+        m = _TORCH_LAYER.match(key)
+        if m and _is_prefix(m.group(1)):
+            add("pytorch", m.group(1), (int(m.group(3)), bool(m.group(4)), m.group(2)), key)
+            continue
+        m = _TORCH_CELL.match(key)
+        if m and _is_prefix(m.group(1)):
+            add("pytorch-cell", m.group(1), (0, False, m.group(2)), key)
+            continue
+        m = _KERAS.match(key)
+        if m:
+            add("keras", m.group(1), m.group(2), key)
+            continue
+        m = _ONNX.match(key)
+        if m:
+            add("onnx", m.group(1) or "", m.group(2), key)
+    found = []
+    for (source, name), g in groups.items():
+        params = {p[2] if isinstance(p, tuple) else p for p in g.keys}
+        # A group counts once it has a name only recurrent layers use; what else it lacks
+        # is then reported by the builder (e.g. "layer 0: weight_hh is missing").
+        if source.startswith("pytorch") and {"weight_ih", "weight_hh"} & params:
+            found.append(_Group("pytorch", name, g.keys))
+        elif source == "keras" and "recurrent_kernel" in params:
+            found.append(g)
+        elif source == "onnx" and {"W", "R"} <= params:
+            found.append(g)
+    return _merge_keras_bidirectional(found)
+
+
+def _is_prefix(prefix: str) -> bool:
+    return prefix == "" or prefix.endswith((".", "/"))
+
+
+def _merge_keras_bidirectional(groups: list) -> list:
+    """A Keras Bidirectional wrapper stores .../forward_<layer>/<cell> and
+    .../backward_<layer>/<cell>: one group per wrapper, named by the wrapper's path."""
+    halves = {}
+    for g in groups:
+        if g.source != "keras":
+            continue
+        parts = g.name.split("/")
+        for i in range(len(parts) - 1, -1, -1):
+            if parts[i].startswith(("forward_", "backward_")):
+                side = "forward" if parts[i].startswith("forward_") else "backward"
+                halves.setdefault("/".join(parts[:i]), {}).setdefault(side, []).append(g)
+                break
+    out = list(groups)
+    for parent, sides in halves.items():
+        if len(sides.get("forward", [])) == 1 and len(sides.get("backward", [])) == 1:
+            fwd, bwd = sides["forward"][0], sides["backward"][0]
+            out = [g for g in out if g is not fwd and g is not bwd]
+            out.append(_Group("keras", parent, {"forward": fwd.keys, "backward": bwd.keys}))
+    return out
+
+
+def _blocks(a: np.ndarray, order: list, gates: int) -> np.ndarray:
+    """Reorder the gate blocks along axis 0 of ``a`` (G*H rows)."""
+    H = a.shape[0] // gates
+    return np.concatenate([a[k * H:(k + 1) * H] for k in order], axis=0)
+
+
+def _activations(kind: str, nonlinearity: Optional[str], num_directions: int, source: str):
+    if nonlinearity is None:
+        return None
+    if kind != "rnn":
+        raise ModelError(f"nonlinearity={nonlinearity!r} applies to plain RNN weights; "
+                         f"these are {kind.upper()} ({source})")
+    return [nonlinearity.capitalize()] * num_directions
+
+
+# --- PyTorch -----------------------------------------------------------------------------
+
+def _build_torch(archive: _Archive, group: _Group, nonlinearity):
+    where = group.label()
+    by_layer = {}
+    for (k, reverse, param), key in group.keys.items():
+        by_layer.setdefault(k, {}).setdefault(reverse, {})[param] = key
+    if sorted(by_layer) != list(range(len(by_layer))):
+        raise ModelError(f"layers {sorted(by_layer)} are not numbered 0..{len(by_layer) - 1}")
+    bidirectional = any(True in dirs for dirs in by_layer.values())
+    layers, kind = [], None
+    for k in range(len(by_layer)):
+        dirs = by_layer[k]
+        if bidirectional and set(dirs) != {False, True}:
+            raise ModelError(f"layer {k} lacks its {'reverse' if True not in dirs else 'forward'} "
+                             "direction while other layers have both")
+        per_dir = [_torch_direction(archive, where, k, dirs[rev]) for rev in sorted(dirs)]
+        kinds = {p[0] for p in per_dir}
+        if len(kinds) != 1 or (kind is not None and kinds != {kind}):
+            raise ModelError(f"layer {k} mixes cell kinds {sorted(kinds | {kind} - {None})}")
+        kind = per_dir[0][0]
+        W, R, B, proj = (None if any(p[i] is None for p in per_dir)
+                         else np.stack([p[i] for p in per_dir]) for i in range(1, 5))
+        if any(p[3] is None for p in per_dir) != all(p[3] is None for p in per_dir):
+            raise ModelError(f"layer {k}: bias in one direction only")
+        layers.append(Layer.from_onnx(
+            kind, W, R, B, proj=proj,
+            direction="bidirectional" if len(per_dir) == 2 else "forward",
+            linear_before_reset=int(kind == "gru"),
+            activations=_activations(kind, nonlinearity, len(per_dir), "PyTorch state_dict")))
+    return layers, False
+
+
+def _torch_direction(archive: _Archive, where: str, k: int, keys: dict):
+    """One direction of one layer -> (kind, W [G*H, I], R [G*H, Hout], B [2*G*H] or None,
+    proj [P, H] or None) in ONNX gate order."""
+    for needed in ("weight_ih", "weight_hh"):
+        if needed not in keys:
+            raise ModelError(f"layer {k}: {needed} is missing")
+    w_ih = archive.weight(keys["weight_ih"], where, 2)
+    w_hh = archive.weight(keys["weight_hh"], where, 2)
+    w_hr = archive.weight(keys["weight_hr"], where, 2) if "weight_hr" in keys else None
+    # hidden size H: weight_hh's columns, or weight_hr's with a projection; G*H rows
+    H = w_hr.shape[1] if w_hr is not None else w_hh.shape[1]
+    if (H == 0 or w_ih.shape[0] != w_hh.shape[0] or w_ih.shape[0] % H
+            or w_ih.shape[0] // H not in KIND_BY_GATES):
+        shapes = f"{keys['weight_ih']!r} {w_ih.shape}, {keys['weight_hh']!r} {w_hh.shape}"
+        if w_hr is not None:
+            shapes += f", {keys['weight_hr']!r} {w_hr.shape}"
+        raise ModelError(f"layer {k}: shapes {shapes} do not make 1, 3 or 4 gates of one "
+                         "hidden size")
+    G = w_ih.shape[0] // H
+    kind = KIND_BY_GATES[G]
+    if w_hr is not None and (kind != "lstm" or w_hh.shape[1] != w_hr.shape[0]):
+        raise ModelError(f"layer {k}: {keys['weight_hr']!r} {w_hr.shape} does not fit "
+                         f"{keys['weight_hh']!r} {w_hh.shape} (proj_size exists for LSTM only)")
+    has_bias = ("bias_ih" in keys, "bias_hh" in keys)
+    B = None
+    if any(has_bias):
+        if not all(has_bias):
+            raise ModelError(f"layer {k}: bias_ih and bias_hh must come together")
+        b_ih = archive.weight(keys["bias_ih"], where, 1)
+        b_hh = archive.weight(keys["bias_hh"], where, 1)
+        for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
+            if b.shape != (G * H,):
+                raise ModelError(f"layer {k}: {keys[name]!r} has shape {b.shape}; expected ({G * H},)")
+        order = TORCH_ORDER[kind]
+        B = np.concatenate([_blocks(b_ih, order, G), _blocks(b_hh, order, G)])
+    order = TORCH_ORDER[kind]
+    return kind, _blocks(w_ih, order, G), _blocks(w_hh, order, G), B, w_hr
+
+
+# --- Keras -------------------------------------------------------------------------------
+
+def _build_keras(archive: _Archive, group: _Group, nonlinearity):
+    where = group.label()
+    halves = [group.keys["forward"], group.keys["backward"]] if "forward" in group.keys else [group.keys]
+    parts = [_keras_direction(archive, where, keys) for keys in halves]
+    kinds = {p[0] for p in parts}
+    if len(kinds) != 1:
+        raise ModelError(f"the forward and backward layers are of different kinds {sorted(kinds)}")
+    kind = parts[0][0]
+    lbr = {p[4] for p in parts}
+    if len(lbr) != 1:
+        raise ModelError("the forward and backward GRUs differ in reset_after")
+    W, R, B = (np.stack([p[i] for p in parts]) for i in (1, 2, 3))
+    layer = Layer.from_onnx(
+        kind, W, R, B, direction="bidirectional" if len(parts) == 2 else "forward",
+        linear_before_reset=lbr.pop(),
+        activations=_activations(kind, nonlinearity, len(parts), "Keras"))
+    return [layer], True
+
+
+def _keras_direction(archive: _Archive, where: str, keys: dict):
+    if "kernel" not in keys:
+        raise ModelError(f"{keys['recurrent_kernel']!r} has no kernel beside it")
+    kernel = archive.weight(keys["kernel"], where, 2)
+    recurrent = archive.weight(keys["recurrent_kernel"], where, 2)
+    U = recurrent.shape[0]
+    if U == 0 or recurrent.shape[1] % U or recurrent.shape[1] // U not in KIND_BY_GATES:
+        raise ModelError(f"{keys['recurrent_kernel']!r} has shape {recurrent.shape}; expected "
+                         "(units, G*units) with G = 1, 3 or 4")
+    G = recurrent.shape[1] // U
+    kind = KIND_BY_GATES[G]
+    if kernel.shape[1] != G * U:
+        raise ModelError(f"{keys['kernel']!r} has shape {kernel.shape}; expected (input, {G * U})")
+    order = KERAS_ORDER[kind]
+    Wb = Rb = np.zeros(G * U, np.float32)
+    lbr = int(kind == "gru")  # Keras 3 GRU default reset_after=True
+    if "bias" in keys:
+        bias = archive.get(keys["bias"], where)
+        if bias.dtype.kind != "f":
+            raise ModelError(f"{keys['bias']!r} must be a float array; got dtype {bias.dtype}")
+        if kind == "gru" and bias.shape == (2, G * U):
+            Wb, Rb = bias[0], bias[1]
+        elif bias.shape == (G * U,):
+            Wb, lbr = bias, 0
+        else:
+            expected = f"({G * U},) or (2, {G * U})" if kind == "gru" else f"({G * U},)"
+            raise ModelError(f"{keys['bias']!r} has shape {bias.shape}; expected {expected}")
+    B = np.concatenate([_blocks(Wb, order, G), _blocks(Rb, order, G)])
+    return kind, _blocks(kernel.T, order, G), _blocks(recurrent.T, order, G), B, lbr
+
+
+# --- ONNX names --------------------------------------------------------------------------
+
+def _build_onnx(archive: _Archive, group: _Group, nonlinearity):
+    where = group.label()
+    get = lambda p: archive.get(group.keys[p], where) if p in group.keys else None
+    W = archive.weight(group.keys["W"], where, 3)
+    R = archive.weight(group.keys["R"], where, 3)
+    B = archive.weight(group.keys["B"], where, 2) if "B" in group.keys else None
+    P = archive.weight(group.keys["P"], where, 2) if "P" in group.keys else None
+    op = get("op_type") if "op_type" in group.keys else get("kind")
+    if op is not None:
+        kind = _text(op, "op_type").lower()
+        if kind not in GATES:
+            raise ModelError(f"op_type must be LSTM, GRU or RNN; got {kind!r}")
+    else:
+        if R.shape[2] == 0 or R.shape[1] % R.shape[2] or R.shape[1] // R.shape[2] not in KIND_BY_GATES:
+            raise ModelError(f"cannot tell the cell kind from R of shape {R.shape}; add an "
+                             "op_type array")
+        kind = KIND_BY_GATES[R.shape[1] // R.shape[2]]
+    activations = get("activations")
+    activations = None if activations is None else [str(s) for s in activations.reshape(-1)]
+    if activations is None:
+        D = 2 if _scalar(get("direction"), "direction", str, "forward") == "bidirectional" else 1
+        activations = _activations(kind, nonlinearity, D, "ONNX names")
+    elif nonlinearity is not None:
+        raise ModelError("nonlinearity= given but the archive records its activations")
+    layer = Layer.from_onnx(
+        kind, W, R, B, P,
+        direction=_scalar(get("direction"), "direction", str, "forward"),
+        hidden_size=_scalar(get("hidden_size"), "hidden_size", int, None),
+        activations=activations,
+        activation_alpha=_floats(get("activation_alpha")),
+        activation_beta=_floats(get("activation_beta")),
+        clip=_scalar(get("clip"), "clip", float, None),
+        input_forget=_scalar(get("input_forget"), "input_forget", int, 0),
+        linear_before_reset=_scalar(get("linear_before_reset"), "linear_before_reset", int, 0))
+    layout = _scalar(get("layout"), "layout", int, 0)
+    if layout not in (0, 1):
+        raise ModelError(f"layout must be 0 or 1; got {layout}")
+    return [layer], bool(layout)
+
+
+def _text(a: np.ndarray, name: str) -> str:
+    if a.dtype.kind not in "US" or a.size != 1:
+        raise ModelError(f"{name} must be a single string; got dtype {a.dtype}, shape {a.shape}")
+    value = a.reshape(-1)[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _scalar(a, name, cast, default):
+    if a is None:
+        return default
+    if cast is str:
+        return _text(a, name)
+    if a.size != 1 or a.dtype.kind not in "fiub":
+        raise ModelError(f"{name} must be a single number; got dtype {a.dtype}, shape {a.shape}")
+    return cast(a.reshape(-1)[0])
+
+
+def _floats(a):
+    if a is None:
+        return None
+    if a.dtype.kind not in "fiu":
+        raise ModelError(f"activation alpha/beta must be numbers; got dtype {a.dtype}")
+    return [float(v) for v in a.reshape(-1)]
+
+
+# --- the engine's own format -------------------------------------------------------------
+
+def save_model(model, path) -> None:
+    """Write ``model`` as the engine's own ``.npz``: every array as float32 under
+    ``layer{k}/{W,R,B,P,proj}`` and a JSON header (as a uint8 array) with the attributes.
+    No pickle: ``rnnengine.load`` reads it back with ``allow_pickle=False``."""
+    path = os.fspath(path)
+    header = {"format": "rnnengine", "version": FORMAT_VERSION,
+              "batch_first": bool(model.batch_first), "layers": []}
+    arrays = {}
+    for k, layer in enumerate(model.layers):
+        onnx_form = layer.to_onnx()
+        # Every activation keeps its own alpha/beta; from_onnx's ONNX-style lists hand them
+        # only to the functions that take them, so the loader filters the same way.
+        header["layers"].append({
+            "kind": layer.kind,
+            "direction": layer.direction,
+            "activations": [[a.name, a.alpha, a.beta] for d in layer.activations for a in d],
+            "clip": layer.clip,
+            "input_forget": int(layer.input_forget),
+            "linear_before_reset": int(layer.linear_before_reset),
+        })
+        for name in ("W", "R", "B", "P", "proj"):
+            if onnx_form[name] is not None:
+                arrays[f"layer{k}/{name}"] = np.ascontiguousarray(onnx_form[name], np.float32)
+    arrays[HEADER] = np.frombuffer(json.dumps(header).encode("ascii"), np.uint8)
+    # Write beside the target and rename, so a crash never leaves half a model behind; an
+    # open file object also stops numpy from appending ".npz" to the name.
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _build_own(archive: _Archive, group: _Group, nonlinearity):
+    where = "rnnengine header"
+    raw = archive.get(HEADER, where)
+    try:
+        if raw.dtype == np.uint8:
+            text = raw.tobytes().decode("utf-8")
+        elif raw.dtype.kind == "U" and raw.size == 1:
+            text = str(raw.reshape(-1)[0])
+        else:
+            raise ValueError(f"expected a uint8 array, got dtype {raw.dtype}")
+        header = json.loads(text)
+        if header.get("format") != "rnnengine":
+            raise ValueError("format is not 'rnnengine'")
+        if header.get("version") != FORMAT_VERSION:
+            raise ValueError(f"version {header.get('version')!r}; this engine reads version "
+                             f"{FORMAT_VERSION}")
+        specs = header["layers"]
+        if not isinstance(specs, list) or not specs:
+            raise ValueError("no layers")
+        batch_first = header["batch_first"]
+        if not isinstance(batch_first, bool):
+            raise ValueError("batch_first must be true or false")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelError(f"{archive.path}: malformed rnnengine header: {e}") from None
+    if nonlinearity is not None:
+        raise ModelError(f"{archive.path}: nonlinearity= given but an rnnengine file records "
+                         "its activations")
+    layers = []
+    for k, spec in enumerate(specs):
+        here = f"layer {k}"
+        try:
+            names = [str(a[0]) for a in spec["activations"]]
+            alphas = [float(a[1]) for a in spec["activations"]
+                      if ACTIVATIONS.get(str(a[0]), (0, False))[1]]
+            betas = [float(a[2]) for a in spec["activations"]
+                     if ACTIVATIONS.get(str(a[0]), (0, False, False))[2]]
+            arrays = {name: archive.get(f"layer{k}/{name}", here)
+                      for name in ("W", "R", "B", "P", "proj") if f"layer{k}/{name}" in archive.files}
+            if "W" not in arrays or "R" not in arrays:
+                raise ModelError(f"{archive.path}: {here}: W or R is missing")
+            layers.append(Layer.from_onnx(
+                str(spec["kind"]), arrays["W"], arrays["R"], arrays.get("B"), arrays.get("P"),
+                direction=str(spec["direction"]), activations=names,
+                activation_alpha=alphas, activation_beta=betas, clip=spec["clip"],
+                input_forget=int(spec["input_forget"]),
+                linear_before_reset=int(spec["linear_before_reset"]),
+                proj=arrays.get("proj")))
+        except ModelError as e:
+            message = str(e)
+            raise ModelError(message if message.startswith(archive.path)
+                             else f"{archive.path}: {here}: {message}") from None
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise ModelError(f"{archive.path}: {here}: malformed header entry "
+                             f"({type(e).__name__}: {e})") from None
+    return layers, batch_first
