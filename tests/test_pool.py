@@ -188,16 +188,11 @@ def test_capacity_and_construction_errors():
         bi.pool(4)
 
 
-def test_reverse_model_pools_like_forward():
-    """A single-direction 'reverse' model processes each step like a forward one when the
-    sequence is one step long: the pool gives PyTorch's per-step result for T=1 chunks."""
-    model, ref = random_model("gru", 3, 4, seed=5)
+def test_reverse_model_cannot_pool():
+    """Like Model.stream: a reverse direction starts from the end of the whole sequence."""
+    model, _ = random_model("gru", 3, 4, seed=5)
     layer = model.layers[0]
     rev = Model([Layer.from_onnx("gru", layer.W, layer.R, np.concatenate([layer.Wb, layer.Rb], 1),
                                  direction="reverse", linear_before_reset=1)])
-    pool = rev.pool(1)
-    sid = pool.open()
-    x = np.random.default_rng(1).standard_normal((3, 3)).astype(np.float32)
-    ys = np.array([pool.step([sid], x[t:t + 1])[0] for t in range(3)])
-    y_ref, _ = torch_run(ref, x)
-    assert_close(ys, y_ref)
+    with pytest.raises(ValueError, match="reverse-direction model cannot pool"):
+        rev.pool(1)

@@ -25,15 +25,17 @@ from .model import Model, State, as_float32, check_size
 
 
 class Pool:
-    """Up to ``capacity`` independent streams of ``model`` (a unidirectional model).
+    """Up to ``capacity`` independent streams of ``model`` (a forward-only model).
 
     ``open()`` -> id; ``step(ids, xs)`` with xs ``(k, I)`` -> y ``(k, Hout)``;
     ``state(id)`` / ``set_state(id, state)`` with state ``h`` or ``(h, c)``, each
     ``(L, 1, ·)`` as ``model.stream(batch=1).state``; ``close(id)``."""
 
     def __init__(self, model: Model, capacity: int = 64):
-        if model.num_directions != 1:
-            raise ValueError("a bidirectional model cannot pool: its reverse direction needs "
+        # As Model.stream: a reverse direction reads the sequence from its end.
+        if model.num_directions != 1 or any(layer.reverse for layer in model.layers):
+            which = "bidirectional" if model.num_directions != 1 else "reverse-direction"
+            raise ValueError(f"a {which} model cannot pool: its reverse direction needs "
                              "the whole sequence; use Model.run")
         if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"capacity must be a positive integer; got {capacity!r}")
