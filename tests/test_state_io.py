@@ -219,3 +219,20 @@ def test_refuses_malformed_truncated_and_corrupted_blobs():
     # bytearray and memoryview are fine.
     _assert_same_bits(import_state(a, bytearray(blob)), state)
     _assert_same_bits(import_state(a, memoryview(blob)), state)
+
+
+def test_bidirectional_run_state_round_trip():
+    """Model.run's final state of a bidirectional stack, (L*D, N, .), exports and imports
+    like any other; run continues from it as from the original."""
+    rng = np.random.default_rng(4)
+    layers = [rnnengine.Layer.from_onnx("lstm", rng.uniform(-.3, .3, (2, 20, 3)),
+                                        rng.uniform(-.3, .3, (2, 20, 5)), direction="bidirectional"),
+              rnnengine.Layer.from_onnx("lstm", rng.uniform(-.3, .3, (2, 20, 10)),
+                                        rng.uniform(-.3, .3, (2, 20, 5)), direction="bidirectional")]
+    model = rnnengine.Model(layers)
+    x = rng.standard_normal((6, 2, 3)).astype(np.float32)
+    _, state = model.run(x)
+    assert state[0].shape == (4, 2, 5)
+    back = import_state(model, export_state(model, state))
+    _assert_same_bits(back, state)
+    np.testing.assert_array_equal(model.run(x, back)[0], model.run(x, state)[0])
