@@ -33,6 +33,7 @@ extensions = [
         extra_compile_args=compile_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

@@ -303,3 +303,15 @@ class Stream(_kernels.StreamCore):
         if single:
             return y[:, 0]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y
+
+    def export_state(self) -> bytes:
+        """The current state as bytes (``rnnengine.state_io`` format), to continue this stream
+        in another process, stream or pool of the same model."""
+        from .state_io import export_state
+        return export_state(self.model, self.state)
+
+    def import_state(self, data: bytes) -> None:
+        """Continue from bytes written by ``export_state`` (same model and batch; a Pool
+        stream's export fits a batch-1 stream). ValueError if they do not fit."""
+        from .state_io import import_state
+        self.state = import_state(self.model, data)

@@ -102,6 +102,9 @@ def read_tensor(t: TensorProto, base_dir: Optional[str]) -> np.ndarray:
     if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
         raise ModelError(f"tensor {t.name!r} has type "
                          f"{TensorProto.DataType.Name(t.data_type)}, not a number type")
+    if any(d < 0 for d in t.dims):
+        # numpy would read a negative dimension as "infer it" and accept a lying shape.
+        raise ModelError(f"tensor {t.name!r} declares negative dimensions {list(t.dims)}")
     if t.data_location == TensorProto.EXTERNAL:
         t = _inline_external(t, base_dir)
     try:

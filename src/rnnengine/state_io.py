@@ -1,0 +1,171 @@
+"""State migration: a stream's state as bytes, to continue it in another process or pool.
+
+Format (all integers little-endian), never pickle::
+
+    magic    8 bytes  b"RNNESTAT"
+    version  uint16   1
+    hlen     uint32   length of the header
+    header   hlen bytes of UTF-8 JSON:
+             {"kind", "num_layers", "num_directions", "input_size", "hidden_size",
+              "output_size", "batch", "unbatched", "arrays": [["h", shape], ["c", shape]],
+              "model": sha256 fingerprint of the weights, "crc32": of the payload}
+    payload  the arrays of "arrays", in order, raw little-endian float32, C order
+
+The state is exactly the structure ``Model.run`` returns (``h``, or ``(h, c)`` for LSTM, each
+``(L*D, N, ·)``, or ``(L*D, ·)`` unbatched), so what ``Stream.state`` or ``Pool.state`` gives
+can be exported and what ``import_state`` returns can be assigned back. Float32 bits are
+copied as they are, so an imported stream continues exactly where it left off.
+
+A state only fits the model it came from: importing checks the sizes and a fingerprint of
+the weights and attributes (a model saved and loaded elsewhere has the same fingerprint) and
+raises ``ValueError`` on any mismatch or on a malformed, truncated or corrupted blob.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+import weakref
+import zlib
+
+import numpy as np
+
+from .model import Model, State
+
+MAGIC = b"RNNESTAT"
+VERSION = 1
+_PREFIX = struct.Struct("<8sHI")        # magic, version, header length
+_MAX_HEADER = 1 << 20                   # a real header is a few hundred bytes
+
+_fingerprints: "weakref.WeakKeyDictionary[Model, str]" = weakref.WeakKeyDictionary()
+_fingerprints_lock = threading.Lock()
+
+
+def model_fingerprint(model: Model) -> str:
+    """sha256 (hex) of everything that decides what a state means: kind, sizes, every weight
+    (as little-endian float32) and every attribute, layer by layer. Cached per model (models
+    are immutable)."""
+    with _fingerprints_lock:
+        cached = _fingerprints.get(model)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256(b"rnnengine-model-v1")
+    for layer in model.layers:
+        attrs = {
+            "kind": layer.kind, "direction": layer.direction,
+            "activations": [[a.name, repr(float(np.float32(a.alpha))), repr(float(np.float32(a.beta)))]
+                            for d in layer.activations for a in d],
+            "clip": None if layer.clip is None else repr(float(layer.clip)),
+            "input_forget": bool(layer.input_forget),
+            "linear_before_reset": bool(layer.linear_before_reset),
+        }
+        digest.update(json.dumps(attrs, sort_keys=True).encode())
+        for name in ("W", "R", "Wb", "Rb", "P", "proj"):
+            array = getattr(layer, name)
+            if array is None:
+                digest.update(f"{name}:none;".encode())
+                continue
+            array = np.ascontiguousarray(array, dtype="<f4")
+            digest.update(f"{name}:{list(array.shape)};".encode())
+            digest.update(array.tobytes())
+    fingerprint = digest.hexdigest()
+    with _fingerprints_lock:
+        _fingerprints[model] = fingerprint
+    return fingerprint
+
+
+def _describe(model: Model) -> dict:
+    return {
+        "kind": model.kind, "num_layers": model.num_layers,
+        "num_directions": model.num_directions, "input_size": model.input_size,
+        "hidden_size": model.hidden_size, "output_size": model.layers[0].output_size,
+    }
+
+
+def export_state(model: Model, state: State) -> bytes:
+    """``state`` of ``model`` (``h`` or ``(h, c)``, each ``(L*D, N, ·)`` or ``(L*D, ·)``)
+    -> bytes in the format of this module's docstring."""
+    h0 = state[0] if isinstance(state, (tuple, list)) else state
+    shape = np.shape(h0)
+    unbatched = len(shape) == 2
+    if len(shape) not in (2, 3):
+        LD, out = model.num_layers * model.num_directions, model.layers[0].output_size
+        raise ValueError(f"state h must have shape ({LD}, N, {out}) or ({LD}, {out}); got {shape}")
+    batch = 1 if unbatched else shape[1]
+    h, c = model._check_state(state, batch, unbatched)   # validated float32 copies (L*D, N, ·)
+    arrays = [("h", h)] + ([("c", c)] if c is not None else [])
+    if unbatched:
+        arrays = [(name, a[:, 0]) for name, a in arrays]
+    payload = b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for _, a in arrays)
+    header = dict(_describe(model), batch=batch, unbatched=unbatched,
+                  arrays=[[name, list(a.shape)] for name, a in arrays],
+                  model=model_fingerprint(model), crc32=zlib.crc32(payload))
+    head = json.dumps(header, sort_keys=True).encode()
+    return _PREFIX.pack(MAGIC, VERSION, len(head)) + head + payload
+
+
+def _bad(reason: str) -> ValueError:
+    return ValueError(f"not a valid rnnengine state: {reason}")
+
+
+def import_state(model: Model, data) -> State:
+    """bytes from ``export_state`` -> the state, in the structure it was exported with.
+    ValueError when the bytes are malformed, truncated or corrupted, or come from another
+    model; TypeError when ``data`` is not bytes-like."""
+    if isinstance(data, memoryview):
+        data = data.tobytes()
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f"state data must be bytes (from export_state); got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _PREFIX.size:
+        raise _bad(f"{len(data)} bytes is shorter than the {_PREFIX.size}-byte prefix (truncated?)")
+    magic, version, hlen = _PREFIX.unpack_from(data)
+    if magic != MAGIC:
+        raise _bad(f"magic is {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise ValueError(f"rnnengine state format version {version} is not supported "
+                         f"(this rnnengine reads version {VERSION})")
+    if hlen > _MAX_HEADER or _PREFIX.size + hlen > len(data):
+        raise _bad(f"header of {hlen} bytes does not fit in {len(data)} bytes (truncated?)")
+    try:
+        header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise _bad(f"header is not JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise _bad("header is not a JSON object")
+
+    expected = _describe(model)
+    for key, want in expected.items():
+        if header.get(key) != want:
+            raise ValueError(f"state does not fit this model: its {key} is {header.get(key)!r}, "
+                             f"the model's is {want!r}")
+    if header.get("model") != model_fingerprint(model):
+        raise ValueError("state was exported from a different model (same sizes, different "
+                         "weights or attributes): its fingerprint "
+                         f"{str(header.get('model'))[:16]}... is not this model's "
+                         f"{model_fingerprint(model)[:16]}...")
+
+    batch, unbatched = header.get("batch"), header.get("unbatched")
+    if type(batch) is not int or batch < 1 or type(unbatched) is not bool or (unbatched and batch != 1):
+        raise _bad(f"batch {batch!r} / unbatched {unbatched!r} are not a valid pair")
+    h_shape, c_shape = model._state_shapes(batch)
+    want = [["h", list(h_shape)]] + ([["c", list(c_shape)]] if c_shape else [])
+    if unbatched:
+        want = [[name, [shape[0], shape[2]]] for name, shape in want]
+    if header.get("arrays") != want:
+        raise _bad(f"arrays {header.get('arrays')!r} do not match {want!r}")
+
+    payload = data[_PREFIX.size + hlen:]
+    sizes = [int(np.prod(shape)) for _, shape in want]
+    if len(payload) != 4 * sum(sizes):
+        raise _bad(f"payload is {len(payload)} bytes, expected {4 * sum(sizes)} "
+                   f"({'truncated' if len(payload) < 4 * sum(sizes) else 'trailing bytes'})")
+    if zlib.crc32(payload) != header.get("crc32"):
+        raise _bad("payload checksum mismatch (corrupted in transit?)")
+    flat = np.frombuffer(payload, dtype="<f4").astype(np.float32)   # a copy, owned
+    arrays, offset = [], 0
+    for (_, shape), size in zip(want, sizes):
+        arrays.append(flat[offset:offset + size].reshape(shape))
+        offset += size
+    return tuple(arrays) if len(arrays) == 2 else arrays[0]
