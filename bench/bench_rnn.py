@@ -2,7 +2,7 @@
 
     python bench/bench_rnn.py            # full run, a few minutes; prints a Markdown report
     python bench/bench_rnn.py --quick    # fewer repetitions and workloads, under a minute
-    python bench/bench_rnn.py --write    # also writes bench/RESULTS.md
+    python bench/bench_rnn.py --write    # also puts the report into bench/RESULTS.md
 
 Every engine runs single-threaded (torch.set_num_threads(1), ORT intra/inter-op threads 1,
 OpenBLAS/OMP/MKL env vars 1) on the same weights and inputs, in one process. Measurements are
@@ -264,7 +264,7 @@ def main():
     args = ap.parse_args()
     if args.isa:
         _kernels.set_isa(args.isa)
-    reps = 3 if args.quick else 7
+    reps = 3 if args.quick else 11
     sizes = (64, 256) if args.quick else (64, 256, 1024)
     started = time.time()
     peak = fma_peak(reps)
@@ -350,8 +350,24 @@ def main():
     report = "\n".join(lines) + "\n"
     print(report)
     if args.write:
-        with open(os.path.join(HERE, "RESULTS.md"), "w") as f:
-            f.write(report)
+        write_section(os.path.join(HERE, "RESULTS.md"), report)
+
+
+BEGIN, END = "<!-- bench_rnn.py: begin -->", "<!-- bench_rnn.py: end -->"
+
+
+def write_section(path, report):
+    """Replace this script's section of RESULTS.md (between the markers), keeping the rest
+    (bench_pool.py's section); the section goes first when there is none yet."""
+    text = open(path).read() if os.path.exists(path) else ""
+    section = f"{BEGIN}\n{report}{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = section + ("\n" + text if text else "")
+    with open(path, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,12 @@ static void RNN_FN(rnn_panel_##NB##x##G)(int K, const float *restrict w,        
             rnn_v a[1][NB][G][RNN_NV];                                                      \
             RNN_PANEL_FOR_ALL(NB, G) a[0][n][g][v] = u ? v_zero() : v_load(RNN_ACC(n, g, v)); \
             const int k1 = RNN_MIN(K, (u + 1) * Kp);                                        \
-            for (int k = u * Kp; k < k1; k++) RNN_PANEL_FMA(NB, G, 0, k);                   \
+            int k = u * Kp;                                                                 \
+            for (; k + 2 <= k1; k += 2) {                                                   \
+                RNN_PANEL_FMA(NB, G, 0, k);                                                 \
+                RNN_PANEL_FMA(NB, G, 0, k + 1);                                             \
+            }                                                                               \
+            if (k < k1) RNN_PANEL_FMA(NB, G, 0, k);                                         \
             if (u == 0) {                                                                   \
                 RNN_PANEL_FOR_ALL(NB, G) v_store(RNN_ACC(n, g, v), a[0][n][g][v]);          \
             } else {                                                                        \
