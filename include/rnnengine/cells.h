@@ -62,7 +62,8 @@ typedef struct {
     int backward;        /* walk blocks in descending order (see driver.h: cache reuse) */
     const float *x;      /* [N, ldx] inputs, or NULL */
     size_t ldx;
-    const float *xp;     /* input projections of block b, row n: xp[b * ldxp + n * G*16 + 0:G*16] */
+    float *xp;           /* input projections of block b, row n: xp[b * ldxp + n * G*16 + 0:G*16],
+                          * consumed in place (each is used once) */
     size_t ldxp;         /* floats between blocks (rnn_xproj writes [HB][M][G][16]) */
     const float *h_prev; /* [N, Hout] */
     float *h_next;       /* [N, Hout], distinct from h_prev */

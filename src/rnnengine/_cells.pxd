@@ -50,7 +50,7 @@ cdef extern from "rnnengine/cells.h" nogil:
         int backward
         const float *x
         size_t ldx
-        const float *xp
+        float *xp
         size_t ldxp
         const float *h_prev
         float *h_next
