@@ -7,17 +7,9 @@ import pytest
 from rnnengine import Layer, Model, _kernels
 
 torch = pytest.importorskip("torch")
-from test_kernels import ISAS, torch_model_to_layers  # noqa: E402
+from test_kernels import isa, torch_model_to_layers  # noqa: E402,F401  (isa: the ISA fixture)
 
 RTOL = ATOL = 1e-5
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = _kernels.isa()
-    _kernels.set_isa(request.param)
-    yield request.param
-    _kernels.set_isa(previous)
 
 
 # Sizes large enough that every phase goes to the pool (driver.h: RNN_POOL_MIN_MACS), the

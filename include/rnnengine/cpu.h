@@ -8,10 +8,13 @@
 #ifndef RNNENGINE_CPU_H
 #define RNNENGINE_CPU_H
 
+/* -DRNN_X86=0 builds the portable variant only, as on ARM (used to test that build). */
+#ifndef RNN_X86
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define RNN_X86 1
 #else
 #define RNN_X86 0
+#endif
 #endif
 
 enum rnn_isa { RNN_ISA_SERIAL = 0, RNN_ISA_AVX2 = 1, RNN_ISA_AVX512 = 2, RNN_ISA_COUNT = 3 };

@@ -181,7 +181,11 @@ static inline void RNN_FN(rnn_copy_rows)(float *dst, size_t ldd, const float *sr
  * default activations (sigmoid gates, tanh elsewhere; RNN: tanh), passed as a constant so
  * this inlines to straight-line code; the general path switches on the code per vector.
  * Measured: LSTM batch-16 H=256 step, epilogue 21% of the time with the switch. */
+#if defined(__GNUC__) || defined(__clang__)
 #define RNN_INLINE static inline __attribute__((always_inline))
+#else
+#define RNN_INLINE static __forceinline
+#endif
 RNN_INLINE rnn_v RNN_FN(rnn_gate)(const rnn_cell_t *c, int which, rnn_v x, int std) {
     x = RNN_FN(rnn_clip)(c->clip, x);
     if (std)
