@@ -242,14 +242,22 @@ def roofline(nbytes, flops, reps, peak):
 # -- report ---------------------------------------------------------------------------------
 
 def cpu_model():
+    """lscpu's model name, family/model numbers and cache sizes (a VM may hide the name)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
     except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    parts = [fields.get("Model name", platform.machine())]
+    if "CPU family" in fields and "Model" in fields:
+        parts.append(f"family {fields['CPU family']} model {fields['Model']}")
+    for cache in ("L1d cache", "L2 cache", "L3 cache"):
+        if cache in fields:
+            parts.append(f"{cache} {fields[cache]}")
+    return ", ".join(parts)
 
 
 def fmt_us(s):
