@@ -395,6 +395,7 @@ def test_concurrent_use_of_a_stream_is_refused(lstm_model):
         for call in (lambda: s.step(np.zeros(6, np.float32)),
                      lambda: s.run(np.zeros((2, 6), np.float32)),
                      s.reset,
+                     lambda: s.state,
                      lambda: setattr(s, "state", model.zero_state(1))):
             with pytest.raises(RuntimeError, match="already in use by another thread"):
                 call()

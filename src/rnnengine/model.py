@@ -256,8 +256,12 @@ class Stream(_kernels.StreamCore):
     @property
     def state(self) -> State:
         """A copy of the current state, in the structure ``Model.run`` returns."""
-        h, c = self._state_views()
-        return (h.copy(), c.copy()) if c is not None else h.copy()
+        self._lock()
+        try:
+            h, c = self._state_views()
+            return (h.copy(), c.copy()) if c is not None else h.copy()
+        finally:
+            self._unlock()
 
     @state.setter
     def state(self, value: State) -> None:
