@@ -25,26 +25,20 @@ Standard library and rnnengine only. The server stops on SIGINT/SIGTERM or after
 """
 from __future__ import annotations
 
-import os
+import argparse
+import asyncio
+import collections
+import json
+import signal
+import struct
+import sys
+import time
+from typing import Deque, Dict, Optional
 
-# One BLAS thread: the pool's product is small enough that a multi-threaded BLAS mostly spins
-# (on a busy 2-core machine a 64-stream step went from ~1 ms to ~40 ms with 2 BLAS threads).
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import collections  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import struct  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from typing import Deque, Dict, Optional  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-import rnnengine  # noqa: E402
-from rnnengine.layers import Layer  # noqa: E402
+import rnnengine
+from rnnengine.layers import Layer
 
 HEADER = struct.Struct("<I")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}

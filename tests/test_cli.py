@@ -44,7 +44,6 @@ def cli(*args, stderr=subprocess.PIPE, check=None, timeout=300):
     """Run the command; returns CompletedProcess with text stdout/stderr."""
     env = dict(os.environ)
     env.pop("RNNENGINE_TRACEBACK", None)
-    env.setdefault("OPENBLAS_NUM_THREADS", "1")   # a shared CI machine; results do not depend on it
     proc = subprocess.run(console_command() + [str(a) for a in args], stdout=subprocess.PIPE,
                           stderr=stderr, text=True, env=env, timeout=timeout)
     if check is not None:

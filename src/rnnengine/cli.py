@@ -647,10 +647,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"rnnengine bench: {describe(model)}")
     print(f"best of {repeat} interleaved repetitions; {steps} steps per streaming measurement, "
           f"{seq_calls} sequence(s) per sequence measurement")
-    blas = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    print("threads: onnxruntime 1, torch 1; rnnengine's BLAS "
-          + (f"{blas} (OPENBLAS_NUM_THREADS/OMP_NUM_THREADS)" if blas
-             else "library default (set OPENBLAS_NUM_THREADS=1 for one thread)"))
+    print("threads: 1 each (rnnengine, onnxruntime, torch)")
     total = repeat * sum(len(c) for c in workloads.values())
     progress = Progress(total, "bench")
     results = {}

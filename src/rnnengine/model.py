@@ -17,7 +17,7 @@ from .layers import Layer, check_stack, pack_layer
 State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
 
-# The kernels index with C ints and hand sizes to a 32-bit-integer BLAS: any buffer they see
+# The kernels index some buffers with C ints: any buffer they see
 # must hold fewer elements than this. Checked before anything is allocated.
 MAX_ELEMENTS = 2**31 - 1
 
