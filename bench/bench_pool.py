@@ -8,12 +8,12 @@ Rows, all in one process, contenders interleaved, best of several repetitions:
 1. 64 streams of an LSTM with I = H = 256, one timestep each:
    rnnengine ``pool.step`` over all 64 ids, against 64 ``Stream.step`` calls (the figure the
    issue asks for, >= 2.5x), PyTorch ``nn.LSTMCell`` on a batch of 64 and ONNX Runtime's LSTM
-   node with T=1, N=64 (state fed back each step). All single-threaded (BLAS pinned to one
-   thread), so ratios compare implementations, not core counts.
+   node with T=1, N=64 (state fed back each step). All single-threaded (every library pinned to
+   one thread), so ratios compare implementations, not core counts.
 2. Threads: 2 threads each driving their own pool of 64 streams (and, separately, their own
    batch-1 streams) against 1 thread doing the same per-thread work: throughput ratio
    ``2 * t(1 thread) / t(2 threads)`` (>= 1.6x on 2 cores asked). This is the row that uses
-   two cores; BLAS stays at one thread per calling thread. A control row (sha256, GIL
+   two cores; each library stays at one thread per calling thread. A control row (sha256, GIL
    released, nothing shared) shows how much of a second core the machine gives at the time.
 
 Roofline for row 1: FLOPs of a pool step over the FMA peak (a large single-thread sgemm), and
@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import os
 
-# One BLAS thread per calling thread: otherwise the baseline already uses every core.
+# One thread per calling thread for the peers' math libraries (torch reads OMP_NUM_THREADS at
+# import): otherwise the baseline already uses every core.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 

@@ -47,10 +47,23 @@ def as_float32(name: str, a, expected: str) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def check_positive_int(name: str, value) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+def check_one_way(model: "Model", use: str) -> None:
+    """Streams and pools advance a step at a time, which a reverse direction cannot do: it
+    reads the sequence from its end."""
+    if model.num_directions != 1 or any(layer.reverse for layer in model.layers):
+        which = "bidirectional" if model.num_directions != 1 else "reverse-direction"
+        raise ValueError(f"a {which} model cannot {use}: its reverse direction needs "
+                         "the whole sequence; use Model.run")
+
+
 def check_threads(threads) -> int:
-    if not isinstance(threads, (int, np.integer)) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer; got {threads!r}")
-    return int(threads)
+    return check_positive_int("threads", threads)
 
 
 class Model:
@@ -151,20 +164,16 @@ class Model:
             if isinstance(state, (tuple, list)) and len(state) == 1:
                 state = state[0]
             h, c = state, None
-        h = as_float32("state h", h, str(show(h_shape)))
-        if unbatched and h.ndim == 2:
-            h = h[:, None, :]
-        if h.shape != h_shape:
-            raise ValueError(f"state h must have shape {show(h_shape)}; got {h.shape if not unbatched else h[:, 0].shape}")
-        h = h.copy()
-        if c_shape:
-            c = as_float32("state c", c, str(show(c_shape)))
-            if unbatched and c.ndim == 2:
-                c = c[:, None, :]
-            if c.shape != c_shape:
-                raise ValueError(f"state c must have shape {show(c_shape)}; got {c.shape}")
-            c = c.copy()
-        return h, c
+        def checked(name, a, shape):
+            a = as_float32(name, a, str(show(shape)))
+            given = a.shape
+            if unbatched and a.ndim == 2:
+                a = a[:, None, :]
+            if a.shape != shape:
+                raise ValueError(f"{name} must have shape {show(shape)}; got {given}")
+            return a.copy()
+
+        return checked("state h", h, h_shape), (checked("state c", c, c_shape) if c_shape else None)
 
     def _check_lengths(self, lengths, T: int, N: int) -> Optional[np.ndarray]:
         if lengths is None:
@@ -242,15 +251,11 @@ class Stream(_kernels.StreamCore):
     ``(N, I)`` (or ``(I,)`` when batch is 1) -> y_t ``(N, Hout)`` (or ``(Hout,)``)."""
 
     def __init__(self, model: Model, batch: int = 1, threads: Optional[int] = None):
-        if model.num_directions != 1 or any(layer.reverse for layer in model.layers):
-            which = "bidirectional" if model.num_directions != 1 else "reverse-direction"
-            raise ValueError(f"a {which} model cannot stream: its reverse direction needs "
-                             "the whole sequence; use Model.run")
-        if not isinstance(batch, (int, np.integer)) or isinstance(batch, bool) or batch < 1:
-            raise ValueError(f"batch must be a positive integer; got {batch!r}")
+        check_one_way(model, "stream")
+        batch = check_positive_int("batch", batch)
         threads = model.threads if threads is None else check_threads(threads)
         self.model = model
-        self.batch = int(batch)
+        self.batch = batch
         self._init_core(model._cells, self.batch, threads)
 
     @property

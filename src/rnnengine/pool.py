@@ -21,7 +21,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import _kernels, _pool
-from .model import Model, State, as_float32, check_size
+from .model import Model, State, as_float32, check_one_way, check_positive_int, check_size
 
 
 class Pool:
@@ -32,15 +32,9 @@ class Pool:
     ``(L, 1, ·)`` as ``model.stream(batch=1).state``; ``close(id)``."""
 
     def __init__(self, model: Model, capacity: int = 64):
-        # As Model.stream: a reverse direction reads the sequence from its end.
-        if model.num_directions != 1 or any(layer.reverse for layer in model.layers):
-            which = "bidirectional" if model.num_directions != 1 else "reverse-direction"
-            raise ValueError(f"a {which} model cannot pool: its reverse direction needs "
-                             "the whole sequence; use Model.run")
-        if not isinstance(capacity, (int, np.integer)) or isinstance(capacity, bool) or capacity < 1:
-            raise ValueError(f"capacity must be a positive integer; got {capacity!r}")
+        check_one_way(model, "pool")
         self.model = model
-        self.capacity = int(capacity)
+        self.capacity = check_positive_int("capacity", capacity)
         h_shape, c_shape = model._state_shapes(self.capacity)
         check_size("the pool's state", h_shape)
         self._h = np.zeros(h_shape, np.float32)
