@@ -404,3 +404,17 @@ def test_truncated_archive_is_a_model_error(tmp_path):
     with pytest.raises(ModelError) as info:
         rnnengine.load(cut)
     assert str(cut) in str(info.value)
+
+
+def test_threads_option_gives_a_threaded_model_with_the_same_results(tmp_path):
+    torch.manual_seed(5)
+    net = torch.nn.LSTM(600, 600)
+    path = save_npz(tmp_path / "big.npz", state_dict_arrays(net, "rnn."))
+    model = rnnengine.load(path, threads=2)
+    assert model.threads == 2
+    x = np.random.default_rng(5).standard_normal((3, 2, 600)).astype(np.float32)
+    with torch.no_grad():
+        y_ref, _ = net(torch.from_numpy(x))
+    np.testing.assert_allclose(model.run(x)[0], y_ref.numpy(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="threads"):
+        rnnengine.load(path, threads=0)

@@ -8,6 +8,7 @@ A zip archive is a NumPy ``.npz`` (``loaders.npz``); anything else is parsed as 
     chain=        ONNX: False loads only the named node, not the layers chained after it
     nonlinearity= .npz: "tanh" (default) or "relu" for RNN weights whose file does not
                   record it (PyTorch nn.RNN state_dict, Keras SimpleRNN)
+    threads=      both: intra-op threads of the returned Model (default 1)
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
     malformed or holds nothing this engine runs; ``OSError`` when it cannot be read."""
     from . import npz, onnx as onnx_loader
 
+    from ..model import Model, check_threads
+
+    threads = check_threads(options.pop("threads", 1))
     path = os.fspath(path)
     with open(path, "rb") as f:
         magic = f.read(8)
@@ -37,7 +41,8 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
                    ".npz" if is_npz else "ONNX")
     loader = npz.load_npz if is_npz else onnx_loader.load_onnx
     try:
-        return loader(path, node, **options)
+        model = loader(path, node, **options)
+        return model if threads == 1 else Model(model.layers, model.batch_first, threads)
     except (ModelError, OSError):
         raise
     except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, RecursionError,
@@ -57,7 +62,7 @@ def _check_options(node, options: dict, accepted: tuple, fmt: str) -> None:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise TypeError(f"unexpected option(s) {unknown} for an {fmt} file; accepted: "
-                        f"node, {', '.join(accepted)}")
+                        f"node, threads, {', '.join(accepted)}")
     if node is not None and not isinstance(node, str):
         raise TypeError(f"node must be a str naming a node or weight group; got {type(node).__name__}")
     for name in ("batch_first", "chain"):
