@@ -5,8 +5,6 @@ Tests import these directly (``from conftest import ...``); pytest puts ``tests/
 from __future__ import annotations
 
 import functools
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -336,3 +334,13 @@ def peephole_clip_case(rng, direction: str, input_forget: bool, lengths: bool):
     inputs["P"] = inputs["P"] * 4
     attrs["clip"] = 0.4
     return inputs, attrs
+
+
+def assert_bytes_are_a_model_error(path, content: bytes) -> None:
+    """Write ``content`` to ``path``: loading it must raise a ModelError that names the file."""
+    import rnnengine
+
+    path.write_bytes(content)
+    with pytest.raises(rnnengine.ModelError) as info:
+        rnnengine.load(path)
+    assert str(path) in str(info.value)

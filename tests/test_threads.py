@@ -109,8 +109,8 @@ def test_concurrent_use_of_one_pool_is_detected(twins):
             "import_state": lambda: pool.import_state(blob),
         }
         for name, call in calls.items():
-            with pytest.raises(RuntimeError, match=rf"Pool\.\w+\(\) called while another call "
-                                                   rf"is using this pool \(concurrent use"):
+            with pytest.raises(RuntimeError, match=r"Pool\.\w+\(\) called while another call "
+                                                   r"is using this pool \(concurrent use"):
                 call()
     finally:
         blocking.release.set()

@@ -922,7 +922,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     stream = model.stream(batch=1)
     out = sys.stdout
     print(f"rnnengine demo: a character-level {describe(model)},")
-    print(f"trained with PyTorch on Python's stdlib docstrings; streamed one character per step.\n")
+    print("trained with PyTorch on Python's stdlib docstrings; streamed one character per step.\n")
     out.write(args.prompt)
     out.flush()
     latencies = []
