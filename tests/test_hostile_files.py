@@ -219,3 +219,11 @@ def test_hostile_file_is_a_model_error_or_runs(tmp_path, name):
     if name not in ("npz_nan_weights", "onnx_recursion_bomb"):   # these two are valid models
         assert outcome.startswith("ModelError:"), outcome
         assert "model" in outcome, "the error names the file"
+
+
+def test_member_that_is_not_npy_is_a_model_error(tmp_path):
+    # Found by the fuzzer: NumPy returns such a member as raw bytes instead of an array.
+    path = tmp_path / "model.npz"
+    npz_file(path, {"weight_ih_l0.npy": npy_bytes_with_header((12, 2), b"\0" * 96),
+                    "weight_hh_l0.npy": b"not an array at all"})
+    assert load_in_subprocess(path).startswith("ModelError:")

@@ -59,7 +59,7 @@ class _Archive:
 
     def get(self, key: str, group: str) -> np.ndarray:
         try:
-            return self.npz[key]
+            value = self.npz[key]
         except ValueError as e:
             if "allow_pickle" in str(e):
                 raise ModelError(f"{self.path}: {group}: array {key!r} holds Python objects "
@@ -68,6 +68,10 @@ class _Archive:
         except Exception as e:  # zip/zlib/npy-header corruption
             raise ModelError(f"{self.path}: {group}: cannot read array {key!r}: "
                              f"{type(e).__name__}: {e}") from None
+        if not isinstance(value, np.ndarray):
+            # NumPy hands back the raw bytes of a member that is not in .npy format.
+            raise ModelError(f"{self.path}: {group}: member {key!r} is not a .npy array")
+        return value
 
     def weight(self, key: str, group: str, ndim: int) -> np.ndarray:
         a = self.get(key, group)
