@@ -23,7 +23,9 @@ from onnx import TensorProto, helper  # noqa: E402
 
 ISAS = _kernels.supported_isas()
 RTOL = ATOL = 1e-5
-SRC = os.path.join(os.path.dirname(__file__), "..", "src")
+# The folder the imported package lives in (installed, or src/ with PYTHONPATH=src), so the
+# subprocesses below import the same build.
+SRC = os.path.dirname(os.path.dirname(os.path.abspath(rnnengine.__file__)))
 
 
 @pytest.fixture(params=ISAS)
