@@ -188,6 +188,20 @@ class Model:
             raise ValueError(f"lengths must lie in [0, {T}] (T={T}); got {arr.tolist()}")
         return np.ascontiguousarray(arr, dtype=np.int32)
 
+    def _time_major(self, x: np.ndarray) -> np.ndarray:
+        """(T, I) -> (T, 1, I); (N, T, I) -> contiguous (T, N, I) when batch_first; other
+        shapes pass through for the caller's shape check."""
+        if x.ndim == 2:
+            return x[:, None, :]
+        if x.ndim == 3 and self.batch_first:
+            return np.ascontiguousarray(x.transpose(1, 0, 2))
+        return x
+
+    def _check_work_size(self, T: int, N: int) -> None:
+        """The kernels' scratch for T steps of N rows must fit one call (``check_size``)."""
+        widest = max(max(k.gates * k.hidden_size for k in self._cells), self.output_size)
+        check_size("the work buffers for x", (T, N, widest))
+
     # -- whole sequence ------------------------------------------------------------------
     def run(self, x, state: Optional[State] = None, lengths=None):
         """Run the whole sequence ``x``.
@@ -200,17 +214,12 @@ class Model:
         expected = "(N, T, %d)" % I if self.batch_first else "(T, N, %d)" % I
         x = as_float32("x", x, f"{expected} or (T, {I})")
         unbatched = x.ndim == 2
-        if unbatched:
-            x = x[:, None, :]
-        elif x.ndim == 3:
-            if self.batch_first:
-                x = np.ascontiguousarray(x.transpose(1, 0, 2))
+        given = x.shape
+        x = self._time_major(x)
         if x.ndim != 3 or x.shape[2] != I:
-            shape = x[:, 0].shape if unbatched else x.shape
-            raise ValueError(f"x must be float32 of shape {expected} or (T, {I}); got {shape}")
+            raise ValueError(f"x must be float32 of shape {expected} or (T, {I}); got {given}")
         T, N = x.shape[0], x.shape[1]
-        widest = max(max(k.gates * k.hidden_size for k in self._cells), self.output_size)
-        check_size("the work buffers for x", (T, N, widest))
+        self._check_work_size(T, N)
         lens = self._check_lengths(lengths, T, N)
         if unbatched and lens is not None and lens.shape[0] != 1:
             raise ValueError("lengths for an unbatched input must have one entry")
@@ -299,14 +308,10 @@ class Stream(_kernels.StreamCore):
         expected = f"({self.batch}, T, {I})" if batch_first else f"(T, {self.batch}, {I})"
         chunk = as_float32("chunk", chunk, expected)
         single = chunk.ndim == 2 and self.batch == 1
-        if single:
-            x = chunk[:, None, :]
-        elif chunk.ndim == 3 and batch_first:
-            x = np.ascontiguousarray(chunk.transpose(1, 0, 2))
-        else:
-            x = chunk
+        x = self.model._time_major(chunk) if chunk.ndim == 3 or single else chunk
         if x.ndim != 3 or x.shape[1:] != (self.batch, I):
             raise ValueError(f"chunk must be float32 of shape {expected}; got {chunk.shape}")
+        self.model._check_work_size(x.shape[0], self.batch)
         y = np.empty((x.shape[0], self.batch, self.model.output_size), np.float32)
         self._run(x, y)
         if single:
