@@ -20,8 +20,10 @@ directives = {
 # No -march: ISA variants are compiled per function with target attributes and chosen at
 # run time, so one build runs on any x86-64 (and the portable path builds on ARM).
 compile_args = ["-O3", "-fno-math-errno", "-std=c11"] if os.name != "nt" else ["/O2"]
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if DEBUG:
     compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-std=c11"]
+    macros.append(("RNN_DEBUG", "1"))   # RNN_ASSERT on (include/rnnengine/assert.h)
 
 extensions = [
     Extension(
@@ -31,7 +33,7 @@ extensions = [
         # The C kernels live in headers: list them so editing one rebuilds the extension.
         depends=sorted(glob.glob("include/rnnengine/*.h")),
         extra_compile_args=compile_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=macros,
     ),
     Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args),
 ]

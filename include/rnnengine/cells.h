@@ -19,6 +19,18 @@
  * panel[b][k][g][0:16] = W[g*H + 16*b + (0:16), k], so one pass over a block's panel produces
  * every gate pre-activation of those 16 units and the gate math runs right after, while they
  * are in registers or L1 ("fused epilogue"). Every panel is 64-byte aligned.
+ *
+ * Weight types (rnn_cell_t.wtype; every weight panel of a cell has the same type). Reduced
+ * types group KS consecutive k's per unit so one vector load covers them (the operand layout
+ * of vdpbf16ps and vpdpbusd): panel[b][k/KS][g][16][KS], K padded with zeros to a multiple of
+ * KS.
+ *   f32   KS=1  float
+ *   f16   KS=1  IEEE half
+ *   bf16  KS=2  bfloat16
+ *   i8    KS=4  int8, symmetric per output unit; after each block's weights come its
+ *               [G][16] float scales and [G][16] int32 sums of the unit's weights (the
+ *               correction for inputs shifted to unsigned, gemm_vnni.h).
+ * Biases, peepholes, state and the gate math stay fp32 for every type.
  */
 #ifndef RNNENGINE_CELLS_H
 #define RNNENGINE_CELLS_H
@@ -29,6 +41,33 @@
 #define RNN_BW 16 /* hidden units per block: one AVX-512 vector, two AVX2 vectors */
 
 enum rnn_kind { RNN_KIND_LSTM = 0, RNN_KIND_GRU = 1, RNN_KIND_RNN = 2 };
+
+enum rnn_wtype { RNN_W_F32 = 0, RNN_W_F16 = 1, RNN_W_BF16 = 2, RNN_W_I8 = 3, RNN_W_COUNT = 4 };
+
+/* k's per unit group (KS above) */
+static inline int rnn_wtype_kstep(int wtype) {
+    return wtype == RNN_W_BF16 ? 2 : wtype == RNN_W_I8 ? 4 : 1;
+}
+
+/* Bytes of one block's panel of K inputs and G gates. */
+static inline size_t rnn_panel_bytes(int wtype, int K, int G) {
+    const int ks = rnn_wtype_kstep(wtype);
+    const size_t kp = (size_t)((K + ks - 1) / ks) * ks, units = (size_t)G * RNN_BW;
+    switch (wtype) {
+    case RNN_W_F16:
+    case RNN_W_BF16:
+        return kp * units * 2;
+    case RNN_W_I8:
+        return kp * units + units * (sizeof(float) + sizeof(int));
+    default:
+        return kp * units * sizeof(float);
+    }
+}
+
+/* Block b of a panel array. */
+static inline const void *rnn_panel_block(const void *panel, int wtype, int b, int K, int G) {
+    return (const char *)panel + (size_t)b * rnn_panel_bytes(wtype, K, G);
+}
 
 typedef struct {
     int kind;                 /* enum rnn_kind */
@@ -44,10 +83,11 @@ typedef struct {
     int linear_before_reset;  /* GRU */
     float clip;               /* <= 0: no clip */
     rnn_activation_t act[3];  /* f, g, h */
-    const float *px;          /* [HB][I][G][16] input weights */
-    const float *ph;          /* [HB][Hout][gates_h][16] recurrent weights */
-    const float *prh;         /* [HB][H][16] GRU lbr=0: Rh, applied to r*h'; else NULL */
-    const float *pproj;       /* [PB][H][16] LSTM projection; else NULL */
+    int wtype;                /* enum rnn_wtype of px, ph, prh, pproj */
+    const void *px;           /* [HB][I][G][16] input weights */
+    const void *ph;           /* [HB][Hout][gates_h][16] recurrent weights */
+    const void *prh;          /* [HB][H][16] GRU lbr=0: Rh, applied to r*h'; else NULL */
+    const void *pproj;        /* [PB][H][16] LSTM projection; else NULL */
     const float *bias;        /* [HB][G][16] Wb + Rb, except GRU lbr=1 whose h part is Wbh */
     const float *rbh;         /* [HB][16] GRU lbr=1: Rbh; else NULL */
     const float *peep;        /* [HB][3][16] LSTM peepholes i, o, f; else NULL */

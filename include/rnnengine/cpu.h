@@ -27,12 +27,26 @@ static inline int rnn_cpu_supports(int isa) {
 #if RNN_X86
     __builtin_cpu_init();
     if (isa == RNN_ISA_AVX2)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+               __builtin_cpu_supports("f16c");
     if (isa == RNN_ISA_AVX512)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
 #endif
+    return 0;
+}
+
+/* Instructions beyond a variant's baseline that some of its GEMM entries use (kernels.h). */
+enum rnn_cpu_feature { RNN_CPU_AVX512BF16 = 0, RNN_CPU_AVX512VNNI = 1 };
+
+static inline int rnn_cpu_has(int feature) {
+#if RNN_X86
+    __builtin_cpu_init();
+    if (feature == RNN_CPU_AVX512BF16) return __builtin_cpu_supports("avx512bf16");
+    if (feature == RNN_CPU_AVX512VNNI) return __builtin_cpu_supports("avx512vnni");
+#endif
+    (void)feature;
     return 0;
 }
 

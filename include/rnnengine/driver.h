@@ -33,14 +33,14 @@ static void rnn_phase_task(void *ctx, int w, int nw) {
     const rnn_task_t *t = (const rnn_task_t *)ctx;
     int b0, b1;
     rnn_split(t->blocks, w, nw, &b0, &b1);
-    if (b0 < b1) t->k->phase(t->c, t->io, t->phase, b0, b1);
+    if (b0 < b1) t->k->phase(t->k, t->c, t->io, t->phase, b0, b1);
 }
 
 static void rnn_xproj_task(void *ctx, int w, int nw) {
     const rnn_task_t *t = (const rnn_task_t *)ctx;
     int b0, b1;
     rnn_split(t->blocks, w, nw, &b0, &b1);
-    if (b0 < b1) t->k->xproj(t->c, t->M, t->x, t->ldx, t->out, b0, b1);
+    if (b0 < b1) t->k->xproj(t->k, t->c, t->M, t->x, t->ldx, t->out, b0, b1);
 }
 
 /* Multiply-adds of one phase (its weights times rows). */
@@ -66,7 +66,7 @@ static void rnn_cell_step(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_ce
             rnn_task_t t = {k, c, io, p, blocks, 0, NULL, 0, NULL};
             rnn_pool_run(pool, rnn_phase_task, &t);
         } else {
-            k->phase(c, io, p, 0, blocks);
+            k->phase(k, c, io, p, 0, blocks);
         }
     }
 }
@@ -78,7 +78,7 @@ static void rnn_cell_xproj(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_c
         rnn_task_t t = {k, c, NULL, 0, c->blocks, M, x, ldx, out};
         rnn_pool_run(pool, rnn_xproj_task, &t);
     } else {
-        k->xproj(c, M, x, ldx, out, 0, c->blocks);
+        k->xproj(k, c, M, x, ldx, out, 0, c->blocks);
     }
 }
 

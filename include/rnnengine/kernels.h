@@ -1,17 +1,24 @@
 /* Every ISA variant of the kernels in one translation unit, and the table that picks one.
  *
- * kernels_impl.h and math_impl.h are written once over a small vector vocabulary; this file
- * compiles them once per variant: portable C (always), and on x86-64 AVX2+FMA and AVX-512
- * through target pragmas, so setuptools needs no per-file flags and no -march. Each variant is
- * a table of function pointers; the driver calls through the table chosen at import
- * (rnnengine._kernels: CPUID, or RNNENGINE_ISA=serial|avx2|avx512). Every variant reads the
- * same packed weights, so switching variants needs no repacking.
+ * The kernels are written once over a small vector vocabulary (vec_<isa>.h: rnn_v_* ops,
+ * including one load-and-convert op per weight type); variant.h compiles them once per
+ * variant: portable C (always), and on x86-64 AVX2+FMA+F16C and AVX-512 through target
+ * pragmas, so setuptools needs no per-file flags and no -march. Each variant is a table of
+ * function pointers in two parts: the gate math (phase, xproj: kernels_impl.h) and one GEMM
+ * entry per weight type (gemm_entries.h over gemm_impl.h), so a new product (another weight
+ * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
+ * the gate math. Names are rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
+ * The driver calls through the table chosen at import (rnnengine._kernels: CPUID, or
+ * RNNENGINE_ISA=serial|avx2|avx512). Every variant reads the same packed weights, so
+ * switching variants needs no repacking.
  */
 #ifndef RNNENGINE_KERNELS_H
 #define RNNENGINE_KERNELS_H
 
 #include <stddef.h>
 #include <string.h>
+#include <stdint.h>
+#include "rnnengine/assert.h"
 #include "rnnengine/cpu.h"
 #include "rnnengine/activations.h"
 #include "rnnengine/cells.h"
@@ -19,51 +26,79 @@
 #include <immintrin.h>
 #endif
 
-typedef struct {
-    /* One phase of one timestep for blocks [b0, b1) (cells.h: rnn_cell_phases). */
-    void (*phase)(const rnn_cell_t *c, const rnn_step_io_t *io, int phase, int b0, int b1);
+/* acc rows (stride ldacc) += in rows (stride ldin) @ the block panel w of K inputs and G
+ * gates, for ng rows: the product of one weight type (gemm_entries.h). */
+typedef void (*rnn_gemm_fn)(int ng, int G, int K, const void *w, const float *in, size_t ldin,
+                            float *acc, size_t ldacc);
+
+typedef struct rnn_kernels rnn_kernels_t;
+struct rnn_kernels {
+    /* Gate math: one phase of one timestep for blocks [b0, b1) (cells.h: rnn_cell_phases),
+     * its products through gemm[c->wtype] of the table k it was called with. */
+    void (*phase)(const rnn_kernels_t *k, const rnn_cell_t *c, const rnn_step_io_t *io,
+                  int phase, int b0, int b1);
     /* Input projections + bias of M rows for blocks [b0, b1): out [HB][M][G][16]. */
-    void (*xproj)(const rnn_cell_t *c, int M, const float *x, size_t ldx, float *out, int b0,
-                  int b1);
+    void (*xproj)(const rnn_kernels_t *k, const rnn_cell_t *c, int M, const float *x,
+                  size_t ldx, float *out, int b0, int b1);
     /* One activation over x[0:n], in place. */
     void (*activate)(rnn_activation_t a, float *x, size_t n);
     /* Roofline probes (bench/): sum of a buffer; iters rounds of 12 vector FMAs. */
     float (*read_sum)(const float *p, size_t n, int backward);
     float (*fma_loop)(long iters);
     int vector_width; /* floats per vector */
-} rnn_kernels_t;
+    /* The products, one per weight type (enum rnn_wtype), and the instruction set each uses. */
+    rnn_gemm_fn gemm[RNN_W_COUNT];
+    const char *gemm_isa[RNN_W_COUNT];
+};
 
-#define RNN_CAT_(name, isa) name##_f32_##isa
+#if defined(__GNUC__) || defined(__clang__)
+#define RNN_INLINE static inline __attribute__((always_inline))
+#else
+#define RNN_INLINE static __forceinline
+#endif
+#define RNN_STR_(x) #x
+#define RNN_STR(x) RNN_STR_(x)
+#define RNN_CAT_(name, isa) name##_##isa
 #define RNN_CAT(name, isa) RNN_CAT_(name, isa)
 #define RNN_FN(name) RNN_CAT(name, RNN_ISA)
 
+/* The panel products of every weight type for the current vec_<isa>.h, then its GEMM entries,
+ * gate math and table. */
+#define RNN_VARIANT_BODY "rnnengine/variant.h"
+
 #include "rnnengine/vec_serial.h"
-#include "rnnengine/math_impl.h"
-#include "rnnengine/kernels_impl.h"
+#include RNN_VARIANT_BODY
 #include "rnnengine/vec_undef.h"
 
 #if RNN_X86
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #endif
 #include "rnnengine/vec_avx2.h"
-#include "rnnengine/math_impl.h"
-#include "rnnengine/kernels_impl.h"
+#include RNN_VARIANT_BODY
 #include "rnnengine/vec_undef.h"
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw"))), apply_to = function)
 #else
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512vl,avx512dq,avx512bw")
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw")
 #endif
 #include "rnnengine/vec_avx512.h"
-#include "rnnengine/math_impl.h"
-#include "rnnengine/kernels_impl.h"
+#include RNN_VARIANT_BODY
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx512vnni"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx512vnni")
+#endif
+#include "rnnengine/gemm_dot.h"
 #include "rnnengine/vec_undef.h"
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -72,16 +107,37 @@ typedef struct {
 #endif
 #endif /* RNN_X86 */
 
+#if RNN_X86
+/* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd). */
+static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
+    static rnn_kernels_t t;
+    static int ready;
+    if (!ready) {
+        t = rnn_kernels_avx512;
+        if (rnn_cpu_has(RNN_CPU_AVX512BF16)) {
+            t.gemm[RNN_W_BF16] = rnn_gemm_bf16_avx512bf16;
+            t.gemm_isa[RNN_W_BF16] = "avx512bf16";
+        }
+        if (rnn_cpu_has(RNN_CPU_AVX512VNNI)) {
+            t.gemm[RNN_W_I8] = rnn_gemm_i8_avx512vnni;
+            t.gemm_isa[RNN_W_I8] = "avx512vnni";
+        }
+        ready = 1;
+    }
+    return &t;
+}
+#endif
+
 /* The variant's table, or NULL if it is not compiled in (non-x86 builds). */
 static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
     switch (isa) {
     case RNN_ISA_SERIAL:
-        return &rnn_kernels_f32_serial;
+        return &rnn_kernels_serial;
 #if RNN_X86
     case RNN_ISA_AVX2:
-        return &rnn_kernels_f32_avx2;
+        return &rnn_kernels_avx2;
     case RNN_ISA_AVX512:
-        return &rnn_kernels_f32_avx512;
+        return rnn_kernels_avx512_dot();
 #endif
     default:
         return NULL;

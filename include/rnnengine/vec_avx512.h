@@ -6,33 +6,43 @@
 #define RNN_ISA avx512
 #define RNN_VL 16
 #define rnn_v __m512
-#define v_load(p) _mm512_loadu_ps(p)
-#define v_store(p, a) _mm512_storeu_ps((p), (a))
-#define v_set1(f) _mm512_set1_ps(f)
-#define v_zero() _mm512_setzero_ps()
-#define v_add(a, b) _mm512_add_ps((a), (b))
-#define v_sub(a, b) _mm512_sub_ps((a), (b))
-#define v_mul(a, b) _mm512_mul_ps((a), (b))
-#define v_div(a, b) _mm512_div_ps((a), (b))
-#define v_fmadd(a, b, c) _mm512_fmadd_ps((a), (b), (c))
-#define v_fnmadd(a, b, c) _mm512_fnmadd_ps((a), (b), (c))
+#define rnn_v_load(p) _mm512_loadu_ps(p)
+#define rnn_v_store(p, a) _mm512_storeu_ps((p), (a))
+#define rnn_v_set1(f) _mm512_set1_ps(f)
+#define rnn_v_zero() _mm512_setzero_ps()
+#define rnn_v_add(a, b) _mm512_add_ps((a), (b))
+#define rnn_v_sub(a, b) _mm512_sub_ps((a), (b))
+#define rnn_v_mul(a, b) _mm512_mul_ps((a), (b))
+#define rnn_v_div(a, b) _mm512_div_ps((a), (b))
+#define rnn_v_fmadd(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define rnn_v_fnmadd(a, b, c) _mm512_fnmadd_ps((a), (b), (c))
 /* 1/x: 14-bit estimate and one Newton step (~1 ulp), much cheaper than a division. */
-#define v_rcp(x) rnn_rcp_avx512(x)
+#define rnn_v_rcp(x) rnn_rcp_avx512(x)
 static inline __m512 rnn_rcp_avx512(__m512 x) {
     __m512 r = _mm512_rcp14_ps(x);
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
 }
-#define v_min(a, b) _mm512_min_ps((a), (b))
-#define v_max(a, b) _mm512_max_ps((a), (b))
-#define v_abs(a) _mm512_abs_ps(a)
-#define v_round(a) _mm512_roundscale_ps((a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-#define v_pow2n_mul(p, n) _mm512_scalef_ps((p), (n))
-#define v_sel_lt(a, b, x, y) \
+#define rnn_v_min(a, b) _mm512_min_ps((a), (b))
+#define rnn_v_max(a, b) _mm512_max_ps((a), (b))
+#define rnn_v_abs(a) _mm512_abs_ps(a)
+#define rnn_v_round(a) _mm512_roundscale_ps((a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define rnn_v_pow2n_mul(p, n) _mm512_scalef_ps((p), (n))
+#define rnn_v_sel_lt(a, b, x, y) \
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (b), _CMP_LT_OQ), (y), (x))
-#define v_sel_gt(a, b, x, y) \
+#define rnn_v_sel_gt(a, b, x, y) \
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask((a), (b), _CMP_GT_OQ), (y), (x))
-#define v_copysign(mag, sgn) \
+#define rnn_v_copysign(mag, sgn) \
     _mm512_or_ps((mag), _mm512_and_ps((sgn), _mm512_set1_ps(-0.0f)))
+/* Weight loads converted to fp32 (gemm_impl.h), as in vec_avx2.h with 16 units. */
+#define rnn_v_load_f16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
+#define rnn_v_load_bf16(p, j) rnn_bf16_avx512(_mm512_loadu_si512((const void *)(p)), (j))
+#define rnn_v_load_i8(p, j)                                                                   \
+    _mm512_cvtepi32_ps(_mm512_srai_epi32(                                                     \
+        _mm512_slli_epi32(_mm512_loadu_si512((const void *)(p)), 24 - 8 * (j)), 24))
+static inline __m512 rnn_bf16_avx512(__m512i u, int j) {
+    return _mm512_castsi512_ps(j ? _mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000u))
+                                 : _mm512_slli_epi32(u, 16));
+}
 
 /* 32 zmm registers: up to 24 accumulators, G weight vectors and a broadcast. */
 #define RNN_NB_MAX(G) ((G) == 4 ? 6 : 8)

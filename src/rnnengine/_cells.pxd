@@ -22,6 +22,11 @@ cdef extern from "rnnengine/cells.h" nogil:
         RNN_KIND_LSTM
         RNN_KIND_GRU
         RNN_KIND_RNN
+        RNN_W_F32
+        RNN_W_F16
+        RNN_W_BF16
+        RNN_W_I8
+        RNN_W_COUNT
 
     ctypedef struct rnn_cell_t:
         int kind
@@ -37,13 +42,16 @@ cdef extern from "rnnengine/cells.h" nogil:
         int linear_before_reset
         float clip
         rnn_activation_t act[3]
-        const float *px
-        const float *ph
-        const float *prh
-        const float *pproj
+        int wtype
+        const void *px
+        const void *ph
+        const void *prh
+        const void *pproj
         const float *bias
         const float *rbh
         const float *peep
+
+    size_t rnn_panel_bytes(int wtype, int K, int G)
 
     ctypedef struct rnn_step_io_t:
         int N
@@ -66,6 +74,7 @@ cdef extern from "rnnengine/kernels.h" nogil:
         float (*read_sum)(const float *p, size_t n, int backward) noexcept nogil
         float (*fma_loop)(long iters) noexcept nogil
         int vector_width
+        const char *gemm_isa[4]
     const rnn_kernels_t *rnn_kernels_for(int isa)
 
 cdef extern from "rnnengine/workers.h" nogil:

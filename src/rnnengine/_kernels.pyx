@@ -69,6 +69,32 @@ cdef const float *_ptr(object a, Py_ssize_t size, str name) except? NULL:
     return &view[0]
 
 
+cdef const void *_panel(object a, int wtype, Py_ssize_t blocks, int K, int G,
+                        str name) except? NULL:
+    """Pointer to a packed weight panel: `blocks` block panels of the weight type's size
+    (cells.h: rnn_panel_bytes), C-contiguous, any dtype; NULL for None."""
+    cdef const unsigned char[::1] view
+    cdef size_t size
+    if a is None:
+        return NULL
+    if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+        raise ValueError(f"packed {name} must be a C-contiguous array")
+    size = blocks * rnn_panel_bytes(wtype, K, G)
+    view = a.reshape(-1).view(np.uint8)
+    if <size_t>view.shape[0] != size:
+        raise ValueError(f"packed {name} has {view.shape[0]} bytes; expected {size}")
+    return &view[0]
+
+
+WEIGHT_TYPES = ("fp32", "fp16", "bf16", "int8")   # enum rnn_wtype in cells.h, in order
+
+
+def gemm_isa(str precision):
+    """The instruction set the active variant's product for `precision` weights uses (its
+    own ISA, or e.g. 'avx512bf16' where the CPU has a dot-product instruction)."""
+    return KERNELS.gemm_isa[WEIGHT_TYPES.index(precision)].decode()
+
+
 cdef class CellKernel:
     """One direction of one layer: the C descriptor plus the packed arrays it points into
     (layout: include/rnnengine/cells.h)."""
@@ -78,10 +104,13 @@ cdef class CellKernel:
 
     def __init__(self, int kind, int gates, int input_size, int hidden_size, int output_size,
                  bint reverse, bint input_forget, bint linear_before_reset, float clip,
-                 activations, px, ph, bias, prh=None, pproj=None, rbh=None, peep=None):
+                 activations, px, ph, bias, prh=None, pproj=None, rbh=None, peep=None,
+                 int wtype=RNN_W_F32):
         cdef rnn_cell_t *c = &self.cell
         cdef Py_ssize_t HB = (hidden_size + RNN_BW - 1) // RNN_BW
         cdef Py_ssize_t PB = (output_size + RNN_BW - 1) // RNN_BW
+        if not 0 <= wtype < RNN_W_COUNT:
+            raise ValueError(f"unknown weight type {wtype}")
         if gates not in (1, 3, 4) or min(input_size, hidden_size, output_size) < 1:
             raise ValueError(f"bad cell geometry: gates={gates}, I={input_size}, "
                              f"H={hidden_size}, Hout={output_size}")
@@ -103,11 +132,12 @@ cdef class CellKernel:
             c.act[i].code = code
             c.act[i].alpha = alpha
             c.act[i].beta = beta
-        c.px = _ptr(px, HB * input_size * gates * RNN_BW, "px")
-        c.ph = _ptr(ph, HB * output_size * c.gates_h * RNN_BW, "ph")
+        c.wtype = wtype
+        c.px = _panel(px, wtype, HB, input_size, gates, "px")
+        c.ph = _panel(ph, wtype, HB, output_size, c.gates_h, "ph")
         c.bias = _ptr(bias, HB * gates * RNN_BW, "bias")
-        c.prh = _ptr(prh, HB * hidden_size * RNN_BW, "prh")
-        c.pproj = _ptr(pproj, PB * hidden_size * RNN_BW, "pproj")
+        c.prh = _panel(prh, wtype, HB, hidden_size, 1, "prh")
+        c.pproj = _panel(pproj, wtype, PB, hidden_size, 1, "pproj")
         c.rbh = _ptr(rbh, HB * RNN_BW, "rbh")
         c.peep = _ptr(peep, HB * 3 * RNN_BW, "peep")
         if c.gates_h == 2 and c.prh == NULL:
@@ -132,6 +162,10 @@ cdef class CellKernel:
     @property
     def gates(self):
         return self.cell.gates
+
+    @property
+    def precision(self):
+        return WEIGHT_TYPES[self.cell.wtype]
 
 
 cdef const rnn_cell_t **descriptors(list cells) except NULL:

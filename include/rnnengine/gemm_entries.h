@@ -1,0 +1,116 @@
+/* The GEMM entries of one ISA variant, one per weight type (no include guard: kernels.h
+ * includes this file once per variant, after gemm_impl.h for each weight type). Each is an
+ * rnn_gemm_fn: acc rows += fp32 input rows @ the block's panel, dequantized; the gate math
+ * (kernels_impl.h) calls whichever the table holds for the cell's weight type.
+ *
+ * bf16 and int8 panels group k's (cells.h), so their entries first copy the input rows into a
+ * zero-padded buffer (the last group never reads past a row), K in chunks of RNN_KC; int8 also
+ * quantizes the rows (per row, symmetric: q = round(x * 127 / max|x|)).
+ */
+
+#define RNN_GE_(name, wt, isa) name##_##wt##_##isa
+#define RNN_GE(name, wt, isa) RNN_GE_(name, wt, isa)
+#define rnn_panel_rows_f32 RNN_GE(rnn_panel_rows, f32, RNN_ISA)
+#define rnn_panel_rows_f16 RNN_GE(rnn_panel_rows, f16, RNN_ISA)
+#define rnn_panel_rows_bf16 RNN_GE(rnn_panel_rows, bf16, RNN_ISA)
+#define rnn_panel_rows_i8 RNN_GE(rnn_panel_rows, i8, RNN_ISA)
+
+#define RNN_KC 512           /* k's per chunk of converted input rows (a multiple of 4) */
+#define RNN_ROWS_MAX 8       /* >= RNN_NB_MAX(G) of every variant */
+
+static void RNN_FN(rnn_gemm_f32)(int ng, int G, int K, const void *w, const float *in,
+                                 size_t ldin, float *acc, size_t ldacc) {
+    rnn_panel_rows_f32(ng, G, K, (const float *)w, in, ldin, acc, ldacc);
+}
+
+static void RNN_FN(rnn_gemm_f16)(int ng, int G, int K, const void *w, const float *in,
+                                 size_t ldin, float *acc, size_t ldacc) {
+    rnn_panel_rows_f16(ng, G, K, (const uint16_t *)w, in, ldin, acc, ldacc);
+}
+
+/* dst[0:kp] = src[0:kc], zeros after (kp - kc < 4). */
+static inline void RNN_FN(rnn_copy_padded)(float *dst, const float *src, int kc, int kp) {
+    int k = 0;
+    for (; k + RNN_VL <= kc; k += RNN_VL) rnn_v_store(dst + k, rnn_v_load(src + k));
+    for (; k < kc; k++) dst[k] = src[k];
+    for (; k < kp; k++) dst[k] = 0.0f;
+}
+
+static void RNN_FN(rnn_gemm_bf16)(int ng, int G, int K, const void *w, const float *in,
+                                  size_t ldin, float *acc, size_t ldacc) {
+    _Alignas(64) float buf[RNN_ROWS_MAX * RNN_KC];
+    const int nbmax = RNN_NB_MAX(G);
+    RNN_ASSERT(nbmax <= RNN_ROWS_MAX);
+    for (int k0 = 0; k0 < K; k0 += RNN_KC) {
+        const int kc = K - k0 < RNN_KC ? K - k0 : RNN_KC, kp = (kc + 1) & ~1;
+        const uint16_t *wk = (const uint16_t *)w + (size_t)k0 * G * RNN_BW;
+        for (int n0 = 0; n0 < ng; n0 += nbmax) {
+            const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;
+            for (int i = 0; i < nb; i++)
+                RNN_FN(rnn_copy_padded)(buf + (size_t)i * kp, in + (n0 + i) * ldin + k0, kc, kp);
+            rnn_panel_rows_bf16(nb, G, kp, wk, buf, kp, acc + (size_t)n0 * ldacc, ldacc);
+        }
+    }
+}
+
+/* max |x[0:n]| / 127: the row's quantization step (0 for a zero row). */
+static inline float RNN_FN(rnn_quant_step)(const float *x, int n) {
+    rnn_v m = rnn_v_zero();
+    int k = 0;
+    for (; k + RNN_VL <= n; k += RNN_VL) m = rnn_v_max(m, rnn_v_abs(rnn_v_load(x + k)));
+    float lanes[RNN_VL], r = 0.0f;
+    rnn_v_store(lanes, m);
+    for (int i = 0; i < RNN_VL; i++) r = lanes[i] > r ? lanes[i] : r;
+    for (; k < n; k++) r = fabsf(x[k]) > r ? fabsf(x[k]) : r;
+    return r / 127.0f;
+}
+
+/* dst[0:kp] = round(src[0:kc] * inv) (integers in [-127, 127] as floats), zeros after. */
+static inline void RNN_FN(rnn_quant_row)(float *dst, const float *src, int kc, int kp,
+                                         float inv) {
+    const rnn_v vi = rnn_v_set1(inv);
+    int k = 0;
+    for (; k + RNN_VL <= kc; k += RNN_VL)
+        rnn_v_store(dst + k, rnn_v_round(rnn_v_mul(rnn_v_load(src + k), vi)));
+    for (; k < kc; k++) dst[k] = rnn_round_serial(src[k] * inv);
+    for (; k < kp; k++) dst[k] = 0.0f;
+}
+
+/* int8 weights with fp32 FMAs on the quantized values, which are small integers: the sums
+ * are the integer sums the VNNI entry computes (exact while below 2^24). */
+static void RNN_FN(rnn_gemm_i8)(int ng, int G, int K, const void *w, const float *in,
+                                size_t ldin, float *acc, size_t ldacc) {
+    _Alignas(64) float buf[RNN_ROWS_MAX * RNN_KC];
+    _Alignas(64) float sums[RNN_ROWS_MAX * 4 * RNN_BW];
+    float step[RNN_ROWS_MAX];
+    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW, K4 = (K + 3) & ~3;
+    const int8_t *wq = (const int8_t *)w;
+    const float *scale = (const float *)(wq + (size_t)K4 * units);
+    RNN_ASSERT(nbmax <= RNN_ROWS_MAX);
+    for (int n0 = 0; n0 < ng; n0 += nbmax) {
+        const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;
+        for (int i = 0; i < nb; i++) step[i] = RNN_FN(rnn_quant_step)(in + (n0 + i) * ldin, K);
+        memset(sums, 0, sizeof sums);
+        for (int k0 = 0; k0 < K; k0 += RNN_KC) {
+            const int kc = K - k0 < RNN_KC ? K - k0 : RNN_KC, kp = (kc + 3) & ~3;
+            for (int i = 0; i < nb; i++)
+                RNN_FN(rnn_quant_row)(buf + (size_t)i * kp, in + (n0 + i) * ldin + k0, kc, kp,
+                                      step[i] > 0.0f ? 1.0f / step[i] : 0.0f);
+            rnn_panel_rows_i8(nb, G, kp, wq + (size_t)k0 * units, buf, kp, sums, units);
+        }
+        for (int i = 0; i < nb; i++) {
+            float *a = acc + (size_t)(n0 + i) * ldacc;
+            const rnn_v s = rnn_v_set1(step[i]);
+            for (int o = 0; o < units; o += RNN_VL)
+                rnn_v_store(a + o, rnn_v_fmadd(rnn_v_mul(rnn_v_load(sums + i * units + o), s),
+                                               rnn_v_load(scale + o), rnn_v_load(a + o)));
+        }
+    }
+}
+
+#undef RNN_GE_
+#undef RNN_GE
+#undef rnn_panel_rows_f32
+#undef rnn_panel_rows_f16
+#undef rnn_panel_rows_bf16
+#undef rnn_panel_rows_i8
