@@ -124,7 +124,8 @@ class Layer:
     input_forget: bool = False
     linear_before_reset: bool = False
     reverse: bool = False      # direction='reverse': the only direction runs from t=T-1 down
-    packed: list = field(default_factory=list, repr=False, compare=False)
+    # precision -> the packed kernels of every direction (pack_layer), built once per precision
+    packed: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_directions(self) -> int:
@@ -258,14 +259,24 @@ def check_stack(layers: Sequence[Layer]) -> None:
 
 KIND_CODES = {"lstm": 0, "gru": 1, "rnn": 2}   # enum rnn_kind in include/rnnengine/cells.h
 BLOCK = 16   # RNN_BW in include/rnnengine/cells.h: hidden units per block
+# Weight precisions, in the order of enum rnn_wtype in include/rnnengine/cells.h (SPEC §7).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+FP16_MAX = 65504.0
+
+
+def check_precision(precision) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; "
+                         f"got {precision!r}")
+    return precision
 
 
 def _aligned(a: np.ndarray) -> np.ndarray:
-    """A 64-byte aligned, C-contiguous float32 copy of ``a`` (whole cache lines for the
-    kernels' vector loads)."""
-    flat = np.empty(a.size + 16, np.float32)
-    offset = (-flat.ctypes.data % 64) // 4
-    out = flat[offset:offset + a.size].reshape(a.shape)
+    """A 64-byte aligned, C-contiguous copy of ``a`` (whole cache lines for the kernels'
+    vector loads)."""
+    raw = np.empty(a.nbytes + 64, np.uint8)
+    offset = -raw.ctypes.data % 64
+    out = raw[offset:offset + a.nbytes].view(a.dtype).reshape(a.shape)
     out[...] = a
     return out
 
@@ -278,7 +289,7 @@ def _panels(w: np.ndarray, gates: int) -> np.ndarray:
     HB = -(-H // BLOCK)
     padded = np.zeros((gates, HB * BLOCK, K), np.float32)
     padded[:, :H] = w.reshape(gates, H, K)
-    return _aligned(padded.reshape(gates, HB, BLOCK, K).transpose(1, 3, 0, 2))
+    return padded.reshape(gates, HB, BLOCK, K).transpose(1, 3, 0, 2)
 
 
 def _blocked(v: np.ndarray, gates: int) -> np.ndarray:
@@ -290,21 +301,96 @@ def _blocked(v: np.ndarray, gates: int) -> np.ndarray:
     return _aligned(padded.reshape(gates, HB, BLOCK).transpose(1, 0, 2))
 
 
-def pack_layer(layer: Layer) -> list:
-    """Repack one layer, once, into the per-direction kernel descriptors the C code runs
-    (layout: include/rnnengine/cells.h).
+def to_bfloat16(a: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), rounded to nearest even."""
+    bits = np.ascontiguousarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bfloat16(bits: np.ndarray) -> np.ndarray:
+    return (np.asarray(bits, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def quantize_int8(w: np.ndarray, axis: int = -1):
+    """Symmetric int8 along ``axis`` (the inputs of one output unit): ``(q, scale)`` with
+    ``w ~= q * scale``, ``q`` in [-127, 127] and ``scale = max|w| / 127`` (0 for a zero
+    row)."""
+    w = np.asarray(w, np.float32)
+    scale = (np.abs(w).max(axis=axis, keepdims=True) / np.float32(127)).astype(np.float32)
+    q = np.divide(w, scale, out=np.zeros_like(w), where=scale > 0)
+    return np.clip(np.rint(q), -127, 127).astype(np.int8), scale
+
+
+def reduce_weight(w: np.ndarray, precision: str, name: str) -> np.ndarray:
+    """The values ``w`` (float32) takes in ``precision``, as float32: what the kernels
+    multiply by. fp16 weights beyond its range raise ModelError naming the tensor."""
+    if precision == "fp16":
+        if np.any(np.abs(w) > FP16_MAX):
+            raise ModelError(f"{name} has values beyond the fp16 range (|w| <= {FP16_MAX:g}; "
+                             f"max |w| = {float(np.abs(w).max()):g}): use precision='bf16' "
+                             "or 'fp32'")
+        return w.astype(np.float16).astype(np.float32)
+    if precision == "bf16":
+        return from_bfloat16(to_bfloat16(w))
+    if precision == "int8":
+        q, scale = quantize_int8(w)
+        return q.astype(np.float32) * scale
+    return w
+
+
+def _grouped(p: np.ndarray, ks: int) -> np.ndarray:
+    """``[HB, K, G, 16]`` -> ``[HB, K/ks, G, 16, ks]``: ks consecutive k's of one unit
+    together (K zero-padded to a multiple of ks), the operand layout of vdpbf16ps (ks=2) and
+    vpdpbusd (ks=4)."""
+    HB, K, G, _ = p.shape
+    Kp = -(-K // ks) * ks
+    if Kp != K:
+        p = np.concatenate([p, np.zeros((HB, Kp - K, G, BLOCK), p.dtype)], axis=1)
+    return p.reshape(HB, Kp // ks, ks, G, BLOCK).transpose(0, 1, 3, 4, 2)
+
+
+def pack_weights(w: np.ndarray, gates: int, precision: str, name: str) -> np.ndarray:
+    """Gate-major ``[G*H, K]`` -> the kernels' panels in ``precision`` (layouts:
+    include/rnnengine/cells.h)."""
+    p = _panels(w, gates)
+    if precision == "fp32":
+        return _aligned(p)
+    if precision == "fp16":
+        reduce_weight(w, precision, name)   # the range check
+        return _aligned(p.astype(np.float16))
+    if precision == "bf16":
+        return _aligned(to_bfloat16(_grouped(p, 2)))
+    # int8: per block, the quads, then the [G][16] scales and the [G][16] sums of each unit
+    q, scale = quantize_int8(p, axis=1)            # scale [HB, 1, G, 16]
+    HB = p.shape[0]
+    quads = _grouped(q, 4)
+    sums = q.sum(axis=1, dtype=np.int32)
+    return _aligned(np.concatenate([quads.reshape(HB, -1).view(np.uint8),
+                                    scale.reshape(HB, -1).view(np.uint8),
+                                    sums.reshape(HB, -1).view(np.uint8)], axis=1))
+
+
+def pack_layer(layer: Layer, precision: str = "fp32", where: str = "layer") -> list:
+    """Repack one layer, once per precision, into the per-direction kernel descriptors the C
+    code runs (layout: include/rnnengine/cells.h).
 
     Weights become gate-interleaved panels per block of 16 hidden units, so the kernels read
     each weight once per step in one sequential pass and run the gate math while a block's
     pre-activations are in registers. Biases are pre-summed (Wb + Rb); the one exception is
     GRU with linear_before_reset, whose Rbh must stay inside r * (h' Rh^T + Rbh). GRU with
-    linear_before_reset=0 keeps Rh apart, since it multiplies r*h' which needs r first."""
+    linear_before_reset=0 keeps Rh apart, since it multiplies r*h' which needs r first.
+    W, R and the projection are stored in ``precision``; biases and peepholes stay float32."""
     from ._kernels import CellKernel
 
-    if layer.packed:
-        return layer.packed
+    check_precision(precision)
+    if precision in layer.packed:
+        return layer.packed[precision]
     H = layer.hidden_size
     G = GATES[layer.kind]
+
+    def panels(w, gates, name):
+        return pack_weights(w, gates, precision, f"{where} {name}")
+
     kernels = []
     for d in range(layer.num_directions):
         bias = layer.Wb[d] + layer.Rb[d]
@@ -313,19 +399,20 @@ def pack_layer(layer: Layer) -> list:
         if layer.kind == "gru" and layer.linear_before_reset:
             bias[2 * H:] = layer.Wb[d, 2 * H:]
             rbh = _blocked(layer.Rb[d, 2 * H:], 1)
-            ph = _panels(R, G)
+            ph = panels(R, G, "R")
         elif layer.kind == "gru":
-            ph = _panels(R[:2 * H], 2)
-            prh = _panels(R[2 * H:], 1)
+            ph = panels(R[:2 * H], 2, "R")
+            prh = panels(R[2 * H:], 1, "R")
         else:
-            ph = _panels(R, G)
+            ph = panels(R, G, "R")
         kernels.append(CellKernel(
             KIND_CODES[layer.kind], G, layer.input_size, H, layer.output_size,
             d == 1 or layer.reverse, layer.input_forget, layer.linear_before_reset,
             layer.clip or 0.0,
             [(a.code, a.alpha, a.beta) for a in layer.activations[d]],
-            _panels(layer.W[d], G), ph, _blocked(bias, G), prh=prh,
-            pproj=None if layer.proj is None else _panels(layer.proj[d], 1),
-            rbh=rbh, peep=None if layer.P is None else _blocked(layer.P[d], 3)))
-    layer.packed.extend(kernels)
+            panels(layer.W[d], G, "W"), ph, _blocked(bias, G), prh=prh,
+            pproj=None if layer.proj is None else panels(layer.proj[d], 1, "projection"),
+            rbh=rbh, peep=None if layer.P is None else _blocked(layer.P[d], 3),
+            wtype=PRECISIONS.index(precision)))
+    layer.packed[precision] = kernels
     return kernels

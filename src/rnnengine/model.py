@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _kernels
-from .layers import Layer, check_stack, pack_layer
+from .layers import Layer, check_precision, check_stack, pack_layer
 
 State = Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]
 
@@ -72,15 +72,27 @@ class Model:
 
     threads: intra-op threads for ``run`` and the default for ``stream``. The hidden units of
     every layer are split between them (results change only by float rounding); worth it for
-    large hidden sizes (about 256 and up), not for small ones."""
+    large hidden sizes (about 256 and up), not for small ones.
 
-    def __init__(self, layers: Sequence[Layer], batch_first: bool = False, threads: int = 1):
+    precision: how the weights are stored and multiplied (SPEC §7): "fp32" (default, exact),
+    "fp16", "bf16" or "int8" (per output row, with inputs quantized per step); state and gate
+    math stay float32 in every mode."""
+
+    def __init__(self, layers: Sequence[Layer], batch_first: bool = False, threads: int = 1,
+                 precision: str = "fp32"):
         layers = tuple(layers)
         check_stack(layers)
+        self._precision = check_precision(precision)
         self._layers = layers
-        self._cells = [kernel for layer in layers for kernel in pack_layer(layer)]
+        self._cells = [kernel for k, layer in enumerate(layers)
+                       for kernel in pack_layer(layer, precision, f"layer {k}")]
         self.batch_first = bool(batch_first)
         self._threads = check_threads(threads)
+
+    @property
+    def precision(self) -> str:
+        """The weights' precision: "fp32", "fp16", "bf16" or "int8"."""
+        return self._precision
 
     @property
     def threads(self) -> int:
@@ -134,6 +146,7 @@ class Model:
         return (f"rnnengine.Model({self.kind.upper()}, layers={self.num_layers}, "
                 f"directions={directions}, input_size={self.input_size}, "
                 f"hidden_size={self.hidden_size}{proj}, batch_first={self.batch_first}, "
+                + (f"precision={self.precision!r}, " if self.precision != "fp32" else "") +
                 f"parameters={self.num_parameters:,})")
 
     # -- state helpers -------------------------------------------------------------------

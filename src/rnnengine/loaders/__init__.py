@@ -9,6 +9,8 @@ A zip archive is a NumPy ``.npz`` (``loaders.npz``); anything else is parsed as 
     nonlinearity= .npz: "tanh" (default) or "relu" for RNN weights whose file does not
                   record it (PyTorch nn.RNN state_dict, Keras SimpleRNN)
     threads=      both: intra-op threads of the returned Model (default 1)
+    precision=    both: "fp32" | "fp16" | "bf16" | "int8" (SPEC §7); default fp32, or the
+                  precision an rnnengine file was saved in
 """
 from __future__ import annotations
 
@@ -28,8 +30,12 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
     from . import npz, onnx as onnx_loader
 
     from ..model import Model, check_threads
+    from ..layers import check_precision
 
     threads = check_threads(options.pop("threads", 1))
+    precision = options.pop("precision", None)
+    if precision is not None:
+        check_precision(precision)
     path = os.fspath(path)
     with open(path, "rb") as f:
         magic = f.read(8)
@@ -42,7 +48,10 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
     loader = npz.load_npz if is_npz else onnx_loader.load_onnx
     try:
         model = loader(path, node, **options)
-        return model if threads == 1 else Model(model.layers, model.batch_first, threads)
+        precision = precision or model.precision
+        if threads == 1 and precision == model.precision:
+            return model
+        return Model(model.layers, model.batch_first, threads, precision)
     except (ModelError, OSError):
         raise
     except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, RecursionError,

@@ -19,6 +19,8 @@ them is a prefix; each prefix is one weight group, ``node=`` picks one when ther
              (or kind), hidden_size, direction, activations, activation_alpha,
              activation_beta, clip, input_forget, linear_before_reset, layout.
     own      the header array ``__rnnengine__`` (JSON as uint8) and layer{k}/W, R, B, P, proj.
+             With a reduced "precision" in the header, W, R and proj are stored in it:
+             float16, bfloat16 bits as uint16, or int8 with float32 {name}_scale per row.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ModelError
-from ..layers import ACTIVATIONS, GATES, Layer
+from ..layers import (ACTIVATIONS, GATES, PRECISIONS, Layer, from_bfloat16, quantize_int8,
+                      reduce_weight, to_bfloat16)
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1
@@ -121,7 +124,7 @@ def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = 
         build = {"pytorch": _build_torch, "keras": _build_keras, "onnx": _build_onnx,
                  "rnnengine": _build_own}[group.source]
         try:
-            layers, implied_batch_first = build(archive, group, nonlinearity)
+            layers, implied_batch_first, *saved = build(archive, group, nonlinearity)
         except ModelError as e:
             message = str(e)
             if not message.startswith(path):
@@ -130,7 +133,7 @@ def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = 
     if batch_first is None:
         batch_first = implied_batch_first
     try:
-        return Model(layers, batch_first=bool(batch_first))
+        return Model(layers, batch_first=bool(batch_first), precision=saved[0] if saved else "fp32")
     except ModelError as e:
         raise ModelError(f"{path}: {group.label()}: {e}") from None
 
@@ -429,7 +432,8 @@ def save_model(model, path) -> None:
     No pickle: ``rnnengine.load`` reads it back with ``allow_pickle=False``."""
     path = os.fspath(path)
     header = {"format": "rnnengine", "version": FORMAT_VERSION,
-              "batch_first": bool(model.batch_first), "layers": []}
+              "batch_first": bool(model.batch_first), "precision": model.precision,
+              "layers": []}
     arrays = {}
     for k, layer in enumerate(model.layers):
         onnx_form = layer.to_onnx()
@@ -445,7 +449,11 @@ def save_model(model, path) -> None:
         })
         for name in ("W", "R", "B", "P", "proj"):
             if onnx_form[name] is not None:
-                arrays[f"layer{k}/{name}"] = np.ascontiguousarray(onnx_form[name], np.float32)
+                a = np.ascontiguousarray(onnx_form[name], np.float32)
+                if name in REDUCED:
+                    arrays.update(_stored(f"layer{k}/{name}", a, model.precision))
+                else:
+                    arrays[f"layer{k}/{name}"] = a
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode("ascii"), np.uint8)
     # Write beside the target and rename, so a crash never leaves half a model behind; an
     # open file object also stops numpy from appending ".npz" to the name.
@@ -457,6 +465,42 @@ def save_model(model, path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+REDUCED = ("W", "R", "proj")   # the tensors a reduced precision stores (biases stay float32)
+
+
+def _stored(key: str, a: np.ndarray, precision: str) -> dict:
+    """The arrays that hold weight ``a`` in ``precision`` (the kernels' values, no more)."""
+    if precision == "fp16":
+        return {key: reduce_weight(a, precision, key).astype(np.float16)}
+    if precision == "bf16":
+        return {key: to_bfloat16(a)}
+    if precision == "int8":
+        q, scale = quantize_int8(a)
+        return {key: q, f"{key}_scale": scale[..., 0]}
+    return {key: a}
+
+
+def _restored(archive: _Archive, key: str, precision: str, where: str) -> np.ndarray:
+    """Inverse of ``_stored``: the weight as float32 (fp16 and bf16 exactly; int8 as q * scale,
+    which quantizes back to the same q)."""
+    a = archive.get(key, where)
+    if precision == "fp32":
+        return a
+    expected = {"fp16": "f", "bf16": "u", "int8": "i"}[precision]
+    if a.dtype.kind != expected or (precision == "bf16" and a.dtype != np.uint16):
+        raise ModelError(f"{archive.path}: {where}: {key!r} has dtype {a.dtype}, not what a "
+                         f"{precision} file stores")
+    if precision == "bf16":
+        return from_bfloat16(a)
+    if precision == "int8":
+        scale = archive.get(f"{key}_scale", where)
+        if scale.dtype.kind != "f" or scale.shape != a.shape[:-1]:
+            raise ModelError(f"{archive.path}: {where}: {key}_scale must be float of shape "
+                             f"{a.shape[:-1]}; got {scale.dtype} {scale.shape}")
+        return a.astype(np.float32) * scale.astype(np.float32)[..., None]
+    return a
 
 
 def _build_own(archive: _Archive, group: _Group, nonlinearity):
@@ -481,6 +525,9 @@ def _build_own(archive: _Archive, group: _Group, nonlinearity):
         batch_first = header["batch_first"]
         if not isinstance(batch_first, bool):
             raise ValueError("batch_first must be true or false")
+        precision = header.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelError(f"{archive.path}: malformed rnnengine header: {e}") from None
     if nonlinearity is not None:
@@ -495,7 +542,8 @@ def _build_own(archive: _Archive, group: _Group, nonlinearity):
                       if ACTIVATIONS.get(str(a[0]), (0, False))[1]]
             betas = [float(a[2]) for a in spec["activations"]
                      if ACTIVATIONS.get(str(a[0]), (0, False, False))[2]]
-            arrays = {name: archive.get(f"layer{k}/{name}", here)
+            arrays = {name: (_restored(archive, f"layer{k}/{name}", precision, here)
+                             if name in REDUCED else archive.get(f"layer{k}/{name}", here))
                       for name in ("W", "R", "B", "P", "proj") if f"layer{k}/{name}" in archive.files}
             if "W" not in arrays or "R" not in arrays:
                 raise ModelError(f"{archive.path}: {here}: W or R is missing")
@@ -513,4 +561,4 @@ def _build_own(archive: _Archive, group: _Group, nonlinearity):
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ModelError(f"{archive.path}: {here}: malformed header entry "
                              f"({type(e).__name__}: {e})") from None
-    return layers, batch_first
+    return layers, batch_first, precision
