@@ -17,9 +17,40 @@
 #endif
 #endif
 
-enum rnn_isa { RNN_ISA_SERIAL = 0, RNN_ISA_AVX2 = 1, RNN_ISA_AVX512 = 2, RNN_ISA_COUNT = 3 };
+#if RNN_X86
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+long syscall(long number, ...); /* hidden by -std=c11 without _GNU_SOURCE; Python.h sets it */
+#endif
+#endif
 
-static const char *const rnn_isa_names[RNN_ISA_COUNT] = {"serial", "avx2", "avx512"};
+/* amx: the avx512 variant with AMX tiles for bf16 products (kernels.h). */
+enum rnn_isa {
+    RNN_ISA_SERIAL = 0, RNN_ISA_AVX2 = 1, RNN_ISA_AVX512 = 2, RNN_ISA_AMX = 3, RNN_ISA_COUNT = 4
+};
+
+static const char *const rnn_isa_names[RNN_ISA_COUNT] = {"serial", "avx2", "avx512", "amx"};
+
+/* AMX-TILE and AMX-BF16 in CPUID, and Linux's permission to use the tile state, requested
+ * once per process (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, Linux 5.16+).
+ * A refusal (older kernel, seccomp, another OS) leaves the variant unsupported. */
+static inline int rnn_amx_permitted(void) {
+#if RNN_X86 && defined(__linux__) && defined(__x86_64__)
+    static int state = -1;
+    if (state < 0) {
+        unsigned a, b, c, d;
+        state = 0;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 24) & 1) && ((d >> 22) & 1))
+            state = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                            18 /* XFEATURE_XTILEDATA */) == 0;
+    }
+    return state;
+#else
+    return 0;
+#endif
+}
 
 /* 1 if the variant was compiled into this build and this CPU and OS can run it. */
 static inline int rnn_cpu_supports(int isa) {
@@ -29,10 +60,14 @@ static inline int rnn_cpu_supports(int isa) {
     if (isa == RNN_ISA_AVX2)
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                __builtin_cpu_supports("f16c");
-    if (isa == RNN_ISA_AVX512)
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-               __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+    if (isa == RNN_ISA_AVX512 || isa == RNN_ISA_AMX) {
+        const int avx512 =
+            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+            __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+            __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+        if (isa == RNN_ISA_AVX512) return avx512;
+        return avx512 && __builtin_cpu_supports("avx512bf16") && rnn_amx_permitted();
+    }
 #endif
     return 0;
 }

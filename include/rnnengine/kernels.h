@@ -9,7 +9,7 @@
  * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
  * the gate math. Names are rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
  * The driver calls through the table chosen at import (rnnengine._kernels: CPUID, or
- * RNNENGINE_ISA=serial|avx2|avx512). Every variant reads the same packed weights, so
+ * RNNENGINE_ISA=serial|avx2|avx512|amx). Every variant reads the same packed weights, so
  * switching variants needs no repacking.
  */
 #ifndef RNNENGINE_KERNELS_H
@@ -99,6 +99,15 @@ struct rnn_kernels {
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx512vnni")
 #endif
 #include "rnnengine/gemm_dot.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx512vnni,amx-tile,amx-bf16"))), apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx512vnni,amx-tile,amx-bf16")
+#endif
+#include "rnnengine/gemm_amx.h"
 #include "rnnengine/vec_undef.h"
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -126,6 +135,19 @@ static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
     }
     return &t;
 }
+
+/* avx512 with AMX tiles for bf16 (callers check rnn_cpu_supports(RNN_ISA_AMX) first). */
+static const rnn_kernels_t *rnn_kernels_amx(void) {
+    static rnn_kernels_t t;
+    static int ready;
+    if (!ready) {
+        t = *rnn_kernels_avx512_dot();
+        t.gemm[RNN_W_BF16] = rnn_gemm_bf16_amx;
+        t.gemm_isa[RNN_W_BF16] = "amx";
+        ready = 1;
+    }
+    return &t;
+}
 #endif
 
 /* The variant's table, or NULL if it is not compiled in (non-x86 builds). */
@@ -138,6 +160,8 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return &rnn_kernels_avx2;
     case RNN_ISA_AVX512:
         return rnn_kernels_avx512_dot();
+    case RNN_ISA_AMX:
+        return rnn_kernels_amx();
 #endif
     default:
         return NULL;

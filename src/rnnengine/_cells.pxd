@@ -5,6 +5,7 @@ cdef extern from "rnnengine/cpu.h" nogil:
         RNN_ISA_SERIAL
         RNN_ISA_AVX2
         RNN_ISA_AVX512
+        RNN_ISA_AMX
         RNN_ISA_COUNT
     const char *const rnn_isa_names[]
     int rnn_cpu_supports(int isa)

@@ -30,7 +30,7 @@ def supported_isas():
 
 
 def isa():
-    """Name of the active variant: 'serial', 'avx2' or 'avx512'."""
+    """Name of the active variant: 'serial', 'avx2', 'avx512' or 'amx'."""
     return ISA_NAMES[ACTIVE_ISA]
 
 

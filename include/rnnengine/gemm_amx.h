@@ -1,0 +1,111 @@
+/* bf16 GEMM entry with AMX tiles (TDPBF16PS), for the "amx" variant: the avx512 table with
+ * this entry for bf16 weights (kernels.h). Included once by kernels.h after gemm_dot.h, inside
+ * a target region that adds amx-tile and amx-bf16; used only when CPUID has AMX and Linux
+ * granted the tile state (cpu.h: rnn_amx_permitted).
+ *
+ * The bf16 panel layout (cells.h: [K/2][G][16][2]) is already TDPBF16PS's B operand: for gate
+ * g, 16 rows of k pairs (32 k's) x 16 units, row stride G * 64 bytes, so tiles load straight
+ * from the packed weights. Per call: rows in tiles of up to 16 (A: the rows rounded to bf16,
+ * 32 k's per tile row), one fp32 accumulator tile per gate (C: 16 rows x 16 units), loaded
+ * from and stored back to acc. The K % 32 tail and calls with few rows (a streamed step at
+ * batch 1, where one tile row of 16 would do 1/16 of the work) go to vdpbf16ps.
+ *
+ * Tile numbers: 0-3 accumulators (one per gate), 4 the inputs, 5 and 6 weights.
+ */
+
+#define RNN_AMX_MIN_ROWS 4
+
+typedef struct {
+    uint8_t palette;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} rnn_amx_config_t;
+
+static void rnn_amx_configure(int m) {
+    _Alignas(64) rnn_amx_config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 5; t++) {  /* C tiles and A: m rows of 64 bytes */
+        cfg.rows[t] = (uint8_t)m;
+        cfg.colsb[t] = 64;
+    }
+    for (int t = 5; t < 7; t++) {  /* B: 16 rows of k pairs x 16 units */
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
+    }
+    _tile_loadconfig(&cfg);
+}
+
+/* The compiler does not see the tile instructions read or write memory: keep the stores to
+ * the input buffer before the tile loads and the reads of acc after the tile stores. */
+#define RNN_AMX_BARRIER() __asm__ volatile("" ::: "memory")
+
+static void rnn_gemm_bf16_amx(int ng, int G, int K, const void *w, const float *in,
+                              size_t ldin, float *acc, size_t ldacc) {
+    const int K32 = K & ~31;
+    if (ng < RNN_AMX_MIN_ROWS || K32 == 0) {
+        rnn_gemm_bf16_avx512bf16(ng, G, K, w, in, ldin, acc, ldacc);
+        return;
+    }
+    _Alignas(64) uint16_t buf[16 * RNN_KC];
+    const uint16_t *wp = (const uint16_t *)w;
+    const long bstride = (long)G * 64, cstride = (long)(ldacc * sizeof(float));
+    int configured = 0;
+    for (int m0 = 0; m0 < ng; m0 += 16) {
+        const int m = ng - m0 < 16 ? ng - m0 : 16;
+        if (m != configured) {
+            rnn_amx_configure(m);
+            configured = m;
+        }
+        float *c = acc + (size_t)m0 * ldacc;
+        RNN_AMX_BARRIER();
+        _tile_loadd(0, c, cstride);
+        if (G > 1) _tile_loadd(1, c + RNN_BW, cstride);
+        if (G > 2) _tile_loadd(2, c + 2 * RNN_BW, cstride);
+        if (G > 3) _tile_loadd(3, c + 3 * RNN_BW, cstride);
+        for (int k0 = 0; k0 < K32; k0 += RNN_KC) {
+            const int kc = K32 - k0 < RNN_KC ? K32 - k0 : RNN_KC; /* a multiple of 32 */
+            for (int i = 0; i < m; i++) {
+                const float *x = in + (size_t)(m0 + i) * ldin + k0;
+                uint16_t *d = buf + (size_t)i * kc;
+                for (int k = 0; k < kc; k += 16) {
+                    const __m256bh b = _mm512_cvtneps_pbh(_mm512_loadu_ps(x + k));
+                    memcpy(d + k, &b, sizeof b);
+                }
+            }
+            RNN_AMX_BARRIER();
+            const long astride = (long)kc * 2;
+            for (int k = 0; k < kc; k += 32) {
+                const uint16_t *wk = wp + (size_t)(k0 + k) / 2 * G * 2 * RNN_BW;
+                _tile_loadd(4, buf + k, astride);
+                _tile_loadd(5, wk, bstride);
+                _tile_dpbf16ps(0, 4, 5);
+                if (G > 1) {
+                    _tile_loadd(6, wk + 2 * RNN_BW, bstride);
+                    _tile_dpbf16ps(1, 4, 6);
+                }
+                if (G > 2) {
+                    _tile_loadd(5, wk + 4 * RNN_BW, bstride);
+                    _tile_dpbf16ps(2, 4, 5);
+                }
+                if (G > 3) {
+                    _tile_loadd(6, wk + 6 * RNN_BW, bstride);
+                    _tile_dpbf16ps(3, 4, 6);
+                }
+            }
+        }
+        _tile_stored(0, c, cstride);
+        if (G > 1) _tile_stored(1, c + RNN_BW, cstride);
+        if (G > 2) _tile_stored(2, c + 2 * RNN_BW, cstride);
+        if (G > 3) _tile_stored(3, c + 3 * RNN_BW, cstride);
+        RNN_AMX_BARRIER();
+    }
+    _tile_release();
+    if (K32 < K)
+        rnn_gemm_bf16_avx512bf16(ng, G, K - K32, wp + (size_t)K32 * G * RNN_BW, in + K32, ldin,
+                                 acc, ldacc);
+}
+
+#undef RNN_AMX_BARRIER
