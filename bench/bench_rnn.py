@@ -136,6 +136,15 @@ class Workload:
         self.G = G
 
     def ort_session(self, T, N):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return ort.InferenceSession(self.onnx_model(T, N).SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"])
+
+    def onnx_model(self, T, N):
+        """One ONNX node with these weights: inputs X, h0 (, c0); outputs Y, Yh (, Yc)."""
         H, I = self.H, self.I
         op = self.kind.upper()
         inputs = ["X", "W", "R", "B", "", "h0"] + (["c0"] if op == "LSTM" else [])
@@ -155,12 +164,7 @@ class Workload:
              numpy_helper.from_array(self.B, "B")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
         model.ir_version = 8
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        return ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        return model
 
     # bytes read per step and FLOPs per step (one row)
     def step_bytes(self):

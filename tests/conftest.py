@@ -190,6 +190,22 @@ def rng(request):
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
 
 
+def _supported_isas():
+    from rnnengine import _kernels
+    return _kernels.supported_isas()
+
+
+@pytest.fixture(params=_supported_isas())
+def isa(request):
+    """Every ISA variant this build and CPU run, switched in process (packed weights are the
+    same for all variants) and switched back after the test."""
+    from rnnengine import _kernels
+    previous = _kernels.isa()
+    _kernels.set_isa(request.param)
+    yield request.param
+    _kernels.set_isa(previous)
+
+
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 

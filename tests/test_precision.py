@@ -25,14 +25,6 @@ STREAM_STEPS, SEQ_T, SEQ_N = 300, 100, 4
 SILERO = os.path.join(os.path.dirname(__file__), "data", "silero_vad_16k_op15.onnx")
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = _kernels.isa()
-    _kernels.set_isa(request.param)
-    yield request.param
-    _kernels.set_isa(previous)
-
-
 def random_case(kind, H, seed):
     """ONNX-layout weights N(0, 1/H) (GRU with linear_before_reset=1, as PyTorch)."""
     rng = np.random.default_rng(seed)
@@ -103,8 +95,11 @@ def test_variants_agree_within_budget(mode):
         _kernels.set_isa(previous)
 
 
-def test_gemm_isa_names_the_product():
-    assert _kernels.gemm_isa("fp32") == _kernels.isa()
+def test_gemm_isa_names_the_product(isa):
+    # amx is avx512 with AMX tiles for bf16 products only
+    assert _kernels.gemm_isa("fp32") == ("avx512" if isa == "amx" else isa)
+    if isa == "amx":
+        assert _kernels.gemm_isa("bf16") == "amx"
     with pytest.raises(ValueError):
         _kernels.gemm_isa("fp8")
 
@@ -249,3 +244,15 @@ def test_save_keeps_the_reduced_weights(tmp_path, mode):
 def test_precision_survives_threads_option():
     model = rnnengine.load(SILERO, node="/model/decoder/rnn/LSTM", precision="int8", threads=2)
     assert (model.precision, model.threads) == ("int8", 2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_threads_within_budget(isa, mode):
+    """Worker threads run the reduced products too (the amx variant: per-thread tile state
+    and converted-input buffers)."""
+    case, x, y = reference("lstm", 256, "sequence")
+    model = Model([Layer.from_onnx("lstm", **case)], precision=mode, threads=2)
+    assert float(np.abs(model.run(x)[0] - y).max()) <= BUDGET[mode]
+    stream = model.stream(batch=x.shape[1])
+    ys = np.stack([stream.step(x[t]) for t in range(x.shape[0])])
+    assert float(np.abs(ys - y).max()) <= BUDGET[mode]

@@ -78,7 +78,9 @@ RNN_INLINE void rnn_dot_i8_step(const int NB, const int G, __m512i *a, const int
 static inline __mmask16 rnn_dot_mask(int n) { return (__mmask16)((1u << n) - 1u); }
 
 static void rnn_gemm_bf16_avx512bf16(int ng, int G, int K, const void *w, const float *in,
-                                     size_t ldin, float *acc, size_t ldacc) {
+                                     size_t ldin, float *acc, size_t ldacc,
+                                 rnn_gemm_memo_t *memo) {
+    (void)memo;
     _Alignas(64) uint16_t buf[RNN_ROWS_MAX * RNN_KC];
     const int nbmax = RNN_NB_MAX(G);
     for (int k0 = 0; k0 < K; k0 += RNN_KC) {
@@ -105,7 +107,9 @@ static void rnn_gemm_bf16_avx512bf16(int ng, int G, int K, const void *w, const 
 }
 
 static void rnn_gemm_i8_avx512vnni(int ng, int G, int K, const void *w, const float *in,
-                                   size_t ldin, float *acc, size_t ldacc) {
+                                   size_t ldin, float *acc, size_t ldacc,
+                                 rnn_gemm_memo_t *memo) {
+    (void)memo;
     _Alignas(64) uint8_t buf[RNN_ROWS_MAX * RNN_KC];
     _Alignas(64) int32_t sums[RNN_ROWS_MAX * 4 * RNN_BW];
     float step[RNN_ROWS_MAX];

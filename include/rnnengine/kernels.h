@@ -26,10 +26,21 @@
 #include <immintrin.h>
 #endif
 
+/* What a product that converts its input rows (to bf16 for AMX) has converted during one
+ * phase: the phase owns it (fresh per phase, while its inputs cannot change) and passes one
+ * per input to every block's product, so the rows are converted once, not once per block.
+ * NULL: convert per call. */
+typedef struct {
+    const float *src; /* rows converted so far (NULL: none) */
+    size_t ld;
+    int rows, K;
+    int slot;         /* which of the product's per-thread buffers holds them */
+} rnn_gemm_memo_t;
+
 /* acc rows (stride ldacc) += in rows (stride ldin) @ the block panel w of K inputs and G
  * gates, for ng rows: the product of one weight type (gemm_entries.h). */
 typedef void (*rnn_gemm_fn)(int ng, int G, int K, const void *w, const float *in, size_t ldin,
-                            float *acc, size_t ldacc);
+                            float *acc, size_t ldacc, rnn_gemm_memo_t *memo);
 
 typedef struct rnn_kernels rnn_kernels_t;
 struct rnn_kernels {

@@ -178,7 +178,7 @@ RNN_INLINE void RNN_FN(rnn_rnn_epilogue)(const rnn_cell_t *c, int b, const float
  * r multiplies only the recurrent part. */
 static inline float *RNN_FN(rnn_preact)(const rnn_kernels_t *k, const rnn_cell_t *c,
                                         const rnn_step_io_t *io, int b, int n0, int nb,
-                                        float *pre, float *hxs) {
+                                        float *pre, float *hxs, rnn_gemm_memo_t *memo) {
     const int G = c->gates, Gh = c->gates_h, nin = c->input_size, Ho = c->output_size;
     const rnn_gemm_fn gemm = k->gemm[c->wtype];
     const size_t ld = (size_t)G * RNN_BW;
@@ -187,14 +187,14 @@ static inline float *RNN_FN(rnn_preact)(const rnn_kernels_t *k, const rnn_cell_t
     } else {
         RNN_FN(rnn_copy_rows)(pre, ld, c->bias + b * ld, 0, nb, G);
         gemm(nb, G, nin, rnn_panel_block(c->px, c->wtype, b, nin, G),
-                               io->x + (size_t)n0 * io->ldx, io->ldx, pre, ld);
+             io->x + (size_t)n0 * io->ldx, io->ldx, pre, ld, &memo[0]);
     }
     if (hxs) {
         RNN_FN(rnn_copy_rows)(hxs, RNN_BW, pre + 2 * RNN_BW, ld, nb, 1);
         RNN_FN(rnn_copy_rows)(pre + 2 * RNN_BW, ld, c->rbh + (size_t)b * RNN_BW, 0, nb, 1);
     }
     gemm(nb, Gh, Ho, rnn_panel_block(c->ph, c->wtype, b, Ho, Gh),
-                           io->h_prev + (size_t)n0 * Ho, Ho, pre, ld);
+         io->h_prev + (size_t)n0 * Ho, Ho, pre, ld, &memo[1]);
     return pre;
 }
 
@@ -205,7 +205,8 @@ static inline float *RNN_FN(rnn_preact)(const rnn_kernels_t *k, const rnn_cell_t
 /* One phase for rows n0 .. n0+nb of block b (std: see rnn_gate; a constant after inlining). */
 RNN_INLINE void RNN_FN(rnn_phase_rows)(const rnn_kernels_t *k, const rnn_cell_t *c,
                                        const rnn_step_io_t *io, int second, int b, int n0,
-                                       int nb, float *pre, float *hxs, int std) {
+                                       int nb, float *pre, float *hxs, rnn_gemm_memo_t *memo,
+                                       int std) {
     const int H = c->hidden_size, Ho = c->output_size;
     const rnn_gemm_fn gemm = k->gemm[c->wtype];
     const size_t ldz = (size_t)c->blocks * RNN_BW;
@@ -213,7 +214,7 @@ RNN_INLINE void RNN_FN(rnn_phase_rows)(const rnn_kernels_t *k, const rnn_cell_t 
         /* projection: h = hraw @ proj^T, blocks over the P outputs */
         memset(pre, 0, (size_t)nb * RNN_BW * sizeof(float));
         gemm(nb, 1, H, rnn_panel_block(c->pproj, c->wtype, b, H, 1),
-                               io->hraw + (size_t)n0 * H, H, pre, RNN_BW);
+             io->hraw + (size_t)n0 * H, H, pre, RNN_BW, &memo[0]);
         for (int i = 0; i < nb; i++) {
             RNN_BLK hb = RNN_FN(rnn_blk_load)(pre + i * RNN_BW, RNN_BW);
             RNN_FN(rnn_blk_store)(io->h_next + (size_t)(n0 + i) * Ho + b * RNN_BW, hb,
@@ -222,7 +223,7 @@ RNN_INLINE void RNN_FN(rnn_phase_rows)(const rnn_kernels_t *k, const rnn_cell_t 
     } else if (c->kind == RNN_KIND_GRU && second) {
         RNN_FN(rnn_copy_rows)(pre, RNN_BW, io->hx + n0 * ldz + b * RNN_BW, ldz, nb, 1);
         gemm(nb, 1, H, rnn_panel_block(c->prh, c->wtype, b, H, 1),
-                               io->rh + (size_t)n0 * H, H, pre, RNN_BW);
+             io->rh + (size_t)n0 * H, H, pre, RNN_BW, &memo[0]);
         for (int i = 0; i < nb; i++) {
             const size_t n = (size_t)(n0 + i);
             RNN_FN(rnn_gru_h_epilogue)(c, b, pre + i * RNN_BW, io->zs + n * ldz,
@@ -231,7 +232,7 @@ RNN_INLINE void RNN_FN(rnn_phase_rows)(const rnn_kernels_t *k, const rnn_cell_t 
     } else {
         const int lbr1 = c->kind == RNN_KIND_GRU && c->linear_before_reset;
         const size_t ld = (size_t)c->gates * RNN_BW;
-        pre = RNN_FN(rnn_preact)(k, c, io, b, n0, nb, pre, lbr1 ? hxs : NULL);
+        pre = RNN_FN(rnn_preact)(k, c, io, b, n0, nb, pre, lbr1 ? hxs : NULL, memo);
         if (c->kind == RNN_KIND_LSTM) {
             for (int i = 0; i < nb; i++)
                 RNN_FN(rnn_lstm_ifg)(c, b, pre + i * ld, io->c + (size_t)(n0 + i) * H, std);
@@ -269,14 +270,18 @@ static void RNN_FN(rnn_phase)(const rnn_kernels_t *k, const rnn_cell_t *c,
     _Alignas(64) float pre[RNN_GROUP * 4 * RNN_BW];
     _Alignas(64) float hxs[RNN_GROUP * RNN_BW];
     const int N = io->N, second = phase == 1, std = rnn_cell_default_acts(c);
+    /* The inputs stay fixed during a phase: a product that converts them may do it once for
+     * all the blocks (kernels.h: rnn_gemm_memo_t). Slot 0: x (or the second phase's input),
+     * slot 1: h'. */
+    rnn_gemm_memo_t memo[2] = {{NULL, 0, 0, 0, 0}, {NULL, 0, 0, 0, 1}};
     for (int j = b0; j < b1; j++) {
         const int b = io->backward ? b1 - 1 - (j - b0) : j;
         for (int n0 = 0; n0 < N; n0 += RNN_GROUP) {
             const int nb = RNN_MIN(RNN_GROUP, N - n0);
             if (std)
-                RNN_FN(rnn_phase_rows)(k, c, io, second, b, n0, nb, pre, hxs, 1);
+                RNN_FN(rnn_phase_rows)(k, c, io, second, b, n0, nb, pre, hxs, memo, 1);
             else
-                RNN_FN(rnn_phase_rows)(k, c, io, second, b, n0, nb, pre, hxs, 0);
+                RNN_FN(rnn_phase_rows)(k, c, io, second, b, n0, nb, pre, hxs, memo, 0);
         }
     }
 }
@@ -298,7 +303,7 @@ static void RNN_FN(rnn_xproj)(const rnn_kernels_t *k, const rnn_cell_t *c, int M
             const void *w = rnn_panel_block(c->px, c->wtype, b, nin, G);
             float *o = out + ((size_t)b * M + m0) * ldb;
             RNN_FN(rnn_copy_rows)(o, ldb, c->bias + b * ldb, 0, m1 - m0, G);
-            k->gemm[c->wtype](m1 - m0, G, nin, w, x + (size_t)m0 * ldx, ldx, o, ldb);
+            k->gemm[c->wtype](m1 - m0, G, nin, w, x + (size_t)m0 * ldx, ldx, o, ldb, NULL);
         }
     }
 }

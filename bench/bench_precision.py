@@ -1,0 +1,370 @@
+"""rnnengine's weight precisions (fp32, fp16, bf16, int8; SPEC §7) side by side with ONNX
+Runtime (plain run and IOBinding), PyTorch and OpenVINO (its default precision, which it
+reports, and f32 forced; its stateful MakeStateful model for streaming), SPEC §5.
+
+    python bench/bench_precision.py            # full run, several minutes
+    python bench/bench_precision.py --quick    # fewer repetitions and workloads
+    python bench/bench_precision.py --write    # also puts the report into bench/RESULTS.md
+
+One process, every engine single-threaded, same weights and inputs, batches interleaved and
+the best kept (bench_rnn.py's protocol). Each rnnengine mode is its own row with its max |diff|
+against the float64 NumPy reference. The roofline of a stream step is the bytes of weights the
+mode reads per step over the bandwidth measured here for a buffer of that size.
+"""
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+# bench_rnn first: it sets the single-thread environment before NumPy loads its BLAS
+from bench_rnn import Workload, bandwidth, cpu_model, fmt_us, interleaved, ort  # noqa: E402
+import numpy as np  # noqa: E402
+import openvino as ov  # noqa: E402
+import torch  # noqa: E402
+from openvino._offline_transformations import apply_make_stateful_transformation  # noqa: E402
+import rnnengine  # noqa: E402
+from rnnengine import Model, _kernels, _reference  # noqa: E402
+
+MODES = ("fp32", "fp16", "bf16", "int8")
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+def ort_iobinding_step(w):
+    """A streamed step with IOBinding: state ping-ponged between two bound buffer sets."""
+    sess = w.ort_session(1, 1)
+    lstm = w.kind == "lstm"
+    names = [("h0", "Yh")] + ([("c0", "Yc")] if lstm else [])
+    zeros = np.zeros((1, 1, w.H), np.float32)
+    bufs = [{n: ort.OrtValue.ortvalue_from_numpy(zeros.copy()) for pair in names for n in pair}
+            for _ in range(2)]
+    y = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, 1, w.H), np.float32))
+    bindings = []
+    for parity in range(2):
+        io = sess.io_binding()
+        for i, o in names:
+            io.bind_ortvalue_input(i, bufs[parity][i])
+            io.bind_ortvalue_output(o, bufs[1 - parity][i])
+        io.bind_ortvalue_output("Y", y)
+        bindings.append(io)
+    state = {"parity": 0}
+
+    def bind_x(x):
+        for io in bindings:
+            io.bind_cpu_input("X", x)
+
+    def step():
+        sess.run_with_iobinding(bindings[state["parity"]])
+        state["parity"] ^= 1
+
+    def output():
+        return bufs[state["parity"]]["h0"].numpy().reshape(-1)
+
+    return bind_x, step, output
+
+
+def ort_iobinding_run(w, x):
+    N = x.shape[1]
+    sess = w.ort_session(x.shape[0], N)
+    io = sess.io_binding()
+    io.bind_cpu_input("X", x)
+    io.bind_cpu_input("h0", np.zeros((1, N, w.H), np.float32))
+    if w.kind == "lstm":
+        io.bind_cpu_input("c0", np.zeros((1, N, w.H), np.float32))
+    y = ort.OrtValue.ortvalue_from_numpy(np.zeros((x.shape[0], 1, N, w.H), np.float32))
+    io.bind_ortvalue_output("Y", y)
+    return lambda: sess.run_with_iobinding(io), lambda: y.numpy()[:, 0]
+
+
+def openvino_model(w, T, N, stateful):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "m.onnx")
+        with open(path, "wb") as f:
+            f.write(w.onnx_model(T, N).SerializeToString())
+        model = ov.Core().read_model(path)
+    if stateful:
+        pairs = {"h0": "Yh"}
+        if w.kind == "lstm":
+            pairs["c0"] = "Yc"
+        apply_make_stateful_transformation(model, pairs)
+    return model
+
+
+def openvino_compiled(model, f32):
+    config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = ov.Core().compile_model(model, "CPU", config)
+    return compiled, str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def openvino_step(w, f32):
+    """The stateful model: h (and c) live inside the request; tensors bound once."""
+    compiled, picked = openvino_compiled(openvino_model(w, 1, 1, True), f32)
+    req = compiled.create_infer_request()
+    y = compiled.output("Y")
+
+    def bind_x(x):
+        req.set_tensor("X", ov.Tensor(x[None]))
+
+    return bind_x, req.infer, req.reset_state, lambda: req.get_tensor(y).data.reshape(-1), picked
+
+
+def openvino_run(w, x, f32):
+    N = x.shape[1]
+    compiled, picked = openvino_compiled(openvino_model(w, x.shape[0], N, False), f32)
+    req = compiled.create_infer_request()
+    req.set_tensor("X", ov.Tensor(x))
+    req.set_tensor("h0", ov.Tensor(np.zeros((1, N, w.H), np.float32)))
+    if w.kind == "lstm":
+        req.set_tensor("c0", ov.Tensor(np.zeros((1, N, w.H), np.float32)))
+    y = compiled.output("Y")
+    return req.infer, lambda: req.get_tensor(y).data[:, 0], picked
+
+
+# -- rows -------------------------------------------------------------------------------------
+
+STEPS_CHECKED = 10   # steps from the zero state compared with the float64 reference
+
+
+def step_rows(w, reps):
+    """{engine: (seconds per step, max |diff| after STEPS_CHECKED steps)}, OpenVINO's pick."""
+    x = np.random.default_rng(1).standard_normal((1, w.I)).astype(np.float32)
+    ref = _reference.onnx_rnn(w.kind, np.repeat(x[None], STEPS_CHECKED, 0), w.W, w.R, w.B,
+                              linear_before_reset=w.lbr)[0][-1, 0, 0]
+    engines = {}     # name -> (step fn, reset fn, output fn)
+    for mode in MODES:
+        stream = Model(w.model.layers, precision=mode).stream(1)
+        out = {}
+        engines[f"rnnengine {mode}"] = (lambda s=stream, o=out: o.__setitem__("y", s.step(x[0])),
+                                        stream.reset, lambda o=out: o["y"])
+    sess = w.ort_session(1, 1)
+    lstm = w.kind == "lstm"
+    feed = {}
+
+    def ort_reset():
+        feed.update(X=x[None], h0=np.zeros((1, 1, w.H), np.float32))
+        if lstm:
+            feed["c0"] = np.zeros((1, 1, w.H), np.float32)
+
+    def ort_step():
+        res = sess.run(["Yh", "Yc"] if lstm else ["Yh"], feed)
+        feed["h0"] = res[0]
+        if lstm:
+            feed["c0"] = res[1]
+
+    engines["ORT"] = (ort_step, ort_reset, lambda: feed["h0"].reshape(-1))
+    iob = {}
+
+    def iob_reset():   # a fresh binding set: state back to zero
+        fresh = ort_iobinding_step(w)
+        fresh[0](x[None])
+        iob["step"], iob["out"] = fresh[1], fresh[2]
+
+    iob_reset()
+    engines["ORT IOBinding"] = (lambda: iob["step"](), iob_reset, lambda: iob["out"]())
+    cell, xt = w.torch_cell, torch.from_numpy(x)
+    state = []
+
+    def torch_reset():
+        state[:] = [torch.zeros(1, w.H)] * (2 if lstm else 1)
+
+    def torch_step():
+        with torch.inference_mode():
+            if lstm:
+                state[0], state[1] = cell(xt, (state[0], state[1]))
+            else:
+                state[0] = cell(xt, state[0])
+
+    engines["PyTorch"] = (torch_step, torch_reset, lambda: state[0].numpy().reshape(-1))
+    picked = {}
+    for f32 in (False, True):
+        bind, infer, reset, out, picked[f32] = openvino_step(w, f32)
+        bind(x)
+        engines[f"OpenVINO {'f32' if f32 else 'default'} (stateful)"] = (infer, reset, out)
+    diffs = {}
+    for name, (step, reset, out) in engines.items():
+        reset()
+        for _ in range(STEPS_CHECKED):
+            step()
+        diffs[name] = float(np.abs(out() - ref).max())
+    times = interleaved([e[0] for e in engines.values()], reps)
+    return {n: (t, diffs[n]) for n, t in zip(engines, times)}, picked
+
+
+def sequence_rows(w, T, N, reps):
+    x = np.random.default_rng(2).standard_normal((T, N, w.I)).astype(np.float32)
+    n_ref = min(N, 4)  # the float64 reference runs row by row: the first rows only
+    ref = _reference.onnx_rnn(w.kind, x[:, :n_ref], w.W, w.R, w.B,
+                              linear_before_reset=w.lbr)[0][:, 0]
+    engines = {}    # name -> (run fn, output fn)
+    for mode in MODES:
+        model = Model(w.model.layers, precision=mode)
+        out = {}
+        engines[f"rnnengine {mode}"] = (
+            lambda m=model, o=out: o.__setitem__("y", m.run(x)[0]), lambda o=out: o["y"])
+    sess = w.ort_session(T, N)
+    feed = {"X": x, "h0": np.zeros((1, N, w.H), np.float32)}
+    if w.kind == "lstm":
+        feed["c0"] = np.zeros((1, N, w.H), np.float32)
+    out = {}
+    engines["ORT"] = (lambda: out.__setitem__("y", sess.run(["Y"], feed)[0][:, 0]),
+                      lambda: out["y"])
+    engines["ORT IOBinding"] = ort_iobinding_run(w, x)
+    xt = torch.from_numpy(x)
+    tout = {}
+
+    def torch_run():
+        with torch.inference_mode():
+            tout["y"] = w.torch_seq(xt)[0]
+
+    engines["PyTorch"] = (torch_run, lambda: tout["y"].numpy())
+    picked = {}
+    for f32 in (False, True):
+        infer, outfn, picked[f32] = openvino_run(w, x, f32)
+        engines[f"OpenVINO {'f32' if f32 else 'default'}"] = (infer, outfn)
+    diffs = {}
+    for name, (run, outfn) in engines.items():
+        run()
+        diffs[name] = float(np.abs(outfn()[:, :n_ref] - ref).max())
+    times = interleaved([e[0] for e in engines.values()], reps)
+    return {n: (t, diffs[n]) for n, t in zip(engines, times)}, picked
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def block(title, results, roof=None):
+    """Rows of one workload: every engine, its time, ratios and max |diff|."""
+    own = results["rnnengine fp32"][0]
+    peers = {n: v for n, v in results.items() if not n.startswith("rnnengine")}
+    exact = min(t for t, d in peers.values() if d <= 1e-4) if any(
+        d <= 1e-4 for _, d in peers.values()) else float("nan")
+    best_any = min(t for t, _ in peers.values())
+    lines = [f"| **{title}** | | | | | | |"]
+    for name, (t, d) in results.items():
+        mine = name.startswith("rnnengine")
+        vs_own = f"{own / t:.2f}x" if mine else ""
+        vs_exact = f"{exact / t:.2f}x" if mine else ""
+        vs_any = f"{best_any / t:.2f}x" if mine else ""
+        r = ""
+        if roof and mine:
+            r = f"{roof[name.split()[-1]] / t:.2f}"
+        lines.append(f"| {name} | {fmt_us(t)} | {vs_own} | {vs_exact} | {vs_any} | {r} | {d:.1e} |")
+    return lines
+
+
+def step_roofline(w, reps):
+    """Seconds a step needs to stream its weights once, per mode."""
+    out = {}
+    for mode in MODES:
+        nbytes = (w.W.size + w.R.size) * WEIGHT_BYTES[mode]
+        out[mode] = nbytes / bandwidth(nbytes, reps)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    reps = 3 if args.quick else 7
+    started = time.time()
+    lines = []
+    summary = []
+    picks = set()
+
+    steps = [("lstm", 1024), ("gru", 1024), ("lstm", 256)]
+    if args.quick:
+        steps = [("lstm", 1024)]
+    for kind, H in steps:
+        w = Workload(kind, H)
+        results, picked = step_rows(w, reps)
+        picks.add(picked[False])
+        roof = step_roofline(w, reps)
+        lines += block(f"stream step {kind.upper()} H={H} N=1", results, roof)
+        summary.append((f"stream step {kind.upper()} H={H}", results,
+                        "OpenVINO default (stateful)"))
+        print(f"  done step {kind} {H}", file=sys.stderr)
+
+    seqs = [(N, kind, H) for N in (1, 16) for kind in ("lstm", "gru") for H in (64, 256, 1024)]
+    if args.quick:
+        seqs = [(16, "lstm", 256), (1, "lstm", 256)]
+    for N, kind, H in seqs:
+        w = Workload(kind, H)
+        results, picked = sequence_rows(w, 100, N, max(2, reps // 2) if H == 1024 else reps)
+        picks.add(picked[False])
+        lines += block(f"sequence T=100 {kind.upper()} H={H} N={N}", results)
+        summary.append((f"sequence T=100 {kind.upper()} H={H} N={N}", results,
+                        "OpenVINO default"))
+        print(f"  done sequence {kind} {H} {N}", file=sys.stderr)
+
+    elapsed = time.time() - started
+    head = [
+        f"# rnnengine precisions{' (quick)' if args.quick else ''}",
+        "",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical CPUs, **shared with other jobs "
+        "while measured** (absolute times are noisy; the ratios come from one interleaved run)",
+        f"- rnnengine {rnnengine.__version__} ISA `{_kernels.isa()}` (products: fp16 "
+        f"`{_kernels.gemm_isa('fp16')}`, bf16 `{_kernels.gemm_isa('bf16')}`, int8 "
+        f"`{_kernels.gemm_isa('int8')}`); onnxruntime {ort.__version__}; torch "
+        f"{torch.__version__}; openvino {ov.__version__} (default precision picked: "
+        f"{', '.join(sorted(picks))}); Python {platform.python_version()}",
+        f"- single thread everywhere; interleaved, best of {reps} batches; run took "
+        f"{elapsed:.0f} s",
+        "- µs per call (a step, or a whole T=100 sequence). `vs fp32`: rnnengine fp32 / this; "
+        "`vs exact`: best peer with max |diff| <= 1e-4 / this; `vs any`: best peer at any "
+        "precision / this; `roof`: time to stream the mode's weights once at the bandwidth "
+        "measured for that size / this; max |diff| against float64 (streams: after "
+        f"{STEPS_CHECKED} steps; sequences: first 4 rows)",
+        "",
+        "| engine | µs | vs fp32 | vs exact | vs any | roof | max diff |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    targets = ["", "| target | measured | target | met |", "|---|---:|---:|:---:|"]
+    for title, results, ov_name in summary:
+        fp32 = results["rnnengine fp32"][0]
+        best_mode = min(MODES, key=lambda m: results[f"rnnengine {m}"][0])
+        best = results[f"rnnengine {best_mode}"][0]
+        ovt = results[ov_name][0]
+        if title.startswith("stream step LSTM H=1024"):
+            for mode, goal in (("fp16", 1.6), ("bf16", 1.6), ("int8", 2.5)):
+                r = fp32 / results[f"rnnengine {mode}"][0]
+                targets.append(f"| {title}: {mode} vs own fp32 | {r:.2f}x | {goal}x | "
+                               f"{'yes' if r >= goal else '**no**'} |")
+            r = ovt / best
+            targets.append(f"| {title}: best mode ({best_mode}) vs {ov_name} | {r:.2f}x | "
+                           f"1.2x | {'yes' if r >= 1.2 else '**no**'} |")
+        if "N=16" in title:
+            r = ovt / results["rnnengine bf16"][0]
+            targets.append(f"| {title}: bf16 vs {ov_name} | {r:.2f}x | 1.2x | "
+                           f"{'yes' if r >= 1.2 else '**no**'} |")
+    report = "\n".join(head + lines + targets) + "\n"
+    print(report)
+    if args.write:
+        write_section(os.path.join(HERE, "RESULTS.md"), report)
+
+
+BEGIN, END = "<!-- bench_precision.py: begin -->", "<!-- bench_precision.py: end -->"
+
+
+def write_section(path, report):
+    """Replace this script's section of RESULTS.md, or append it after the others."""
+    text = open(path).read() if os.path.exists(path) else ""
+    section = f"{BEGIN}\n{report}{END}\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
