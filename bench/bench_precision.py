@@ -101,7 +101,8 @@ def openvino_compiled(model, f32):
     if f32:
         config["INFERENCE_PRECISION_HINT"] = "f32"
     compiled = ov.Core().compile_model(model, "CPU", config)
-    return compiled, str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    picked = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return compiled, getattr(picked, "type_name", None) or str(picked)
 
 
 def openvino_step(w, f32):
