@@ -22,7 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 # bench_rnn first: it sets the single-thread environment before NumPy loads its BLAS
-from bench_rnn import Workload, bandwidth, cpu_model, fmt_us, interleaved, ort  # noqa: E402
+from bench_rnn import (Workload, bandwidth, cpu_model, fmt_us, interleaved, ort,  # noqa: E402
+                       torch_cell_step, write_section)
 import numpy as np  # noqa: E402
 import openvino as ov  # noqa: E402
 import torch  # noqa: E402
@@ -170,20 +171,14 @@ def step_rows(w, reps):
 
     iob_reset()
     engines["ORT IOBinding"] = (lambda: iob["step"](), iob_reset, lambda: iob["out"]())
-    cell, xt = w.torch_cell, torch.from_numpy(x)
+    xt = torch.from_numpy(x)
     state = []
 
     def torch_reset():
         state[:] = [torch.zeros(1, w.H)] * (2 if lstm else 1)
 
-    def torch_step():
-        with torch.inference_mode():
-            if lstm:
-                state[0], state[1] = cell(xt, (state[0], state[1]))
-            else:
-                state[0] = cell(xt, state[0])
-
-    engines["PyTorch"] = (torch_step, torch_reset, lambda: state[0].numpy().reshape(-1))
+    engines["PyTorch"] = (lambda: torch_cell_step(w, xt, state), torch_reset,
+                          lambda: state[0].numpy().reshape(-1))
     picked = {}
     for f32 in (False, True):
         bind, infer, reset, out, picked[f32] = openvino_step(w, f32)
@@ -348,23 +343,10 @@ def main():
     report = "\n".join(head + lines + targets) + "\n"
     print(report)
     if args.write:
-        write_section(os.path.join(HERE, "RESULTS.md"), report)
+        write_section(os.path.join(HERE, "RESULTS.md"), report, BEGIN, END, first=False)
 
 
 BEGIN, END = "<!-- bench_precision.py: begin -->", "<!-- bench_precision.py: end -->"
-
-
-def write_section(path, report):
-    """Replace this script's section of RESULTS.md, or append it after the others."""
-    text = open(path).read() if os.path.exists(path) else ""
-    section = f"{BEGIN}\n{report}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    with open(path, "w") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

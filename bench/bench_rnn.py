@@ -174,6 +174,15 @@ class Workload:
         return 2.0 * self.G * self.H * (self.I + self.H) * N
 
 
+def torch_cell_step(w, xt, state):
+    """One nn.LSTMCell / nn.GRUCell step; state [h] or [h, c], updated in place."""
+    with torch.inference_mode():
+        if w.kind == "lstm":
+            state[0], state[1] = w.torch_cell(xt, (state[0], state[1]))
+        else:
+            state[0] = w.torch_cell(xt, state[0])
+
+
 def stream_row(w, reps, threads=1):
     """(rnnengine, ort, torch) seconds per streamed step at batch 1, and a correctness gap."""
     H, rng = w.H, np.random.default_rng(1)
@@ -195,14 +204,9 @@ def stream_row(w, reps, threads=1):
 
     xt = torch.from_numpy(x)
     state = [torch.zeros(1, H), torch.zeros(1, H)] if lstm else [torch.zeros(1, H)]
-    cell = w.torch_cell
 
     def torch_step():
-        with torch.inference_mode():
-            if lstm:
-                state[0], state[1] = cell(xt, (state[0], state[1]))
-            else:
-                state[0] = cell(xt, state[0])
+        torch_cell_step(w, xt, state)
 
     # same results from the same state: one step from zero
     y_e = stream.step(xe)
@@ -367,16 +371,18 @@ def main():
 BEGIN, END = "<!-- bench_rnn.py: begin -->", "<!-- bench_rnn.py: end -->"
 
 
-def write_section(path, report):
-    """Replace this script's section of RESULTS.md (between the markers), keeping the rest
-    (bench_pool.py's section); the section goes first when there is none yet."""
+def write_section(path, report, begin=BEGIN, end=END, first=True):
+    """Replace one script's section of RESULTS.md (between its markers), keeping the rest;
+    a missing section goes first (or last with first=False)."""
     text = open(path).read() if os.path.exists(path) else ""
-    section = f"{BEGIN}\n{report}{END}\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
+    section = f"{begin}\n{report}{end}\n"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1].lstrip("\n")
+    elif first:
         text = section + ("\n" + text if text else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
     with open(path, "w") as f:
         f.write(text)
 

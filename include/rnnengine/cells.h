@@ -36,6 +36,7 @@
 #define RNNENGINE_CELLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include "rnnengine/activations.h"
 
 #define RNN_BW 16 /* hidden units per block: one AVX-512 vector, two AVX2 vectors */
@@ -62,6 +63,15 @@ static inline size_t rnn_panel_bytes(int wtype, int K, int G) {
     default:
         return kp * units * sizeof(float);
     }
+}
+
+/* An int8 block panel's [G][16] scales and [G][16] weight sums, after its quads. */
+static inline const float *rnn_i8_scales(const void *panel, int K, int G) {
+    return (const float *)((const char *)panel + (size_t)((K + 3) & ~3) * G * RNN_BW);
+}
+
+static inline const int32_t *rnn_i8_sums(const void *panel, int K, int G) {
+    return (const int32_t *)(rnn_i8_scales(panel, K, G) + (size_t)G * RNN_BW);
 }
 
 /* Block b of a panel array. */

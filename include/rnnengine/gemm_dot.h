@@ -79,7 +79,7 @@ static inline __mmask16 rnn_dot_mask(int n) { return (__mmask16)((1u << n) - 1u)
 
 static void rnn_gemm_bf16_avx512bf16(int ng, int G, int K, const void *w, const float *in,
                                      size_t ldin, float *acc, size_t ldacc,
-                                 rnn_gemm_memo_t *memo) {
+                                     rnn_gemm_memo_t *memo) {
     (void)memo;
     _Alignas(64) uint16_t buf[RNN_ROWS_MAX * RNN_KC];
     const int nbmax = RNN_NB_MAX(G);
@@ -108,15 +108,15 @@ static void rnn_gemm_bf16_avx512bf16(int ng, int G, int K, const void *w, const 
 
 static void rnn_gemm_i8_avx512vnni(int ng, int G, int K, const void *w, const float *in,
                                    size_t ldin, float *acc, size_t ldacc,
-                                 rnn_gemm_memo_t *memo) {
+                                   rnn_gemm_memo_t *memo) {
     (void)memo;
     _Alignas(64) uint8_t buf[RNN_ROWS_MAX * RNN_KC];
     _Alignas(64) int32_t sums[RNN_ROWS_MAX * 4 * RNN_BW];
     float step[RNN_ROWS_MAX];
-    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW, K4 = (K + 3) & ~3;
+    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW;
     const int8_t *wq = (const int8_t *)w;
-    const float *scale = (const float *)(wq + (size_t)K4 * units);
-    const int32_t *wsum = (const int32_t *)(scale + units);
+    const float *scale = rnn_i8_scales(w, K, G);
+    const int32_t *wsum = rnn_i8_sums(w, K, G);
     for (int n0 = 0; n0 < ng; n0 += nbmax) {
         const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;
         for (int i = 0; i < nb; i++) step[i] = rnn_quant_step_avx512(in + (n0 + i) * ldin, K);

@@ -61,7 +61,7 @@ static inline void RNN_FN(rnn_copy_padded)(float *dst, const float *src, int kc,
 
 static void RNN_FN(rnn_gemm_bf16)(int ng, int G, int K, const void *w, const float *in,
                                   size_t ldin, float *acc, size_t ldacc,
-                                 rnn_gemm_memo_t *memo) {
+                                  rnn_gemm_memo_t *memo) {
     (void)memo;
     _Alignas(64) float buf[RNN_ROWS_MAX * RNN_KC];
     const int nbmax = RNN_NB_MAX(G);
@@ -105,14 +105,14 @@ static inline void RNN_FN(rnn_quant_row)(float *dst, const float *src, int kc, i
  * are the integer sums the VNNI entry computes (exact while below 2^24). */
 static void RNN_FN(rnn_gemm_i8)(int ng, int G, int K, const void *w, const float *in,
                                 size_t ldin, float *acc, size_t ldacc,
-                                 rnn_gemm_memo_t *memo) {
+                                rnn_gemm_memo_t *memo) {
     (void)memo;
     _Alignas(64) float buf[RNN_ROWS_MAX * RNN_KC];
     _Alignas(64) float sums[RNN_ROWS_MAX * 4 * RNN_BW];
     float step[RNN_ROWS_MAX];
-    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW, K4 = (K + 3) & ~3;
+    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW;
     const int8_t *wq = (const int8_t *)w;
-    const float *scale = (const float *)(wq + (size_t)K4 * units);
+    const float *scale = rnn_i8_scales(w, K, G);
     RNN_ASSERT(nbmax <= RNN_ROWS_MAX);
     for (int n0 = 0; n0 < ng; n0 += nbmax) {
         const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;

@@ -321,21 +321,13 @@ def quantize_int8(w: np.ndarray, axis: int = -1):
     return np.clip(np.rint(q), -127, 127).astype(np.int8), scale
 
 
-def reduce_weight(w: np.ndarray, precision: str, name: str) -> np.ndarray:
-    """The values ``w`` (float32) takes in ``precision``, as float32: what the kernels
-    multiply by. fp16 weights beyond its range raise ModelError naming the tensor."""
-    if precision == "fp16":
-        if np.any(np.abs(w) > FP16_MAX):
-            raise ModelError(f"{name} has values beyond the fp16 range (|w| <= {FP16_MAX:g}; "
-                             f"max |w| = {float(np.abs(w).max()):g}): use precision='bf16' "
-                             "or 'fp32'")
-        return w.astype(np.float16).astype(np.float32)
-    if precision == "bf16":
-        return from_bfloat16(to_bfloat16(w))
-    if precision == "int8":
-        q, scale = quantize_int8(w)
-        return q.astype(np.float32) * scale
-    return w
+def to_float16(w: np.ndarray, name: str) -> np.ndarray:
+    """``w`` as IEEE half; values beyond its range raise ModelError naming the tensor."""
+    if np.any(np.abs(w) > FP16_MAX):
+        raise ModelError(f"{name} has values beyond the fp16 range (|w| <= {FP16_MAX:g}; "
+                         f"max |w| = {float(np.abs(w).max()):g}): use precision='bf16' "
+                         "or 'fp32'")
+    return np.asarray(w, np.float32).astype(np.float16)
 
 
 def _grouped(p: np.ndarray, ks: int) -> np.ndarray:
@@ -356,7 +348,7 @@ def pack_weights(w: np.ndarray, gates: int, precision: str, name: str) -> np.nda
     if precision == "fp32":
         return _aligned(p)
     if precision == "fp16":
-        reduce_weight(w, precision, name)   # the range check
+        to_float16(w, name)   # the range check, naming the tensor
         return _aligned(p.astype(np.float16))
     if precision == "bf16":
         return _aligned(to_bfloat16(_grouped(p, 2)))

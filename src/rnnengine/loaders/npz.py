@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..layers import (ACTIVATIONS, GATES, PRECISIONS, Layer, from_bfloat16, quantize_int8,
-                      reduce_weight, to_bfloat16)
+                      to_bfloat16, to_float16)
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1
@@ -473,7 +473,7 @@ REDUCED = ("W", "R", "proj")   # the tensors a reduced precision stores (biases 
 def _stored(key: str, a: np.ndarray, precision: str) -> dict:
     """The arrays that hold weight ``a`` in ``precision`` (the kernels' values, no more)."""
     if precision == "fp16":
-        return {key: reduce_weight(a, precision, key).astype(np.float16)}
+        return {key: to_float16(a, key)}
     if precision == "bf16":
         return {key: to_bfloat16(a)}
     if precision == "int8":
