@@ -35,6 +35,9 @@ typedef struct {
     size_t ld;
     int rows, K;
     int slot;         /* which of the product's per-thread buffers holds them */
+    int *tiles;       /* shared by the phase's memos: rows the thread's AMX tiles are set up
+                       * for (0: none), kept between blocks; the phase releases them at its
+                       * end (rnn_kernels_t.release) */
 } rnn_gemm_memo_t;
 
 /* acc rows (stride ldacc) += in rows (stride ldin) @ the block panel w of K inputs and G
@@ -60,6 +63,8 @@ struct rnn_kernels {
     /* The products, one per weight type (enum rnn_wtype), and the instruction set each uses. */
     rnn_gemm_fn gemm[RNN_W_COUNT];
     const char *gemm_isa[RNN_W_COUNT];
+    /* Ends what a phase's products kept between blocks (AMX tile configuration); NULL. */
+    void (*release)(void);
 };
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -155,6 +160,7 @@ static const rnn_kernels_t *rnn_kernels_amx(void) {
         t = *rnn_kernels_avx512_dot();
         t.gemm[RNN_W_BF16] = rnn_gemm_bf16_amx;
         t.gemm_isa[RNN_W_BF16] = "amx";
+        t.release = rnn_amx_release;
         ready = 1;
     }
     return &t;

@@ -273,7 +273,8 @@ static void RNN_FN(rnn_phase)(const rnn_kernels_t *k, const rnn_cell_t *c,
     /* The inputs stay fixed during a phase: a product that converts them may do it once for
      * all the blocks (kernels.h: rnn_gemm_memo_t). Slot 0: x (or the second phase's input),
      * slot 1: h'. */
-    rnn_gemm_memo_t memo[2] = {{NULL, 0, 0, 0, 0}, {NULL, 0, 0, 0, 1}};
+    int tiles = 0;
+    rnn_gemm_memo_t memo[2] = {{NULL, 0, 0, 0, 0, &tiles}, {NULL, 0, 0, 0, 1, &tiles}};
     for (int j = b0; j < b1; j++) {
         const int b = io->backward ? b1 - 1 - (j - b0) : j;
         for (int n0 = 0; n0 < N; n0 += RNN_GROUP) {
@@ -284,6 +285,7 @@ static void RNN_FN(rnn_phase)(const rnn_kernels_t *k, const rnn_cell_t *c,
                 RNN_FN(rnn_phase_rows)(k, c, io, second, b, n0, nb, pre, hxs, memo, 0);
         }
     }
+    if (tiles && k->release) k->release();
 }
 
 /* Input projections of M rows: out[b][m][G][16] = bias[b] + x[m] @ Px[b] for blocks
@@ -363,6 +365,7 @@ static const rnn_kernels_t RNN_FN(rnn_kernels) = {
     RNN_FN(rnn_read_sum), RNN_FN(rnn_fma_loop), RNN_VL,
     {RNN_FN(rnn_gemm_f32), RNN_FN(rnn_gemm_f16), RNN_FN(rnn_gemm_bf16), RNN_FN(rnn_gemm_i8)},
     {RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA)},
+    NULL,
 };
 
 #undef RNN_NV
