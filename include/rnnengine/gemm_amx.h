@@ -147,4 +147,3 @@ static void rnn_gemm_bf16_amx(int ng, int G, int K, const void *w, const float *
 }
 
 #undef RNN_AMX_BARRIER
-#undef RNN_AMX_MEMO

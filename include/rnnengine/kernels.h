@@ -65,6 +65,8 @@ struct rnn_kernels {
     const char *gemm_isa[RNN_W_COUNT];
     /* Ends what a phase's products kept between blocks (AMX tile configuration); NULL. */
     void (*release)(void);
+    /* Input elements a product's memo buffer holds (0: it does not convert its inputs). */
+    size_t gemm_memo[RNN_W_COUNT];
 };
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -161,6 +163,7 @@ static const rnn_kernels_t *rnn_kernels_amx(void) {
         t.gemm[RNN_W_BF16] = rnn_gemm_bf16_amx;
         t.gemm_isa[RNN_W_BF16] = "amx";
         t.release = rnn_amx_release;
+        t.gemm_memo[RNN_W_BF16] = RNN_AMX_MEMO;
         ready = 1;
     }
     return &t;

@@ -299,15 +299,27 @@ static void RNN_FN(rnn_xproj)(const rnn_kernels_t *k, const rnn_cell_t *c, int M
     const int nbmax = RNN_NB_MAX(G);
     int mc = (int)(262144 / (size_t)nin);
     mc = mc < nbmax ? nbmax : mc - mc % nbmax;
+    /* A product that converts its inputs (AMX bf16: k->gemm_memo) converts each row tile once
+     * for all blocks, when a tile of at least 16 rows fits its buffer and the blocks' panels
+     * stay in L2 from one tile to the next (smaller tiles re-read them). */
+    int tiles = 0;
+    rnn_gemm_memo_t memo = {NULL, 0, 0, 0, 0, &tiles}, *mp = NULL;
+    const size_t cap = k->gemm_memo[c->wtype], kp = (size_t)(nin + 31) / 32 * 32;
+    if (cap && cap / kp >= 16 &&
+        rnn_panel_bytes(c->wtype, nin, G) * (size_t)(b1 - b0) <= ((size_t)1 << 20)) {
+        mc = (int)(cap / kp) / 16 * 16;
+        mp = &memo;
+    }
     for (int m0 = 0; m0 < M; m0 += mc) {
         const int m1 = RNN_MIN(M, m0 + mc);
         for (int b = b0; b < b1; b++) {
             const void *w = rnn_panel_block(c->px, c->wtype, b, nin, G);
             float *o = out + ((size_t)b * M + m0) * ldb;
             RNN_FN(rnn_copy_rows)(o, ldb, c->bias + b * ldb, 0, m1 - m0, G);
-            k->gemm[c->wtype](m1 - m0, G, nin, w, x + (size_t)m0 * ldx, ldx, o, ldb, NULL);
+            k->gemm[c->wtype](m1 - m0, G, nin, w, x + (size_t)m0 * ldx, ldx, o, ldb, mp);
         }
     }
+    if (tiles && k->release) k->release();
 }
 
 static void RNN_FN(rnn_activate)(rnn_activation_t a, float *x, size_t n) {
@@ -366,6 +378,7 @@ static const rnn_kernels_t RNN_FN(rnn_kernels) = {
     {RNN_FN(rnn_gemm_f32), RNN_FN(rnn_gemm_f16), RNN_FN(rnn_gemm_bf16), RNN_FN(rnn_gemm_i8)},
     {RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA)},
     NULL,
+    {0, 0, 0, 0},
 };
 
 #undef RNN_NV
