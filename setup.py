@@ -31,7 +31,9 @@ extensions = [
         # The C kernels live in headers: list them so editing one rebuilds the extension.
         depends=sorted(glob.glob("include/rnnengine/*.h")),
         extra_compile_args=compile_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        # RNNENGINE_DEBUG turns on the C side's buffer-size asserts (include/rnnengine/assert.h).
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
     Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args),
 ]

@@ -33,6 +33,33 @@ def onnx_seed(op: str, gates: int, H: int = 3, I: int = 2, direction: str = "for
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString()
 
 
+def onnx_chain_seed(op: str, gates: int, sizes=(3, 3), I: int = 2, cycle: bool = False,
+                    seed: int = 0) -> bytes:
+    """Recurrent nodes rnn0 -> rnn1 -> ... joined as PyTorch exports a stack (Y [T, 1, N, H]
+    -> Squeeze(1) -> next X), hidden sizes ``sizes``. Different sizes are a valid graph that
+    is not one stack; ``cycle=True`` feeds the last node's output back into rnn0 (malformed)."""
+    rng = np.random.default_rng(seed)
+    nodes = [helper.make_node("Constant", [], ["axis1"],
+                              value=numpy_helper.from_array(np.array([1], np.int64)))]
+    inits = []
+    widths = [sizes[-1] if cycle else I] + list(sizes)
+    for k, H in enumerate(sizes):
+        for name, shape in (("W", (1, gates * H, widths[k])), ("R", (1, gates * H, H)),
+                            ("B", (1, 2 * gates * H))):
+            inits.append(numpy_helper.from_array(
+                (0.5 * rng.standard_normal(shape)).astype(np.float32), f"{name}{k}"))
+        x = f"X{k}" if k or cycle else "X"
+        nodes.append(helper.make_node(op, [x, f"W{k}", f"R{k}", f"B{k}"], [f"Y{k}"],
+                                      name=f"rnn{k}", hidden_size=H))
+        nodes.append(helper.make_node("Squeeze", [f"Y{k}", "axis1"],
+                                      [f"X{(k + 1) % len(sizes)}" if cycle else f"X{k + 1}"]))
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, None, I])],
+        [helper.make_tensor_value_info(f"Y{len(sizes) - 1}", TensorProto.FLOAT, None)],
+        initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString()
+
+
 def npz_seeds():
     rng = np.random.default_rng(0)
     H, I = 3, 2

@@ -251,6 +251,9 @@ def _build_torch(archive: _Archive, group: _Group, nonlinearity):
         if len(kinds) != 1 or (kind is not None and kinds != {kind}):
             raise ModelError(f"layer {k} mixes cell kinds {sorted(kinds | {kind} - {None})}")
         kind = per_dir[0][0]
+        if k == 0:
+            ref = (dirs[sorted(dirs)[0]]["weight_hh"], per_dir[0][2].shape)
+        _check_same_width(k, dirs, per_dir, ref)
         W, R, B, proj = (None if any(p[i] is None for p in per_dir)
                          else np.stack([p[i] for p in per_dir]) for i in range(1, 5))
         if any(p[3] is None for p in per_dir) != all(p[3] is None for p in per_dir):
@@ -261,6 +264,19 @@ def _build_torch(archive: _Archive, group: _Group, nonlinearity):
             linear_before_reset=int(kind == "gru"),
             activations=_activations(kind, nonlinearity, len(per_dir), "PyTorch state_dict")))
     return layers, False
+
+
+def _check_same_width(k: int, dirs: dict, per_dir: list, ref: tuple) -> None:
+    """Every direction of layer k has the widths of ``ref`` (key, shape of layer 0's first
+    weight_hh): nn.LSTM has one hidden_size and one proj_size for all its layers, so anything
+    else is a malformed file, named by its arrays. weight_hh is [G*H, Hout] in every layer,
+    its shape carries both widths."""
+    for rev, p in zip(sorted(dirs), per_dir):
+        if p[2].shape != ref[1]:
+            raise ModelError(
+                f"layer {k}: {dirs[rev]['weight_hh']!r} has shape {p[2].shape} but "
+                f"{ref[0]!r} has {ref[1]}: every layer of a PyTorch RNN has the same "
+                "hidden_size (and proj_size)")
 
 
 def _torch_direction(archive: _Archive, where: str, k: int, keys: dict):
@@ -312,6 +328,10 @@ def _build_keras(archive: _Archive, group: _Group, nonlinearity):
     if len(kinds) != 1:
         raise ModelError(f"the forward and backward layers are of different kinds {sorted(kinds)}")
     kind = parts[0][0]
+    if len({p[2].shape for p in parts}) != 1:
+        shown = ", ".join(f"{keys['recurrent_kernel']!r} (units {p[2].shape[1]})"
+                          for keys, p in zip(halves, parts))
+        raise ModelError(f"the forward and backward layers differ in units: {shown}")
     lbr = {p[4] for p in parts}
     if len(lbr) != 1:
         raise ModelError("the forward and backward GRUs differ in reset_after")

@@ -21,6 +21,7 @@ sequence_lens would be silently lost, so it is refused.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -101,6 +102,16 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
         start = matches[0]
     nodes = stack_from(start)
     layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
+    widths = {(layer.hidden_size, layer.output_size) for layer in layers}
+    if len(widths) > 1:
+        # A valid graph, but not one stack: the state is one (L*D, N, Hout) array, so every
+        # layer of a Model has the same width. Load the first node alone; the user can load
+        # each of the others with node=.
+        sizes = ", ".join(f"{f.name} {layer.hidden_size}" for f, layer in zip(nodes, layers))
+        warnings.warn(f"{where}: the chained recurrent nodes have different hidden sizes "
+                      f"({sizes}); loaded {start.qualname!r} alone (load the others with "
+                      "node=<name>)", stacklevel=3)
+        nodes, layers = nodes[:1], layers[:1]
     if batch_first is None:
         batch_first = _input_is_batch_first(start)
     try:
