@@ -136,6 +136,24 @@ def test_onnx_chains_of_mixed_sizes_run_every_way(tmp_path, sizes):
                                    str(sizes[1])]
 
 
+# -- cycles -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sizes", [(3, 3), (4, 4, 4)])
+@pytest.mark.parametrize("node", [None, "rnn0", "rnn1"])
+def test_cycle_of_recurrent_nodes_is_a_model_error(tmp_path, sizes, node):
+    path = tmp_path / "cycle.onnx"
+    path.write_bytes(seeds.onnx_chain_seed("LSTM", 4, sizes=sizes, cycle=True))
+    with pytest.raises(ModelError, match="feed each other in a cycle") as info:
+        rnnengine.load(path, node=node)
+    assert str(path) in str(info.value)
+
+
+def test_chain_without_cycle_still_loads_as_a_stack(tmp_path):
+    path = tmp_path / "chain.onnx"
+    path.write_bytes(seeds.onnx_chain_seed("LSTM", 4, sizes=(3, 3, 3)))
+    assert rnnengine.load(path).num_layers == 3
+
+
 # -- the kernel entry points check what they are given ----------------------------------
 
 ENTRY_POINTS = """

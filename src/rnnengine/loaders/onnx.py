@@ -101,6 +101,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
                              f"a qualified name:\n  {listing}")
         start = matches[0]
     nodes = stack_from(start)
+    _check_no_cycle(nodes, where)
     layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
     widths = {(layer.hidden_size, layer.output_size) for layer in layers}
     if len(widths) > 1:
@@ -118,6 +119,26 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
         return Model(layers, batch_first=bool(batch_first))
     except ModelError as e:
         raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+
+
+def _check_no_cycle(nodes: list, where: str) -> None:
+    """ModelError when the first node's input X is computed from one of the nodes loaded
+    with it. _link_chains leaves such a back edge unlinked when its tensor is also a graph
+    output, so the chain alone cannot show the cycle; the producers of X can."""
+    head = nodes[0]
+    members = {id(f.node) for f in nodes}
+    pending, seen = [head.node.input[0]], set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in head.scope.producer:
+            continue
+        seen.add(name)
+        producer = head.scope.producer[name][0]
+        if id(producer) in members:
+            raise ModelError(f"{where}: recurrent nodes feed each other in a cycle: input X of "
+                             f"{head.qualname!r} is computed from the output of "
+                             f"{node_label(producer)!r}")
+        pending.extend(i for i in producer.input if i)
 
 
 def _read_model(source):
