@@ -1,10 +1,11 @@
 """Issue 10: inputs that once reached out-of-bounds memory (layers of different widths, kernel
 entry points handed buffers that do not fit, an uninitialised stream) and malformed graphs
 (cycles). Anything that could crash runs in a subprocess (conftest.run_isolated)."""
+import os
+
 import numpy as np
-import pytest
 import onnx
-from onnx import numpy_helper
+import pytest
 
 import rnnengine
 from conftest import load_fuzz_seeds, run_isolated
@@ -104,7 +105,7 @@ def test_onnx_chain_of_different_hidden_sizes_loads_the_first_node_alone(tmp_pat
         model = rnnengine.load(path)
     assert (model.num_layers, model.hidden_size) == (1, 5)
     # The first node's own output, from the float64 reference on the file's weights.
-    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
     x = np.random.default_rng(4).standard_normal((7, 2, 2)).astype(np.float32)
     y_ref = onnx_rnn("lstm", x, weights["W0"], weights["R0"], weights["B0"])[0][:, 0]
     np.testing.assert_allclose(model.run(x)[0], y_ref, rtol=1e-5, atol=1e-5)
@@ -218,3 +219,78 @@ def test_kernel_entry_points_refuse_buffers_that_do_not_fit():
         "x too narrow ValueError", "short lengths ValueError", "mixed stack ValueError",
         "stream ValueError", "stream ValueError", "stream TypeError", "stream TypeError",
         "empty Stream ValueError"]
+
+
+# -- files that are not regular files -------------------------------------------------------
+
+LOAD = """
+    import rnnengine
+    try:
+        rnnengine.load({path!r})
+    except rnnengine.ModelError as e:
+        print("ModelError:", e)
+"""
+
+
+def load_isolated(path) -> str:
+    """The outcome of rnnengine.load(path) in a subprocess; a hang fails after 60 s."""
+    done = run_isolated(LOAD.format(path=str(path)), timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize("name", ["model.onnx", "model.npz", "model"])
+def test_model_path_that_is_a_fifo_is_refused(tmp_path, name):
+    path = tmp_path / name
+    os.mkfifo(path)
+    out = load_isolated(path)
+    assert out.startswith(f"ModelError: {path}: the model file is a FIFO"), out
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/null"])
+def test_model_path_linked_to_a_device_is_refused(tmp_path, target):
+    path = tmp_path / "model.onnx"
+    os.symlink(target, path)
+    out = load_isolated(path)
+    assert out.startswith(f"ModelError: {path}: the model file is a character device"), out
+
+
+def test_model_path_that_is_a_directory_is_refused(tmp_path):
+    out = load_isolated(tmp_path)
+    assert out.startswith(f"ModelError: {tmp_path}: the model file is a directory"), out
+
+
+def with_external_weights(path, location: str):
+    """The LSTM seed with W (1, 12, 2) kept in the external file ``location``."""
+    model = onnx.ModelProto()
+    model.ParseFromString(seeds.onnx_seed("LSTM", 4))
+    W = next(t for t in model.graph.initializer if t.name == "W")
+    W.ClearField("raw_data")
+    W.data_location = onnx.TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "96")):
+        W.external_data.add(key=key, value=value)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_external_data_in_a_fifo_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "w.bin")
+    out = load_isolated(with_external_weights(tmp_path / "m.onnx", "w.bin"))
+    assert "ModelError:" in out and "external data of tensor 'W' is a FIFO" in out, out
+    assert str(tmp_path / "w.bin") in out
+
+
+def test_external_data_shorter_than_its_tensor_is_refused_before_reading(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"\0" * 40)
+    out = load_isolated(with_external_weights(tmp_path / "m.onnx", "w.bin"))
+    assert "external file 'w.bin' holds 40 bytes; shape [1, 12, 2] needs 96" in out, out
+
+
+def test_external_data_in_a_regular_file_still_loads(tmp_path):
+    model = onnx.ModelProto()
+    model.ParseFromString(seeds.onnx_seed("LSTM", 4))
+    W = next(t for t in model.graph.initializer if t.name == "W")
+    (tmp_path / "w.bin").write_bytes(W.raw_data)
+    with_external_weights(tmp_path / "m.onnx", "w.bin")
+    model = rnnengine.load(tmp_path / "m.onnx")
+    assert (model.input_size, model.hidden_size) == (2, 3)

@@ -18,6 +18,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import ModelError
+from ._files import open_regular
 
 
 def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
@@ -31,7 +32,7 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
 
     threads = check_threads(options.pop("threads", 1))
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with open_regular(path, "the model file")[0] as f:
         magic = f.read(8)
     if magic.startswith(b"\x93NUMPY"):
         raise ModelError(f"{path}: a single .npy array, not a model; save the weights "

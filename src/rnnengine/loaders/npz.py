@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..layers import ACTIVATIONS, GATES, Layer
+from ._files import open_regular
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1
@@ -98,11 +99,17 @@ class _Group:
 def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = None,
              nonlinearity: Optional[str] = None):
     """Load weights from a ``.npz`` archive as a ``Model`` (see the module docstring)."""
+    path = os.fspath(path)
+    file = open_regular(path, "the model file")[0]
+    with file:
+        return _load_open_npz(file, path, node, batch_first, nonlinearity)
+
+
+def _load_open_npz(file, path: str, node, batch_first, nonlinearity):
     from ..model import Model
 
-    path = os.fspath(path)
     try:
-        npz = np.load(path, allow_pickle=False)
+        npz = np.load(file, allow_pickle=False)
     except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, EOFError, ...
         raise ModelError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):

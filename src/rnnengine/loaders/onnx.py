@@ -29,6 +29,7 @@ import onnx
 
 from ..errors import ModelError
 from ..layers import GATES, Layer
+from ._files import open_regular
 from ._fold import Folder, NotConstant, Scope, attrs, node_label, subgraphs
 
 RECURRENT = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
@@ -146,8 +147,9 @@ def _read_model(source):
     if isinstance(source, onnx.ModelProto):
         return source, None, "<onnx.ModelProto>"
     path = os.fspath(source)
-    with open(path, "rb") as f:
-        data = f.read()
+    file, size = open_regular(path, "the model file")
+    with file:
+        data = file.read(size)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
