@@ -294,3 +294,45 @@ def test_external_data_in_a_regular_file_still_loads(tmp_path):
     with_external_weights(tmp_path / "m.onnx", "w.bin")
     model = rnnengine.load(tmp_path / "m.onnx")
     assert (model.input_size, model.hidden_size) == (2, 3)
+
+
+# -- a broadcast input is refused before it is copied --------------------------------------
+
+BROADCAST = """
+    import os, resource
+    import numpy as np
+    from rnnengine import Layer, Model
+    # 2 GiB of address space: materialising any of the inputs below needs several GiB.
+    if "libasan" not in os.environ.get("LD_PRELOAD", ""):
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    I, H = 200, 64
+    rng = np.random.default_rng(0)
+    model = Model([Layer.from_onnx("lstm", rng.standard_normal((1, 4 * H, I), np.float32),
+                                   rng.standard_normal((1, 4 * H, H), np.float32))])
+    rows = 2**31 // (4 * H) + 1          # x itself (rows * I < 2**31 elements) passes
+    one = np.float32(1)
+    pool = model.pool(2)
+    calls = {
+        "run": lambda: model.run(np.broadcast_to(one, (rows, 1, I))),
+        "run unbatched": lambda: model.run(np.broadcast_to(one, (rows, I))),
+        "stream": lambda: model.stream().run(np.broadcast_to(one, (rows, 1, I))),
+        "pool": lambda: pool.step([pool.open()], np.broadcast_to(one, (rows, I))),
+        "state": lambda: model.run(np.zeros((2, 1, I), np.float32),
+                                   (np.broadcast_to(one, (rows, 1, H)),) * 2),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+        except ValueError as e:
+            print(name, "ValueError")
+        except MemoryError:
+            print(name, "MemoryError")
+"""
+
+
+def test_broadcast_input_is_refused_before_it_is_copied():
+    done = run_isolated(BROADCAST)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "run ValueError", "run unbatched ValueError", "stream ValueError", "pool ValueError",
+        "state ValueError"]
