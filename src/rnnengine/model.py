@@ -310,7 +310,9 @@ class Stream(_kernels.StreamCore):
 
     def run(self, chunk):
         """Several timesteps, state carried on: chunk ``(T, N, I)`` (``(N, T, I)`` when the
-        model is batch_first, or ``(T, I)`` when batch is 1) -> y of the matching shape."""
+        model is batch_first, or ``(T, I)`` when batch is 1) -> y of the matching shape.
+        Ctrl-C (KeyboardInterrupt) stops it between timesteps and leaves the state as it was
+        before the call."""
         I = self.model.input_size
         batch_first = self.model.batch_first
         expected = f"({self.batch}, T, {I})" if batch_first else f"(T, {self.batch}, {I})"
