@@ -71,6 +71,19 @@ def npz_seeds():
                          "lstm/lstm_cell/recurrent_kernel": r(H, 4 * H),
                          "lstm/lstm_cell/bias": r(4 * H)}
     yield "onnx_rnn", {"W": r(1, H, I), "R": r(1, H, H), "B": r(1, 2 * H)}
+    # Multi-layer archives: two LSTM layers, a bidirectional GRU pair, a projection, and
+    # layers of different widths (malformed: a mutation away from a wider layer 1).
+    yield "torch_lstm_2layers", {"weight_ih_l0": r(4 * H, I), "weight_hh_l0": r(4 * H, H),
+                                 "weight_ih_l1": r(4 * H, H), "weight_hh_l1": r(4 * H, H),
+                                 "bias_ih_l1": r(4 * H), "bias_hh_l1": r(4 * H)}
+    yield "torch_gru_bidir_2layers", {
+        f"weight_{p}_l{k}{rev}": r(3 * H, (I if k == 0 else 2 * H) if p == "ih" else H)
+        for k in (0, 1) for rev in ("", "_reverse") for p in ("ih", "hh")}
+    yield "torch_lstm_proj_2layers", {"weight_ih_l0": r(4 * H, I), "weight_hh_l0": r(4 * H, 2),
+                                      "weight_hr_l0": r(2, H), "weight_ih_l1": r(4 * H, 2),
+                                      "weight_hh_l1": r(4 * H, 2), "weight_hr_l1": r(2, H)}
+    yield "torch_lstm_mixed_widths", {"weight_ih_l0": r(4, I), "weight_hh_l0": r(4, 1),
+                                      "weight_ih_l1": r(64, 1), "weight_hh_l1": r(64, 16)}
 
 
 def write_seeds(folder: str) -> None:
@@ -83,6 +96,14 @@ def write_seeds(folder: str) -> None:
                 f.write(onnx_seed(op, gates, via_constants=via_constants))
     with open(os.path.join(folder, "lstm_bidir.onnx"), "wb") as f:
         f.write(onnx_seed("LSTM", 4, direction="bidirectional"))
+    # Chains of nodes: one stack, stacks of mixed hidden sizes (loaded node by node), a cycle.
+    chains = {"lstm_chain": ("LSTM", 4, (3, 3), False), "gru_chain3": ("GRU", 3, (3, 3, 3), False),
+              "lstm_chain_mixed": ("LSTM", 4, (2, 17), False),
+              "rnn_chain_mixed": ("RNN", 1, (19, 3, 3), False),
+              "lstm_cycle": ("LSTM", 4, (3, 3), True)}
+    for name, (op, gates, sizes, cycle) in chains.items():
+        with open(os.path.join(folder, name + ".onnx"), "wb") as f:
+            f.write(onnx_chain_seed(op, gates, sizes, cycle=cycle))
     for name, arrays in npz_seeds():
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
