@@ -35,6 +35,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from rnnengine.gate_order import from_onnx  # noqa: E402
 from rnnengine.layers import Layer  # noqa: E402
 from rnnengine.model import Model  # noqa: E402
 
@@ -65,8 +66,7 @@ def torch_cell(W, R, B):
     import torch
 
     torch.set_num_threads(1)
-    order = [0, 2, 3, 1]   # ONNX i, o, f, c -> PyTorch i, f, g, o
-    blocks = lambda a: np.concatenate([np.split(a, 4)[j] for j in order])  # noqa: E731
+    blocks = lambda a: from_onnx(a, "lstm", "torch")  # noqa: E731
     cell = torch.nn.LSTMCell(I, H)
     with torch.no_grad():
         cell.weight_ih.copy_(torch.from_numpy(blocks(W[0])))

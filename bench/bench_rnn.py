@@ -35,13 +35,12 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import rnnengine  # noqa: E402
 from rnnengine import Layer, Model, _kernels  # noqa: E402
+from rnnengine.gate_order import to_onnx  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 
 GATES = {"lstm": 4, "gru": 3}
-# PyTorch gate order -> ONNX gate order (rows of weight_ih / weight_hh)
-TORCH_TO_ONNX = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -119,10 +118,9 @@ class Workload:
             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
                 getattr(self.torch_cell, name).copy_(getattr(self.torch_seq, name + "_l0"))
         G = GATES[kind]
-        order = TORCH_TO_ONNX[kind]
 
         def onnx_order(a):
-            return np.concatenate([a[k * H:(k + 1) * H] for k in order])
+            return to_onnx(a, kind, "torch")
 
         p = {n: getattr(self.torch_seq, n + "_l0").detach().numpy() for n in
              ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}

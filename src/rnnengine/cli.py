@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import ModelError
+from .gate_order import from_onnx
 from .model import Model
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
@@ -269,8 +270,6 @@ class OrtReference:
         return out["y"], h
 
 
-# ONNX gate order -> PyTorch gate order, as block indices of the ONNX layout.
-TORCH_GATE_ORDER = {"lstm": [0, 2, 3, 1], "gru": [1, 0, 2], "rnn": [0]}
 TORCH_DEFAULT_ACTIVATIONS = {"lstm": ("sigmoid", "tanh", "tanh"), "gru": ("sigmoid", "tanh")}
 
 
@@ -306,11 +305,9 @@ def torch_module_for(model: Model):
     if model.proj_size:
         kwargs["proj_size"] = model.proj_size
     module = cls(model.input_size, model.hidden_size, **kwargs)
-    H = model.hidden_size
-    order = TORCH_GATE_ORDER[model.kind]
 
     def reorder(a):  # (G*H, ...) ONNX gate blocks -> PyTorch's
-        return np.concatenate([a[g * H:(g + 1) * H] for g in order], axis=0)
+        return from_onnx(a, model.kind, "torch")
 
     weights = {}
     for k, layer in enumerate(layers):

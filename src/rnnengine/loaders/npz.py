@@ -30,15 +30,12 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ModelError
+from ..gate_order import to_onnx
 from ..layers import ACTIVATIONS, GATES, Layer
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1
 KIND_BY_GATES = {4: "lstm", 3: "gru", 1: "rnn"}
-
-# Rows of each source's gate blocks, in ONNX order (LSTM i,o,f,c; GRU z,r,h).
-TORCH_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
-KERAS_ORDER = {"lstm": [0, 3, 1, 2], "gru": [0, 1, 2], "rnn": [0]}
 
 _TORCH_LAYER = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 _TORCH_CELL = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh)$")
@@ -215,12 +212,6 @@ def _merge_keras_bidirectional(groups: list) -> list:
     return out
 
 
-def _blocks(a: np.ndarray, order: list, gates: int) -> np.ndarray:
-    """Reorder the gate blocks along axis 0 of ``a`` (G*H rows)."""
-    H = a.shape[0] // gates
-    return np.concatenate([a[k * H:(k + 1) * H] for k in order], axis=0)
-
-
 def _activations(kind: str, nonlinearity: Optional[str], num_directions: int, source: str):
     if nonlinearity is None:
         return None
@@ -296,10 +287,8 @@ def _torch_direction(archive: _Archive, where: str, k: int, keys: dict):
         for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
             if b.shape != (G * H,):
                 raise ModelError(f"layer {k}: {keys[name]!r} has shape {b.shape}; expected ({G * H},)")
-        order = TORCH_ORDER[kind]
-        B = np.concatenate([_blocks(b_ih, order, G), _blocks(b_hh, order, G)])
-    order = TORCH_ORDER[kind]
-    return kind, _blocks(w_ih, order, G), _blocks(w_hh, order, G), B, w_hr
+        B = np.concatenate([to_onnx(b_ih, kind, "torch"), to_onnx(b_hh, kind, "torch")])
+    return kind, to_onnx(w_ih, kind, "torch"), to_onnx(w_hh, kind, "torch"), B, w_hr
 
 
 # --- Keras -------------------------------------------------------------------------------
@@ -336,7 +325,6 @@ def _keras_direction(archive: _Archive, where: str, keys: dict):
     kind = KIND_BY_GATES[G]
     if kernel.shape[1] != G * U:
         raise ModelError(f"{keys['kernel']!r} has shape {kernel.shape}; expected (input, {G * U})")
-    order = KERAS_ORDER[kind]
     Wb = Rb = np.zeros(G * U, np.float32)
     lbr = int(kind == "gru")  # Keras 3 GRU default reset_after=True
     if "bias" in keys:
@@ -350,8 +338,8 @@ def _keras_direction(archive: _Archive, where: str, keys: dict):
         else:
             expected = f"({G * U},) or (2, {G * U})" if kind == "gru" else f"({G * U},)"
             raise ModelError(f"{keys['bias']!r} has shape {bias.shape}; expected {expected}")
-    B = np.concatenate([_blocks(Wb, order, G), _blocks(Rb, order, G)])
-    return kind, _blocks(kernel.T, order, G), _blocks(recurrent.T, order, G), B, lbr
+    B = np.concatenate([to_onnx(Wb, kind, "keras"), to_onnx(Rb, kind, "keras")])
+    return kind, to_onnx(kernel.T, kind, "keras"), to_onnx(recurrent.T, kind, "keras"), B, lbr
 
 
 # --- ONNX names --------------------------------------------------------------------------
