@@ -47,12 +47,15 @@ _ONNX = re.compile(r"^(.*?[/.])?(" + "|".join(_ONNX_PARAMS) + r")$")
 
 
 class _Archive:
-    """Reads arrays by name, turning every failure into a ModelError that names the file."""
+    """Reads arrays by name, turning every failure into a ModelError that names the file.
 
-    def __init__(self, npz, path: str):
-        self.npz = npz
+    ``arrays`` is any mapping of names to arrays read on access: an open ``NpzFile``, a
+    ``.safetensors`` file's tensors, a PyTorch ``state_dict`` as NumPy arrays."""
+
+    def __init__(self, arrays, path: str):
+        self.npz = arrays
         self.path = path
-        self.files = list(npz.files)
+        self.files = list(arrays.files if hasattr(arrays, "files") else arrays.keys())
 
     def get(self, key: str, group: str) -> np.ndarray:
         try:
@@ -105,31 +108,40 @@ def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = 
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ModelError(f"{path}: not a .npz archive (numpy read a single array)")
     with npz:
-        archive = _Archive(npz, path)
-        groups = _find_groups(archive.files)
-        if not groups:
-            shown = ", ".join(repr(f) for f in archive.files[:12])
-            raise ModelError(
-                f"{path}: no recurrent weights recognised; expected PyTorch state_dict names "
-                "(weight_ih_l0, weight_hh_l0, ...), Keras paths (.../kernel, "
-                ".../recurrent_kernel), ONNX names (W, R) or an rnnengine file; "
-                f"found {len(archive.files)} array(s): {shown}")
-        group = _select(groups, node, path)
-        build = {"pytorch": _build_torch, "keras": _build_keras, "onnx": _build_onnx,
-                 "rnnengine": _build_own}[group.source]
-        try:
-            layers, implied_batch_first = build(archive, group, nonlinearity)
-        except ModelError as e:
-            message = str(e)
-            if not message.startswith(path):
-                message = f"{path}: {group.label()}: {message}"
-            raise ModelError(message) from None
+        layers, implied_batch_first, label = layers_from_arrays(npz, path, node, nonlinearity)
     if batch_first is None:
         batch_first = implied_batch_first
     try:
         return Model(layers, batch_first=bool(batch_first))
     except ModelError as e:
-        raise ModelError(f"{path}: {group.label()}: {e}") from None
+        raise ModelError(f"{path}: {label}: {e}") from None
+
+
+def layers_from_arrays(arrays, path: str, node: Optional[str] = None,
+                       nonlinearity: Optional[str] = None):
+    """Named arrays (any mapping: an ``NpzFile``, a ``.safetensors`` file, a ``state_dict``)
+    -> (layers, the batch_first the names imply, the weight group's label), by the naming
+    schemes of the module docstring. ``path`` names the source in error messages."""
+    archive = _Archive(arrays, path)
+    groups = _find_groups(archive.files)
+    if not groups:
+        shown = ", ".join(repr(f) for f in archive.files[:12])
+        raise ModelError(
+            f"{path}: no recurrent weights recognised; expected PyTorch state_dict names "
+            "(weight_ih_l0, weight_hh_l0, ...), Keras paths (.../kernel, "
+            ".../recurrent_kernel), ONNX names (W, R) or an rnnengine file; "
+            f"found {len(archive.files)} array(s): {shown}")
+    group = _select(groups, node, path)
+    build = {"pytorch": _build_torch, "keras": _build_keras, "onnx": _build_onnx,
+             "rnnengine": _build_own}[group.source]
+    try:
+        layers, implied_batch_first = build(archive, group, nonlinearity)
+    except ModelError as e:
+        message = str(e)
+        if not message.startswith(path):
+            message = f"{path}: {group.label()}: {message}"
+        raise ModelError(message) from None
+    return layers, implied_batch_first, group.label()
 
 
 def _select(groups: list, node: Optional[str], path: str) -> _Group:
@@ -310,6 +322,12 @@ def _build_keras(archive: _Archive, group: _Group, nonlinearity):
         linear_before_reset=lbr.pop(),
         activations=_activations(kind, nonlinearity, len(parts), "Keras"))
     return [layer], True
+
+
+def keras_cell(arrays: dict, where: str):
+    """One Keras cell's ``kernel``, ``recurrent_kernel`` and optional ``bias`` (a dict of
+    arrays) -> (kind, W, R, B, linear_before_reset the bias shape implies), ONNX order."""
+    return _keras_direction(_Archive(arrays, where), where, {k: k for k in arrays})
 
 
 def _keras_direction(archive: _Archive, where: str, keys: dict):
