@@ -1,0 +1,82 @@
+"""``rnnengine info``: what a model file holds: kind, layers, sizes, state shapes, and every
+recurrent node with the name ``--node`` takes."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import ModelError
+from ._common import describe, existing_file, load_model, model_args, onnx_recurrent_nodes
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("info", help=HELP, description=HELP)
+    p.set_defaults(func=cmd_info)
+    model_args(p)
+
+
+HELP = "describe a model: kind, layers, directions, sizes, parameters, nodes"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    path = existing_file(args.model)
+    is_onnx = path.lower().endswith(".onnx")
+    try:
+        model = load_model(path, args.node, nonlinearity=args.nonlinearity)
+    except ModelError:
+        try:
+            nodes = onnx_recurrent_nodes(path) if is_onnx else []
+        except ModelError:
+            nodes = []
+        if len(nodes) > 1:  # show what there is to choose from before the error line
+            print(f"{path}: {len(nodes)} recurrent nodes")
+            for name, op, where in nodes:
+                print(f"  {op:4s} {name}" + (f"   (inside {where})" if where else ""))
+        raise
+    nodes = onnx_recurrent_nodes(path) if is_onnx else []
+    D = model.num_directions
+    L = model.num_layers
+    hout = model.proj_size or model.hidden_size
+    state = f"h ({L * D}, N, {hout})"
+    if model.kind == "lstm":
+        state = f"(h, c): h ({L * D}, N, {hout}), c ({L * D}, N, {model.hidden_size})"
+    directions = describe(model).split(", ")[2]
+    rows = [
+        ("file", f"{path} ({os.path.getsize(path):,} bytes)"),
+        ("kind", model.kind.upper()),
+        ("layers", str(L)),
+        ("directions", directions),
+        ("input_size", str(model.input_size)),
+        ("hidden_size", str(model.hidden_size)),
+        ("proj_size", str(model.proj_size) if model.proj_size else "none"),
+        ("batch_first", str(model.batch_first)),
+        ("parameters", f"{model.num_parameters:,}"),
+        ("input x", "(N, T, %d)" % model.input_size if model.batch_first
+         else "(T, N, %d)" % model.input_size),
+        ("output y", "(N, T, %d)" % model.output_size if model.batch_first
+         else "(T, N, %d)" % model.output_size),
+        ("state", state),
+        ("streaming", "yes" if D == 1 else "no (bidirectional)"),
+    ]
+    for k, layer in enumerate(model.layers):
+        extras = []
+        acts = [a.name for a in layer.activations[0]]
+        extras.append("activations " + "/".join(acts))
+        if layer.P is not None:
+            extras.append("peepholes")
+        if layer.clip is not None:
+            extras.append(f"clip {layer.clip:g}")
+        if layer.input_forget:
+            extras.append("input_forget")
+        if layer.kind == "gru":
+            extras.append(f"linear_before_reset {int(layer.linear_before_reset)}")
+        rows.append((f"layer {k}", f"{layer.direction}, {layer.input_size} -> "
+                     f"{layer.output_size}, " + ", ".join(extras)))
+    if nodes:
+        for i, (name, op, where) in enumerate(nodes):
+            rows.append(("nodes found" if i == 0 else "",
+                         f"{op} {name!r}" + (f" (inside {where})" if where else "")))
+    width = max(len(r[0]) for r in rows)
+    print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    return 0
+

@@ -1,0 +1,63 @@
+"""``rnnengine run``: a whole sequence from a .npy file, y (and the state) written back."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+import numpy as np
+
+from ._common import CommandError, load_array, load_model, model_args
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help=HELP, description=HELP)
+    p.set_defaults(func=cmd_run)
+    model_args(p)
+    p.add_argument("--input", "-i", required=True, help="x as .npy: (T, N, I), or (T, I)")
+    p.add_argument("--output", "-o", required=True, help="where to write y (.npy)")
+    p.add_argument("--lengths", help="per-batch lengths: '5,3,7' or a .npy of N integers")
+    p.add_argument("--batch-first", action="store_true", help="x is (N, T, I); y is (N, T, ·)")
+    p.add_argument("--state", help="also write the final state (h[, c]) to this .npz")
+
+
+HELP = "run a whole sequence from a .npy file and write the output as .npy"
+
+
+def parse_lengths(text: Optional[str]) -> Optional[np.ndarray]:
+    """'3,5,2' or a path to a .npy of integers -> int array, or None."""
+    if text is None:
+        return None
+    if os.path.exists(text) or text.endswith(".npy"):
+        arr = load_array(text, "--lengths")
+    else:
+        try:
+            arr = np.array([int(v) for v in text.split(",") if v.strip()], np.int64)
+        except ValueError:
+            raise CommandError(f"--lengths must be comma-separated integers or a .npy file; "
+                               f"got {text!r}") from None
+    return arr
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    # --batch-first is a load option: the layout is decided here, never set on a Model
+    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity,
+                       batch_first=True if args.batch_first else None)
+    x = load_array(args.input, "--input")
+    lengths = parse_lengths(args.lengths)
+    y, state = model.run(x, lengths=lengths)
+    try:
+        np.save(args.output, y)
+    except OSError as exc:
+        raise CommandError(f"{args.output}: cannot write: {exc.strerror or exc}") from exc
+    shapes = f"y {y.shape}"
+    if args.state:
+        arrays = {"h": state[0], "c": state[1]} if isinstance(state, tuple) else {"h": state}
+        try:
+            np.savez(args.state, **arrays)
+        except OSError as exc:
+            raise CommandError(f"{args.state}: cannot write: {exc.strerror or exc}") from exc
+        shapes += ", state " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
+    print(f"{args.input} x {x.shape} -> {args.output} ({shapes})")
+    return 0
+
