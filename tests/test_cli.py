@@ -151,7 +151,7 @@ def test_info_onnx(models):
     lstm_params = sum(p.numel() for p in models["tagger"].enc.parameters())
     assert fields["parameters"] == f"{lstm_params:,}"
     # both exported nodes are found and named
-    assert "LSTM '/enc/LSTM'" in out and "LSTM '/enc/LSTM_1'" in out
+    assert "LSTM /enc/LSTM " in out and "LSTM /enc/LSTM_1 " in out
 
 
 def test_info_npz_bidirectional(models):
@@ -162,13 +162,46 @@ def test_info_npz_bidirectional(models):
     assert re.search(r"^streaming\s+no", out, re.M)
 
 
-def test_info_several_nodes_lists_them_and_asks_for_node():
-    proc = cli("info", SILERO)
-    line = one_error_line(proc, "--node")
-    assert "/model/decoder/rnn/LSTM" in proc.stdout and "/model/decoder/rnn_1/LSTM" in proc.stdout
-    assert "2 recurrent nodes" in proc.stdout, line
+def test_info_several_nodes_lists_them_and_exits_0():
+    """Listing is what info is for: exit 0, one naming (the loader's), each name usable with
+    --node, and which If branch is which when the condition comes from a graph input."""
+    proc = cli("info", SILERO, check=0)
+    assert proc.stderr == "" and "--node NAME" in proc.stdout
+    names = re.findall(r"^  LSTM (\S+)", proc.stdout, re.M)
+    assert names == ["/model/decoder/If_1::then_branch::/model/decoder/rnn/LSTM",
+                     "/model/decoder/If_1::else_branch::/model/decoder/rnn_1/LSTM"], proc.stdout
+    assert ("If '/model/decoder/If_1': then_branch runs when bool(shape(state)[0]) is true, "
+            "else_branch otherwise") in proc.stdout
+    for name in names:
+        out = cli("info", SILERO, "--node", name, check=0).stdout
+        assert re.search(r"^hidden_size\s+128$", out, re.M)
     out = cli("info", SILERO, "--node", "/model/decoder/rnn/LSTM", check=0).stdout
-    assert re.search(r"^hidden_size\s+128$", out, re.M)
+    assert re.search(r"^hidden_size\s+128$", out, re.M)   # the short name still works
+
+
+def test_info_says_node_loads_a_chain(models):
+    """--node on the first node of an exporter's chain loads the layers after it too."""
+    out = cli("info", models["dir"] / "tagger.onnx", check=0).stdout
+    assert re.search(r"^layers\s+2$", out, re.M)
+    head = re.search(r"LSTM (\S+)\s+chain of 2 layers: --node loads the 1 after it too "
+                     r"\(--no-chain, or load\(\.\.\., chain=False\), loads it alone\)", out)
+    assert head, out
+    assert "a later layer of the chain from " + head.group(1) in out
+    alone = cli("info", models["dir"] / "tagger.onnx", "--node", head.group(1), "--no-chain",
+                check=0).stdout
+    assert re.search(r"^layers\s+1$", alone, re.M)
+
+
+def test_verify_runs_the_files_own_nodes_of_a_streaming_model():
+    """Silero VAD: the LSTMs sit in If branches, their initial state comes from the graph
+    input 'state' and their weights from constant chains inside the branches."""
+    pytest.importorskip("onnxruntime")
+    for name in ("/model/decoder/If_1::then_branch::/model/decoder/rnn/LSTM",
+                 "/model/decoder/If_1::else_branch::/model/decoder/rnn_1/LSTM"):
+        out = cli("verify", SILERO, "--node", name, "--seq-len", "6", check=0).stdout
+        row = next(line for line in out.splitlines() if "from the file" in line)
+        assert name in row and "not compared" not in row, out
+        assert len(re.findall(r"\d\.\d\de-\d\d", row)) == 2, row
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "npz"])
@@ -200,6 +233,27 @@ def test_run_lengths_and_batch_first(models, tmp_path):
         "--lengths", tmp_path / "len.npy", "--batch-first", check=0)
     np.testing.assert_allclose(np.load(tmp_path / "yb.npy"), y_ref.transpose(1, 0, 2),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_run_reads_an_initial_state(models, tmp_path):
+    """A stream in two pieces: the second run starts from the first one's --state, and both
+    equal PyTorch running the whole sequence."""
+    d, x = models["dir"], models["x"]
+    np.save(tmp_path / "x1.npy", x[:4])
+    np.save(tmp_path / "x2.npy", x[4:])
+    cli("run", d / "tagger.npz", "-i", tmp_path / "x1.npy", "-o", tmp_path / "y1.npy",
+        "--state", tmp_path / "s1.npz", check=0)
+    cli("run", d / "tagger.npz", "-i", tmp_path / "x2.npy", "-o", tmp_path / "y2.npy",
+        "--initial-state", tmp_path / "s1.npz", "--state", tmp_path / "s2.npz", check=0)
+    y_ref, h_ref, c_ref = torch_lstm(models["tagger"].enc, x)
+    np.testing.assert_allclose(np.load(tmp_path / "y2.npy"), y_ref[4:], rtol=1e-5, atol=1e-5)
+    with np.load(tmp_path / "s2.npz") as s:
+        np.testing.assert_allclose(s["h"], h_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s["c"], c_ref, rtol=1e-5, atol=1e-5)
+    np.savez(tmp_path / "bad.npz", h=np.zeros((2, 3, 16), np.float32))
+    proc = cli("run", d / "tagger.npz", "-i", tmp_path / "x2.npy", "-o", tmp_path / "y3.npy",
+               "--initial-state", tmp_path / "bad.npz")
+    one_error_line(proc, "['c'] missing")
 
 
 def test_run_bad_input_is_one_line(models, tmp_path):

@@ -176,3 +176,12 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    "after it are loaded too (rnnengine info shows the chains)")
     p.add_argument("--nonlinearity", choices=("tanh", "relu"),
                    help="for RNN weights in a file that does not record it (default tanh)")
+    p.add_argument("--no-chain", action="store_true",
+                   help="with --node on an ONNX chain: that node alone, not the layers an "
+                   "exporter chained after it (load(..., chain=False))")
+
+
+def load_from_args(args: argparse.Namespace, **options) -> Model:
+    """The model the arguments of ``model_args`` name (``options``: more load options)."""
+    return load_model(args.model, args.node, nonlinearity=args.nonlinearity,
+                      chain=False if args.no_chain else None, **options)

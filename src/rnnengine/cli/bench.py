@@ -11,7 +11,8 @@ import numpy as np
 from ..interop import Unsupported
 from ..interop.ort import OrtReference
 from ..interop.pytorch import TorchCells, torch_module_for
-from ._common import CommandError, Progress, describe, fmt_time, load_model, model_args, optional_import, table
+from ._common import (CommandError, Progress, describe, fmt_time, load_from_args, model_args,
+                      optional_import, table)
 
 
 IOBINDING = "onnxruntime IOBinding"
@@ -54,7 +55,7 @@ def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     # time-major, whatever the file implies: a load option, never set on a Model
-    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity, batch_first=False)
+    model = load_from_args(args, batch_first=False)
     T, N, steps, repeat = args.seq_len, args.batch, args.steps, args.repeat
     if min(T, N, steps, repeat) < 1:
         raise CommandError("--seq-len, --batch, --steps and --repeat must be positive")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import CommandError, describe, load_model, model_args
+from ._common import CommandError, describe, load_from_args, load_model, model_args
 
 
 def add_parser(sub) -> None:
@@ -19,7 +19,7 @@ HELP = "write the model in rnnengine's own .npz format"
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity)
+    model = load_from_args(args)
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
     try:
         model.save(out)

@@ -6,7 +6,8 @@ import argparse
 import os
 
 from ..errors import ModelError
-from ._common import describe, existing_file, load_model, model_args, onnx_recurrent_nodes
+from ._common import describe, existing_file, load_from_args, model_args
+from ._nodes import node_lines
 
 
 def add_parser(sub) -> None:
@@ -20,20 +21,16 @@ HELP = "describe a model: kind, layers, directions, sizes, parameters, nodes"
 
 def cmd_info(args: argparse.Namespace) -> int:
     path = existing_file(args.model)
-    is_onnx = path.lower().endswith(".onnx")
+    nodes = node_lines(path) if path.lower().endswith(".onnx") else []
     try:
-        model = load_model(path, args.node, nonlinearity=args.nonlinearity)
+        model = load_from_args(args)
     except ModelError:
-        try:
-            nodes = onnx_recurrent_nodes(path) if is_onnx else []
-        except ModelError:
-            nodes = []
-        if len(nodes) > 1:  # show what there is to choose from before the error line
-            print(f"{path}: {len(nodes)} recurrent nodes")
-            for name, op, where in nodes:
-                print(f"  {op:4s} {name}" + (f"   (inside {where})" if where else ""))
-        raise
-    nodes = onnx_recurrent_nodes(path) if is_onnx else []
+        if args.node is not None or len([n for n in nodes if not n.startswith("If ")]) < 2:
+            raise
+        # Several candidates and none asked for: listing them is what info is for.
+        print(f"{path}: several recurrent models; load one with --node NAME (names as below):")
+        print("\n".join("  " + line for line in nodes))
+        return 0
     D = model.num_directions
     L = model.num_layers
     hout = model.proj_size or model.hidden_size
@@ -72,10 +69,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             extras.append(f"linear_before_reset {int(layer.linear_before_reset)}")
         rows.append((f"layer {k}", f"{layer.direction}, {layer.input_size} -> "
                      f"{layer.output_size}, " + ", ".join(extras)))
-    if nodes:
-        for i, (name, op, where) in enumerate(nodes):
-            rows.append(("nodes found" if i == 0 else "",
-                         f"{op} {name!r}" + (f" (inside {where})" if where else "")))
+    for i, line in enumerate(nodes):
+        rows.append(("nodes found" if i == 0 else "", line))
     width = max(len(r[0]) for r in rows)
     print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
     return 0

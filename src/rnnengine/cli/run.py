@@ -7,7 +7,8 @@ from typing import Optional
 
 import numpy as np
 
-from ._common import CommandError, load_array, load_model, model_args
+from ..model import Model
+from ._common import CommandError, existing_file, load_array, load_from_args, model_args
 
 
 def add_parser(sub) -> None:
@@ -19,6 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("--lengths", help="per-batch lengths: '5,3,7' or a .npy of N integers")
     p.add_argument("--batch-first", action="store_true", help="x is (N, T, I); y is (N, T, ·)")
     p.add_argument("--state", help="also write the final state (h[, c]) to this .npz")
+    p.add_argument("--initial-state", metavar="STATE.npz",
+                   help="start from this state (h[, c] as --state writes it; default zeros): "
+                   "a long stream runs in pieces, each from the last one's --state")
 
 
 HELP = "run a whole sequence from a .npy file and write the output as .npy"
@@ -39,13 +43,32 @@ def parse_lengths(text: Optional[str]) -> Optional[np.ndarray]:
     return arr
 
 
+def read_state(path: str, model: Model):
+    """An .npz with h (and c for an LSTM), as ``--state`` writes; Model.run checks shapes."""
+    existing_file(path)
+    names = ("h", "c") if model.kind == "lstm" else ("h",)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [n for n in names if n not in archive.files]
+            if missing:
+                raise CommandError(f"{path}: --initial-state needs arrays {list(names)} for an "
+                                   f"{model.kind.upper()}; {missing} missing (has "
+                                   f"{archive.files})")
+            arrays = [archive[n] for n in names]
+    except CommandError:
+        raise
+    except Exception as exc:
+        raise CommandError(f"{path}: cannot read --initial-state as an .npz: {exc}") from exc
+    return tuple(arrays) if model.kind == "lstm" else arrays[0]
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     # --batch-first is a load option: the layout is decided here, never set on a Model
-    model = load_model(args.model, args.node, nonlinearity=args.nonlinearity,
-                       batch_first=True if args.batch_first else None)
+    model = load_from_args(args, batch_first=True if args.batch_first else None)
     x = load_array(args.input, "--input")
     lengths = parse_lengths(args.lengths)
-    y, state = model.run(x, lengths=lengths)
+    state0 = None if args.initial_state is None else read_state(args.initial_state, model)
+    y, state = model.run(x, state0, lengths=lengths)
     try:
         np.save(args.output, y)
     except OSError as exc:

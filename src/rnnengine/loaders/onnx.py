@@ -61,13 +61,51 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
     from ..model import Model
 
     model, base_dir, where = _read_model(source)
+    folder = Folder(base_dir)
+    nodes = _chain(model, folder, where, node, chain)
+    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
+    if batch_first is None:
+        batch_first = _input_is_batch_first(nodes[0])
+    try:
+        return Model(layers, batch_first=bool(batch_first))
+    except ModelError as e:
+        raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+
+
+def recurrent_nodes(source: Union[str, os.PathLike, onnx.ModelProto]) -> list:
+    """Every LSTM/GRU/RNN node (main graph and subgraphs, in graph order) as
+    ``(node, chained)``: ``node.qualname`` is the name ``node=`` always accepts (``outer::
+    attribute::name`` inside subgraphs) and ``chained`` lists the nodes an exporter chained
+    after it, which ``node=`` loads too unless ``chain=False``."""
+    model, base_dir, where = _read_model(source)
+    found = []
+    _find_recurrent(Scope(model.graph, None, ()), found)
+    following = _link_chains(found, Folder(base_dir))
+    out = []
+    for f in found:
+        chained, cur = [], f
+        while cur in following and following[cur] not in chained and following[cur] is not f:
+            cur = following[cur]
+            chained.append(cur)
+        out.append((f, chained))
+    return out
+
+
+def chain_nodes(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[str] = None,
+                chain: bool = True) -> list:
+    """The nodes ``load_onnx(source, node, chain=chain)`` loads, first layer first (each
+    with ``.node``, the NodeProto, and ``.scope``, the graph it sits in)."""
+    model, base_dir, where = _read_model(source)
+    return _chain(model, Folder(base_dir), where, node, chain)
+
+
+def _chain(model, folder: Folder, where: str, node: Optional[str], chain: bool) -> list:
     found = []
     _find_recurrent(Scope(model.graph, None, ()), found)
     if not found:
         raise ModelError(f"{where}: no LSTM, GRU or RNN node found (searched the main graph "
                          "and every If/Loop/Scan body); an exporter that unrolls the "
                          "recurrence into MatMul/Tanh nodes leaves nothing to load")
-    folder = Folder(base_dir)
     following = _link_chains(found, folder)
     heads = [f for f in found if f not in set(following.values())]
 
@@ -99,14 +137,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
             raise ModelError(f"{where}: {node!r} names {len(matches)} recurrent nodes; use "
                              f"a qualified name:\n  {listing}")
         start = matches[0]
-    nodes = stack_from(start)
-    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
-    if batch_first is None:
-        batch_first = _input_is_batch_first(start)
-    try:
-        return Model(layers, batch_first=bool(batch_first))
-    except ModelError as e:
-        raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+    return stack_from(start)
 
 
 def _read_model(source):
