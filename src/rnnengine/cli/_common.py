@@ -1,23 +1,19 @@
 """What every command shares: loading a model or an array with one-line errors, the model's
-one-line description, the recurrent nodes of an ONNX file, progress bar, tables, optional
-imports, and the command-line arguments that name a model."""
+one-line description, progress bar, tables, optional imports, and the command-line arguments
+that name a model."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
-import onnx
 
 from ..errors import ModelError
 from ..loaders import load
 from ..model import Model
-
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
-
 
 DIRECTION_NAMES = {1: "forward", 2: "bidirectional"}
 
@@ -110,30 +106,6 @@ def describe(model: Model) -> str:
     proj = f", projection {model.proj_size}" if model.proj_size else ""
     return (f"{model.kind.upper()}, {layers}, {directions}, input {model.input_size}, "
             f"hidden {model.hidden_size}{proj} ({model.num_parameters:,} parameters)")
-
-
-def onnx_recurrent_nodes(path: str) -> List[Tuple[str, str, str]]:
-    """Every LSTM/GRU/RNN node of an ONNX file, subgraphs included:
-    (name, op_type, where) with ``where`` '' for the main graph."""
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception as exc:
-        raise ModelError(f"{path}: not a readable ONNX model: {exc}") from exc
-    found = []
-
-    def walk(graph, where: str) -> None:
-        for node in graph.node:
-            if node.op_type in RECURRENT_OPS and node.domain in ("", "ai.onnx"):
-                found.append((node.name, node.op_type, where))
-            for attr in node.attribute:
-                inside = f"{where}/{node.op_type} {node.name!r}".lstrip("/")
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g, inside)
-                for sub in attr.graphs:
-                    walk(sub, inside)
-
-    walk(proto.graph, "")
-    return found
 
 
 def random_input(model: Model, T: int, N: int, seed: int) -> np.ndarray:
