@@ -320,6 +320,21 @@ def test_verify_npz_reads_state_dict_with_pytorch(models):
     assert re.search(r"^torch, state_dict read by PyTorch from the file\s+\d\.\d\de-\d\d", out, re.M)
 
 
+@pytest.mark.parametrize("suffix", ["safetensors", "pt"])
+def test_verify_and_run_other_state_dict_files(models, tmp_path, suffix):
+    """.safetensors (written by safetensors.torch) and .pt (torch.save) state_dicts: run
+    matches PyTorch, verify reads the file with PyTorch's own tools."""
+    st = pytest.importorskip("safetensors.torch")
+    path = tmp_path / f"tagger.{suffix}"
+    state_dict = models["tagger"].state_dict()
+    st.save_file(state_dict, str(path)) if suffix == "safetensors" else torch.save(state_dict, path)
+    cli("run", path, "-i", models["dir"] / "x.npy", "-o", tmp_path / "y.npy", check=0)
+    y_ref, _, _ = torch_lstm(models["tagger"].enc, models["x"])
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), y_ref, rtol=1e-5, atol=1e-5)
+    out = cli("verify", path, check=0).stdout
+    assert re.search(r"^torch, state_dict read by PyTorch from the file\s+\d\.\d\de-\d\d", out, re.M)
+
+
 def test_verify_reports_a_difference_beyond_tolerance(models):
     proc = cli("verify", models["dir"] / "tagger.npz", "--tol", "1e-12")
     one_error_line(proc, "exceeds tolerance")

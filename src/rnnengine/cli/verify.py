@@ -11,7 +11,8 @@ import onnx
 from ..interop import Unsupported
 from ..interop.onnx_cut import cut_chain
 from ..interop.ort import OrtReference
-from ..interop.pytorch import torch_module_for, torch_module_from_state_dict, torch_run
+from ..interop.pytorch import (STATE_DICT_FILES, torch_module_for, torch_module_from_state_dict,
+                               torch_run)
 from ..loaders.onnx import chain_nodes
 from ..model import Model
 from ._common import (CommandError, Progress, describe, load_from_args, max_diff, model_args,
@@ -140,7 +141,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if torch is not None:
         label, module = "torch, weights as loaded", None
         try:
-            if args.model.lower().endswith(".npz"):
+            if args.model.lower().endswith(STATE_DICT_FILES):
                 module = torch_module_from_state_dict(args.model, model)
                 label = "torch, state_dict read by PyTorch from the file"
             if module is None:
@@ -151,6 +152,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             rows.append((label, max_diff(y, y_ref), max_diff(s, s_ref), ""))
         except Unsupported as exc:
             rows.append(("torch", None, None, f"not compared: {exc}"))
+        except ImportError as exc:  # safetensors, to read the file independently
+            rows.append((label, None, None, f"not compared: {exc}"))
         except (RuntimeError, KeyError) as exc:  # the file's state_dict does not fit the module
             rows.append((label, None, None, f"not compared: {str(exc).splitlines()[0]}"))
 

@@ -64,14 +64,17 @@ def torch_module_for(model: Model):
     return module.eval()
 
 
+STATE_DICT_FILES = (".npz", ".safetensors", ".pt", ".pth")
+
+
 def torch_module_from_state_dict(path: str, model: Model):
-    """The recurrent module PyTorch itself builds from a ``state_dict`` saved as ``.npz``
-    (any module prefix), independent of rnnengine's loader; None if the file has no PyTorch
+    """The recurrent module PyTorch itself builds from a ``state_dict`` saved as ``.npz``,
+    ``.safetensors`` (read by the safetensors package) or ``.pt`` (``torch.load``), any
+    module prefix, independent of rnnengine's loaders; None if the file has no PyTorch
     recurrent names. ``model`` only tells the RNN nonlinearity, which the file does not."""
     import torch
 
-    with np.load(path, allow_pickle=False) as archive:
-        arrays = {k: archive[k] for k in archive.files}
+    arrays = _read_state_dict(path)
     prefixes = {m.group(1) for k in arrays
                 if (m := re.fullmatch(r"(.*)weight_ih_l\d+(_reverse)?", k))}
     if len(prefixes) != 1:
@@ -97,6 +100,28 @@ def torch_module_from_state_dict(path: str, model: Model):
     module.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, np.float32))
                             for k, v in own.items()})
     return module.eval()
+
+
+def _read_state_dict(path: str) -> dict:
+    import torch
+
+    suffix = path.lower().rsplit(".", 1)[-1]
+    if suffix == "safetensors":
+        from safetensors.numpy import load_file
+        return load_file(path)
+    if suffix in ("pt", "pth"):
+        flat = {}
+
+        def walk(value, prefix):
+            if isinstance(value, torch.Tensor):
+                flat[prefix] = value.detach().float().numpy()
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, f"{prefix}.{key}" if prefix else str(key))
+        walk(torch.load(path, map_location="cpu", weights_only=True), "")
+        return flat
+    with np.load(path, allow_pickle=False) as archive:
+        return {k: archive[k] for k in archive.files}
 
 
 def torch_run(module, x: np.ndarray, state, kind: str):
