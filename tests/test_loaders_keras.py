@@ -120,3 +120,12 @@ def test_dropout_is_irrelevant_at_inference():
     np.testing.assert_allclose(rnnengine.from_keras(layer).run(x)[0],
                                keras.ops.convert_to_numpy(layer(x, training=False)),
                                rtol=RTOL, atol=ATOL)
+
+
+def test_rnn_wrapper_around_one_cell():
+    layer = L.RNN(L.GRUCell(4, reset_after=False), return_sequences=True, go_backwards=True)
+    x = np.random.default_rng(2).standard_normal((2, 5, 3)).astype(np.float32)
+    layer(x)
+    keras_initializers_randomised(layer, np.random.default_rng(3))
+    y_ref = keras.ops.convert_to_numpy(layer(x))[:, ::-1]
+    np.testing.assert_allclose(rnnengine.from_keras(layer).run(x)[0], y_ref, rtol=RTOL, atol=ATOL)

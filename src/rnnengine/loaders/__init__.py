@@ -94,9 +94,9 @@ def _format(path: str, magic: bytes) -> str:
                 names = z.namelist()
         except Exception:  # BadZipFile, NotImplementedError, EOFError, ... on hostile bytes
             return ".npz"   # the .npz reader reports the damage
-        return "PyTorch" if torch_loader.is_torch_zip(names) else ".npz"
+        return ".pt" if torch_loader.is_torch_zip(names) else ".npz"
     if magic.startswith(b"\x80"):   # a pickle: torch.save's legacy format (never ONNX's first byte)
-        return "PyTorch"
+        return ".pt"
     if safetensors.looks_like_safetensors(magic) or path.lower().endswith(".safetensors"):
         return ".safetensors"
     return "ONNX"

@@ -118,7 +118,11 @@ def read_state_dict(path: str) -> dict:
             for key, item in value.items():
                 walk(item, f"{prefix}.{key}" if prefix else str(key))
 
-    walk(obj, "")
+    try:
+        walk(obj, "")
+    except Exception as e:  # quantized, sparse or meta tensors have no plain NumPy form
+        raise ModelError(f"{path}: a tensor cannot be read as an array ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})") from None
     if not arrays:
         raise ModelError(f"{path}: holds no tensors (a {type(obj).__name__}); expected a "
                          "state_dict")
