@@ -139,6 +139,15 @@ def one_line(exc: BaseException) -> str:
     return text
 
 
+def add_command(sub, name: str, help_text: str, func, takes_model: bool = True):
+    """The subcommand's parser, with the model arguments unless it takes none."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.set_defaults(func=func)
+    if takes_model:
+        model_args(p)
+    return p
+
+
 def model_args(p: argparse.ArgumentParser) -> None:
     """The arguments that name a model and how to read it (every command but demo)."""
     p.add_argument("model", metavar="MODEL", help="an .onnx model, or weights: .npz, "

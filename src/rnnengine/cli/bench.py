@@ -11,7 +11,7 @@ import numpy as np
 from ..interop import Unsupported
 from ..interop.ort import OrtReference
 from ..interop.pytorch import TorchCells, torch_module_for
-from ._common import (CommandError, Progress, describe, fmt_time, load_from_args, model_args,
+from ._common import (CommandError, Progress, add_command, describe, fmt_time, load_from_args,
                       optional_import, table)
 
 
@@ -19,9 +19,7 @@ IOBINDING = "onnxruntime IOBinding"
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help=HELP, description=HELP)
-    p.set_defaults(func=cmd_bench)
-    model_args(p)
+    p = add_command(sub, "bench", HELP, cmd_bench)
     p.add_argument("--seq-len", type=int, default=100, help="T for sequence runs (100)")
     p.add_argument("--batch", type=int, default=16, help="N for the batched sequence run (16)")
     p.add_argument("--steps", type=int, default=1000, help="steps per measurement (1000)")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import CommandError, describe, load_from_args, load_model, model_args
+from ._common import CommandError, add_command, describe, load_from_args, load_model
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("convert", help=HELP, description=HELP)
-    p.set_defaults(func=cmd_convert)
-    model_args(p)
+    p = add_command(sub, "convert", HELP, cmd_convert)
     p.add_argument("out", metavar="OUT.npz")
 
 

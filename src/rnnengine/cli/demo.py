@@ -10,12 +10,11 @@ from typing import Tuple
 
 import numpy as np
 
-from ._common import CommandError, describe, load_model
+from ._common import CommandError, add_command, describe, load_model
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help=HELP, description=HELP)
-    p.set_defaults(func=cmd_demo)
+    p = add_command(sub, "demo", HELP, cmd_demo, takes_model=False)
     p.add_argument("--prompt", default="Return the ", help="text to start from")
     p.add_argument("--length", type=int, default=300, help="characters to generate (300)")
     p.add_argument("--temperature", type=float, default=0.6,

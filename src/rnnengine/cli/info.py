@@ -6,14 +6,12 @@ import argparse
 import os
 
 from ..errors import ModelError
-from ._common import describe, existing_file, load_from_args, model_args
+from ._common import add_command, describe, existing_file, load_from_args
 from ._nodes import node_lines
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("info", help=HELP, description=HELP)
-    p.set_defaults(func=cmd_info)
-    model_args(p)
+    add_command(sub, "info", HELP, cmd_info)
 
 
 HELP = "describe a model: kind, layers, directions, sizes, parameters, nodes"

@@ -8,13 +8,11 @@ from typing import Optional
 import numpy as np
 
 from ..model import Model
-from ._common import CommandError, existing_file, load_array, load_from_args, model_args
+from ._common import CommandError, add_command, existing_file, load_array, load_from_args
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help=HELP, description=HELP)
-    p.set_defaults(func=cmd_run)
-    model_args(p)
+    p = add_command(sub, "run", HELP, cmd_run)
     p.add_argument("--input", "-i", required=True, help="x as .npy: (T, N, I), or (T, I)")
     p.add_argument("--output", "-o", required=True, help="where to write y (.npy)")
     p.add_argument("--lengths", help="per-batch lengths: '5,3,7' or a .npy of N integers")

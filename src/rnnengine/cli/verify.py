@@ -15,14 +15,12 @@ from ..interop.pytorch import (STATE_DICT_FILES, torch_module_for, torch_module_
                                torch_run)
 from ..loaders.onnx import chain_nodes
 from ..model import Model
-from ._common import (CommandError, Progress, describe, load_from_args, max_diff, model_args,
+from ._common import (CommandError, Progress, add_command, describe, load_from_args, max_diff,
                       one_line, optional_import, random_input, table)
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("verify", help=HELP, description=HELP)
-    p.set_defaults(func=cmd_verify)
-    model_args(p)
+    p = add_command(sub, "verify", HELP, cmd_verify)
     p.add_argument("--seq-len", type=int, default=20, help="T (20)")
     p.add_argument("--batch", type=int, default=3, help="N (3)")
     p.add_argument("--seed", type=int, default=0)
@@ -77,7 +75,9 @@ def file_graph_check(path: str, node_name: Optional[str], chain: bool, model: Mo
             feeds[name] = feeds.get(name, value if slot == 4 else value.astype(dtype))
         h0.append(feeds[slots[5]].astype(np.float32) if 5 in slots else np.zeros_like(h))
         c0.append(feeds[slots[6]].astype(np.float32) if 6 in slots else np.zeros_like(c))
-    state0 = (np.concatenate(h0), np.concatenate(c0)) if model.kind == "lstm" else np.concatenate(h0)
+    state0 = np.concatenate(h0)
+    if model.kind == "lstm":
+        state0 = (state0, np.concatenate(c0))
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(None, feeds)))
     y, state = model.run(x.astype(np.float32), state0)

@@ -1,6 +1,6 @@
 """An rnnengine ``Model`` run by ONNX Runtime (the graph of ``onnx_export``): whole sequences
-with plain ``run``, and streaming steps both with plain ``run`` and with IOBinding. onnxruntime is imported when a
-session is made."""
+with plain ``run``, and streaming steps both with plain ``run`` and with IOBinding.
+onnxruntime is imported when a session is made."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,6 +8,7 @@ import numpy as np
 from ..model import Model
 from . import Unsupported
 from .onnx_export import onnx_graph_for
+
 
 def state_layers(model: Model, state, k: int):
     """Slice layer k's (h, c) out of a (L*D, N, ·) state; c is None for GRU/RNN."""

@@ -1,6 +1,7 @@
 """An rnnengine ``Model`` as PyTorch modules: ``nn.LSTM``/``nn.GRU``/``nn.RNN`` with the same
 weights, PyTorch's streaming idiom (one cell per layer), and a module built by PyTorch itself
-from a ``state_dict`` file (independent of rnnengine's loaders). torch is imported when one is made."""
+from a ``state_dict`` file (independent of rnnengine's loaders). torch is imported when one
+is made."""
 from __future__ import annotations
 
 import re
