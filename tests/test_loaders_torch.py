@@ -135,22 +135,19 @@ def test_cells(kind, bias):
     x = rng.standard_normal((5, 3, 4)).astype(np.float32)
     h = rng.standard_normal((3, 6)).astype(np.float32)
     c = rng.standard_normal((3, 6)).astype(np.float32)
-    state = (h, c) if kind == "lstm" else h
+    # the engine's state has a leading (layers x directions) axis of 1
+    state0 = (h[None], c[None]) if kind == "lstm" else h[None]
     stream = model.stream(batch=3)
-    stream.state = (h[None], c[None]) if kind == "lstm" else h[None]
+    stream.state = state0
     ys = []
     with torch.no_grad():
-        s = tuple(torch.from_numpy(a) for a in state) if kind == "lstm" else torch.from_numpy(h)
+        s = (torch.from_numpy(h), torch.from_numpy(c)) if kind == "lstm" else torch.from_numpy(h)
         for t in range(5):
             s = cell(torch.from_numpy(x[t]), s)
             ys.append((s[0] if kind == "lstm" else s).numpy())
             np.testing.assert_allclose(stream.step(x[t]), ys[-1], rtol=RTOL, atol=ATOL)
-    y, _ = model.run(x, stream_state_of(kind, h, c))
+    y, _ = model.run(x, state0)
     np.testing.assert_allclose(y, np.stack(ys), rtol=RTOL, atol=ATOL)
-
-
-def stream_state_of(kind, h, c):
-    return (h[None], c[None]) if kind == "lstm" else h[None]
 
 
 def test_container_with_one_recurrent_module_says_which():
@@ -187,3 +184,21 @@ def test_float64_module_runs_in_float32():
         y_ref = module(torch.from_numpy(x))[0].numpy()
     y, _ = rnnengine.from_torch(module).run(x.astype(np.float32))
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_relu"])
+def test_cells_through_safetensors(tmp_path, kind):
+    """A cell's state_dict (weight_ih, ... without _l0) under a wrapper's prefix."""
+    torch.manual_seed(4)
+    extra = {"nonlinearity": "relu"} if kind == "rnn_relu" else {}
+    kind = kind.split("_")[0]
+    net = torch.nn.Sequential(torch.nn.Linear(2, 4), CELLS[kind](4, 5, **extra))
+    safetensors_torch.save_file(net.state_dict(), str(tmp_path / "cell.safetensors"))
+    model = rnnengine.load(tmp_path / "cell.safetensors", **extra)
+    x = np.random.default_rng(5).standard_normal((6, 2, 4)).astype(np.float32)
+    with torch.no_grad():
+        s, ys = None, []
+        for t in range(6):
+            s = net[1](torch.from_numpy(x[t]), s)
+            ys.append((s[0] if kind == "lstm" else s).numpy())
+    np.testing.assert_allclose(model.run(x)[0], np.stack(ys), rtol=RTOL, atol=ATOL)
