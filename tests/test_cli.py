@@ -464,3 +464,30 @@ def test_progress_bar_only_on_a_terminal(models):
     assert "workload" in proc.stdout
     piped = cli(*args, check=0)
     assert piped.stderr == ""
+
+
+def test_commands_never_flip_a_loaded_models_layout(tmp_path, monkeypatch):
+    """bench and verify work time-major: they ask the loader for that layout instead of
+    setting batch_first on a Model that could be shared (a Keras file implies batch_first)."""
+    from rnnengine.cli import _common, main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "keras.npz", **{
+        "lstm/lstm_cell/kernel": rng.standard_normal((3, 16)).astype(np.float32),
+        "lstm/lstm_cell/recurrent_kernel": rng.standard_normal((4, 16)).astype(np.float32),
+        "lstm/lstm_cell/bias": rng.standard_normal(16).astype(np.float32)})
+    loaded = []
+    real_load = _common.load
+
+    def recording_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loaded.append((model, model.batch_first))
+        return model
+
+    monkeypatch.setattr(_common, "load", recording_load)
+    assert main(["bench", str(tmp_path / "keras.npz"), "--no-compare", "--steps", "5",
+                 "--repeat", "1", "--seq-len", "3", "--batch", "2"]) == 0
+    assert main(["verify", str(tmp_path / "keras.npz"), "--seq-len", "3"]) == 0
+    assert main(["info", str(tmp_path / "keras.npz")]) == 0
+    assert len(loaded) == 3 and loaded[-1][1] is True   # info: the file's own layout
+    assert all(model.batch_first == layout for model, layout in loaded)
