@@ -29,7 +29,8 @@ from . import keras as keras_loader, npz, onnx as onnx_loader, safetensors, torc
 
 
 def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
-    """Load an ONNX model or a ``.npz`` of weights as an ``rnnengine.Model``.
+    """Load an ONNX model, or weights (``.npz``, ``.safetensors``, ``.pt`` state_dict), as an
+    ``rnnengine.Model``.
 
     Raises ``ModelError`` (naming the file, the node and the reason) for a file that is
     malformed or holds nothing this engine runs; ``OSError`` when it cannot be read."""
@@ -46,7 +47,8 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
     _check_options(node, options, ONNX_OPTIONS if fmt == "ONNX" else NPZ_OPTIONS, fmt)
     try:
         if fmt in (".npz", "ONNX"):
-            model = (npz.load_npz if fmt == ".npz" else onnx_loader.load_onnx)(path, node, **options)
+            loader = npz.load_npz if fmt == ".npz" else onnx_loader.load_onnx
+            model = loader(path, node, **options)
             return model if threads == 1 else Model(model.layers, model.batch_first, threads)
         arrays = (safetensors.SafetensorsFile(path) if fmt == ".safetensors"
                   else torch_loader.read_state_dict(path))
@@ -62,7 +64,7 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
         raise
     except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, RecursionError,
             MemoryError, EOFError) as e:
-        # The parsers below us (protobuf, zipfile, numpy) raise these on hostile bytes that
+        # The parsers below us (protobuf, zipfile, numpy, json) raise these on hostile bytes that
         # slip past the checks in npz.py/onnx.py; the contract is one exception type.
         raise ModelError(f"{path}: malformed file ({type(e).__name__}: {e})") from e
 
@@ -95,7 +97,7 @@ def _format(path: str, magic: bytes) -> str:
         except Exception:  # BadZipFile, NotImplementedError, EOFError, ... on hostile bytes
             return ".npz"   # the .npz reader reports the damage
         return ".pt" if torch_loader.is_torch_zip(names) else ".npz"
-    if magic.startswith(b"\x80"):   # a pickle: torch.save's legacy format (never ONNX's first byte)
+    if magic.startswith(b"\x80"):   # a pickle: torch.save's legacy format (not ONNX's 1st byte)
         return ".pt"
     if safetensors.looks_like_safetensors(magic) or path.lower().endswith(".safetensors"):
         return ".safetensors"
