@@ -1,7 +1,9 @@
 """Valid seed files for the loader fuzzers: small ONNX models of each recurrent op (weights as
 initializers, Constant nodes and a folded Unsqueeze chain) and .npz archives in each naming
-scheme the loaders read. Written into a folder the fuzzers then mutate."""
+scheme the loaders read, also as .safetensors. Written into a folder the fuzzers then mutate."""
+import json
 import os
+import struct
 import sys
 
 import numpy as np
@@ -86,6 +88,19 @@ def npz_seeds():
                                       "weight_ih_l1": r(64, 1), "weight_hh_l1": r(64, 16)}
 
 
+def safetensors_bytes(arrays: dict) -> bytes:
+    """The .safetensors layout (8-byte little-endian header length, JSON header, raw data),
+    written here so the seeds need no safetensors package."""
+    header, data = {"__metadata__": {"format": "pt"}}, b""
+    for name, a in arrays.items():
+        raw = np.ascontiguousarray(a, "<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape),
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
 def write_seeds(folder: str) -> None:
     import io
     os.makedirs(folder, exist_ok=True)
@@ -109,6 +124,8 @@ def write_seeds(folder: str) -> None:
         np.savez(buffer, **arrays)
         with open(os.path.join(folder, name + ".npz"), "wb") as f:
             f.write(buffer.getvalue())
+        with open(os.path.join(folder, name + ".safetensors"), "wb") as f:
+            f.write(safetensors_bytes(arrays))
 
 
 if __name__ == "__main__":

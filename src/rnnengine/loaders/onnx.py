@@ -63,13 +63,61 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
     from ..model import Model
 
     model, base_dir, where = _read_model(source)
+    folder = Folder(base_dir)
+    nodes = _chain(model, folder, where, node, chain)
+    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
+    widths = {(layer.hidden_size, layer.output_size) for layer in layers}
+    if len(widths) > 1:
+        # A valid graph, but not one stack: the state is one (L*D, N, Hout) array, so every
+        # layer of a Model has the same width. Load the first node alone; the user can load
+        # each of the others with node=.
+        sizes = ", ".join(f"{f.name} {layer.hidden_size}" for f, layer in zip(nodes, layers))
+        warnings.warn(f"{where}: the chained recurrent nodes have different hidden sizes "
+                      f"({sizes}); loaded {nodes[0].qualname!r} alone (load the others with "
+                      "node=<name>)", stacklevel=3)
+        nodes, layers = nodes[:1], layers[:1]
+    if batch_first is None:
+        batch_first = _input_is_batch_first(nodes[0])
+    try:
+        return Model(layers, batch_first=bool(batch_first))
+    except ModelError as e:
+        raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+
+
+def recurrent_nodes(source: Union[str, os.PathLike, onnx.ModelProto]) -> list:
+    """Every LSTM/GRU/RNN node (main graph and subgraphs, in graph order) as
+    ``(node, chained)``: ``node.qualname`` is the name ``node=`` always accepts (``outer::
+    attribute::name`` inside subgraphs) and ``chained`` lists the nodes an exporter chained
+    after it, which ``node=`` loads too unless ``chain=False``."""
+    model, base_dir, where = _read_model(source)
+    found = []
+    _find_recurrent(Scope(model.graph, None, ()), found)
+    following = _link_chains(found, Folder(base_dir))
+    out = []
+    for f in found:
+        chained, cur = [], f
+        while cur in following and following[cur] not in chained and following[cur] is not f:
+            cur = following[cur]
+            chained.append(cur)
+        out.append((f, chained))
+    return out
+
+
+def chain_nodes(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[str] = None,
+                chain: bool = True) -> list:
+    """The nodes ``load_onnx(source, node, chain=chain)`` loads, first layer first (each
+    with ``.node``, the NodeProto, and ``.scope``, the graph it sits in)."""
+    model, base_dir, where = _read_model(source)
+    return _chain(model, Folder(base_dir), where, node, chain)
+
+
+def _chain(model, folder: Folder, where: str, node: Optional[str], chain: bool) -> list:
     found = []
     _find_recurrent(Scope(model.graph, None, ()), found)
     if not found:
         raise ModelError(f"{where}: no LSTM, GRU or RNN node found (searched the main graph "
                          "and every If/Loop/Scan body); an exporter that unrolls the "
                          "recurrence into MatMul/Tanh nodes leaves nothing to load")
-    folder = Folder(base_dir)
     following = _link_chains(found, folder)
     heads = [f for f in found if f not in set(following.values())]
 
@@ -103,23 +151,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
         start = matches[0]
     nodes = stack_from(start)
     _check_no_cycle(nodes, where)
-    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
-    widths = {(layer.hidden_size, layer.output_size) for layer in layers}
-    if len(widths) > 1:
-        # A valid graph, but not one stack: the state is one (L*D, N, Hout) array, so every
-        # layer of a Model has the same width. Load the first node alone; the user can load
-        # each of the others with node=.
-        sizes = ", ".join(f"{f.name} {layer.hidden_size}" for f, layer in zip(nodes, layers))
-        warnings.warn(f"{where}: the chained recurrent nodes have different hidden sizes "
-                      f"({sizes}); loaded {start.qualname!r} alone (load the others with "
-                      "node=<name>)", stacklevel=3)
-        nodes, layers = nodes[:1], layers[:1]
-    if batch_first is None:
-        batch_first = _input_is_batch_first(start)
-    try:
-        return Model(layers, batch_first=bool(batch_first))
-    except ModelError as e:
-        raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+    return nodes
 
 
 def _check_no_cycle(nodes: list, where: str) -> None:
