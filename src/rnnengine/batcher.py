@@ -171,6 +171,10 @@ class Batcher:
         self._cond = threading.Condition(threading.Lock())
         self._worker = threading.Thread(target=self._serve, name="rnnengine-batcher",
                                         daemon=True)
+        self._start()
+
+    def _start(self) -> None:
+        """Start the worker (bench/bench_batcher.py replaces this to measure leader/follower)."""
         self._worker.start()
 
     def __repr__(self) -> str:
@@ -473,5 +477,5 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        if threading.current_thread() is not self._worker:
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join()
