@@ -10,9 +10,9 @@ Rows, one process, contenders interleaved, best of several repetitions:
    one thread making serial ``Stream.step`` calls on 64 batch-1 streams (the baseline),
    against a Batcher stepped by 64 threads (one per stream) and by 64 asyncio tasks in one
    event loop. Targets: >= 1.5x (threads), >= 2x (asyncio).
-2. Design: the same 64-thread load on the worker-thread Batcher against a leader/follower
-   variant (no worker: the first caller of a batch waits for company, runs the batch and
-   wakes the others), the alternative batcher.py's docstring argues against.
+2. Design: the same 64-thread load on a worker-only variant of the Batcher (every batch run
+   by the worker thread; the Batcher itself lets a thread that finds no batch running lead
+   one: leader/follower), the alternative batcher.py's docstring measures against.
 3. Latency of one step (from the call to its result), p50 and p99, at several max_delay_us:
    "busy" = all 64 streams stepping (batches fill, no step waits for the delay); "sparse" =
    4 of 64 open streams stepping (a step waits for company up to max_delay_us), against one
@@ -45,36 +45,12 @@ def lstm(seed=0) -> Model:
     return Model([Layer.from_onnx("lstm", u(1, 4 * H, I), u(1, 4 * H, H), u(1, 8 * H))])
 
 
-class LeaderFollowerBatcher(rnnengine.Batcher):
-    """No worker thread: a caller that finds no leader becomes one, gathers company (the
-    same timed wait as the worker) and runs batches until the queue is empty; the others
-    sleep on their locks. Threads only (an asyncio caller would block its loop)."""
+class WorkerOnlyBatcher(rnnengine.Batcher):
+    """The Batcher without leader/follower: every batch runs on the worker thread, and a
+    thread's step always costs a hand-off to the worker and back."""
 
-    def _start(self) -> None:
-        self._leader = threading.Lock()
-
-    def _lead(self) -> None:
-        while self._leader.acquire(blocking=False):
-            try:
-                while True:
-                    with self._cond:
-                        if not self._queue:
-                            break
-                    self._gather()
-                    self._run()
-            finally:
-                self._leader.release()
-            with self._cond:           # queued after our last look, before the release?
-                if not self._queue:
-                    return
-
-    def step(self, sid, x):
-        request = self._submit(sid, x, None)
-        self._lead()
-        request.waiter.acquire()
-        if request.error is not None:
-            raise request.error
-        return request.result
+    def _lead(self, request) -> None:
+        pass
 
 
 def serial(streams, xs, latencies=None):
@@ -162,7 +138,7 @@ def main(argv=None) -> int:
         "serial Stream.step, 1 thread": None,
         "Batcher, 64 threads": (rnnengine.Batcher, "threads"),
         "Batcher, 64 asyncio tasks": (rnnengine.Batcher, "asyncio"),
-        "leader/follower, 64 threads": (LeaderFollowerBatcher, "threads"),
+        "worker only (no leader/follower), 64 threads": (WorkerOnlyBatcher, "threads"),
     }
     best = {name: float("inf") for name in contenders}
     lat = {name: [] for name in contenders}

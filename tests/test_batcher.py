@@ -247,7 +247,7 @@ def test_close_drains_every_pending_step(model):
     xs = inputs(12, 1, seed=6)[:, 0]
     expected = lone(model, xs[:, None])[:, 0]
     got, refused = {}, []
-    batcher = rnnengine.Batcher(model, max_delay_us=60_000_000)
+    batcher = rnnengine.Batcher(model, max_delay_us=600_000_000)
     ids = [batcher.open() for _ in range(13)]       # one never steps: batches never complete
 
     def thread(s):
@@ -286,7 +286,7 @@ def test_close_drains_every_pending_step(model):
 
 
 def test_closing_a_stream_fails_its_queued_step(model):
-    with rnnengine.Batcher(model, max_delay_us=60_000_000) as batcher:
+    with rnnengine.Batcher(model, max_delay_us=600_000_000) as batcher:
         sid, _ = batcher.open(), batcher.open()
         errors = []
 
@@ -349,7 +349,7 @@ def test_cancelled_task_either_withdraws_or_completes_its_step(model):
         assert batcher.steps(sid) == 3 and batcher.steps(other) == 3
         return y2, y3
 
-    with rnnengine.Batcher(model, max_delay_us=60_000_000) as batcher:
+    with rnnengine.Batcher(model, max_delay_us=600_000_000) as batcher:
         gate = GatedStep(batcher)
         y2, y3 = run_async(main(batcher, gate))
     np.testing.assert_allclose(np.stack([y2, y3]), expected[1:], rtol=1e-5, atol=1e-6)
