@@ -133,6 +133,7 @@ def main(argv=None) -> int:
         lines.append(line)
 
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     # 1 and 2: throughput, interleaved.
     contenders = {
         "serial Stream.step, 1 thread": None,
@@ -195,7 +196,8 @@ def main(argv=None) -> int:
             say(f"| {delay_us} | {load} | {row[0]:.0f} | {row[1]:.0f} | {row[2]:.0f} | "
                 f"{row[3]:.0f} | {stats['steps'] / stats['batches']:.1f} |")
     say()
-    say(f"run took {time.perf_counter() - started:.0f} s")
+    say(f"run took {time.perf_counter() - started:.0f} s; load average (1 min) "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
 
     if args.write:
         cpu = platform.processor() or platform.machine()
