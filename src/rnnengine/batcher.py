@@ -144,7 +144,9 @@ class Batcher:
     max_batch: most streams stepped together. max_delay_us: longest a step waits for company
     once it is queued. idle_seconds: evict streams idle that long to bytes (None: never).
     ``step(sid, x)`` takes x ``(I,)`` and returns y ``(Hout,)``, exactly what
-    ``model.stream(batch=1).step`` gives for the same inputs."""
+    ``model.stream(batch=1).step`` gives for the same inputs. The pool holds ``max_streams``
+    slots. Close the batcher (``close()`` or a ``with`` block): its worker thread keeps it
+    alive until then."""
 
     def __init__(self, model: Model, max_batch: int = 64, max_delay_us: float = 500,
                  idle_seconds: Optional[float] = None, max_streams: int = 1024):
