@@ -7,24 +7,26 @@ gathered into batched pool steps (SPEC §8).
         y = await batcher.step_async(sid, x)  # the same from asyncio tasks
         data = batcher.export_state(sid)      # bytes; batcher.resume(data) -> a new id
 
-Design: a caller validates its input, queues a request and sleeps (a lock for threads, an
-asyncio future for tasks). Batches are run by whoever holds the runner role: a thread that
-calls ``step`` when no batch is being run takes it (leader/follower) and runs batches until
-its own step is done; otherwise a worker thread does. The runner waits at most
-``max_delay_us`` for company (a condition variable with a timeout, no spinning; it goes at
-once when ``max_batch`` requests, or one from every open stream, are queued), runs one pool
-step for all of them (the kernels release the GIL) and wakes the callers: each thread's lock,
-and for each event loop a single ``call_soon_threadsafe`` for all its futures.
+Design: one worker thread owns the pool. A caller validates its input, queues a request and
+sleeps (a lock for threads, an asyncio future for tasks). The worker wakes on the first
+request, waits at most ``max_delay_us`` for company (a condition variable with a timeout, no
+spinning; it goes at once when ``max_batch`` requests or one from every open stream are
+waiting), runs one pool step for all of them (the kernels release the GIL, so callers keep
+queueing the next batch meanwhile) and wakes the callers: each thread's lock, and for each
+event loop a single ``call_soon_threadsafe`` for all its futures.
 
-Why both: an asyncio caller must not block its event loop, so it can never lead: its batches
-need a thread, and the worker is that thread (it also picks up whatever a leader leaves
-queued, so nothing waits for a leader that has gone). For threads, leading saves the hand-off
-to the worker and back. Measured with bench/bench_batcher.py (64 threads each stepping one
-of 64 streams, LSTM I = H = 256, max_delay_us=500, shared 2-core machine, two full runs):
-threads leading 51,239 and 52,846 steps/s, the same Batcher with every batch on the worker
-31,592 and 34,145 steps/s (1.5x-1.6x slower; in quieter quick runs the two were within 10%).
-Asyncio tasks, always served by the worker: 42,000-67,000 steps/s, against 12,000-13,000 for
-serial ``Stream.step`` in the same runs.
+Why a worker thread rather than leader/follower (the first caller runs the batch for the
+others): asyncio callers must not block their event loop, so they can never lead: their
+batches need a thread anyway, and one worker gives threads and tasks one code path. For
+threads, leading would save the hand-off to the worker and back. Measured with
+bench/bench_batcher.py (64 threads each stepping one of 64 streams, LSTM I = H = 256,
+max_delay_us=500; the shared 2-core machine at load average 6-9): CPU time per step, all
+threads, least of 6 interleaved runs: 19.0 us with the worker, 20.2 us with a hybrid (threads
+lead, the worker serves tasks and leftovers); 21.4 against 19.9 us for pure leader/follower
+in another run. That is no gain beyond noise, while wall-clock rates swung 2x-3x between runs
+in both directions (worker 20,600-57,700 steps/s, leader/follower and hybrid 18,900-52,800).
+So the simpler design stayed: the hybrid, built and tested, cost two more locks and a
+hand-off protocol for nothing measurable.
 
 Guarantees: one stream has at most one step in flight, so its steps apply in call order, and
 a second concurrent step of the same stream raises RuntimeError. ``steps(sid)`` counts the
@@ -174,15 +176,13 @@ class Batcher:
         # Lock order: _pool_lock, then _cond. _pool_lock guards the pool and is held from
         # taking a batch to recording its results, so whoever holds it sees no step half done.
         self._pool_lock = threading.Lock()
-        lock = threading.Lock()
-        self._cond = threading.Condition(lock)
-        # Whoever holds _runner gathers and runs batches: the worker, or a thread in step()
-        # (leader/follower). _handoff (same lock as _cond) wakes the worker when a leading
-        # thread stops.
-        self._runner = threading.Lock()
-        self._handoff = threading.Condition(lock)
+        self._cond = threading.Condition(threading.Lock())
         self._worker = threading.Thread(target=self._serve, name="rnnengine-batcher",
                                         daemon=True)
+        self._start()
+
+    def _start(self) -> None:
+        """Start the worker (bench/bench_batcher.py replaces this to measure leader/follower)."""
         self._worker.start()
 
     def __repr__(self) -> str:
@@ -266,7 +266,7 @@ class Batcher:
                     waiting = [request]
                 else:
                     waiting = []
-                self._cond.notify_all()     # a runner waiting for company: one stream fewer
+                self._cond.notify_all()     # the worker waiting for company: one stream fewer
             if stream.pid is not None:
                 self._pool.close(stream.pid)
         self._wake(waiting)
@@ -319,27 +319,10 @@ class Batcher:
         """One timestep of stream ``sid``: x ``(I,)`` -> y ``(Hout,)``. Blocks the calling
         thread until its batch has run."""
         request = self._submit(sid, x, None)
-        self._lead(request)
         request.waiter.acquire()
         if request.error is not None:
             raise request.error
         return request.result
-
-    def _lead(self, request: _Request) -> None:
-        """Leader/follower for threads: when no batch is being run, run batches on this
-        thread (its own step and whatever else is queued) until this request is done, then
-        hand back to the worker. When another thread or the worker is running, just wait."""
-        if not self._runner.acquire(blocking=False):
-            return
-        try:
-            while True:
-                with self._cond:
-                    if request.done or not self._queue:
-                        break
-                self._wait_for_company()
-                self._run()
-        finally:
-            self._release_runner()
 
     async def step_async(self, sid, x) -> np.ndarray:
         """``step`` for asyncio tasks: the event loop keeps running while the batch waits and
@@ -385,16 +368,8 @@ class Batcher:
     # -- the worker -----------------------------------------------------------------------
     def _serve(self) -> None:
         try:
-            while True:
-                job = self._next_job()
-                if job is None:
-                    return
-                if job == "run":
-                    try:
-                        self._wait_for_company()
-                        self._run()
-                    finally:
-                        self._release_runner()
+            while self._gather():
+                self._run()
                 if self.idle_seconds is not None and time.monotonic() >= self._next_eviction:
                     self._evict_idle()
         except BaseException as error:   # a bug: fail every waiter rather than hang it
@@ -408,38 +383,20 @@ class Batcher:
             self._wake(waiting)
             raise
 
-    def _next_job(self) -> Optional[str]:
-        """The worker's wait: "run" (the runner role is now the worker's) when steps are
-        queued and no thread is running them, "evict" when eviction is due, None once the
+    def _gather(self) -> bool:
+        """Wait for a batch to be worth running (or for eviction to be due). False once the
         batcher is closed and nothing is queued."""
         with self._cond:
-            while True:
-                if self._queue:
-                    if self._runner.acquire(blocking=False):
-                        return "run"
-                    self._handoff.wait()    # a leading thread signals when it stops
-                elif self._closing:
-                    return None
-                elif self.idle_seconds is None:
+            while not self._queue:
+                if self._closing:
+                    return False
+                if self.idle_seconds is None:
                     self._cond.wait()
                 else:
                     left = self._next_eviction - time.monotonic()
                     if left <= 0:
-                        return "evict"
+                        return True
                     self._cond.wait(left)
-
-    def _release_runner(self) -> None:
-        # Under _cond, so the worker cannot miss the signal between its try and its wait.
-        with self._cond:
-            self._runner.release()
-            self._handoff.notify()
-
-    def _wait_for_company(self) -> None:
-        """Runner role held, steps queued: wait until max_batch steps (or one of every open
-        stream) are queued, or until the oldest has waited max_delay_us."""
-        with self._cond:
-            if not self._queue:
-                return
             deadline = self._queue[0].arrived + self._delay
             while (self._queue and len(self._queue) < min(self.max_batch, len(self._streams))
                    and not self._closing):
@@ -447,6 +404,7 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+        return True
 
     def _run(self) -> None:
         """Take up to max_batch queued requests and run them as one pool step."""
@@ -530,6 +488,5 @@ class Batcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-            self._handoff.notify_all()
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join()
