@@ -439,9 +439,12 @@ def test_bad_arguments_raise_clear_errors(model):
         rnnengine.Batcher("model.onnx")
     with pytest.raises(ValueError, match="max_batch must be a positive integer; got 0"):
         rnnengine.Batcher(model, max_batch=0)
-    with pytest.raises(ValueError, match="max_delay_us must be a number >= 0; got -1"):
+    with pytest.raises(ValueError, match="max_delay_us must be a finite number >= 0; got -1"):
         rnnengine.Batcher(model, max_delay_us=-1)
-    with pytest.raises(ValueError, match="idle_seconds must be a number > 0 or None; got 0"):
+    with pytest.raises(ValueError, match="max_delay_us must be a finite number >= 0; got inf"):
+        rnnengine.Batcher(model, max_delay_us=float("inf"))
+    with pytest.raises(ValueError, match="idle_seconds must be a finite number > 0 or None; "
+                                         "got 0"):
         rnnengine.Batcher(model, idle_seconds=0)
     bidirectional = rnnengine.Model([rnnengine.Layer.from_onnx(
         "gru", np.zeros((2, 6, 2), np.float32), np.zeros((2, 6, 2), np.float32),

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import threading
 import time
 from typing import Deque, Dict, List, Optional
@@ -57,8 +58,17 @@ from .state_io import import_state
 
 
 class _ModelPool:
-    """The pool interface the Batcher uses, over a ``Pool`` of a ``Model``. Every method but
-    ``check_input`` and ``parse`` is called with the Batcher's pool lock held."""
+    """The pool interface the Batcher uses, here over a ``Pool`` of a ``Model``:
+
+    - ``check_input(x)`` -> one stream's input for one step, validated (in the caller's
+      thread, so a bad input fails its own call, never a batch); the Batcher never looks
+      inside it (a session's would be a dict of feeds).
+    - ``parse(data)`` -> a state for ``open`` from ``export`` bytes (ValueError if foreign).
+    - ``open(state=None)`` -> pool id; ``close(pid)``; ``export(pid)`` -> bytes.
+    - ``step(pids, inputs)`` -> a sequence whose item j is the output of ``pids[j]``.
+
+    Every method but ``check_input`` and ``parse`` is called with the Batcher's pool lock
+    held, so the pool itself needs no thread safety."""
 
     def __init__(self, model: Model, capacity: int):
         self.pool = Pool(model, capacity)
@@ -128,6 +138,18 @@ class _Request:
         self.error: Optional[BaseException] = None
 
 
+def _finite(value) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _pool_for(model, capacity: int):
+    """The adapter for what the Batcher was given (a whole-model session's pool would add one)."""
+    if isinstance(model, Model):
+        return _ModelPool(model, capacity)
+    raise TypeError(f"Batcher takes an rnnengine.Model; got {type(model).__name__}")
+
+
 def _settle(requests: List[_Request]) -> None:
     """On the requests' event loop: hand each waiting future its result or error."""
     for r in requests:
@@ -152,20 +174,17 @@ class Batcher:
 
     def __init__(self, model: Model, max_batch: int = 64, max_delay_us: float = 500,
                  idle_seconds: Optional[float] = None, max_streams: int = 1024):
-        if not isinstance(model, Model):
-            raise TypeError(f"Batcher takes an rnnengine.Model; got {type(model).__name__}")
         self.max_batch = check_positive_int("max_batch", max_batch)
         self.max_streams = check_positive_int("max_streams", max_streams)
-        if isinstance(max_delay_us, bool) or not isinstance(max_delay_us, (int, float)) \
-                or not max_delay_us >= 0:
-            raise ValueError(f"max_delay_us must be a number >= 0; got {max_delay_us!r}")
-        if idle_seconds is not None and (isinstance(idle_seconds, bool) or not isinstance(
-                idle_seconds, (int, float)) or not idle_seconds > 0):
-            raise ValueError(f"idle_seconds must be a number > 0 or None; got {idle_seconds!r}")
+        if not _finite(max_delay_us) or not max_delay_us >= 0:
+            raise ValueError(f"max_delay_us must be a finite number >= 0; got {max_delay_us!r}")
+        if idle_seconds is not None and (not _finite(idle_seconds) or not idle_seconds > 0):
+            raise ValueError(f"idle_seconds must be a finite number > 0 or None; got "
+                             f"{idle_seconds!r}")
         self.max_delay_us = max_delay_us
         self.idle_seconds = idle_seconds
         self.model = model
-        self._pool = _ModelPool(model, self.max_streams)
+        self._pool = _pool_for(model, self.max_streams)
         self._delay = max_delay_us * 1e-6
         self._streams: Dict[int, _Stream] = {}
         self._next_sid = 0
