@@ -1,0 +1,137 @@
+"""A dense head as one call: MatMul or Gemm, then optionally an Add of a bias, then optionally
+one activation (Relu, Sigmoid, Tanh, Softmax, LogSoftmax), computed in place in the buffer the
+product allocates. Run op by op, the same head allocates a temporary per op and pays a Python
+round trip per op; fused, it is one product plus in-place passes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import Attrs, guard, same_dtype
+from .elementwise import sigmoid_
+from .nn import gemm_check, log_softmax_, softmax_
+from ..loaders._fold import node_label
+
+
+def _relu_(y):
+    return np.maximum(y, 0, out=y)
+
+
+def _tanh_(y):
+    return np.tanh(y, out=y)
+
+
+_POINTWISE = {"Relu": _relu_, "Sigmoid": sigmoid_, "Tanh": _tanh_}
+
+
+def _activation(node, opset):
+    """The in-place activation for ``node``, or None when it is not one the chain fuses."""
+    kind = node.op_type
+    a = Attrs(node)
+    if kind in _POINTWISE:
+        fn = _POINTWISE[kind]
+    elif kind in ("Softmax", "LogSoftmax"):
+        inner = softmax_ if kind == "Softmax" else log_softmax_
+        if opset >= 13:
+            axis = a.int("axis", -1)
+
+            def fn(y):
+                return inner(y, axis)
+        else:
+            axis = a.int("axis", 1)
+
+            def fn(y):
+                # Before opset 13: the product seen as 2-D at ``axis``.
+                k = axis + y.ndim if axis < 0 else axis
+                inner(y.reshape(int(np.prod(y.shape[:k], dtype=np.int64)), -1), 1)
+                return y
+    else:
+        return None
+    return None if a.unread() else fn
+
+
+def _product(node):
+    """(callable (*inputs) -> fresh product array, number of inputs), or None."""
+    a = Attrs(node)
+    if node.op_type == "MatMul":
+        def mm(x, w):
+            if x.dtype != w.dtype:
+                same_dtype(x, w)
+            return np.matmul(x, w, out=...)
+        return mm, 2
+    alpha, beta = a.float("alpha", 1.0), a.float("beta", 1.0)
+    ta, tb = a.flag("transA"), a.flag("transB")
+    if a.unread():
+        return None
+    n_in = len([i for i in node.input if i])
+
+    def gemm(x, w, c=None):
+        gemm_check(x, w, c)
+        y = np.matmul(x.T if ta else x, w.T if tb else w)
+        if alpha != 1.0:
+            y *= alpha
+        if c is not None and beta != 0.0:
+            y += c if beta == 1.0 else beta * c
+        return y
+    return gemm, n_in
+
+
+def _single(node):
+    return node.domain in ("", "ai.onnx") and len(node.output) == 1 and node.output[0]
+
+
+def fuse_chain(nodes, opset: int):
+    """One callable for ``nodes`` = [MatMul | Gemm, (Add), (activation)], each node taking the
+    previous one's only output; None when the nodes are not such a chain (or just one node).
+
+    The callable takes the chain's outside inputs in the order of its ``inputs`` attribute
+    (the product's inputs, then the Add's other input) and returns a 1-tuple: the last node's
+    output, named by its ``outputs`` attribute. The caller checks that the intermediate values
+    have no other consumer.
+    """
+    nodes = list(nodes)
+    if not 2 <= len(nodes) <= 3 or not all(_single(n) for n in nodes):
+        return None
+    head = nodes[0]
+    if head.op_type not in ("MatMul", "Gemm") or "" in head.input:
+        return None
+    product = _product(head)
+    if product is None:
+        return None
+    mul, n_mul = product
+    inputs = list(head.input[:n_mul])
+    prev, rest = head.output[0], nodes[1:]
+    bias = False
+    if rest[0].op_type == "Add":
+        add = rest.pop(0)
+        if len(add.input) != 2 or add.attribute or list(add.input).count(prev) != 1:
+            return None
+        inputs.append(add.input[1] if add.input[0] == prev else add.input[0])
+        prev, bias = add.output[0], True
+    act = None
+    if rest:
+        node = rest.pop(0)
+        act = _activation(node, opset)
+        if act is None or list(node.input) != [prev] or rest:
+            return None
+    n_out_name = nodes[-1].output[0]
+
+    def run(*xs):
+        y = mul(*xs[:n_mul])
+        if bias:
+            b = xs[n_mul]
+            if b.dtype != y.dtype:
+                same_dtype(y, b, "bias")
+            try:
+                y += b
+            except ValueError:   # the bias broadcasts to a bigger shape than the product
+                y = y + b
+        if act is not None:
+            y = act(y)
+        return (y,)
+
+    where = "fused " + " + ".join(f"{n.op_type} {node_label(n)!r}" for n in nodes)
+    fused = guard(run, where)
+    fused.inputs = tuple(inputs)
+    fused.outputs = (n_out_name,)
+    return fused

@@ -1,0 +1,86 @@
+"""Reductions: ReduceMean, ReduceSum, ReduceMax, ReduceMin, ReduceProd, ReduceSumSquare,
+ReduceL1, ReduceL2, ReduceLogSumExp, ArgMax, ArgMin.
+
+The axes are an attribute before the opset where each op takes them as an input (13 for
+ReduceSum, 18 for the others); with the input, empty axes reduce everything unless
+``noop_with_empty_axes`` is set. Results keep the input's dtype, as ONNX Runtime's do.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import ints_of, norm_axis, registrar
+
+OPS = {}
+op = registrar(OPS)
+
+
+def _l1(x, axis, keepdims):
+    return np.sum(np.abs(x), axis=axis, keepdims=keepdims)
+
+
+def _l2(x, axis, keepdims):
+    return np.sqrt(np.sum(np.square(x), axis=axis, keepdims=keepdims))
+
+
+def _sum_square(x, axis, keepdims):
+    return np.sum(np.square(x), axis=axis, keepdims=keepdims)
+
+
+def _log_sum_exp(x, axis, keepdims):
+    top = np.max(x, axis=axis, keepdims=True)
+    s = np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
+    return s if keepdims else np.squeeze(s, axis=axis)
+
+
+_REDUCE = {"ReduceMean": np.mean, "ReduceSum": np.sum, "ReduceMax": np.max,
+           "ReduceMin": np.min, "ReduceProd": np.prod, "ReduceSumSquare": _sum_square,
+           "ReduceL1": _l1, "ReduceL2": _l2, "ReduceLogSumExp": _log_sum_exp}
+
+
+def _reducer(fn, keepdims):
+    def reduce(x, axes):
+        k = tuple(norm_axis(i, x.ndim) for i in axes) if axes else None
+        if x.size == 0 and fn in (np.max, np.min):
+            raise ValueError(f"cannot take the {fn.__name__} of an empty tensor")
+        return np.asarray(fn(x, axis=k, keepdims=bool(keepdims))).astype(x.dtype, copy=False)
+    return reduce
+
+
+@op(*_REDUCE, inputs=(1, 2))
+def _reduce(a, opset, n_in, n_out):
+    kind = a.node.op_type
+    reduce = _reducer(_REDUCE[kind], a.flag("keepdims", 1))
+    if opset < (13 if kind == "ReduceSum" else 18):
+        axes = a.ints("axes", None)
+        if n_in > 1:
+            a.fail(f"the axes input needs opset {13 if kind == 'ReduceSum' else 18}")
+
+        def f(x):
+            return (reduce(x, axes),)
+        return f
+    noop = a.flag("noop_with_empty_axes")
+
+    def g(x, axes=None):
+        k = [] if axes is None else ints_of(axes, "axes")
+        if not k and noop:
+            return (x,)
+        return (reduce(x, k),)
+    return g
+
+
+@op("ArgMax", "ArgMin")
+def _arg(a, opset, n_in, n_out):
+    axis, keepdims = a.int("axis", 0), a.flag("keepdims", 1)
+    last = a.flag("select_last_index") if opset >= 12 else 0
+    fn = np.argmax if a.node.op_type == "ArgMax" else np.argmin
+
+    def f(x):
+        k = norm_axis(axis, x.ndim)
+        if last:   # the last of equal extremes: search the reversed axis
+            flipped = np.flip(x, axis=k)
+            i = x.shape[k] - 1 - fn(flipped, axis=k, keepdims=bool(keepdims))
+        else:
+            i = fn(x, axis=k, keepdims=bool(keepdims))
+        return (np.asarray(i, dtype=np.int64),)
+    return f
