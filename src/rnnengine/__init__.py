@@ -8,6 +8,7 @@ from .backend import backend  # noqa: E402  (the Backend class shadows the submo
 from .layers import Layer
 from .model import Model, Stream
 from .loaders import load
+from .session import InferenceSession
 
-__all__ = ["ModelError", "Layer", "Model", "Stream", "backend", "load"]
+__all__ = ["InferenceSession", "ModelError", "Layer", "Model", "Stream", "backend", "load"]
 __version__ = "0.1.0"
