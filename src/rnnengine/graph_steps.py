@@ -14,9 +14,11 @@ from typing import Callable, List
 import numpy as np
 import onnx
 
+from . import _kernels
 from .errors import ModelError
 from .loaders._fold import Scope, attrs, node_label
 from .loaders.onnx import RECURRENT as _RECURRENT_KINDS, _Found, node_layer
+from .model import MAX_ELEMENTS
 
 RECURRENT = frozenset(_RECURRENT_KINDS)
 CONTROL = frozenset({"If", "Loop"})
@@ -71,6 +73,8 @@ class RecurrentStep:
         self.Hout = layer.output_size
         self.I = layer.input_size
         self.model = loaded.model_factory([layer], self.layout == 1)
+        self.cells = self.model._cells
+        self.widest = max(max(k.gates * k.hidden_size for k in self.cells), self.D * self.Hout)
         ins = list(ins) + [1] * (8 - len(ins))        # slot 1 is always None
         self.x, self.lens, self.h0, self.c0 = ins[0], ins[4], ins[5], ins[6]
         outs = list(outs) + [2] * (3 - len(outs))     # slot 2 swallows unused outputs
@@ -108,12 +112,30 @@ class RecurrentStep:
                 self._write(v, x, y, h, c)
                 return
         lens = v[self.lens]
+        if (lens is None and not self.layout and x.dtype == np.float32
+                and x.shape[0] * N * self.widest < MAX_ELEMENTS):
+            # The common case straight into the kernel: shapes are checked above, the
+            # state is copied (the kernel writes the final state over it).
+            y = np.empty((x.shape[0], N, self.D * self.Hout), np.float32)
+            h = self._initial(v[self.h0], (self.D, N, self.Hout))
+            c = self._initial(v[self.c0], (self.D, N, self.H)) if self.kind == "lstm" else None
+            _kernels.run_stack(self.cells, self.D, np.ascontiguousarray(x), None, h, c, y, 1)
+            self._write(v, x, y, h, c)
+            return
         y, state = self.model.run(x, self._state(v, N), lengths=lens)
         if self.kind == "lstm":
             h, c = state
         else:
             h, c = state, None
         self._write(v, x, y, h, c)
+
+    def _initial(self, value, shape) -> np.ndarray:
+        if value is None:
+            return np.zeros(shape, np.float32)
+        if value.shape != shape:
+            raise ValueError(f"recurrent node {self.label!r}: initial state must have shape "
+                             f"{shape}; got {value.shape}")
+        return np.array(value, np.float32, order="C")
 
     def _write(self, v, x, y, h, c) -> None:
         dtype = x.dtype

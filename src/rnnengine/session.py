@@ -116,16 +116,22 @@ class InferenceSession:
             self._loaded = Loaded(model, base_dir, where, self.precision,
                                   lambda layers, bf: recurrent_model(layers, bf, precision))
             self._plan = Plan(model.graph, Scope(model.graph, None, ()), self._loaded)
+            initializers = {t.name for t in model.graph.initializer}
+            self._inputs = [NodeArg(i) for i in model.graph.input if i.name not in initializers]
+            self._outputs = [NodeArg(o) for o in model.graph.output]
         except ModelError:
             raise
         except RecursionError:
             raise ModelError(f"{where}: subgraphs nested too deeply") from None
+        except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, MemoryError,
+                AttributeError, UnicodeError) as e:
+            # protobuf hands hostile bytes through as odd values (bytes for a str field,
+            # an unknown enum value, ...) that slip past the checks; the contract is one
+            # exception type.
+            raise ModelError(f"{where}: malformed graph ({type(e).__name__}: {e})") from e
         ort_ops = [op for g in self._loaded.ort_groups for op in g.op_types]
         if ort_ops:
             require_onnxruntime(ort_ops, where)
-        initializers = {t.name for t in model.graph.initializer}
-        self._inputs = [NodeArg(i) for i in model.graph.input if i.name not in initializers]
-        self._outputs = [NodeArg(o) for o in model.graph.output]
         self._input_index = {a.name: k for k, a in enumerate(self._inputs)}
         self._output_index = {a.name: k for k, a in enumerate(self._outputs)}
         self._const_outputs = {k for k, name in enumerate(self._plan.output_names)
