@@ -32,6 +32,7 @@ from .errors import ModelError
 from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
                             read_tensor, subgraph_free_names, subgraphs)
 from .graph_steps import (CONTROL, RECURRENT, bind, if_step, loop_step, RecurrentStep)
+from .graph_views import view_op
 from .ort_bridge import OrtGroup
 
 CONTEXT, NONE, TRASH = 0, 1, 2
@@ -342,7 +343,11 @@ class Plan:
         ins = [self.resolve(n, f"node {label!r}") for n in node.input]
         outs = [self.slots[n] if n else TRASH for n in node.output]
         self.kinds[label] = kind
-        if kind == "native":
+        view = view_op(node, self.const, self.loaded.opset) if kind == "native" else None
+        if view is not None:
+            fn, data = view
+            step = bind(fn, [self.resolve(data, f"node {label!r}")], outs)
+        elif kind == "native":
             try:
                 fn = native_op(node, self.loaded.opset)
             except ModelError as e:
