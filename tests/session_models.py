@@ -121,11 +121,12 @@ def bilstm_classifier(seed: int = 0, features: int = 6, hidden: int = 8,
 
 
 def packed_lstm(seed: int = 0, features: int = 10, hidden: int = 8,
-                outputs: int = None) -> onnx.ModelProto:
+                outputs: int = None, swap: bool = False) -> onnx.ModelProto:
     """(d) two LSTM layers whose (h, c) travel packed in one state tensor [1, 2, H, 2]
     (batch, layer, unit, h/c), unpacked with Slice/Squeeze and packed with Unsqueeze/Concat
     as tf2onnx writes a Keras model; then MatMul + Add + Sigmoid (DTLN's mask head).
-    x [1, 1, F] -> y [1, 1, outputs], state -> stateN."""
+    x [1, 1, F] -> y [1, 1, outputs], state -> stateN. ``swap`` packs (c, h) instead: the
+    state fed back is not the state that came out (a quirk a stream must reproduce)."""
     rng = np.random.default_rng(seed)
     H, O = hidden, outputs or features
 
@@ -164,8 +165,8 @@ def packed_lstm(seed: int = 0, features: int = 10, hidden: int = 8,
                                        [f"{what}{layer}_t"], perm=[1, 0, 2]),
                       helper.make_node("Unsqueeze", [f"{what}{layer}_t", "ax3"],
                                        [f"{what}{layer}_u"])]
-        nodes.append(helper.make_node("Concat", [f"h{layer}_u", f"c{layer}_u"],
-                                      [f"pack{layer}"], axis=3))
+        order = [f"c{layer}_u", f"h{layer}_u"] if swap else [f"h{layer}_u", f"c{layer}_u"]
+        nodes.append(helper.make_node("Concat", order, [f"pack{layer}"], axis=3))
     nodes += [helper.make_node("Concat", ["pack0", "pack1"], ["stateN"], axis=1),
               helper.make_node("Transpose", ["y1"], ["yb"], perm=[1, 0, 2]),
               helper.make_node("MatMul", ["yb", "Wd"], ["d"]),

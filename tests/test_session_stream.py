@@ -73,6 +73,38 @@ def test_stream_packed_state(models):
                  {"state": np.zeros((1, 2, 8, 2), np.float32)})
 
 
+def test_stream_keeps_state_in_the_kernels_only_when_exact(models):
+    """A graph whose packing is the inverse of its unpacking streams with the state inside
+    the recurrent kernels; one that swaps h and c on the way round runs the whole graph,
+    and both match the author loop."""
+    rng = np.random.default_rng(2)
+    steps = [{"x": rng.standard_normal((1, 1, 10)).astype(np.float32)} for _ in range(60)]
+    zero = {"state": np.zeros((1, 2, 8, 2), np.float32)}
+    fast = check_stream(models["d"], steps, {"stateN": "state"}, zero)
+    slow = check_stream(sm.packed_lstm(swap=True), steps, {"stateN": "state"}, zero)
+    assert "inside the recurrent kernels" in repr(fast)
+    assert "inside" not in repr(slow)
+
+
+def test_fast_stream_state_round_trip(models):
+    rng = np.random.default_rng(3)
+    sess = InferenceSession(models["d"])
+    a = sess.stream()
+    xs = [rng.standard_normal((1, 1, 10)).astype(np.float32) for _ in range(8)]
+    for x in xs[:4]:
+        a.step({"x": x})
+    assert "inside" in repr(a)
+    saved = a.state
+    b = sess.stream()
+    b.step({"x": xs[0]})
+    b.state = saved                      # unpacked into b's recurrent kernels
+    np.testing.assert_array_equal(b.state["state"], saved["state"])
+    for x in xs[4:]:
+        np.testing.assert_array_equal(a.step({"x": x})[0], b.step({"x": x})[0])
+    a.reset()
+    assert not a.state["state"].any() if a.state["state"] is not None else True
+
+
 def silero_chunks(rng, n, batch=1):
     t = np.arange(512) / 16000
     return [(0.2 * np.sin(2 * np.pi * 200 * (k + 1) * t)[None].repeat(batch, 0)

@@ -80,6 +80,7 @@ class Plan:
         self.captures: List[tuple] = []        # (inner slot, outer slot)
         self.steps: List[Callable] = []
         self.labels: List[str] = []            # node label of each step, for errors
+        self.io: List[tuple] = []              # (input slots, output slots) of each step
         self.kinds: Dict[str, str] = {}        # node label -> "native" | "ort" | ... (info)
         loaded.plans.append(self)
 
@@ -284,8 +285,8 @@ class Plan:
         for n in chain:
             self.kinds[node_label(n)] = "native"
         ins = [self.resolve(n, f"node {label!r}") for n in fn.inputs]
-        self.steps.append(bind(fn, ins, [self.slots[fn.outputs[0]]]))
-        self.labels.append(f"fused {label!r}")
+        self._append(bind(fn, ins, [self.slots[fn.outputs[0]]]), f"fused {label!r}", ins,
+                     [self.slots[fn.outputs[0]]])
 
     def _units(self, live: list, kinds: list) -> list:
         """Nodes and ORT groups (lists of nodes) in a valid order. ORT nodes join a group
@@ -364,8 +365,8 @@ class Plan:
                 f"{label}::{label_}",)), self.loaded, self) for label_, g in subgraphs(node)}
             make = if_step if kind == "if" else loop_step
             step = make(node, ins, outs, subs, self.loaded.where)
-        self.steps.append(step)
-        self.labels.append(f"{node.op_type} node {label!r}")
+            ins = ins + [outer for sub in subs.values() for _, outer in sub.captures]
+        self._append(step, f"{node.op_type} node {label!r}", ins, outs)
 
     def _add_ort(self, nodes: list) -> None:
         produced = {o for n in nodes for o in n.output if o}
@@ -387,24 +388,33 @@ class Plan:
             self.kinds[node_label(n)] = "ort"
         ins = [self.resolve(n, group.label) for n in feeds]
         outs = [self.slots[n] for n in outputs]
-        self.steps.append(bind(group.run, ins, outs))
-        self.labels.append(group.label)
+        self._append(bind(group.run, ins, outs), group.label, ins, outs)
+
+    def _append(self, step, label: str, ins: list, outs: list) -> None:
+        self.steps.append(step)
+        self.labels.append(label)
+        self.io.append((list(ins), list(outs)))
 
     def graph_output_names(self) -> list:
         return [o.name for o in self.graph.output]
 
     # -- running ---------------------------------------------------------------------------
-    def execute(self, v: list) -> None:
-        """Run every step on the value table ``v`` (a copy of ``template`` with the feeds
-        written); errors name the node."""
+    def execute(self, v: list, steps: Optional[list] = None,
+                indices: Optional[List[int]] = None) -> None:
+        """Run every step (or ``steps``, which are ``self.steps[i] for i in indices``) on
+        the value table ``v`` (a copy of ``template`` with the feeds written); errors name
+        the node."""
         step = None
+        if steps is None:
+            steps, indices = self.steps, None
         try:
-            for step in self.steps:
+            for step in steps:
                 step(v)
         except (NodeFailed, ModelError):
             raise
         except Exception as e:
-            label = self.labels[self.steps.index(step)] if step in self.steps else self.path
+            k = steps.index(step)
+            label = self.labels[k if indices is None else indices[k]]
             raise NodeFailed(f"{label} failed: {type(e).__name__}: {e}") from e
 
     def run_sub(self, outer: list, inputs: Optional[list] = None) -> list:

@@ -174,8 +174,9 @@ class InferenceSession:
             raise ValueError(f"unknown output name {e.args[0]!r}; the outputs are "
                              f"{[a.name for a in self._outputs]}") from None
 
-    def new_table(self, feeds: Dict[str, np.ndarray]) -> list:
-        """A value table with ``feeds`` checked and written (every input required)."""
+    def new_table(self, feeds: Dict[str, np.ndarray], carried=()) -> list:
+        """A value table with ``feeds`` checked and written (every input required but those
+        in ``carried``: state a stream keeps inside its recurrent nodes)."""
         if not isinstance(feeds, dict):
             raise TypeError(f"feeds must be a dict of input name -> array; got "
                             f"{type(feeds).__name__}")
@@ -188,7 +189,7 @@ class InferenceSession:
                                  f"{[a.name for a in self._inputs]}")
             v[slots[k]] = self._inputs[k].check(value)
         for k, slot in enumerate(slots):
-            if v[slot] is None:
+            if v[slot] is None and self._inputs[k].name not in carried:
                 raise ValueError(f"missing input {self._inputs[k].name!r} "
                                  f"({self._inputs[k].type}, shape "
                                  f"{_show(self._inputs[k].shape or [])})")

@@ -21,6 +21,7 @@ import numpy as np
 from .model import check_one_way, check_positive_int
 from .state_blob import pack_arrays, unpack_arrays
 from .state_pairs import find_pairs
+from .stream_plan import Carrier, ElidedPlan
 from .time_axis import check_streamable
 
 
@@ -62,26 +63,6 @@ def _zeros(arg, sizes: dict, batch_dim=None, batch: int = 1) -> np.ndarray:
     return np.zeros(shape, arg.dtype if arg.dtype is not None else np.float32)
 
 
-class _Carrier:
-    """Time-axis mode: the recurrent state of one stream, one rnnengine.Stream per node."""
-
-    def __init__(self):
-        self.streams = {}
-
-    def advance(self, rec, x: np.ndarray, v: list):
-        N = x.shape[0] if rec.layout else x.shape[1]
-        stream = self.streams.get(rec)
-        if stream is None or stream.batch != N:
-            stream = self.streams[rec] = rec.model.stream(batch=N)
-            given = rec._state(v, N)          # the graph's own initial state, first call only
-            if given is not None:
-                stream.state = given
-        y = stream.run(x)
-        state = stream.state
-        h, c = state if rec.kind == "lstm" else (state, None)
-        return y, h, c
-
-
 class SessionStream:
     """One stream of a whole model. ``step(feeds)`` -> list of the non-state outputs."""
 
@@ -99,6 +80,7 @@ class SessionStream:
         self._all = list(range(len(index)))
         self._recurrent = sess._loaded.recurrent
         self._time_mode = not self.state_names
+        self._elided = None
         if self._time_mode:
             check_streamable(sess)
             for rec in self._recurrent:
@@ -106,25 +88,44 @@ class SessionStream:
                     check_one_way(rec.model, "stream")
                 except ValueError as e:
                     raise ValueError(f"recurrent node {rec.label!r}: {e}") from None
+        else:
+            elided = ElidedPlan(sess, self.state_names, set(self._fixed))
+            self._elided = elided if elided.ok else None
+        self._fast = False       # the elided plan is used once verified on the first step
         self.reset()
 
     def __repr__(self) -> str:
         how = (f"state={self.state_names}" if self.state_names else
                f"recurrent state of {len(self._recurrent)} node(s) carried along time")
+        if self._fast:
+            how += ", state kept inside the recurrent kernels"
         return f"rnnengine.SessionStream({how})"
 
     def reset(self) -> None:
         """Every state back to zero."""
         self._state: Dict[str, Optional[np.ndarray]] = {n: None for n in self._state_inputs}
         self._context = None
-        if self._time_mode:   # RecurrentStep.step finds its carrier in the table's slot 0
-            carrier = _Carrier()
-            self._context = {rec: carrier for rec in self._recurrent}
+        if self._time_mode or self._fast:
+            # RecurrentStep.step finds its carrier in the table's slot 0
+            recs = self._elided.recs if self._fast else self._recurrent
+            carrier = Carrier(self._elided.want if self._fast else None)
+            self._context = {rec: carrier for rec in recs}
 
-    def step(self, feeds: Optional[dict] = None) -> List[np.ndarray]:
+    def _merged(self, feeds) -> dict:
         merged = dict(self._fixed)
         if feeds:
             merged.update(_check_feeds(self._args, feeds, self._state_inputs))
+        return merged
+
+    def step(self, feeds: Optional[dict] = None) -> List[np.ndarray]:
+        """One call of the graph: ``feeds`` (the inputs that are neither state nor given
+        as fixed feeds) -> the non-state outputs, in the graph's order."""
+        merged = self._merged(feeds)
+        sess = self._sess
+        if self._fast:
+            v = sess.new_table(merged, self._state_inputs)
+            self._elided.step(v, self._context)
+            return sess.finish(v, self._keep)
         if self._state_inputs:
             sizes = None
             for name in self._state_inputs:
@@ -133,7 +134,8 @@ class SessionStream:
                     sizes = sizes or _symbols(self._args, merged)
                     value = self._state[name] = _zeros(self._args[name], sizes)
                 merged[name] = value
-        sess = self._sess
+            if self._elided is not None:
+                return self._go_fast(merged)
         v = sess.new_table(merged)
         v[0] = self._context
         sess._plan.execute(v)
@@ -142,11 +144,32 @@ class SessionStream:
             self._state[name] = outs[k]
         return [outs[k] for k in self._keep]
 
+    def _go_fast(self, merged: dict) -> List[np.ndarray]:
+        """First step of a stream with an elided plan: check it on these feeds, then move
+        the state into the recurrent kernels and take the step there."""
+        elided, self._elided = self._elided, None
+        sizes = _symbols(self._args, merged)
+        zero = {n: _zeros(self._args[n], sizes) for n in self._state_inputs}
+        feeds = {k: v for k, v in merged.items() if k not in self._state_inputs}
+        if not elided.verify(feeds, zero):
+            return self.step({k: v for k, v in feeds.items() if k not in self._fixed})
+        current = [merged[n] for n in self._state_inputs]
+        self._elided, self._fast = elided, True
+        self.reset()
+        elided.unpack(next(iter(self._context.values())), current, self._fixed)
+        return self.step({k: v for k, v in feeds.items() if k not in self._fixed})
+
     # -- state -----------------------------------------------------------------------------
     @property
     def state(self) -> Dict[str, np.ndarray]:
         """A copy of the carried state: {state input name: array} (time-axis mode:
         {"<node>/h": (1, N, H), "<node>/c": ...} per recurrent node)."""
+        if self._fast:
+            carrier = next(iter(self._context.values()))
+            packed = self._elided.pack(carrier, self._fixed)
+            if packed is not None:
+                return dict(zip(self._state_inputs, packed))
+            return {n: None for n in self._state_inputs}
         if not self._time_mode:
             return {n: (None if a is None else a.copy()) for n, a in self._state.items()}
         out = {}
@@ -167,7 +190,12 @@ class SessionStream:
         if not isinstance(value, dict) or set(value) != set(self._state_inputs):
             raise ValueError(f"state must be a dict with keys {self._state_inputs}; got "
                              f"{sorted(value) if isinstance(value, dict) else type(value).__name__}")
-        self._state = {n: self._args[n].check(a).copy() for n, a in value.items()}
+        checked = {n: self._args[n].check(a).copy() for n, a in value.items()}
+        if self._fast:
+            carrier = next(iter(self._context.values()))
+            self._elided.unpack(carrier, [checked[n] for n in self._state_inputs], self._fixed)
+        else:
+            self._state = checked
 
     def export_state(self) -> bytes:
         """The carried state as bytes (no pickle), for ``import_state``."""
@@ -194,7 +222,7 @@ class SessionStream:
                 continue
             if h.ndim != 3:
                 raise ValueError(f"state {label}/h must be (1, N, H); got {h.shape}")
-            stream = carrier.streams[rec] = rec.model.stream(batch=h.shape[1])
+            stream = carrier.streams[rec] = rec.model.stream(batch=h.shape[1])  # noqa
             stream.state = (h, arrays.get(f"{label}/c")) if rec.kind == "lstm" else h
 
 
