@@ -21,6 +21,7 @@ from .loaders.onnx import RECURRENT as _RECURRENT_KINDS, _Found, node_layer
 from .model import MAX_ELEMENTS
 
 RECURRENT = frozenset(_RECURRENT_KINDS)
+_F32 = np.dtype(np.float32)
 CONTROL = frozenset({"If", "Loop"})
 
 
@@ -139,7 +140,7 @@ class RecurrentStep:
 
     def _write(self, v, x, y, h, c) -> None:
         dtype = x.dtype
-        if dtype != np.float32:   # ORT computes LSTM in the input's float type
+        if dtype is not _F32:   # ORT computes LSTM in the input's float type
             y, h = y.astype(dtype), h.astype(dtype)
             c = None if c is None else c.astype(dtype)
         D, Hout = self.D, self.Hout
@@ -150,7 +151,9 @@ class RecurrentStep:
             v[self.yc] = None if c is None else np.swapaxes(c, 0, 1)
         else:
             T, N = y.shape[0], y.shape[1]
-            v[self.y] = y.reshape(T, N, D, Hout).transpose(0, 2, 1, 3)
+            # [T, N, D*H] -> [T, D, N, H]; with one direction the same memory, one reshape
+            v[self.y] = (y.reshape(T, 1, N, Hout) if D == 1 else
+                         y.reshape(T, N, D, Hout).transpose(0, 2, 1, 3))
             v[self.yh] = h
             v[self.yc] = c
 
