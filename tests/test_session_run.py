@@ -80,6 +80,21 @@ def test_silero_whole(N, samples):
     assert_same_as_ort(sm.SILERO, feeds)
 
 
+def test_one_session_follows_changing_shapes():
+    """Shape computations are memoised per input shape: changing the batch and back must
+    still give ORT's results (Silero's If conditions and sizes come from Shape nodes)."""
+    ours, theirs = InferenceSession(sm.SILERO), sm.ort_session(sm.SILERO)
+    rng = np.random.default_rng(11)
+    for N, samples in [(1, 512), (3, 512), (2, 576), (1, 512)]:
+        feeds = {"input": (rng.standard_normal((N, samples)) * 0.1).astype(np.float32),
+                 "state": (rng.standard_normal((2, N, 128)) * 0.3).astype(np.float32),
+                 "sr": np.array(16000, np.int64)}
+        for a, b in zip(ours.run(None, feeds), theirs.run(None, feeds)):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, **TOL)
+    assert any(label.startswith("shapes of") for p in ours._loaded.plans for label in p.labels)
+
+
 def test_silero_state_of_wrong_fixed_dim_is_refused_like_ort():
     feeds = {"input": np.full((1, 512), 0.05, np.float32),
              "state": np.zeros((0, 1, 128), np.float32), "sr": np.array(16000, np.int64)}

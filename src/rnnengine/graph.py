@@ -32,6 +32,7 @@ from .errors import ModelError
 from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
                             read_tensor, subgraph_free_names, subgraphs)
 from .graph_steps import (CONTROL, RECURRENT, bind, if_step, loop_step, RecurrentStep)
+from .graph_shapes import cluster_step, shape_clusters
 from .graph_views import view_op
 from .ort_bridge import OrtGroup
 
@@ -244,17 +245,33 @@ class Plan:
 
     def _build(self, live: list) -> None:
         kinds = [self._kind(n) for n in live]
+        clusters = shape_clusters(live, kinds, lambda n: self.const(n) is not None)
+        at = {id(c["at"]): c for c in clusters}
+        clustered = {id(n) for c in clusters for n in c["nodes"]}
         fused = set()                      # ids of nodes folded into a fused head
         for unit in self._units(live, kinds):
             if isinstance(unit, list):
                 self._add_ort(unit)
-            elif id(unit) not in fused:
+            elif id(unit) in at:
+                self._add_cluster(at[id(unit)])
+            elif id(unit) in clustered or id(unit) in fused:
+                continue
+            else:
                 chain = self._head_chain(unit)
                 if chain:
                     fused.update(id(n) for n in chain[1:])
                     self._add_fused(chain)
                 else:
-                    self._add_node(unit, self._kind(unit))
+                    self._append(*self._make_node(unit, self._kind(unit)))
+
+    def _add_cluster(self, cluster: dict) -> None:
+        made = [self._make_node(n, "native") for n in cluster["nodes"]]
+        sources = [self.resolve(n, "shape computation") for n in cluster["sources"]]
+        outs = [o for m in made for o in m[3] if o != TRASH]
+        label = ("shapes of " + ", ".join(cluster["sources"]) + ": "
+                 + ", ".join(m[1] for m in made))
+        self._append(cluster_step([m[0] for m in made], sources, outs), label,
+                     sources + [i for m in made for i in m[2]], outs)
 
     def _head_chain(self, node) -> Optional[list]:
         """MatMul/Gemm -> (Add of a constant) -> (activation), each intermediate read only
@@ -339,7 +356,8 @@ class Plan:
                     heapq.heappush(ready, w)
         return out
 
-    def _add_node(self, node, kind: str) -> None:
+    def _make_node(self, node, kind: str) -> tuple:
+        """(step, label, input slots, output slots) for one node."""
         label = node_label(node)
         ins = [self.resolve(n, f"node {label!r}") for n in node.input]
         outs = [self.slots[n] if n else TRASH for n in node.output]
@@ -366,7 +384,7 @@ class Plan:
             make = if_step if kind == "if" else loop_step
             step = make(node, ins, outs, subs, self.loaded.where)
             ins = ins + [outer for sub in subs.values() for _, outer in sub.captures]
-        self._append(step, f"{node.op_type} node {label!r}", ins, outs)
+        return step, f"{node.op_type} node {label!r}", ins, outs
 
     def _add_ort(self, nodes: list) -> None:
         produced = {o for n in nodes for o in n.output if o}
