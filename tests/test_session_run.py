@@ -231,3 +231,20 @@ def test_if_picks_its_branch_from_a_run_time_value():
     a = assert_same_as_ort(model, {"x": x, "sr": np.array(16000, np.int64)})
     b = assert_same_as_ort(model, {"x": x, "sr": np.array(8000, np.int64)})
     assert not np.allclose(a[0], b[0])
+
+
+def test_ort_group_inside_a_branch_reads_outer_values():
+    axis = numpy_helper.from_array(np.array(0, np.int64), "axis")
+    then = helper.make_graph([helper.make_node("CumSum", ["x", "axis"], ["t"]),
+                              helper.make_node("Relu", ["t"], ["o"])], "then", [],
+                             [_f("o", [4])])
+    other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
+                              [_f("e", [4])])
+    model = _model([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
+                   [_f("x", [4]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                   [_f("y", [4])], [axis])
+    sess = InferenceSession(model)
+    assert "ort" in sess.placement().values()
+    x = np.array([1.0, -2.0, 3.0, -4.0], np.float32)
+    for c in (True, False):
+        assert_same_as_ort(model, {"x": x, "c": np.array(c)})
