@@ -103,7 +103,7 @@ def openvino_plain(model_bytes, feeds_of_step, pairs, zero):
 
     def step():
         res = request.infer({**feeds_of_step(k[0]), **state})
-        outs = {n: res[compiled.output(n)] for n in names}
+        outs = {n: res[compiled.output(n)].copy() for n in names}   # results are reused buffers
         for out, inp in pairs.items():
             state[inp] = outs[out]
         k[0] += 1
