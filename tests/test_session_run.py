@@ -117,8 +117,23 @@ def test_placement_runs_recurrent_nodes_on_the_engine():
     kinds = sess.placement()
     assert [k for k, v in kinds.items() if v == "recurrent"] == [
         "/model/decoder/rnn/LSTM", "/model/decoder/rnn_1/LSTM"]
-    assert "ort" not in kinds.values()   # every Silero operator is native
+    # with onnxruntime installed the convolutions (and what only reads them) go there
+    assert kinds["/model/stft/Conv"] == "ort" and kinds["/model/encoder/0/activation/Relu"] == "ort"
+    assert len(sess._loaded.ort_groups) == 2
     assert "recurrent" in repr(sess)
+
+
+def test_silero_runs_natively_without_onnxruntime(monkeypatch):
+    rng = np.random.default_rng(12)
+    feeds = {"input": (rng.standard_normal((2, 512)) * 0.1).astype(np.float32),
+             "state": (rng.standard_normal((2, 2, 128)) * 0.3).astype(np.float32),
+             "sr": np.array(16000, np.int64)}
+    expected = sm.ort_session(sm.SILERO).run(None, feeds)
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    sess = InferenceSession(sm.SILERO)
+    assert "ort" not in sess.placement().values()
+    for a, b in zip(sess.run(None, feeds), expected):
+        np.testing.assert_allclose(a, b, **TOL)
 
 
 def test_bytes_path_and_proto_load_the_same(tmp_path):
@@ -145,18 +160,20 @@ def _f(name, shape):
 
 
 def test_unknown_ops_are_grouped_into_few_ort_sessions():
-    """CumSum -> Hardmax are joined (one session); the native Relu between the second
-    CumSum and the first group splits it from the rest."""
+    """CumSum -> Hardmax are joined (one session); the native Add of a graph input between
+    the first CumSum and the second splits them (the final Add, which reads only ORT
+    results, joins the second group)."""
     axis = numpy_helper.from_array(np.array(1, np.int64), "axis")
     nodes = [helper.make_node("CumSum", ["x", "axis"], ["a"]),
              helper.make_node("Hardmax", ["a"], ["b"]),
-             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Add", ["a", "x"], ["r"]),
              helper.make_node("CumSum", ["r", "axis"], ["c"]),
              helper.make_node("Add", ["b", "c"], ["y"])]
     model = _model(nodes, [_f("x", ["N", 5])], [_f("y", ["N", 5])], [axis])
     sess = InferenceSession(model)
     groups = sess._loaded.ort_groups
-    assert sorted(len(g.nodes) for g in groups) == [1, 2]
+    assert sorted(len(g.nodes) for g in groups) == [2, 2]
+    assert sess.placement()["<unnamed Add -> r>"] == "native"
     x = np.random.default_rng(5).standard_normal((3, 5)).astype(np.float32)
     assert_same_as_ort(model, {"x": x})
 

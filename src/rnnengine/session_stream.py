@@ -205,9 +205,11 @@ class SessionStream:
     def import_state(self, data: bytes) -> None:
         """Continue from ``export_state`` bytes; ValueError if they do not fit."""
         arrays = unpack_arrays(data)
+        if not arrays:          # exported before the first step: the zero state
+            self.reset()
+            return
         if not self._time_mode:
-            self.state = {n: arrays.get(n) for n in self._state_inputs} if set(arrays) == set(
-                self._state_inputs) else arrays
+            self.state = arrays
             return
         carrier = next(iter(self._context.values()), None)
         by_label = {rec.label: rec for rec in self._recurrent}
