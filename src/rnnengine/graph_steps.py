@@ -22,6 +22,7 @@ from .model import MAX_ELEMENTS
 
 RECURRENT = frozenset(_RECURRENT_KINDS)
 _F32 = np.dtype(np.float32)
+_TINY = np.float32(np.finfo(np.float32).tiny)    # the smallest normal float32
 CONTROL = frozenset({"If", "Loop"})
 
 
@@ -136,7 +137,12 @@ class RecurrentStep:
         if value.shape != shape:
             raise ValueError(f"recurrent node {self.label!r}: initial state must have shape "
                              f"{shape}; got {value.shape}")
-        return np.array(value, np.float32, order="C")
+        state = np.array(value, np.float32, order="C")
+        # Subnormal state values (a sigmoid far below zero gives ~1e-39) make the kernel's
+        # products take microcode assists: Silero's LSTM at batch 16 ran 1344 us instead of
+        # 64 us on a state fed back 20 times. Zero is within any tolerance of them.
+        state[np.abs(state) < _TINY] = 0
+        return state
 
     def _write(self, v, x, y, h, c) -> None:
         dtype = x.dtype
