@@ -16,6 +16,7 @@ SR = np.array(16000, np.int64)
 @pytest.fixture(scope="module")
 def models():
     return {"a_state": sm.embedding_lstm(True), "a_plain": sm.embedding_lstm(False),
+            "a_plain_fixed": sm.embedding_lstm(False, dynamic=False),
             "a_fixed": sm.embedding_lstm(True, dynamic=False),
             "b_linear": sm.frontend_gru(False), "b_conv": sm.frontend_gru(True),
             "d": sm.packed_lstm()}
@@ -283,3 +284,29 @@ def test_pool_ids_and_state_bytes():
         pool.step([a, c], {"input": x[:1]})
     with pytest.raises(ValueError, match="distinct"):
         pool.step([a, a], {"input": x})
+
+
+@pytest.mark.parametrize("which,batched", [("a_plain", True), ("a_plain_fixed", False)])
+def test_pool_along_time_without_state_inputs(models, which, batched):
+    """No state I/O: each slot keeps its recurrent state; a stream's output after t tokens
+    equals ORT's on the stream's whole history so far."""
+    model = models[which]
+    pool = InferenceSession(model).pool(capacity=5)
+    assert pool.batched == batched and "carried along time" in repr(pool)
+    ort = sm.ort_session(model)
+    rng = np.random.default_rng(13)
+    ids = [pool.open() for _ in range(5)]
+    history = {sid: np.zeros((1, 0), np.int64) for sid in ids}
+    for step in range(12):
+        chosen = [sid for sid in ids if rng.random() < 0.7] or ids[:1]
+        tokens = rng.integers(0, 20, (len(chosen), 1)).astype(np.int64)
+        got, = pool.step(chosen, {"tokens": tokens})
+        for j, sid in enumerate(chosen):
+            history[sid] = np.concatenate([history[sid], tokens[j:j + 1]], axis=1)
+            want = ort.run(None, {"tokens": history[sid]})[0][:, -1:]
+            np.testing.assert_allclose(got[j:j + 1], want, **TOL)
+        if step == 6:
+            saved = pool.export_state(ids[1])
+            pool.close(ids[1])
+            ids[1] = pool.import_state(saved)
+            history[ids[1]] = history.pop(next(k for k in history if k not in ids))

@@ -21,7 +21,7 @@ import numpy as np
 from .model import check_one_way, check_positive_int
 from .state_blob import pack_arrays, unpack_arrays
 from .state_pairs import find_pairs
-from .stream_plan import Carrier, ElidedPlan
+from .stream_plan import Carrier, ElidedPlan, SlotCarrier
 from .time_axis import check_streamable
 
 
@@ -82,12 +82,7 @@ class SessionStream:
         self._time_mode = not self.state_names
         self._elided = None
         if self._time_mode:
-            check_streamable(sess)
-            for rec in self._recurrent:
-                try:
-                    check_one_way(rec.model, "stream")
-                except ValueError as e:
-                    raise ValueError(f"recurrent node {rec.label!r}: {e}") from None
+            _check_time_mode(sess)
         else:
             elided = ElidedPlan(sess, self.state_names, set(self._fixed))
             self._elided = elided if elided.ok else None
@@ -253,9 +248,13 @@ class SessionPool:
         self._sess = sess
         self.capacity = check_positive_int("capacity", capacity)
         self.state_names = _pairs(sess, state)
-        if not self.state_names:
-            raise ValueError("a pool needs state inputs and outputs (state pairs); this "
-                             "graph has none: use sess.stream() per stream")
+        self._time_mode = not self.state_names
+        self._context = None
+        time_axes = {}
+        if self._time_mode:      # recurrent state per slot, carried along the time axis
+            time_axes = _check_time_mode(sess)
+            self._carrier = SlotCarrier(sess._loaded.recurrent, self.capacity)
+            self._context = {rec: self._carrier for rec in sess._loaded.recurrent}
         self._args = {a.name: a for a in sess.get_inputs()}
         self._fixed = {name: self._args[name].check(value).copy()
                        for name, value in _check_feeds(self._args, feeds).items()}
@@ -266,9 +265,15 @@ class SessionPool:
         self._keep = [k for k, a in enumerate(outputs) if a.name not in self.state_names]
         self._all = list(range(len(outputs)))
         self.batch_dim, self._in_axis, self._out_axis = _batch_axes(
-            sess.get_inputs(), outputs, self._state_inputs, [outputs[k] for k in self._keep])
+            sess.get_inputs(), outputs, self._state_inputs, [outputs[k] for k in self._keep],
+            time_axes)
         self.batched = self.batch_dim is not None
         self._state: Dict[str, np.ndarray] = {}
+        self._slot_axis = {n: (self._in_axis[n] if self.batched else None)
+                           for n in self._state_inputs}
+        if self._time_mode:
+            self._state = self._carrier.stores()
+            self._slot_axis = {n: 1 for n in self._state}
         self._sid_at = [-1] * self.capacity
         self._opened = [0] * self.capacity
         self._free = list(range(self.capacity - 1, -1, -1))
@@ -276,8 +281,10 @@ class SessionPool:
     def __repr__(self) -> str:
         how = (f"one graph pass for all streams (batch dim {self.batch_dim!r})" if self.batched
                else "streams stepped one by one (the graph's shapes are fixed at batch 1)")
+        state = (f"state={self.state_names}" if not self._time_mode else
+                 "recurrent state carried along time")
         return (f"rnnengine.SessionPool(capacity={self.capacity}, open={len(self.ids)}, "
-                f"state={self.state_names}, {how})")
+                f"{state}, {how})")
 
     @property
     def ids(self) -> List[int]:
@@ -317,14 +324,14 @@ class SessionPool:
 
     def _view(self, name: str, arr: np.ndarray, slot: int) -> np.ndarray:
         """The part of a state store that belongs to ``slot`` (batch axis kept, size 1)."""
-        if not self.batched:
+        ax = self._slot_axis[name]
+        if ax is None:
             return arr[slot]
-        ax = self._in_axis[name]
         return arr[(slice(None),) * ax + (slice(slot, slot + 1),)]
 
     def _ensure(self, merged: dict) -> None:
         """Allocate the state stores once the feeds tell the size of every named dim."""
-        if self._state:
+        if self._state or self._time_mode:
             return
         sizes = _symbols(self._args, merged)
         for name in self._state_inputs:
@@ -341,9 +348,11 @@ class SessionPool:
 
     def set_state(self, sid, state: dict) -> None:
         slot = self._slot(sid)
-        if not isinstance(state, dict) or set(state) != set(self._state_inputs):
-            raise ValueError(f"state must be a dict with keys {self._state_inputs}")
-        checked = {n: self._args[n].check(a) for n, a in state.items()}
+        names = list(self._state) if self._time_mode else self._state_inputs
+        if not isinstance(state, dict) or set(state) != set(names):
+            raise ValueError(f"state must be a dict with keys {names}")
+        checked = {n: (np.asarray(a, np.float32) if self._time_mode else self._args[n].check(a))
+                   for n, a in state.items()}
         self._ensure(checked)
         for name, value in checked.items():
             view = self._view(name, self._state[name], slot)
@@ -384,9 +393,12 @@ class SessionPool:
             return self._step_batched(slots, merged)
         return self._step_each(slots, merged)
 
-    def _run(self, merged: dict) -> list:
+    def _run(self, merged: dict, slots) -> list:
         sess = self._sess
         v = sess.new_table(merged)
+        if self._context is not None:
+            self._carrier.index = np.asarray(slots, np.intp)
+            v[0] = self._context
         sess._plan.execute(v)
         return sess.finish(v, self._all)
 
@@ -394,7 +406,7 @@ class SessionPool:
         index = np.asarray(slots, np.intp)
         for name in self._state_inputs:
             merged[name] = np.take(self._state[name], index, axis=self._in_axis[name])
-        outs = self._run(merged)
+        outs = self._run(merged, slots)
         for k, name in self._state_out:
             ax = self._in_axis[name]
             store = self._state[name]
@@ -414,7 +426,7 @@ class SessionPool:
                     one[name] = np.take(merged[name], [j], axis=ax)
             for name in self._state_inputs:
                 one[name] = self._state[name][slot]
-            outs = self._run(one)
+            outs = self._run(one, [slot])
             for k, name in self._state_out:
                 self._state[name][slot] = outs[k]
             results.append([outs[k] for k in self._keep])
@@ -422,16 +434,36 @@ class SessionPool:
                 if results else np.empty((0,)) for i in range(len(self._keep))]
 
 
-def _batch_axes(inputs, outputs, state_inputs, kept_outputs):
+def _check_time_mode(sess) -> Dict[str, int]:
+    """A graph without state pairs streams along time: every operator must keep timesteps
+    apart and every recurrent node run one way (ValueError naming the offender).
+    Returns {input: its time axis}."""
+    time_axes = check_streamable(sess)
+    for rec in sess._loaded.recurrent:
+        try:
+            check_one_way(rec.model, "stream")
+        except ValueError as e:
+            raise ValueError(f"recurrent node {rec.label!r}: {e}") from None
+    return time_axes
+
+
+def _batch_axes(inputs, outputs, state_inputs, kept_outputs, time_axes=None):
     """(batch dim name or None, {input: stream axis}, [stream axis per kept output]).
 
     The batch dim is the named dim found in the most inputs; the graph is batched when
     every state input and every kept output has it exactly once. Otherwise the streams
-    step one by one, stacked on each input's first axis of size 1 (or named)."""
-    count = {}
+    step one by one, stacked on each input's first axis of size 1 (or named). Time axes
+    (``time_axes``: {input: axis}) are never the streams' axis."""
+    time_axes = time_axes or {}
+    count, timed = {}, set()
     for a in inputs:
-        for d in set(x for x in (a.shape or []) if isinstance(x, str)):
+        shape = a.shape or []
+        if a.name in time_axes and time_axes[a.name] < len(shape):
+            timed.add(shape[time_axes[a.name]])
+        for d in set(x for x in shape if isinstance(x, str)):
             count[d] = count.get(d, 0) + 1
+    for d in timed:
+        count.pop(d, None)
     dim = max(count, key=lambda d: (count[d], d == "batch"), default=None)
 
     def has_once(a):
@@ -445,7 +477,7 @@ def _batch_axes(inputs, outputs, state_inputs, kept_outputs):
 
     def first_unit(a):
         for k, d in enumerate(a.shape or []):
-            if d == 1 or isinstance(d, str) or d is None:
+            if (d == 1 or isinstance(d, str) or d is None) and time_axes.get(a.name) != k:
                 return k
         return None
 

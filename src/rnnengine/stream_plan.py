@@ -81,6 +81,36 @@ class Carrier:
         return (y,) + (tuple(state) if rec.kind == "lstm" else (state, None))
 
 
+class SlotCarrier:
+    """Recurrent state of every slot of a time-axis pool: ``h[rec]`` (1, capacity, Hout),
+    ``c[rec]`` (1, capacity, H); a step gathers the rows of ``index`` and scatters the
+    final states back."""
+
+    def __init__(self, recs, capacity: int):
+        self.h = {r: np.zeros((1, capacity, r.Hout), np.float32) for r in recs}
+        self.c = {r: np.zeros((1, capacity, r.H), np.float32) for r in recs if r.kind == "lstm"}
+        self.index = None
+
+    def stores(self) -> Dict[str, np.ndarray]:
+        out = {}
+        for r, h in self.h.items():
+            out[f"{r.label}/h"] = h
+            if r in self.c:
+                out[f"{r.label}/c"] = self.c[r]
+        return out
+
+    def advance(self, rec, x: np.ndarray, v: list):
+        idx = self.index
+        h = self.h[rec][:, idx]
+        c = self.c[rec][:, idx] if rec in self.c else None
+        y, state = rec.model.run(x, h if c is None else (h, c))
+        h, c = (state, None) if c is None else state
+        self.h[rec][:, idx] = h
+        if c is not None:
+            self.c[rec][:, idx] = c
+        return y, h, c
+
+
 class ElidedPlan:
     """See the module docstring. ``step(v)`` runs the kept outputs' steps on table ``v``."""
 
