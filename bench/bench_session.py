@@ -9,7 +9,7 @@ Rows (every engine single-threaded, one process, interleaved, best of several ba
 * DTLN-shaped: 2-layer LSTM 257->128->128, Dense 128->257 + Sigmoid, (h, c) of both layers
   packed in one state tensor [1, 2, 128, 2] as tf2onnx writes it; one block per step.
 * model (a): Embedding -> 2-layer LSTM -> Linear -> LogSoftmax (a PyTorch export), one token
-  per step with explicit (h0, c0) -> (hn, cn).
+  per step with explicit (h0, c0) -> (hn, cn): the tests' size (H=16) and H=256.
 * Silero VAD (tests/data): one 512-sample chunk per step, state [2, 1, 128], sr fixed.
 * Silero pool: 16 streams in one pool.step against 16 ORT calls.
 
@@ -191,12 +191,14 @@ def main():
         sm.packed_lstm(features=257, hidden=128, outputs=257),
         lambda k: {"x": blocks[k % 64]}, {"state": np.zeros((1, 2, 128, 2), np.float32)}, {},
         reps)
-    tokens = rng.integers(0, 256, (64, 1, 1)).astype(np.int64)
-    row("model (a): Embedding(256, 64) -> LSTM 64->256->256 -> Linear -> LogSoftmax, one token",
-        sm.embedding_lstm(True, vocab=256, embed=64, hidden=256),
-        lambda k: {"tokens": tokens[k % 64]},
-        {"h0": np.zeros((2, 1, 256), np.float32), "c0": np.zeros((2, 1, 256), np.float32)},
-        {}, reps)
+    for vocab, embed, hidden in ((20, 8, 16), (256, 64, 256)):
+        tokens = rng.integers(0, vocab, (64, 1, 1)).astype(np.int64)
+        row(f"model (a): Embedding({vocab}, {embed}) -> LSTM {embed}->{hidden}->{hidden} -> "
+            "Linear -> LogSoftmax, one token per step",
+            sm.embedding_lstm(True, vocab=vocab, embed=embed, hidden=hidden),
+            lambda k, t=tokens: {"tokens": t[k % 64]},
+            {"h0": np.zeros((2, 1, hidden), np.float32),
+             "c0": np.zeros((2, 1, hidden), np.float32)}, {}, reps)
     chunks = (0.1 * rng.standard_normal((64, 1, 512))).astype(np.float32)
     with open(sm.SILERO, "rb") as f:
         silero = f.read()
