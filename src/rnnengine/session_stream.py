@@ -64,7 +64,9 @@ def _zeros(arg, sizes: dict, batch_dim=None, batch: int = 1) -> np.ndarray:
 
 
 class SessionStream:
-    """One stream of a whole model. ``step(feeds)`` -> list of the non-state outputs."""
+    """One stream of a whole model. ``step(feeds)`` -> list of the non-state outputs.
+    Not for concurrent use from two threads (one stream per thread; the session itself
+    is shareable)."""
 
     def __init__(self, sess, state=None, feeds=None):
         self._sess = sess
@@ -142,11 +144,13 @@ class SessionStream:
     def _go_fast(self, merged: dict) -> List[np.ndarray]:
         """First step of a stream with an elided plan: check it on these feeds, then move
         the state into the recurrent kernels and take the step there."""
-        elided, self._elided = self._elided, None
+        elided = self._elided
         sizes = _symbols(self._args, merged)
         zero = {n: _zeros(self._args[n], sizes) for n in self._state_inputs}
         feeds = {k: v for k, v in merged.items() if k not in self._state_inputs}
-        if not elided.verify(feeds, zero):
+        exact = elided.verify(feeds, zero)      # a bad feed raises here; retried next step
+        self._elided = None
+        if not exact:
             return self.step({k: v for k, v in feeds.items() if k not in self._fixed})
         current = [merged[n] for n in self._state_inputs]
         self._elided, self._fast = elided, True
@@ -242,7 +246,8 @@ class SessionPool:
     """Many streams of one whole model. ``step(ids, feeds)``: feeds stacked on the batch
     axis (one entry per id, in the order of ``ids``); fixed feeds as they are. Where the
     graph has a batch dimension, one graph pass serves all the streams; where its shapes
-    are fixed, the streams are stepped one by one (the repr says which)."""
+    are fixed, the streams are stepped one by one (the repr says which). Not thread-safe:
+    serialize calls (``rnnengine.Batcher`` will)."""
 
     def __init__(self, sess, capacity: int = 64, state=None, feeds=None):
         self._sess = sess
