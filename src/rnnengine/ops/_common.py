@@ -137,7 +137,7 @@ def type_name(code) -> str:
 def frozen(a: np.ndarray) -> np.ndarray:
     """A constant handed out on every call: read-only, so a consumer that writes in place
     fails loudly instead of changing the next call's value."""
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C")   # a private copy (ascontiguousarray would make 0-d 1-d)
     a.flags.writeable = False
     return a
 

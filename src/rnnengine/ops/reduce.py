@@ -33,6 +33,9 @@ def _log_sum_exp(x, axis, keepdims):
     return s if keepdims else np.squeeze(s, axis=axis)
 
 
+# With noop_with_empty_axes and no axes, ONNX Runtime still applies the elementwise part.
+_NOOP = {"ReduceSumSquare": np.square, "ReduceL1": np.abs, "ReduceL2": np.abs}
+
 _REDUCE = {"ReduceMean": np.mean, "ReduceSum": np.sum, "ReduceMax": np.max,
            "ReduceMin": np.min, "ReduceProd": np.prod, "ReduceSumSquare": _sum_square,
            "ReduceL1": _l1, "ReduceL2": _l2, "ReduceLogSumExp": _log_sum_exp}
@@ -60,11 +63,12 @@ def _reduce(a, opset, n_in, n_out):
             return (reduce(x, axes),)
         return f
     noop = a.flag("noop_with_empty_axes")
+    elementwise = _NOOP.get(kind)
 
     def g(x, axes=None):
         k = [] if axes is None else ints_of(axes, "axes")
         if not k and noop:
-            return (x,)
+            return (x if elementwise is None else elementwise(x),)
         return (reduce(x, k),)
     return g
 
