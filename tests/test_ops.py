@@ -424,3 +424,83 @@ def test_silero_ops_are_all_native():
                     walk(sub)
     walk(model.graph)
     assert ops - {"LSTM", "If"} <= NATIVE_OPS
+
+
+# -- fused heads ----------------------------------------------------------------------------
+def chain_nodes(head, act, bias, bias_first=False, head_attrs=None, act_attrs=None, c=False):
+    nodes = [helper.make_node(head, ["x", "w"] + (["c"] if c else []), ["p"], name="head",
+                              **(head_attrs or {}))]
+    last = "p"
+    if bias:
+        nodes.append(helper.make_node("Add", ["b", "p"] if bias_first else ["p", "b"], ["q"],
+                                      name="bias"))
+        last = "q"
+    if act:
+        nodes.append(helper.make_node(act, [last], ["y"], name="act", **(act_attrs or {})))
+    return nodes
+
+
+FUSED = [
+    ("MatMul", "Sigmoid", True, {}, {}, False, [r(1, 128), r(128, 257), r(257)], 15),
+    ("MatMul", "Relu", True, {}, {}, False, [r(2, 5, 8), r(8, 6), r(6)], 13),
+    ("MatMul", "Tanh", False, {}, {}, False, [r(3, 8), r(8, 6)], 13),
+    ("MatMul", None, True, {}, {}, False, [r(3, 8), r(8, 6), r(6)], 13),
+    ("MatMul", "Softmax", True, {}, {}, False, [r(2, 3, 8), r(8, 6), r(6)], 13),
+    ("MatMul", "LogSoftmax", True, {}, {"axis": 1}, False, [r(2, 3, 8), r(8, 6), r(6)], 11),
+    ("MatMul", "Sigmoid", True, {}, {}, False, [r(1, 8, dtype=np.float64),
+                                               r(8, 6, dtype=np.float64),
+                                               r(6, dtype=np.float64)], 13),
+    ("MatMul", "Relu", True, {}, {}, False, [r(6), r(6, 4), r(3, 4)], 13),  # bias grows Y
+    ("Gemm", "Sigmoid", False, {"transB": 1}, {}, True, [r(2, 8), r(6, 8), r(6)], 13),
+    ("Gemm", "Tanh", True, {"alpha": 0.5}, {}, False, [r(2, 8), r(8, 6), r(6)], 13),
+    ("Gemm", "LogSoftmax", False, {}, {}, True, [r(2, 8), r(8, 6), r(1, 6)], 13),
+    ("Gemm", "Softmax", True, {"transA": 1, "beta": 2.0}, {"axis": 0}, True,
+     [r(8, 2), r(8, 6), r(6), r(2, 1)], 13),
+]
+
+
+@pytest.mark.parametrize("bias_first", [False, True])
+@pytest.mark.parametrize("head, act, bias, head_attrs, act_attrs, c, inputs, opset", FUSED)
+def test_fused_chain_matches_onnxruntime(head, act, bias, head_attrs, act_attrs, c, inputs,
+                                         opset, bias_first):
+    from rnnengine.ops import fuse_chain
+    nodes = chain_nodes(head, act, bias, bias_first, head_attrs, act_attrs, c)
+    fused = fuse_chain(nodes, opset)
+    assert fused is not None
+    names = ["x", "w"] + (["c"] if c else []) + (["b"] if bias else [])
+    assert list(fused.inputs) == names and fused.outputs == (nodes[-1].output[0],)
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(x.dtype), x.shape)
+         for n, x in zip(names, inputs)],
+        [helper.make_empty_tensor_value_info(nodes[-1].output[0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = sess.run(None, dict(zip(names, inputs)))[0]
+    got = fused(*inputs)
+    assert len(got) == 1 and got[0].dtype == want.dtype and got[0].shape == want.shape
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6 * max(1, np.abs(want).max()))
+
+
+def test_fused_chain_declines_what_it_cannot_fuse():
+    from rnnengine.ops import fuse_chain
+    good = chain_nodes("MatMul", "Sigmoid", True)
+    assert fuse_chain(good[:1], 13) is None                     # nothing to fuse
+    assert fuse_chain(good[1:], 13) is None                     # no product first
+    assert fuse_chain(chain_nodes("MatMul", "Exp", True), 13) is None
+    assert fuse_chain([good[0], good[2]], 13) is None           # Sigmoid does not read p
+    assert fuse_chain(good + [helper.make_node("Relu", ["y"], ["z"])], 13) is None
+    sub = [good[0], helper.make_node("Sub", ["p", "b"], ["q"]), good[2]]
+    assert fuse_chain(sub, 13) is None
+    square = [good[0], helper.make_node("Add", ["p", "p"], ["q"]), good[2]]
+    assert fuse_chain(square, 13) is None
+
+
+def test_fused_chain_misfit_is_value_error_naming_nodes():
+    from rnnengine.ops import fuse_chain
+    fused = fuse_chain(chain_nodes("MatMul", "Sigmoid", True), 13)
+    with pytest.raises(ValueError, match="head"):
+        fused(r(1, 8), r(7, 6), r(6))
+    with pytest.raises(ValueError, match="bias"):
+        fused(r(1, 8), r(8, 6), r(6, dtype=I))

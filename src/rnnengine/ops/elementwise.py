@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 
+from .. import _kernels
 from ._common import registrar, same_dtype
 
 OPS = {}
@@ -131,18 +132,21 @@ def _relu(a, opset, n_in, n_out):
     return f
 
 
-# exp(-x) overflows past these (float16, float32, float64); the sigmoid there is below the
-# smallest normal number anyway, so clamping changes nothing visible.
+# exp(x) overflows past these (float16, float32, float64); the sigmoid there is 1 in the
+# dtype anyway, so clamping changes nothing visible.
 _EXP_MAX = {2: 11.0, 4: 88.0, 8: 709.0}
 
 
 def sigmoid_(y: np.ndarray) -> np.ndarray:
-    """Logistic function in place on a float array that the caller owns."""
-    np.negative(y, out=y)
+    """Logistic function in place on a C-contiguous float array that the caller owns: the
+    SIMD kernel for float32; otherwise e / (1 + e) with e = exp(min(y, cap)), which cannot
+    overflow and keeps full relative precision for very negative inputs."""
+    if y.dtype == np.float32:
+        _kernels.activate(2, 0.0, 0.0, y.reshape(-1))
+        return y
     np.minimum(y, _EXP_MAX[y.itemsize], out=y)
     np.exp(y, out=y)
-    y += 1
-    return np.reciprocal(y, out=y)
+    return np.divide(y, y + 1, out=y)
 
 
 def _float(x):
@@ -150,22 +154,41 @@ def _float(x):
         raise ValueError(f"input must be a floating-point tensor; got {x.dtype}")
 
 
-@op("Sigmoid")
-def _sigmoid(a, opset, n_in, n_out):
+# Activations that are several NumPy passes run as one pass of the engine's SIMD activation
+# kernel (the one the recurrent cells use; ONNX Runtime's semantics) on float32 data: codes
+# from layers.py ACTIVATIONS. Other float types take the NumPy formula.
+_C_CODES = {"Sigmoid": 2, "LeakyRelu": 4, "ThresholdedRelu": 5, "HardSigmoid": 7, "Softsign": 9}
+
+
+def activation(kind: str, alpha: float, beta: float, numpy_fn):
+    """``f(x) -> (y,)``: a fresh contiguous copy activated in place by the C kernel for float32,
+    ``numpy_fn(x)`` for other float dtypes."""
+    code, act = _C_CODES[kind], _kernels.activate
+
     def f(x):
+        if x.dtype == np.float32:
+            y = x.copy()
+            act(code, alpha, beta, y.reshape(-1))
+            return (y,)
         if x.dtype.kind != "f":
             _float(x)
-        return (sigmoid_(np.array(x)),)
+        return (numpy_fn(x),)
     return f
+
+
+def _sigmoid_np(x):
+    return sigmoid_(np.array(x, order="C"))
+
+
+@op("Sigmoid")
+def _sigmoid(a, opset, n_in, n_out):
+    return activation("Sigmoid", 0.0, 0.0, _sigmoid_np)
 
 
 @op("LeakyRelu")
 def _leaky_relu(a, opset, n_in, n_out):
     alpha = a.float("alpha", 0.01)
-
-    def f(x):
-        return (np.where(x < 0, x * alpha, x),)
-    return f
+    return activation("LeakyRelu", alpha, 0.0, lambda x: np.where(x < 0, x * alpha, x))
 
 
 @op("PRelu", inputs=(2, 2))
@@ -198,26 +221,31 @@ def _elu(a, opset, n_in, n_out):
 @op("ThresholdedRelu")
 def _thresholded_relu(a, opset, n_in, n_out):
     alpha = a.float("alpha", 1.0)
+    return activation("ThresholdedRelu", alpha, 0.0,
+                      lambda x: np.where(x > alpha, x, 0).astype(x.dtype))
 
+
+def _hard_sigmoid_np(alpha, beta):
     def f(x):
-        return (np.where(x > alpha, x, 0).astype(x.dtype, copy=False),)
+        y = np.multiply(x, alpha, out=...)
+        y += beta
+        return np.clip(y, 0, 1, out=y)
     return f
 
 
-@op("HardSigmoid", "HardSwish")
+@op("HardSigmoid")
 def _hard_sigmoid(a, opset, n_in, n_out):
-    swish = a.node.op_type == "HardSwish"
-    alpha = 1.0 / 6 if swish else a.float("alpha", 0.2)
-    beta = 0.5 if swish else a.float("beta", 0.5)
+    alpha, beta = a.float("alpha", 0.2), a.float("beta", 0.5)
+    return activation("HardSigmoid", alpha, beta, _hard_sigmoid_np(alpha, beta))
+
+
+@op("HardSwish")
+def _hard_swish(a, opset, n_in, n_out):
+    hard_sigmoid = _hard_sigmoid_np(1.0 / 6, 0.5)
 
     def f(x):
         _float(x)
-        y = np.multiply(x, alpha, out=...)
-        y += beta
-        np.clip(y, 0, 1, out=y)
-        if swish:
-            y *= x
-        return (y,)
+        return (np.multiply(hard_sigmoid(x), x, out=...),)
     return f
 
 
@@ -231,10 +259,7 @@ def _softplus(a, opset, n_in, n_out):
 
 @op("Softsign")
 def _softsign(a, opset, n_in, n_out):
-    def f(x):
-        _float(x)
-        return (x / (1 + np.abs(x)),)
-    return f
+    return activation("Softsign", 0.0, 0.0, lambda x: x / (1 + np.abs(x)))
 
 
 @op("Clip", inputs=(1, 3))

@@ -50,30 +50,55 @@ def _activation(node, opset):
     return None if a.unread() else fn
 
 
-def _product(node):
-    """(callable (*inputs) -> fresh product array, number of inputs), or None."""
+def _gemm_params(node):
+    """(alpha, beta, transA, transB) of a Gemm node, or None when it has other attributes."""
     a = Attrs(node)
-    if node.op_type == "MatMul":
-        def mm(x, w):
+    params = (a.float("alpha", 1.0), a.float("beta", 1.0), a.flag("transA"), a.flag("transB"))
+    return None if a.unread() else params
+
+
+def _add_bias(y, b):
+    if b.dtype != y.dtype:
+        same_dtype(y, b, "bias")
+    try:
+        y += b
+    except ValueError:   # the bias broadcasts to a bigger shape than the product
+        y = y + b
+    return y
+
+
+def _matmul_chain(bias, act):
+    """MatMul (+ bias) (+ activation) as one Python frame: the common streaming head, where
+    every extra frame is a visible share of a few-microsecond step."""
+    if bias:
+        def run(x, w, b):
             if x.dtype != w.dtype:
                 same_dtype(x, w)
-            return np.matmul(x, w, out=...)
-        return mm, 2
-    alpha, beta = a.float("alpha", 1.0), a.float("beta", 1.0)
-    ta, tb = a.flag("transA"), a.flag("transB")
-    if a.unread():
-        return None
-    n_in = len([i for i in node.input if i])
+            y = _add_bias(np.matmul(x, w, out=...), b)
+            return (y if act is None else act(y),)
+    else:
+        def run(x, w):
+            if x.dtype != w.dtype:
+                same_dtype(x, w)
+            y = np.matmul(x, w, out=...)
+            return (y if act is None else act(y),)
+    return run
 
-    def gemm(x, w, c=None):
+
+def _gemm_head(params, n_in, bias):
+    alpha, beta, ta, tb = params
+
+    def head(x, w, c=None, b=None):
         gemm_check(x, w, c)
         y = np.matmul(x.T if ta else x, w.T if tb else w)
         if alpha != 1.0:
             y *= alpha
         if c is not None and beta != 0.0:
             y += c if beta == 1.0 else beta * c
-        return y
-    return gemm, n_in
+        return y if b is None else _add_bias(y, b)
+    if n_in == 2 and bias:   # the Add's bias comes third, where Gemm's C would be
+        return lambda x, w, b: head(x, w, None, b)
+    return head
 
 
 def _single(node):
@@ -92,15 +117,12 @@ def fuse_chain(nodes, opset: int):
     nodes = list(nodes)
     if not 2 <= len(nodes) <= 3 or not all(_single(n) for n in nodes):
         return None
-    head = nodes[0]
-    if head.op_type not in ("MatMul", "Gemm") or "" in head.input:
+    first = nodes[0]
+    if first.op_type not in ("MatMul", "Gemm") or "" in first.input:
         return None
-    product = _product(head)
-    if product is None:
-        return None
-    mul, n_mul = product
-    inputs = list(head.input[:n_mul])
-    prev, rest = head.output[0], nodes[1:]
+    n_mul = len(first.input)
+    inputs = list(first.input)
+    prev, rest = first.output[0], nodes[1:]
     bias = False
     if rest[0].op_type == "Add":
         add = rest.pop(0)
@@ -114,24 +136,22 @@ def fuse_chain(nodes, opset: int):
         act = _activation(node, opset)
         if act is None or list(node.input) != [prev] or rest:
             return None
-    n_out_name = nodes[-1].output[0]
+    if first.op_type == "MatMul":
+        if n_mul != 2 or first.attribute:
+            return None
+        run = _matmul_chain(bias, act)
+    else:
+        params = _gemm_params(first)
+        if params is None or n_mul not in (2, 3):
+            return None
+        head = _gemm_head(params, n_mul, bias)
 
-    def run(*xs):
-        y = mul(*xs[:n_mul])
-        if bias:
-            b = xs[n_mul]
-            if b.dtype != y.dtype:
-                same_dtype(y, b, "bias")
-            try:
-                y += b
-            except ValueError:   # the bias broadcasts to a bigger shape than the product
-                y = y + b
-        if act is not None:
-            y = act(y)
-        return (y,)
+        def run(*xs):
+            y = head(*xs)
+            return (y if act is None else act(y),)
 
     where = "fused " + " + ".join(f"{n.op_type} {node_label(n)!r}" for n in nodes)
     fused = guard(run, where)
     fused.inputs = tuple(inputs)
-    fused.outputs = (n_out_name,)
+    fused.outputs = (nodes[-1].output[0],)
     return fused
