@@ -219,6 +219,10 @@ case("Pad", [r(2, 5), a(0, -1, 1, 2)], opsets=(13,))
 case("Pad", [r(2, 5), a(2, 3), None, a(-1)], opsets=(18,))
 case("Pad", [r(2, 5), a(1, 2, 1, 2)], {"mode": "wrap"}, opsets=(19,))
 case("Pad", [r(2, 5, dtype=I), a(0, 1, 0, 1), np.array(9, I)], opsets=(13,))
+case("Pad", [r(2, 3), a(0, 5, 0, 4)], {"mode": "wrap"}, opsets=(19,))
+case("Pad", [r(2, 5), a(0, -1, 0, 2)], {"mode": "reflect"}, opsets=(13,))
+case("Pad", [r(2, 5), a(1, -2, 0, 3)], {"mode": "edge"}, opsets=(13,))
+case("Pad", [r(3, 4), a(0, 0, 0, 0)], {"mode": "reflect"}, opsets=(13,))
 case("Range", [np.array(0, I), np.array(10, I), np.array(3, I)], opsets=(11,))
 case("Range", [np.array(10, I), np.array(2, I), np.array(-3, I)])
 case("Range", [np.array(0.5, F), np.array(2.0, F), np.array(0.25, F)])
@@ -269,6 +273,17 @@ for spec in [
     x, w = r(*spec.pop("x")), r(*spec.pop("w"))
     case("Conv", [x, w, r(w.shape[0])], spec, opsets=(11,))
     case("Conv", [x, w], spec, opsets=(22,))
+
+def test_conv_plans_per_input_shape():
+    node = helper.make_node("Conv", ["in0", "in1", "in2"], ["out0"], pads=[1, 2], strides=[2])
+    f = native_op(node, 15)
+    w, b = r(4, 3, 3), r(4)
+    for length in (9, 4, 9, 1):   # a new shape, another, a cached one, the smallest
+        x = r(2, 3, length)
+        model, _ = one_node_model("Conv", [x, w, b], {"pads": [1, 2], "strides": [2]}, 15, 1)
+        want = run_ort(model, [x, w, b])[0]
+        np.testing.assert_allclose(f(x, w, b)[0], want, rtol=1e-5, atol=1e-5)
+
 
 # -- reduce ---------------------------------------------------------------------------------
 for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
@@ -389,6 +404,8 @@ BAD_INPUTS = [
     ("Where", {}, 16, [r(3), r(3), r(3)]),               # condition not bool
     ("Not", {}, 13, [r(3)]),
     ("Pad", {}, 13, [r(2, 3), a(1, 1)]),
+    ("Pad", {"mode": "reflect"}, 13, [r(2, 3), a(0, 3, 0, 0)]),   # ORT refuses too
+    ("Pad", {"mode": "reflect"}, 13, [r(2, 1), a(0, 0, 0, 1)]),
     ("Expand", {}, 13, [r(3, 4), a(2, 4)]),
     ("Tile", {}, 13, [r(3, 4), a(2)]),
     ("Range", {}, 13, [np.array(0, I), np.array(5, I), np.array(0, I)]),

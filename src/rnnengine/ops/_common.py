@@ -161,11 +161,13 @@ def guard(fn, where: str):
 
 def ints_of(x, what: str) -> list:
     """A 1-D (or scalar) integer tensor input (axes, shape, pads, repeats) as Python ints."""
+    if x.ndim == 1 and x.dtype.kind in "iu":   # the usual case, first: it runs every step
+        return x.tolist()
     if x.dtype.kind not in "iu":
         raise ValueError(f"input {what} must be an integer tensor; got {x.dtype}")
     if x.ndim > 1:
         raise ValueError(f"input {what} must be 1-D; got shape {x.shape}")
-    return x.reshape(-1).tolist()
+    return [int(x)]
 
 
 def scalar_of(x, what: str):

@@ -1,5 +1,5 @@
-"""Network layers: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization, Conv (im2col and
-one batched matmul), BatchNormalization and Dropout (inference only).
+"""Network layers: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization, BatchNormalization
+and Dropout (inference only). Conv is in conv.py.
 
 Products go through ``np.matmul`` (BLAS for float32/float64); the work after a product is done
 in place on the buffer the product allocated.
@@ -7,7 +7,6 @@ in place on the buffer the product allocated.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ._common import norm_axis, registrar, same_dtype
 
@@ -111,94 +110,6 @@ def _layer_norm(a, opset, n_in, n_out):
         if bias is not None:
             y += bias
         return (y, mean, inv)[:n_out]
-    return f
-
-
-def _windows(x, kernel, strides, dilations):
-    """A read-only view (N, C, k1..kn, o1..on) of ``x`` (N, C, d1..dn, already padded)."""
-    n = len(kernel)
-    spatial = x.shape[2:]
-    outs = [(d - (k - 1) * dl - 1) // s + 1
-            for d, k, s, dl in zip(spatial, kernel, strides, dilations)]
-    if min(outs) < 1:
-        raise ValueError(f"kernel {tuple(kernel)} (dilations {tuple(dilations)}) does not "
-                         f"fit the padded input {tuple(spatial)}")
-    st = x.strides
-    return as_strided(x, shape=x.shape[:2] + tuple(kernel) + tuple(outs),
-                      strides=st[:2] + tuple(st[2 + i] * dilations[i] for i in range(n))
-                      + tuple(st[2 + i] * strides[i] for i in range(n)),
-                      writeable=False), outs
-
-
-def _same_pads(spatial, kernel, strides, dilations, upper):
-    begins, ends = [], []
-    for d, k, s, dl in zip(spatial, kernel, strides, dilations):
-        total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
-        small = total // 2
-        begins.append(small if upper else total - small)
-        ends.append(total - begins[-1])
-    return begins + ends
-
-
-@op("Conv", inputs=(2, 3))
-def _conv(a, opset, n_in, n_out):
-    auto = a.choice("auto_pad", ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"), "NOTSET")
-    group = a.int("group", 1)
-    kshape = a.ints("kernel_shape", None)
-    pads_attr, strides_attr = a.ints("pads", None), a.ints("strides", None)
-    dil_attr = a.ints("dilations", None)
-    if group < 1:
-        a.fail(f"group must be positive; got {group}")
-    if auto != "NOTSET" and pads_attr is not None and any(pads_attr):
-        a.fail(f"pads {pads_attr} cannot be combined with auto_pad {auto}")
-    for name, v in (("strides", strides_attr), ("dilations", dil_attr),
-                    ("kernel_shape", kshape)):
-        if v is not None and min(v, default=1) < 1:
-            a.fail(f"{name} must be positive; got {v}")
-    if pads_attr is not None and min(pads_attr, default=0) < 0:
-        a.fail(f"pads must be non-negative; got {pads_attr}")
-
-    def f(x, w, b=None):
-        same_dtype(x, w, "W")
-        n = x.ndim - 2
-        if n < 1 or w.ndim != x.ndim:
-            raise ValueError(f"X (N, C, spatial...) and W (M, C/group, kernel...) must have "
-                             f"the same rank >= 3; got {x.shape} and {w.shape}")
-        kernel = w.shape[2:]
-        if kshape is not None and tuple(kshape) != kernel:
-            raise ValueError(f"kernel_shape {kshape} does not match W's {kernel}")
-        c, m = x.shape[1], w.shape[0]
-        if c != w.shape[1] * group or m % group:
-            raise ValueError(f"X has {c} channels and W is {w.shape} with group {group}")
-        strides = strides_attr or [1] * n
-        dil = dil_attr or [1] * n
-        if auto == "NOTSET":
-            pads = pads_attr or [0] * (2 * n)
-        elif auto == "VALID":
-            pads = [0] * (2 * n)
-        else:
-            pads = _same_pads(x.shape[2:], kernel, strides, dil, auto == "SAME_UPPER")
-        if len(pads) != 2 * n or len(strides) != n or len(dil) != n:
-            raise ValueError(f"pads {pads}, strides {strides}, dilations {dil} do not fit "
-                             f"{n} spatial dims")
-        if any(pads):
-            xp = np.zeros(x.shape[:2] + tuple(d + pads[i] + pads[i + n]
-                                              for i, d in enumerate(x.shape[2:])), x.dtype)
-            xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + d)
-                                                 for i, d in enumerate(x.shape[2:]))] = x
-        else:
-            xp = x
-        win, outs = _windows(xp, kernel, strides, dil)
-        batch, g = x.shape[0], group
-        # im2col: (N, G, C/G * K, P), one copy of the windows; then (G, M/G, C/G * K) @ it.
-        cols = win.reshape(batch, g, -1, int(np.prod(outs)))
-        y = np.matmul(w.reshape(g, m // g, -1), cols).reshape((batch, m) + tuple(outs))
-        if b is not None:
-            same_dtype(x, b, "B")
-            if b.shape != (m,):
-                raise ValueError(f"B must have shape ({m},); got {b.shape}")
-            y += b.reshape((m,) + (1,) * n)
-        return (y,)
     return f
 
 

@@ -125,16 +125,22 @@ def _split(a, opset, n_in, n_out):
 
 
 def _sliced(x, starts, ends, axes, steps):
-    if not len(starts) == len(ends) == len(axes) == len(steps):
+    n, nd = len(starts), x.ndim
+    if not n == len(ends) == len(axes) == len(steps):
         raise ValueError(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} "
                          "differ in length")
-    index = [slice(None)] * x.ndim
-    for s, e, k, st in zip(starts, ends, axes, steps):
-        if st == 0:
-            raise ValueError("a step of 0")
+    index = [slice(None)] * nd
+    for i in range(n):
+        k, st = axes[i], steps[i]
+        if not -nd <= k < nd or st == 0:
+            raise ValueError(f"axis {k} (rank {nd}) with step {st} cannot be sliced")
         # Python's slice clamps out-of-range starts and ends exactly as ONNX does.
-        index[norm_axis(k, x.ndim)] = slice(s, e, st)
+        index[k] = slice(starts[i], ends[i], st)
     return x[tuple(index)]
+
+
+_AXES = [list(range(n)) for n in range(65)]   # defaults, indexed by the number of starts
+_ONES = [[1] * n for n in range(65)]
 
 
 @op("Slice", inputs=(1, 5))
@@ -154,8 +160,8 @@ def _slice(a, opset, n_in, n_out):
 
     def g(x, starts, ends, axes=None, steps=None):
         s, e = ints_of(starts, "starts"), ints_of(ends, "ends")
-        k = list(range(len(s))) if axes is None else ints_of(axes, "axes")
-        st = [1] * len(s) if steps is None else ints_of(steps, "steps")
+        k = _AXES[len(s)] if axes is None else ints_of(axes, "axes")
+        st = _ONES[len(s)] if steps is None else ints_of(steps, "steps")
         return (_sliced(x, s, e, k, st),)
     return g
 
@@ -185,10 +191,20 @@ def _tile(a, opset, n_in, n_out):
     return f
 
 
-_NP_PAD = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+def _pad_index(dim, begin, end, mode):
+    """Source positions along one axis for reflect, edge or wrap padding (one np.take)."""
+    p = np.arange(-begin, dim + end)
+    if mode == "edge":
+        return np.clip(p, 0, dim - 1)
+    if mode == "wrap":
+        return p % dim
+    if dim < 2 or max(begin, end) > dim - 1:   # ONNX Runtime refuses these too
+        raise ValueError(f"reflect padding ({begin}, {end}) needs an axis longer than both; "
+                         f"got {dim}")
+    return np.where(p < 0, -p, np.where(p < dim, p, 2 * (dim - 1) - p))
 
 
-def _padded(x, pads, axes, mode, value):
+def _padded(x, pads, axes, mode, value, cache):
     k = len(axes)
     if len(pads) != 2 * k:
         raise ValueError(f"pads {pads} must hold {2 * k} values (begin and end per axis)")
@@ -199,22 +215,34 @@ def _padded(x, pads, axes, mode, value):
         x = x[tuple(slice(-b if b < 0 else 0, x.shape[i] + e if e < 0 else None)
                     for i, (b, e) in enumerate(widths))]
         widths = [[max(b, 0), max(e, 0)] for b, e in widths]
-    if mode != "constant":
-        return np.pad(x, widths, mode=_NP_PAD[mode])
-    out = np.full([d + b + e for d, (b, e) in zip(x.shape, widths)], value, dtype=x.dtype)
-    out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, widths))] = x
-    return out
+    if mode == "constant":
+        out = np.full([d + b + e for d, (b, e) in zip(x.shape, widths)], value, dtype=x.dtype)
+        out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, widths))] = x
+        return out
+    for i, (b, e) in enumerate(widths):
+        if b or e:
+            if x.shape[i] == 0:
+                raise ValueError(f"cannot {mode}-pad axis {i} of size 0")
+            key = (x.shape[i], b, e)
+            index = cache.get(key)
+            if index is None:   # the same shapes come back every streaming step
+                if len(cache) > 64:
+                    cache.clear()
+                index = cache[key] = _pad_index(x.shape[i], b, e, mode)
+            x = np.take(x, index, axis=i)
+    return x
 
 
 @op("Pad", inputs=(1, 4))
 def _pad(a, opset, n_in, n_out):
     modes = ("constant", "reflect", "edge") + (("wrap",) if opset >= 19 else ())
     mode = a.choice("mode", modes, "constant")
+    cache = {}
     if opset < 11:
         pads, value = a.ints("pads", required=True), a.float("value", 0.0)
 
         def f(x):
-            return (_padded(x, pads, range(x.ndim), mode, value),)
+            return (_padded(x, pads, range(x.ndim), mode, value, cache),)
         return f
     if n_in < 2:
         a.fail("from opset 11 the pads are the second input, which is missing")
@@ -224,7 +252,7 @@ def _pad(a, opset, n_in, n_out):
     def g(x, pads, value=None, axes=None):
         fill = 0 if value is None or value.size == 0 else scalar_of(value, "constant_value")
         k = range(x.ndim) if axes is None else ints_of(axes, "axes")
-        return (_padded(x, ints_of(pads, "pads"), k, mode, fill),)
+        return (_padded(x, ints_of(pads, "pads"), k, mode, fill, cache),)
     return g
 
 
