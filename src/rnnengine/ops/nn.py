@@ -97,18 +97,19 @@ def _layer_norm(a, opset, n_in, n_out):
             raise ValueError(f"X must be floating-point; got {x.dtype}")
         k = norm_axis(axis, x.ndim)
         axes = tuple(range(k, x.ndim))
+        # Everything in the stash type (float32 or float64); Y is cast once at the end.
         xs = x.astype(np.float64 if stash == 11 else np.float32, copy=False)
         mean = xs.mean(axis=axes, keepdims=True)
-        d = xs - mean
-        inv = np.mean(np.square(d), axis=axes, keepdims=True)
+        y = xs - mean
+        inv = np.mean(np.square(y), axis=axes, keepdims=True)
         inv += eps
         np.sqrt(inv, out=inv)
         np.reciprocal(inv, out=inv)
-        d *= inv
-        y = d.astype(x.dtype, copy=False)
+        y *= inv
         y *= scale
         if bias is not None:
             y += bias
+        y = y.astype(x.dtype, copy=False)
         return (y, mean, inv)[:n_out]
     return f
 

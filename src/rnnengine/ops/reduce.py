@@ -41,11 +41,23 @@ _REDUCE = {"ReduceMean": np.mean, "ReduceSum": np.sum, "ReduceMax": np.max,
            "ReduceL1": _l1, "ReduceL2": _l2, "ReduceLogSumExp": _log_sum_exp}
 
 
-def _reducer(fn, keepdims):
+def _empty_value(kind, dtype):
+    """What ONNX Runtime gives for a reduction over nothing: the operation's identity."""
+    if kind in ("ReduceMax", "ReduceLogSumExp"):
+        return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+    if kind == "ReduceMin":
+        return np.inf if dtype.kind == "f" else np.iinfo(dtype).max
+    return 1 if kind == "ReduceProd" else 0
+
+
+def _reducer(kind, keepdims):
+    fn = _REDUCE[kind]
+
     def reduce(x, axes):
         k = tuple(norm_axis(i, x.ndim) for i in axes) if axes else None
-        if x.size == 0 and fn in (np.max, np.min):
-            raise ValueError(f"cannot take the {fn.__name__} of an empty tensor")
+        if x.size == 0:
+            shape = np.sum(x, axis=k, keepdims=bool(keepdims)).shape
+            return np.full(shape, _empty_value(kind, x.dtype), dtype=x.dtype)
         return np.asarray(fn(x, axis=k, keepdims=bool(keepdims))).astype(x.dtype, copy=False)
     return reduce
 
@@ -53,7 +65,7 @@ def _reducer(fn, keepdims):
 @op(*_REDUCE, inputs=(1, 2))
 def _reduce(a, opset, n_in, n_out):
     kind = a.node.op_type
-    reduce = _reducer(_REDUCE[kind], a.flag("keepdims", 1))
+    reduce = _reducer(kind, a.flag("keepdims", 1))
     if opset < (13 if kind == "ReduceSum" else 18):
         axes = a.ints("axes", None)
         if n_in > 1:

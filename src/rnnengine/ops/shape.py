@@ -86,9 +86,10 @@ def _squeeze(a, opset, n_in, n_out):
         return f
 
     def g(x, axes=None):
-        if axes is None:
+        k = None if axes is None else ints_of(axes, "axes")
+        if not k:   # absent or empty (ONNX Runtime treats both alike): every unit dim
             return (x.squeeze(),)
-        return (x.squeeze(_squeeze_axes(x, ints_of(axes, "axes"))),)
+        return (x.squeeze(_squeeze_axes(x, k)),)
     return g
 
 
