@@ -92,6 +92,7 @@ for op in ("Add", "Sub", "Mul", "Div"):
     case(op, [r(4, dtype=np.int32), np.array([1, 2, -3, 4], np.int32)])
     case(op, [r(2, 3, dtype=np.float64), r(3, dtype=np.float64)])
 case("Div", [np.array([7, -7, 7, -7, 6], I), np.array([2, 2, -2, -2, 3], I)])
+case("Div", [np.array(-7, np.int32), np.array(2, np.int32)])
 case("Mod", [np.array([7, -7, 7, -7], I), np.array([3, 3, -3, -3], I)])
 case("Mod", [r(5), np.full(5, 1.5, F)], {"fmod": 1})
 case("Pow", [pos(3, 4), a(2.0, dtype=F).reshape(())], opsets=(7, 15))

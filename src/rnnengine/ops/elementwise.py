@@ -65,7 +65,7 @@ def _not(a, opset, n_in, n_out):
 
 def _int_div(x, y):
     # ONNX Runtime divides integers as C does: the quotient truncates toward zero.
-    q = np.floor_divide(x, y)
+    q = np.floor_divide(x, y, out=...)
     fix = (q < 0) & (q * y != x)
     q[fix] += 1
     return q
@@ -77,7 +77,7 @@ def _div(a, opset, n_in, n_out):
         if x.dtype != y.dtype:
             same_dtype(x, y)
         if x.dtype.kind in "iu":
-            return (np.asarray(_int_div(x, y)),)
+            return (_int_div(x, y),)
         return (np.divide(x, y, out=...),)
     return f
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ._common import Attrs, guard, same_dtype
 from .elementwise import sigmoid_
-from .nn import gemm_check, log_softmax_, softmax_
+from .nn import gemm, gemm_attrs, log_softmax_, softmax_
 from ..loaders._fold import node_label
 
 
@@ -50,13 +50,6 @@ def _activation(node, opset):
     return None if a.unread() else fn
 
 
-def _gemm_params(node):
-    """(alpha, beta, transA, transB) of a Gemm node, or None when it has other attributes."""
-    a = Attrs(node)
-    params = (a.float("alpha", 1.0), a.float("beta", 1.0), a.flag("transA"), a.flag("transB"))
-    return None if a.unread() else params
-
-
 def _add_bias(y, b):
     if b.dtype != y.dtype:
         same_dtype(y, b, "bias")
@@ -86,15 +79,8 @@ def _matmul_chain(bias, act):
 
 
 def _gemm_head(params, n_in, bias):
-    alpha, beta, ta, tb = params
-
     def head(x, w, c=None, b=None):
-        gemm_check(x, w, c)
-        y = np.matmul(x.T if ta else x, w.T if tb else w)
-        if alpha != 1.0:
-            y *= alpha
-        if c is not None and beta != 0.0:
-            y += c if beta == 1.0 else beta * c
+        y = gemm(x, w, c, *params)
         return y if b is None else _add_bias(y, b)
     if n_in == 2 and bias:   # the Add's bias comes third, where Gemm's C would be
         return lambda x, w, b: head(x, w, None, b)
@@ -141,8 +127,9 @@ def fuse_chain(nodes, opset: int):
             return None
         run = _matmul_chain(bias, act)
     else:
-        params = _gemm_params(first)
-        if params is None or n_mul not in (2, 3):
+        a = Attrs(first)
+        params = gemm_attrs(a)
+        if a.unread() or n_mul not in (2, 3):
             return None
         head = _gemm_head(params, n_mul, bias)
 

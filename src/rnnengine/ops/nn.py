@@ -23,28 +23,32 @@ def _matmul(a, opset, n_in, n_out):
     return f
 
 
-def gemm_check(x, w, c):
+def gemm_attrs(a):
+    """(alpha, beta, transA, transB) of a Gemm node."""
+    return a.float("alpha", 1.0), a.float("beta", 1.0), a.flag("transA"), a.flag("transB")
+
+
+def gemm(x, w, c, alpha, beta, ta, tb):
+    """alpha * A' @ B' + beta * C in a fresh buffer; C must broadcast to the product (ONNX's
+    unidirectional broadcast), since it is added in place."""
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(f"A and B must be 2-D; got shapes {x.shape} and {w.shape}")
     same_dtype(x, w)
-    if c is not None:
+    y = np.matmul(x.T if ta else x, w.T if tb else w)
+    if alpha != 1.0:
+        y *= alpha
+    if c is not None and beta != 0.0:
         same_dtype(x, c, "C")
+        y += c if beta == 1.0 else beta * c
+    return y
 
 
 @op("Gemm", inputs=(2, 3))
 def _gemm(a, opset, n_in, n_out):
-    alpha, beta = a.float("alpha", 1.0), a.float("beta", 1.0)
-    ta, tb = a.flag("transA"), a.flag("transB")
+    params = gemm_attrs(a)
 
     def f(x, w, c=None):
-        gemm_check(x, w, c)
-        y = np.matmul(x.T if ta else x, w.T if tb else w)
-        if alpha != 1.0:
-            y *= alpha
-        if c is not None and beta != 0.0:
-            # In place, so C must broadcast to Y (ONNX's unidirectional broadcast).
-            y += c if beta == 1.0 else beta * c
-        return (y,)
+        return (gemm(x, w, c, *params),)
     return f
 
 
