@@ -290,6 +290,42 @@ def test_conv_plans_per_input_shape():
         np.testing.assert_allclose(f(x, w, b)[0], want, rtol=1e-5, atol=1e-5)
 
 
+for spec in [
+        dict(x=(1, 4, 5), w=(4, 3, 3)),
+        dict(x=(2, 4, 5), w=(4, 2, 3), strides=[2], pads=[1, 0], output_padding=[1]),
+        dict(x=(1, 4, 6), w=(4, 1, 4), group=2, strides=[2], pads=[1, 1]),
+        dict(x=(1, 2, 5), w=(2, 3, 3), dilations=[2], strides=[3]),
+        dict(x=(1, 2, 5), w=(2, 3, 3), strides=[2], output_shape=[10]),
+        dict(x=(1, 2, 5), w=(2, 3, 4), strides=[2], output_shape=[10], auto_pad="SAME_UPPER"),
+        dict(x=(1, 2, 5), w=(2, 3, 3), strides=[2], auto_pad="SAME_LOWER"),
+        dict(x=(1, 3, 4, 5), w=(3, 2, 3, 2), strides=[2, 1], pads=[1, 0, 0, 1]),
+        dict(x=(1, 16, 1, 8), w=(16, 8, 1, 4), strides=[1, 2], pads=[0, 1, 0, 1]),
+]:
+    spec = dict(spec)
+    x, w = r(*spec.pop("x")), r(*spec.pop("w"))
+    m = w.shape[1] * spec.get("group", 1)
+    case("ConvTranspose", [x, w, r(m)], spec, opsets=(11,))
+    case("ConvTranspose", [x, w], spec, opsets=(22,))
+for op in ("MaxPool", "AveragePool"):
+    for spec in [dict(kernel_shape=[3]), dict(kernel_shape=[3], strides=[2], pads=[1, 1]),
+                 dict(kernel_shape=[2], strides=[2], ceil_mode=1),
+                 dict(kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1),
+                 dict(kernel_shape=[3], auto_pad="SAME_UPPER"),
+                 dict(kernel_shape=[2, 3], strides=[1, 2], pads=[1, 0, 1, 2])]:
+        x = r(2, 3, 7) if len(spec["kernel_shape"]) == 1 else r(1, 2, 5, 6)
+        case(op, [x], spec, opsets=(11, 19))
+    case(op, [r(1, 2, 9)], {"kernel_shape": [3], "dilations": [2]}, opsets=(19,))
+for spec in [dict(kernel_shape=[3], pads=[1, 1], count_include_pad=1),
+             dict(kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1,
+                  count_include_pad=1),
+             dict(kernel_shape=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)]:
+    x = r(2, 3, 8) if len(spec["kernel_shape"]) == 1 else r(1, 2, 4, 5)
+    case("AveragePool", [x], spec, opsets=(11, 19))
+for op in ("GlobalAveragePool", "GlobalMaxPool"):
+    case(op, [r(2, 3, 7)], opsets=(1 + 10,))
+    case(op, [r(1, 3, 4, 5)], opsets=(22,))
+
+
 # -- reduce ---------------------------------------------------------------------------------
 for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
            "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp"):
@@ -363,6 +399,9 @@ BAD_ATTRS = [
     ("Conv", 2, {"group": 0}, 11),
     ("Conv", 2, {"auto_pad": "SAME_UPPER", "pads": [1, 1]}, 11),
     ("Conv", 2, {"strides": [0]}, 11),
+    ("MaxPool", 1, {}, 11),                              # kernel_shape is required
+    ("AveragePool", 1, {"kernel_shape": [2], "dilations": [2]}, 18),
+    ("MaxPool", 1, {"kernel_shape": [2], "ceil_mode": 3}, 12),
     ("LayerNormalization", 2, {"stash_type": 7}, 17),
     ("BatchNormalization", 5, {"training_mode": 1}, 15),
     ("Gelu", 1, {"approximate": "fast"}, 20),
