@@ -235,6 +235,40 @@ case("Range", [np.array(10, I), np.array(2, I), np.array(-3, I)])
 case("Range", [np.array(0.5, F), np.array(2.0, F), np.array(0.25, F)])
 case("Range", [np.array(5, np.int32), np.array(2, np.int32), np.array(1, np.int32)])
 
+# -- index ----------------------------------------------------------------------------------
+case("GatherElements", [r(3, 4), np.array([[0, 2, -1, 1], [2, 2, 0, 0]], I)], opsets=(11, 13))
+case("GatherElements", [r(3, 4), np.array([[0], [3], [-4]], np.int32)], {"axis": 1})
+case("ScatterElements", [r(3, 4), np.array([[0, 2, 1, 1]], I), r(1, 4)], opsets=(11, 13))
+case("ScatterElements", [r(3, 4), np.array([[1], [-1]], I), r(2, 1)], {"axis": 1},
+     opsets=(16,))
+case("ScatterElements", [r(3, 4), np.array([[1, 1]], I), r(1, 2)],
+     {"axis": 1, "reduction": "add"}, opsets=(18,))
+case("GatherND", [r(3, 4, 2), np.array([[0, 1], [2, -1]], I)], opsets=(11, 13))
+case("GatherND", [r(3, 4, 2), np.array([[1], [0]], I)], {"batch_dims": 0}, opsets=(12,))
+case("GatherND", [r(2, 4, 3), np.array([[1], [3]], I)], {"batch_dims": 1}, opsets=(13,))
+case("ScatterND", [r(4, 3), np.array([[1], [3]], I), r(2, 3)], opsets=(11, 13))
+case("ScatterND", [r(4, 3), np.array([[1, 2], [0, 0]], I), r(2)], {"reduction": "mul"},
+     opsets=(16,))
+case("OneHot", [np.array([0, 2, -1, 5], I), np.array(4, I), np.array([0, 1], F)],
+     opsets=(11,))
+case("OneHot", [np.array([[1, 0], [2, 3]], I), np.array([4], I), np.array([-1, 2], I)],
+     {"axis": 1}, opsets=(11,))
+case("NonZero", [r(3, 4, dtype=I)], opsets=(9, 13))
+case("NonZero", [r(5, dtype=B)], opsets=(13,))
+case("TopK", [r(3, 6), np.array([2], I)], opsets=(11, 13), n_out=2)
+case("TopK", [np.array([[1, 3, 3, 2, 3]], np.int32), np.array([3], I)],
+     {"largest": 0, "axis": 1}, opsets=(11,), n_out=2)
+case("TopK", [np.array([[1, 3, 3, 2, 3]], np.int32), np.array([3], I)], opsets=(11,),
+     n_out=2)
+case("CumSum", [r(3, 4), np.array(1, I)], opsets=(11, 14))
+case("CumSum", [r(3, 4), np.array(0, np.int32)], {"exclusive": 1, "reverse": 1})
+case("CumSum", [r(3, 4, dtype=I), np.array(-1, I)], {"reverse": 1})
+case("Trilu", [r(4, 5)], opsets=(14,))
+case("Trilu", [r(2, 4, 5), np.array(-1, I)], {"upper": 0}, opsets=(14,))
+case("Einsum", [r(2, 3, 4), r(2, 4, 5)], {"equation": "bij,bjk->bik"}, opsets=(12,))
+case("Einsum", [r(3, 3)], {"equation": "ii->i"}, opsets=(12,))
+case("Einsum", [r(2, 3), r(3, 4), r(4)], {"equation": "ij, jk, k -> i"}, opsets=(12,))
+
 # -- reduce ---------------------------------------------------------------------------------
 for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
            "ReduceSumSquare", "ReduceL1", "ReduceL2", "ReduceLogSumExp"):
@@ -317,6 +351,9 @@ BAD_ATTRS = [
     ("Gemm", 2, {"transA": 2}, 13),
     ("ReduceSum", 2, {}, 11),                            # axes input needs opset 13
     ("Constant", 0, {}, 13),
+    ("Einsum", 2, {"equation": "ij->i"}, 12),            # names one input, node has two
+    ("TopK", 2, {"sorted": 0}, 11),
+    ("ScatterND", 3, {"reduction": "sum"}, 16),
     ("Constant", 0, {"value_string": "s"}, 13),
     ("MatMul", 1, {}, 13),                               # too few inputs
     ("Relu", 2, {}, 13),                                 # too many inputs
@@ -367,6 +404,9 @@ BAD_INPUTS = [
     ("Range", {}, 13, [np.array(0, I), np.array(5, I), np.array(0, I)]),
     ("BatchNormalization", {}, 15, [r(2, 3, 4), r(4), r(3), r(3), r(3)]),
     ("Sigmoid", {}, 13, [r(3, dtype=I)]),
+    ("GatherElements", {}, 13, [r(3, 4), np.array([[3, 0, 0, 0]], I)]),
+    ("ScatterND", {}, 13, [r(4, 3), np.array([[4]], I), r(1, 3)]),
+    ("Einsum", {"equation": "ij,jk->ik"}, 12, [r(2, 3), r(4, 5)]),
     ("Softmax", {}, 13, [r(3, dtype=I)]),
 ]
 

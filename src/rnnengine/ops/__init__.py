@@ -13,11 +13,12 @@ from __future__ import annotations
 import onnx
 
 from ..errors import ModelError
-from . import conv, elementwise, nn, reduce, shape, tensor
+from . import conv, elementwise, index, nn, reduce, shape, tensor
 from ._common import Attrs, guard
 from .fusion import fuse_chain
 
-_SPECS = {**elementwise.OPS, **shape.OPS, **tensor.OPS, **nn.OPS, **conv.OPS, **reduce.OPS}
+_SPECS = {**elementwise.OPS, **shape.OPS, **tensor.OPS, **index.OPS, **nn.OPS, **conv.OPS,
+          **reduce.OPS}
 NATIVE_OPS = frozenset(_SPECS)
 
 __all__ = ["NATIVE_OPS", "native_op", "fuse_chain"]

@@ -1,0 +1,197 @@
+"""Indexing and ordering operators: GatherElements, GatherND, ScatterElements, ScatterND,
+OneHot, NonZero, TopK, CumSum, Trilu, Einsum.
+
+Indices may be negative (counted from the end) wherever ONNX allows it; out-of-range indices
+raise a ValueError naming the node, as ONNX Runtime refuses them too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import norm_axis, registrar, same_dtype, scalar_of
+
+OPS = {}
+op = registrar(OPS)
+
+
+def _indices(ix, dim, what="indices"):
+    if ix.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be int32 or int64; got {ix.dtype}")
+    if ix.size and (ix.min() < -dim or ix.max() >= dim):
+        raise ValueError(f"{what} must lie in [{-dim}, {dim - 1}]; got values from "
+                         f"{ix.min()} to {ix.max()}")
+    return np.where(ix < 0, ix + dim, ix)
+
+
+@op("GatherElements", inputs=(2, 2))
+def _gather_elements(a, opset, n_in, n_out):
+    axis = a.int("axis", 0)
+
+    def f(x, ix):
+        k = norm_axis(axis, x.ndim)
+        if ix.ndim != x.ndim:
+            raise ValueError(f"indices must have the rank of data ({x.ndim}); got {ix.ndim}")
+        return (np.take_along_axis(x, _indices(ix, x.shape[k]), axis=k),)
+    return f
+
+
+@op("ScatterElements", inputs=(3, 3))
+def _scatter_elements(a, opset, n_in, n_out):
+    axis = a.int("axis", 0)
+    reduction = a.choice("reduction", ("none", "add", "mul", "max", "min"), "none") \
+        if opset >= 16 else "none"
+    ufunc = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}.get(
+        reduction)
+
+    def f(x, ix, updates):
+        same_dtype(x, updates, "updates")
+        k = norm_axis(axis, x.ndim)
+        if ix.shape != updates.shape or ix.ndim != x.ndim:
+            raise ValueError(f"indices {ix.shape} and updates {updates.shape} must match and "
+                             f"have the rank of data ({x.ndim})")
+        ix = _indices(ix, x.shape[k])
+        y = x.copy()
+        where = list(np.indices(ix.shape, sparse=True))
+        where[k] = ix
+        if ufunc is None:
+            y[tuple(where)] = updates
+        else:
+            ufunc.at(y, tuple(where), updates)
+        return (y,)
+    return f
+
+
+def _nd_index(x, ix, batch):
+    if ix.dtype.kind not in "iu":
+        raise ValueError(f"indices must be int64; got {ix.dtype}")
+    depth = ix.shape[-1]
+    if ix.ndim < 1 or batch + depth > x.ndim or ix.shape[:batch] != x.shape[:batch]:
+        raise ValueError(f"indices {ix.shape} do not fit data {x.shape} with batch_dims "
+                         f"{batch}")
+    dims = np.array(x.shape[batch:batch + depth])
+    if ix.size and ((ix < -dims).any() or (ix >= dims).any()):
+        raise ValueError(f"indices out of range for data {x.shape}")
+    return np.where(ix < 0, ix + dims, ix), depth
+
+
+@op("GatherND", inputs=(2, 2))
+def _gather_nd(a, opset, n_in, n_out):
+    batch = a.int("batch_dims", 0) if opset >= 12 else 0
+
+    def f(x, ix):
+        ix, depth = _nd_index(x, ix, batch)
+        lead = [np.arange(d).reshape((-1,) + (1,) * (ix.ndim - 2 - i))
+                for i, d in enumerate(x.shape[:batch])]
+        cols = tuple(lead) + tuple(np.moveaxis(ix, -1, 0))
+        return (np.asarray(x[cols]),)
+    return f
+
+
+@op("ScatterND", inputs=(3, 3))
+def _scatter_nd(a, opset, n_in, n_out):
+    reduction = a.choice("reduction", ("none", "add", "mul", "max", "min"), "none") \
+        if opset >= 16 else "none"
+    ufunc = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}.get(
+        reduction)
+
+    def f(x, ix, updates):
+        same_dtype(x, updates, "updates")
+        ix, depth = _nd_index(x, ix, 0)
+        if updates.shape != ix.shape[:-1] + x.shape[depth:]:
+            raise ValueError(f"updates must have shape {ix.shape[:-1] + x.shape[depth:]}; got "
+                             f"{updates.shape}")
+        y = x.copy()
+        where = tuple(np.moveaxis(ix, -1, 0))
+        if ufunc is None:
+            y[where] = updates
+        else:
+            ufunc.at(y, where, updates)
+        return (y,)
+    return f
+
+
+@op("OneHot", inputs=(3, 3))
+def _one_hot(a, opset, n_in, n_out):
+    axis = a.int("axis", -1)
+
+    def f(ix, depth, values):
+        d = int(scalar_of(depth, "depth"))
+        if values.shape != (2,):
+            raise ValueError(f"values must be [off, on]; got shape {values.shape}")
+        k = norm_axis(axis, ix.ndim + 1)
+        ix = np.asarray(ix).astype(np.int64)
+        ix = np.where(ix < 0, ix + d, ix)   # out-of-range indices give all-off rows
+        hot = np.arange(d).reshape((-1,) + (1,) * (ix.ndim - k)) == np.expand_dims(ix, k)
+        return (np.where(hot, values[1], values[0]),)
+    return f
+
+
+@op("NonZero")
+def _non_zero(a, opset, n_in, n_out):
+    def f(x):
+        if x.ndim == 0:
+            return (np.zeros((0, int(x != 0)), np.int64),)
+        return (np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1),)
+    return f
+
+
+@op("TopK", inputs=(2, 2), outputs=(2, 2))
+def _top_k(a, opset, n_in, n_out):
+    axis = a.int("axis", -1)
+    largest = a.flag("largest", 1) if opset >= 11 else 1
+    ordered = a.flag("sorted", 1) if opset >= 11 else 1
+    if not ordered:
+        a.fail("sorted=0 is not handled natively (ONNX Runtime's order is unspecified)")
+
+    def f(x, k):
+        kk = int(scalar_of(k, "K"))
+        ax = norm_axis(axis, x.ndim)
+        if not 0 <= kk <= x.shape[ax]:
+            raise ValueError(f"K {kk} is outside [0, {x.shape[ax]}]")
+        # Stable sort on the negated keys keeps equal values in index order, as ORT does.
+        keys = -x if largest and x.dtype.kind != "u" else x
+        if largest and x.dtype.kind == "u":
+            keys = np.iinfo(x.dtype).max - x
+        order = np.argsort(keys, axis=ax, kind="stable")
+        index = np.take(order, np.arange(kk), axis=ax)
+        return (np.take_along_axis(x, index, axis=ax), index.astype(np.int64))
+    return f
+
+
+@op("CumSum", inputs=(2, 2))
+def _cum_sum(a, opset, n_in, n_out):
+    exclusive, reverse = a.flag("exclusive"), a.flag("reverse")
+
+    def f(x, axis):
+        k = norm_axis(int(scalar_of(axis, "axis")), x.ndim)
+        y = np.flip(x, k) if reverse else x
+        y = np.cumsum(y, axis=k, dtype=x.dtype)
+        if exclusive:
+            y = np.concatenate((np.zeros_like(np.take(y, [0], axis=k)),
+                                np.take(y, np.arange(y.shape[k] - 1), axis=k)), axis=k)
+        return (np.flip(y, k).copy() if reverse else y,)
+    return f
+
+
+@op("Trilu", inputs=(1, 2))
+def _trilu(a, opset, n_in, n_out):
+    fn = np.triu if a.int("upper", 1) else np.tril
+
+    def f(x, k=None):
+        if x.ndim < 2:
+            raise ValueError(f"input must have rank >= 2; got {x.shape}")
+        return (fn(x, 0 if k is None else int(scalar_of(k, "k"))),)
+    return f
+
+
+@op("Einsum", inputs=(1, 2**31))
+def _einsum(a, opset, n_in, n_out):
+    equation = a.str("equation", required=True).replace(" ", "")
+    if equation.count(",") != n_in - 1:
+        a.fail(f"equation {equation!r} does not name {n_in} inputs")
+
+    def f(*xs):
+        for x in xs[1:]:
+            same_dtype(xs[0], x, "operand")
+        return (np.asarray(np.einsum(equation, *xs, optimize=len(xs) > 2)),)
+    return f
