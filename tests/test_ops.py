@@ -149,6 +149,9 @@ case("Max", [r(3, 4, dtype=I), r(3, 1, dtype=I)], opsets=(13,))
 case("Where", [r(3, 4, dtype=B), r(3, 4), r(4)], opsets=(9, 16))
 case("Where", [r(3, 1, dtype=B), r(3, 4, dtype=I), r(1, 4, dtype=I)])
 case("Gelu", [r(3, 5)], opsets=(20,))
+case("Mish", [r(3, 5) * 4], opsets=(18,))
+for attrs in ({}, {"detect_positive": 0}, {"detect_negative": 0}):
+    case("IsInf", [np.array([np.inf, -np.inf, 0.0, np.nan, 3.0], F)], attrs, opsets=(10, 20))
 case("Gelu", [r(3, 5)], {"approximate": "tanh"}, opsets=(20,))
 
 # -- shape ----------------------------------------------------------------------------------

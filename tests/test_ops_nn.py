@@ -39,6 +39,8 @@ case("LayerNormalization", [r(2, 3, 8), r(3, 8)], {"axis": 1, "epsilon": 1e-3}, 
 case("LayerNormalization", [r(4, 8), r(8), r(8)])
 case("LayerNormalization", [r(2, 5).astype(np.float16), r(5).astype(np.float16),
                             r(5).astype(np.float16)], n_out=3)
+case("InstanceNormalization", [r(2, 3, 5), r(3), r(3)], opsets=(6 + 1, 22))
+case("InstanceNormalization", [r(1, 4, 3, 5), r(4), r(4)], {"epsilon": 1e-2})
 case("BatchNormalization", [r(2, 3, 5), r(3), r(3), r(3), pos(3)], opsets=(7, 9, 15))
 case("BatchNormalization", [r(2, 3, 4, 5), r(3), r(3), r(3), pos(3)],
      {"epsilon": 1e-3}, opsets=(14,))

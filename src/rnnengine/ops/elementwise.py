@@ -257,6 +257,29 @@ def _softplus(a, opset, n_in, n_out):
     return f
 
 
+@op("Mish")
+def _mish(a, opset, n_in, n_out):
+    def f(x):
+        _float(x)
+        return (np.multiply(x, np.tanh(np.logaddexp(x, 0)), out=...),)
+    return f
+
+
+@op("IsInf")
+def _is_inf(a, opset, n_in, n_out):
+    pos, neg = a.flag("detect_positive", 1), a.flag("detect_negative", 1)
+
+    def f(x):
+        _float(x)
+        y = np.isinf(x, out=...)
+        if not pos:
+            y &= x < 0
+        if not neg:
+            y &= x > 0
+        return (y,)
+    return f
+
+
 @op("Softsign")
 def _softsign(a, opset, n_in, n_out):
     return activation("Softsign", 0.0, 0.0, lambda x: x / (1 + np.abs(x)))

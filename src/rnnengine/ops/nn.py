@@ -118,6 +118,29 @@ def _layer_norm(a, opset, n_in, n_out):
     return f
 
 
+@op("InstanceNormalization", inputs=(3, 3))
+def _instance_norm(a, opset, n_in, n_out):
+    eps = a.float("epsilon", 1e-5)
+
+    def f(x, scale, bias):
+        if x.ndim < 3 or x.dtype.kind != "f":
+            raise ValueError(f"X must be floating-point (N, C, spatial...); got "
+                             f"{x.dtype}{x.shape}")
+        for v, what in ((scale, "scale"), (bias, "B")):
+            if v.shape != (x.shape[1],):
+                raise ValueError(f"{what} must have shape ({x.shape[1]},); got {v.shape}")
+        axes = tuple(range(2, x.ndim))
+        y = x - x.mean(axis=axes, keepdims=True)
+        inv = np.mean(np.square(y), axis=axes, keepdims=True)
+        inv += eps
+        y /= np.sqrt(inv, out=inv)
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        y *= scale.reshape(shape)
+        y += bias.reshape(shape)
+        return (y,)
+    return f
+
+
 @op("BatchNormalization", inputs=(5, 5), outputs=(1, 1))
 def _batch_norm(a, opset, n_in, n_out):
     eps = a.float("epsilon", 1e-5)
