@@ -407,6 +407,7 @@ BAD_INPUTS = [
     ("Range", {}, 13, [np.array(0, I), np.array(5, I), np.array(0, I)]),
     ("BatchNormalization", {}, 15, [r(2, 3, 4), r(4), r(3), r(3), r(3)]),
     ("Sigmoid", {}, 13, [r(3, dtype=I)]),
+    ("Exp", {}, 13, [r(3, dtype=I)]),
     ("GatherElements", {}, 13, [r(3, 4), np.array([[3, 0, 0, 0]], I)]),
     ("ScatterND", {}, 13, [r(4, 3), np.array([[4]], I), r(1, 3)]),
     ("Einsum", {"equation": "ij,jk->ik"}, 12, [r(2, 3), r(4, 5)]),

@@ -116,13 +116,22 @@ _UNARY = {"Neg": np.negative, "Abs": np.absolute, "Exp": np.exp, "Log": np.log,
           "Round": np.rint, "IsNaN": np.isnan}
 
 
+_ANY_NUMBER = {"Neg", "Abs", "Sign"}   # the rest take only floats (NumPy would promote ints)
+
+
 @op(*_UNARY)
 def _unary(a, opset, n_in, n_out):
     ufunc = _UNARY[a.node.op_type]
+    if a.node.op_type in _ANY_NUMBER:
+        def f(x):
+            return (ufunc(x, out=...),)
+        return f
 
-    def f(x):
+    def g(x):
+        if x.dtype.kind != "f":
+            _float(x)
         return (ufunc(x, out=...),)
-    return f
+    return g
 
 
 @op("Relu")
