@@ -45,7 +45,7 @@ case("BatchNormalization", [r(2, 3, 5), r(3), r(3), r(3), pos(3)], opsets=(7, 9,
 case("BatchNormalization", [r(2, 3, 4, 5), r(3), r(3), r(3), pos(3)],
      {"epsilon": 1e-3}, opsets=(14,))
 case("Dropout", [r(3, 4)], opsets=(7, 12, 13))
-case("Dropout", [r(3, 4)], opsets=(10, 12, 13), n_out=2)
+case("Dropout", [r(3, 4)], opsets=(7, 10, 12, 13), n_out=2)
 case("Dropout", [r(3, 4), np.array(0.3, F)], opsets=(13,))
 for spec in [
         dict(x=(1, 4, 10), w=(6, 4, 3)),

@@ -1,12 +1,15 @@
 """The non-recurrent ONNX operators that rnnengine runs natively, in NumPy.
 
 ``NATIVE_OPS`` names the default-domain op types handled here; ``native_op(node, opset)``
-decodes a node's attributes once and returns ``f(*inputs) -> tuple`` of output arrays
-(``None`` stands for an absent optional input). Semantics and output dtypes follow ONNX
-(opsets 7..22) as ONNX Runtime implements them. ``native_op`` raises ``ModelError`` for
-attributes it cannot run; ``f`` raises ``ValueError`` naming the node for inputs that do not
-fit. Outputs may be views of inputs (Reshape, Squeeze, Transpose, Slice...) or constants shared
-between calls: never write into an output you did not allocate.
+decodes a node's attributes once and returns ``f(*inputs) -> tuple`` of output arrays, one per
+node output up to the last one with a name (``None`` stands for an absent optional input).
+Semantics and output dtypes follow ONNX (opsets 7..22) as ONNX Runtime implements them.
+``native_op`` raises ``ModelError`` for attributes it cannot run (the caller may hand such a
+node to ONNX Runtime instead); ``f`` raises ``ValueError`` naming the node for inputs that do
+not fit. Outputs may be views of inputs (Reshape, Squeeze, Transpose, Slice, Expand...) or
+constants shared between calls: never write into an output you did not allocate.
+
+``fuse_chain(nodes, opset)`` runs a MatMul/Gemm (+ Add) (+ activation) head as one call.
 """
 from __future__ import annotations
 
