@@ -353,6 +353,14 @@ BAD_ATTRS = [
     ("Gelu", 1, {"approximate": "fast"}, 20),
     ("Gemm", 2, {"transA": 2}, 13),
     ("ReduceSum", 2, {}, 11),                            # axes input needs opset 13
+    ("ReduceMean", 2, {}, 17),                           # axes input needs opset 18
+    ("Squeeze", 2, {}, 11),
+    ("Unsqueeze", 2, {}, 12),
+    ("Split", 2, {}, 11),
+    ("Clip", 3, {}, 10),
+    ("Pad", 2, {}, 10),
+    ("Slice", 3, {}, 9),
+    ("Dropout", 2, {}, 11),
     ("Constant", 0, {}, 13),
     ("Einsum", 2, {"equation": "ij->i"}, 12),            # names one input, node has two
     ("TopK", 2, {"sorted": 0}, 11),
@@ -370,6 +378,12 @@ def test_bad_attributes_raise_model_error(op, n_in, attrs, opset):
     node = helper.make_node(op, [f"i{k}" for k in range(n_in)], ["y"], name="bad", **attrs)
     with pytest.raises(ModelError, match="bad"):
         native_op(node, opset)
+
+
+def test_empty_required_input_is_model_error():
+    node = helper.make_node("MatMul", ["", "w"], ["y"], name="hole")
+    with pytest.raises(ModelError, match="hole.*empty"):
+        native_op(node, 13)
 
 
 def test_foreign_domain_is_model_error():

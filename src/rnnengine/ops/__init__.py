@@ -50,6 +50,9 @@ def native_op(node: onnx.NodeProto, opset: int):
     while n_out and not node.output[n_out - 1]:
         n_out -= 1
     _count(node, n_in, spec.inputs, "inputs", a.where)
+    missing = [i for i in range(spec.inputs[0]) if not node.input[i]]
+    if missing:
+        a.fail(f"required input(s) {missing} are empty")
     _count(node, n_out, spec.outputs, "outputs", a.where)
     fn = spec.build(a, opset, n_in, n_out)
     unknown = a.unread()

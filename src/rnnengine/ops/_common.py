@@ -123,6 +123,13 @@ class Attrs:
                       "natively")
         return np.dtype(_NP_TYPES[code])
 
+    def inputs_before(self, opset, since, n_in, most):
+        """Before opset ``since`` the op took at most ``most`` inputs (the rest were
+        attributes then)."""
+        if opset < since and n_in > most:
+            self.fail(f"takes at most {most} input(s) before opset {since}; got {n_in} at "
+                      f"opset {opset}")
+
     def unread(self) -> list:
         return sorted(set(self.raw) - self.read)
 

@@ -296,6 +296,7 @@ def _softsign(a, opset, n_in, n_out):
 
 @op("Clip", inputs=(1, 3))
 def _clip(a, opset, n_in, n_out):
+    a.inputs_before(opset, 11, n_in, 1)
     if opset < 11:
         lo, hi = a.float("min", None), a.float("max", None)
 

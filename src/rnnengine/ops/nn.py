@@ -165,6 +165,7 @@ def _batch_norm(a, opset, n_in, n_out):
 
 @op("Dropout", inputs=(1, 3), outputs=(1, 2))
 def _dropout(a, opset, n_in, n_out):
+    a.inputs_before(opset, 12, n_in, 1)
     if opset < 12:
         a.float("ratio", 0.5)
     else:

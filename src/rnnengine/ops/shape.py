@@ -76,6 +76,7 @@ def _squeeze_axes(x, axes):
 
 @op("Squeeze", inputs=(1, 2))
 def _squeeze(a, opset, n_in, n_out):
+    a.inputs_before(opset, 13, n_in, 1)
     if opset < 13:
         fixed = a.ints("axes", None)
 
@@ -107,6 +108,7 @@ def _unsqueezed(x, axes):
 
 @op("Unsqueeze", inputs=(1, 2))
 def _unsqueeze(a, opset, n_in, n_out):
+    a.inputs_before(opset, 13, n_in, 1)
     if opset < 13:
         axes = a.ints("axes", required=True)
 

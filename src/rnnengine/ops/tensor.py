@@ -94,6 +94,7 @@ def _pieces(x, axis, sizes):
 
 @op("Split", inputs=(1, 2), outputs=(1, 2**31))
 def _split(a, opset, n_in, n_out):
+    a.inputs_before(opset, 13, n_in, 1)
     axis = a.int("axis", 0)
     fixed = a.ints("split", None) if opset < 13 else None
     parts = a.int("num_outputs", None) if opset >= 18 else None
@@ -145,12 +146,11 @@ _ONES = [[1] * n for n in range(65)]
 
 @op("Slice", inputs=(1, 5))
 def _slice(a, opset, n_in, n_out):
+    a.inputs_before(opset, 10, n_in, 1)
     if opset < 10:
         starts, ends = a.ints("starts", required=True), a.ints("ends", required=True)
         axes = a.ints("axes", None) or list(range(len(starts)))
         steps = [1] * len(starts)
-        if n_in != 1:
-            a.fail("before opset 10 Slice takes one input")
 
         def f(x):
             return (_sliced(x, starts, ends, axes, steps),)
@@ -238,6 +238,7 @@ def _pad(a, opset, n_in, n_out):
     modes = ("constant", "reflect", "edge") + (("wrap",) if opset >= 19 else ())
     mode = a.choice("mode", modes, "constant")
     cache = {}
+    a.inputs_before(opset, 11, n_in, 1)
     if opset < 11:
         pads, value = a.ints("pads", required=True), a.float("value", 0.0)
 
