@@ -209,6 +209,7 @@ case("Slice", [r(5, 6), a(1), a(4)], opsets=(10, 13))
 case("Slice", [r(5, 6), a(-1), a(-1000), a(1), a(-2)], opsets=(10, 13))
 case("Slice", [r(5, 6), a(4, 0), a(0, 2**62), a(0, 1), a(-1, 2)])
 case("Slice", [r(5, 6), a(0), a(-1), a(-1)])
+case("Slice", [r(5, 6), a(-2**62), a(-2**62), a(1), a(-1)])   # start clamps to 0, not empty
 case("Slice", [r(5, 6), a(10), a(20), a(1)])
 case("Slice", [r(5, 6), np.array([1], np.int32), np.array([3], np.int32)])
 case("Gather", [r(5, 4), a(0, 3, -1)], opsets=(7, 13))

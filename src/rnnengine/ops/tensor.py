@@ -135,8 +135,11 @@ def _sliced(x, starts, ends, axes, steps):
         k, st = axes[i], steps[i]
         if not -nd <= k < nd or st == 0:
             raise ValueError(f"axis {k} (rank {nd}) with step {st} cannot be sliced")
-        # Python's slice clamps out-of-range starts and ends exactly as ONNX does.
-        index[k] = slice(starts[i], ends[i], st)
+        s = starts[i]
+        if st < 0 and s < -x.shape[k]:
+            s = 0   # ONNX clamps it to the first element; Python would make the slice empty
+        # Otherwise Python's slice clamps out-of-range starts and ends as ONNX does.
+        index[k] = slice(s, ends[i], st)
     return x[tuple(index)]
 
 

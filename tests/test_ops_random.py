@@ -1,0 +1,96 @@
+"""rnnengine.ops against ONNX Runtime on random geometry (hypothesis): slicing parameters,
+broadcast shapes, convolution and pooling windows, padding."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+pytest.importorskip("onnxruntime")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from test_ops import check  # noqa: E402
+
+SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+def arrays(shape, seed, dtype=np.float32):
+    return np.asarray(np.random.default_rng(seed).uniform(-2, 2, size=shape), dtype=dtype)
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=4), st.data())
+def test_slice(shape, data):
+    rank = len(shape)
+    axes = data.draw(st.lists(st.integers(-rank, rank - 1), min_size=1, max_size=rank,
+                              unique_by=lambda k: k % rank))
+    n = len(axes)
+    bound = st.integers(-8, 8) | st.sampled_from([2**62, -2**62])
+    starts = data.draw(st.lists(bound, min_size=n, max_size=n))
+    ends = data.draw(st.lists(bound, min_size=n, max_size=n))
+    steps = data.draw(st.lists(st.integers(-3, 3).filter(bool), min_size=n, max_size=n))
+    ints = [np.array(v, np.int64) for v in (starts, ends, axes, steps)]
+    check("Slice", [arrays(shape, 1)] + ints, {}, 13)
+
+
+def _broadcastable(shape, data):
+    return [data.draw(st.sampled_from([1, d])) for d in shape[data.draw(
+        st.integers(0, len(shape))):]]
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 4), min_size=0, max_size=4), st.data(),
+       st.sampled_from(["Add", "Sub", "Mul", "Div", "Max", "Where", "Pow", "Greater"]))
+def test_broadcasting(shape, data, op):
+    a, b = _broadcastable(shape, data), _broadcastable(shape, data)
+    if data.draw(st.booleans()):
+        a, b = b, shape
+    x, y = arrays(a, 2), arrays(b, 3)
+    if op == "Pow":
+        x = np.asarray(np.abs(x) + 0.1)
+    if op == "Where":
+        check(op, [np.asarray(arrays(shape, 4) > 0), x, y], {}, 16)
+    else:
+        check(op, [x, y], {}, 14)
+
+
+@SETTINGS
+@given(st.integers(1, 2), st.integers(1, 3), st.data())
+def test_conv(spatial_dims, group, data):
+    k = [data.draw(st.integers(1, 3)) for _ in range(spatial_dims)]
+    dil = [data.draw(st.integers(1, 2)) for _ in range(spatial_dims)]
+    strides = [data.draw(st.integers(1, 3)) for _ in range(spatial_dims)]
+    pads = [data.draw(st.integers(0, 2)) for _ in range(2 * spatial_dims)]
+    size = [data.draw(st.integers((kk - 1) * d + 1, 8)) for kk, d in zip(k, dil)]
+    c, m = group * data.draw(st.integers(1, 2)), group * data.draw(st.integers(1, 2))
+    x, w = arrays([2, c] + size, 5), arrays([m, c // group] + k, 6)
+    attrs = dict(group=group, dilations=dil, strides=strides, pads=pads)
+    check("Conv", [x, w, arrays([m], 7)], attrs, 11)
+    check("ConvTranspose", [x, arrays([c, m // group] + k, 8)],
+          dict(attrs, pads=[min(p, kk - 1) for p, kk in zip(pads, k + k)]), 11)
+
+
+@SETTINGS
+@given(st.sampled_from(["MaxPool", "AveragePool"]), st.data())
+def test_pool(op, data):
+    k = data.draw(st.integers(1, 4))
+    pads = [data.draw(st.integers(0, k - 1)) for _ in range(2)]
+    attrs = dict(kernel_shape=[k], strides=[data.draw(st.integers(1, 3))], pads=pads,
+                 ceil_mode=int(data.draw(st.booleans())))
+    if op == "AveragePool":
+        attrs["count_include_pad"] = int(data.draw(st.booleans()))
+    check(op, [arrays([1, 2, data.draw(st.integers(k, 9))], 9)], attrs, 19)
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=3), st.data(),
+       st.sampled_from(["constant", "reflect", "edge", "wrap"]))
+def test_pad(shape, data, mode):
+    rank = len(shape)
+    low = -1 if mode == "constant" else 0
+    pads = []
+    for i in range(2 * rank):
+        dim = shape[i % rank]
+        top = dim - 1 if mode == "reflect" else 4
+        pads.append(data.draw(st.integers(max(low, -dim + 1) if low else 0, max(top, 0))))
+    check("Pad", [arrays(shape, 10), np.array(pads, np.int64)], {"mode": mode}, 19)
