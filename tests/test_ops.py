@@ -317,6 +317,23 @@ def test_constant_kinds():
         out[0, 0] = 9
 
 
+def assert_fresh_outputs(cases):
+    """Ops outside ALIASING_OPS share no memory with their inputs."""
+    from rnnengine.ops import ALIASING_OPS
+    assert ALIASING_OPS <= NATIVE_OPS
+    for param in cases:
+        op, inputs, attrs, opset, n_out = param.values
+        if op in ALIASING_OPS or not inputs:
+            continue
+        _, node = one_node_model(op, inputs, attrs, opset, n_out)
+        for y in native_op(node, opset)(*inputs):
+            assert not any(x is not None and np.shares_memory(y, x) for x in inputs), op
+
+
+def test_ops_outside_aliasing_ops_return_fresh_arrays():
+    assert_fresh_outputs(CASES)
+
+
 def test_shape_ops_return_views():
     x = r(1, 3, 1, 4)
     for op, ins, attrs, opset in [("Identity", [], {}, 13), ("Reshape", [a(3, 4)], {}, 13),

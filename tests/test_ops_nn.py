@@ -7,7 +7,8 @@ import functools
 import numpy as np
 import pytest
 
-from test_ops import F, I, add_case, check, one_node_model, pos, r, run_ort
+from test_ops import (F, I, add_case, assert_fresh_outputs, check, one_node_model, pos, r,
+                      run_ort)
 
 ort = pytest.importorskip("onnxruntime")
 from onnx import helper  # noqa: E402
@@ -116,6 +117,10 @@ for op in ("GlobalAveragePool", "GlobalMaxPool"):
 
 def test_every_case_op_is_native():
     assert {c.values[0] for c in CASES} <= NATIVE_OPS
+
+
+def test_ops_outside_aliasing_ops_return_fresh_arrays():
+    assert_fresh_outputs(CASES)
 
 
 @pytest.mark.parametrize("op, inputs, attrs, opset, n_out", CASES)

@@ -24,7 +24,15 @@ _SPECS = {**elementwise.OPS, **shape.OPS, **tensor.OPS, **index.OPS, **nn.OPS, *
           **reduce.OPS}
 NATIVE_OPS = frozenset(_SPECS)
 
-__all__ = ["NATIVE_OPS", "native_op", "fuse_chain"]
+# Ops whose outputs may be their input itself, a view of it, or a constant shared between
+# calls (read-only where NumPy allows). A caller that hands results to users, or writes in
+# place, copies these first; every other op returns fresh arrays.
+ALIASING_OPS = frozenset({
+    "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand",
+    "Constant", "Cast", "Slice", "Split", "Gather", "Pad", "Dropout", "Max", "Min", "Sum",
+    "Mean", "Einsum", *(op for op in reduce.OPS if op.startswith("Reduce"))})
+
+__all__ = ["ALIASING_OPS", "NATIVE_OPS", "native_op", "fuse_chain"]
 
 
 def _count(node, n: int, bounds: tuple, what: str, where: str):
