@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import pytest
@@ -459,8 +460,38 @@ def test_misfitting_inputs_raise_value_error(op, attrs, opset, inputs):
     assert not isinstance(info.value, ModelError)
 
 
+def test_numpy_before_2_3_still_returns_arrays():
+    """NumPy < 2.3 has no ufunc ``out=...``; the ops then convert 0-d scalar results."""
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np\n"
+        "np.__version__ = '2.2.0'\n"
+        "from onnx import helper\n"
+        "from rnnengine.ops import native_op, fuse_chain\n"
+        "from rnnengine.ops._common import ARRAY\n"
+        "assert ARRAY is None\n"
+        "s = np.array(2.0, np.float32)\n"
+        "for op in ('Add', 'Mul', 'Div', 'Pow', 'Equal', 'Max'):\n"
+        "    y, = native_op(helper.make_node(op, ['a', 'b'], ['y']), 15)(s, s)\n"
+        "    assert type(y) is np.ndarray and y.shape == (), (op, type(y))\n"
+        "i = np.array(-7, np.int64)\n"
+        "y, = native_op(helper.make_node('Div', ['a', 'b'], ['y']), 15)(i, np.array(2))\n"
+        "assert type(y) is np.ndarray and y == -3\n"
+        "y, = native_op(helper.make_node('Exp', ['a'], ['y']), 15)(s)\n"
+        "assert type(y) is np.ndarray\n"
+        "nodes = [helper.make_node('MatMul', ['x', 'w'], ['p']),\n"
+        "         helper.make_node('Sigmoid', ['p'], ['y'])]\n"
+        "v = np.ones(3, np.float32)\n"
+        "y, = fuse_chain(nodes, 15)(v, v)\n"
+        "assert type(y) is np.ndarray and abs(y - 1 / (1 + np.exp(-3))) < 1e-6\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 def test_silero_ops_are_all_native():
-    import os
     path = os.path.join(os.path.dirname(__file__), "data", "silero_vad_16k_op15.onnx")
     model = onnx.load(path)
     ops = set()

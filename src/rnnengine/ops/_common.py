@@ -19,6 +19,11 @@ from ..errors import ModelError
 from ..loaders._fold import node_label
 
 
+# ``out=ARRAY`` makes a ufunc return a 0-d ndarray rather than a NumPy scalar (NumPy >= 2.3
+# accepts out=...). Older NumPy has no such switch: there ``guard`` converts scalar results.
+ARRAY = ... if np.lib.NumpyVersion(np.__version__) >= "2.3.0" else None
+
+
 class Spec(NamedTuple):
     build: Callable
     inputs: tuple    # (fewest, most) node inputs, trailing absent ones included
@@ -163,6 +168,11 @@ def guard(fn, where: str):
             return fn(*inputs)
         except (ValueError, TypeError, IndexError, AttributeError) as e:
             raise ValueError(f"{where}: inputs ({describe(inputs)}) do not fit: {e}") from None
+
+    if ARRAY is None:
+        def run_old_numpy(*inputs):
+            return tuple(np.asarray(y) for y in run(*inputs))
+        return run_old_numpy
     return run
 
 

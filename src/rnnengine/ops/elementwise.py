@@ -1,7 +1,7 @@
 """Elementwise operators: arithmetic, comparisons, logic, unary math and activations.
 
 All follow NumPy broadcasting (which is ONNX's multidirectional broadcasting). Ufuncs are
-called with ``out=...`` so a 0-d result stays an ndarray, and float32 stays float32 (NumPy 2
+called with ``out=ARRAY`` so a 0-d result stays an ndarray, and float32 stays float32 (NumPy 2
 treats Python scalars as weak). Binary ops check that the operand dtypes agree, as ONNX's type
 constraints require, instead of letting NumPy promote int32 + float32 to float64.
 """
@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from .. import _kernels
-from ._common import registrar, same_dtype
+from ._common import ARRAY, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -22,7 +22,7 @@ def _binary(ufunc):
     def f(a, b):
         if a.dtype != b.dtype:
             same_dtype(a, b)
-        return (ufunc(a, b, out=...),)
+        return (ufunc(a, b, out=ARRAY),)
     return f
 
 
@@ -51,7 +51,7 @@ def _logic(a, opset, n_in, n_out):
         if x.dtype != np.bool_ or y.dtype != np.bool_:
             _need_bool(x, "A")
             _need_bool(y, "B")
-        return (ufunc(x, y, out=...),)
+        return (ufunc(x, y, out=ARRAY),)
     return f
 
 
@@ -59,13 +59,13 @@ def _logic(a, opset, n_in, n_out):
 def _not(a, opset, n_in, n_out):
     def f(x):
         _need_bool(x, "X")
-        return (np.logical_not(x, out=...),)
+        return (np.logical_not(x, out=ARRAY),)
     return f
 
 
 def _int_div(x, y):
     # ONNX Runtime divides integers as C does: the quotient truncates toward zero.
-    q = np.floor_divide(x, y, out=...)
+    q = np.asarray(np.floor_divide(x, y))   # writable even when 0-d
     fix = (q < 0) & (q * y != x)
     q[fix] += 1
     return q
@@ -78,7 +78,7 @@ def _div(a, opset, n_in, n_out):
             same_dtype(x, y)
         if x.dtype.kind in "iu":
             return (_int_div(x, y),)
-        return (np.divide(x, y, out=...),)
+        return (np.divide(x, y, out=ARRAY),)
     return f
 
 
@@ -92,7 +92,7 @@ def _mod(a, opset, n_in, n_out):
             same_dtype(x, y)
         if x.dtype.kind == "f" and ufunc is np.mod:
             raise ValueError("fmod must be 1 for floating-point inputs")
-        return (ufunc(x, y, out=...),)
+        return (ufunc(x, y, out=ARRAY),)
     return f
 
 
@@ -101,9 +101,9 @@ def _pow(a, opset, n_in, n_out):
     # The result has the base's dtype (opset 12 lets the exponent's type differ).
     def f(x, y):
         if x.dtype == y.dtype:
-            return (np.power(x, y, out=...),)
+            return (np.power(x, y, out=ARRAY),)
         if x.dtype.kind == "f":
-            return (np.power(x, y.astype(x.dtype), out=...),)
+            return (np.power(x, y.astype(x.dtype), out=ARRAY),)
         return (np.power(x.astype(np.float64), y).astype(x.dtype),)
     return f
 
@@ -124,20 +124,20 @@ def _unary(a, opset, n_in, n_out):
     ufunc = _UNARY[a.node.op_type]
     if a.node.op_type in _ANY_NUMBER:
         def f(x):
-            return (ufunc(x, out=...),)
+            return (ufunc(x, out=ARRAY),)
         return f
 
     def g(x):
         if x.dtype.kind != "f":
             _float(x)
-        return (ufunc(x, out=...),)
+        return (ufunc(x, out=ARRAY),)
     return g
 
 
 @op("Relu")
 def _relu(a, opset, n_in, n_out):
     def f(x):
-        return (np.maximum(x, 0, out=...),)
+        return (np.maximum(x, 0, out=ARRAY),)
     return f
 
 
@@ -236,7 +236,7 @@ def _thresholded_relu(a, opset, n_in, n_out):
 
 def _hard_sigmoid_np(alpha, beta):
     def f(x):
-        y = np.multiply(x, alpha, out=...)
+        y = np.multiply(x, alpha, out=ARRAY)
         y += beta
         return np.clip(y, 0, 1, out=y)
     return f
@@ -254,7 +254,7 @@ def _hard_swish(a, opset, n_in, n_out):
 
     def f(x):
         _float(x)
-        return (np.multiply(hard_sigmoid(x), x, out=...),)
+        return (np.multiply(hard_sigmoid(x), x, out=ARRAY),)
     return f
 
 
@@ -262,7 +262,7 @@ def _hard_swish(a, opset, n_in, n_out):
 def _softplus(a, opset, n_in, n_out):
     def f(x):
         _float(x)
-        return (np.logaddexp(x, 0, out=...),)
+        return (np.logaddexp(x, 0, out=ARRAY),)
     return f
 
 
@@ -270,7 +270,7 @@ def _softplus(a, opset, n_in, n_out):
 def _mish(a, opset, n_in, n_out):
     def f(x):
         _float(x)
-        return (np.multiply(x, np.tanh(np.logaddexp(x, 0)), out=...),)
+        return (np.multiply(x, np.tanh(np.logaddexp(x, 0)), out=ARRAY),)
     return f
 
 
@@ -280,7 +280,7 @@ def _is_inf(a, opset, n_in, n_out):
 
     def f(x):
         _float(x)
-        y = np.isinf(x, out=...)
+        y = np.isinf(x, out=ARRAY)
         if not pos:
             y &= x < 0
         if not neg:
@@ -302,7 +302,7 @@ def _clip(a, opset, n_in, n_out):
 
         def f(x):
             y = x if lo is None else np.maximum(x, lo)
-            return (np.minimum(y, hi, out=...) if hi is not None else np.array(y),)
+            return (np.minimum(y, hi, out=ARRAY) if hi is not None else np.array(y),)
         return f
 
     def g(x, lo=None, hi=None):
@@ -312,7 +312,7 @@ def _clip(a, opset, n_in, n_out):
                 raise ValueError(f"input {what} must be a single {x.dtype} value; got "
                                  f"{v.dtype}{v.shape}")
         y = x if lo is None else np.maximum(x, lo.reshape(()))
-        return (np.minimum(y, hi.reshape(()), out=...) if hi is not None else np.array(y),)
+        return (np.minimum(y, hi.reshape(()), out=ARRAY) if hi is not None else np.array(y),)
     return g
 
 

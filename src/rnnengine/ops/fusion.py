@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import Attrs, guard, same_dtype
+from ._common import ARRAY, Attrs, guard, same_dtype
 from .elementwise import sigmoid_
 from .nn import gemm, gemm_attrs, log_softmax_, softmax_
 from ..loaders._fold import node_label
@@ -67,13 +67,18 @@ def _matmul_chain(bias, act):
         def run(x, w, b):
             if x.dtype != w.dtype:
                 same_dtype(x, w)
-            y = _add_bias(np.matmul(x, w, out=...), b)
+            y = np.matmul(x, w, out=ARRAY)
+            if ARRAY is None:   # old NumPy: a 1-D @ 1-D product is a scalar; act needs an array
+                y = np.asarray(y)
+            y = _add_bias(y, b)
             return (y if act is None else act(y),)
     else:
         def run(x, w):
             if x.dtype != w.dtype:
                 same_dtype(x, w)
-            y = np.matmul(x, w, out=...)
+            y = np.matmul(x, w, out=ARRAY)
+            if ARRAY is None:
+                y = np.asarray(y)
             return (y if act is None else act(y),)
     return run
 

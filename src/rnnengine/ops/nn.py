@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import norm_axis, registrar, same_dtype
+from ._common import ARRAY, norm_axis, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -19,7 +19,7 @@ def _matmul(a, opset, n_in, n_out):
     def f(x, w):
         if x.dtype != w.dtype:
             same_dtype(x, w)
-        return (np.matmul(x, w, out=...),)
+        return (np.matmul(x, w, out=ARRAY),)
     return f
 
 
