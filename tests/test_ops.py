@@ -189,6 +189,22 @@ for dt in (np.float32, np.int64, np.bool_, np.int32, np.float16):
          opsets=(9, 13, 19))
 case("Cast", [r(5, dtype=I)], {"to": TensorProto.FLOAT})
 case("Cast", [r(5, dtype=B)], {"to": TensorProto.FLOAT})
+U8 = np.uint8
+case("DequantizeLinear", [np.array([0, 3, 128, 255], U8), np.array(0.5, F),
+                          np.array(128, U8)], opsets=(10, 13, 21))
+case("DequantizeLinear", [np.array([-128, 0, 5, 127], np.int8), np.array(0.25, F)],
+     opsets=(13,))
+case("DequantizeLinear", [r(2, 3, dtype=np.int8), pos(3), np.array([1, 0, -2], np.int8)],
+     opsets=(13, 19))
+case("DequantizeLinear", [r(3, 2, dtype=np.int32), pos(3)], {"axis": 0}, opsets=(13,))
+case("QuantizeLinear", [r(2, 5) * 100, np.array(0.5, F), np.array(10, U8)],
+     opsets=(10, 13, 21))
+case("QuantizeLinear", [np.array([0.5, 1.5, 2.5, -0.5, -300], F), np.array(1.0, F),
+                        np.array(0, np.int8)], opsets=(13,))
+case("QuantizeLinear", [r(4, 3) * 10, pos(3), np.array([0, 5, 200], U8)], opsets=(13,))
+case("QuantizeLinear", [r(4, 3) * 10, np.array(0.1, F)], opsets=(19,))
+case("QuantizeLinear", [r(3, 4) * 10, pos(3), np.array([0, 5, -7], np.int8)], {"axis": 0},
+     opsets=(13,))
 case("ConstantOfShape", [a(2, 3)], opsets=(9,))
 case("ConstantOfShape", [a(2, 3)], {"value": helper.make_tensor("v", TensorProto.INT64, [1],
                                                                  [7])})
@@ -268,6 +284,9 @@ case("TopK", [np.array([[1, 3, 3, 2, 3]], np.int32), np.array([3], I)], opsets=(
 case("CumSum", [r(3, 4), np.array(1, I)], opsets=(11, 14))
 case("CumSum", [r(3, 4), np.array(0, np.int32)], {"exclusive": 1, "reverse": 1})
 case("CumSum", [r(3, 4, dtype=I), np.array(-1, I)], {"reverse": 1})
+case("ReverseSequence", [r(4, 3, 2), np.array([4, 1, 2], I)], opsets=(10,))
+case("ReverseSequence", [r(3, 5), np.array([0, 5, 3], I)], {"batch_axis": 0, "time_axis": 1},
+     opsets=(10,))
 case("Trilu", [r(4, 5)], opsets=(14,))
 case("Trilu", [r(2, 4, 5), np.array(-1, I)], {"upper": 0}, opsets=(14,))
 case("Einsum", [r(2, 3, 4), r(2, 4, 5)], {"equation": "bij,bjk->bik"}, opsets=(12,))

@@ -1,5 +1,5 @@
 """Indexing and ordering operators: GatherElements, GatherND, ScatterElements, ScatterND,
-OneHot, NonZero, TopK, CumSum, Trilu, Einsum.
+OneHot, NonZero, TopK, CumSum, Trilu, ReverseSequence, Einsum.
 
 Indices may be negative (counted from the end) wherever ONNX allows it; out-of-range indices
 raise a ValueError naming the node, as ONNX Runtime refuses them too.
@@ -181,6 +181,29 @@ def _trilu(a, opset, n_in, n_out):
         if x.ndim < 2:
             raise ValueError(f"input must have rank >= 2; got {x.shape}")
         return (fn(x, 0 if k is None else int(scalar_of(k, "k"))),)
+    return f
+
+
+@op("ReverseSequence", inputs=(2, 2))
+def _reverse_sequence(a, opset, n_in, n_out):
+    batch_axis, time_axis = a.int("batch_axis", 1), a.int("time_axis", 0)
+    if {batch_axis, time_axis} not in ({0, 1},):
+        a.fail(f"batch_axis and time_axis must be 0 and 1 in some order; got {batch_axis} "
+               f"and {time_axis}")
+
+    def f(x, lens):
+        if x.ndim < 2 or lens.shape != (x.shape[batch_axis],) or lens.dtype.kind not in "iu":
+            raise ValueError(f"sequence_lens must be int64 of shape ({x.shape[batch_axis]},) "
+                             f"for input {x.shape}; got {lens.dtype}{lens.shape}")
+        steps = x.shape[time_axis]
+        if lens.size and (lens.min() < 0 or lens.max() > steps):
+            raise ValueError(f"sequence_lens must lie in [0, {steps}]; got {lens.tolist()}")
+        t = np.arange(steps)[:, None]
+        index = np.where(t < lens[None, :], lens[None, :] - 1 - t, t)   # (time, batch)
+        if time_axis == 1:
+            index = index.T
+        index = index.reshape(index.shape + (1,) * (x.ndim - 2))
+        return (np.take_along_axis(x, index, axis=time_axis),)
     return f
 
 

@@ -1,5 +1,5 @@
-"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast, Concat,
-Split, Slice, Gather, Tile, Pad, Range.
+"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast,
+QuantizeLinear, DequantizeLinear, Concat, Split, Slice, Gather, Tile, Pad, Range.
 
 Slice, Split and Gather with a scalar index return views of their input.
 """
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ._common import frozen, ints_of, norm_axis, registrar, scalar_of
+from ._common import frozen, ints_of, norm_axis, registrar, same_dtype, scalar_of
 
 OPS = {}
 op = registrar(OPS)
@@ -67,6 +67,61 @@ def _cast(a, opset, n_in, n_out):
 
     def f(x):
         return (x.astype(to, copy=False),)
+    return f
+
+
+def _per_axis(x, v, axis, what):
+    """A scale or zero point: a scalar, or 1-D along ``axis`` (reshaped to broadcast)."""
+    if v.size == 1:
+        return v.reshape(())
+    k = norm_axis(axis, x.ndim)
+    if v.shape != (x.shape[k],):
+        raise ValueError(f"{what} must be a scalar or of shape ({x.shape[k]},); got {v.shape}")
+    return v.reshape((-1,) + (1,) * (x.ndim - 1 - k))
+
+
+def _quant_attrs(a, opset):
+    axis = a.int("axis", 1) if opset >= 13 else 1
+    if opset >= 21 and a.int("block_size", 0):
+        a.fail("blocked quantization (block_size) is not handled natively")
+    return axis
+
+
+@op("DequantizeLinear", inputs=(2, 3))
+def _dequantize(a, opset, n_in, n_out):
+    axis = _quant_attrs(a, opset)
+
+    def f(x, scale, zero=None):
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"x must be an integer tensor; got {x.dtype}")
+        s = _per_axis(x, scale, axis, "x_scale")
+        y = x.astype(scale.dtype)
+        if zero is not None:
+            y -= _per_axis(x, zero, axis, "x_zero_point").astype(scale.dtype)
+        y *= s
+        return (y,)
+    return f
+
+
+@op("QuantizeLinear", inputs=(2, 3))
+def _quantize(a, opset, n_in, n_out):
+    axis = _quant_attrs(a, opset)
+    if opset >= 19:
+        a.flag("saturate", 1)   # only affects float8 outputs, which are not handled here
+    if opset >= 21 and a.has("output_dtype") and a.int("output_dtype"):
+        a.fail("output_dtype is not handled natively; give a zero point instead")
+
+    def f(x, scale, zero=None):
+        same_dtype(x, scale, "y_scale")
+        dtype = np.dtype(np.uint8) if zero is None else zero.dtype
+        if dtype.kind not in "iu" or dtype.itemsize > 2:
+            raise ValueError(f"the zero point must be (u)int8 or (u)int16; got {dtype}")
+        # Round half to even, add the zero point, saturate to the integer range.
+        y = np.rint(x / _per_axis(x, scale, axis, "y_scale"))
+        if zero is not None:
+            y += _per_axis(x, zero, axis, "y_zero_point")
+        info = np.iinfo(dtype)
+        return (np.clip(y, info.min, info.max).astype(dtype),)
     return f
 
 
