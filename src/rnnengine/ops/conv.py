@@ -140,12 +140,28 @@ def _add_channel_bias(y, b):
     return y
 
 
-class _Conv(_Window):
+class _Convolution(_Window):
+    """What Conv and ConvTranspose share: groups, the plan table, one gather and matmul."""
+
     def __init__(self, a):
         super().__init__(a)
         self.group = a.int("group", 1)
         if self.group < 1:
             a.fail(f"group must be positive; got {self.group}")
+
+    def planned(self, xshape, wshape, m, index, padded, outs):
+        return self.remember((xshape, wshape), (index, padded, (xshape[0], m) + tuple(outs),
+                                                int(np.prod(outs))))
+
+    def __call__(self, x, w, b=None):
+        if x.dtype != w.dtype:
+            same_dtype(x, w, "W")
+        plan = self.plans.get((x.shape, w.shape)) or self.plan(x.shape, w.shape)
+        y = _matmul_cols(x, self.weights(w, x.shape[1]), plan, x.shape[0], self.group)
+        return (y if b is None else _add_channel_bias(y, b),)
+
+
+class _Conv(_Convolution):
 
     def plan(self, xshape, wshape):
         m = _check_conv_shapes(xshape, wshape, self.group, False)
@@ -162,16 +178,10 @@ class _Conv(_Window):
         else:
             index, padded = _gather_index(spatial, _sliding(spatial, kernel, pads, strides,
                                                             dil, outs))
-        return self.remember((xshape, wshape), (index, padded, (xshape[0], m) + tuple(outs),
-                                                int(np.prod(outs))))
+        return self.planned(xshape, wshape, m, index, padded, outs)
 
-    def __call__(self, x, w, b=None):
-        if x.dtype != w.dtype:
-            same_dtype(x, w, "W")
-        plan = self.plans.get((x.shape, w.shape)) or self.plan(x.shape, w.shape)
-        g = self.group
-        y = _matmul_cols(x, w.reshape(g, w.shape[0] // g, -1), plan, x.shape[0], g)
-        return (y if b is None else _add_channel_bias(y, b),)
+    def weights(self, w, c):
+        return w.reshape(self.group, w.shape[0] // self.group, -1)
 
 
 @op("Conv", inputs=(2, 3))
@@ -179,17 +189,14 @@ def _conv(a, opset, n_in, n_out):
     return _Conv(a)
 
 
-class _ConvTranspose(_Window):
+class _ConvTranspose(_Convolution):
     """Each output position gathers the inputs that a strided scatter would have sent to it:
     input i reaches output o through kernel offset k when i * s + k * d - pad_begin = o."""
 
     def __init__(self, a):
         super().__init__(a)
-        self.group = a.int("group", 1)
         self.output_padding = a.ints("output_padding", None)
         self.output_shape = a.ints("output_shape", None)
-        if self.group < 1:
-            a.fail(f"group must be positive; got {self.group}")
 
     def plan(self, xshape, wshape):
         m = _check_conv_shapes(xshape, wshape, self.group, True)
@@ -222,20 +229,13 @@ class _ConvTranspose(_Window):
             src = num // strides[i]
             per_dim.append((src, (num % strides[i] == 0) & (src >= 0) & (src < d)))
         index, padded = _gather_index(spatial, per_dim)
-        return self.remember((xshape, wshape), (index, padded, (xshape[0], m) + tuple(outs),
-                                                int(np.prod(outs))))
+        return self.planned(xshape, wshape, m, index, padded, outs)
 
-    def __call__(self, x, w, b=None):
-        if x.dtype != w.dtype:
-            same_dtype(x, w, "W")
-        plan = self.plans.get((x.shape, w.shape)) or self.plan(x.shape, w.shape)
-        g, c = self.group, x.shape[1]
+    def weights(self, w, c):
         # W (C, M/g, K...) -> (g, M/g, C/g * K): per group, output channels by (c, k).
-        k = int(np.prod(w.shape[2:]))
-        wv = w.reshape(g, c // g, w.shape[1], k).transpose(0, 2, 1, 3).reshape(
+        g, k = self.group, int(np.prod(w.shape[2:]))
+        return w.reshape(g, c // g, w.shape[1], k).transpose(0, 2, 1, 3).reshape(
             g, w.shape[1], -1)
-        y = _matmul_cols(x, wv, plan, x.shape[0], g)
-        return (y if b is None else _add_channel_bias(y, b),)
 
 
 @op("ConvTranspose", inputs=(2, 3))

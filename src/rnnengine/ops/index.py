@@ -35,13 +35,29 @@ def _gather_elements(a, opset, n_in, n_out):
     return f
 
 
+_REDUCTIONS = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _reduction(a, opset):
+    """The ufunc that combines repeated scatter targets (opset 16+), or None to overwrite."""
+    if opset < 16:
+        return None
+    return _REDUCTIONS.get(a.choice("reduction", ("none", *_REDUCTIONS), "none"))
+
+
+def _scattered(x, where, updates, ufunc):
+    y = x.copy()
+    if ufunc is None:
+        y[where] = updates
+    else:
+        ufunc.at(y, where, updates)
+    return y
+
+
 @op("ScatterElements", inputs=(3, 3))
 def _scatter_elements(a, opset, n_in, n_out):
     axis = a.int("axis", 0)
-    reduction = a.choice("reduction", ("none", "add", "mul", "max", "min"), "none") \
-        if opset >= 16 else "none"
-    ufunc = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}.get(
-        reduction)
+    ufunc = _reduction(a, opset)
 
     def f(x, ix, updates):
         same_dtype(x, updates, "updates")
@@ -50,14 +66,9 @@ def _scatter_elements(a, opset, n_in, n_out):
             raise ValueError(f"indices {ix.shape} and updates {updates.shape} must match and "
                              f"have the rank of data ({x.ndim})")
         ix = _indices(ix, x.shape[k])
-        y = x.copy()
         where = list(np.indices(ix.shape, sparse=True))
         where[k] = ix
-        if ufunc is None:
-            y[tuple(where)] = updates
-        else:
-            ufunc.at(y, tuple(where), updates)
-        return (y,)
+        return (_scattered(x, tuple(where), updates, ufunc),)
     return f
 
 
@@ -89,10 +100,7 @@ def _gather_nd(a, opset, n_in, n_out):
 
 @op("ScatterND", inputs=(3, 3))
 def _scatter_nd(a, opset, n_in, n_out):
-    reduction = a.choice("reduction", ("none", "add", "mul", "max", "min"), "none") \
-        if opset >= 16 else "none"
-    ufunc = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}.get(
-        reduction)
+    ufunc = _reduction(a, opset)
 
     def f(x, ix, updates):
         same_dtype(x, updates, "updates")
@@ -100,13 +108,7 @@ def _scatter_nd(a, opset, n_in, n_out):
         if updates.shape != ix.shape[:-1] + x.shape[depth:]:
             raise ValueError(f"updates must have shape {ix.shape[:-1] + x.shape[depth:]}; got "
                              f"{updates.shape}")
-        y = x.copy()
-        where = tuple(np.moveaxis(ix, -1, 0))
-        if ufunc is None:
-            y[where] = updates
-        else:
-            ufunc.at(y, where, updates)
-        return (y,)
+        return (_scattered(x, tuple(np.moveaxis(ix, -1, 0)), updates, ufunc),)
     return f
 
 
