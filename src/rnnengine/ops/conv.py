@@ -118,15 +118,15 @@ def _check_conv_shapes(xshape, wshape, group, transpose):
     return wshape[0]
 
 
-def _matmul_cols(x, w_view, plan, batch, group, filler=0):
+def _matmul_cols(x, w_view, plan, batch, group):
     """One gather and one batched matmul: (N, M, outs...)."""
     index, padded, out_shape, p = plan
     flat = x.reshape(batch, x.shape[1], -1)
     if index is None:
         cols = flat.reshape(batch, group, -1, p)
     else:
-        if padded:   # the value that padding positions read
-            flat = np.concatenate((flat, np.full((batch, x.shape[1], 1), filler, x.dtype)), 2)
+        if padded:   # the zero that padding positions read
+            flat = np.concatenate((flat, np.zeros((batch, x.shape[1], 1), x.dtype)), 2)
         cols = np.take(flat, index, axis=2).reshape(batch, group, -1, p)
     return np.matmul(w_view, cols).reshape(out_shape)
 
@@ -162,6 +162,7 @@ class _Convolution(_Window):
 
 
 class _Conv(_Convolution):
+    """Output o reads input o * s + k * d - pad_begin through kernel offset k."""
 
     def plan(self, xshape, wshape):
         m = _check_conv_shapes(xshape, wshape, self.group, False)
