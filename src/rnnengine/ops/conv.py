@@ -11,6 +11,8 @@ skips the gather.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._common import registrar, same_dtype
@@ -234,7 +236,7 @@ class _ConvTranspose(_Convolution):
 
     def weights(self, w, c):
         # W (C, M/g, K...) -> (g, M/g, C/g * K): per group, output channels by (c, k).
-        g, k = self.group, int(np.prod(w.shape[2:]))
+        g, k = self.group, math.prod(w.shape[2:])
         return w.reshape(g, c // g, w.shape[1], k).transpose(0, 2, 1, 3).reshape(
             g, w.shape[1], -1)
 

@@ -5,6 +5,8 @@ round trip per op; fused, it is one product plus in-place passes.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._common import ARRAY, Attrs, guard, same_dtype
@@ -43,7 +45,7 @@ def _activation(node, opset):
             def fn(y):
                 # Before opset 13: the product seen as 2-D at ``axis``.
                 k = axis + y.ndim if axis < 0 else axis
-                inner(y.reshape(int(np.prod(y.shape[:k], dtype=np.int64)), -1), 1)
+                inner(y.reshape(math.prod(y.shape[:k]), -1), 1)
                 return y
     else:
         return None

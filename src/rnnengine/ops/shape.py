@@ -7,6 +7,8 @@ unless it allocated it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._common import ints_of, norm_axis, registrar
@@ -61,8 +63,8 @@ def _flatten(a, opset, n_in, n_out):
         k = axis + x.ndim if axis < 0 else axis
         if not 0 <= k <= x.ndim:
             raise ValueError(f"axis {axis} is out of range for rank {x.ndim}")
-        outer = int(np.prod(x.shape[:k], dtype=np.int64))
-        return (x.reshape(outer, int(np.prod(x.shape[k:], dtype=np.int64))),)
+        # math.prod, not np.prod: ~0.1 us instead of ~3 us on a shape tuple.
+        return (x.reshape(math.prod(x.shape[:k]), math.prod(x.shape[k:])),)
     return f
 
 
