@@ -1,7 +1,8 @@
 """A dense head as one call: MatMul or Gemm, then optionally an Add of a bias, then optionally
-one activation (Relu, Sigmoid, Tanh, Softmax, LogSoftmax), computed in place in the buffer the
-product allocates. Run op by op, the same head allocates a temporary per op and pays a Python
-round trip per op; fused, it is one product plus in-place passes.
+one activation (Relu, Sigmoid, Tanh, Softmax, LogSoftmax). The bias and the pointwise
+activations work in place in the buffer the product allocates (Softmax's max subtraction
+allocates once more). Run op by op, the same head allocates a temporary per op and pays a
+Python round trip per op.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from ._common import ARRAY, Attrs, guard, same_dtype
 from .elementwise import sigmoid_
-from .nn import gemm, gemm_attrs, log_softmax_, softmax_
+from .nn import gemm, gemm_attrs, log_softmax, softmax
 from ..loaders._fold import node_label
 
 
@@ -33,7 +34,7 @@ def _activation(node, opset):
     if kind in _POINTWISE:
         fn = _POINTWISE[kind]
     elif kind in ("Softmax", "LogSoftmax"):
-        inner = softmax_ if kind == "Softmax" else log_softmax_
+        inner = softmax if kind == "Softmax" else log_softmax
         if opset >= 13:
             axis = a.int("axis", -1)
 
@@ -45,8 +46,7 @@ def _activation(node, opset):
             def fn(y):
                 # Before opset 13: the product seen as 2-D at ``axis``.
                 k = axis + y.ndim if axis < 0 else axis
-                inner(y.reshape(math.prod(y.shape[:k]), -1), 1)
-                return y
+                return inner(y.reshape(math.prod(y.shape[:k]), -1), 1).reshape(y.shape)
     else:
         return None
     return None if a.unread() else fn

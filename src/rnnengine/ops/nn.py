@@ -57,30 +57,30 @@ def _gemm(a, opset, n_in, n_out):
 # The ufunc reductions (np.add.reduce) skip the Python layer of np.sum / np.mean, a
 # microsecond per call on streaming-sized rows.
 
-def softmax_(y: np.ndarray, axis: int) -> np.ndarray:
-    """Softmax in place along ``axis`` on a float array the caller owns."""
-    y -= y.max(axis=axis, keepdims=True)
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax along ``axis`` into a fresh array (the max subtraction allocates it)."""
+    y = x - x.max(axis=axis, keepdims=True)
     np.exp(y, out=y)
     y /= np.add.reduce(y, axis=axis, keepdims=True)
     return y
 
 
-def log_softmax_(y: np.ndarray, axis: int) -> np.ndarray:
-    y -= y.max(axis=axis, keepdims=True)
+def log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    y = x - x.max(axis=axis, keepdims=True)
     y -= np.log(np.add.reduce(np.exp(y), axis=axis, keepdims=True))
     return y
 
 
 @op("Softmax", "LogSoftmax")
 def _softmax(a, opset, n_in, n_out):
-    fn = softmax_ if a.node.op_type == "Softmax" else log_softmax_
+    fn = softmax if a.node.op_type == "Softmax" else log_softmax
     if opset >= 13:
         axis = a.int("axis", -1)
 
         def f(x):
             if x.dtype.kind != "f":
                 raise ValueError(f"input must be floating-point; got {x.dtype}")
-            return (fn(np.array(x), axis),)
+            return (fn(x, axis),)
         return f
     axis = a.int("axis", 1)
 
@@ -89,8 +89,7 @@ def _softmax(a, opset, n_in, n_out):
         if x.dtype.kind != "f":
             raise ValueError(f"input must be floating-point; got {x.dtype}")
         k = norm_axis(axis, x.ndim) if x.ndim else 0
-        y = np.array(x).reshape(math.prod(x.shape[:k]), -1)
-        return (fn(y, 1).reshape(x.shape),)
+        return (fn(x.reshape(math.prod(x.shape[:k]), -1), 1).reshape(x.shape),)
     return g
 
 
