@@ -175,6 +175,7 @@ case("Squeeze", [r(1, 3, 1, 2), a(2)], opsets=(13, 21))
 case("Squeeze", [r(1, 3, 1), np.zeros(0, I)])
 case("Unsqueeze", [r(3, 2)], {"axes": [0, 3]}, opsets=(7, 11))
 case("Unsqueeze", [r(3, 2), a(-1, 0)], opsets=(13,))
+case("Unsqueeze", [r(3, 2)], {"axes": [-1, 1]}, opsets=(11,))
 case("Unsqueeze", [r(dtype=F), a(0)], opsets=(13,))
 case("Transpose", [r(2, 3, 4)], opsets=(7, 13))
 case("Transpose", [r(2, 3, 4)], {"perm": [1, 0, 2]})
@@ -277,6 +278,7 @@ case("OneHot", [np.array([[1, 0], [2, 3]], I), np.array([4], I), np.array([-1, 2
 case("NonZero", [r(3, 4, dtype=I)], opsets=(9, 13))
 case("NonZero", [r(5, dtype=B)], opsets=(13,))
 case("TopK", [r(3, 6), np.array([2], I)], opsets=(11, 13), n_out=2)
+case("TopK", [r(3, 6)], {"k": 3}, opsets=(9,), n_out=2)
 case("TopK", [np.array([[1, 3, 3, 2, 3]], np.int32), np.array([3], I)],
      {"largest": 0, "axis": 1}, opsets=(11,), n_out=2)
 case("TopK", [np.array([[1, 3, 3, 2, 3]], np.int32), np.array([3], I)], opsets=(11,),

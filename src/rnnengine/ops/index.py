@@ -137,16 +137,20 @@ def _non_zero(a, opset, n_in, n_out):
     return f
 
 
-@op("TopK", inputs=(2, 2), outputs=(2, 2))
+@op("TopK", inputs=(1, 2), outputs=(2, 2))
 def _top_k(a, opset, n_in, n_out):
     axis = a.int("axis", -1)
+    a.inputs_before(opset, 10, n_in, 1)
+    fixed_k = a.int("k", required=True) if opset < 10 else None   # an input from opset 10
+    if fixed_k is None and n_in < 2:
+        a.fail("from opset 10 K is the second input, which is missing")
     largest = a.flag("largest", 1) if opset >= 11 else 1
     ordered = a.flag("sorted", 1) if opset >= 11 else 1
     if not ordered:
         a.fail("sorted=0 is not handled natively (ONNX Runtime's order is unspecified)")
 
-    def f(x, k):
-        kk = int(scalar_of(k, "K"))
+    def f(x, k=None):
+        kk = fixed_k if k is None else int(scalar_of(k, "K"))
         ax = norm_axis(axis, x.ndim)
         if not 0 <= kk <= x.shape[ax]:
             raise ValueError(f"K {kk} is outside [0, {x.shape[ax]}]")
