@@ -94,3 +94,44 @@ def test_pad(shape, data, mode):
         top = dim - 1 if mode == "reflect" else 4
         pads.append(data.draw(st.integers(max(low, -dim + 1) if low else 0, max(top, 0))))
     check("Pad", [arrays(shape, 10), np.array(pads, np.int64)], {"mode": mode}, 19)
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4), st.data(),
+       st.sampled_from(["ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2", "ReduceLogSumExp"]))
+def test_reduce(shape, data, op):
+    rank = len(shape)
+    axes = data.draw(st.lists(st.integers(-rank, rank - 1), max_size=rank,
+                              unique_by=lambda k: k % rank))
+    keep = int(data.draw(st.booleans()))
+    x = arrays(shape, 11)
+    if axes or data.draw(st.booleans()):
+        check(op, [x, np.array(axes, np.int64)], {"keepdims": keep}, 18)
+    else:
+        check(op, [x], {"keepdims": keep}, 18)
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4), st.data())
+def test_gather_and_transpose(shape, data):
+    rank = len(shape)
+    axis = data.draw(st.integers(-rank, rank - 1))
+    dim = shape[axis]
+    index_shape = data.draw(st.lists(st.integers(1, 3), max_size=2))
+    index = np.array(data.draw(st.lists(st.integers(-dim, dim - 1),
+                                        min_size=int(np.prod(index_shape)),
+                                        max_size=int(np.prod(index_shape)))),
+                     np.int64).reshape(index_shape)
+    x = arrays(shape, 12)
+    check("Gather", [x, index], {"axis": axis}, 13)
+    perm = data.draw(st.permutations(range(rank)))
+    check("Transpose", [x], {"perm": list(perm)}, 13)
+
+
+@SETTINGS
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=4), st.data(),
+       st.sampled_from(["Softmax", "LogSoftmax"]), st.sampled_from([11, 13]))
+def test_softmax_axes(shape, data, op, opset):
+    rank = len(shape)
+    check(op, [arrays(shape, 13) * 4], {"axis": data.draw(st.integers(-rank, rank - 1))},
+          opset)
