@@ -115,6 +115,12 @@ case("Not", [r(3, 4, dtype=B)], opsets=(1 + 6,))
 for op in ("Neg", "Abs", "Exp", "Tanh", "Relu", "Sigmoid", "Floor", "Ceil", "Sign",
            "Reciprocal", "Sin", "Cos", "Round", "Softsign", "Softplus", "Erf"):
     case(op, [r(3, 5)], opsets=(13,))
+for op in ("Tan", "Atan", "Sinh", "Cosh", "Asinh"):
+    case(op, [r(3, 4)], opsets=(9, 22))
+for op in ("Asin", "Acos", "Atanh"):
+    case(op, [r(3, 4) / 2.5], opsets=(9,))
+case("Acosh", [pos(3, 4) + 1], opsets=(9,))
+case("IsNaN", [np.array([np.nan, 0.0, -np.inf, 1.0], F)], opsets=(9, 20))
 case("Sigmoid", [np.array([-200, -90, -20, -5, 0, 5, 20, 90, 200], F)])
 case("Sigmoid", [r(2, 3, dtype=np.float64)])
 case("Relu", [r(dtype=F)])

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from test_ops import (F, I, add_case, assert_fresh_outputs, check, one_node_model, pos, r,
+from test_ops import (CASES as FIRST_CASES, F, I, add_case, assert_fresh_outputs, check, one_node_model, pos, r,
                       run_ort)
 
 ort = pytest.importorskip("onnxruntime")
@@ -117,6 +117,11 @@ for op in ("GlobalAveragePool", "GlobalMaxPool"):
 
 def test_every_case_op_is_native():
     assert {c.values[0] for c in CASES} <= NATIVE_OPS
+
+
+def test_every_native_op_has_cases():
+    covered = {c.values[0] for c in CASES + FIRST_CASES} | {"Constant"}  # test_constant_kinds
+    assert NATIVE_OPS - covered == set()
 
 
 def test_ops_outside_aliasing_ops_return_fresh_arrays():
