@@ -7,7 +7,8 @@ import functools
 import numpy as np
 import pytest
 
-from test_ops import (CASES as FIRST_CASES, F, I, add_case, assert_fresh_outputs, check, one_node_model, pos, r,
+from test_ops import CASES as FIRST_CASES
+from test_ops import (F, I, add_case, assert_fresh_outputs, check, one_node_model, pos, r,
                       run_ort)
 
 ort = pytest.importorskip("onnxruntime")
