@@ -465,6 +465,12 @@ BAD_INPUTS = [
     ("Expand", {}, 13, [r(3, 4), a(2, 4)]),
     ("Tile", {}, 13, [r(3, 4), a(2)]),
     ("Range", {}, 13, [np.array(0, I), np.array(5, I), np.array(0, I)]),
+    ("Range", {}, 13, [np.array(0, I), np.array(2**40, I), np.array(1, I)]),   # too big
+    ("ConstantOfShape", {}, 13, [a(2**20, 2**20)]),
+    ("Tile", {}, 13, [r(3, 4), a(2**20, 2**20)]),
+    ("Pad", {}, 13, [r(2, 3), a(0, 2**30, 0, 0)]),
+    ("OneHot", {}, 11, [a(1, 2), np.array(2**40, I), np.array([0, 1], F)]),
+    ("Conv", {}, 11, [r(1, 1, 2**15), r(1, 1, 2**14)]),                    # gather too big
     ("BatchNormalization", {}, 15, [r(2, 3, 4), r(4), r(3), r(3), r(3)]),
     ("Sigmoid", {}, 13, [r(3, dtype=I)]),
     ("Exp", {}, 13, [r(3, dtype=I)]),

@@ -9,6 +9,7 @@ they accept through ``a`` (so an attribute nobody read is reported as unknown) a
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, NamedTuple
 
 import numpy as np
@@ -185,6 +186,19 @@ def ints_of(x, what: str) -> list:
     if x.ndim > 1:
         raise ValueError(f"input {what} must be 1-D; got shape {x.shape}")
     return [int(x)]
+
+
+# The most elements an op creates from shape-like inputs (ConstantOfShape, Tile, Range, Pad,
+# OneHot, a Conv or pool gather): 2**28 (1 GiB of float32). A hostile or broken graph then
+# ends in a ValueError instead of exhausting memory.
+MAX_ELEMENTS = 2**28
+
+
+def check_size(shape, what: str):
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"{what} would have shape {tuple(shape)} ({n} elements); more than "
+                         f"{MAX_ELEMENTS} is refused")
 
 
 def scalar_of(x, what: str):

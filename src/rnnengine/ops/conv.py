@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ._common import registrar, same_dtype
+from ._common import check_size, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -53,6 +53,7 @@ def _gather_index(spatial, per_dim):
 
 def _sliding(spatial, kernel, pads, strides, dilations, outs):
     """Per-dim (src, valid) for windows that start at o * stride - pad_begin."""
+    check_size(list(kernel) + list(outs), "the window gather")
     per_dim = []
     for i, d in enumerate(spatial):
         src = (np.arange(kernel[i])[:, None] * dilations[i]
@@ -225,6 +226,7 @@ class _ConvTranspose(_Convolution):
         outs = [f - pads[i] - pads[n + i] for i, f in enumerate(full)]
         if min(outs) < 1:
             raise ValueError(f"pads {pads} leave no output for input {spatial}")
+        check_size(list(kernel) + list(outs), "the window gather")
         per_dim = []
         for i, d in enumerate(spatial):
             num = (np.arange(outs[i])[None, :] + pads[i]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import norm_axis, registrar, same_dtype, scalar_of
+from ._common import check_size, norm_axis, registrar, same_dtype, scalar_of
 
 OPS = {}
 op = registrar(OPS)
@@ -121,6 +121,7 @@ def _one_hot(a, opset, n_in, n_out):
         if values.shape != (2,):
             raise ValueError(f"values must be [off, on]; got shape {values.shape}")
         k = norm_axis(axis, ix.ndim + 1)
+        check_size(ix.shape + (d,), "the one-hot output")
         ix = np.asarray(ix).astype(np.int64)
         ix = np.where(ix < 0, ix + d, ix)   # out-of-range indices give all-off rows
         hot = np.arange(d).reshape((-1,) + (1,) * (ix.ndim - k)) == np.expand_dims(ix, k)

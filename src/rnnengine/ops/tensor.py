@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from ._common import frozen, ints_of, norm_axis, registrar, same_dtype, scalar_of
+from ._common import (check_size, frozen, ints_of, norm_axis, registrar, same_dtype,
+                      scalar_of)
 
 OPS = {}
 op = registrar(OPS)
@@ -55,6 +56,7 @@ def _constant_of_shape(a, opset, n_in, n_out):
         dims = ints_of(shape, "input")
         if any(d < 0 for d in dims):
             raise ValueError(f"shape {dims} has a negative dimension")
+        check_size(dims, "the output")
         return (np.full(dims, fill, dtype=dtype),)
     return f
 
@@ -182,7 +184,7 @@ def _split(a, opset, n_in, n_out):
 
 def _sliced(x, starts, ends, axes, steps):
     n, nd = len(starts), x.ndim
-    if not n == len(ends) == len(axes) == len(steps):
+    if not n == len(ends) == len(axes) == len(steps) or n > nd:
         raise ValueError(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} "
                          "differ in length")
     index = [slice(None)] * nd
@@ -245,6 +247,7 @@ def _tile(a, opset, n_in, n_out):
         reps = ints_of(repeats, "repeats")
         if len(reps) != x.ndim or min(reps, default=0) < 0:
             raise ValueError(f"repeats {reps} must be {x.ndim} non-negative counts")
+        check_size([d * k for d, k in zip(x.shape, reps)], "the output")
         return (np.tile(x, reps),)
     return f
 
@@ -273,8 +276,10 @@ def _padded(x, pads, axes, mode, value, cache):
         x = x[tuple(slice(-b if b < 0 else 0, x.shape[i] + e if e < 0 else None)
                     for i, (b, e) in enumerate(widths))]
         widths = [[max(b, 0), max(e, 0)] for b, e in widths]
+    shape = [d + b + e for d, (b, e) in zip(x.shape, widths)]
+    check_size(shape, "the padded output")
     if mode == "constant":
-        out = np.full([d + b + e for d, (b, e) in zip(x.shape, widths)], value, dtype=x.dtype)
+        out = np.full(shape, value, dtype=x.dtype)
         out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, widths))] = x
         return out
     for i, (b, e) in enumerate(widths):
@@ -327,6 +332,7 @@ def _range(a, opset, n_in, n_out):
         if d == 0:
             raise ValueError("delta is 0")
         n = max(math.ceil((lim - s) / d), 0)
+        check_size([n], "the range")
         return ((s + np.arange(n, dtype=np.float64 if dtype.kind == "f" else np.int64)
                  * d).astype(dtype),)
     return f
