@@ -9,7 +9,11 @@ hypothesis = pytest.importorskip("hypothesis")
 pytest.importorskip("onnxruntime")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
+from onnx import helper  # noqa: E402
 from test_ops import check  # noqa: E402
+
+from rnnengine import ModelError  # noqa: E402
+from rnnengine.ops import NATIVE_OPS, _SPECS, native_op  # noqa: E402
 
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
@@ -135,3 +139,80 @@ def test_softmax_axes(shape, data, op, opset):
     rank = len(shape)
     check(op, [arrays(shape, 13) * 4], {"axis": data.draw(st.integers(-rank, rank - 1))},
           opset)
+
+
+# -- hostile nodes: any attributes, any inputs --------------------------------------------
+_ATTR_NAMES = ["axis", "axes", "perm", "to", "mode", "pads", "strides", "kernel_shape", "group",
+               "dilations", "split", "starts", "ends", "keepdims", "alpha", "beta", "value",
+               "epsilon", "transA", "auto_pad", "num_outputs", "equation", "k", "batch_dims"]
+_ATTR_VALUES = st.one_of(
+    st.integers(-2**40, 2**40), st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.lists(st.integers(-5, 2**33), max_size=5), st.sampled_from(["", "x", "SAME_UPPER",
+                                                                   "reflect", "ij->ji"]))
+_DTYPES = [np.float32, np.float64, np.int64, np.int32, np.bool_, np.uint8, np.float16]
+
+
+@st.composite
+def _hostile_node(draw):
+    """An op with an input count it accepts (or one more), random inputs and attributes."""
+    op = draw(st.sampled_from(sorted(NATIVE_OPS)))
+    lo, hi = _SPECS[op].inputs
+    inputs = []
+    for _ in range(draw(st.integers(lo, min(hi, lo + 2)))):
+        if draw(st.integers(0, 9)) == 0:
+            inputs.append(None)
+            continue
+        shape = draw(st.lists(st.integers(0, 3), max_size=4))
+        values = np.random.default_rng(draw(st.integers(0, 9))).integers(-3, 4, size=shape)
+        inputs.append(np.asarray(values).astype(draw(st.sampled_from(_DTYPES))))
+    attrs = draw(st.dictionaries(st.sampled_from(_ATTR_NAMES), _ATTR_VALUES, max_size=2))
+    lo, hi = _SPECS[op].outputs
+    return op, attrs, inputs, draw(st.integers(7, 22)), draw(st.integers(lo, min(hi, 3)))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(_hostile_node())
+def test_hostile_nodes_end_in_model_or_value_errors(case):
+    """native_op raises only ModelError; the op only ValueError naming the node, or returns
+    a tuple of ndarrays."""
+    op, attrs, inputs, opset, n_out = case
+    try:
+        node = helper.make_node(op, [f"i{k}" if x is not None else "" for k, x in
+                                     enumerate(inputs)], [f"o{k}" for k in range(n_out)],
+                                name="hostile", **attrs)
+    except (ValueError, TypeError):
+        return   # onnx.helper itself refuses the attribute
+    try:
+        f = native_op(node, opset)
+    except ModelError:
+        return
+    with np.errstate(all="ignore"):
+        try:
+            outs = f(*inputs)
+        except ValueError as e:
+            assert not isinstance(e, ModelError) and "hostile" in str(e)
+            return
+    assert isinstance(outs, tuple) and all(type(y) is np.ndarray for y in outs)
+
+
+def test_scalar_inputs_give_arrays():
+    """0-d inputs: NumPy turns many 0-d results into scalars; every op returns ndarrays."""
+    for op in sorted(NATIVE_OPS):
+        lo, hi = _SPECS[op].inputs
+        for n in range(lo, min(hi, lo + 2) + 1):
+            for dtypes in [(np.float32,), (np.float64,), (np.int64,), (np.bool_,),
+                           (np.int32, np.float32), (np.float32, np.int64)]:
+                inputs = [np.array(1, dtype=dtypes[k % len(dtypes)]) for k in range(n)]
+                for opset in (11, 13, 18, 22):
+                    node = helper.make_node(op, [f"i{k}" for k in range(n)], ["o0", "o1"][
+                        :max(1, _SPECS[op].outputs[0])])
+                    try:
+                        f = native_op(node, opset)
+                    except ModelError:
+                        continue
+                    with np.errstate(all="ignore"):
+                        try:
+                            outs = f(*inputs)
+                        except ValueError:
+                            continue
+                    assert all(type(y) is np.ndarray for y in outs), (op, dtypes, opset)

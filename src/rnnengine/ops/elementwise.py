@@ -104,7 +104,7 @@ def _pow(a, opset, n_in, n_out):
             return (np.power(x, y, out=ARRAY),)
         if x.dtype.kind == "f":
             return (np.power(x, y.astype(x.dtype), out=ARRAY),)
-        return (np.power(x.astype(np.float64), y).astype(x.dtype),)
+        return (np.asarray(np.power(x.astype(np.float64), y).astype(x.dtype)),)
     return f
 
 
@@ -291,7 +291,8 @@ def _is_inf(a, opset, n_in, n_out):
 
 @op("Softsign")
 def _softsign(a, opset, n_in, n_out):
-    return activation("Softsign", 0.0, 0.0, lambda x: x / (1 + np.abs(x)))
+    return activation("Softsign", 0.0, 0.0,
+                      lambda x: np.divide(x, 1 + np.abs(x), out=ARRAY))
 
 
 @op("Clip", inputs=(1, 3))
@@ -372,7 +373,7 @@ def erf64(x: np.ndarray) -> np.ndarray:
 def _erf(a, opset, n_in, n_out):
     def f(x):
         _float(x)
-        return (erf64(x).astype(x.dtype),)
+        return (np.asarray(erf64(x).astype(x.dtype)),)
     return f
 
 
@@ -387,5 +388,5 @@ def _gelu(a, opset, n_in, n_out):
             inner = np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3))
         else:
             inner = erf64(x64 / np.sqrt(2))
-        return ((0.5 * x64 * (1 + inner)).astype(x.dtype),)
+        return (np.asarray((0.5 * x64 * (1 + inner)).astype(x.dtype)),)
     return f

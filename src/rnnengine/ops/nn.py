@@ -59,14 +59,14 @@ def _gemm(a, opset, n_in, n_out):
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     """Softmax along ``axis`` into a fresh array (the max subtraction allocates it)."""
-    y = x - x.max(axis=axis, keepdims=True)
+    y = np.subtract(x, x.max(axis=axis, keepdims=True), out=ARRAY)
     np.exp(y, out=y)
     y /= np.add.reduce(y, axis=axis, keepdims=True)
     return y
 
 
 def log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    y = x - x.max(axis=axis, keepdims=True)
+    y = np.subtract(x, x.max(axis=axis, keepdims=True), out=ARRAY)
     y -= np.log(np.add.reduce(np.exp(y), axis=axis, keepdims=True))
     return y
 

@@ -123,7 +123,7 @@ def _quantize(a, opset, n_in, n_out):
         if zero is not None:
             y += _per_axis(x, zero, axis, "y_zero_point")
         info = np.iinfo(dtype)
-        return (np.clip(y, info.min, info.max).astype(dtype),)
+        return (np.asarray(np.clip(y, info.min, info.max).astype(dtype)),)
     return f
 
 
