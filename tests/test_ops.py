@@ -432,6 +432,14 @@ def test_empty_required_input_is_model_error():
         native_op(node, 13)
 
 
+def test_malformed_tensor_attribute_is_model_error():
+    t = helper.make_tensor("v", TensorProto.FLOAT, [2, 2], [1, 2, 3, 4])
+    t.float_data.pop()   # three values for a 2x2 tensor
+    node = helper.make_node("Constant", [], ["c"], name="broken", value=t)
+    with pytest.raises(ModelError, match="broken.*malformed"):
+        native_op(node, 13)
+
+
 def test_foreign_domain_is_model_error():
     node = helper.make_node("Add", ["a", "b"], ["y"], domain="com.microsoft")
     with pytest.raises(ModelError, match="domain"):

@@ -119,7 +119,12 @@ class Attrs:
         if t.data_type not in _NP_TYPES:
             self.fail(f"attribute {name!r} holds a {type_name(t.data_type)} tensor, "
                       "which the native ops do not handle")
-        return numpy_helper.to_array(t)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            self.fail(f"attribute {name!r} refers to external data, which is not read here")
+        try:
+            return numpy_helper.to_array(t)
+        except Exception as e:   # malformed tensor protos fail in many ways inside onnx
+            self.fail(f"attribute {name!r} holds a malformed tensor: {type(e).__name__}: {e}")
 
     def dtype(self, name, required=True, default=None):
         """A TensorProto element type attribute (Cast's ``to``) as a NumPy dtype."""
