@@ -9,6 +9,7 @@ they accept through ``a`` (so an attribute nobody read is reported as unknown) a
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, NamedTuple
 
 import numpy as np
@@ -17,6 +18,11 @@ from onnx import helper, numpy_helper
 
 from ..errors import ModelError
 from ..loaders._fold import node_label
+
+
+# ``out=ARRAY`` makes a ufunc return a 0-d ndarray rather than a NumPy scalar (NumPy >= 2.3
+# accepts out=...). Older NumPy has no such switch: there ``guard`` converts scalar results.
+ARRAY = ... if np.lib.NumpyVersion(np.__version__) >= "2.3.0" else None
 
 
 class Spec(NamedTuple):
@@ -113,7 +119,12 @@ class Attrs:
         if t.data_type not in _NP_TYPES:
             self.fail(f"attribute {name!r} holds a {type_name(t.data_type)} tensor, "
                       "which the native ops do not handle")
-        return numpy_helper.to_array(t)
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            self.fail(f"attribute {name!r} refers to external data, which is not read here")
+        try:
+            return numpy_helper.to_array(t)
+        except Exception as e:   # malformed tensor protos fail in many ways inside onnx
+            self.fail(f"attribute {name!r} holds a malformed tensor: {type(e).__name__}: {e}")
 
     def dtype(self, name, required=True, default=None):
         """A TensorProto element type attribute (Cast's ``to``) as a NumPy dtype."""
@@ -122,6 +133,13 @@ class Attrs:
             self.fail(f"attribute {name!r}: element type {type_name(code)} is not handled "
                       "natively")
         return np.dtype(_NP_TYPES[code])
+
+    def inputs_before(self, opset, since, n_in, most):
+        """Before opset ``since`` the op took at most ``most`` inputs (the rest were
+        attributes then)."""
+        if opset < since and n_in > most:
+            self.fail(f"takes at most {most} input(s) before opset {since}; got {n_in} at "
+                      f"opset {opset}")
 
     def unread(self) -> list:
         return sorted(set(self.raw) - self.read)
@@ -137,7 +155,7 @@ def type_name(code) -> str:
 def frozen(a: np.ndarray) -> np.ndarray:
     """A constant handed out on every call: read-only, so a consumer that writes in place
     fails loudly instead of changing the next call's value."""
-    a = np.ascontiguousarray(a)
+    a = np.array(a, order="C")   # a private copy (ascontiguousarray would make 0-d 1-d)
     a.flags.writeable = False
     return a
 
@@ -156,16 +174,36 @@ def guard(fn, where: str):
             return fn(*inputs)
         except (ValueError, TypeError, IndexError, AttributeError) as e:
             raise ValueError(f"{where}: inputs ({describe(inputs)}) do not fit: {e}") from None
+
+    if ARRAY is None:
+        def run_old_numpy(*inputs):
+            return tuple(np.asarray(y) for y in run(*inputs))
+        return run_old_numpy
     return run
 
 
 def ints_of(x, what: str) -> list:
     """A 1-D (or scalar) integer tensor input (axes, shape, pads, repeats) as Python ints."""
+    if x.ndim == 1 and x.dtype.kind in "iu":   # the usual case, first: it runs every step
+        return x.tolist()
     if x.dtype.kind not in "iu":
         raise ValueError(f"input {what} must be an integer tensor; got {x.dtype}")
     if x.ndim > 1:
         raise ValueError(f"input {what} must be 1-D; got shape {x.shape}")
-    return x.reshape(-1).tolist()
+    return [int(x)]
+
+
+# The most elements an op creates from shape-like inputs (ConstantOfShape, Tile, Range, Pad,
+# OneHot, a Conv or pool gather): 2**28 (1 GiB of float32). A hostile or broken graph then
+# ends in a ValueError instead of exhausting memory.
+MAX_ELEMENTS = 2**28
+
+
+def check_size(shape, what: str):
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"{what} would have shape {tuple(shape)} ({n} elements); more than "
+                         f"{MAX_ELEMENTS} is refused")
 
 
 def scalar_of(x, what: str):

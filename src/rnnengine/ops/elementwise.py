@@ -1,7 +1,7 @@
 """Elementwise operators: arithmetic, comparisons, logic, unary math and activations.
 
 All follow NumPy broadcasting (which is ONNX's multidirectional broadcasting). Ufuncs are
-called with ``out=...`` so a 0-d result stays an ndarray, and float32 stays float32 (NumPy 2
+called with ``out=ARRAY`` so a 0-d result stays an ndarray, and float32 stays float32 (NumPy 2
 treats Python scalars as weak). Binary ops check that the operand dtypes agree, as ONNX's type
 constraints require, instead of letting NumPy promote int32 + float32 to float64.
 """
@@ -11,7 +11,8 @@ import functools
 
 import numpy as np
 
-from ._common import registrar, same_dtype
+from .. import _kernels
+from ._common import ARRAY, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -21,7 +22,7 @@ def _binary(ufunc):
     def f(a, b):
         if a.dtype != b.dtype:
             same_dtype(a, b)
-        return (ufunc(a, b, out=...),)
+        return (ufunc(a, b, out=ARRAY),)
     return f
 
 
@@ -50,7 +51,7 @@ def _logic(a, opset, n_in, n_out):
         if x.dtype != np.bool_ or y.dtype != np.bool_:
             _need_bool(x, "A")
             _need_bool(y, "B")
-        return (ufunc(x, y, out=...),)
+        return (ufunc(x, y, out=ARRAY),)
     return f
 
 
@@ -58,13 +59,13 @@ def _logic(a, opset, n_in, n_out):
 def _not(a, opset, n_in, n_out):
     def f(x):
         _need_bool(x, "X")
-        return (np.logical_not(x, out=...),)
+        return (np.logical_not(x, out=ARRAY),)
     return f
 
 
 def _int_div(x, y):
     # ONNX Runtime divides integers as C does: the quotient truncates toward zero.
-    q = np.floor_divide(x, y)
+    q = np.asarray(np.floor_divide(x, y))   # writable even when 0-d
     fix = (q < 0) & (q * y != x)
     q[fix] += 1
     return q
@@ -76,8 +77,8 @@ def _div(a, opset, n_in, n_out):
         if x.dtype != y.dtype:
             same_dtype(x, y)
         if x.dtype.kind in "iu":
-            return (np.asarray(_int_div(x, y)),)
-        return (np.divide(x, y, out=...),)
+            return (_int_div(x, y),)
+        return (np.divide(x, y, out=ARRAY),)
     return f
 
 
@@ -91,7 +92,7 @@ def _mod(a, opset, n_in, n_out):
             same_dtype(x, y)
         if x.dtype.kind == "f" and ufunc is np.mod:
             raise ValueError("fmod must be 1 for floating-point inputs")
-        return (ufunc(x, y, out=...),)
+        return (ufunc(x, y, out=ARRAY),)
     return f
 
 
@@ -100,10 +101,10 @@ def _pow(a, opset, n_in, n_out):
     # The result has the base's dtype (opset 12 lets the exponent's type differ).
     def f(x, y):
         if x.dtype == y.dtype:
-            return (np.power(x, y, out=...),)
+            return (np.power(x, y, out=ARRAY),)
         if x.dtype.kind == "f":
-            return (np.power(x, y.astype(x.dtype), out=...),)
-        return (np.power(x.astype(np.float64), y).astype(x.dtype),)
+            return (np.power(x, y.astype(x.dtype), out=ARRAY),)
+        return (np.asarray(np.power(x.astype(np.float64), y).astype(x.dtype)),)
     return f
 
 
@@ -115,34 +116,46 @@ _UNARY = {"Neg": np.negative, "Abs": np.absolute, "Exp": np.exp, "Log": np.log,
           "Round": np.rint, "IsNaN": np.isnan}
 
 
+_ANY_NUMBER = {"Neg", "Abs", "Sign"}   # the rest take only floats (NumPy would promote ints)
+
+
 @op(*_UNARY)
 def _unary(a, opset, n_in, n_out):
     ufunc = _UNARY[a.node.op_type]
+    if a.node.op_type in _ANY_NUMBER:
+        def f(x):
+            return (ufunc(x, out=ARRAY),)
+        return f
 
-    def f(x):
-        return (ufunc(x, out=...),)
-    return f
+    def g(x):
+        if x.dtype.kind != "f":
+            _float(x)
+        return (ufunc(x, out=ARRAY),)
+    return g
 
 
 @op("Relu")
 def _relu(a, opset, n_in, n_out):
     def f(x):
-        return (np.maximum(x, 0, out=...),)
+        return (np.maximum(x, 0, out=ARRAY),)
     return f
 
 
-# exp(-x) overflows past these (float16, float32, float64); the sigmoid there is below the
-# smallest normal number anyway, so clamping changes nothing visible.
+# exp(x) overflows past these (float16, float32, float64); the sigmoid there is 1 in the
+# dtype anyway, so clamping changes nothing visible.
 _EXP_MAX = {2: 11.0, 4: 88.0, 8: 709.0}
 
 
 def sigmoid_(y: np.ndarray) -> np.ndarray:
-    """Logistic function in place on a float array that the caller owns."""
-    np.negative(y, out=y)
+    """Logistic function in place on a C-contiguous float array that the caller owns: the
+    SIMD kernel for float32; otherwise e / (1 + e) with e = exp(min(y, cap)), which cannot
+    overflow and keeps full relative precision for very negative inputs."""
+    if y.dtype == np.float32:
+        _kernels.activate(2, 0.0, 0.0, y.reshape(-1))
+        return y
     np.minimum(y, _EXP_MAX[y.itemsize], out=y)
     np.exp(y, out=y)
-    y += 1
-    return np.reciprocal(y, out=y)
+    return np.divide(y, y + 1, out=y)
 
 
 def _float(x):
@@ -150,22 +163,41 @@ def _float(x):
         raise ValueError(f"input must be a floating-point tensor; got {x.dtype}")
 
 
-@op("Sigmoid")
-def _sigmoid(a, opset, n_in, n_out):
+# Activations that are several NumPy passes run as one pass of the engine's SIMD activation
+# kernel (the one the recurrent cells use; ONNX Runtime's semantics) on float32 data: codes
+# from layers.py ACTIVATIONS. Other float types take the NumPy formula.
+_C_CODES = {"Sigmoid": 2, "LeakyRelu": 4, "ThresholdedRelu": 5, "HardSigmoid": 7, "Softsign": 9}
+
+
+def activation(kind: str, alpha: float, beta: float, numpy_fn):
+    """``f(x) -> (y,)``: a fresh contiguous copy activated in place by the C kernel for float32,
+    ``numpy_fn(x)`` for other float dtypes."""
+    code, act = _C_CODES[kind], _kernels.activate
+
     def f(x):
+        if x.dtype == np.float32:
+            y = x.copy()
+            act(code, alpha, beta, y.reshape(-1))
+            return (y,)
         if x.dtype.kind != "f":
             _float(x)
-        return (sigmoid_(np.array(x)),)
+        return (numpy_fn(x),)
     return f
+
+
+def _sigmoid_np(x):
+    return sigmoid_(np.array(x, order="C"))
+
+
+@op("Sigmoid")
+def _sigmoid(a, opset, n_in, n_out):
+    return activation("Sigmoid", 0.0, 0.0, _sigmoid_np)
 
 
 @op("LeakyRelu")
 def _leaky_relu(a, opset, n_in, n_out):
     alpha = a.float("alpha", 0.01)
-
-    def f(x):
-        return (np.where(x < 0, x * alpha, x),)
-    return f
+    return activation("LeakyRelu", alpha, 0.0, lambda x: np.where(x < 0, x * alpha, x))
 
 
 @op("PRelu", inputs=(2, 2))
@@ -198,26 +230,31 @@ def _elu(a, opset, n_in, n_out):
 @op("ThresholdedRelu")
 def _thresholded_relu(a, opset, n_in, n_out):
     alpha = a.float("alpha", 1.0)
+    return activation("ThresholdedRelu", alpha, 0.0,
+                      lambda x: np.where(x > alpha, x, 0).astype(x.dtype))
 
+
+def _hard_sigmoid_np(alpha, beta):
     def f(x):
-        return (np.where(x > alpha, x, 0).astype(x.dtype, copy=False),)
+        y = np.multiply(x, alpha, out=ARRAY)
+        y += beta
+        return np.clip(y, 0, 1, out=y)
     return f
 
 
-@op("HardSigmoid", "HardSwish")
+@op("HardSigmoid")
 def _hard_sigmoid(a, opset, n_in, n_out):
-    swish = a.node.op_type == "HardSwish"
-    alpha = 1.0 / 6 if swish else a.float("alpha", 0.2)
-    beta = 0.5 if swish else a.float("beta", 0.5)
+    alpha, beta = a.float("alpha", 0.2), a.float("beta", 0.5)
+    return activation("HardSigmoid", alpha, beta, _hard_sigmoid_np(alpha, beta))
+
+
+@op("HardSwish")
+def _hard_swish(a, opset, n_in, n_out):
+    hard_sigmoid = _hard_sigmoid_np(1.0 / 6, 0.5)
 
     def f(x):
         _float(x)
-        y = np.multiply(x, alpha, out=...)
-        y += beta
-        np.clip(y, 0, 1, out=y)
-        if swish:
-            y *= x
-        return (y,)
+        return (np.multiply(hard_sigmoid(x), x, out=ARRAY),)
     return f
 
 
@@ -225,26 +262,48 @@ def _hard_sigmoid(a, opset, n_in, n_out):
 def _softplus(a, opset, n_in, n_out):
     def f(x):
         _float(x)
-        return (np.logaddexp(x, 0, out=...),)
+        return (np.logaddexp(x, 0, out=ARRAY),)
+    return f
+
+
+@op("Mish")
+def _mish(a, opset, n_in, n_out):
+    def f(x):
+        _float(x)
+        return (np.multiply(x, np.tanh(np.logaddexp(x, 0)), out=ARRAY),)
+    return f
+
+
+@op("IsInf")
+def _is_inf(a, opset, n_in, n_out):
+    pos, neg = a.flag("detect_positive", 1), a.flag("detect_negative", 1)
+
+    def f(x):
+        _float(x)
+        y = np.isinf(x, out=ARRAY)
+        if not pos:
+            y &= x < 0
+        if not neg:
+            y &= x > 0
+        return (y,)
     return f
 
 
 @op("Softsign")
 def _softsign(a, opset, n_in, n_out):
-    def f(x):
-        _float(x)
-        return (x / (1 + np.abs(x)),)
-    return f
+    return activation("Softsign", 0.0, 0.0,
+                      lambda x: np.divide(x, 1 + np.abs(x), out=ARRAY))
 
 
 @op("Clip", inputs=(1, 3))
 def _clip(a, opset, n_in, n_out):
+    a.inputs_before(opset, 11, n_in, 1)
     if opset < 11:
         lo, hi = a.float("min", None), a.float("max", None)
 
         def f(x):
             y = x if lo is None else np.maximum(x, lo)
-            return (np.minimum(y, hi, out=...) if hi is not None else np.array(y),)
+            return (np.minimum(y, hi, out=ARRAY) if hi is not None else np.array(y),)
         return f
 
     def g(x, lo=None, hi=None):
@@ -254,7 +313,7 @@ def _clip(a, opset, n_in, n_out):
                 raise ValueError(f"input {what} must be a single {x.dtype} value; got "
                                  f"{v.dtype}{v.shape}")
         y = x if lo is None else np.maximum(x, lo.reshape(()))
-        return (np.minimum(y, hi.reshape(()), out=...) if hi is not None else np.array(y),)
+        return (np.minimum(y, hi.reshape(()), out=ARRAY) if hi is not None else np.array(y),)
     return g
 
 
@@ -314,7 +373,7 @@ def erf64(x: np.ndarray) -> np.ndarray:
 def _erf(a, opset, n_in, n_out):
     def f(x):
         _float(x)
-        return (erf64(x).astype(x.dtype),)
+        return (np.asarray(erf64(x).astype(x.dtype)),)
     return f
 
 
@@ -329,5 +388,5 @@ def _gelu(a, opset, n_in, n_out):
             inner = np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64 ** 3))
         else:
             inner = erf64(x64 / np.sqrt(2))
-        return ((0.5 * x64 * (1 + inner)).astype(x.dtype),)
+        return (np.asarray((0.5 * x64 * (1 + inner)).astype(x.dtype)),)
     return f

@@ -1,15 +1,18 @@
 """A dense head as one call: MatMul or Gemm, then optionally an Add of a bias, then optionally
-one activation (Relu, Sigmoid, Tanh, Softmax, LogSoftmax), computed in place in the buffer the
-product allocates. Run op by op, the same head allocates a temporary per op and pays a Python
-round trip per op; fused, it is one product plus in-place passes.
+one activation (Relu, Sigmoid, Tanh, Softmax, LogSoftmax). The bias and the pointwise
+activations work in place in the buffer the product allocates (Softmax's max subtraction
+allocates once more). Run op by op, the same head allocates a temporary per op and pays a
+Python round trip per op.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ._common import Attrs, guard, same_dtype
+from ._common import ARRAY, Attrs, guard, same_dtype
 from .elementwise import sigmoid_
-from .nn import gemm_check, log_softmax_, softmax_
+from .nn import gemm, gemm_attrs, log_softmax, softmax
 from ..loaders._fold import node_label
 
 
@@ -31,7 +34,7 @@ def _activation(node, opset):
     if kind in _POINTWISE:
         fn = _POINTWISE[kind]
     elif kind in ("Softmax", "LogSoftmax"):
-        inner = softmax_ if kind == "Softmax" else log_softmax_
+        inner = softmax if kind == "Softmax" else log_softmax
         if opset >= 13:
             axis = a.int("axis", -1)
 
@@ -43,37 +46,52 @@ def _activation(node, opset):
             def fn(y):
                 # Before opset 13: the product seen as 2-D at ``axis``.
                 k = axis + y.ndim if axis < 0 else axis
-                inner(y.reshape(int(np.prod(y.shape[:k], dtype=np.int64)), -1), 1)
-                return y
+                return inner(y.reshape(math.prod(y.shape[:k]), -1), 1).reshape(y.shape)
     else:
         return None
     return None if a.unread() else fn
 
 
-def _product(node):
-    """(callable (*inputs) -> fresh product array, number of inputs), or None."""
-    a = Attrs(node)
-    if node.op_type == "MatMul":
-        def mm(x, w):
+def _add_bias(y, b):
+    if b.dtype != y.dtype:
+        same_dtype(y, b, "bias")
+    try:
+        y += b
+    except ValueError:   # the bias broadcasts to a bigger shape than the product
+        y = y + b
+    return y
+
+
+def _matmul_chain(bias, act):
+    """MatMul (+ bias) (+ activation) as one Python frame: the common streaming head, where
+    every extra frame is a visible share of a few-microsecond step."""
+    if bias:
+        def run(x, w, b):
             if x.dtype != w.dtype:
                 same_dtype(x, w)
-            return np.matmul(x, w, out=...)
-        return mm, 2
-    alpha, beta = a.float("alpha", 1.0), a.float("beta", 1.0)
-    ta, tb = a.flag("transA"), a.flag("transB")
-    if a.unread():
-        return None
-    n_in = len([i for i in node.input if i])
+            y = np.matmul(x, w, out=ARRAY)
+            if ARRAY is None:   # old NumPy: a 1-D @ 1-D product is a scalar; act needs an array
+                y = np.asarray(y)
+            y = _add_bias(y, b)
+            return (y if act is None else act(y),)
+    else:
+        def run(x, w):
+            if x.dtype != w.dtype:
+                same_dtype(x, w)
+            y = np.matmul(x, w, out=ARRAY)
+            if ARRAY is None:
+                y = np.asarray(y)
+            return (y if act is None else act(y),)
+    return run
 
-    def gemm(x, w, c=None):
-        gemm_check(x, w, c)
-        y = np.matmul(x.T if ta else x, w.T if tb else w)
-        if alpha != 1.0:
-            y *= alpha
-        if c is not None and beta != 0.0:
-            y += c if beta == 1.0 else beta * c
-        return y
-    return gemm, n_in
+
+def _gemm_head(params, n_in, bias):
+    def head(x, w, c=None, b=None):
+        y = gemm(x, w, c, *params)
+        return y if b is None else _add_bias(y, b)
+    if n_in == 2 and bias:   # the Add's bias comes third, where Gemm's C would be
+        return lambda x, w, b: head(x, w, None, b)
+    return head
 
 
 def _single(node):
@@ -92,15 +110,12 @@ def fuse_chain(nodes, opset: int):
     nodes = list(nodes)
     if not 2 <= len(nodes) <= 3 or not all(_single(n) for n in nodes):
         return None
-    head = nodes[0]
-    if head.op_type not in ("MatMul", "Gemm") or "" in head.input:
+    first = nodes[0]
+    if first.op_type not in ("MatMul", "Gemm") or "" in first.input:
         return None
-    product = _product(head)
-    if product is None:
-        return None
-    mul, n_mul = product
-    inputs = list(head.input[:n_mul])
-    prev, rest = head.output[0], nodes[1:]
+    n_mul = len(first.input)
+    inputs = list(first.input)
+    prev, rest = first.output[0], nodes[1:]
     bias = False
     if rest[0].op_type == "Add":
         add = rest.pop(0)
@@ -114,24 +129,23 @@ def fuse_chain(nodes, opset: int):
         act = _activation(node, opset)
         if act is None or list(node.input) != [prev] or rest:
             return None
-    n_out_name = nodes[-1].output[0]
+    if first.op_type == "MatMul":
+        if n_mul != 2 or first.attribute:
+            return None
+        run = _matmul_chain(bias, act)
+    else:
+        a = Attrs(first)
+        params = gemm_attrs(a)
+        if a.unread() or n_mul not in (2, 3):
+            return None
+        head = _gemm_head(params, n_mul, bias)
 
-    def run(*xs):
-        y = mul(*xs[:n_mul])
-        if bias:
-            b = xs[n_mul]
-            if b.dtype != y.dtype:
-                same_dtype(y, b, "bias")
-            try:
-                y += b
-            except ValueError:   # the bias broadcasts to a bigger shape than the product
-                y = y + b
-        if act is not None:
-            y = act(y)
-        return (y,)
+        def run(*xs):
+            y = head(*xs)
+            return (y if act is None else act(y),)
 
     where = "fused " + " + ".join(f"{n.op_type} {node_label(n)!r}" for n in nodes)
     fused = guard(run, where)
     fused.inputs = tuple(inputs)
-    fused.outputs = (n_out_name,)
+    fused.outputs = (nodes[-1].output[0],)
     return fused

@@ -1,15 +1,16 @@
-"""Network layers: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization, Conv (im2col and
-one batched matmul), BatchNormalization and Dropout (inference only).
+"""Network layers: MatMul, Gemm, Softmax, LogSoftmax, LayerNormalization, BatchNormalization
+and Dropout (inference only). Conv is in conv.py.
 
 Products go through ``np.matmul`` (BLAS for float32/float64); the work after a product is done
 in place on the buffer the product allocated.
 """
 from __future__ import annotations
 
-import numpy as np
-from numpy.lib.stride_tricks import as_strided
+import math
 
-from ._common import norm_axis, registrar, same_dtype
+import numpy as np
+
+from ._common import ARRAY, norm_axis, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -20,59 +21,66 @@ def _matmul(a, opset, n_in, n_out):
     def f(x, w):
         if x.dtype != w.dtype:
             same_dtype(x, w)
-        return (np.matmul(x, w, out=...),)
+        return (np.matmul(x, w, out=ARRAY),)
     return f
 
 
-def gemm_check(x, w, c):
+def gemm_attrs(a):
+    """(alpha, beta, transA, transB) of a Gemm node."""
+    return a.float("alpha", 1.0), a.float("beta", 1.0), a.flag("transA"), a.flag("transB")
+
+
+def gemm(x, w, c, alpha, beta, ta, tb):
+    """alpha * A' @ B' + beta * C in a fresh buffer; C must broadcast to the product (ONNX's
+    unidirectional broadcast), since it is added in place."""
     if x.ndim != 2 or w.ndim != 2:
         raise ValueError(f"A and B must be 2-D; got shapes {x.shape} and {w.shape}")
     same_dtype(x, w)
-    if c is not None:
+    y = np.matmul(x.T if ta else x, w.T if tb else w)
+    if alpha != 1.0:
+        y *= alpha
+    if c is not None and beta != 0.0:
         same_dtype(x, c, "C")
+        y += c if beta == 1.0 else beta * c
+    return y
 
 
 @op("Gemm", inputs=(2, 3))
 def _gemm(a, opset, n_in, n_out):
-    alpha, beta = a.float("alpha", 1.0), a.float("beta", 1.0)
-    ta, tb = a.flag("transA"), a.flag("transB")
+    params = gemm_attrs(a)
 
     def f(x, w, c=None):
-        gemm_check(x, w, c)
-        y = np.matmul(x.T if ta else x, w.T if tb else w)
-        if alpha != 1.0:
-            y *= alpha
-        if c is not None and beta != 0.0:
-            # In place, so C must broadcast to Y (ONNX's unidirectional broadcast).
-            y += c if beta == 1.0 else beta * c
-        return (y,)
+        return (gemm(x, w, c, *params),)
     return f
 
 
-def softmax_(y: np.ndarray, axis: int) -> np.ndarray:
-    """Softmax in place along ``axis`` on a float array the caller owns."""
-    y -= y.max(axis=axis, keepdims=True)
+# The ufunc reductions (np.add.reduce) skip the Python layer of np.sum / np.mean, a
+# microsecond per call on streaming-sized rows.
+
+def softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    """Softmax along ``axis`` into a fresh array (the max subtraction allocates it)."""
+    y = np.subtract(x, x.max(axis=axis, keepdims=True), out=ARRAY)
     np.exp(y, out=y)
-    y /= y.sum(axis=axis, keepdims=True)
+    y /= np.add.reduce(y, axis=axis, keepdims=True)
     return y
 
 
-def log_softmax_(y: np.ndarray, axis: int) -> np.ndarray:
-    y -= y.max(axis=axis, keepdims=True)
-    y -= np.log(np.exp(y).sum(axis=axis, keepdims=True))
+def log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    y = np.subtract(x, x.max(axis=axis, keepdims=True), out=ARRAY)
+    y -= np.log(np.add.reduce(np.exp(y), axis=axis, keepdims=True))
     return y
 
 
 @op("Softmax", "LogSoftmax")
 def _softmax(a, opset, n_in, n_out):
-    fn = softmax_ if a.node.op_type == "Softmax" else log_softmax_
+    fn = softmax if a.node.op_type == "Softmax" else log_softmax
     if opset >= 13:
         axis = a.int("axis", -1)
 
         def f(x):
             if x.dtype.kind != "f":
                 raise ValueError(f"input must be floating-point; got {x.dtype}")
-            return (fn(np.array(x), axis),)
+            return (fn(x, axis),)
         return f
     axis = a.int("axis", 1)
 
@@ -81,8 +89,7 @@ def _softmax(a, opset, n_in, n_out):
         if x.dtype.kind != "f":
             raise ValueError(f"input must be floating-point; got {x.dtype}")
         k = norm_axis(axis, x.ndim) if x.ndim else 0
-        y = np.array(x).reshape(int(np.prod(x.shape[:k], dtype=np.int64)), -1)
-        return (fn(y, 1).reshape(x.shape),)
+        return (fn(x.reshape(math.prod(x.shape[:k]), -1), 1).reshape(x.shape),)
     return g
 
 
@@ -98,106 +105,44 @@ def _layer_norm(a, opset, n_in, n_out):
             raise ValueError(f"X must be floating-point; got {x.dtype}")
         k = norm_axis(axis, x.ndim)
         axes = tuple(range(k, x.ndim))
+        count = math.prod(x.shape[k:])   # math.prod: np.prod costs ~3 us on a tuple
+        # Everything in the stash type (float32 or float64); Y is cast once at the end.
         xs = x.astype(np.float64 if stash == 11 else np.float32, copy=False)
-        mean = xs.mean(axis=axes, keepdims=True)
-        d = xs - mean
-        inv = np.mean(np.square(d), axis=axes, keepdims=True)
+        mean = np.add.reduce(xs, axis=axes, keepdims=True)
+        mean /= count
+        y = xs - mean
+        inv = np.add.reduce(np.square(y), axis=axes, keepdims=True)
+        inv /= count
         inv += eps
-        np.sqrt(inv, out=inv)
-        np.reciprocal(inv, out=inv)
-        d *= inv
-        y = d.astype(x.dtype, copy=False)
+        np.power(inv, -0.5, out=inv)   # one pass instead of sqrt then reciprocal
+        y *= inv
         y *= scale
         if bias is not None:
             y += bias
+        y = y.astype(x.dtype, copy=False)
         return (y, mean, inv)[:n_out]
     return f
 
 
-def _windows(x, kernel, strides, dilations):
-    """A read-only view (N, C, k1..kn, o1..on) of ``x`` (N, C, d1..dn, already padded)."""
-    n = len(kernel)
-    spatial = x.shape[2:]
-    outs = [(d - (k - 1) * dl - 1) // s + 1
-            for d, k, s, dl in zip(spatial, kernel, strides, dilations)]
-    if min(outs) < 1:
-        raise ValueError(f"kernel {tuple(kernel)} (dilations {tuple(dilations)}) does not "
-                         f"fit the padded input {tuple(spatial)}")
-    st = x.strides
-    return as_strided(x, shape=x.shape[:2] + tuple(kernel) + tuple(outs),
-                      strides=st[:2] + tuple(st[2 + i] * dilations[i] for i in range(n))
-                      + tuple(st[2 + i] * strides[i] for i in range(n)),
-                      writeable=False), outs
+@op("InstanceNormalization", inputs=(3, 3))
+def _instance_norm(a, opset, n_in, n_out):
+    eps = a.float("epsilon", 1e-5)
 
-
-def _same_pads(spatial, kernel, strides, dilations, upper):
-    begins, ends = [], []
-    for d, k, s, dl in zip(spatial, kernel, strides, dilations):
-        total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
-        small = total // 2
-        begins.append(small if upper else total - small)
-        ends.append(total - begins[-1])
-    return begins + ends
-
-
-@op("Conv", inputs=(2, 3))
-def _conv(a, opset, n_in, n_out):
-    auto = a.choice("auto_pad", ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"), "NOTSET")
-    group = a.int("group", 1)
-    kshape = a.ints("kernel_shape", None)
-    pads_attr, strides_attr = a.ints("pads", None), a.ints("strides", None)
-    dil_attr = a.ints("dilations", None)
-    if group < 1:
-        a.fail(f"group must be positive; got {group}")
-    if auto != "NOTSET" and pads_attr is not None and any(pads_attr):
-        a.fail(f"pads {pads_attr} cannot be combined with auto_pad {auto}")
-    for name, v in (("strides", strides_attr), ("dilations", dil_attr),
-                    ("kernel_shape", kshape)):
-        if v is not None and min(v, default=1) < 1:
-            a.fail(f"{name} must be positive; got {v}")
-    if pads_attr is not None and min(pads_attr, default=0) < 0:
-        a.fail(f"pads must be non-negative; got {pads_attr}")
-
-    def f(x, w, b=None):
-        same_dtype(x, w, "W")
-        n = x.ndim - 2
-        if n < 1 or w.ndim != x.ndim:
-            raise ValueError(f"X (N, C, spatial...) and W (M, C/group, kernel...) must have "
-                             f"the same rank >= 3; got {x.shape} and {w.shape}")
-        kernel = w.shape[2:]
-        if kshape is not None and tuple(kshape) != kernel:
-            raise ValueError(f"kernel_shape {kshape} does not match W's {kernel}")
-        c, m = x.shape[1], w.shape[0]
-        if c != w.shape[1] * group or m % group:
-            raise ValueError(f"X has {c} channels and W is {w.shape} with group {group}")
-        strides = strides_attr or [1] * n
-        dil = dil_attr or [1] * n
-        if auto == "NOTSET":
-            pads = pads_attr or [0] * (2 * n)
-        elif auto == "VALID":
-            pads = [0] * (2 * n)
-        else:
-            pads = _same_pads(x.shape[2:], kernel, strides, dil, auto == "SAME_UPPER")
-        if len(pads) != 2 * n or len(strides) != n or len(dil) != n:
-            raise ValueError(f"pads {pads}, strides {strides}, dilations {dil} do not fit "
-                             f"{n} spatial dims")
-        if any(pads):
-            xp = np.zeros(x.shape[:2] + tuple(d + pads[i] + pads[i + n]
-                                              for i, d in enumerate(x.shape[2:])), x.dtype)
-            xp[(slice(None), slice(None)) + tuple(slice(pads[i], pads[i] + d)
-                                                 for i, d in enumerate(x.shape[2:]))] = x
-        else:
-            xp = x
-        win, outs = _windows(xp, kernel, strides, dil)
-        batch, g = x.shape[0], group
-        # im2col: (N, G, C/G * K, P), one copy of the windows; then (G, M/G, C/G * K) @ it.
-        cols = win.reshape(batch, g, -1, int(np.prod(outs)))
-        y = np.matmul(w.reshape(g, m // g, -1), cols).reshape((batch, m) + tuple(outs))
-        if b is not None:
-            same_dtype(x, b, "B")
-            if b.shape != (m,):
-                raise ValueError(f"B must have shape ({m},); got {b.shape}")
-            y += b.reshape((m,) + (1,) * n)
+    def f(x, scale, bias):
+        if x.ndim < 3 or x.dtype.kind != "f":
+            raise ValueError(f"X must be floating-point (N, C, spatial...); got "
+                             f"{x.dtype}{x.shape}")
+        for v, what in ((scale, "scale"), (bias, "B")):
+            if v.shape != (x.shape[1],):
+                raise ValueError(f"{what} must have shape ({x.shape[1]},); got {v.shape}")
+        axes = tuple(range(2, x.ndim))
+        y = x - x.mean(axis=axes, keepdims=True)
+        inv = np.mean(np.square(y), axis=axes, keepdims=True)
+        inv += eps
+        y /= np.sqrt(inv, out=inv)
+        shape = (-1,) + (1,) * (x.ndim - 2)
+        y *= scale.reshape(shape)
+        y += bias.reshape(shape)
         return (y,)
     return f
 
@@ -226,6 +171,7 @@ def _batch_norm(a, opset, n_in, n_out):
 
 @op("Dropout", inputs=(1, 3), outputs=(1, 2))
 def _dropout(a, opset, n_in, n_out):
+    a.inputs_before(opset, 12, n_in, 1)
     if opset < 12:
         a.float("ratio", 0.5)
     else:

@@ -7,6 +7,8 @@ unless it allocated it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._common import ints_of, norm_axis, registrar
@@ -61,8 +63,8 @@ def _flatten(a, opset, n_in, n_out):
         k = axis + x.ndim if axis < 0 else axis
         if not 0 <= k <= x.ndim:
             raise ValueError(f"axis {axis} is out of range for rank {x.ndim}")
-        outer = int(np.prod(x.shape[:k], dtype=np.int64))
-        return (x.reshape(outer, int(np.prod(x.shape[k:], dtype=np.int64))),)
+        # math.prod, not np.prod: ~0.1 us instead of ~3 us on a shape tuple.
+        return (x.reshape(math.prod(x.shape[:k]), math.prod(x.shape[k:])),)
     return f
 
 
@@ -76,6 +78,7 @@ def _squeeze_axes(x, axes):
 
 @op("Squeeze", inputs=(1, 2))
 def _squeeze(a, opset, n_in, n_out):
+    a.inputs_before(opset, 13, n_in, 1)
     if opset < 13:
         fixed = a.ints("axes", None)
 
@@ -86,22 +89,28 @@ def _squeeze(a, opset, n_in, n_out):
         return f
 
     def g(x, axes=None):
-        if axes is None:
+        k = None if axes is None else ints_of(axes, "axes")
+        if not k:   # absent or empty (ONNX Runtime treats both alike): every unit dim
             return (x.squeeze(),)
-        return (x.squeeze(_squeeze_axes(x, ints_of(axes, "axes"))),)
+        return (x.squeeze(_squeeze_axes(x, k)),)
     return g
 
 
 def _unsqueezed(x, axes):
+    # A reshape with the new unit dims inserted: a view, and ~7x cheaper than expand_dims.
     rank = x.ndim + len(axes)
-    norm = [norm_axis(i, rank) for i in axes]
+    norm = sorted(norm_axis(i, rank) for i in axes)
     if len(set(norm)) != len(norm):
         raise ValueError(f"axes {axes} repeat an axis")
-    return np.expand_dims(x, tuple(norm))
+    shape = list(x.shape)
+    for i in norm:
+        shape.insert(i, 1)
+    return x.reshape(shape)
 
 
 @op("Unsqueeze", inputs=(1, 2))
 def _unsqueeze(a, opset, n_in, n_out):
+    a.inputs_before(opset, 13, n_in, 1)
     if opset < 13:
         axes = a.ints("axes", required=True)
 

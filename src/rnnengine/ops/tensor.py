@@ -1,5 +1,5 @@
-"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast, Concat,
-Split, Slice, Gather, Tile, Pad, Range.
+"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast,
+QuantizeLinear, DequantizeLinear, Concat, Split, Slice, Gather, Tile, Pad, Range.
 
 Slice, Split and Gather with a scalar index return views of their input.
 """
@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from ._common import frozen, ints_of, norm_axis, registrar, scalar_of
+from ._common import (check_size, frozen, ints_of, norm_axis, registrar, same_dtype,
+                      scalar_of)
 
 OPS = {}
 op = registrar(OPS)
@@ -55,6 +56,7 @@ def _constant_of_shape(a, opset, n_in, n_out):
         dims = ints_of(shape, "input")
         if any(d < 0 for d in dims):
             raise ValueError(f"shape {dims} has a negative dimension")
+        check_size(dims, "the output")
         return (np.full(dims, fill, dtype=dtype),)
     return f
 
@@ -67,6 +69,61 @@ def _cast(a, opset, n_in, n_out):
 
     def f(x):
         return (x.astype(to, copy=False),)
+    return f
+
+
+def _per_axis(x, v, axis, what):
+    """A scale or zero point: a scalar, or 1-D along ``axis`` (reshaped to broadcast)."""
+    if v.size == 1:
+        return v.reshape(())
+    k = norm_axis(axis, x.ndim)
+    if v.shape != (x.shape[k],):
+        raise ValueError(f"{what} must be a scalar or of shape ({x.shape[k]},); got {v.shape}")
+    return v.reshape((-1,) + (1,) * (x.ndim - 1 - k))
+
+
+def _quant_attrs(a, opset):
+    axis = a.int("axis", 1) if opset >= 13 else 1
+    if opset >= 21 and a.int("block_size", 0):
+        a.fail("blocked quantization (block_size) is not handled natively")
+    return axis
+
+
+@op("DequantizeLinear", inputs=(2, 3))
+def _dequantize(a, opset, n_in, n_out):
+    axis = _quant_attrs(a, opset)
+
+    def f(x, scale, zero=None):
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"x must be an integer tensor; got {x.dtype}")
+        s = _per_axis(x, scale, axis, "x_scale")
+        y = x.astype(scale.dtype)
+        if zero is not None:
+            y -= _per_axis(x, zero, axis, "x_zero_point").astype(scale.dtype)
+        y *= s
+        return (y,)
+    return f
+
+
+@op("QuantizeLinear", inputs=(2, 3))
+def _quantize(a, opset, n_in, n_out):
+    axis = _quant_attrs(a, opset)
+    if opset >= 19:
+        a.flag("saturate", 1)   # only affects float8 outputs, which are not handled here
+    if opset >= 21 and a.has("output_dtype") and a.int("output_dtype"):
+        a.fail("output_dtype is not handled natively; give a zero point instead")
+
+    def f(x, scale, zero=None):
+        same_dtype(x, scale, "y_scale")
+        dtype = np.dtype(np.uint8) if zero is None else zero.dtype
+        if dtype.kind not in "iu" or dtype.itemsize > 2:
+            raise ValueError(f"the zero point must be (u)int8 or (u)int16; got {dtype}")
+        # Round half to even, add the zero point, saturate to the integer range.
+        y = np.rint(x / _per_axis(x, scale, axis, "y_scale"))
+        if zero is not None:
+            y += _per_axis(x, zero, axis, "y_zero_point")
+        info = np.iinfo(dtype)
+        return (np.asarray(np.clip(y, info.min, info.max).astype(dtype)),)
     return f
 
 
@@ -94,6 +151,7 @@ def _pieces(x, axis, sizes):
 
 @op("Split", inputs=(1, 2), outputs=(1, 2**31))
 def _split(a, opset, n_in, n_out):
+    a.inputs_before(opset, 13, n_in, 1)
     axis = a.int("axis", 0)
     fixed = a.ints("split", None) if opset < 13 else None
     parts = a.int("num_outputs", None) if opset >= 18 else None
@@ -125,26 +183,34 @@ def _split(a, opset, n_in, n_out):
 
 
 def _sliced(x, starts, ends, axes, steps):
-    if not len(starts) == len(ends) == len(axes) == len(steps):
+    n, nd = len(starts), x.ndim
+    if not n == len(ends) == len(axes) == len(steps) or n > nd:
         raise ValueError(f"starts {starts}, ends {ends}, axes {axes} and steps {steps} "
                          "differ in length")
-    index = [slice(None)] * x.ndim
-    for s, e, k, st in zip(starts, ends, axes, steps):
-        if st == 0:
-            raise ValueError("a step of 0")
-        # Python's slice clamps out-of-range starts and ends exactly as ONNX does.
-        index[norm_axis(k, x.ndim)] = slice(s, e, st)
+    index = [slice(None)] * nd
+    for i in range(n):
+        k, st = axes[i], steps[i]
+        if not -nd <= k < nd or st == 0:
+            raise ValueError(f"axis {k} (rank {nd}) with step {st} cannot be sliced")
+        s = starts[i]
+        if st < 0 and s < -x.shape[k]:
+            s = 0   # ONNX clamps it to the first element; Python would make the slice empty
+        # Otherwise Python's slice clamps out-of-range starts and ends as ONNX does.
+        index[k] = slice(s, ends[i], st)
     return x[tuple(index)]
+
+
+_AXES = [list(range(n)) for n in range(65)]   # defaults, indexed by the number of starts
+_ONES = [[1] * n for n in range(65)]
 
 
 @op("Slice", inputs=(1, 5))
 def _slice(a, opset, n_in, n_out):
+    a.inputs_before(opset, 10, n_in, 1)
     if opset < 10:
         starts, ends = a.ints("starts", required=True), a.ints("ends", required=True)
         axes = a.ints("axes", None) or list(range(len(starts)))
         steps = [1] * len(starts)
-        if n_in != 1:
-            a.fail("before opset 10 Slice takes one input")
 
         def f(x):
             return (_sliced(x, starts, ends, axes, steps),)
@@ -154,8 +220,8 @@ def _slice(a, opset, n_in, n_out):
 
     def g(x, starts, ends, axes=None, steps=None):
         s, e = ints_of(starts, "starts"), ints_of(ends, "ends")
-        k = list(range(len(s))) if axes is None else ints_of(axes, "axes")
-        st = [1] * len(s) if steps is None else ints_of(steps, "steps")
+        k = _AXES[len(s)] if axes is None else ints_of(axes, "axes")
+        st = _ONES[len(s)] if steps is None else ints_of(steps, "steps")
         return (_sliced(x, s, e, k, st),)
     return g
 
@@ -181,14 +247,25 @@ def _tile(a, opset, n_in, n_out):
         reps = ints_of(repeats, "repeats")
         if len(reps) != x.ndim or min(reps, default=0) < 0:
             raise ValueError(f"repeats {reps} must be {x.ndim} non-negative counts")
+        check_size([d * k for d, k in zip(x.shape, reps)], "the output")
         return (np.tile(x, reps),)
     return f
 
 
-_NP_PAD = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}
+def _pad_index(dim, begin, end, mode):
+    """Source positions along one axis for reflect, edge or wrap padding (one np.take)."""
+    p = np.arange(-begin, dim + end)
+    if mode == "edge":
+        return np.clip(p, 0, dim - 1)
+    if mode == "wrap":
+        return p % dim
+    if dim < 2 or max(begin, end) > dim - 1:   # ONNX Runtime refuses these too
+        raise ValueError(f"reflect padding ({begin}, {end}) needs an axis longer than both; "
+                         f"got {dim}")
+    return np.where(p < 0, -p, np.where(p < dim, p, 2 * (dim - 1) - p))
 
 
-def _padded(x, pads, axes, mode, value):
+def _padded(x, pads, axes, mode, value, cache):
     k = len(axes)
     if len(pads) != 2 * k:
         raise ValueError(f"pads {pads} must hold {2 * k} values (begin and end per axis)")
@@ -199,22 +276,37 @@ def _padded(x, pads, axes, mode, value):
         x = x[tuple(slice(-b if b < 0 else 0, x.shape[i] + e if e < 0 else None)
                     for i, (b, e) in enumerate(widths))]
         widths = [[max(b, 0), max(e, 0)] for b, e in widths]
-    if mode != "constant":
-        return np.pad(x, widths, mode=_NP_PAD[mode])
-    out = np.full([d + b + e for d, (b, e) in zip(x.shape, widths)], value, dtype=x.dtype)
-    out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, widths))] = x
-    return out
+    shape = [d + b + e for d, (b, e) in zip(x.shape, widths)]
+    check_size(shape, "the padded output")
+    if mode == "constant":
+        out = np.full(shape, value, dtype=x.dtype)
+        out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, widths))] = x
+        return out
+    for i, (b, e) in enumerate(widths):
+        if b or e:
+            if x.shape[i] == 0:
+                raise ValueError(f"cannot {mode}-pad axis {i} of size 0")
+            key = (x.shape[i], b, e)
+            index = cache.get(key)
+            if index is None:   # the same shapes come back every streaming step
+                if len(cache) > 64:
+                    cache.clear()
+                index = cache[key] = _pad_index(x.shape[i], b, e, mode)
+            x = np.take(x, index, axis=i)
+    return x
 
 
 @op("Pad", inputs=(1, 4))
 def _pad(a, opset, n_in, n_out):
     modes = ("constant", "reflect", "edge") + (("wrap",) if opset >= 19 else ())
     mode = a.choice("mode", modes, "constant")
+    cache = {}
+    a.inputs_before(opset, 11, n_in, 1)
     if opset < 11:
         pads, value = a.ints("pads", required=True), a.float("value", 0.0)
 
         def f(x):
-            return (_padded(x, pads, range(x.ndim), mode, value),)
+            return (_padded(x, pads, range(x.ndim), mode, value, cache),)
         return f
     if n_in < 2:
         a.fail("from opset 11 the pads are the second input, which is missing")
@@ -224,7 +316,7 @@ def _pad(a, opset, n_in, n_out):
     def g(x, pads, value=None, axes=None):
         fill = 0 if value is None or value.size == 0 else scalar_of(value, "constant_value")
         k = range(x.ndim) if axes is None else ints_of(axes, "axes")
-        return (_padded(x, ints_of(pads, "pads"), k, mode, fill),)
+        return (_padded(x, ints_of(pads, "pads"), k, mode, fill, cache),)
     return g
 
 
@@ -240,6 +332,7 @@ def _range(a, opset, n_in, n_out):
         if d == 0:
             raise ValueError("delta is 0")
         n = max(math.ceil((lim - s) / d), 0)
+        check_size([n], "the range")
         return ((s + np.arange(n, dtype=np.float64 if dtype.kind == "f" else np.int64)
                  * d).astype(dtype),)
     return f
