@@ -160,16 +160,15 @@ def _f(name, shape):
 
 
 def test_unknown_ops_are_grouped_into_few_ort_sessions():
-    """CumSum -> Hardmax are joined (one session); the native Add of a graph input between
-    the first CumSum and the second splits them (the final Add, which reads only ORT
-    results, joins the second group)."""
-    axis = numpy_helper.from_array(np.array(1, np.int64), "axis")
-    nodes = [helper.make_node("CumSum", ["x", "axis"], ["a"]),
+    """LpNormalization -> Hardmax are joined (one session); the native Add of a graph input
+    between the first LpNormalization and the second splits them (the final Add, which
+    reads only ORT results, joins the second group)."""
+    nodes = [helper.make_node("LpNormalization", ["x"], ["a"]),
              helper.make_node("Hardmax", ["a"], ["b"]),
              helper.make_node("Add", ["a", "x"], ["r"]),
-             helper.make_node("CumSum", ["r", "axis"], ["c"]),
+             helper.make_node("LpNormalization", ["r"], ["c"]),
              helper.make_node("Add", ["b", "c"], ["y"])]
-    model = _model(nodes, [_f("x", ["N", 5])], [_f("y", ["N", 5])], [axis])
+    model = _model(nodes, [_f("x", ["N", 5])], [_f("y", ["N", 5])])
     sess = InferenceSession(model)
     groups = sess._loaded.ort_groups
     assert sorted(len(g.nodes) for g in groups) == [2, 2]
@@ -179,12 +178,11 @@ def test_unknown_ops_are_grouped_into_few_ort_sessions():
 
 
 def test_without_onnxruntime_loading_lists_the_ops(monkeypatch):
-    axis = numpy_helper.from_array(np.array(1, np.int64), "axis")
-    model = _model([helper.make_node("CumSum", ["x", "axis"], ["a"]),
+    model = _model([helper.make_node("LpNormalization", ["x"], ["a"]),
                     helper.make_node("Hardmax", ["a"], ["y"])],
-                   [_f("x", [2, 5])], [_f("y", [2, 5])], [axis])
+                   [_f("x", [2, 5])], [_f("y", [2, 5])])
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
-    with pytest.raises(ModelError, match="CumSum, Hardmax"):
+    with pytest.raises(ModelError, match="Hardmax, LpNormalization"):
         InferenceSession(model)
 
 
@@ -251,15 +249,14 @@ def test_if_picks_its_branch_from_a_run_time_value():
 
 
 def test_ort_group_inside_a_branch_reads_outer_values():
-    axis = numpy_helper.from_array(np.array(0, np.int64), "axis")
-    then = helper.make_graph([helper.make_node("CumSum", ["x", "axis"], ["t"]),
+    then = helper.make_graph([helper.make_node("LpNormalization", ["x"], ["t"], axis=0),
                               helper.make_node("Relu", ["t"], ["o"])], "then", [],
                              [_f("o", [4])])
     other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
                               [_f("e", [4])])
     model = _model([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
                    [_f("x", [4]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                   [_f("y", [4])], [axis])
+                   [_f("y", [4])])
     sess = InferenceSession(model)
     assert "ort" in sess.placement().values()
     x = np.array([1.0, -2.0, 3.0, -4.0], np.float32)
