@@ -104,6 +104,13 @@ def test_silero_state_of_wrong_fixed_dim_is_refused_like_ort():
         InferenceSession(sm.SILERO).run(None, feeds)
 
 
+def test_ort_style_arguments_are_accepted():
+    import onnxruntime as ort
+    sess = InferenceSession(sm.SILERO, ort.SessionOptions(), providers=["CPUExecutionProvider"])
+    assert sess.precision == "fp32"
+    assert sess.state_pairs() == {"stateN": "state"}
+
+
 def test_inputs_and_outputs_like_ort():
     ours = InferenceSession(sm.SILERO)
     theirs = sm.ort_session(sm.SILERO)

@@ -24,6 +24,7 @@ from .loaders.onnx import _read_model
 from .model import Model
 from .ort_bridge import require_onnxruntime
 from .session_stream import SessionPool, SessionStream
+from .state_pairs import find_pairs
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -107,8 +108,11 @@ class InferenceSession:
 
     def __init__(self, path_or_bytes: Union[str, os.PathLike, bytes, onnx.ModelProto],
                  precision: str = "fp32", **_ort_style_options):
-        # ORT's sess_options / providers keywords are accepted and ignored, so that code
-        # written for onnxruntime.InferenceSession runs unchanged.
+        # ORT's sess_options / providers / provider_options are accepted and ignored, so
+        # that code written for onnxruntime.InferenceSession runs unchanged; so is an ORT
+        # SessionOptions passed second, where ORT takes it.
+        if not isinstance(precision, str) and type(precision).__name__ == "SessionOptions":
+            precision = "fp32"
         self.precision = check_precision(precision)
         model, base_dir, where = read_model(path_or_bytes)
         self._where = where
@@ -154,6 +158,10 @@ class InferenceSession:
         for plan in self._loaded.plans:
             out.update(plan.kinds)
         return out
+
+    def state_pairs(self) -> Dict[str, str]:
+        """{output: input} pairs ``stream()`` finds automatically (SPEC §6); {} if none."""
+        return find_pairs(self._loaded.model.graph, self._inputs, self._outputs)
 
     def __repr__(self) -> str:
         kinds = list(self.placement().values())
