@@ -134,3 +134,22 @@ def test_stream_state_names_checked():
     with pytest.raises(ValueError, match="carries"):
         stream.step({"x": np.zeros((1, 1, 10), np.float32), "state": np.zeros((1, 2, 8, 2),
                                                                                np.float32)})
+
+
+def test_outputs_never_alias_what_the_session_reuses():
+    """A shape computed from the input is memoised per shape; the caller's copy of it (and
+    of a constant output) may be written without changing the next run."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Mul", ["s", "two"], ["shape2"]),
+             helper.make_node("Identity", ["two"], ["k"])]
+    two = numpy_helper.from_array(np.array([2, 2], np.int64), "two")
+    sess = InferenceSession(_model(nodes, [_f("x", ["A", "B"])],
+                                   [helper.make_tensor_value_info("shape2", TensorProto.INT64, [2]),
+                                    helper.make_tensor_value_info("k", TensorProto.INT64, [2])],
+                                   [two]))
+    x = np.zeros((3, 4), np.float32)
+    first, k = sess.run(None, {"x": x})
+    first[...] = -1
+    k[...] = -1
+    again, k2 = sess.run(None, {"x": x})
+    assert again.tolist() == [6, 8] and k2.tolist() == [2, 2]

@@ -83,6 +83,7 @@ class Plan:
         self.steps: List[Callable] = []
         self.labels: List[str] = []            # node label of each step, for errors
         self.io: List[tuple] = []              # (input slots, output slots) of each step
+        self.shared: set = set()               # slots holding values reused across runs
         self.kinds: Dict[str, str] = {}        # node label -> "native" | "ort" | ... (info)
         self._placed: Dict[int, str] = {}      # id(node) -> where it runs (set by _build)
         loaded.plans.append(self)
@@ -277,6 +278,7 @@ class Plan:
         made = [self._make_node(n, "native") for n in cluster["nodes"]]
         sources = [self.resolve(n, "shape computation") for n in cluster["sources"]]
         outs = [o for m in made for o in m[3] if o != TRASH]
+        self.shared.update(outs)          # memoised: the same arrays come back every run
         label = ("shapes of " + ", ".join(cluster["sources"]) + ": "
                  + ", ".join(m[1] for m in made))
         self._append(cluster_step([m[0] for m in made], sources, outs), label,

@@ -138,8 +138,10 @@ class InferenceSession:
             require_onnxruntime(ort_ops, where)
         self._input_index = {a.name: k for k, a in enumerate(self._inputs)}
         self._output_index = {a.name: k for k, a in enumerate(self._outputs)}
-        self._const_outputs = {k for k, name in enumerate(self._plan.output_names)
-                               if name in self._plan.consts}
+        # outputs whose arrays the plan reuses across runs: the caller gets a copy
+        self._const_outputs = {k for k, (name, slot) in enumerate(zip(
+            self._plan.output_names, self._plan.output_slots))
+            if name in self._plan.consts or slot in self._plan.shared}
 
     # -- description -----------------------------------------------------------------------
     def get_inputs(self) -> List[NodeArg]:
