@@ -34,7 +34,7 @@ from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs,
 from .graph_steps import (CONTROL, RECURRENT, bind, if_step, loop_step, RecurrentStep)
 from .graph_shapes import cluster_step, shape_clusters
 from .graph_views import view_op
-from .ort_bridge import OrtGroup, onnxruntime_installed, prefer_ort
+from .ort_bridge import OrtGroup
 
 CONTEXT, NONE, TRASH = 0, 1, 2
 
@@ -60,7 +60,6 @@ class Loaded:
         self.base_dir = base_dir
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           0)
-        self.use_ort = onnxruntime_installed()     # then ORT_FASTER operators run there
         self.recurrent: List[RecurrentStep] = []   # every recurrent node, all subgraphs
         self.ort_groups: List[OrtGroup] = []
         self.plans: List["Plan"] = []
@@ -85,7 +84,6 @@ class Plan:
         self.io: List[tuple] = []              # (input slots, output slots) of each step
         self.shared: set = set()               # slots holding values reused across runs
         self.kinds: Dict[str, str] = {}        # node label -> "native" | "ort" | ... (info)
-        self._placed: Dict[int, str] = {}      # id(node) -> where it runs (set by _build)
         loaded.plans.append(self)
 
         self.input_names = [i.name for i in graph.input if i.name not in scope.initializers]
@@ -237,10 +235,7 @@ class Plan:
 
     # -- steps -----------------------------------------------------------------------------
     def _kind(self, node) -> str:
-        """Where ``node`` runs: its placement (``_build``) or, before that, by its type."""
-        placed = self._placed.get(id(node))
-        if placed is not None:
-            return placed
+        """Where ``node`` runs: on the kernels, natively or through ONNX Runtime."""
         if node.domain in ("", "ai.onnx"):
             if node.op_type in RECURRENT:
                 return "recurrent"
@@ -252,9 +247,6 @@ class Plan:
 
     def _build(self, live: list) -> None:
         kinds = [self._kind(n) for n in live]
-        if self.loaded.use_ort:
-            kinds = prefer_ort(live, kinds, lambda n: self.const(n) is not None)
-        self._placed = {id(n): k for n, k in zip(live, kinds)}
         clusters = shape_clusters(live, kinds, lambda n: self.const(n) is not None)
         at = {id(c["at"]): c for c in clusters}
         clustered = {id(n) for c in clusters for n in c["nodes"]}

@@ -19,40 +19,6 @@ from .errors import ModelError
 from .loaders._fold import node_label
 
 
-# Native NumPy versions exist, but ONNX Runtime runs these several times faster (Silero's
-# front end, Pad + 5 Conv: 155 us native vs about 50 us in one ORT session, measured here):
-# when onnxruntime is installed they go there, and the cheap operators that only read their
-# results join them (one session call instead of a round trip per operator).
-ORT_FASTER = frozenset({"Conv", "ConvTranspose", "Pad"})
-_ABSORBABLE = frozenset({"native"})
-
-
-def onnxruntime_installed() -> bool:
-    try:
-        import onnxruntime  # noqa: F401  (optional dependency, imported lazily)
-    except ImportError:
-        return False
-    return True
-
-
-def prefer_ort(live: list, kinds: list, is_const) -> list:
-    """Kinds after placement: ORT_FASTER nodes go to ORT; then, in order, a native node
-    without subgraphs whose every non-constant input is produced by an ORT node here joins
-    ORT too. ``live`` is in topological order; returns a new list."""
-    kinds = list(kinds)
-    made_by = {}
-    for k, node in enumerate(live):
-        if kinds[k] == "native" and node.op_type in ORT_FASTER:
-            kinds[k] = "ort"
-        elif (kinds[k] in _ABSORBABLE and not any(a.type in (5, 10) for a in node.attribute)):
-            data = [n for n in node.input if n and not is_const(n)]
-            if data and all(made_by.get(n) == "ort" for n in data):
-                kinds[k] = "ort"
-        for out in node.output:
-            made_by[out] = kinds[k]
-    return kinds
-
-
 def require_onnxruntime(ops: List[str], where: str) -> None:
     """ModelError listing ``ops`` when onnxruntime cannot be imported."""
     try:
