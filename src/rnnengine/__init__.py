@@ -8,6 +8,8 @@ from .backend import backend  # noqa: E402  (the Backend class shadows the submo
 from .layers import Layer
 from .model import Model, Stream
 from .loaders import from_keras, from_torch, load
+from .session import InferenceSession
 
-__all__ = ["ModelError", "Layer", "Model", "Stream", "backend", "from_keras", "from_torch", "load"]
+__all__ = ["InferenceSession", "ModelError", "Layer", "Model", "Stream", "backend", "from_keras",
+           "from_torch", "load"]
 __version__ = "0.1.0"
