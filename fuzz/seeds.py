@@ -101,6 +101,36 @@ def safetensors_bytes(arrays: dict) -> bytes:
     return struct.pack("<Q", len(text)) + text + data
 
 
+def session_seed(H: int = 3, I: int = 2) -> bytes:
+    """A whole graph for the InferenceSession fuzzer: state input -> Squeeze -> LSTM ->
+    MatMul + Add + Sigmoid head, final state -> Unsqueeze -> state output, an If on a
+    run-time flag."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * H, I)), ("R", (1, 4 * H, H)), ("B", (1, 8 * H)),
+                          ("Wd", (H, 2)), ("bd", (2,)))]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "ax"))
+    branch = helper.make_graph([helper.make_node("Identity", ["p"], ["o"])], "b", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Squeeze", ["state", "ax"], ["h0"]),
+             helper.make_node("LSTM", ["X", "W", "R", "B", "", "h0"], ["Y", "Y_h"],
+                              hidden_size=H, name="rnn0"),
+             helper.make_node("MatMul", ["Y", "Wd"], ["m"]),
+             helper.make_node("Add", ["m", "bd"], ["a"]),
+             helper.make_node("Sigmoid", ["a"], ["p"]),
+             helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch),
+             helper.make_node("Unsqueeze", ["Y_h", "ax"], ["stateN"])]
+    graph = helper.make_graph(
+        nodes, "session_seed",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 1, "N", H]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, 1, "N", H])],
+        initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def write_seeds(folder: str) -> None:
     import io
     os.makedirs(folder, exist_ok=True)
@@ -119,6 +149,8 @@ def write_seeds(folder: str) -> None:
     for name, (op, gates, sizes, cycle) in chains.items():
         with open(os.path.join(folder, name + ".onnx"), "wb") as f:
             f.write(onnx_chain_seed(op, gates, sizes, cycle=cycle))
+    with open(os.path.join(folder, "session.onnx"), "wb") as f:
+        f.write(session_seed())
     for name, arrays in npz_seeds():
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)

@@ -212,6 +212,15 @@ def _describe(nodes: list) -> str:
 # --- one node -> one Layer ---------------------------------------------------------------
 
 def _layer(found: _Found, folder: Folder, where: str) -> Layer:
+    layer = node_layer(found, folder, where)
+    _check_runtime_inputs(found, folder, where)
+    return layer
+
+
+def node_layer(found: _Found, folder: Folder, where: str) -> Layer:
+    """The Layer of one recurrent node: its weights (W, R, B, P) folded to constants and its
+    attributes decoded. The node's run-time inputs (X, sequence_lens, initial state) are
+    not looked at (``InferenceSession`` feeds them from the graph)."""
     node, scope = found.node, found.scope
     a = attrs(node)
     here = f"{where}: node {found.qualname!r}"
@@ -242,6 +251,26 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
     R = weight(2, "R", True)
     B = weight(3, "B", False)
     P = weight(7, "P", False) if found.kind == "lstm" else None
+    try:
+        return Layer.from_onnx(
+            found.kind, W, R, B, P,
+            direction=a.get("direction", b"forward"),
+            hidden_size=a.get("hidden_size"),
+            activations=a.get("activations"),
+            activation_alpha=a.get("activation_alpha"),
+            activation_beta=a.get("activation_beta"),
+            clip=a.get("clip"),
+            input_forget=a.get("input_forget", 0),
+            linear_before_reset=a.get("linear_before_reset", 0))
+    except ModelError as e:
+        raise ModelError(f"{here}: {e}") from None
+
+
+def _check_runtime_inputs(found: _Found, folder: Folder, where: str) -> None:
+    """``load`` returns only the layers: a constant sequence_lens or non-zero constant
+    initial state would be silently lost, so it is refused."""
+    node, scope = found.node, found.scope
+    here = f"{where}: node {found.qualname!r}"
     for k, label in ((4, "sequence_lens"), (5, "initial_h"), (6, "initial_c")):
         if k >= len(node.input) or not node.input[k]:
             continue
@@ -257,19 +286,6 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
         if np.any(value != 0):
             raise ModelError(f"{here}: {label} is a non-zero constant; the engine takes the "
                              "initial state at run time (Model.run(x, state))")
-    try:
-        return Layer.from_onnx(
-            found.kind, W, R, B, P,
-            direction=a.get("direction", b"forward"),
-            hidden_size=a.get("hidden_size"),
-            activations=a.get("activations"),
-            activation_alpha=a.get("activation_alpha"),
-            activation_beta=a.get("activation_beta"),
-            clip=a.get("clip"),
-            input_forget=a.get("input_forget", 0),
-            linear_before_reset=a.get("linear_before_reset", 0))
-    except ModelError as e:
-        raise ModelError(f"{here}: {e}") from None
 
 
 def _input_is_batch_first(found: _Found) -> bool:
