@@ -20,10 +20,13 @@ directives = {
 # No -march: ISA variants are compiled per function with target attributes and chosen at
 # run time, so one build runs on any x86-64 (and the portable path builds on ARM).
 compile_args = ["-O3", "-fno-math-errno", "-std=c11"] if os.name != "nt" else ["/O2"]
-macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
 if DEBUG:
     compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-std=c11"]
-    macros.append(("RNN_DEBUG", "1"))   # RNN_ASSERT on (include/rnnengine/assert.h)
+# Sanitizer builds (tools/sanitized_build.sh): flags for the compile step and, separately, the
+# link step (distutils adds $CFLAGS to the link line too, which would tie the extension to
+# the compiler's ASan runtime even when another one is preloaded, as for the fuzzer).
+compile_args += os.environ.get("RNNENGINE_SANITIZE_CFLAGS", "").split()
+link_args = os.environ.get("RNNENGINE_SANITIZE_LDFLAGS", "").split()
 
 extensions = [
     Extension(
@@ -33,9 +36,13 @@ extensions = [
         # The C kernels live in headers: list them so editing one rebuilds the extension.
         depends=sorted(glob.glob("include/rnnengine/*.h")),
         extra_compile_args=compile_args,
-        define_macros=macros,
+        extra_link_args=link_args,
+        # RNNENGINE_DEBUG turns on the C side's buffer-size asserts (include/rnnengine/assert.h).
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
-    Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args),
+    Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args,
+              extra_link_args=link_args),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

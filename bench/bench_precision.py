@@ -23,76 +23,58 @@ sys.path.insert(0, HERE)
 
 # bench_rnn first: it sets the single-thread environment before NumPy loads its BLAS
 from bench_rnn import (Workload, bandwidth, cpu_model, fmt_us, interleaved, ort,  # noqa: E402
-                       torch_cell_step, write_section)
+                       write_section)
 import numpy as np  # noqa: E402
 import openvino as ov  # noqa: E402
 import torch  # noqa: E402
 from openvino._offline_transformations import apply_make_stateful_transformation  # noqa: E402
+
 import rnnengine  # noqa: E402
 from rnnengine import Model, _kernels, _reference  # noqa: E402
+from rnnengine.interop.onnx_export import onnx_graph_for  # noqa: E402
 
 MODES = ("fp32", "fp16", "bf16", "int8")
 WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
+def reference(w, x):
+    """y (T, N, H) of the float64 NumPy reference on the workload's fp32 weights."""
+    layer = w.model.layers[0]
+    return _reference.onnx_rnn(w.kind, x, layer.W, layer.R,
+                               np.concatenate([layer.Wb, layer.Rb], axis=1),
+                               linear_before_reset=int(layer.linear_before_reset))[0][:, 0]
+
+
 # -- peers ------------------------------------------------------------------------------------
-
-def ort_iobinding_step(w):
-    """A streamed step with IOBinding: state ping-ponged between two bound buffer sets."""
-    sess = w.ort_session(1, 1)
-    lstm = w.kind == "lstm"
-    names = [("h0", "Yh")] + ([("c0", "Yc")] if lstm else [])
-    zeros = np.zeros((1, 1, w.H), np.float32)
-    bufs = [{n: ort.OrtValue.ortvalue_from_numpy(zeros.copy()) for pair in names for n in pair}
-            for _ in range(2)]
-    y = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, 1, w.H), np.float32))
-    bindings = []
-    for parity in range(2):
-        io = sess.io_binding()
-        for i, o in names:
-            io.bind_ortvalue_input(i, bufs[parity][i])
-            io.bind_ortvalue_output(o, bufs[1 - parity][i])
-        io.bind_ortvalue_output("Y", y)
-        bindings.append(io)
-    state = {"parity": 0}
-
-    def bind_x(x):
-        for io in bindings:
-            io.bind_cpu_input("X", x)
-
-    def step():
-        sess.run_with_iobinding(bindings[state["parity"]])
-        state["parity"] ^= 1
-
-    def output():
-        return bufs[state["parity"]]["h0"].numpy().reshape(-1)
-
-    return bind_x, step, output
-
+# The ONNX graph is rnnengine's own export (interop.onnx_export, bare: X, h0_0 [, c0_0] ->
+# y (T, 1, N, H), hN_0 [, cN_0]), the one ONNX Runtime runs in interop.ort.
 
 def ort_iobinding_run(w, x):
-    N = x.shape[1]
-    sess = w.ort_session(x.shape[0], N)
+    """A whole sequence with IOBinding: inputs and y bound once."""
+    sess = w.ort.session
     io = sess.io_binding()
-    io.bind_cpu_input("X", x)
-    io.bind_cpu_input("h0", np.zeros((1, N, w.H), np.float32))
-    if w.kind == "lstm":
-        io.bind_cpu_input("c0", np.zeros((1, N, w.H), np.float32))
-    y = ort.OrtValue.ortvalue_from_numpy(np.zeros((x.shape[0], 1, N, w.H), np.float32))
-    io.bind_ortvalue_output("Y", y)
-    return lambda: sess.run_with_iobinding(io), lambda: y.numpy()[:, 0]
+    for name, a in w.ort.feeds(x, None, None).items():
+        io.bind_cpu_input(name, a)
+    y = np.zeros((x.shape[0], 1, x.shape[1], w.H), np.float32)
+    io.bind_output("y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+    return lambda: sess.run_with_iobinding(io), lambda: y[:, 0]
 
 
 def openvino_model(w, T, N, stateful):
+    """The exported graph with static shapes (a stateful model needs them for its state)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.onnx")
         with open(path, "wb") as f:
-            f.write(w.onnx_model(T, N).SerializeToString())
+            f.write(onnx_graph_for(w.model, bare=True).SerializeToString())
         model = ov.Core().read_model(path)
+    shapes = {"X": [T, N, w.I], "h0_0": [1, N, w.H]}
+    if w.kind == "lstm":
+        shapes["c0_0"] = [1, N, w.H]
+    model.reshape(shapes)
     if stateful:
-        pairs = {"h0": "Yh"}
+        pairs = {"h0_0": "hN_0"}
         if w.kind == "lstm":
-            pairs["c0"] = "Yc"
+            pairs["c0_0"] = "cN_0"
         apply_make_stateful_transformation(model, pairs)
     return model
 
@@ -106,16 +88,13 @@ def openvino_compiled(model, f32):
     return compiled, getattr(picked, "type_name", None) or str(picked)
 
 
-def openvino_step(w, f32):
-    """The stateful model: h (and c) live inside the request; tensors bound once."""
+def openvino_step(w, x, f32):
+    """The stateful model: h (and c) live inside the request; x bound once."""
     compiled, picked = openvino_compiled(openvino_model(w, 1, 1, True), f32)
     req = compiled.create_infer_request()
-    y = compiled.output("Y")
-
-    def bind_x(x):
-        req.set_tensor("X", ov.Tensor(x[None]))
-
-    return bind_x, req.infer, req.reset_state, lambda: req.get_tensor(y).data.reshape(-1), picked
+    y = compiled.output("y")
+    req.set_tensor("X", ov.Tensor(x[None]))
+    return req.infer, req.reset_state, lambda: req.get_tensor(y).data.reshape(-1), picked
 
 
 def openvino_run(w, x, f32):
@@ -123,10 +102,10 @@ def openvino_run(w, x, f32):
     compiled, picked = openvino_compiled(openvino_model(w, x.shape[0], N, False), f32)
     req = compiled.create_infer_request()
     req.set_tensor("X", ov.Tensor(x))
-    req.set_tensor("h0", ov.Tensor(np.zeros((1, N, w.H), np.float32)))
+    req.set_tensor("h0_0", ov.Tensor(np.zeros((1, N, w.H), np.float32)))
     if w.kind == "lstm":
-        req.set_tensor("c0", ov.Tensor(np.zeros((1, N, w.H), np.float32)))
-    y = compiled.output("Y")
+        req.set_tensor("c0_0", ov.Tensor(np.zeros((1, N, w.H), np.float32)))
+    y = compiled.output("y")
     return req.infer, lambda: req.get_tensor(y).data[:, 0], picked
 
 
@@ -138,51 +117,35 @@ STEPS_CHECKED = 10   # steps from the zero state compared with the float64 refer
 def step_rows(w, reps):
     """{engine: (seconds per step, max |diff| after STEPS_CHECKED steps)}, OpenVINO's pick."""
     x = np.random.default_rng(1).standard_normal((1, w.I)).astype(np.float32)
-    ref = _reference.onnx_rnn(w.kind, np.repeat(x[None], STEPS_CHECKED, 0), w.W, w.R, w.B,
-                              linear_before_reset=w.lbr)[0][-1, 0, 0]
+    ref = reference(w, np.repeat(x[None], STEPS_CHECKED, 0))[-1, 0]
     engines = {}     # name -> (step fn, reset fn, output fn)
     for mode in MODES:
         stream = Model(w.model.layers, precision=mode).stream(1)
         out = {}
         engines[f"rnnengine {mode}"] = (lambda s=stream, o=out: o.__setitem__("y", s.step(x[0])),
                                         stream.reset, lambda o=out: o["y"])
-    sess = w.ort_session(1, 1)
-    lstm = w.kind == "lstm"
-    feed = {}
+    for name, method in (("ORT", "step_run"), ("ORT IOBinding", "step_bound")):
+        ort_state = {}
 
-    def ort_reset():
-        feed.update(X=x[None], h0=np.zeros((1, 1, w.H), np.float32))
-        if lstm:
-            feed["c0"] = np.zeros((1, 1, w.H), np.float32)
+        def reset(st=ort_state, method=method):   # fresh buffers: state back to zero
+            st["steps"] = w.ort.steps(1)
+            st["step"] = getattr(st["steps"], method)
 
-    def ort_step():
-        res = sess.run(["Yh", "Yc"] if lstm else ["Yh"], feed)
-        feed["h0"] = res[0]
-        if lstm:
-            feed["c0"] = res[1]
+        reset()
+        engines[name] = (lambda st=ort_state: st.__setitem__("y", st["step"](x)), reset,
+                         lambda st=ort_state: st["y"].reshape(-1))
+    cells, xt = w.torch_cells, torch.from_numpy(x)
+    tout = {}
 
-    engines["ORT"] = (ort_step, ort_reset, lambda: feed["h0"].reshape(-1))
-    iob = {}
+    def torch_step():
+        with torch.inference_mode():
+            tout["y"] = cells.step(xt)
 
-    def iob_reset():   # a fresh binding set: state back to zero
-        fresh = ort_iobinding_step(w)
-        fresh[0](x[None])
-        iob["step"], iob["out"] = fresh[1], fresh[2]
-
-    iob_reset()
-    engines["ORT IOBinding"] = (lambda: iob["step"](), iob_reset, lambda: iob["out"]())
-    xt = torch.from_numpy(x)
-    state = []
-
-    def torch_reset():
-        state[:] = [torch.zeros(1, w.H)] * (2 if lstm else 1)
-
-    engines["PyTorch"] = (lambda: torch_cell_step(w, xt, state), torch_reset,
-                          lambda: state[0].numpy().reshape(-1))
+    engines["PyTorch"] = (torch_step, lambda: setattr(cells, "state", None),
+                          lambda: tout["y"].numpy().reshape(-1))
     picked = {}
     for f32 in (False, True):
-        bind, infer, reset, out, picked[f32] = openvino_step(w, f32)
-        bind(x)
+        infer, reset, out, picked[f32] = openvino_step(w, x, f32)
         engines[f"OpenVINO {'f32' if f32 else 'default'} (stateful)"] = (infer, reset, out)
     diffs = {}
     for name, (step, reset, out) in engines.items():
@@ -197,20 +160,16 @@ def step_rows(w, reps):
 def sequence_rows(w, T, N, reps):
     x = np.random.default_rng(2).standard_normal((T, N, w.I)).astype(np.float32)
     n_ref = min(N, 4)  # the float64 reference runs row by row: the first rows only
-    ref = _reference.onnx_rnn(w.kind, x[:, :n_ref], w.W, w.R, w.B,
-                              linear_before_reset=w.lbr)[0][:, 0]
+    ref = reference(w, x[:, :n_ref])
     engines = {}    # name -> (run fn, output fn)
     for mode in MODES:
         model = Model(w.model.layers, precision=mode)
         out = {}
         engines[f"rnnengine {mode}"] = (
             lambda m=model, o=out: o.__setitem__("y", m.run(x)[0]), lambda o=out: o["y"])
-    sess = w.ort_session(T, N)
-    feed = {"X": x, "h0": np.zeros((1, N, w.H), np.float32)}
-    if w.kind == "lstm":
-        feed["c0"] = np.zeros((1, N, w.H), np.float32)
+    sess, feeds = w.ort.session, w.ort.feeds(x, None, None)
     out = {}
-    engines["ORT"] = (lambda: out.__setitem__("y", sess.run(["Y"], feed)[0][:, 0]),
+    engines["ORT"] = (lambda: out.__setitem__("y", sess.run(["y"], feeds)[0][:, 0]),
                       lambda: out["y"])
     engines["ORT IOBinding"] = ort_iobinding_run(w, x)
     xt = torch.from_numpy(x)

@@ -360,3 +360,27 @@ def assert_bytes_are_a_model_error(path, content: bytes) -> None:
     with pytest.raises(rnnengine.ModelError) as info:
         rnnengine.load(path)
     assert str(path) in str(info.value)
+
+
+def run_isolated(code: str, timeout: float = 120):
+    """Run ``code`` (dedented) in a fresh interpreter with this one's environment, so a crash
+    or a hang fails one test instead of the run; -> CompletedProcess (text stdout/stderr)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def load_fuzz_seeds():
+    """fuzz/seeds.py as a module: the seed builders (multi-layer ONNX chains among them) are
+    the tests' builders too, so the seeds the fuzzer mutates are known to load and run."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "fuzz", "seeds.py")
+    spec = importlib.util.spec_from_file_location("fuzz_seeds", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

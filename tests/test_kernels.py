@@ -16,6 +16,7 @@ import pytest
 
 import rnnengine
 from rnnengine import Layer, Model, _kernels
+from rnnengine.gate_order import to_onnx
 
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
@@ -235,18 +236,14 @@ def test_onnx_conformance_cases(isa):
 
 # -- PyTorch: stacks, projection, bidirectional, streaming ------------------------------------
 
-TORCH_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
-
-
 def torch_model_to_layers(m, kind):
     """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
     H, L = m.hidden_size, m.num_layers
     D = 2 if m.bidirectional else 1
-    order = TORCH_ORDER[kind]
     proj = getattr(m, "proj_size", 0)
 
     def onnx_rows(a):
-        return np.concatenate([a[k * H:(k + 1) * H] for k in order])
+        return to_onnx(a, kind, "torch")
 
     layers = []
     for l in range(L):

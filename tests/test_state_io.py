@@ -236,3 +236,29 @@ def test_bidirectional_run_state_round_trip():
     back = import_state(model, export_state(model, state))
     _assert_same_bits(back, state)
     np.testing.assert_array_equal(model.run(x, back)[0], model.run(x, state)[0])
+
+
+@pytest.mark.parametrize("depth", [5000, 200000])
+def test_deeply_nested_header_is_a_value_error(depth):
+    a, _, _ = _model_pair()
+    head = b"[" * depth + b"]" * depth
+    with pytest.raises(ValueError, match="nested too deeply"):
+        import_state(a, struct.pack("<8sHI", MAGIC, 1, len(head)) + head)
+    head = b'{"kind": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(ValueError, match="nested too deeply"):
+        import_state(a, struct.pack("<8sHI", MAGIC, 1, len(head)) + head)
+
+
+def test_absurd_batch_gives_the_exact_size_in_the_message():
+    """The expected payload is computed in Python ints: 2**62 rows do not wrap int64."""
+    a, _, _ = _model_pair()
+    blob = export_state(a, a.zero_state(1))
+    batch = 2**62
+    L, _, out = a.zero_state(1)[0].shape
+    H = a.zero_state(1)[1].shape[2]
+    huge = _rebuild(blob, lambda h: h.update(batch=batch, arrays=[["h", [L, batch, out]],
+                                                                   ["c", [L, batch, H]]]))
+    expected = 4 * (L * batch * out + L * batch * H)
+    with pytest.raises(ValueError, match=f"expected {expected} ") as info:
+        import_state(a, huge)
+    assert "truncated" in str(info.value)

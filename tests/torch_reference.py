@@ -10,13 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rnnengine.gate_order import from_onnx
 from rnnengine.layers import Layer
 from rnnengine.model import Model
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-# PyTorch's gate block j is ONNX's block TORCH_ORDER[kind][j] (LSTM i,o,f,c -> i,f,g,o;
-# GRU z,r,h -> r,z,n).
-TORCH_ORDER = {"lstm": [0, 2, 3, 1], "gru": [1, 0, 2], "rnn": [0]}
 
 torch.set_num_threads(1)
 
@@ -55,9 +53,7 @@ def random_model(kind: str, input_size: int, hidden_size: int, num_layers: int =
 
 
 def _torch_blocks(kind: str, a: np.ndarray) -> torch.Tensor:
-    G = GATES[kind]
-    blocks = np.split(a, G, axis=0)
-    return torch.from_numpy(np.concatenate([blocks[j] for j in TORCH_ORDER[kind]], axis=0))
+    return torch.from_numpy(from_onnx(a, kind, "torch"))
 
 
 def torch_twin(kind: str, arrays: list) -> torch.nn.Module:

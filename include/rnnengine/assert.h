@@ -1,22 +1,28 @@
-/* RNN_ASSERT: checks that cost nothing in release builds and abort with the failed condition
- * in debug and sanitizer builds (setup.py defines RNN_DEBUG when RNNENGINE_DEBUG=1, which
- * tools/sanitize.sh sets). Used where a violated invariant would otherwise return silently
- * with wrong numbers (an "unreachable" default) or touch memory out of bounds. */
+/* RNN_ASSERT(cond): checks a condition the C side must not take on trust (buffer extents,
+ * "unreachable" branches). On in debug and sanitizer builds (RNNENGINE_DEBUG, which setup.py
+ * defines for RNNENGINE_DEBUG=1, or any build without NDEBUG); compiled out of release builds,
+ * where the Cython wrappers have already raised on the same conditions.
+ *
+ * A failed check prints the condition and its place and aborts: past this point memory
+ * would be read or written out of bounds, which is worse than stopping. */
 #ifndef RNNENGINE_ASSERT_H
 #define RNNENGINE_ASSERT_H
 
-#ifndef RNN_ASSERT
-#ifdef RNN_DEBUG
+#if defined(RNNENGINE_DEBUG) || !defined(NDEBUG)
 #include <stdio.h>
 #include <stdlib.h>
-#define RNN_ASSERT(cond)                                                                  \
-    ((cond) ? (void)0                                                                     \
-            : (fprintf(stderr, "rnnengine: assertion failed: %s (%s:%d)\n", #cond,        \
-                       __FILE__, __LINE__),                                               \
-               abort()))
+
+static void rnn_assert_fail(const char *cond, const char *file, int line) {
+    fprintf(stderr, "rnnengine: internal check failed: %s (%s:%d)\n", cond, file, line);
+    fflush(stderr);
+    abort();
+}
+
+#define RNN_ASSERT(cond) ((cond) ? (void)0 : rnn_assert_fail(#cond, __FILE__, __LINE__))
+#define RNN_ASSERTS_ON 1
 #else
 #define RNN_ASSERT(cond) ((void)0)
-#endif
+#define RNN_ASSERTS_ON 0
 #endif
 
 #endif

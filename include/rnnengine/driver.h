@@ -1,11 +1,13 @@
 /* Timestep loops: one timestep of one cell (split over a thread pool), and one direction of
- * one layer over a whole sequence. Called from Cython without the GIL; all buffers are
- * allocated by the caller.
+ * one layer over a whole sequence, and the stack of layers over both. Called from Cython
+ * without the GIL; all buffers are allocated by the caller, which also passes their extents
+ * (in floats): the drivers assert them (assert.h) instead of trusting the caller's sizing.
  */
 #ifndef RNNENGINE_DRIVER_H
 #define RNNENGINE_DRIVER_H
 
 #include <string.h>
+#include "rnnengine/assert.h"
 #include "rnnengine/cells.h"
 #include "rnnengine/kernels.h"
 #include "rnnengine/workers.h"
@@ -112,26 +114,52 @@ static inline float *rnn_align64(float *p) {
     return (float *)(((size_t)p + 63) & ~(size_t)63);
 }
 
+/* Asked between timesteps of a sequence; nonzero stops the run (Ctrl-C: _kernels.pyx checks
+ * Python's signals from here every few milliseconds). NULL fn: never stop. */
+typedef struct {
+    int (*fn)(void *ctx);
+    void *ctx;
+} rnn_cancel_t;
+
+static inline int rnn_cancelled(const rnn_cancel_t *cancel) {
+    return cancel && cancel->fn && cancel->fn(cancel->ctx);
+}
+
+/* Floats spanned by `rows` rows of `width` floats, `ld` apart (0 rows: 0). */
+static inline size_t rnn_span(size_t rows, size_t ld, size_t width) {
+    return rows ? (rows - 1) * ld + width : 0;
+}
+
 /* One direction of one layer over a whole sequence.
  *
- * x: [T, N, ldx] (I used); h_state [N, Hout] and c_state [N, H] (LSTM, else NULL) hold the
- * initial state and get the final one; y: [T, N, ldy], this direction's Hout columns written
- * (the caller offsets the pointer); lengths [N] or NULL. Steps with t >= lengths[n] leave row
- * n's state unchanged and write zeros, which also starts the reverse direction at t = len-1;
- * a row with length 0 ends with a zero state (ONNX Runtime's convention).
+ * x: [T, N, ldx] (I used, x_len floats); h_state [N, Hout] and c_state [N, H] (LSTM, else
+ * NULL) hold the initial state and get the final one; y: [T, N, ldy] (y_len floats from the
+ * pointer), this direction's Hout columns written (the caller offsets the pointer); lengths
+ * [N] or NULL; work: work_len >= rnn_seq_workspace floats. Steps with t >= lengths[n] leave
+ * row n's state unchanged and write zeros, which also starts the reverse direction at
+ * t = len-1; a row with length 0 ends with a zero state (ONNX Runtime's convention).
  *
  * With T > 1 the input projections of all timesteps are one GEMM before the loop; the loop
  * then runs only the recurrent product fused with the gate math. With T = 1 (a streamed step,
  * the pool) the input product is fused too. Consecutive timesteps walk the blocks in
  * opposite orders, so the weights used last are the first needed next (LRU-friendly when the
- * panels slightly exceed the cache). */
-static void rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t *c,
-                              int T, int N, const float *x, size_t ldx, const int *lengths,
-                              float *h_state, float *c_state, float *y, size_t ldy,
-                              float *work) {
+ * panels slightly exceed the cache).
+ *
+ * Returns 1 when `cancel` stopped it between timesteps (h_state, c_state untouched, y partly
+ * written), else 0. */
+static int rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t *c,
+                             int T, int N, const float *x, size_t ldx, size_t x_len,
+                             const int *lengths, float *h_state, float *c_state, float *y,
+                             size_t ldy, size_t y_len, float *work, size_t work_len,
+                             const rnn_cancel_t *cancel) {
     const int H = c->hidden_size, Ho = c->output_size;
     const size_t hsz = (size_t)Ho * sizeof(float), csz = (size_t)H * sizeof(float);
     const int lstm = c->kind == RNN_KIND_LSTM;
+    RNN_ASSERT(T >= 0 && N >= 0 && ldx >= (size_t)c->input_size && ldy >= (size_t)Ho);
+    RNN_ASSERT(rnn_span((size_t)T * N, ldx, c->input_size) <= x_len);
+    RNN_ASSERT(rnn_span((size_t)T * N, ldy, Ho) <= y_len);
+    RNN_ASSERT(rnn_seq_workspace(c, T, N) <= work_len);
+    RNN_ASSERT(!lstm || c_state);
     float *xproj = NULL;
     const size_t ldxp = rnn_cell_xp_width(c);
     if (T > 1) {
@@ -150,6 +178,7 @@ static void rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rn
     if (xproj) rnn_cell_xproj(k, pool, c, T * N, x, ldx, xproj);
 
     for (int s = 0; s < T; s++) {
+        if (s && rnn_cancelled(cancel)) return 1;
         const int t = c->reverse ? T - 1 - s : s;
         io.backward = s & 1;
         if (xproj) {
@@ -190,6 +219,133 @@ static void rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rn
             }
         }
     }
+    return 0;
+}
+
+/* A stack of L layers of D directions over one sequence, every buffer with its extent in
+ * floats. The state h is [L*D, N, Hout] and c [L*D, N, H]: one width for every layer (the
+ * Python side refuses stacks whose layers differ in width; the asserts below hold it to that). */
+typedef struct {
+    const rnn_cell_t *const *cells; /* L*D descriptors, layer-major, direction-minor */
+    int L, D, T, N;
+    const float *x;                 /* [T, N, I] */
+    size_t x_len;
+    const int *lengths;             /* [N] or NULL */
+    float *h;                       /* [L*D, N, Hout]: initial state in, final state out */
+    size_t h_len;
+    float *c;                       /* [L*D, N, H] for LSTM, else NULL */
+    size_t c_len;
+    float *y;                       /* [T, N, D*Hout]: the last layer's output */
+    size_t y_len;
+    float *work;                    /* rnn_stack_workspace floats */
+    size_t work_len;
+} rnn_stack_run_t;
+
+/* Floats of work rnn_run_stack needs: the largest direction's sequence workspace (*seq), then
+ * two intermediate layer outputs of *layer_out floats each when there is more than one
+ * layer (layers ping-pong between them). */
+static inline size_t rnn_stack_workspace(const rnn_cell_t *const *cells, int L, int D, int T,
+                                         int N, size_t *seq, size_t *layer_out) {
+    *seq = 0;
+    *layer_out = 0;
+    for (int i = 0; i < L * D; i++) {
+        const size_t w = rnn_seq_workspace(cells[i], T, N);
+        const size_t o = (size_t)T * N * D * cells[i]->output_size;
+        if (w > *seq) *seq = w;
+        if (o > *layer_out) *layer_out = o;
+    }
+    return *seq + (L > 1 ? 2 * *layer_out : 0);
+}
+
+/* Every layer and direction over the whole sequence (rnn_run_direction). Returns 1 when
+ * cancelled between timesteps (then h and c may hold some layers' final states: the caller
+ * restores them), else 0. */
+static int rnn_run_stack(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_stack_run_t *s,
+                         const rnn_cancel_t *cancel) {
+    const int L = s->L, D = s->D, T = s->T, N = s->N;
+    size_t seq, layer_out;
+    RNN_ASSERT(L >= 1 && (D == 1 || D == 2) && T >= 0 && N >= 0);
+    /* computed outside the assert, which release builds compile out: seq and layer_out are
+     * needed below */
+    const size_t need = rnn_stack_workspace(s->cells, L, D, T, N, &seq, &layer_out);
+    RNN_ASSERT(need <= s->work_len);
+    (void)need;
+    float *inter = s->work + seq;
+    size_t h_off = 0, c_off = 0;
+    const float *layer_in = s->x;
+    size_t ld_in = s->cells[0]->input_size, in_len = s->x_len;
+    for (int l = 0; l < L; l++) {
+        const int last = l == L - 1;
+        float *layer_y = last ? s->y : inter + (size_t)(l % 2) * layer_out;
+        const size_t y_len = last ? s->y_len : layer_out;
+        const size_t width = (size_t)D * s->cells[l * D]->output_size;
+        for (int d = 0; d < D; d++) {
+            const rnn_cell_t *c = s->cells[l * D + d];
+            const size_t hs = (size_t)N * c->output_size, cs = (size_t)N * c->hidden_size;
+            /* this layer reads what the one below wrote, and its state fits the buffers */
+            RNN_ASSERT((size_t)c->input_size == ld_in);
+            RNN_ASSERT((size_t)c->output_size * D == width);
+            RNN_ASSERT(h_off + hs <= s->h_len);
+            RNN_ASSERT(!s->c || c_off + cs <= s->c_len);
+            RNN_ASSERT(y_len >= (size_t)d * c->output_size);
+            if (rnn_run_direction(k, pool, c, T, N, layer_in, ld_in, in_len, s->lengths,
+                                  s->h + h_off, s->c ? s->c + c_off : NULL,
+                                  layer_y + (size_t)d * c->output_size, width,
+                                  y_len - (size_t)d * c->output_size, s->work, seq, cancel))
+                return 1;
+            h_off += hs;
+            c_off += cs;
+        }
+        layer_in = layer_y;
+        ld_in = width;
+        in_len = (size_t)T * N * width;
+    }
+    return 0;
+}
+
+/* Floats of scratch rnn_stack_step needs: the largest cell's rnn_step_scratch. */
+static inline size_t rnn_stack_step_scratch(const rnn_cell_t *const *cells, int L, int N) {
+    size_t most = 0;
+    for (int l = 0; l < L; l++) {
+        const size_t s = rnn_step_scratch(cells[l], N);
+        if (s > most) most = s;
+    }
+    return most;
+}
+
+/* One timestep of a one-way stack of L layers (a stream's step): x [N, I]; h_prev and
+ * h_next [L, N, Hout] (h_len floats each, distinct); c [L, N, H] (LSTM, else NULL) updated in
+ * place; y [N, Hout] gets the last layer's h; scratch: rnn_stack_step_scratch floats.
+ * io.backward alternates with `step` (cache reuse, as in rnn_run_direction). */
+static void rnn_stack_step(const rnn_kernels_t *k, rnn_pool_t *pool,
+                           const rnn_cell_t *const *cells, int L, int N, long long step,
+                           const float *x, size_t x_len, const float *h_prev, float *h_next,
+                           size_t h_len, float *c, size_t c_len, float *y, size_t y_len,
+                           float *scratch, size_t scratch_len) {
+    const size_t Ho = cells[0]->output_size, hsz = (size_t)N * Ho;
+    rnn_step_io_t io;
+    const float *layer_in = x;
+    RNN_ASSERT(L >= 1 && N >= 1);
+    RNN_ASSERT((size_t)N * cells[0]->input_size <= x_len);
+    RNN_ASSERT(hsz <= y_len);
+    RNN_ASSERT(rnn_stack_step_scratch(cells, L, N) <= scratch_len);
+    for (int l = 0; l < L; l++) {
+        const rnn_cell_t *cell = cells[l];
+        RNN_ASSERT((size_t)cell->output_size == Ho);
+        RNN_ASSERT((size_t)cell->input_size == (l ? Ho : (size_t)cells[0]->input_size));
+        RNN_ASSERT((size_t)(l + 1) * hsz <= h_len);
+        RNN_ASSERT(!c || (size_t)(l + 1) * N * cell->hidden_size <= c_len);
+        rnn_step_io_init(&io, cell, N, scratch);
+        io.backward = (int)(step & 1);
+        io.x = layer_in;
+        io.ldx = cell->input_size;
+        io.h_prev = h_prev + l * hsz;
+        io.h_next = h_next + l * hsz;
+        if (c) io.c = c + (size_t)l * N * cell->hidden_size;
+        rnn_cell_step(k, pool, cell, &io);
+        layer_in = io.h_next;
+    }
+    memcpy(y, layer_in, hsz * sizeof(float));
 }
 
 #endif

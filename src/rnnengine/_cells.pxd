@@ -87,12 +87,40 @@ cdef extern from "rnnengine/workers.h" nogil:
     int rnn_flag_try_acquire(int *flag)
     void rnn_flag_release(int *flag)
 
+cdef extern from "rnnengine/assert.h" nogil:
+    enum:
+        RNN_ASSERTS_ON
+
 cdef extern from "rnnengine/driver.h" nogil:
-    void rnn_cell_step(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t *c,
-                       const rnn_step_io_t *io)
-    size_t rnn_step_scratch(const rnn_cell_t *c, int N)
-    void rnn_step_io_init(rnn_step_io_t *io, const rnn_cell_t *c, int N, float *scratch)
-    size_t rnn_seq_workspace(const rnn_cell_t *c, int T, int N)
-    void rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t *c,
-                           int T, int N, const float *x, size_t ldx, const int *lengths,
-                           float *h_state, float *c_state, float *y, size_t ldy, float *work)
+    ctypedef struct rnn_cancel_t:
+        int (*fn)(void *ctx) noexcept nogil
+        void *ctx
+
+    ctypedef struct rnn_stack_run_t:
+        const rnn_cell_t *const *cells
+        int L
+        int D
+        int T
+        int N
+        const float *x
+        size_t x_len
+        const int *lengths
+        float *h
+        size_t h_len
+        float *c
+        size_t c_len
+        float *y
+        size_t y_len
+        float *work
+        size_t work_len
+
+    size_t rnn_stack_workspace(const rnn_cell_t *const *cells, int L, int D, int T, int N,
+                               size_t *seq, size_t *layer_out)
+    int rnn_run_stack(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_stack_run_t *s,
+                      const rnn_cancel_t *cancel)
+    size_t rnn_stack_step_scratch(const rnn_cell_t *const *cells, int L, int N)
+    void rnn_stack_step(const rnn_kernels_t *k, rnn_pool_t *pool,
+                        const rnn_cell_t *const *cells, int L, int N, long long step,
+                        const float *x, size_t x_len, const float *h_prev, float *h_next,
+                        size_t h_len, float *c, size_t c_len, float *y, size_t y_len,
+                        float *scratch, size_t scratch_len)

@@ -10,8 +10,10 @@ import threading
 import numpy as np
 
 cimport numpy as cnp
+from cpython.pythread cimport PyThread_get_thread_ident
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from ._cells cimport *
 
@@ -168,8 +170,41 @@ cdef class CellKernel:
         return WEIGHT_TYPES[self.cell.wtype]
 
 
+cdef list checked_cells(cells, int num_directions):
+    """cells as a list of CellKernel forming a stack the drivers can run: L*D of them,
+    layer-major, every layer reading the previous one's D*Hout outputs, and one state width
+    (Hout and H) for all: the state buffers are [L*D, N, Hout] and [L*D, N, H]. The C side
+    asserts the same in debug builds; this raises before any pointer reaches it."""
+    cdef CellKernel first, kernel
+    cdef int D = num_directions
+    cells = list(cells)
+    if D not in (1, 2):
+        raise ValueError(f"num_directions must be 1 or 2; got {D}")
+    if not cells or len(cells) % D:
+        raise ValueError(f"a stack needs a positive multiple of {D} cells; got {len(cells)}")
+    for i, cell in enumerate(cells):
+        if not isinstance(cell, CellKernel):
+            raise TypeError(f"cells[{i}] must be a CellKernel; got {type(cell).__name__}")
+    first = cells[0]
+    for i in range(len(cells)):
+        kernel = cells[i]
+        if (kernel.cell.kind != first.cell.kind
+                or kernel.cell.hidden_size != first.cell.hidden_size
+                or kernel.cell.output_size != first.cell.output_size):
+            raise ValueError(
+                f"cells[{i}] has kind {kernel.cell.kind}, H={kernel.cell.hidden_size}, "
+                f"Hout={kernel.cell.output_size} but cells[0] has kind {first.cell.kind}, "
+                f"H={first.cell.hidden_size}, Hout={first.cell.output_size}: one state "
+                f"buffer holds every layer, so they must agree")
+        if i >= D and kernel.cell.input_size != D * first.cell.output_size:
+            raise ValueError(f"cells[{i}] takes {kernel.cell.input_size} inputs but the layer "
+                             f"below gives {D}*{first.cell.output_size}")
+    return cells
+
+
 cdef const rnn_cell_t **descriptors(list cells) except NULL:
-    """malloc'd array of the cells' descriptors (the caller frees it)."""
+    """malloc'd array of the cells' descriptors (the caller frees it); cells from
+    checked_cells."""
     cdef CellKernel kernel
     cdef const rnn_cell_t **descs = <const rnn_cell_t **>malloc(
         max(len(cells), 1) * sizeof(rnn_cell_t *))
@@ -193,30 +228,58 @@ cdef rnn_pool_t *make_pool(int threads) except? NULL:
     return pool
 
 
-cdef void run_layers(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_cell_t **descs,
-                     int L, int D, int T, int N, const float *x, const int *lens,
-                     float *h, float *c, float *y, float *inter, size_t layer_out,
-                     float *work) noexcept nogil:
-    """Every layer and direction over the whole sequence (rnn_run_direction). h [L*D, N, Hout]
-    and c [L*D, N, H] (or NULL) hold the initial state and receive the final one; y [T, N,
-    D*Hout]; intermediate layers ping-pong between two buffers of layer_out floats at inter."""
-    cdef int l, d, i, width
-    cdef size_t h_off = 0, c_off = 0
-    cdef const float *layer_in = x
-    cdef size_t ld_in = descs[0].input_size
-    cdef float *layer_y
-    for l in range(L):
-        layer_y = y if l == L - 1 else inter + (l % 2) * layer_out
-        width = D * descs[l * D].output_size
-        for d in range(D):
-            i = l * D + d
-            rnn_run_direction(k, pool, descs[i], T, N, layer_in, ld_in, lens, h + h_off,
-                              (c + c_off) if c != NULL else NULL,
-                              layer_y + d * descs[i].output_size, width, work)
-            h_off += <size_t>N * descs[i].output_size
-            c_off += <size_t>N * descs[i].hidden_size
-        layer_in = layer_y
-        ld_in = width
+# -- Ctrl-C during a long sequence -------------------------------------------------------------
+# The sequence loop runs without the GIL, so Python's SIGINT handler cannot run until it
+# returns. Between timesteps the driver asks check_signals (rnn_cancel_t), which every
+# SIGNAL_CHECK_SECONDS takes the GIL and runs PyErr_CheckSignals: a KeyboardInterrupt stops
+# the loop and is raised by the caller. Only on the main thread (the only one Python's signal
+# handlers run on), so runs on other threads never contend for the GIL here.
+
+cdef extern from "Python.h":
+    # Declared without an exception clause: the error it sets is raised later, by the caller,
+    # once the GIL is held again (raise_pending).
+    int check_signals_keep_error "PyErr_CheckSignals" ()
+
+DEF SIGNAL_CHECK_SECONDS = 0.02
+MAIN_THREAD = threading.main_thread().ident
+
+ctypedef struct signal_watch_t:
+    double next_check
+    int interrupted
+
+
+cdef double monotonic_seconds() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef int check_signals(void *ctx) noexcept nogil:
+    cdef signal_watch_t *watch = <signal_watch_t *>ctx
+    cdef double now = monotonic_seconds()
+    if watch.interrupted:
+        return 1
+    if now < watch.next_check:
+        return 0
+    watch.next_check = now + SIGNAL_CHECK_SECONDS
+    with gil:
+        if check_signals_keep_error() != 0:
+            watch.interrupted = 1
+    return watch.interrupted
+
+
+cdef const rnn_cancel_t *watch_signals(rnn_cancel_t *cancel, signal_watch_t *watch):
+    """cancel set up to watch for Ctrl-C when called on the main thread, else NULL."""
+    watch.interrupted = 0
+    watch.next_check = monotonic_seconds() + SIGNAL_CHECK_SECONDS
+    cancel.fn = check_signals
+    cancel.ctx = watch
+    return cancel if PyThread_get_thread_ident() == MAIN_THREAD else NULL
+
+
+cdef int raise_pending() except -1:
+    """Propagates the exception check_signals left set (KeyboardInterrupt)."""
+    return -1
 
 
 # Each thread keeps its largest workspace up to this many floats (64 MB): a fresh multi-MB
@@ -225,18 +288,11 @@ DEF CACHED_WORKSPACE_FLOATS = 16 * 1024 * 1024
 _workspace = threading.local()
 
 
-cdef object sequence_buffers(list cells, int D, int T, int N, size_t *layer_out):
-    """Scratch for run_layers: the largest direction's workspace, then two intermediate
-    layer outputs when there is more than one layer. A view of this thread's cached buffer
-    when it fits (a thread runs one sequence at a time, so the cache is never shared)."""
-    cdef CellKernel kernel
-    cdef size_t work = 0
-    layer_out[0] = 0
-    for kernel in cells:
-        work = max(work, rnn_seq_workspace(&kernel.cell, T, N))
-        layer_out[0] = max(layer_out[0], <size_t>T * N * D * kernel.cell.output_size)
-    L = len(cells) // D
-    cdef size_t size = work + 2 * layer_out[0] * (L > 1) + 16
+cdef object sequence_buffers(size_t size):
+    """Scratch of `size` floats for rnn_run_stack (rnn_stack_workspace). A view of this
+    thread's cached buffer when it fits (a thread runs one sequence at a time, so the cache
+    is never shared)."""
+    size = max(size, <size_t>1)
     if size > CACHED_WORKSPACE_FLOATS:
         return np.empty(size, np.float32)
     buf = getattr(_workspace, "buf", None)
@@ -245,43 +301,88 @@ cdef object sequence_buffers(list cells, int D, int T, int N, size_t *layer_out)
     return buf[:size]
 
 
-def run_stack(list cells, int num_directions, const float[:, :, ::1] x, lengths,
+cdef int run_checked(list cells, int D, const float[:, :, ::1] x, const int *lens,
+                     float[:, :, ::1] h, float[:, :, ::1] c, float[:, :, ::1] y,
+                     rnn_pool_t *pool) except -1:
+    """rnn_run_stack on checked buffers: raises ValueError unless x [T, N, I],
+    h [L*D, N, Hout], c [L*D, N, H] (LSTM) or None and y [T, N, D*Hout] fit the cells (from
+    checked_cells), so the drivers' asserts never fire; KeyboardInterrupt when Ctrl-C stopped
+    it (h and c then hold a mix of old and new states: the callers restore or discard them)."""
+    cdef CellKernel first = cells[0]
+    cdef int T = x.shape[0], N = x.shape[1], L = len(cells) // D
+    cdef rnn_stack_run_t run
+    cdef rnn_cancel_t cancel
+    cdef signal_watch_t watch
+    cdef const rnn_cancel_t *can
+    cdef size_t seq, layer_out
+    cdef int stopped
+    Hout, H = first.cell.output_size, first.cell.hidden_size
+    lstm = first.cell.kind == RNN_KIND_LSTM
+    expected = {"x": (T, N, first.cell.input_size), "h": (L * D, N, Hout),
+                "y": (T, N, D * Hout)}
+    given = {"x": (x.shape[0], x.shape[1], x.shape[2]), "h": (h.shape[0], h.shape[1], h.shape[2]), "y": (y.shape[0], y.shape[1], y.shape[2])}
+    if lstm:
+        expected["c"] = (L * D, N, H)
+        given["c"] = None if c is None else (c.shape[0], c.shape[1], c.shape[2])
+    elif c is not None:
+        expected["c"], given["c"] = None, (c.shape[0], c.shape[1], c.shape[2])
+    for name in expected:
+        if given[name] != expected[name]:
+            raise ValueError(f"{name} has shape {given[name]}; this stack needs "
+                             f"{expected[name]}")
+    if T == 0 or N == 0:
+        return 0
+    cdef const rnn_cell_t **descs = descriptors(cells)
+    try:
+        work_len = rnn_stack_workspace(descs, L, D, T, N, &seq, &layer_out)
+        work = sequence_buffers(work_len)
+        run.cells = descs
+        run.L, run.D, run.T, run.N = L, D, T, N
+        run.x, run.x_len = &x[0, 0, 0], <size_t>T * N * first.cell.input_size
+        run.lengths = lens
+        run.h, run.h_len = &h[0, 0, 0], <size_t>h.shape[0] * N * Hout
+        run.c, run.c_len = NULL, 0
+        if c is not None:
+            run.c, run.c_len = &c[0, 0, 0], <size_t>c.shape[0] * N * H
+        run.y, run.y_len = &y[0, 0, 0], <size_t>T * N * D * Hout
+        run.work, run.work_len = float_ptr(work), work_len
+        can = watch_signals(&cancel, &watch)
+        with nogil:
+            stopped = rnn_run_stack(KERNELS, pool, &run, can)
+    finally:
+        free(descs)
+    if stopped:
+        raise_pending()
+    return 0
+
+
+cdef float *float_ptr(float[::1] a) except NULL:
+    return &a[0]
+
+
+def run_stack(cells, int num_directions, const float[:, :, ::1] x, lengths,
               float[:, :, ::1] h, c, float[:, :, ::1] y, int threads=1):
     """Run a stack of layers over a whole sequence.
 
     cells: L*D CellKernel, layer-major; x [T, N, I]; lengths int32 [N] or None;
     h [L*D, N, Hout] and c [L*D, N, H] (LSTM, else None) hold the initial state and receive
     the final one; y [T, N, D*Hout] receives the last layer's output; threads: intra-op
-    threads (hidden units split between them). Shapes are checked by the caller (model.py)."""
-    cdef int T = x.shape[0]
-    cdef int N = x.shape[1]
-    cdef int D = num_directions
-    cdef int L = len(cells) // D
-    cdef size_t layer_out = 0
+    threads (hidden units split between them). ValueError when the shapes do not fit the
+    cells; KeyboardInterrupt on Ctrl-C (h, c then partly updated: pass copies)."""
+    cdef list checked = checked_cells(cells, num_directions)
     cdef const int[::1] lens_view
     cdef const int *lens = NULL
-    cdef float[:, :, ::1] c_view
-    cdef float *c_base = NULL
-    cdef const rnn_kernels_t *k = KERNELS
-    if T == 0 or N == 0:
-        return
     if lengths is not None:
         lens_view = lengths
-        lens = &lens_view[0]
-    if c is not None:
-        c_view = c
-        c_base = &c_view[0, 0, 0]
-    cdef float[::1] work = sequence_buffers(cells, D, T, N, &layer_out)
-    cdef float *inter = &work[0] + (work.shape[0] - 16 - 2 * layer_out * (L > 1))
+        if lens_view.shape[0] != x.shape[1]:
+            raise ValueError(f"lengths has {lens_view.shape[0]} entries; x has a batch of "
+                             f"{x.shape[1]}")
+        if lens_view.shape[0]:
+            lens = &lens_view[0]
     cdef rnn_pool_t *pool = make_pool(threads)
-    cdef const rnn_cell_t **descs = NULL
     try:
-        descs = descriptors(cells)
-        with nogil:
-            run_layers(k, pool, descs, L, D, T, N, &x[0, 0, 0], lens, &h[0, 0, 0], c_base,
-                       &y[0, 0, 0], inter, layer_out, &work[0])
+        run_checked(checked, num_directions, x, lens, h, c, y, pool)
     finally:
-        free(descs)
         rnn_pool_destroy(pool)
 
 
@@ -308,6 +409,7 @@ cdef class StreamCore:
     cdef float *_h[2]
     cdef float *_c
     cdef float *_scr
+    cdef size_t _h_len, _c_len, _scr_len
 
     def __cinit__(self, *args, **kwargs):
         self._descs = NULL
@@ -318,23 +420,24 @@ cdef class StreamCore:
         free(self._descs)
         rnn_pool_destroy(self._pool)
 
-    def _init_core(self, list cells, int batch, int threads):
-        """cells: one CellKernel per layer (one direction); batch N >= 1; threads >= 1."""
+    def _init_core(self, cells, int batch, int threads):
+        """cells: one CellKernel per layer (one direction) of one width; batch N >= 1;
+        threads >= 1."""
         cdef CellKernel kernel
-        cdef size_t scratch = 0, macs = 0
+        cdef size_t macs = 0
         cdef float[:, :, :, ::1] hv
         cdef float[:, :, ::1] cv
-        cdef float[::1] sv
         if self._descs != NULL:
             raise RuntimeError("stream already initialised")
-        self._cells = list(cells)
+        if batch < 1 or threads < 1:
+            raise ValueError(f"batch and threads must be positive; got {batch}, {threads}")
+        cells = checked_cells(cells, 1)
+        kernel = cells[0]
         self._L = len(cells)
         self._N = batch
-        kernel = cells[0]
         self._I = kernel.cell.input_size
         self._Hout = kernel.cell.output_size
         for kernel in cells:
-            scratch = max(scratch, rnn_step_scratch(&kernel.cell, batch))
             macs += <size_t>kernel.cell.gates * kernel.cell.hidden_size * (
                 kernel.cell.input_size + kernel.cell.output_size)
         self._nogil = macs * batch >= NOGIL_MIN_MACS or threads > 1
@@ -342,19 +445,28 @@ cdef class StreamCore:
         hv = self._hbuf
         self._h[0] = &hv[0, 0, 0, 0]
         self._h[1] = &hv[1, 0, 0, 0]
+        self._h_len = <size_t>self._L * batch * self._Hout
         self._c = NULL
+        self._c_len = 0
         if kernel.cell.kind == RNN_KIND_LSTM:
             self._cbuf = np.zeros((self._L, batch, kernel.cell.hidden_size), np.float32)
             cv = self._cbuf
             self._c = &cv[0, 0, 0]
-        self._scratch = np.zeros(scratch + 16, np.float32)
-        sv = self._scratch
-        self._scr = &sv[0]
+            self._c_len = <size_t>self._cbuf.size
         self._parity = 0
         self._steps = 0
         self._threads = threads
-        self._pool = make_pool(threads)
-        self._descs = descriptors(self._cells)
+        descs = descriptors(cells)
+        self._scr_len = rnn_stack_step_scratch(descs, self._L, batch)
+        try:
+            self._scratch = np.zeros(self._scr_len + 16, np.float32)
+            self._scr = float_ptr(self._scratch)
+            self._pool = make_pool(threads)
+        except BaseException:
+            free(descs)
+            raise
+        self._cells = cells
+        self._descs = descs
 
     @property
     def threads(self):
@@ -379,26 +491,13 @@ cdef class StreamCore:
         rnn_flag_release(&self._busy)
 
     cdef void _step_all(self, const float *x, float *y) noexcept nogil:
-        """Every layer for one timestep; y [N, Hout] gets the last layer's h."""
-        cdef rnn_step_io_t io
-        cdef int l
+        """Every layer for one timestep; x [N, I] (checked by step); y [N, Hout] gets the
+        last layer's h."""
         cdef int p = self._parity
-        cdef size_t hsz = <size_t>self._N * self._Hout
-        cdef const float *layer_in = x
-        cdef const rnn_cell_t *c
-        for l in range(self._L):
-            c = self._descs[l]
-            rnn_step_io_init(&io, c, self._N, self._scr)
-            io.backward = self._steps & 1
-            io.x = layer_in
-            io.ldx = c.input_size
-            io.h_prev = self._h[p] + l * hsz
-            io.h_next = self._h[1 - p] + l * hsz
-            if self._c != NULL:
-                io.c = self._c + <size_t>l * self._N * c.hidden_size
-            rnn_cell_step(KERNELS, self._pool, c, &io)
-            layer_in = io.h_next
-        memcpy(y, layer_in, hsz * sizeof(float))
+        rnn_stack_step(KERNELS, self._pool, self._descs, self._L, self._N, self._steps,
+                       x, <size_t>self._N * self._I, self._h[p], self._h[1 - p], self._h_len,
+                       self._c, self._c_len, y, <size_t>self._N * self._Hout, self._scr,
+                       self._scr_len)
         self._parity = 1 - p
         self._steps += 1
 
@@ -467,22 +566,29 @@ cdef class StreamCore:
 
     def _run(self, const float[:, :, ::1] x, float[:, :, ::1] y):
         """Several timesteps from the current state (the sequence path: one input GEMM per
-        layer, then the fused recurrent loop); x [T, N, I] -> y [T, N, Hout]."""
-        cdef int T = x.shape[0]
-        cdef size_t layer_out = 0
-        cdef float *h
-        if T == 0:
+        layer, then the fused recurrent loop); x [T, N, I] -> y [T, N, Hout]. On Ctrl-C
+        (KeyboardInterrupt) the state is left as it was before the call."""
+        cdef float[:, :, ::1] h
+        cdef float[:, :, ::1] c = None
+        if x.shape[0] == 0:
             return
-        cdef float[::1] work = sequence_buffers(self._cells, 1, T, self._N, &layer_out)
-        cdef float *inter = &work[0] + (work.shape[0] - 16 - 2 * layer_out * (self._L > 1))
         self._acquire()
         try:
-            h = self._h[self._parity]
-            with nogil:
-                run_layers(KERNELS, self._pool, self._descs, self._L, 1, T, self._N,
-                           &x[0, 0, 0], NULL, h, self._c, &y[0, 0, 0], inter, layer_out,
-                           &work[0])
-                self._steps += T
+            h = self._hbuf[self._parity]
+            if self._cbuf is not None:
+                c = self._cbuf
+            # The state before the call: run_checked updates layer by layer, so a run
+            # stopped part-way restores this rather than leave layers at different times.
+            saved = (self._hbuf[self._parity].copy(),
+                     None if self._cbuf is None else self._cbuf.copy())
+            try:
+                run_checked(self._cells, 1, x, NULL, h, c, y, self._pool)
+            except KeyboardInterrupt:
+                self._hbuf[self._parity][...] = saved[0]
+                if saved[1] is not None:
+                    self._cbuf[...] = saved[1]
+                raise
+            self._steps += x.shape[0]
         finally:
             rnn_flag_release(&self._busy)
 

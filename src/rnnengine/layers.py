@@ -241,7 +241,8 @@ class Layer:
 
 
 def check_stack(layers: Sequence[Layer]) -> None:
-    """A stack is valid when every layer k>0 takes the previous layer's D*Hout outputs."""
+    """A stack is valid when its layers share kind, directions and widths (H and Hout) and
+    every layer k>0 takes the previous layer's D*Hout outputs."""
     if not layers:
         raise ModelError("a model needs at least one recurrent layer")
     kind = layers[0].kind
@@ -255,6 +256,13 @@ def check_stack(layers: Sequence[Layer]) -> None:
                 f"{prev.num_directions}*{prev.output_size}")
         if layer.num_directions != layers[0].num_directions:
             raise ModelError("every layer of a stack must have the same number of directions")
+        # The state is one (L*D, N, Hout) array (and (L*D, N, H) for c), as in PyTorch: every
+        # layer has the same widths. A wider layer would not fit the state buffers.
+        if (layer.hidden_size, layer.output_size) != (layers[0].hidden_size, layers[0].output_size):
+            raise ModelError(
+                f"layer {k} has hidden size {layer.hidden_size} (h width {layer.output_size}) "
+                f"but layer 0 has {layers[0].hidden_size} (h width {layers[0].output_size}): "
+                "every layer of a stack has the same hidden size")
 
 
 KIND_CODES = {"lstm": 0, "gru": 1, "rnn": 2}   # enum rnn_kind in include/rnnengine/cells.h

@@ -33,6 +33,12 @@ def check_size(name: str, shape) -> None:
 
 def as_float32(name: str, a, expected: str) -> np.ndarray:
     """Any float array -> C-contiguous float32; anything else is a TypeError naming ``expected``."""
+    return np.ascontiguousarray(float_array(name, a, expected), dtype=np.float32)
+
+
+def float_array(name: str, a, expected: str) -> np.ndarray:
+    """``as_float32``'s checks without its copy: the array as given (a list becomes one), for
+    shape checks that must come before a broadcast view is materialised."""
     if isinstance(a, (tuple, list)):
         try:
             a = np.asarray(a, dtype=np.float32)
@@ -44,7 +50,7 @@ def as_float32(name: str, a, expected: str) -> np.ndarray:
     if a.dtype.kind != "f":
         raise TypeError(f"{name} must be a float array of shape {expected}; got dtype {a.dtype}")
     check_size(name, a.shape)
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return a
 
 
 def check_positive_int(name: str, value) -> int:
@@ -178,13 +184,13 @@ class Model:
                 state = state[0]
             h, c = state, None
         def checked(name, a, shape):
-            a = as_float32(name, a, str(show(shape)))
+            a = float_array(name, a, str(show(shape)))
             given = a.shape
             if unbatched and a.ndim == 2:
                 a = a[:, None, :]
             if a.shape != shape:
                 raise ValueError(f"{name} must have shape {show(shape)}; got {given}")
-            return a.copy()
+            return np.array(a, dtype=np.float32, order="C")   # a fresh copy
 
         return checked("state h", h, h_shape), (checked("state c", c, c_shape) if c_shape else None)
 
@@ -202,12 +208,13 @@ class Model:
         return np.ascontiguousarray(arr, dtype=np.int32)
 
     def _time_major(self, x: np.ndarray) -> np.ndarray:
-        """(T, I) -> (T, 1, I); (N, T, I) -> contiguous (T, N, I) when batch_first; other
-        shapes pass through for the caller's shape check."""
+        """(T, I) -> (T, 1, I); (N, T, I) -> (T, N, I) when batch_first; other shapes pass
+        through for the caller's shape check. A view: the caller checks the sizes, then makes
+        it contiguous float32 (a broadcast x is never copied before it is known to fit)."""
         if x.ndim == 2:
             return x[:, None, :]
         if x.ndim == 3 and self.batch_first:
-            return np.ascontiguousarray(x.transpose(1, 0, 2))
+            return x.transpose(1, 0, 2)
         return x
 
     def _check_work_size(self, T: int, N: int) -> None:
@@ -225,7 +232,7 @@ class Model:
         zero past each entry's length; the final state after each entry's last valid step."""
         I = self.input_size
         expected = "(N, T, %d)" % I if self.batch_first else "(T, N, %d)" % I
-        x = as_float32("x", x, f"{expected} or (T, {I})")
+        x = float_array("x", x, f"{expected} or (T, {I})")
         unbatched = x.ndim == 2
         given = x.shape
         x = self._time_major(x)
@@ -233,6 +240,7 @@ class Model:
             raise ValueError(f"x must be float32 of shape {expected} or (T, {I}); got {given}")
         T, N = x.shape[0], x.shape[1]
         self._check_work_size(T, N)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         lens = self._check_lengths(lengths, T, N)
         if unbatched and lens is not None and lens.shape[0] != 1:
             raise ValueError("lengths for an unbatched input must have one entry")
@@ -315,16 +323,19 @@ class Stream(_kernels.StreamCore):
 
     def run(self, chunk):
         """Several timesteps, state carried on: chunk ``(T, N, I)`` (``(N, T, I)`` when the
-        model is batch_first, or ``(T, I)`` when batch is 1) -> y of the matching shape."""
+        model is batch_first, or ``(T, I)`` when batch is 1) -> y of the matching shape.
+        Ctrl-C (KeyboardInterrupt) stops it between timesteps and leaves the state as it was
+        before the call."""
         I = self.model.input_size
         batch_first = self.model.batch_first
         expected = f"({self.batch}, T, {I})" if batch_first else f"(T, {self.batch}, {I})"
-        chunk = as_float32("chunk", chunk, expected)
+        chunk = float_array("chunk", chunk, expected)
         single = chunk.ndim == 2 and self.batch == 1
         x = self.model._time_major(chunk) if chunk.ndim == 3 or single else chunk
         if x.ndim != 3 or x.shape[1:] != (self.batch, I):
             raise ValueError(f"chunk must be float32 of shape {expected}; got {chunk.shape}")
         self.model._check_work_size(x.shape[0], self.batch)
+        x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.empty((x.shape[0], self.batch, self.model.output_size), np.float32)
         self._run(x, y)
         if single:

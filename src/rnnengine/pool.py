@@ -21,7 +21,7 @@ from typing import List, Optional
 import numpy as np
 
 from . import _kernels, _pool
-from .model import Model, State, as_float32, check_one_way, check_positive_int, check_size
+from .model import Model, State, check_one_way, check_positive_int, check_size, float_array
 
 
 class Pool:
@@ -219,10 +219,11 @@ class Pool:
             slots = self._slots(ids)
             k = len(slots)
             I = self.model.input_size
-            xs = as_float32("xs", xs, f"({k}, {I}) (one row per id)")
+            xs = float_array("xs", xs, f"({k}, {I}) (one row per id)")
             if xs.shape != (k, I) and not (k == 0 and xs.size == 0):
                 raise ValueError(f"xs must be float32 of shape ({k}, {I}) (one row per id); "
                                  f"got {xs.shape}")
+            xs = np.ascontiguousarray(xs, dtype=np.float32)   # only once it is known to fit
             L, _, out = self._h.shape
             if k == 0:
                 return np.empty((0, out), np.float32)

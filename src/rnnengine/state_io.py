@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import threading
 import weakref
@@ -132,6 +133,8 @@ def import_state(model: Model, data) -> State:
         header = json.loads(data[_PREFIX.size:_PREFIX.size + hlen].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _bad(f"header is not JSON ({error})") from None
+    except RecursionError:   # nesting deeper than the interpreter's recursion limit
+        raise _bad("header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise _bad("header is not a JSON object")
 
@@ -157,7 +160,7 @@ def import_state(model: Model, data) -> State:
         raise _bad(f"arrays {header.get('arrays')!r} do not match {want!r}")
 
     payload = data[_PREFIX.size + hlen:]
-    sizes = [int(np.prod(shape)) for _, shape in want]
+    sizes = [math.prod(shape) for _, shape in want]   # Python ints: a huge batch cannot wrap
     if len(payload) != 4 * sum(sizes):
         raise _bad(f"payload is {len(payload)} bytes, expected {4 * sum(sizes)} "
                    f"({'truncated' if len(payload) < 4 * sum(sizes) else 'trailing bytes'})")

@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
+from ._files import open_regular
 
 # Expand / Tile / ConstantOfShape can turn a few bytes of file into any amount of memory;
 # no recurrent weight is this large, so refuse before allocating.
@@ -137,14 +138,21 @@ def _inline_external(t: TensorProto, base_dir: Optional[str]) -> TensorProto:
     if length is not None and length != expected:
         raise ModelError(f"tensor {t.name!r}: external length {length} bytes but "
                          f"shape {list(t.dims)} needs {expected}")
+    if offset < 0:
+        raise ModelError(f"tensor {t.name!r}: external data offset {offset} is negative")
     try:
-        with open(target, "rb") as f:
-            f.seek(offset)
-            data = f.read(expected)
+        file, size = open_regular(target, f"external data of tensor {t.name!r}")
+        with file:
+            if offset + expected > size:   # checked before reading anything
+                raise ModelError(f"tensor {t.name!r}: external file {location!r} holds "
+                                 f"{size} bytes; shape {list(t.dims)} needs {expected} at "
+                                 f"offset {offset}")
+            file.seek(offset)
+            data = file.read(expected)
     except OSError as e:
         raise ModelError(f"tensor {t.name!r}: cannot read external data "
                          f"{location!r}: {e.strerror}") from None
-    if offset < 0 or len(data) != expected:
+    if len(data) != expected:
         raise ModelError(f"tensor {t.name!r}: external file {location!r} holds "
                          f"{len(data)} bytes at offset {offset}; shape {list(t.dims)} "
                          f"needs {expected}")

@@ -21,6 +21,7 @@ sequence_lens would be silently lost, so it is refused.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -28,6 +29,7 @@ import onnx
 
 from ..errors import ModelError
 from ..layers import GATES, Layer
+from ._files import open_regular
 from ._fold import Folder, NotConstant, Scope, attrs, node_label, subgraphs
 
 RECURRENT = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
@@ -61,13 +63,61 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
     from ..model import Model
 
     model, base_dir, where = _read_model(source)
+    folder = Folder(base_dir)
+    nodes = _chain(model, folder, where, node, chain)
+    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
+    widths = {(layer.hidden_size, layer.output_size) for layer in layers}
+    if len(widths) > 1:
+        # A valid graph, but not one stack: the state is one (L*D, N, Hout) array, so every
+        # layer of a Model has the same width. Load the first node alone; the user can load
+        # each of the others with node=.
+        sizes = ", ".join(f"{f.name} {layer.hidden_size}" for f, layer in zip(nodes, layers))
+        warnings.warn(f"{where}: the chained recurrent nodes have different hidden sizes "
+                      f"({sizes}); loaded {nodes[0].qualname!r} alone (load the others with "
+                      "node=<name>)", stacklevel=3)
+        nodes, layers = nodes[:1], layers[:1]
+    if batch_first is None:
+        batch_first = _input_is_batch_first(nodes[0])
+    try:
+        return Model(layers, batch_first=bool(batch_first))
+    except ModelError as e:
+        raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+
+
+def recurrent_nodes(source: Union[str, os.PathLike, onnx.ModelProto]) -> list:
+    """Every LSTM/GRU/RNN node (main graph and subgraphs, in graph order) as
+    ``(node, chained)``: ``node.qualname`` is the name ``node=`` always accepts (``outer::
+    attribute::name`` inside subgraphs) and ``chained`` lists the nodes an exporter chained
+    after it, which ``node=`` loads too unless ``chain=False``."""
+    model, base_dir, where = _read_model(source)
+    found = []
+    _find_recurrent(Scope(model.graph, None, ()), found)
+    following = _link_chains(found, Folder(base_dir))
+    out = []
+    for f in found:
+        chained, cur = [], f
+        while cur in following and following[cur] not in chained and following[cur] is not f:
+            cur = following[cur]
+            chained.append(cur)
+        out.append((f, chained))
+    return out
+
+
+def chain_nodes(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[str] = None,
+                chain: bool = True) -> list:
+    """The nodes ``load_onnx(source, node, chain=chain)`` loads, first layer first (each
+    with ``.node``, the NodeProto, and ``.scope``, the graph it sits in)."""
+    model, base_dir, where = _read_model(source)
+    return _chain(model, Folder(base_dir), where, node, chain)
+
+
+def _chain(model, folder: Folder, where: str, node: Optional[str], chain: bool) -> list:
     found = []
     _find_recurrent(Scope(model.graph, None, ()), found)
     if not found:
         raise ModelError(f"{where}: no LSTM, GRU or RNN node found (searched the main graph "
                          "and every If/Loop/Scan body); an exporter that unrolls the "
                          "recurrence into MatMul/Tanh nodes leaves nothing to load")
-    folder = Folder(base_dir)
     following = _link_chains(found, folder)
     heads = [f for f in found if f not in set(following.values())]
 
@@ -100,13 +150,28 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
                              f"a qualified name:\n  {listing}")
         start = matches[0]
     nodes = stack_from(start)
-    layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
-    if batch_first is None:
-        batch_first = _input_is_batch_first(start)
-    try:
-        return Model(layers, batch_first=bool(batch_first))
-    except ModelError as e:
-        raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+    _check_no_cycle(nodes, where)
+    return nodes
+
+
+def _check_no_cycle(nodes: list, where: str) -> None:
+    """ModelError when the first node's input X is computed from one of the nodes loaded
+    with it. _link_chains leaves such a back edge unlinked when its tensor is also a graph
+    output, so the chain alone cannot show the cycle; the producers of X can."""
+    head = nodes[0]
+    members = {id(f.node) for f in nodes}
+    pending, seen = [head.node.input[0]], set()
+    while pending:
+        name = pending.pop()
+        if name in seen or name not in head.scope.producer:
+            continue
+        seen.add(name)
+        producer = head.scope.producer[name][0]
+        if id(producer) in members:
+            raise ModelError(f"{where}: recurrent nodes feed each other in a cycle: input X of "
+                             f"{head.qualname!r} is computed from the output of "
+                             f"{node_label(producer)!r}")
+        pending.extend(i for i in producer.input if i)
 
 
 def _read_model(source):
@@ -114,8 +179,9 @@ def _read_model(source):
     if isinstance(source, onnx.ModelProto):
         return source, None, "<onnx.ModelProto>"
     path = os.fspath(source)
-    with open(path, "rb") as f:
-        data = f.read()
+    file, size = open_regular(path, "the model file")
+    with file:
+        data = file.read(size)
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
@@ -146,6 +212,15 @@ def _describe(nodes: list) -> str:
 # --- one node -> one Layer ---------------------------------------------------------------
 
 def _layer(found: _Found, folder: Folder, where: str) -> Layer:
+    layer = node_layer(found, folder, where)
+    _check_runtime_inputs(found, folder, where)
+    return layer
+
+
+def node_layer(found: _Found, folder: Folder, where: str) -> Layer:
+    """The Layer of one recurrent node: its weights (W, R, B, P) folded to constants and its
+    attributes decoded. The node's run-time inputs (X, sequence_lens, initial state) are
+    not looked at (``InferenceSession`` feeds them from the graph)."""
     node, scope = found.node, found.scope
     a = attrs(node)
     here = f"{where}: node {found.qualname!r}"
@@ -176,6 +251,26 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
     R = weight(2, "R", True)
     B = weight(3, "B", False)
     P = weight(7, "P", False) if found.kind == "lstm" else None
+    try:
+        return Layer.from_onnx(
+            found.kind, W, R, B, P,
+            direction=a.get("direction", b"forward"),
+            hidden_size=a.get("hidden_size"),
+            activations=a.get("activations"),
+            activation_alpha=a.get("activation_alpha"),
+            activation_beta=a.get("activation_beta"),
+            clip=a.get("clip"),
+            input_forget=a.get("input_forget", 0),
+            linear_before_reset=a.get("linear_before_reset", 0))
+    except ModelError as e:
+        raise ModelError(f"{here}: {e}") from None
+
+
+def _check_runtime_inputs(found: _Found, folder: Folder, where: str) -> None:
+    """``load`` returns only the layers: a constant sequence_lens or non-zero constant
+    initial state would be silently lost, so it is refused."""
+    node, scope = found.node, found.scope
+    here = f"{where}: node {found.qualname!r}"
     for k, label in ((4, "sequence_lens"), (5, "initial_h"), (6, "initial_c")):
         if k >= len(node.input) or not node.input[k]:
             continue
@@ -191,19 +286,6 @@ def _layer(found: _Found, folder: Folder, where: str) -> Layer:
         if np.any(value != 0):
             raise ModelError(f"{here}: {label} is a non-zero constant; the engine takes the "
                              "initial state at run time (Model.run(x, state))")
-    try:
-        return Layer.from_onnx(
-            found.kind, W, R, B, P,
-            direction=a.get("direction", b"forward"),
-            hidden_size=a.get("hidden_size"),
-            activations=a.get("activations"),
-            activation_alpha=a.get("activation_alpha"),
-            activation_beta=a.get("activation_beta"),
-            clip=a.get("clip"),
-            input_forget=a.get("input_forget", 0),
-            linear_before_reset=a.get("linear_before_reset", 0))
-    except ModelError as e:
-        raise ModelError(f"{here}: {e}") from None
 
 
 def _input_is_batch_first(found: _Found) -> bool:

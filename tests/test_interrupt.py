@@ -1,0 +1,69 @@
+"""Ctrl-C during a long Model.run / Stream.run raises KeyboardInterrupt promptly (the compute
+loop runs without the GIL, so Python's handler alone would wait for the whole sequence), and a
+stream keeps the state it had before the call."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+# Sized from a short timed run so that the whole sequence would take about LONG seconds.
+LONG = 30.0
+CHILD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from rnnengine import Layer, Model
+    rng = np.random.default_rng(0)
+    H, I = 1024, 4
+    def layer(inputs):
+        return Layer.from_onnx("lstm", 0.01 * rng.standard_normal((1, 4 * H, inputs), np.float32),
+                               0.01 * rng.standard_normal((1, 4 * H, H), np.float32))
+    model = Model([layer(I), layer(H)])
+    mode, long = sys.argv[1], float(sys.argv[2])
+    start = time.perf_counter()
+    model.run(np.ones((20, 1, I), np.float32))
+    T = max(100, int(long / ((time.perf_counter() - start) / 20)))
+    x = np.ones((T, 1, I), np.float32)
+    stream = model.stream()
+    stream.run(x[:3])
+    before = stream.state
+    print("ready", T, flush=True)
+    start = time.perf_counter()
+    try:
+        model.run(x) if mode == "run" else stream.run(x)
+    except KeyboardInterrupt:
+        after = stream.state
+        same = all(np.array_equal(a, b) for a, b in zip(before, after))
+        print("interrupted", round(time.perf_counter() - start, 3), "state kept", same,
+              flush=True)
+        stream.run(x[:2])   # the stream still works
+        sys.exit(0)
+    print("finished", round(time.perf_counter() - start, 3), flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode", ["run", "stream"])
+def test_ctrl_c_interrupts_a_long_run_promptly(mode):
+    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(LONG)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = child.stdout.readline().split()
+        assert ready and ready[0] == "ready", child.stderr.read()
+        time.sleep(1.0)   # well inside the sequence
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=LONG * 4)
+        waited = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err[-3000:]
+    words = out.split()
+    assert words[0] == "interrupted", out
+    # Well before the run would have finished (LONG seconds); generous for a loaded machine.
+    assert waited < 5.0, f"exited {waited:.1f} s after SIGINT: {out}"
+    assert words[2:] == ["state", "kept", "True"], out
