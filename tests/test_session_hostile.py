@@ -118,8 +118,6 @@ def test_recurrent_input_of_the_wrong_width_names_the_node():
 
 
 def test_bad_precision():
-    with pytest.raises(ValueError, match="not yet"):
-        InferenceSession(sm.packed_lstm(), precision="int8")
     with pytest.raises(ValueError, match="one of"):
         InferenceSession(sm.packed_lstm(), precision="fp8")
 

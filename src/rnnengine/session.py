@@ -19,6 +19,7 @@ from onnx import helper
 
 from .errors import ModelError
 from .graph import Loaded, Plan
+from .layers import check_precision
 from .loaders._fold import Scope
 from .loaders.onnx import _read_model
 from .model import Model
@@ -26,22 +27,10 @@ from .ort_bridge import require_onnxruntime
 from .session_stream import SessionPool, SessionStream
 from .state_pairs import find_pairs
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-
 def recurrent_model(layers, batch_first: bool, precision: str) -> Model:
     """THE one place where a session builds the Models of its recurrent nodes, so that
-    ``precision=`` reaches them all (reduced precisions: SPEC §7, not wired yet)."""
-    return Model(layers, batch_first=batch_first)
-
-
-def check_precision(precision) -> str:
-    if precision == "fp32":
-        return precision
-    if precision in PRECISIONS:
-        raise ValueError(f"precision={precision!r} is not yet supported by "
-                         "InferenceSession; use 'fp32'")
-    raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+    ``precision=`` (SPEC §7) reaches them all."""
+    return Model(layers, batch_first=batch_first, precision=precision)
 
 
 class NodeArg:
