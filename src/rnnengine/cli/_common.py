@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -43,6 +44,26 @@ class Progress:
         if self.active:  # erase the bar so the results start on a clean line
             self.stream.write("\r" + " " * (len(self.label) + 50) + "\r")
             self.stream.flush()
+
+
+def best_of(repeat: int, contenders: Dict[str, Callable[[], float]], progress: Progress):
+    """Interleaved repetitions (every contender once per round), best time of each."""
+    best = {name: float("inf") for name in contenders}
+    for _ in range(repeat):
+        for name, measure in contenders.items():
+            best[name] = min(best[name], measure())
+            progress.advance()
+    return best
+
+
+def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
+    """A measurement: mean seconds per call over ``calls`` back-to-back calls."""
+    def measure() -> float:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
+    return measure
 
 
 def fmt_time(seconds: float) -> str:

@@ -13,9 +13,10 @@ from ..errors import ModelError
 from ..session import InferenceSession
 from ._common import CommandError, existing_file, load_array, one_line, optional_import
 
-# Options of the recurrent-layers path that mean nothing for a whole graph.
-RECURRENT_ONLY_OPTIONS = ("node", "lengths", "batch_first", "state", "initial_state",
-                          "no_chain", "nonlinearity")
+# Options that pick recurrent layers: they mean --recurrent-only.
+PICK_LAYERS = ("node", "no_chain", "nonlinearity")
+# Options of the recurrent-layers run that a whole graph would ignore: refused without it.
+RECURRENT_ONLY_OPTIONS = ("lengths", "batch_first", "state", "initial_state")
 
 
 def is_onnx(path: str) -> bool:
@@ -36,9 +37,11 @@ def whole_model_args(p: argparse.ArgumentParser, dims_help: str) -> None:
 
 
 def whole_model(args: argparse.Namespace) -> bool:
-    """True when the command should run the whole ONNX graph (not --recurrent-only, and
-    refusing the recurrent-layer options that the whole graph would ignore)."""
-    if not is_onnx(args.model) or args.recurrent_only:
+    """True when the command should run the whole ONNX graph: not --recurrent-only nor an
+    option that picks recurrent layers (--node), refusing the recurrent-layer options that
+    the whole graph would ignore."""
+    if not is_onnx(args.model) or args.recurrent_only or any(
+            getattr(args, o, None) not in (None, False) for o in PICK_LAYERS):
         return False
     given = ["--" + o.replace("_", "-") for o in RECURRENT_ONLY_OPTIONS
              if getattr(args, o, None) not in (None, False)]
@@ -199,14 +202,25 @@ def ort_session(path: str, threads: Optional[int] = None):
         raise CommandError(f"onnxruntime cannot load {path}: {one_line(exc)[:200]}") from exc
 
 
+FEED_HINT = "fix inputs with --feed NAME=VALUE and sizes with --dim NAME=SIZE"
+
+
 def ort_run(session, feeds: Dict[str, np.ndarray], names: Optional[List[str]] = None) -> list:
     """ORT's run with its failure named as a hint to the feed options."""
     try:
         return session.run(names, feeds)
     except Exception as exc:
         raise CommandError(f"onnxruntime cannot run the model on these feeds "
-                           f"({one_line(exc)[:200]}); fix inputs with --feed NAME=VALUE "
-                           "and sizes with --dim NAME=SIZE") from exc
+                           f"({one_line(exc)[:200]}); {FEED_HINT}") from exc
+
+
+def hinted(call, *args):
+    """rnnengine's own run/step: a ValueError about the feeds gets the same hint."""
+    try:
+        return call(*args)
+    except ValueError as exc:
+        raise CommandError(f"rnnengine cannot run the model on these feeds "
+                           f"({one_line(exc)[:200]}); {FEED_HINT}") from exc
 
 
 def fmt_shape(shape) -> str:
