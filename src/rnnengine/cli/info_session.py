@@ -46,15 +46,18 @@ def _placement_rows(sess) -> List[Tuple[str, str]]:
     for kind in ("native", "native (If)", "native (Loop)"):
         native += counts.pop(kind, Counter())
     rows = []
-    for kind, c in (("native", native),) + tuple(sorted(counts.items())):
+    for kind in ("native", "recurrent kernels", "onnxruntime"):
+        c = native if kind == "native" else counts.get(kind, Counter())
         if c:
-            text = ", ".join(f"{op} {n}" for op, n in sorted(c.items(), key=lambda t: (-t[1], t[0])))
+            text = ", ".join(f"{op} {n}" for op, n in sorted(c.items(),
+                                                             key=lambda t: (-t[1], t[0])))
             rows.append((f"runs {kind}", f"{sum(c.values())} nodes: {text}"))
     if "onnxruntime" not in counts:
         rows.append(("runs onnxruntime", "nothing (every operator is native)"))
     else:
         groups = len(sess._loaded.ort_groups)
-        rows.append(("", f"in {groups} onnxruntime session{'s' * (groups != 1)} (maximal groups)"))
+        rows.append(("", f"in {groups} onnxruntime session{'s' * (groups != 1)} "
+                     "(maximal groups)"))
     rows.append(("folded at load", f"{folded} constant node{'s' * (folded != 1)}"))
     return rows
 
