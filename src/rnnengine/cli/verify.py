@@ -112,8 +112,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             model = load_from_args(args, batch_first=False)
         except ModelError as exc:  # no recurrent layers to load alone (or several)
-            whole.append(("recurrent layers alone", None, None, f"not compared: "
-                          f"{one_line(exc)[:120]}"))
+            reason = ("several recurrent nodes: pick one with --node NAME (rnnengine info "
+                      "lists them)" if "candidate" in str(exc) else one_line(exc)[:120])
+            whole.append(("recurrent layers alone", None, None, f"not compared: {reason}"))
             return report(args, None, whole)
     else:
         if args.feed or args.dim:
