@@ -66,6 +66,23 @@ def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
     return measure
 
 
+def ratio(best: Dict[str, float], contender: str) -> str:
+    """'53.0 us (2.11x)': a contender's time and its ratio to rnnengine's ('-' if absent)."""
+    if contender not in best:
+        return "-"
+    return f"{fmt_time(best[contender])} ({best[contender] / best['rnnengine']:.2f}x)"
+
+
+def print_results(rows: Sequence[Sequence[str]], compared: bool, notes: Sequence[str]) -> None:
+    """A benchmark's table, what its ratios mean, then its notes."""
+    print()
+    print(table(rows))
+    if compared:
+        print("(x) = their time / rnnengine's time: above 1 means rnnengine is faster")
+    for note in notes:
+        print(note)
+
+
 def fmt_time(seconds: float) -> str:
     """1.2e-5 -> '12.0 us', 0.0031 -> '3.10 ms'."""
     if seconds < 1e-3:

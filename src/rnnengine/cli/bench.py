@@ -13,7 +13,7 @@ from ..interop.ort import OrtReference
 from ..interop.pytorch import TorchCells, torch_module_for
 from . import bench_session
 from ._common import (CommandError, Progress, add_command, best_of, describe, fmt_time,
-                      load_from_args, optional_import, table, timed)
+                      load_from_args, optional_import, print_results, ratio, timed)
 from ._session import whole_model, whole_model_args
 
 
@@ -150,14 +150,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             batch = 1 if name.endswith("batch 1") else N
             throughput = f"{batch / ours:,.0f} seq/s"
         row = [name, fmt_time(ours), throughput]
-        for c in contenders[1:]:
-            row.append(f"{fmt_time(best[c])} ({best[c] / ours:.2f}x)" if c in best else "-")
+        row += [ratio(best, c) for c in contenders[1:]]
         rows.append(row)
-    print()
-    print(table(rows))
-    if len(contenders) > 1:
-        print("(x) = their time / rnnengine's time: above 1 means rnnengine is faster")
-    for note in notes:
-        print(note)
+    print_results(rows, len(contenders) > 1, notes)
     return 0
 

@@ -7,11 +7,11 @@ of ``--batch`` streams against as many ORT calls. Every engine single-threaded."
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 
-from ._common import Progress, best_of, fmt_time, table, timed
+from ._common import Progress, best_of, fmt_time, print_results, ratio, timed
 from ._session import (batch_dim, hinted, load_session, ort_run, ort_session, parse_dims,
                        parse_feeds, random_feeds, state_pairs, zero_state)
 
@@ -173,13 +173,6 @@ def report(args: argparse.Namespace) -> int:
     rows = [["workload", "rnnengine"] + [f"{c} (x)" for c in contenders[1:]]]
     for name, best in results.items():
         ours = best["rnnengine"]
-        rows.append([name, fmt_time(ours)] + [
-            f"{fmt_time(best[c])} ({best[c] / ours:.2f}x)" if c in best else "-"
-            for c in contenders[1:]])
-    print()
-    print(table(rows))
-    if len(contenders) > 1:
-        print("(x) = their time / rnnengine's time: above 1 means rnnengine is faster")
-    for note in notes:
-        print(note)
+        rows.append([name, fmt_time(ours)] + [ratio(best, c) for c in contenders[1:]])
+    print_results(rows, len(contenders) > 1, notes)
     return 0
