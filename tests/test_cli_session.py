@@ -180,6 +180,17 @@ def test_verify_compares_the_whole_graph_run_and_stream(capsys, files):
     assert status == 1 and "exceeds tolerance" in err
 
 
+def test_verify_streams_a_stateless_graph_along_time(capsys, files):
+    """No state inputs: chunks of 1, 2, 3, ... steps through stream() against one ORT run."""
+    status, out, err = cli(capsys, "verify", files / "a.onnx", "--seq-len", "9")
+    assert status == 0, err
+    row = re.search(r"^onnxruntime, whole model: stream along time, 9 steps in chunks\s+(\S+)",
+                    out, re.M)
+    assert row and float(row.group(1)) < 1e-4, out
+    status, out, err = cli(capsys, "verify", files / "reduce.onnx", "--seq-len", "5")
+    assert re.search(r"stream along time.*not compared: .*ReduceMean", out), out
+
+
 def test_verify_silero_needs_and_takes_fixed_feeds(capsys):
     status, out, err = cli(capsys, "verify", SILERO, "--feed", "sr=16000",
                            "--dim", "sequence=512", "--steps", "5")

@@ -9,7 +9,8 @@ from typing import Dict, List
 
 import numpy as np
 
-from ._common import Progress, max_diff
+from ._common import Progress, max_diff, one_line
+from ..time_axis import check_streamable
 from ._session import (batch_dim, hinted, load_session, ort_run, ort_session, parse_dims,
                        parse_feeds, random_feeds, state_pairs, zero_state)
 
@@ -33,6 +34,8 @@ def whole_rows(args: argparse.Namespace) -> List[tuple]:
     rows = [("onnxruntime, whole model: run, random feeds",) + _diffs(ours, theirs, pairs)]
     if pairs:
         rows.append(_stream_row(sess, ort, fixed, pairs, dims, args, rng))
+    else:
+        rows.append(_time_row(sess, feeds, theirs, fixed, args.seq_len))
     return rows
 
 
@@ -65,3 +68,35 @@ def _stream_row(sess, ort, fixed, pairs, dims, args, rng) -> tuple:
     label = (f"onnxruntime, whole model: stream x{steps}, state "
              f"{', '.join(f'{o} -> {i}' for o, i in pairs.items())} fed back")
     return (label, worst, diff_state, "")
+
+
+def _time_row(sess, feeds: Dict, theirs: Dict, fixed: Dict, T: int) -> tuple:
+    """A graph without state pairs streamed along its time axis in chunks of 1, 2, 3, ...
+    steps (recurrent state carried between calls) against ORT's one run on all T steps."""
+    label = f"onnxruntime, whole model: stream along time, {T} steps in chunks"
+    try:
+        axes = check_streamable(sess)
+        stream = sess.stream()
+    except ValueError as exc:
+        return (label, None, None, f"not compared: {one_line(exc)[:120]}")
+    bounds, start, size = [], 0, 1
+    while start < T:
+        bounds.append((start, min(T, start + size)))
+        start, size = start + size, size + 1
+    names = [a.name for a in sess.get_outputs()]
+    pieces = []
+    for a, b in bounds:
+        chunk = {n: (np.take(v, range(a, b), axis=axes[n]) if n in axes else v)
+                 for n, v in feeds.items()}
+        pieces.append(hinted(stream.step, chunk))
+    worst = 0.0
+    for k, name in enumerate(names):
+        full = theirs[name]
+        axis = next((ax for ax in range(full.ndim) if full.shape[ax] == T and all(
+            p[k].ndim == full.ndim and p[k].shape[ax] == b - a
+            for p, (a, b) in zip(pieces, bounds))), None)
+        if axis is None:
+            return (label, None, None, f"not compared: output {name!r} has no time axis of "
+                    f"{T} steps")
+        worst = max(worst, max_diff(np.concatenate([p[k] for p in pieces], axis), full))
+    return (label, worst, None, "")
