@@ -287,7 +287,7 @@ def test_convert_to_own_format(models, tmp_path):
 def test_bench_side_by_side(models):
     pytest.importorskip("onnxruntime")
     out = cli("bench", models["dir"] / "tagger.onnx", "--steps", "40", "--repeat", "1",
-              "--seq-len", "10", "--batch", "2", check=0).stdout
+              "--seq-len", "10", "--batch", "2", "--recurrent-only", check=0).stdout
     header = next(line for line in out.splitlines() if line.startswith("workload"))
     assert "onnxruntime (x)" in header and "torch (x)" in header
     assert "onnxruntime IOBinding (x)" in header   # ORT's best streaming case (SPEC §5)
