@@ -33,7 +33,8 @@ def whole_model_args(p: argparse.ArgumentParser, dims_help: str) -> None:
                    f"sequence=512); {dims_help}; repeatable")
     p.add_argument("--recurrent-only", action="store_true",
                    help="on an .onnx file: the recurrent layers alone, as loaded by "
-                   "rnnengine.load (the behaviour before whole-model support)")
+                   "rnnengine.load (the behaviour before whole-model support; --node implies "
+                   "it)")
 
 
 def whole_model(args: argparse.Namespace) -> bool:

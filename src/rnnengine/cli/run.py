@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     p = add_command(sub, "run", HELP, cmd_run)
     p.add_argument("--input", "-i", required=True, action="append", metavar="[NAME=]X.npy",
                    help="an input as .npy: NAME=FILE.npy for each input of an ONNX graph "
-                   "(FILE.npy alone when it has one input); repeatable. --recurrent-only and "
+                   "(FILE.npy alone when it has one input besides its state inputs and --feed "
+                   "inputs); repeatable. --recurrent-only and "
                    "weights files: x, (T, N, I) or (T, I)")
     p.add_argument("--output", "-o", required=True,
                    help="where to write the outputs: an .npz holding every output by name, "
