@@ -35,6 +35,7 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("whole")
     (d / "a_state.onnx").write_bytes(sm.embedding_lstm(True))
     (d / "a.onnx").write_bytes(sm.embedding_lstm(False))
+    onnx.save(sm.packed_lstm(), str(d / "packed.onnx"))
     onnx.save(_lstm_then("Hardmax", axis=-1), str(d / "hardmax.onnx"))
     onnx.save(_lstm_then("ReduceMean", axes=[0], keepdims=1), str(d / "reduce.onnx"))
     return d
@@ -212,6 +213,16 @@ def test_bench_times_whole_steps_against_ort_and_iobinding(capsys, files):
     assert re.search(r"^pool of 4 streams, one step\s+\d", out, re.M), out
     assert "openvino" in out     # a column, or a note saying why not
     assert "whole graph" in out
+
+
+def test_bench_pool_of_a_graph_fixed_at_batch_1(capsys, files):
+    """tf2onnx-style packed state, shapes fixed at batch 1: the pool steps the streams one
+    by one, and bench says so."""
+    status, out, err = cli(capsys, "bench", files / "packed.onnx", "--steps", "12",
+                           "--repeat", "1", "--batch", "3")
+    assert status == 0, err
+    assert re.search(r"^pool of 3 streams, one step\s+\d.*\(\d+\.\d\dx\)", out, re.M), out
+    assert "pool of 3: one pool.step (streams one by one) against 3 onnxruntime calls" in out
 
 
 def test_bench_recurrent_only_keeps_the_layer_rows(capsys, files):

@@ -131,7 +131,7 @@ def workloads(args: argparse.Namespace):
             lambda: sess.run(None, feeds[0]), steps)}
         if ort is not None:
             row["onnxruntime"] = timed(lambda: ort.run(None, feeds[0]), steps)
-    if pairs and batch and args.batch > 1:
+    if pairs and args.batch > 1:
         out.update(_pool_row(sess, ort, fixed, pairs, dims, batch, args, rng, notes))
     if ort is None and not args.no_compare:
         notes.append("onnxruntime: not installed")
@@ -139,20 +139,28 @@ def workloads(args: argparse.Namespace):
 
 
 def _pool_row(sess, ort, fixed, pairs, dims, batch, args, rng, notes) -> dict:
-    """One pool.step of N streams against N separate ORT calls (state fed back by hand)."""
+    """One pool.step of N streams against N separate ORT calls (state fed back by hand).
+    The streams' inputs are stacked on the axis the pool takes them on."""
     N = args.batch
     pool = sess.pool(N, feeds=fixed)
     ids = [pool.open() for _ in range(N)]
-    stacked = random_feeds(sess, fixed, {**dims, batch: N}, 1, rng, skip=pairs.values())
+    one = {**dims, **({batch: 1} if batch else {})}
+    singles = [random_feeds(sess, fixed, one, 1, rng, skip=pairs.values()) for _ in range(N)]
+    try:
+        stacked = {n: np.concatenate([s[n] for s in singles], axis=pool._in_axis[n])
+                   for n in singles[0]}
+    except (KeyError, ValueError):
+        notes.append(f"pool of {N}: not timed (cannot stack the inputs of {N} streams)")
+        return {}
     hinted(pool.step, ids, stacked)
+    how = "one graph pass" if pool.batched else "streams one by one"
     row = {"rnnengine": timed(lambda: pool.step(ids, stacked), max(1, args.steps // N))}
     if ort is not None:
-        singles = [{n: np.take(v, [j], axis=pool._in_axis[n]) for n, v in stacked.items()}
-                   for j in range(N)]
-        zero = zero_state(sess, pairs, {**dims, batch: 1}, 1)
+        zero = zero_state(sess, pairs, one, 1)
         loops = [ort_plain(ort, [{**fixed, **s}] * CYCLE, pairs, zero) for s in singles]
         row["onnxruntime"] = timed(lambda: [f() for f in loops], max(1, args.steps // N))
-    notes.append(f"pool of {N}: one pool.step against {N} onnxruntime calls (plain run)")
+        notes.append(f"pool of {N}: one pool.step ({how}) against {N} onnxruntime calls "
+                     "(plain run)")
     return {f"pool of {N} streams, one step": row}
 
 
