@@ -209,7 +209,7 @@ def test_run_matches_pytorch(models, tmp_path, fmt):
     d = models["dir"]
     y_path, state_path = tmp_path / "y.npy", tmp_path / "state.npz"
     cli("run", d / f"tagger.{fmt}", "--input", d / "x.npy", "--output", y_path,
-        "--state", state_path, check=0)
+        "--state", state_path, "--recurrent-only", check=0)
     y_ref, h_ref, c_ref = torch_lstm(models["tagger"].enc, models["x"])
     np.testing.assert_allclose(np.load(y_path), y_ref, rtol=1e-5, atol=1e-5)
     with np.load(state_path) as state:
@@ -222,7 +222,7 @@ def test_run_lengths_and_batch_first(models, tmp_path):
     lengths = [7, 2, 5]
     y_ref, h_ref, _ = torch_lstm(models["tagger"].enc, x, lengths)
     cli("run", d / "tagger.onnx", "-i", d / "x.npy", "-o", tmp_path / "y.npy",
-        "--lengths", "7,2,5", "--state", tmp_path / "s.npz", check=0)
+        "--lengths", "7,2,5", "--state", tmp_path / "s.npz", "--recurrent-only", check=0)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), y_ref, rtol=1e-5, atol=1e-5)
     with np.load(tmp_path / "s.npz") as state:
         np.testing.assert_allclose(state["h"], h_ref, rtol=1e-5, atol=1e-5)
@@ -259,10 +259,13 @@ def test_run_reads_an_initial_state(models, tmp_path):
 def test_run_bad_input_is_one_line(models, tmp_path):
     d = models["dir"]
     np.save(tmp_path / "wrong.npy", np.zeros((4, 2, 5), np.float32))
-    proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "wrong.npy", "-o", tmp_path / "y.npy")
+    proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "wrong.npy", "-o", tmp_path / "y.npy",
+               "--recurrent-only")
     one_error_line(proc, "(T, N, 8)", "(4, 2, 5)")
+    proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "wrong.npy", "-o", tmp_path / "y.npy")
+    one_error_line(proc, "'x'", "(4, 2, 5)")     # the whole graph names its input
     proc = cli("run", d / "tagger.onnx", "-i", d / "x.npy", "-o", tmp_path / "y.npy",
-               "--lengths", "7,9,1")
+               "--lengths", "7,9,1", "--recurrent-only")
     one_error_line(proc, "lengths")
     proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "nothere.npy", "-o", tmp_path / "y.npy")
     one_error_line(proc, "nothere.npy")
@@ -284,7 +287,7 @@ def test_convert_to_own_format(models, tmp_path):
 def test_bench_side_by_side(models):
     pytest.importorskip("onnxruntime")
     out = cli("bench", models["dir"] / "tagger.onnx", "--steps", "40", "--repeat", "1",
-              "--seq-len", "10", "--batch", "2", check=0).stdout
+              "--seq-len", "10", "--batch", "2", "--recurrent-only", check=0).stdout
     header = next(line for line in out.splitlines() if line.startswith("workload"))
     assert "onnxruntime (x)" in header and "torch (x)" in header
     assert "onnxruntime IOBinding (x)" in header   # ORT's best streaming case (SPEC §5)

@@ -1,18 +1,20 @@
 """``rnnengine bench``: streaming latency and sequence throughput, side by side with ONNX
-Runtime (plain run and IOBinding) and PyTorch when installed; contenders interleaved."""
+Runtime (plain run and IOBinding) and PyTorch when installed; contenders interleaved. On an
+ONNX file the whole graph is timed (``bench_session.py``); ``--recurrent-only`` times the
+recurrent layers alone."""
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable, Dict
 
 import numpy as np
 
 from ..interop import Unsupported
 from ..interop.ort import OrtReference
 from ..interop.pytorch import TorchCells, torch_module_for
-from ._common import (CommandError, Progress, add_command, describe, fmt_time, load_from_args,
-                      optional_import, table)
+from . import bench_session
+from ._common import (CommandError, Progress, add_command, best_of, describe, fmt_time,
+                      load_from_args, optional_import, print_results, ratio, timed)
+from ._session import whole_model, whole_model_args
 
 
 IOBINDING = "onnxruntime IOBinding"
@@ -25,33 +27,19 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=1000, help="steps per measurement (1000)")
     p.add_argument("--repeat", type=int, default=5, help="repetitions, best kept (5)")
     p.add_argument("--no-compare", action="store_true", help="rnnengine only")
+    whole_model_args(p, "default: 1 (the batch dim of a pool: --batch)")
 
 
 HELP = ("streaming latency and sequence throughput, side by side with onnxruntime and torch "
-        "when installed")
-
-
-def best_of(repeat: int, contenders: Dict[str, Callable[[], float]], progress: Progress):
-    """Interleaved repetitions (every contender once per round), best time of each."""
-    best = {name: float("inf") for name in contenders}
-    for _ in range(repeat):
-        for name, measure in contenders.items():
-            best[name] = min(best[name], measure())
-            progress.advance()
-    return best
-
-
-def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
-    """A measurement: mean seconds per call over ``calls`` back-to-back calls."""
-    def measure() -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - start) / calls
-    return measure
+        "when installed; on ONNX the whole graph per step against onnxruntime (plain, "
+        "IOBinding) and OpenVINO's stateful model")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if min(args.seq_len, args.batch, args.steps, args.repeat) < 1:
+        raise CommandError("--seq-len, --batch, --steps and --repeat must be positive")
+    if whole_model(args):
+        return bench_session.report(args)
     # time-major, whatever the file implies: a load option, never set on a Model
     model = load_from_args(args, batch_first=False)
     T, N, steps, repeat = args.seq_len, args.batch, args.steps, args.repeat
@@ -162,14 +150,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             batch = 1 if name.endswith("batch 1") else N
             throughput = f"{batch / ours:,.0f} seq/s"
         row = [name, fmt_time(ours), throughput]
-        for c in contenders[1:]:
-            row.append(f"{fmt_time(best[c])} ({best[c] / ours:.2f}x)" if c in best else "-")
+        row += [ratio(best, c) for c in contenders[1:]]
         rows.append(row)
-    print()
-    print(table(rows))
-    if len(contenders) > 1:
-        print("(x) = their time / rnnengine's time: above 1 means rnnengine is faster")
-    for note in notes:
-        print(note)
+    print_results(rows, len(contenders) > 1, notes)
     return 0
 

@@ -1,5 +1,7 @@
-"""``rnnengine verify``: the loaded model against ONNX Runtime running the file's own
-recurrent nodes, ONNX Runtime and PyTorch holding the loaded weights, on random inputs."""
+"""``rnnengine verify``: on an ONNX file, the whole graph against ONNX Runtime (run and
+stream: ``verify_session.py``); the loaded recurrent layers against ONNX Runtime running the
+file's own recurrent nodes, ONNX Runtime and PyTorch holding the loaded weights, on random
+inputs."""
 from __future__ import annotations
 
 import argparse
@@ -14,21 +16,29 @@ from ..interop.ort import OrtReference
 from ..interop.pytorch import (STATE_DICT_FILES, torch_module_for, torch_module_from_state_dict,
                                torch_run)
 from ..loaders.onnx import chain_nodes
+from ..errors import ModelError
 from ..model import Model
 from ._common import (CommandError, Progress, add_command, describe, load_from_args, max_diff,
                       one_line, optional_import, random_input, table)
+from ._session import whole_model, whole_model_args
+from .verify_session import whole_rows
 
 
 def add_parser(sub) -> None:
     p = add_command(sub, "verify", HELP, cmd_verify)
-    p.add_argument("--seq-len", type=int, default=20, help="T (20)")
+    p.add_argument("--seq-len", type=int, default=20, help="T (20); whole graph: the size of "
+                   "every symbolic dim but the batch dim and those given with --dim")
     p.add_argument("--batch", type=int, default=3, help="N (3)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="whole graph with state pairs: steps of the streamed comparison (20)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tol", type=float, default=1e-4,
                    help="largest absolute difference accepted (1e-4)")
+    whole_model_args(p, "default: --batch for the batch dim, --seq-len for the others")
 
 
-HELP = "compare with onnxruntime (and torch) on random inputs"
+HELP = ("compare with onnxruntime (and torch) on random inputs: the whole ONNX graph (run "
+        "and stream) and its recurrent layers")
 
 
 def file_graph_check(path: str, node_name: Optional[str], chain: bool, model: Model, T: int,
@@ -93,11 +103,24 @@ def file_graph_check(path: str, node_name: Optional[str], chain: bool, model: Mo
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    # time-major, whatever the file implies: a load option, never set on a Model
-    model = load_from_args(args, batch_first=False)
     T, N, seed = args.seq_len, args.batch, args.seed
-    if min(T, N) < 1:
-        raise CommandError("--seq-len and --batch must be positive")
+    if min(T, N, args.steps) < 1:
+        raise CommandError("--seq-len, --batch and --steps must be positive")
+    whole = []
+    if whole_model(args):
+        whole = whole_rows(args)
+        try:
+            model = load_from_args(args, batch_first=False)
+        except ModelError as exc:  # no recurrent layers to load alone (or several)
+            reason = ("several recurrent nodes: pick one with --node NAME (rnnengine info "
+                      "lists them)" if "candidate" in str(exc) else one_line(exc)[:120])
+            whole.append(("recurrent layers alone", None, None, f"not compared: {reason}"))
+            return report(args, None, whole)
+    else:
+        if args.feed or args.dim:
+            raise CommandError("--feed and --dim name inputs of a whole ONNX graph")
+        # time-major, whatever the file implies: a load option, never set on a Model
+        model = load_from_args(args, batch_first=False)
     ort = optional_import("onnxruntime")
     torch = optional_import("torch")
     if ort is None and torch is None:
@@ -110,7 +133,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
               if isinstance(state0, tuple) else rng.standard_normal(state0.shape).astype(np.float32) * 0.5)
     lengths = rng.integers(1, T + 1, N)
     lengths[0] = T
-    rows = []  # (reference, diff y or None, diff state or None, note)
+    rows = list(whole)  # (reference, diff y or None, diff state or None, note)
 
     if ort is not None:
         if args.model.lower().endswith(".onnx"):
@@ -157,9 +180,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
         except (RuntimeError, KeyError) as exc:  # the file's state_dict does not fit the module
             rows.append((label, None, None, f"not compared: {str(exc).splitlines()[0]}"))
 
-    print(f"rnnengine verify: {describe(model)}")
-    print(f"random input x ({T}, {N}, {model.input_size}), seed {seed}; tolerance {args.tol:g}")
-    out = [["reference", "max |diff| y", "max |diff| state"]]
+    return report(args, model, rows)
+
+
+def report(args: argparse.Namespace, model: Optional[Model], rows: list) -> int:
+    """The table of differences; CommandError when one exceeds the tolerance."""
+    if model is not None:
+        print(f"rnnengine verify: {describe(model)}")
+        print(f"random input x ({args.seq_len}, {args.batch}, {model.input_size}), seed "
+              f"{args.seed}; tolerance {args.tol:g}")
+    else:
+        print(f"rnnengine verify: {args.model}, whole graph; seed {args.seed}; tolerance "
+              f"{args.tol:g}")
+    out = [["reference", "max |diff| y (outputs)", "max |diff| state"]]
     for label, dy, ds, note in rows:
         out.append([label, "-" if dy is None else f"{dy:.2e}", "-" if ds is None else f"{ds:.2e}"]
                    + ([note] if note else []))
