@@ -9,6 +9,7 @@
 #include <string.h>
 #include "rnnengine/assert.h"
 #include "rnnengine/cells.h"
+#include "rnnengine/fpenv.h"
 #include "rnnengine/kernels.h"
 #include "rnnengine/workers.h"
 
@@ -260,8 +261,8 @@ static inline size_t rnn_stack_workspace(const rnn_cell_t *const *cells, int L, 
 /* Every layer and direction over the whole sequence (rnn_run_direction). Returns 1 when
  * cancelled between timesteps (then h and c may hold some layers' final states: the caller
  * restores them), else 0. */
-static int rnn_run_stack(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_stack_run_t *s,
-                         const rnn_cancel_t *cancel) {
+static int rnn_run_stack_body(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_stack_run_t *s,
+                              const rnn_cancel_t *cancel) {
     const int L = s->L, D = s->D, T = s->T, N = s->N;
     size_t seq, layer_out;
     RNN_ASSERT(L >= 1 && (D == 1 || D == 2) && T >= 0 && N >= 0);
@@ -317,11 +318,11 @@ static inline size_t rnn_stack_step_scratch(const rnn_cell_t *const *cells, int 
  * h_next [L, N, Hout] (h_len floats each, distinct); c [L, N, H] (LSTM, else NULL) updated in
  * place; y [N, Hout] gets the last layer's h; scratch: rnn_stack_step_scratch floats.
  * io.backward alternates with `step` (cache reuse, as in rnn_run_direction). */
-static void rnn_stack_step(const rnn_kernels_t *k, rnn_pool_t *pool,
-                           const rnn_cell_t *const *cells, int L, int N, long long step,
-                           const float *x, size_t x_len, const float *h_prev, float *h_next,
-                           size_t h_len, float *c, size_t c_len, float *y, size_t y_len,
-                           float *scratch, size_t scratch_len) {
+static void rnn_stack_step_body(const rnn_kernels_t *k, rnn_pool_t *pool,
+                                const rnn_cell_t *const *cells, int L, int N, long long step,
+                                const float *x, size_t x_len, const float *h_prev, float *h_next,
+                                size_t h_len, float *c, size_t c_len, float *y, size_t y_len,
+                                float *scratch, size_t scratch_len) {
     const size_t Ho = cells[0]->output_size, hsz = (size_t)N * Ho;
     rnn_step_io_t io;
     const float *layer_in = x;
@@ -346,6 +347,27 @@ static void rnn_stack_step(const rnn_kernels_t *k, rnn_pool_t *pool,
         layer_in = io.h_next;
     }
     memcpy(y, layer_in, hsz * sizeof(float));
+}
+
+/* The two entries the Cython drivers call: the bodies above with subnormals flushed
+ * (fpenv.h says why). */
+static int rnn_run_stack(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn_stack_run_t *s,
+                         const rnn_cancel_t *cancel) {
+    const rnn_fpenv_t saved = rnn_fpenv_enter();
+    const int stopped = rnn_run_stack_body(k, pool, s, cancel);
+    rnn_fpenv_leave(saved);
+    return stopped;
+}
+
+static void rnn_stack_step(const rnn_kernels_t *k, rnn_pool_t *pool,
+                           const rnn_cell_t *const *cells, int L, int N, long long step,
+                           const float *x, size_t x_len, const float *h_prev, float *h_next,
+                           size_t h_len, float *c, size_t c_len, float *y, size_t y_len,
+                           float *scratch, size_t scratch_len) {
+    const rnn_fpenv_t saved = rnn_fpenv_enter();
+    rnn_stack_step_body(k, pool, cells, L, N, step, x, x_len, h_prev, h_next, h_len, c, c_len,
+                        y, y_len, scratch, scratch_len);
+    rnn_fpenv_leave(saved);
 }
 
 #endif

@@ -14,6 +14,8 @@
 
 #include <stdlib.h>
 
+#include "rnnengine/fpenv.h"
+
 #if defined(_WIN32) && !defined(__MINGW32__)
 #define RNN_HAVE_THREADS 0
 #else
@@ -92,6 +94,7 @@ static void *rnn_worker_main(void *arg) {
     rnn_pool_t *p = wa->pool;
     const int id = wa->id;
     free(wa);
+    (void)rnn_fpenv_enter(); /* this thread only runs kernels: subnormals flushed for good */
     unsigned seen = 0;
     for (;;) {
         int spins = 0;
