@@ -284,6 +284,22 @@ def test_convert_to_own_format(models, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), y_ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("precision, budget", [("fp16", 5e-3), ("int8", 6e-2)])
+def test_precision_through_convert_run_and_verify(models, tmp_path, precision, budget):
+    d = models["dir"]
+    out = tmp_path / f"{precision}.npz"
+    cli("convert", d / "tagger.onnx", out, "--precision", precision, check=0)
+    with np.load(out, allow_pickle=False) as archive:   # the reduced weights are stored
+        assert json.loads(archive["__rnnengine__"].tobytes())["precision"] == precision
+    cli("run", out, "-i", d / "x.npy", "-o", tmp_path / "y.npy", check=0)
+    y_ref, _, _ = torch_lstm(models["tagger"].enc, models["x"])
+    err = np.abs(np.load(tmp_path / "y.npy") - y_ref).max()
+    assert 1e-7 < err <= budget      # reduced, and within the mode's budget
+    report = cli("verify", d / "tagger.onnx", "--recurrent-only", "--precision", precision,
+                 check=0).stdout
+    assert f"tolerance {budget:g}" in report
+
+
 def test_bench_side_by_side(models):
     pytest.importorskip("onnxruntime")
     out = cli("bench", models["dir"] / "tagger.onnx", "--steps", "40", "--repeat", "1",

@@ -13,6 +13,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 
 from ..errors import ModelError
+from ..layers import PRECISIONS
 from ..loaders import load
 from ..model import Model
 
@@ -198,9 +199,13 @@ def model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chain", action="store_true",
                    help="with --node on an ONNX chain: that node alone, not the layers an "
                    "exporter chained after it (load(..., chain=False))")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="weights of the recurrent layers: fp32 (exact, the default), fp16, "
+                   "bf16 or int8 (SPEC section 7)")
 
 
 def load_from_args(args: argparse.Namespace, **options) -> Model:
     """The model the arguments of ``model_args`` name (``options``: more load options)."""
     return load_model(args.model, args.node, nonlinearity=args.nonlinearity,
-                      chain=False if args.no_chain else None, **options)
+                      chain=False if args.no_chain else None, precision=args.precision,
+                      **options)

@@ -53,10 +53,10 @@ def whole_model(args: argparse.Namespace) -> bool:
     return True
 
 
-def load_session(path: str) -> InferenceSession:
+def load_session(path: str, precision: Optional[str] = None) -> InferenceSession:
     existing_file(path)
     try:
-        return InferenceSession(path)
+        return InferenceSession(path, precision=precision or "fp32")
     except (ModelError, ValueError, TypeError):
         raise
     except OSError as exc:

@@ -95,7 +95,7 @@ def openvino_stateful(path: str, feeds: List[dict], pairs: Dict[str, str], zero:
 
 def workloads(args: argparse.Namespace):
     """{workload: {contender: measurement}}, notes."""
-    sess = load_session(args.model)
+    sess = load_session(args.model, args.precision)
     fixed = parse_feeds(sess, args.feed)
     pairs = state_pairs(sess)
     batch = batch_dim(sess, pairs)

@@ -109,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def run_whole(args: argparse.Namespace) -> int:
     """The whole graph through InferenceSession: every input from -i/--feed; a state
     input (one that stream() pairs with an output) not given starts at zero."""
-    sess = load_session(args.model)
+    sess = load_session(args.model, args.precision)
     fixed = parse_feeds(sess, args.feed)
     pairs = state_pairs(sess)
     feeds = parse_inputs(sess, args.input, list(fixed) + list(pairs.values()))

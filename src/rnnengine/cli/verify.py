@@ -32,8 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=20,
                    help="whole graph with state pairs: steps of the streamed comparison (20)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tol", type=float, default=1e-4,
-                   help="largest absolute difference accepted (1e-4)")
+    p.add_argument("--tol", type=float,
+                   help="largest absolute difference accepted (default: 1e-4 for fp32, the "
+                   "mode's budget with --precision: fp16 5e-3, bf16 3e-2, int8 6e-2)")
     whole_model_args(p, "default: --batch for the batch dim, --seq-len for the others")
 
 
@@ -102,7 +103,13 @@ def file_graph_check(path: str, node_name: Optional[str], chain: bool, model: Mo
     return label, diff_y, max(diffs)
 
 
+# Largest difference accepted by default: exact fp32, or each reduced mode's error budget.
+TOLERANCE = {None: 1e-4, "fp32": 1e-4, "fp16": 5e-3, "bf16": 3e-2, "int8": 6e-2}
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
+    if args.tol is None:
+        args.tol = TOLERANCE[args.precision]
     T, N, seed = args.seq_len, args.batch, args.seed
     if min(T, N, args.steps) < 1:
         raise CommandError("--seq-len, --batch and --steps must be positive")

@@ -17,7 +17,7 @@ from ._session import (batch_dim, hinted, load_session, ort_run, ort_session, pa
 
 def whole_rows(args: argparse.Namespace) -> List[tuple]:
     """(reference, diff of the outputs, diff of the state outputs, note) rows."""
-    sess = load_session(args.model)
+    sess = load_session(args.model, args.precision)
     ort = ort_session(args.model)
     if ort is None:
         return [("onnxruntime, whole model", None, None, "not compared: onnxruntime is not "
