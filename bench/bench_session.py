@@ -57,7 +57,9 @@ def ort_iobinding(sess, feeds_of_step, pairs, zero):
     names = [o.name for o in sess.get_outputs()]
     shapes = dict(zip(names, (a.shape for a in sess.run(None, {**first, **zero}))))
     dtypes = dict(zip(names, (a.dtype for a in sess.run(None, {**first, **zero}))))
-    feeds = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for n, a in first.items()}
+    # copies: an OrtValue made from an array shares its memory, and update_inplace would
+    # then write every step's input over the caller's first block
+    feeds = {n: ort.OrtValue.ortvalue_from_numpy(np.array(a)) for n, a in first.items()}
     outs = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[n], dtypes[n]))
             for n in names if n not in pairs}
     buffers = [{inp: ort.OrtValue.ortvalue_from_numpy(zero[inp].copy()) for inp in pairs.values()}

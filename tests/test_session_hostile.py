@@ -153,3 +153,34 @@ def test_outputs_never_alias_what_the_session_reuses():
     k[...] = -1
     again, k2 = sess.run(None, {"x": x})
     assert again.tolist() == [6, 8] and k2.tolist() == [2, 2]
+
+
+def test_a_loop_that_never_stops_is_refused(monkeypatch):
+    from rnnengine import graph_steps
+    monkeypatch.setattr(graph_steps, "MAX_LOOP_ITERATIONS", 1000)
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["c_in"], ["c_out"]),
+         helper.make_node("Add", ["s_in", "one"], ["s_out"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []), _f("s_in", [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), _f("s_out", [])])
+    one = numpy_helper.from_array(np.array(1, np.float32), "one")
+    model = _model([helper.make_node("Loop", ["", "go", "s0"], ["s"], body=body, name="spin")],
+                   [helper.make_tensor_value_info("go", TensorProto.BOOL, []), _f("s0", [])],
+                   [_f("s", [])], [one])
+    sess = InferenceSession(model)
+    with pytest.raises(ValueError, match="'spin' ran 1,000 iterations"):
+        sess.run(None, {"go": np.array(True), "s0": np.array(0, np.float32)})
+    assert sess.run(None, {"go": np.array(False), "s0": np.array(5, np.float32)})[0] == 5
+
+
+def test_a_stream_or_pool_used_from_two_threads_raises():
+    import threading
+    sess = InferenceSession(sm.packed_lstm())
+    for obj, call in ((sess.stream(), lambda s: s.step({"x": np.zeros((1, 1, 10), np.float32)})),
+                      (sess.pool(2), lambda p: p.open())):
+        holder = threading.Thread(target=obj._lock.acquire)   # another thread inside
+        holder.start()
+        holder.join()
+        with pytest.raises(RuntimeError, match="another thread"):
+            call(obj)

@@ -23,6 +23,7 @@ from .model import MAX_ELEMENTS
 RECURRENT = frozenset(_RECURRENT_KINDS)
 _F32 = np.dtype(np.float32)
 _TINY = np.float32(np.finfo(np.float32).tiny)    # the smallest normal float32
+MAX_LOOP_ITERATIONS = 1 << 24
 CONTROL = frozenset({"If", "Loop"})
 
 
@@ -211,6 +212,7 @@ def loop_step(node, ins, outs, subs: dict, where: str) -> Callable:
                          "loop-carried values")
     m_slot, cond_slot = ins[0], ins[1]
     what = f"the condition of Loop node {label!r}"
+    cap = MAX_LOOP_ITERATIONS
 
     def step(v):
         trips = v[m_slot]
@@ -220,6 +222,9 @@ def loop_step(node, ins, outs, subs: dict, where: str) -> Callable:
         scans = [[] for _ in range(n_scan)]
         i = 0
         while keep and (trips is None or i < trips):
+            if i >= cap:   # a hostile or broken graph must not hang the host
+                raise ValueError(f"Loop node {label!r} ran {cap:,} iterations without "
+                                 "stopping; refused")
             result = body.run_sub(v, [np.array(i, np.int64), np.array(keep)] + state)
             keep = _condition(result[0], what)
             state = result[1:1 + n_carried]

@@ -14,6 +14,8 @@ Fixed feeds (a sample rate, say) are given once as ``feeds=`` or with each step.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -23,6 +25,22 @@ from .state_blob import pack_arrays, unpack_arrays
 from .state_pairs import find_pairs
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
 from .time_axis import check_streamable
+
+
+def _exclusive(method):
+    """One thread at a time in a stream or pool: a second one gets RuntimeError instead of
+    corrupting the state (the lock never waits; nested calls of one thread are fine)."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(f"{type(self).__name__}.{method.__name__}() called while "
+                               "another thread is using it: give each thread its own "
+                               "stream/pool or serialize the calls")
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self._lock.release()
+    return guarded
 
 
 def _pairs(sess, state) -> Dict[str, str]:
@@ -70,6 +88,7 @@ class SessionStream:
 
     def __init__(self, sess, state=None, feeds=None):
         self._sess = sess
+        self._lock = threading.RLock()
         self.state_names: Dict[str, str] = _pairs(sess, state)
         self._args = {a.name: a for a in sess.get_inputs()}
         self._fixed = {name: self._args[name].check(value).copy()
@@ -98,6 +117,7 @@ class SessionStream:
             how += ", state kept inside the recurrent kernels"
         return f"rnnengine.SessionStream({how})"
 
+    @_exclusive
     def reset(self) -> None:
         """Every state back to zero."""
         self._state: Dict[str, Optional[np.ndarray]] = {n: None for n in self._state_inputs}
@@ -114,6 +134,7 @@ class SessionStream:
             merged.update(_check_feeds(self._args, feeds, self._state_inputs))
         return merged
 
+    @_exclusive
     def step(self, feeds: Optional[dict] = None) -> List[np.ndarray]:
         """One call of the graph: ``feeds`` (the inputs that are neither state nor given
         as fixed feeds) -> the non-state outputs, in the graph's order."""
@@ -201,6 +222,7 @@ class SessionStream:
         state = {k: v for k, v in self.state.items() if v is not None}
         return pack_arrays(state)
 
+    @_exclusive
     def import_state(self, data: bytes) -> None:
         """Continue from ``export_state`` bytes; ValueError if they do not fit."""
         arrays = unpack_arrays(data)
@@ -251,6 +273,7 @@ class SessionPool:
 
     def __init__(self, sess, capacity: int = 64, state=None, feeds=None):
         self._sess = sess
+        self._lock = threading.RLock()
         self.capacity = check_positive_int("capacity", capacity)
         self.state_names = _pairs(sess, state)
         self._time_mode = not self.state_names
@@ -304,6 +327,7 @@ class SessionPool:
             raise ValueError(f"stream id {sid} is not open in this pool")
         return slot
 
+    @_exclusive
     def open(self, state: Optional[dict] = None) -> int:
         """A new stream (zero state, or ``state`` {state input: per-stream array})."""
         if not self._free:
@@ -322,6 +346,7 @@ class SessionPool:
                 raise
         return sid
 
+    @_exclusive
     def close(self, sid) -> None:
         slot = self._slot(sid)
         self._sid_at[slot] = -1
@@ -347,10 +372,12 @@ class SessionPool:
                 one = _zeros(arg, sizes)
                 self._state[name] = np.zeros((self.capacity,) + one.shape, one.dtype)
 
+    @_exclusive
     def state(self, sid) -> Dict[str, np.ndarray]:
         slot = self._slot(sid)
         return {n: self._view(n, a, slot).copy() for n, a in self._state.items()}
 
+    @_exclusive
     def set_state(self, sid, state: dict) -> None:
         slot = self._slot(sid)
         names = list(self._state) if self._time_mode else self._state_inputs
@@ -377,6 +404,7 @@ class SessionPool:
         return sid
 
     # -- compute ---------------------------------------------------------------------------
+    @_exclusive
     def step(self, ids, feeds: dict) -> List[np.ndarray]:
         """Advance the streams ``ids`` by one call of the graph; returns the non-state
         outputs with the streams stacked on their batch axis, in the order of ``ids``."""
