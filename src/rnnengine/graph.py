@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import onnx
 
-from .ops import NATIVE_OPS, fuse_chain, native_op
+from .ops import NATIVE_OPS, compiled_head, fuse_chain, native_op
 from .errors import ModelError
 from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
                             read_tensor, subgraph_free_names, subgraphs)
@@ -300,7 +300,8 @@ class Plan:
         return chain if len(chain) > 1 else None
 
     def _add_fused(self, chain: list) -> None:
-        fn = fuse_chain(chain, self.loaded.opset)
+        fn = (compiled_head(chain, self.loaded.opset, self.const)
+              or fuse_chain(chain, self.loaded.opset))
         label = " + ".join(node_label(n) for n in chain)
         for n in chain:
             self.kinds[node_label(n)] = "native"
