@@ -310,3 +310,30 @@ def test_pool_along_time_without_state_inputs(models, which, batched):
             pool.close(ids[1])
             ids[1] = pool.import_state(saved)
             history[ids[1]] = history.pop(next(k for k in history if k not in ids))
+
+
+def test_fast_stream_feeds_checked_after_the_first_steps(models):
+    """Step feeds whose shape and dtype passed once skip the full check: any other feed is
+    still checked in full (a clear ValueError), and the stream carries on matching ORT."""
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((1, 1, 10)).astype(np.float32) for _ in range(6)]
+    zero = {"state": np.zeros((1, 2, 8, 2), np.float32)}
+    expected, _ = author_loop(sm.ort_session(models["d"]), [{"x": x} for x in xs],
+                              ["state"], ["stateN"], zero)
+    stream = InferenceSession(models["d"]).stream()
+    got = [stream.step({"x": xs[0]}), stream.step({"x": xs[1]})]
+    assert "inside" in repr(stream)
+    with pytest.raises(ValueError, match="'x'.*float"):
+        stream.step({"x": xs[2].astype(np.float64)})
+    with pytest.raises(ValueError, match="'x'.*shape"):
+        stream.step({"x": np.zeros((1, 1, 11), np.float32)})
+    with pytest.raises(ValueError, match="missing input 'x'"):
+        stream.step({})
+    with pytest.raises(ValueError, match="unknown input name 'y'"):
+        stream.step({"y": xs[2]})
+    with pytest.raises(ValueError, match="state"):
+        stream.step({"x": xs[2], "state": zero["state"]})
+    got.append(stream.step({"x": xs[2]}))
+    got += [stream.step({"x": x}) for x in xs[3:]]
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a[0], b[0], **TOL)

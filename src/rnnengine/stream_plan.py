@@ -151,6 +151,7 @@ class ElidedPlan:
         self.want = {r for r in self.recs if {r.yh, r.yc} & {
             i for k in self.run_steps for i in plan.io[k][0]}}
         self.run = [plan.steps[k] for k in self.run_steps]
+        self.rec_at = {j: rec_step[k] for j, k in enumerate(self.run_steps) if k in rec_step}
 
     # -- the numerical check ---------------------------------------------------------------
     def verify(self, merged: dict, zero: Dict[str, np.ndarray]) -> bool:
@@ -214,7 +215,37 @@ class ElidedPlan:
                 stream = carrier.streams[r] = r.model.stream(batch=N)
             stream.state = state
 
-    def step(self, v: list, context: dict) -> None:
-        """Run the kept outputs' steps; ``context`` maps each recurrent node to a Carrier."""
+    def lean_steps(self, carrier: Carrier) -> list:
+        """``run`` with each recurrent step replaced by ``lean_recurrent`` on ``carrier``."""
+        steps = list(self.run)
+        for j, rec in self.rec_at.items():
+            if not rec.layout and (carrier.want is None or rec not in carrier.want):
+                steps[j] = lean_recurrent(rec, carrier)
+        return steps
+
+    def step(self, v: list, context: dict, steps: Optional[list] = None) -> None:
+        """Run the kept outputs' steps (or ``steps``, from ``lean_steps``); ``context`` maps
+        each recurrent node to a Carrier."""
         v[CONTEXT] = context
-        self.plan.execute(v, self.run, self.run_steps)
+        self.plan.execute(v, steps or self.run, self.run_steps)
+
+
+def lean_recurrent(rec, carrier: Carrier):
+    """The recurrent step (layout 0) of a stream whose node keeps its state in ``carrier``
+    and whose final state nobody reads: one float32 timestep at the stream's batch goes
+    straight to ``Stream.step`` (which checks the rest); anything else takes ``rec.step``.
+    This skips the general step's checks, dispatch and state copies (2.3 -> 1.3 us per node
+    per step on model (a))."""
+    streams, x_slot, y_slot, I, Hout = carrier.streams, rec.x, rec.y, rec.I, rec.Hout
+    f32 = np.dtype(np.float32)
+
+    def step(v):
+        x = v[x_slot]
+        stream = streams.get(rec)
+        if (stream is not None and x.__class__ is np.ndarray and x.dtype is f32
+                and x.shape == (1, stream.batch, I)):
+            y = stream.step(x[0])
+            v[y_slot] = y.reshape(1, 1, stream.batch, Hout)    # Y [T=1, D=1, N, H]
+        else:
+            rec.step(v)
+    return step
