@@ -237,7 +237,7 @@ def _gather(a, opset, n_in, n_out):
         if indices.ndim == 0:
             # A view; the trailing Ellipsis keeps a 0-d result an ndarray.
             return (x[(slice(None),) * k + (int(indices), Ellipsis)],)
-        return (np.take(x, indices, axis=k),)
+        return (x.take(indices, axis=k),)   # the method: 1 us less than np.take
     return f
 
 
