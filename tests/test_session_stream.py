@@ -5,6 +5,7 @@ import pytest
 
 import session_models as sm
 from rnnengine import InferenceSession
+from rnnengine.stream_plan import absorb_views
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
@@ -337,3 +338,31 @@ def test_fast_stream_feeds_checked_after_the_first_steps(models):
     got += [stream.step({"x": x}) for x in xs[3:]]
     for a, b in zip(got, expected):
         np.testing.assert_allclose(a[0], b[0], **TOL)
+
+
+def test_absorbed_view_chains_match_the_chain_for_every_shape():
+    """stream_plan.absorb_views: a chain of views merged into its reader gives the chain's
+    result whether or not it is a plain reshape for the shape at hand (alternating shapes),
+    and a chain whose intermediate value is an output stays as it is."""
+    def view(fn, src, dst):
+        def step(v):
+            v[dst] = fn(v[src])
+        step.view_of = src
+        return step
+
+    def reader(v):
+        v[6] = v[5] * 2
+
+    steps = [view(lambda x: x.T, 3, 4), view(lambda x: x.reshape(-1), 4, 5), reader]
+    io = [([3], [4]), ([4], [5]), ([5], [6])]
+    merged, at = absorb_views(steps, io, kept={6})
+    assert len(merged) == 1 and at == [2]
+    kept_mid, at_mid = absorb_views(steps, io, kept={4, 6})
+    assert len(kept_mid) == 2 and at_mid == [0, 2]
+    rng = np.random.default_rng(8)
+    for shape in [(1, 3), (1, 3), (2, 3), (1, 3), (2, 3), (3, 1), (3, 1), (1, 3)]:
+        x = rng.standard_normal(shape)
+        v = [None] * 7
+        v[3] = x
+        merged[0](v)
+        np.testing.assert_array_equal(v[6], 2 * x.T.reshape(-1))

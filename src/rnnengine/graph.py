@@ -369,7 +369,9 @@ class Plan:
         view = view_op(node, self.const, self.loaded.opset) if kind == "native" else None
         if view is not None:
             fn, data = view
-            step = bind(fn, [self.resolve(data, f"node {label!r}")], outs)
+            src = self.resolve(data, f"node {label!r}")
+            step = bind(fn, [src], outs)
+            step.view_of = src          # stream_plan.absorb_views merges view chains
         elif kind == "native":
             try:
                 fn = native_op(node, self.loaded.opset)

@@ -216,18 +216,23 @@ class ElidedPlan:
             stream.state = state
 
     def lean_steps(self, carrier: Carrier) -> list:
-        """``run`` with each recurrent step replaced by ``lean_recurrent`` on ``carrier``."""
+        """``run`` with each recurrent step replaced by ``lean_recurrent`` on ``carrier``
+        and chains of views merged into their reader (``absorb_views``); the list may be
+        shorter than ``run``. -> (steps, their indices in the plan, for errors)."""
         steps = list(self.run)
         for j, rec in self.rec_at.items():
             if not rec.layout and (carrier.want is None or rec not in carrier.want):
                 steps[j] = lean_recurrent(rec, carrier)
-        return steps
+        kept = set(self.plan.output_slots)
+        merged, at = absorb_views(steps, [self.plan.io[k] for k in self.run_steps], kept)
+        return merged, [self.run_steps[j] for j in at]
 
-    def step(self, v: list, context: dict, steps: Optional[list] = None) -> None:
-        """Run the kept outputs' steps (or ``steps``, from ``lean_steps``); ``context`` maps
-        each recurrent node to a Carrier."""
+    def step(self, v: list, context: dict, lean: Optional[tuple] = None) -> None:
+        """Run the kept outputs' steps (or ``lean``: ``lean_steps``' steps and their indices
+        in the plan); ``context`` maps each recurrent node to a Carrier."""
         v[CONTEXT] = context
-        self.plan.execute(v, steps or self.run, self.run_steps)
+        steps, indices = lean or (self.run, self.run_steps)
+        self.plan.execute(v, steps, indices)
 
 
 def lean_recurrent(rec, carrier: Carrier):
@@ -248,4 +253,63 @@ def lean_recurrent(rec, carrier: Carrier):
             v[y_slot] = y.reshape(1, 1, stream.batch, Hout)    # Y [T=1, D=1, N, H]
         else:
             rec.step(v)
+    return step
+
+
+def absorb_views(steps: list, io: list, kept: set) -> tuple:
+    """Merge each chain of view steps (``step.view_of``: Squeeze/Transpose/Reshape... of one
+    data slot, graph_views) into the one step that reads its end: the merged step makes the
+    chain's output with one ``reshape`` when, for the source's shape, the chain was seen to
+    give a C-contiguous view of the whole C-contiguous source (then it *is* that reshape:
+    a view op's result depends on its input's shape only); otherwise it runs the chain.
+    Only chains whose intermediate values nothing else reads (nor the outputs in ``kept``)
+    are merged. -> (steps, index in ``steps`` of each returned step)."""
+    readers = {}
+    for j, (ins, _) in enumerate(io):
+        for i in set(ins):
+            readers.setdefault(i, []).append(j)
+
+    def single_reader(j):
+        out = io[j][1][0]
+        users = readers.get(out, [])
+        return users[0] if len(users) == 1 and out not in kept and users[0] > j else None
+
+    chain_of = {}          # view step j -> the list of view steps ending at j
+    for j, step in enumerate(steps):
+        if getattr(step, "view_of", None) is None or single_reader(j) is None:
+            continue
+        src_step = next((p for p in chain_of if io[p][1][0] == step.view_of), None)
+        chain_of[j] = (chain_of.pop(src_step) if src_step is not None
+                       and single_reader(src_step) == j else []) + [j]
+    absorbed = {j for chain in chain_of.values() for j in chain}
+    out, at = [], []
+    for j, step in enumerate(steps):
+        if j in absorbed:
+            continue
+        for end, chain in chain_of.items():
+            if single_reader(end) == j:
+                step = _merged(step, [steps[k] for k in chain], steps[chain[0]].view_of,
+                               io[end][1][0])
+        out.append(step)
+        at.append(j)
+    return out, at
+
+
+def _merged(reader, chain: list, src: int, dst: int):
+    memo = [None, None]            # source shape -> chain output shape, once seen
+
+    def step(v):
+        x = v[src]
+        if x.__class__ is np.ndarray and x.shape == memo[0] and x.flags.c_contiguous:
+            v[dst] = x.reshape(memo[1])
+        else:
+            for f in chain:
+                f(v)
+            y = v[dst]
+            if (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                    and x.flags.c_contiguous and y.flags.c_contiguous and x.size == y.size
+                    and x.dtype == y.dtype and x.size
+                    and x.__array_interface__["data"][0] == y.__array_interface__["data"][0]):
+                memo[:] = x.shape, y.shape
+        reader(v)
     return step
