@@ -292,7 +292,7 @@ def _padded(x, pads, axes, mode, value, cache):
                 if len(cache) > 64:
                     cache.clear()
                 index = cache[key] = _pad_index(x.shape[i], b, e, mode)
-            x = np.take(x, index, axis=i)
+            x = x.take(index, axis=i)
     return x
 
 
