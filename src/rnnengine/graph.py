@@ -31,7 +31,8 @@ from .ops import NATIVE_OPS, compiled_head, fuse_chain, native_op
 from .errors import ModelError
 from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
                             read_tensor, subgraph_free_names, subgraphs)
-from .graph_steps import (CONTROL, RECURRENT, bind, if_step, loop_step, RecurrentStep)
+from .graph_steps import (CONTROL, RECURRENT, bind, if_step, lookup_step, loop_step,
+                          RecurrentStep)
 from .graph_shapes import cluster_step, shape_clusters
 from .graph_views import view_op
 from .ort_bridge import OrtGroup
@@ -378,6 +379,10 @@ class Plan:
             except ModelError as e:
                 raise ModelError(f"{self.loaded.where}: node {label!r}: {e}") from None
             step = bind(fn, ins, outs)
+            table = self.const(node.input[0]) if node.op_type == "Gather" else None
+            if table is not None and len(ins) == 2 and not any(
+                    a.name == "axis" and a.i != 0 for a in node.attribute):
+                step = lookup_step(table, ins[1], outs[0], step)
         elif kind == "recurrent":
             rec = RecurrentStep(node, self.scope, self.loaded, ins, outs)
             self.loaded.recurrent.append(rec)

@@ -253,6 +253,7 @@ def lean_recurrent(rec, carrier: Carrier):
             v[y_slot] = y.reshape(1, 1, stream.batch, Hout)    # Y [T=1, D=1, N, H]
         else:
             rec.step(v)
+    step.lean = (rec, carrier)           # absorb_views feeds it its input chain's source
     return step
 
 
@@ -298,18 +299,39 @@ def absorb_views(steps: list, io: list, kept: set) -> tuple:
 def _merged(reader, chain: list, src: int, dst: int):
     memo = [None, None]            # source shape -> chain output shape, once seen
 
+    def run_chain(v, x):
+        for f in chain:
+            f(v)
+        y = v[dst]
+        if (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
+                and x.flags.c_contiguous and y.flags.c_contiguous and x.size == y.size
+                and x.dtype == y.dtype and x.size
+                and x.__array_interface__["data"][0] == y.__array_interface__["data"][0]):
+            memo[:] = x.shape, y.shape
+
     def step(v):
         x = v[src]
         if x.__class__ is np.ndarray and x.shape == memo[0] and x.flags.c_contiguous:
             v[dst] = x.reshape(memo[1])
         else:
-            for f in chain:
-                f(v)
-            y = v[dst]
-            if (isinstance(x, np.ndarray) and isinstance(y, np.ndarray)
-                    and x.flags.c_contiguous and y.flags.c_contiguous and x.size == y.size
-                    and x.dtype == y.dtype and x.size
-                    and x.__array_interface__["data"][0] == y.__array_interface__["data"][0]):
-                memo[:] = x.shape, y.shape
+            run_chain(v, x)
         reader(v)
-    return step
+
+    lean = getattr(reader, "lean", None)
+    if lean is None:
+        return step
+    rec, carrier = lean
+    streams, y_slot, Hout, f32 = carrier.streams, rec.y, rec.Hout, np.dtype(np.float32)
+
+    def step_recurrent(v):
+        # a lean recurrent step fed straight from the chain's source: one reshape to (N, I)
+        x = v[src]
+        stream = streams.get(rec)
+        if (stream is not None and x.__class__ is np.ndarray and x.shape == memo[0]
+                and x.dtype is f32 and x.flags.c_contiguous
+                and memo[1] == (1, stream.batch, rec.I)):
+            y = stream.step(x.reshape(stream.batch, rec.I))
+            v[y_slot] = y.reshape(1, 1, stream.batch, Hout)
+        else:
+            step(v)
+    return step_recurrent
