@@ -156,3 +156,30 @@ def test_compiled_head_refuses_runtime_weights():
     assert compiled_head([mm, act], 17, lambda name: w if name == "W" else None) is None
     w32 = w.astype(np.float32)
     assert compiled_head([mm, act], 17, lambda name: w32 if name == "W" else None) is not None
+
+
+@pytest.mark.parametrize("act", ["Sigmoid", "Softmax", "LogSoftmax"])
+def test_vectorised_exp_over_the_whole_float_range(act):
+    """The head's own exp (dense.h) against float64 NumPy: 2e-7 relative where the result
+    is a normal float32, NaN kept, infinities saturating; sigmoid never returns a
+    subnormal (fed back as state, those slow every product ~20x)."""
+    head = DenseHead(np.eye(2, dtype=np.float32), None, act)
+    v = np.linspace(-120, 120, 100001, dtype=np.float32)
+    x = np.stack([v, np.zeros_like(v)], 1)                 # softmax of (v, 0)
+    y = head(x)[:, 0].astype(np.float64)
+    v64 = v.astype(np.float64)
+    if act == "Sigmoid":
+        ref = 1 / (1 + np.exp(-v64))
+    elif act == "Softmax":
+        ref = np.exp(v64 - np.logaddexp(v64, 0))
+    else:
+        ref = v64 - np.logaddexp(v64, 0)
+    normal = np.abs(ref) > 1e-30
+    # LogSoftmax subtracts max + log(sum) rounded to float32: a few ulp of the operands
+    tol = dict(rtol=1e-6, atol=1e-6) if act == "LogSoftmax" else dict(rtol=2e-7, atol=1e-7)
+    np.testing.assert_allclose(y[normal], ref[normal], **tol)
+    assert np.abs(y[~normal] - ref[~normal]).max(initial=0) < 1e-30
+    if act == "Sigmoid":
+        assert y.min() >= np.finfo(np.float32).tiny
+        special = head(np.array([[np.nan, 0], [np.inf, 0], [-np.inf, 0]], np.float32))[:, 0]
+        assert np.isnan(special[0]) and special[1] == 1 and 0 < special[2] < 1e-37

@@ -11,6 +11,8 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 enum rnn_dense_act {
     RNN_DENSE_NONE = 0,
@@ -50,6 +52,67 @@ static void rnn_dense_product(const float *restrict x, size_t K, const float *re
     }
 }
 
+/* exp(x) for the activations, in plain C that vectorises (libm's expf does not): Cephes'
+ * expf polynomial, relative error below 2e-7 on [-87, 87]; x is clamped to that range, so
+ * exp neither overflows nor returns a subnormal, and sigmoid's smallest output is 1.6e-38,
+ * a normal float (subnormal outputs fed back as state slow every later product ~20x);
+ * NaN stays NaN. Rounding to nearest by adding and subtracting 1.5 * 2^23. */
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline float rnn_dense_exp(float x)
+{
+    float c = x == x ? x : 0.0f;
+    c = c > 87.0f ? 87.0f : c;
+    c = c < -87.0f ? -87.0f : c;
+    const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    const float r = (c - n * 0.693359375f) + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return x == x ? p * scale : x;
+}
+
+RNN_DENSE_CLONES
+static void rnn_dense_activate(float *restrict y, size_t N, int act)
+{
+    size_t n;
+    switch (act) {
+    case RNN_DENSE_RELU:
+        for (n = 0; n < N; n++) y[n] = y[n] > 0.0f ? y[n] : (y[n] == y[n] ? 0.0f : y[n]);
+        break;
+    case RNN_DENSE_SIGMOID:
+        for (n = 0; n < N; n++) y[n] = 1.0f / (1.0f + rnn_dense_exp(-y[n]));
+        break;
+    case RNN_DENSE_TANH:
+        for (n = 0; n < N; n++) y[n] = tanhf(y[n]);
+        break;
+    case RNN_DENSE_SOFTMAX:
+    case RNN_DENSE_LOGSOFTMAX: {
+        float top = -INFINITY, sum = 0.0f;
+        for (n = 0; n < N; n++) top = y[n] > top ? y[n] : top;
+        if (act == RNN_DENSE_SOFTMAX) {
+            for (n = 0; n < N; n++) { y[n] = rnn_dense_exp(y[n] - top); sum += y[n]; }
+            for (n = 0; n < N; n++) y[n] /= sum;
+        } else {
+            for (n = 0; n < N; n++) sum += rnn_dense_exp(y[n] - top);
+            const float shift = top + logf(sum);
+            for (n = 0; n < N; n++) y[n] -= shift;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
 static void rnn_dense_row(const float *restrict x, size_t K, const float *restrict w, size_t N,
                           const float *restrict b, float *restrict y, int act)
 {
@@ -60,34 +123,7 @@ static void rnn_dense_row(const float *restrict x, size_t K, const float *restri
         for (n = 0; n < N; n++) y[n] = 0.0f;
     }
     rnn_dense_product(x, K, w, N, y);
-    switch (act) {
-    case RNN_DENSE_RELU:
-        for (n = 0; n < N; n++) y[n] = y[n] > 0.0f ? y[n] : (y[n] == y[n] ? 0.0f : y[n]);
-        break;
-    case RNN_DENSE_SIGMOID:
-        /* exp(-v) overflows to inf for v < -88.7: 1 / inf = 0, the float32 limit */
-        for (n = 0; n < N; n++) y[n] = 1.0f / (1.0f + expf(-y[n]));
-        break;
-    case RNN_DENSE_TANH:
-        for (n = 0; n < N; n++) y[n] = tanhf(y[n]);
-        break;
-    case RNN_DENSE_SOFTMAX:
-    case RNN_DENSE_LOGSOFTMAX: {
-        float top = -INFINITY, sum = 0.0f;
-        for (n = 0; n < N; n++) top = y[n] > top ? y[n] : top;
-        if (act == RNN_DENSE_SOFTMAX) {
-            for (n = 0; n < N; n++) { y[n] = expf(y[n] - top); sum += y[n]; }
-            for (n = 0; n < N; n++) y[n] /= sum;
-        } else {
-            for (n = 0; n < N; n++) sum += expf(y[n] - top);
-            const float shift = top + logf(sum);
-            for (n = 0; n < N; n++) y[n] -= shift;
-        }
-        break;
-    }
-    default:
-        break;
-    }
+    rnn_dense_activate(y, N, act);
 }
 
 static void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
