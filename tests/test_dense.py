@@ -106,7 +106,8 @@ def test_gemm(gemm, act):
     assert uses_c_head(model) == ("alpha" not in gemm and act is not None)
 
 
-@pytest.mark.parametrize("axis,opset", [(0, 17), (1, 17), (1, 11), (-1, 11), (None, 11)])
+@pytest.mark.parametrize("axis,opset", [(0, 17), (1, 17), (-2, 17), (-1, 17), (1, 11),
+                                        (-1, 11), (None, 11)])
 def test_softmax_axes(axis, opset):
     """Softmax over another axis than the last, or an opset-11 coerced Softmax: still right
     (the C head only takes a last-axis one)."""

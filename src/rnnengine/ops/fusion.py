@@ -187,7 +187,9 @@ def compiled_head(nodes, opset: int, const):
     act = nodes[-1].op_type if nodes[-1].op_type in _dense.ACTIVATIONS else None
     if act in ("Softmax", "LogSoftmax"):
         axis = Attrs(nodes[-1]).int("axis", -1 if opset >= 13 else 1)
-        if axis >= 0:             # only over the last axis: outputs of exactly axis + 1 dims
+        if axis < -1:             # only over the last axis: -1, or outputs of axis + 1 dims
+            return None
+        if axis >= 0:
             if axis + 1 < lo or (hi is not None and axis + 1 > hi):
                 return None
             lo = hi = axis + 1
