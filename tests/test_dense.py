@@ -1,7 +1,6 @@
 """The compiled dense head (``_dense.DenseHead`` via ``ops.compiled_head``): MatMul/Gemm +
 bias + activation graphs run by InferenceSession against ONNX Runtime on the same model."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
