@@ -266,3 +266,27 @@ def test_ort_group_inside_a_branch_reads_outer_values():
     x = np.array([1.0, -2.0, 3.0, -4.0], np.float32)
     for c in (True, False):
         assert_same_as_ort(model, {"x": x, "c": np.array(c)})
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_gather_from_a_constant_table(axis):
+    """Gather of a constant table by run-time indices (an embedding: graph_steps.lookup_step
+    on axis 0) against ORT: negative indices, int32, 1-D to 3-D indices; a 0-d index and
+    an index out of range go through the general operator (ValueError naming the node)."""
+    rng = np.random.default_rng(9)
+    table = rng.standard_normal((7, 5)).astype(np.float32)
+    for dtype in (TensorProto.INT64, TensorProto.INT32):
+        graph = helper.make_graph(
+            [helper.make_node("Gather", ["table", "idx"], ["y"], name="emb", axis=axis)], "g",
+            [helper.make_tensor_value_info("idx", dtype, None)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(table, "table")])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        data = model.SerializeToString()
+        np_dtype = np.int64 if dtype == TensorProto.INT64 else np.int32
+        for idx in ([3], [[0, -1], [4, 2]], [[[1]], [[-5]]], 2):
+            assert_same_as_ort(data, {"idx": np.array(idx, np_dtype)})
+        with pytest.raises(ValueError, match="emb"):
+            InferenceSession(data).run(None, {"idx": np.array([1, 7 if axis == 0 else 5],
+                                                              np_dtype)})

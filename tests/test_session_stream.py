@@ -5,6 +5,7 @@ import pytest
 
 import session_models as sm
 from rnnengine import InferenceSession
+from rnnengine.stream_plan import absorb_views
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
@@ -310,3 +311,58 @@ def test_pool_along_time_without_state_inputs(models, which, batched):
             pool.close(ids[1])
             ids[1] = pool.import_state(saved)
             history[ids[1]] = history.pop(next(k for k in history if k not in ids))
+
+
+def test_fast_stream_feeds_checked_after_the_first_steps(models):
+    """Step feeds whose shape and dtype passed once skip the full check: any other feed is
+    still checked in full (a clear ValueError), and the stream carries on matching ORT."""
+    rng = np.random.default_rng(4)
+    xs = [rng.standard_normal((1, 1, 10)).astype(np.float32) for _ in range(6)]
+    zero = {"state": np.zeros((1, 2, 8, 2), np.float32)}
+    expected, _ = author_loop(sm.ort_session(models["d"]), [{"x": x} for x in xs],
+                              ["state"], ["stateN"], zero)
+    stream = InferenceSession(models["d"]).stream()
+    got = [stream.step({"x": xs[0]}), stream.step({"x": xs[1]})]
+    assert "inside" in repr(stream)
+    with pytest.raises(ValueError, match="'x'.*float"):
+        stream.step({"x": xs[2].astype(np.float64)})
+    with pytest.raises(ValueError, match="'x'.*shape"):
+        stream.step({"x": np.zeros((1, 1, 11), np.float32)})
+    with pytest.raises(ValueError, match="missing input 'x'"):
+        stream.step({})
+    with pytest.raises(ValueError, match="unknown input name 'y'"):
+        stream.step({"y": xs[2]})
+    with pytest.raises(ValueError, match="state"):
+        stream.step({"x": xs[2], "state": zero["state"]})
+    got.append(stream.step({"x": xs[2]}))
+    got += [stream.step({"x": x}) for x in xs[3:]]
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a[0], b[0], **TOL)
+
+
+def test_absorbed_view_chains_match_the_chain_for_every_shape():
+    """stream_plan.absorb_views: a chain of views merged into its reader gives the chain's
+    result whether or not it is a plain reshape for the shape at hand (alternating shapes),
+    and a chain whose intermediate value is an output stays as it is."""
+    def view(fn, src, dst):
+        def step(v):
+            v[dst] = fn(v[src])
+        step.view_of = src
+        return step
+
+    def reader(v):
+        v[6] = v[5] * 2
+
+    steps = [view(lambda x: x.T, 3, 4), view(lambda x: x.reshape(-1), 4, 5), reader]
+    io = [([3], [4]), ([4], [5]), ([5], [6])]
+    merged, at = absorb_views(steps, io, kept={6})
+    assert len(merged) == 1 and at == [2]
+    kept_mid, at_mid = absorb_views(steps, io, kept={4, 6})
+    assert len(kept_mid) == 2 and at_mid == [0, 2]
+    rng = np.random.default_rng(8)
+    for shape in [(1, 3), (1, 3), (2, 3), (1, 3), (2, 3), (3, 1), (3, 1), (1, 3)]:
+        x = rng.standard_normal(shape)
+        v = [None] * 7
+        v[3] = x
+        merged[0](v)
+        np.testing.assert_array_equal(v[6], 2 * x.T.reshape(-1))

@@ -27,11 +27,12 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import onnx
 
-from .ops import NATIVE_OPS, fuse_chain, native_op
+from .ops import NATIVE_OPS, compiled_head, fuse_chain, native_op
 from .errors import ModelError
 from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
                             read_tensor, subgraph_free_names, subgraphs)
-from .graph_steps import (CONTROL, RECURRENT, bind, if_step, loop_step, RecurrentStep)
+from .graph_steps import (CONTROL, RECURRENT, bind, if_step, lookup_step, loop_step,
+                          RecurrentStep)
 from .graph_shapes import cluster_step, shape_clusters
 from .graph_views import view_op
 from .ort_bridge import OrtGroup
@@ -300,7 +301,8 @@ class Plan:
         return chain if len(chain) > 1 else None
 
     def _add_fused(self, chain: list) -> None:
-        fn = fuse_chain(chain, self.loaded.opset)
+        fn = (compiled_head(chain, self.loaded.opset, self.const)
+              or fuse_chain(chain, self.loaded.opset))
         label = " + ".join(node_label(n) for n in chain)
         for n in chain:
             self.kinds[node_label(n)] = "native"
@@ -368,13 +370,19 @@ class Plan:
         view = view_op(node, self.const, self.loaded.opset) if kind == "native" else None
         if view is not None:
             fn, data = view
-            step = bind(fn, [self.resolve(data, f"node {label!r}")], outs)
+            src = self.resolve(data, f"node {label!r}")
+            step = bind(fn, [src], outs)
+            step.view_of = src          # stream_plan.absorb_views merges view chains
         elif kind == "native":
             try:
                 fn = native_op(node, self.loaded.opset)
             except ModelError as e:
                 raise ModelError(f"{self.loaded.where}: node {label!r}: {e}") from None
             step = bind(fn, ins, outs)
+            table = self.const(node.input[0]) if node.op_type == "Gather" else None
+            if table is not None and len(ins) == 2 and not any(
+                    a.name == "axis" and a.i != 0 for a in node.attribute):
+                step = lookup_step(table, ins[1], outs[0], step)
         elif kind == "recurrent":
             rec = RecurrentStep(node, self.scope, self.loaded, ins, outs)
             self.loaded.recurrent.append(rec)

@@ -53,6 +53,25 @@ def bind(fn: Callable, ins: List[int], outs: List[int]) -> Callable:
     return step_many
 
 
+def lookup_step(table: np.ndarray, i: int, o: int, general: Callable) -> Callable:
+    """Gather on axis 0 of a constant ``table`` (an embedding) by the indices in slot ``i``:
+    one ``take`` for an integer index array of rank >= 1 in range (ONNX and ``take`` agree
+    on negative indices); anything else runs the ``general`` operator step, which also
+    reports the error."""
+    n = table.shape[0] if table.ndim else 0
+
+    def step(v):
+        idx = v[i]
+        if idx.__class__ is np.ndarray and idx.ndim and idx.dtype.kind in "iu" and n:
+            try:
+                v[o] = table.take(idx, axis=0)
+                return
+            except IndexError:
+                pass
+        general(v)
+    return step
+
+
 # --- recurrent nodes ---------------------------------------------------------------------
 
 class RecurrentStep:

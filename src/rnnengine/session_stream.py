@@ -108,6 +108,14 @@ class SessionStream:
             elided = ElidedPlan(sess, self.state_names, set(self._fixed))
             self._elided = elided if elided.ok else None
         self._fast = False       # the elided plan is used once verified on the first step
+        # the fast path's table: the template with the fixed feeds in place; step feeds whose
+        # shape and dtype passed the full check once skip it ({name: (shape, dtype, slot)})
+        plan = sess._plan
+        self._base = plan.template.copy()
+        for name, value in self._fixed.items():
+            self._base[plan.input_slots[sess._input_index[name]]] = value
+        self._known: Dict[str, tuple] = {}
+        self._n_step_feeds = len(self._args) - len(self._state_inputs) - len(self._fixed)
         self.reset()
 
     def __repr__(self) -> str:
@@ -121,12 +129,13 @@ class SessionStream:
     def reset(self) -> None:
         """Every state back to zero."""
         self._state: Dict[str, Optional[np.ndarray]] = {n: None for n in self._state_inputs}
-        self._context = None
+        self._context = self._lean = None
         if self._time_mode or self._fast:
             # RecurrentStep.step finds its carrier in the table's slot 0
             recs = self._elided.recs if self._fast else self._recurrent
             carrier = Carrier(self._elided.want if self._fast else None)
             self._context = {rec: carrier for rec in recs}
+            self._lean = self._elided.lean_steps(carrier) if self._fast else None
 
     def _merged(self, feeds) -> dict:
         merged = dict(self._fixed)
@@ -138,12 +147,15 @@ class SessionStream:
     def step(self, feeds: Optional[dict] = None) -> List[np.ndarray]:
         """One call of the graph: ``feeds`` (the inputs that are neither state nor given
         as fixed feeds) -> the non-state outputs, in the graph's order."""
-        merged = self._merged(feeds)
         sess = self._sess
         if self._fast:
-            v = sess.new_table(merged, self._state_inputs)
-            self._elided.step(v, self._context)
+            v = self._known_table(feeds)
+            if v is None:
+                v = sess.new_table(self._merged(feeds), self._state_inputs)
+                self._learn(feeds)
+            self._elided.step(v, self._context, self._lean)
             return sess.finish(v, self._keep)
+        merged = self._merged(feeds)
         if self._state_inputs:
             sizes = None
             for name in self._state_inputs:
@@ -161,6 +173,31 @@ class SessionStream:
         for k, name in self._state_out:
             self._state[name] = outs[k]
         return [outs[k] for k in self._keep]
+
+    def _known_table(self, feeds) -> Optional[list]:
+        """The value table for ``feeds`` when each is an ndarray of a shape and dtype that
+        passed the full check before (``_learn``) and together they are the step's inputs;
+        None otherwise (the caller checks them in full)."""
+        feeds = feeds or {}
+        if feeds.__class__ is not dict or len(feeds) != self._n_step_feeds:
+            return None
+        v = self._base.copy()
+        known = self._known
+        for name, value in feeds.items():
+            seen = known.get(name)
+            if (seen is None or value.__class__ is not np.ndarray or value.shape != seen[0]
+                    or value.dtype is not seen[1]):
+                return None
+            v[seen[2]] = value
+        return v
+
+    def _learn(self, feeds) -> None:
+        """Remember the shapes and dtypes of step feeds that passed the full check."""
+        sess = self._sess
+        for name, value in (feeds or {}).items():
+            if name not in self._fixed and isinstance(value, np.ndarray):
+                slot = sess._plan.input_slots[sess._input_index[name]]
+                self._known[name] = (value.shape, value.dtype, slot)
 
     def _go_fast(self, merged: dict) -> List[np.ndarray]:
         """First step of a stream with an elided plan: check it on these feeds, then move

@@ -9,7 +9,8 @@ node to ONNX Runtime instead); ``f`` raises ``ValueError`` naming the node for i
 not fit. Outputs may be views of inputs (Reshape, Squeeze, Transpose, Slice, Expand...) or
 constants shared between calls: never write into an output you did not allocate.
 
-``fuse_chain(nodes, opset)`` runs a MatMul/Gemm (+ Add) (+ activation) head as one call.
+``fuse_chain(nodes, opset)`` runs a MatMul/Gemm (+ Add) (+ activation) head as one call;
+``compiled_head`` runs it in C when its weights are constant.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import onnx
 from ..errors import ModelError
 from . import conv, elementwise, index, nn, reduce, shape, tensor
 from ._common import Attrs, guard
-from .fusion import fuse_chain
+from .fusion import compiled_head, fuse_chain
 
 _SPECS = {**elementwise.OPS, **shape.OPS, **tensor.OPS, **index.OPS, **nn.OPS, **conv.OPS,
           **reduce.OPS}
@@ -32,7 +33,7 @@ ALIASING_OPS = frozenset({
     "Constant", "Cast", "Slice", "Split", "Gather", "Pad", "Dropout", "Max", "Min", "Sum",
     "Mean", "Einsum", *(op for op in reduce.OPS if op.startswith("Reduce"))})
 
-__all__ = ["ALIASING_OPS", "NATIVE_OPS", "native_op", "fuse_chain"]
+__all__ = ["ALIASING_OPS", "NATIVE_OPS", "native_op", "fuse_chain", "compiled_head"]
 
 
 def _count(node, n: int, bounds: tuple, what: str, where: str):

@@ -130,7 +130,7 @@ def _matmul_cols(x, w_view, plan, batch, group):
     else:
         if padded:   # the zero that padding positions read
             flat = np.concatenate((flat, np.zeros((batch, x.shape[1], 1), x.dtype)), 2)
-        cols = np.take(flat, index, axis=2).reshape(batch, group, -1, p)
+        cols = flat.take(index, axis=2).reshape(batch, group, -1, p)
     return np.matmul(w_view, cols).reshape(out_shape)
 
 
@@ -302,7 +302,7 @@ class _Pool(_Window):
         if padded:
             fill = -np.inf if self.kind == "max" else 0
             flat = np.concatenate((flat, np.full(flat.shape[:2] + (1,), fill, x.dtype)), 2)
-        cols = np.take(flat, index, axis=2)   # (N, C, K, P)
+        cols = flat.take(index, axis=2)   # (N, C, K, P)
         if self.kind == "max":
             return (cols.max(axis=2).reshape(out_shape),)
         y = cols.sum(axis=2)

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from .. import _dense
 from ._common import ARRAY, Attrs, guard, same_dtype
 from .elementwise import sigmoid_
 from .nn import gemm, gemm_attrs, log_softmax, softmax
@@ -149,3 +150,57 @@ def fuse_chain(nodes, opset: int):
     fused.inputs = tuple(inputs)
     fused.outputs = (nodes[-1].output[0],)
     return fused
+
+
+def compiled_head(nodes, opset: int, const):
+    """The chain of ``fuse_chain`` as one C call (``_dense.DenseHead``, weights packed once)
+    when its weights and biases are float32 constants (``const(name)`` -> array or None):
+    a function of the product's first input alone, with ``inputs``/``outputs`` as
+    ``fuse_chain``'s. Inputs the C head does not take (another dtype or rank, a Softmax not
+    over the last axis) run through the NumPy chain, which also reports bad inputs.
+    None when the chain is not such a head."""
+    fused = fuse_chain(nodes, opset)
+    if fused is None:
+        return None
+    consts = [const(n) for n in fused.inputs[1:]]
+    if any(c is None or c.dtype != np.float32 for c in consts) or consts[0].ndim != 2:
+        return None
+    first, w, biases = nodes[0], consts[0], consts[1:]
+    lo, hi = max([1] + [b.ndim for b in biases]), None
+    if first.op_type == "Gemm":
+        alpha, beta, ta, tb = gemm_attrs(Attrs(first))
+        if alpha != 1.0 or ta:
+            return None
+        w = w.T if tb else w
+        if len(first.input) == 3:
+            biases[0] = biases[0] * np.float32(beta)
+        lo = hi = 2
+    N = w.shape[1]
+    total = np.zeros(N, np.float32)
+    for b in biases:
+        if b.size == 1:
+            total += b.reshape(-1)[0]
+        elif b.shape[-1] == N and b.size == N:
+            total += b.reshape(-1)
+        else:       # a bias that broadcasts along more than the last axis
+            return None
+    act = nodes[-1].op_type if nodes[-1].op_type in _dense.ACTIVATIONS else None
+    if act in ("Softmax", "LogSoftmax"):
+        axis = Attrs(nodes[-1]).int("axis", -1 if opset >= 13 else 1)
+        if axis < -1:             # only over the last axis: -1, or outputs of axis + 1 dims
+            return None
+        if axis >= 0:
+            if axis + 1 < lo or (hi is not None and axis + 1 > hi):
+                return None
+            lo = hi = axis + 1
+    head = _dense.DenseHead(w, total if biases else None, act)
+    top = 32 if hi is None else hi
+
+    def run(x):
+        if x.__class__ is np.ndarray and lo <= x.ndim <= top:
+            y = head(x)
+            if y is not None:
+                return (y,)
+        return fused(x, *consts)
+    run.inputs, run.outputs = fused.inputs[:1], fused.outputs
+    return run

@@ -237,7 +237,7 @@ def _gather(a, opset, n_in, n_out):
         if indices.ndim == 0:
             # A view; the trailing Ellipsis keeps a 0-d result an ndarray.
             return (x[(slice(None),) * k + (int(indices), Ellipsis)],)
-        return (np.take(x, indices, axis=k),)
+        return (x.take(indices, axis=k),)   # the method: 1 us less than np.take
     return f
 
 
@@ -292,7 +292,7 @@ def _padded(x, pads, axes, mode, value, cache):
                 if len(cache) > 64:
                     cache.clear()
                 index = cache[key] = _pad_index(x.shape[i], b, e, mode)
-            x = np.take(x, index, axis=i)
+            x = x.take(index, axis=i)
     return x
 
 
