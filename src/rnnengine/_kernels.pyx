@@ -282,20 +282,14 @@ cdef int run_checked(list cells, int D, const float[:, :, ::1] x, const int *len
     cdef const rnn_cancel_t *can
     cdef size_t seq, layer_out
     cdef int stopped
-    Hout, H = first.cell.output_size, first.cell.hidden_size
-    lstm = first.cell.kind == RNN_KIND_LSTM
-    expected = {"x": (T, N, first.cell.input_size), "h": (L * D, N, Hout),
-                "y": (T, N, D * Hout)}
-    given = {"x": (x.shape[0], x.shape[1], x.shape[2]), "h": (h.shape[0], h.shape[1], h.shape[2]), "y": (y.shape[0], y.shape[1], y.shape[2])}
-    if lstm:
-        expected["c"] = (L * D, N, H)
-        given["c"] = None if c is None else (c.shape[0], c.shape[1], c.shape[2])
-    elif c is not None:
-        expected["c"], given["c"] = None, (c.shape[0], c.shape[1], c.shape[2])
-    for name in expected:
-        if given[name] != expected[name]:
-            raise ValueError(f"{name} has shape {given[name]}; this stack needs "
-                             f"{expected[name]}")
+    cdef int Hout = first.cell.output_size, H = first.cell.hidden_size
+    cdef bint lstm = first.cell.kind == RNN_KIND_LSTM
+    if not (x.shape[2] == first.cell.input_size
+            and h.shape[0] == L * D and h.shape[1] == N and h.shape[2] == Hout
+            and y.shape[0] == T and y.shape[1] == N and y.shape[2] == D * Hout
+            and (c is not None) == lstm
+            and (c is None or (c.shape[0] == L * D and c.shape[1] == N and c.shape[2] == H))):
+        raise_shape_error(first, L, D, x, h, c, y)
     if T == 0 or N == 0:
         return 0
     cdef const rnn_cell_t **descs = descriptors(cells)
@@ -320,6 +314,24 @@ cdef int run_checked(list cells, int D, const float[:, :, ::1] x, const int *len
     if stopped:
         raise_pending()
     return 0
+
+
+cdef int raise_shape_error(CellKernel first, int L, int D, const float[:, :, ::1] x,
+                           float[:, :, ::1] h, float[:, :, ::1] c, float[:, :, ::1] y) except -1:
+    """The ValueError of run_checked, naming the first buffer that does not fit."""
+    cdef int T = x.shape[0], N = x.shape[1]
+    Hout, H = first.cell.output_size, first.cell.hidden_size
+    expected = {"x": (T, N, first.cell.input_size), "h": (L * D, N, Hout),
+                "y": (T, N, D * Hout),
+                "c": (L * D, N, H) if first.cell.kind == RNN_KIND_LSTM else None}
+    given = {"x": (x.shape[0], x.shape[1], x.shape[2]), "h": (h.shape[0], h.shape[1], h.shape[2]),
+             "y": (y.shape[0], y.shape[1], y.shape[2]),
+             "c": None if c is None else (c.shape[0], c.shape[1], c.shape[2])}
+    for name in expected:
+        if given[name] != expected[name]:
+            raise ValueError(f"{name} has shape {given[name]}; this stack needs "
+                             f"{expected[name]}")
+    raise AssertionError("raise_shape_error called on buffers that fit")
 
 
 cdef float *float_ptr(float[::1] a) except NULL:
