@@ -17,7 +17,10 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .._checks import check_threads
 from ..errors import ModelError
+from ..model import Model
+from . import npz, onnx as onnx_loader
 from ._files import open_regular
 
 
@@ -26,10 +29,6 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
 
     Raises ``ModelError`` (naming the file, the node and the reason) for a file that is
     malformed or holds nothing this engine runs; ``OSError`` when it cannot be read."""
-    from . import npz, onnx as onnx_loader
-
-    from ..model import Model, check_threads
-
     threads = check_threads(options.pop("threads", 1))
     path = os.fspath(path)
     with open_regular(path, "the model file")[0] as f:
@@ -42,8 +41,8 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
                    ".npz" if is_npz else "ONNX")
     loader = npz.load_npz if is_npz else onnx_loader.load_onnx
     try:
-        model = loader(path, node, **options)
-        return model if threads == 1 else Model(model.layers, model.batch_first, threads)
+        layers, batch_first = loader(path, node, **options)
+        return Model(layers, batch_first, threads)
     except (ModelError, OSError):
         raise
     except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, RecursionError,

@@ -28,9 +28,9 @@ import numpy as np
 import onnx
 
 from ..errors import ModelError
-from ..layers import GATES, Layer
+from ..layers import GATES, Layer, check_stack
 from ._files import open_regular
-from ._fold import Folder, NotConstant, Scope, attrs, node_label, subgraphs
+from ._fold import FOLD_OPS, Folder, NotConstant, Scope, attrs, node_label, subgraphs
 
 RECURRENT = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
@@ -55,13 +55,12 @@ class _Found:
 
 def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[str] = None, *,
               batch_first: Optional[bool] = None, chain: bool = True):
-    """Load the recurrent part of an ONNX model as a ``Model``.
+    """The recurrent part of an ONNX model -> (layers, batch_first), the layers checked to
+    form one stack.
 
     ``node`` picks a recurrent node by name (required when there are several candidates);
-    the model then holds that node and, with ``chain=True``, the layers an exporter chained
-    after it. ``batch_first`` overrides the layout inferred from the graph."""
-    from ..model import Model
-
+    the layers are that node and, with ``chain=True``, the layers an exporter chained after
+    it. ``batch_first`` overrides the layout inferred from the graph."""
     model, base_dir, where = _read_model(source)
     found = []
     _find_recurrent(Scope(model.graph, None, ()), found)
@@ -117,9 +116,10 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
     if batch_first is None:
         batch_first = _input_is_batch_first(start)
     try:
-        return Model(layers, batch_first=bool(batch_first))
+        check_stack(layers)
     except ModelError as e:
         raise ModelError(f"{where}: {_describe(nodes)}: {e}") from None
+    return layers, bool(batch_first)
 
 
 def _check_no_cycle(nodes: list, where: str) -> None:
@@ -443,7 +443,6 @@ class _Glue:
 
     def _index_op(self, inputs, a, op):
         """Slice/Gather on a _Sym: apply the real operator to the entry indices."""
-        from ._fold import FOLD_OPS
         x = inputs[0]
         if not isinstance(x, _Sym) or x.scalar:
             raise _NotGlue
