@@ -9,6 +9,8 @@ import functools
 import numpy as np
 import pytest
 
+from rnnengine import _kernels
+
 # Tests import the installed package (CI: `pip install .`). For an in-place build during
 # development, run them with PYTHONPATH=src.
 
@@ -368,3 +370,12 @@ def load_fuzz_seeds():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(params=_kernels.supported_isas())
+def isa(request):
+    """Each ISA variant this build and CPU run, switched in process for one test."""
+    previous = _kernels.isa()
+    _kernels.set_isa(request.param)
+    yield request.param
+    _kernels.set_isa(previous)
