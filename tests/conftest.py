@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rnnengine import _kernels
+from rnnengine.loaders._fold import attrs as node_attributes  # noqa: F401  (tests import it)
 
 # Tests import the installed package (CI: `pip install .`). For an in-place build during
 # development, run them with PYTHONPATH=src.
@@ -219,21 +220,6 @@ def conformance_node_inputs(case) -> dict:
     by_graph_name = dict(zip([i.name for i in case.model.graph.input], inputs))
     names = ONNX_INPUTS[node.op_type]
     return {names[k]: by_graph_name[n] for k, n in enumerate(node.input) if n}
-
-
-def node_attributes(node) -> dict:
-    """An ONNX node's attributes as Python values (strings decoded)."""
-    from onnx import helper
-
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list) and v and isinstance(v[0], bytes):
-            v = [s.decode() for s in v]
-        out[a.name] = v
-    return out
 
 
 def random_stack(rng, kind, num_layers, direction, I, H, proj=0, features=True):
