@@ -37,7 +37,9 @@ DEFAULT_ACTIVATIONS = {
 }
 DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
-# name -> (kernel code, takes alpha, takes beta, default alpha, default beta). The codes are
+# name -> (kernel code, takes alpha, takes beta, default alpha, default beta). _reference.py
+# keeps its own table of the same ONNX Runtime defaults on purpose: the oracle must not share
+# the engine's facts, or a wrong default here would go unseen. The codes are
 # the C enum's (include/rnnengine/activations.h, exported by _kernels). Defaults and the
 # alpha/beta consumption rule are ONNX Runtime's (rnn_helpers.cc): a function takes the next
 # alpha/beta only if it uses one.
