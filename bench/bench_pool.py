@@ -8,7 +8,7 @@ Rows, all in one process, contenders interleaved, best of several repetitions:
 1. 64 streams of an LSTM with I = H = 256, one timestep each:
    rnnengine ``pool.step`` over all 64 ids, against 64 ``Stream.step`` calls (the figure the
    issue asks for, >= 2.5x), PyTorch ``nn.LSTMCell`` on a batch of 64 and ONNX Runtime's LSTM
-   node with T=1, N=64 (state fed back each step). All single-threaded (every library pinned to
+   node with T=1, N=64 (state fed back each step; plain run and IOBinding). All single-threaded (every library pinned to
    one thread), so ratios compare implementations, not core counts.
 2. Threads: 2 threads each driving their own pool of 64 streams (and, separately, their own
    batch-1 streams) against 1 thread doing the same per-thread work: throughput ratio
@@ -35,6 +35,8 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from rnnengine.interop.ort import OrtReference  # noqa: E402
+from rnnengine.interop.pytorch import TorchCells, torch_module_for  # noqa: E402
 from rnnengine.layers import Layer  # noqa: E402
 from rnnengine.model import Model  # noqa: E402
 
@@ -61,43 +63,6 @@ def lstm_arrays(rng):
     return W, R, B
 
 
-def torch_cell(W, R, B):
-    import torch
-
-    torch.set_num_threads(1)
-    order = [0, 2, 3, 1]   # ONNX i, o, f, c -> PyTorch i, f, g, o
-    blocks = lambda a: np.concatenate([np.split(a, 4)[j] for j in order])  # noqa: E731
-    cell = torch.nn.LSTMCell(I, H)
-    with torch.no_grad():
-        cell.weight_ih.copy_(torch.from_numpy(blocks(W[0])))
-        cell.weight_hh.copy_(torch.from_numpy(blocks(R[0])))
-        cell.bias_ih.copy_(torch.from_numpy(blocks(B[0, :4 * H])))
-        cell.bias_hh.copy_(torch.from_numpy(blocks(B[0, 4 * H:])))
-    return cell
-
-
-def ort_session(W, R, B):
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
-
-    node = helper.make_node("LSTM", ["X", "W", "R", "B", "", "h0", "c0"], ["Y", "Yh", "Yc"],
-                            hidden_size=H)
-    f = TensorProto.FLOAT
-    graph = helper.make_graph(
-        [node], "pool", [helper.make_tensor_value_info("X", f, [1, STREAMS, I]),
-                         helper.make_tensor_value_info("h0", f, [1, STREAMS, H]),
-                         helper.make_tensor_value_info("c0", f, [1, STREAMS, H])],
-        [helper.make_tensor_value_info(n, f, None) for n in ("Y", "Yh", "Yc")],
-        initializer=[numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R"),
-                     numpy_helper.from_array(B, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-    model.ir_version = 8
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
 def roofline(seconds_per_step: float) -> str:
     """Achieved fraction of the FMA peak and of the bandwidth bound for one pool step."""
     a = np.random.default_rng(0).standard_normal((1024, 1024)).astype(np.float32)
@@ -116,7 +81,7 @@ def roofline(seconds_per_step: float) -> str:
             f"({bandwidth / 1e9:.1f} GB/s copy of a 2 MB buffer)")
 
 
-def row_pool(model, W, R, B, reps: int, calls: int) -> float:
+def row_pool(model, reps: int, calls: int) -> float:
     rng = np.random.default_rng(1)
     xs = rng.standard_normal((STREAMS, I)).astype(np.float32)
     pool = model.pool(STREAMS)
@@ -132,23 +97,21 @@ def row_pool(model, W, R, B, reps: int, calls: int) -> float:
     try:
         import torch
 
-        cell = torch_cell(W, R, B)
+        torch.set_num_threads(1)
+        cells = TorchCells(torch_module_for(model), "lstm", 1)
         tx = torch.from_numpy(xs)
-        th = [torch.zeros(STREAMS, H), torch.zeros(STREAMS, H)]
 
         def torch_step():
             with torch.no_grad():
-                th[:] = cell(tx, tuple(th))
+                return cells.step(tx)
         fns["PyTorch LSTMCell batch 64"] = torch_step
     except ImportError:
         pass
     try:
-        sess = ort_session(W, R, B)
-        state = {"h0": np.zeros((1, STREAMS, H), np.float32), "c0": np.zeros((1, STREAMS, H), np.float32)}
-
-        def ort_step():
-            _, state["h0"], state["c0"] = sess.run(None, dict(state, X=xs[None]))
-        fns["ONNX Runtime LSTM T=1 N=64"] = ort_step
+        ref = OrtReference(model, threads=1, bare=True)   # the bare LSTM node, T=1, N=64
+        plain, bound = ref.steps(STREAMS), ref.steps(STREAMS)
+        fns["ONNX Runtime LSTM T=1 N=64"] = lambda: plain.step_run(xs)
+        fns["ONNX Runtime IOBinding T=1 N=64"] = lambda: bound.step_bound(xs)
     except ImportError:
         pass
     best = best_per_call(fns, calls, reps)
@@ -227,7 +190,7 @@ def main() -> None:
     W, R, B = lstm_arrays(rng)
     model = Model([Layer.from_onnx("lstm", W, R, B)])
     print(f"{model}; {os.cpu_count()} CPUs")
-    row_pool(model, W, R, B, reps, calls=10 if args.quick else 20)
+    row_pool(model, reps, calls=10 if args.quick else 20)
     row_threads(model, reps=5 if args.quick else 25, steps=20)
 
 

@@ -31,17 +31,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import rnnengine  # noqa: E402
-from rnnengine import Layer, Model, _kernels  # noqa: E402
+from rnnengine import _kernels  # noqa: E402
+from rnnengine.interop.ort import OrtReference  # noqa: E402
+from rnnengine.interop.pytorch import TorchCells  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_num_interop_threads(1)
 
 GATES = {"lstm": 4, "gru": 3}
-# PyTorch gate order -> ONNX gate order (rows of weight_ih / weight_hh)
-TORCH_TO_ONNX = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}
 
 
 # -- timing -------------------------------------------------------------------------------
@@ -113,54 +112,12 @@ class Workload:
         torch.manual_seed(seed)
         cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
         self.torch_seq = cls(H, H).eval()
-        cell_cls = torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell
-        self.torch_cell = cell_cls(H, H).eval()
-        with torch.no_grad():
-            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                getattr(self.torch_cell, name).copy_(getattr(self.torch_seq, name + "_l0"))
-        G = GATES[kind]
-        order = TORCH_TO_ONNX[kind]
-
-        def onnx_order(a):
-            return np.concatenate([a[k * H:(k + 1) * H] for k in order])
-
-        p = {n: getattr(self.torch_seq, n + "_l0").detach().numpy() for n in
-             ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-        self.W = onnx_order(p["weight_ih"])[None]
-        self.R = onnx_order(p["weight_hh"])[None]
-        self.B = np.concatenate([onnx_order(p["bias_ih"]), onnx_order(p["bias_hh"])])[None]
-        lbr = 1 if kind == "gru" else 0
-        self.model = Model([Layer.from_onnx(kind, self.W, self.R, self.B,
-                                            linear_before_reset=lbr)])
-        self.lbr = lbr
-        self.G = G
-
-    def ort_session(self, T, N):
-        H, I = self.H, self.I
-        op = self.kind.upper()
-        inputs = ["X", "W", "R", "B", "", "h0"] + (["c0"] if op == "LSTM" else [])
-        outputs = ["Y", "Yh"] + (["Yc"] if op == "LSTM" else [])
-        attrs = {"hidden_size": H}
-        if op == "GRU":
-            attrs["linear_before_reset"] = self.lbr
-        node = helper.make_node(op, inputs, outputs, **attrs)
-        graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, N, I]),
-                        helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, N, H])]
-        if op == "LSTM":
-            graph_inputs.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, N, H]))
-        graph = helper.make_graph(
-            [node], "bench", graph_inputs,
-            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
-            [numpy_helper.from_array(self.W, "W"), numpy_helper.from_array(self.R, "R"),
-             numpy_helper.from_array(self.B, "B")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
-        model.ir_version = 8
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        return ort.InferenceSession(model.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"])
+        self.torch_cells = TorchCells(self.torch_seq, kind, 1)   # PyTorch's streaming idiom
+        self.G = GATES[kind]
+        self.model = rnnengine.from_torch(self.torch_seq)
+        self.W, self.R = self.model.layers[0].W, self.model.layers[0].R
+        # ONNX Runtime: the bare LSTM/GRU node (no sequence_lens, no glue), its best case
+        self.ort = OrtReference(self.model, threads=1, bare=True)
 
     # bytes read per step and FLOPs per step (one row)
     def step_bytes(self):
@@ -171,54 +128,37 @@ class Workload:
 
 
 def stream_row(w, reps, threads=1):
-    """(rnnengine, ort, torch) seconds per streamed step at batch 1, and a correctness gap."""
-    H, rng = w.H, np.random.default_rng(1)
+    """(rnnengine, ort run, ort IOBinding, torch) seconds per streamed step at batch 1, and a
+    correctness gap."""
+    rng = np.random.default_rng(1)
     x = rng.standard_normal((1, w.I)).astype(np.float32)
     stream = w.model.stream(1, threads=threads)
     xe = x[0]
-    sess = w.ort_session(1, 1)
-    lstm = w.kind == "lstm"
-    feed = {"X": x[None], "h0": np.zeros((1, 1, H), np.float32)}
-    if lstm:
-        feed["c0"] = np.zeros((1, 1, H), np.float32)
-    out_names = ["Yh", "Yc"] if lstm else ["Yh"]
-
-    def ort_step():
-        res = sess.run(out_names, feed)
-        feed["h0"] = res[0]
-        if lstm:
-            feed["c0"] = res[1]
-
+    ort_plain, ort_bound = w.ort.steps(1), w.ort.steps(1)
     xt = torch.from_numpy(x)
-    state = [torch.zeros(1, H), torch.zeros(1, H)] if lstm else [torch.zeros(1, H)]
-    cell = w.torch_cell
+    cells = w.torch_cells
+    cells.state = None
 
     def torch_step():
         with torch.inference_mode():
-            if lstm:
-                state[0], state[1] = cell(xt, (state[0], state[1]))
-            else:
-                state[0] = cell(xt, state[0])
+            return cells.step(xt)
 
     # same results from the same state: one step from zero
     y_e = stream.step(xe)
     stream.reset()
-    ort_step()
-    y_o = feed["h0"].reshape(-1)
-    torch_step()
-    y_t = state[0].numpy().reshape(-1)
-    gap = float(max(np.abs(y_e - y_o).max(), np.abs(y_e - y_t).max()))
-    times = interleaved([lambda: stream.step(xe), ort_step, torch_step], reps)
+    y_o = ort_plain.step_run(x).reshape(-1)
+    y_b = ort_bound.step_bound(x).reshape(-1)
+    y_t = torch_step().numpy().reshape(-1)
+    gap = float(max(np.abs(y_e - y_o).max(), np.abs(y_e - y_b).max(), np.abs(y_e - y_t).max()))
+    times = interleaved([lambda: stream.step(xe), lambda: ort_plain.step_run(x),
+                         lambda: ort_bound.step_bound(x), torch_step], reps)
     return times, gap
 
 
 def sequence_row(w, T, N, reps):
-    H, rng = w.H, np.random.default_rng(2)
+    rng = np.random.default_rng(2)
     x = rng.standard_normal((T, N, w.I)).astype(np.float32)
-    sess = w.ort_session(T, N)
-    feed = {"X": x, "h0": np.zeros((1, N, H), np.float32)}
-    if w.kind == "lstm":
-        feed["c0"] = np.zeros((1, N, H), np.float32)
+    sess, feed = w.ort.session, w.ort.feeds(x, None, None)
     xt = torch.from_numpy(x)
 
     def torch_run():
@@ -226,10 +166,10 @@ def sequence_row(w, T, N, reps):
             return w.torch_seq(xt)
 
     y_e, _ = w.model.run(x)
-    y_o = sess.run(["Y"], feed)[0][:, 0]
+    y_o = sess.run(["y"], feed)[0][:, 0]
     y_t = torch_run()[0].numpy()
     gap = float(max(np.abs(y_e - y_o).max(), np.abs(y_e - y_t).max()))
-    times = interleaved([lambda: w.model.run(x), lambda: sess.run(["Y"], feed), torch_run], reps)
+    times = interleaved([lambda: w.model.run(x), lambda: sess.run(["y"], feed), torch_run], reps)
     return times, gap
 
 
@@ -281,10 +221,11 @@ def main():
     for kind in ("lstm", "gru"):
         for H in sizes:
             w = Workload(kind, H)
-            (te, to, tt), gap = stream_row(w, reps)
+            (te, to, tio, tt), gap = stream_row(w, reps)
             mem, fma = roofline(w.step_bytes(), w.step_flops(), reps, peak)
             target = {64: 5.0, 256: 2.0, 1024: 1.2}[H]
-            rows.append((f"stream step {kind.upper()} H={H} N=1", te, to, tt, target, mem, fma, gap))
+            rows.append((f"stream step {kind.upper()} H={H} N=1", te, to, tio, tt, target, mem,
+                         fma, gap))
             print(f"  done {rows[-1][0]}", file=sys.stderr)
 
     for N in (1, 16):
@@ -299,7 +240,7 @@ def main():
                 mem = wbytes / bandwidth(wbytes, reps) + T * rbytes / bandwidth(rbytes, reps)
                 fma = T * w.step_flops(N) / peak
                 target = 1.2 if N == 1 else 1.0
-                rows.append((f"sequence T=100 {kind.upper()} H={H} N={N}", te, to, tt, target,
+                rows.append((f"sequence T=100 {kind.upper()} H={H} N={N}", te, to, None, tt, target,
                              mem, fma, gap))
                 print(f"  done {rows[-1][0]}", file=sys.stderr)
 
@@ -333,12 +274,14 @@ def main():
     lines.append("- times in microseconds per call (a step, or a whole T=100 sequence); "
                  "`speedup` = best peer / rnnengine; `roof` = roofline time / rnnengine time")
     lines.append("")
-    lines.append("| workload | rnnengine | ORT | PyTorch | speedup | target | met | mem | fma | roof | max diff |")
-    lines.append("|---|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|")
-    for name, te, to, tt, target, mem, fma, gap in rows:
-        speed = min(to, tt) / te
+    lines.append("| workload | rnnengine | ORT | ORT IOBinding | PyTorch | speedup | target | met | "
+                 "mem | fma | roof | max diff |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|")
+    for name, te, to, tio, tt, target, mem, fma, gap in rows:
+        speed = min(t for t in (to, tio, tt) if t is not None) / te
         met = "yes" if speed >= target else "**no**"
-        lines.append(f"| {name} | {fmt_us(te)} | {fmt_us(to)} | {fmt_us(tt)} | {speed:.2f}x | "
+        io = "-" if tio is None else fmt_us(tio)
+        lines.append(f"| {name} | {fmt_us(te)} | {fmt_us(to)} | {io} | {fmt_us(tt)} | {speed:.2f}x | "
                      f"{target:.1f}x | {met} | {fmt_us(mem)} | {fmt_us(fma)} | "
                      f"{max(mem, fma) / te:.2f} | {gap:.1e} |")
     ratio = t_step / t_add

@@ -1,4 +1,4 @@
-"""atheris fuzz target for rnnengine.load (ONNX and .npz).
+"""atheris fuzz target for rnnengine.load (ONNX, .npz and .safetensors).
 
 Contract under test: any bytes either load into a model that then runs (Model.run with and
 without lengths, and for one-way models a Stream and a Pool), or raise rnnengine.ModelError.
@@ -27,8 +27,10 @@ ZIP_MAGIC = b"PK"
 
 
 def test_one_input(data: bytes) -> None:
-    # The archive format is chosen by content as a user's file would be: zip magic -> .npz.
-    suffix = ".npz" if data[:2] == ZIP_MAGIC else ".onnx"
+    # load() chooses the format by content (zip -> .npz, length + "{" -> .safetensors, else
+    # ONNX); the suffix only mirrors what a user's file would be called.
+    suffix = (".npz" if data[:2] == ZIP_MAGIC
+              else ".safetensors" if data[8:9] == b"{" else ".onnx")
     path = os.path.join(FOLDER, "model" + suffix)
     with open(path, "wb") as f:
         f.write(data)

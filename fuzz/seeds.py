@@ -1,7 +1,9 @@
 """Valid seed files for the loader fuzzers: small ONNX models of each recurrent op (weights as
 initializers, Constant nodes and a folded Unsqueeze chain) and .npz archives in each naming
-scheme the loaders read. Written into a folder the fuzzers then mutate."""
+scheme the loaders read, also as .safetensors. Written into a folder the fuzzers then mutate."""
+import json
 import os
+import struct
 import sys
 
 import numpy as np
@@ -86,6 +88,49 @@ def npz_seeds():
                                       "weight_ih_l1": r(64, 1), "weight_hh_l1": r(64, 16)}
 
 
+def safetensors_bytes(arrays: dict) -> bytes:
+    """The .safetensors layout (8-byte little-endian header length, JSON header, raw data),
+    written here so the seeds need no safetensors package."""
+    header, data = {"__metadata__": {"format": "pt"}}, b""
+    for name, a in arrays.items():
+        raw = np.ascontiguousarray(a, "<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape),
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def session_seed(H: int = 3, I: int = 2) -> bytes:
+    """A whole graph for the InferenceSession fuzzer: state input -> Squeeze -> LSTM ->
+    MatMul + Add + Sigmoid head, final state -> Unsqueeze -> state output, an If on a
+    run-time flag."""
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("W", (1, 4 * H, I)), ("R", (1, 4 * H, H)), ("B", (1, 8 * H)),
+                          ("Wd", (H, 2)), ("bd", (2,)))]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "ax"))
+    branch = helper.make_graph([helper.make_node("Identity", ["p"], ["o"])], "b", [],
+                               [helper.make_tensor_value_info("o", TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Squeeze", ["state", "ax"], ["h0"]),
+             helper.make_node("LSTM", ["X", "W", "R", "B", "", "h0"], ["Y", "Y_h"],
+                              hidden_size=H, name="rnn0"),
+             helper.make_node("MatMul", ["Y", "Wd"], ["m"]),
+             helper.make_node("Add", ["m", "bd"], ["a"]),
+             helper.make_node("Sigmoid", ["a"], ["p"]),
+             helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=branch),
+             helper.make_node("Unsqueeze", ["Y_h", "ax"], ["stateN"])]
+    graph = helper.make_graph(
+        nodes, "session_seed",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 1, "N", H]),
+         helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, 1, "N", H])],
+        initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def write_seeds(folder: str) -> None:
     import io
     os.makedirs(folder, exist_ok=True)
@@ -104,11 +149,15 @@ def write_seeds(folder: str) -> None:
     for name, (op, gates, sizes, cycle) in chains.items():
         with open(os.path.join(folder, name + ".onnx"), "wb") as f:
             f.write(onnx_chain_seed(op, gates, sizes, cycle=cycle))
+    with open(os.path.join(folder, "session.onnx"), "wb") as f:
+        f.write(session_seed())
     for name, arrays in npz_seeds():
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         with open(os.path.join(folder, name + ".npz"), "wb") as f:
             f.write(buffer.getvalue())
+        with open(os.path.join(folder, name + ".safetensors"), "wb") as f:
+            f.write(safetensors_bytes(arrays))
 
 
 if __name__ == "__main__":

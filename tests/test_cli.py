@@ -151,7 +151,7 @@ def test_info_onnx(models):
     lstm_params = sum(p.numel() for p in models["tagger"].enc.parameters())
     assert fields["parameters"] == f"{lstm_params:,}"
     # both exported nodes are found and named
-    assert "LSTM '/enc/LSTM'" in out and "LSTM '/enc/LSTM_1'" in out
+    assert "LSTM /enc/LSTM " in out and "LSTM /enc/LSTM_1 " in out
 
 
 def test_info_npz_bidirectional(models):
@@ -162,13 +162,46 @@ def test_info_npz_bidirectional(models):
     assert re.search(r"^streaming\s+no", out, re.M)
 
 
-def test_info_several_nodes_lists_them_and_asks_for_node():
-    proc = cli("info", SILERO)
-    line = one_error_line(proc, "--node")
-    assert "/model/decoder/rnn/LSTM" in proc.stdout and "/model/decoder/rnn_1/LSTM" in proc.stdout
-    assert "2 recurrent nodes" in proc.stdout, line
+def test_info_several_nodes_lists_them_and_exits_0():
+    """Listing is what info is for: exit 0, one naming (the loader's), each name usable with
+    --node, and which If branch is which when the condition comes from a graph input."""
+    proc = cli("info", SILERO, check=0)
+    assert proc.stderr == "" and "--node NAME" in proc.stdout
+    names = re.findall(r"^  LSTM (\S+)", proc.stdout, re.M)
+    assert names == ["/model/decoder/If_1::then_branch::/model/decoder/rnn/LSTM",
+                     "/model/decoder/If_1::else_branch::/model/decoder/rnn_1/LSTM"], proc.stdout
+    assert ("If '/model/decoder/If_1': then_branch runs when bool(shape(state)[0]) is true, "
+            "else_branch otherwise") in proc.stdout
+    for name in names:
+        out = cli("info", SILERO, "--node", name, check=0).stdout
+        assert re.search(r"^hidden_size\s+128$", out, re.M)
     out = cli("info", SILERO, "--node", "/model/decoder/rnn/LSTM", check=0).stdout
-    assert re.search(r"^hidden_size\s+128$", out, re.M)
+    assert re.search(r"^hidden_size\s+128$", out, re.M)   # the short name still works
+
+
+def test_info_says_node_loads_a_chain(models):
+    """--node on the first node of an exporter's chain loads the layers after it too."""
+    out = cli("info", models["dir"] / "tagger.onnx", check=0).stdout
+    assert re.search(r"^layers\s+2$", out, re.M)
+    head = re.search(r"LSTM (\S+)\s+chain of 2 layers: --node loads the 1 after it too "
+                     r"\(--no-chain, or load\(\.\.\., chain=False\), loads it alone\)", out)
+    assert head, out
+    assert "a later layer of the chain from " + head.group(1) in out
+    alone = cli("info", models["dir"] / "tagger.onnx", "--node", head.group(1), "--no-chain",
+                check=0).stdout
+    assert re.search(r"^layers\s+1$", alone, re.M)
+
+
+def test_verify_runs_the_files_own_nodes_of_a_streaming_model():
+    """Silero VAD: the LSTMs sit in If branches, their initial state comes from the graph
+    input 'state' and their weights from constant chains inside the branches."""
+    pytest.importorskip("onnxruntime")
+    for name in ("/model/decoder/If_1::then_branch::/model/decoder/rnn/LSTM",
+                 "/model/decoder/If_1::else_branch::/model/decoder/rnn_1/LSTM"):
+        out = cli("verify", SILERO, "--node", name, "--seq-len", "6", check=0).stdout
+        row = next(line for line in out.splitlines() if "from the file" in line)
+        assert name in row and "not compared" not in row, out
+        assert len(re.findall(r"\d\.\d\de-\d\d", row)) == 2, row
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "npz"])
@@ -176,7 +209,7 @@ def test_run_matches_pytorch(models, tmp_path, fmt):
     d = models["dir"]
     y_path, state_path = tmp_path / "y.npy", tmp_path / "state.npz"
     cli("run", d / f"tagger.{fmt}", "--input", d / "x.npy", "--output", y_path,
-        "--state", state_path, check=0)
+        "--state", state_path, "--recurrent-only", check=0)
     y_ref, h_ref, c_ref = torch_lstm(models["tagger"].enc, models["x"])
     np.testing.assert_allclose(np.load(y_path), y_ref, rtol=1e-5, atol=1e-5)
     with np.load(state_path) as state:
@@ -189,7 +222,7 @@ def test_run_lengths_and_batch_first(models, tmp_path):
     lengths = [7, 2, 5]
     y_ref, h_ref, _ = torch_lstm(models["tagger"].enc, x, lengths)
     cli("run", d / "tagger.onnx", "-i", d / "x.npy", "-o", tmp_path / "y.npy",
-        "--lengths", "7,2,5", "--state", tmp_path / "s.npz", check=0)
+        "--lengths", "7,2,5", "--state", tmp_path / "s.npz", "--recurrent-only", check=0)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), y_ref, rtol=1e-5, atol=1e-5)
     with np.load(tmp_path / "s.npz") as state:
         np.testing.assert_allclose(state["h"], h_ref, rtol=1e-5, atol=1e-5)
@@ -202,13 +235,37 @@ def test_run_lengths_and_batch_first(models, tmp_path):
                                rtol=1e-5, atol=1e-5)
 
 
+def test_run_reads_an_initial_state(models, tmp_path):
+    """A stream in two pieces: the second run starts from the first one's --state, and both
+    equal PyTorch running the whole sequence."""
+    d, x = models["dir"], models["x"]
+    np.save(tmp_path / "x1.npy", x[:4])
+    np.save(tmp_path / "x2.npy", x[4:])
+    cli("run", d / "tagger.npz", "-i", tmp_path / "x1.npy", "-o", tmp_path / "y1.npy",
+        "--state", tmp_path / "s1.npz", check=0)
+    cli("run", d / "tagger.npz", "-i", tmp_path / "x2.npy", "-o", tmp_path / "y2.npy",
+        "--initial-state", tmp_path / "s1.npz", "--state", tmp_path / "s2.npz", check=0)
+    y_ref, h_ref, c_ref = torch_lstm(models["tagger"].enc, x)
+    np.testing.assert_allclose(np.load(tmp_path / "y2.npy"), y_ref[4:], rtol=1e-5, atol=1e-5)
+    with np.load(tmp_path / "s2.npz") as s:
+        np.testing.assert_allclose(s["h"], h_ref, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(s["c"], c_ref, rtol=1e-5, atol=1e-5)
+    np.savez(tmp_path / "bad.npz", h=np.zeros((2, 3, 16), np.float32))
+    proc = cli("run", d / "tagger.npz", "-i", tmp_path / "x2.npy", "-o", tmp_path / "y3.npy",
+               "--initial-state", tmp_path / "bad.npz")
+    one_error_line(proc, "['c'] missing")
+
+
 def test_run_bad_input_is_one_line(models, tmp_path):
     d = models["dir"]
     np.save(tmp_path / "wrong.npy", np.zeros((4, 2, 5), np.float32))
-    proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "wrong.npy", "-o", tmp_path / "y.npy")
+    proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "wrong.npy", "-o", tmp_path / "y.npy",
+               "--recurrent-only")
     one_error_line(proc, "(T, N, 8)", "(4, 2, 5)")
+    proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "wrong.npy", "-o", tmp_path / "y.npy")
+    one_error_line(proc, "'x'", "(4, 2, 5)")     # the whole graph names its input
     proc = cli("run", d / "tagger.onnx", "-i", d / "x.npy", "-o", tmp_path / "y.npy",
-               "--lengths", "7,9,1")
+               "--lengths", "7,9,1", "--recurrent-only")
     one_error_line(proc, "lengths")
     proc = cli("run", d / "tagger.onnx", "-i", tmp_path / "nothere.npy", "-o", tmp_path / "y.npy")
     one_error_line(proc, "nothere.npy")
@@ -230,15 +287,17 @@ def test_convert_to_own_format(models, tmp_path):
 def test_bench_side_by_side(models):
     pytest.importorskip("onnxruntime")
     out = cli("bench", models["dir"] / "tagger.onnx", "--steps", "40", "--repeat", "1",
-              "--seq-len", "10", "--batch", "2", check=0).stdout
+              "--seq-len", "10", "--batch", "2", "--recurrent-only", check=0).stdout
     header = next(line for line in out.splitlines() if line.startswith("workload"))
     assert "onnxruntime (x)" in header and "torch (x)" in header
+    assert "onnxruntime IOBinding (x)" in header   # ORT's best streaming case (SPEC §5)
     rows = [line for line in out.splitlines()
             if line.startswith(("stream step", "sequence T=10"))]
     assert len(rows) == 3, out
     for row in rows:  # our time, our throughput, then each reference with its ratio
         assert re.search(r"\d+(\.\d+)? (us|ms|s) ", row)
-        assert len(re.findall(r"\(\d+\.\d\dx\)", row)) == 2, row
+        ratios = len(re.findall(r"\(\d+\.\d\dx\)", row))
+        assert ratios == (3 if row.startswith("stream step") else 2), row
 
 
 def test_bench_bidirectional_has_no_streaming_row(models):
@@ -261,6 +320,21 @@ def test_verify_against_the_file_and_pytorch(models):
 
 def test_verify_npz_reads_state_dict_with_pytorch(models):
     out = cli("verify", models["dir"] / "gru_bi.npz", check=0).stdout
+    assert re.search(r"^torch, state_dict read by PyTorch from the file\s+\d\.\d\de-\d\d", out, re.M)
+
+
+@pytest.mark.parametrize("suffix", ["safetensors", "pt"])
+def test_verify_and_run_other_state_dict_files(models, tmp_path, suffix):
+    """.safetensors (written by safetensors.torch) and .pt (torch.save) state_dicts: run
+    matches PyTorch, verify reads the file with PyTorch's own tools."""
+    st = pytest.importorskip("safetensors.torch")
+    path = tmp_path / f"tagger.{suffix}"
+    state_dict = models["tagger"].state_dict()
+    st.save_file(state_dict, str(path)) if suffix == "safetensors" else torch.save(state_dict, path)
+    cli("run", path, "-i", models["dir"] / "x.npy", "-o", tmp_path / "y.npy", check=0)
+    y_ref, _, _ = torch_lstm(models["tagger"].enc, models["x"])
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), y_ref, rtol=1e-5, atol=1e-5)
+    out = cli("verify", path, check=0).stdout
     assert re.search(r"^torch, state_dict read by PyTorch from the file\s+\d\.\d\de-\d\d", out, re.M)
 
 
@@ -393,3 +467,30 @@ def test_progress_bar_only_on_a_terminal(models):
     assert "workload" in proc.stdout
     piped = cli(*args, check=0)
     assert piped.stderr == ""
+
+
+def test_commands_never_flip_a_loaded_models_layout(tmp_path, monkeypatch):
+    """bench and verify work time-major: they ask the loader for that layout instead of
+    setting batch_first on a Model that could be shared (a Keras file implies batch_first)."""
+    from rnnengine.cli import _common, main
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "keras.npz", **{
+        "lstm/lstm_cell/kernel": rng.standard_normal((3, 16)).astype(np.float32),
+        "lstm/lstm_cell/recurrent_kernel": rng.standard_normal((4, 16)).astype(np.float32),
+        "lstm/lstm_cell/bias": rng.standard_normal(16).astype(np.float32)})
+    loaded = []
+    real_load = _common.load
+
+    def recording_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        loaded.append((model, model.batch_first))
+        return model
+
+    monkeypatch.setattr(_common, "load", recording_load)
+    assert main(["bench", str(tmp_path / "keras.npz"), "--no-compare", "--steps", "5",
+                 "--repeat", "1", "--seq-len", "3", "--batch", "2"]) == 0
+    assert main(["verify", str(tmp_path / "keras.npz"), "--seq-len", "3"]) == 0
+    assert main(["info", str(tmp_path / "keras.npz")]) == 0
+    assert len(loaded) == 3 and loaded[-1][1] is True   # info: the file's own layout
+    assert all(model.batch_first == layout for model, layout in loaded)

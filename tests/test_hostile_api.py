@@ -11,6 +11,7 @@ import torch
 
 import rnnengine
 from rnnengine import Layer, Model
+from rnnengine.gate_order import to_onnx
 
 I, H = 5, 7
 
@@ -19,10 +20,9 @@ def torch_lstm_and_model(num_layers=1, seed=0):
     """A PyTorch LSTM and the same weights as an rnnengine Model (gates i,f,g,o -> i,o,f,c)."""
     torch.manual_seed(seed)
     net = torch.nn.LSTM(I, H, num_layers=num_layers)
-    order = [0, 3, 1, 2]
 
     def onnx_order(w):
-        return np.concatenate([w[k * H:(k + 1) * H] for k in order])[None]
+        return to_onnx(w, "lstm", "torch")[None]
 
     layers = []
     for k in range(num_layers):

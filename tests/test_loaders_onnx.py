@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rnnengine
 from conftest import assert_bytes_are_a_model_error, onnx_node_model, ort_run
 from rnnengine import ModelError
+from rnnengine.gate_order import permutation
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
@@ -270,7 +271,8 @@ def chain_case(kind):
     if kind == "torch_gate_reorder":   # Slice per gate + Concat + Unsqueeze, as PyTorch unfolded
         nodes, inits = [], []
         for dst, target in (("W", W[0]), ("R", R[0]), ("B", B[0])):
-            order = [0, 3, 1, 2] if dst != "B" else [0, 3, 1, 2, 4, 7, 5, 6]
+            order = permutation("lstm", "torch", "onnx")   # B: the W half, then the R half
+            order = order if dst != "B" else order + [4 + k for k in order]
             n = target.shape[0] // len(order)
             stored = np.empty_like(target)   # permuted so that the chain restores ``target``
             for k, block in enumerate(order):

@@ -9,6 +9,7 @@ from conftest import (ACTIVATION_SLOTS, FEATURES, RECURRENT_OPS, activation_slot
                       node_attributes, onnx_node_model, ort_attrs, ort_run,
                       peephole_clip_case, random_onnx_case)
 from rnnengine._reference import onnx_rnn, run_stack
+from rnnengine.gate_order import to_onnx
 
 torch = pytest.importorskip("torch")
 
@@ -129,16 +130,15 @@ def torch_to_onnx_layers(module):
 
     Gate orders: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h (always linear-before-reset)."""
     if isinstance(module, torch.nn.LSTM):
-        kind, order, extra = "lstm", [0, 3, 1, 2], {}
+        kind, extra = "lstm", {}
     elif isinstance(module, torch.nn.GRU):
-        kind, order, extra = "gru", [1, 0, 2], {"linear_before_reset": 1}
+        kind, extra = "gru", {"linear_before_reset": 1}
     else:
-        kind, order = "rnn", [0]
+        kind = "rnn"
         extra = {"activations": ["Relu" if module.nonlinearity == "relu" else "Tanh"]}
-    H = module.hidden_size
 
     def reorder(a):
-        return np.concatenate([a[g * H:(g + 1) * H] for g in order], axis=0)
+        return to_onnx(a, kind, "torch")
 
     sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     sfx = ["", "_reverse"] if module.bidirectional else [""]

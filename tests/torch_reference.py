@@ -10,13 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from rnnengine.gate_order import from_onnx, to_onnx
 from rnnengine.layers import Layer
 from rnnengine.model import Model
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-# PyTorch's gate block j is ONNX's block TORCH_ORDER[kind][j] (LSTM i,o,f,c -> i,f,g,o;
-# GRU z,r,h -> r,z,n).
-TORCH_ORDER = {"lstm": [0, 2, 3, 1], "gru": [1, 0, 2], "rnn": [0]}
 
 torch.set_num_threads(1)
 
@@ -55,9 +53,7 @@ def random_model(kind: str, input_size: int, hidden_size: int, num_layers: int =
 
 
 def _torch_blocks(kind: str, a: np.ndarray) -> torch.Tensor:
-    G = GATES[kind]
-    blocks = np.split(a, G, axis=0)
-    return torch.from_numpy(np.concatenate([blocks[j] for j in TORCH_ORDER[kind]], axis=0))
+    return torch.from_numpy(from_onnx(a, kind, "torch"))
 
 
 def torch_twin(kind: str, arrays: list) -> torch.nn.Module:
@@ -110,15 +106,13 @@ def assert_close(actual, expected, what: str = "") -> None:
 
 
 def torch_model_to_layers(m, kind):
-    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader:
-    ONNX's gate block k is PyTorch's block TORCH_ORDER[kind].index(k)."""
-    H, L = m.hidden_size, m.num_layers
+    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
+    L = m.num_layers
     D = 2 if m.bidirectional else 1
-    order = [TORCH_ORDER[kind].index(k) for k in range(GATES[kind])]
     proj = getattr(m, "proj_size", 0)
 
     def onnx_rows(a):
-        return np.concatenate([a[k * H:(k + 1) * H] for k in order])
+        return to_onnx(a, kind, "torch")
 
     layers = []
     for l in range(L):

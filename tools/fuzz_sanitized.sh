@@ -4,7 +4,9 @@
 #   1. fuzz/fuzz_loaders.py (atheris) from the seeds of fuzz/seeds.py (single- and multi-layer
 #      ONNX and .npz, chains of mixed hidden sizes, a cycle); every model that loads is run
 #      (Model.run, Stream, Pool: fuzz/exercise.py);
-#   2. tests/test_fuzz_api.py (hypothesis): random stacks through the public constructors.
+#   2. fuzz/fuzz_session.py (atheris): whole graphs through InferenceSession (load, run,
+#      stream) from the same corpus (its session.onnx seed);
+#   3. tests/test_fuzz_api.py (hypothesis): random stacks through the public constructors.
 # Bounded and reproducible by default (fixed seed and counts, a few minutes on CI):
 #   bash tools/fuzz_sanitized.sh                       # CI
 #   FUZZ_ARGS="-max_total_time=600" API_EXAMPLES=5000 bash tools/fuzz_sanitized.sh  # by hand
@@ -31,5 +33,10 @@ python fuzz/fuzz_loaders.py "$corpus" $FUZZ_ARGS -timeout=30 -rss_limit_mb=6144 
     -artifact_prefix="$artifacts/" -print_final_stats=1 > "$artifacts/fuzz.log" 2>&1 \
     || { grep -v '^WARNING' "$artifacts/fuzz.log" | tail -n 60; ls -l "$artifacts"; exit 1; }
 grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$artifacts/fuzz.log"
+# shellcheck disable=SC2086
+python fuzz/fuzz_session.py "$corpus" $FUZZ_ARGS -timeout=30 -rss_limit_mb=6144 -detect_leaks=0 \
+    -artifact_prefix="$artifacts/session-" -print_final_stats=1 > "$artifacts/fuzz_session.log" 2>&1 \
+    || { grep -v '^WARNING' "$artifacts/fuzz_session.log" | tail -n 60; ls -l "$artifacts"; exit 1; }
+grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$artifacts/fuzz_session.log"
 RNNENGINE_API_FUZZ_EXAMPLES=$API_EXAMPLES python -m pytest -q -p no:cacheprovider \
     tests/test_fuzz_api.py --hypothesis-seed=1 --hypothesis-show-statistics

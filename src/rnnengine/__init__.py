@@ -8,7 +8,10 @@ from .backend import backend  # noqa: E402  (the Backend class shadows the submo
 from .layers import Layer
 from .model import Model
 from .stream import Stream
-from .loaders import load
+from .loaders import from_keras, from_torch, load
+from .batcher import Batcher
+from .session import InferenceSession
 
-__all__ = ["ModelError", "Layer", "Model", "Stream", "backend", "load"]
+__all__ = ["Batcher", "InferenceSession", "ModelError", "Layer", "Model", "Stream", "backend",
+           "from_keras", "from_torch", "load"]
 __version__ = "0.1.0"

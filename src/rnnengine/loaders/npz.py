@@ -30,15 +30,12 @@ import numpy as np
 
 from .. import own_format
 from ..errors import ModelError
+from ..gate_order import to_onnx
 from ..layers import GATES, Layer, check_stack
 from ._files import open_regular
 
 HEADER = own_format.HEADER
 KIND_BY_GATES = {4: "lstm", 3: "gru", 1: "rnn"}
-
-# Rows of each source's gate blocks, in ONNX order (LSTM i,o,f,c; GRU z,r,h).
-TORCH_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn": [0]}
-KERAS_ORDER = {"lstm": [0, 3, 1, 2], "gru": [0, 1, 2], "rnn": [0]}
 
 _TORCH_LAYER = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
 _TORCH_CELL = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh)$")
@@ -50,12 +47,15 @@ _ONNX = re.compile(r"^(.*?[/.])?(" + "|".join(_ONNX_PARAMS) + r")$")
 
 
 class _Archive:
-    """Reads arrays by name, turning every failure into a ModelError that names the file."""
+    """Reads arrays by name, turning every failure into a ModelError that names the file.
 
-    def __init__(self, npz, path: str):
-        self.npz = npz
+    ``arrays`` is any mapping of names to arrays read on access: an open ``NpzFile``, a
+    ``.safetensors`` file's tensors, a PyTorch ``state_dict`` as NumPy arrays."""
+
+    def __init__(self, arrays, path: str):
+        self.npz = arrays
         self.path = path
-        self.files = list(npz.files)
+        self.files = list(arrays.files if hasattr(arrays, "files") else arrays.keys())
 
     def get(self, key: str, group: str) -> np.ndarray:
         try:
@@ -113,32 +113,41 @@ def _load_open_npz(file, path: str, node, batch_first, nonlinearity):
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ModelError(f"{path}: not a .npz archive (numpy read a single array)")
     with npz:
-        archive = _Archive(npz, path)
-        groups = _find_groups(archive.files)
-        if not groups:
-            shown = ", ".join(repr(f) for f in archive.files[:12])
-            raise ModelError(
-                f"{path}: no recurrent weights recognised; expected PyTorch state_dict names "
-                "(weight_ih_l0, weight_hh_l0, ...), Keras paths (.../kernel, "
-                ".../recurrent_kernel), ONNX names (W, R) or an rnnengine file; "
-                f"found {len(archive.files)} array(s): {shown}")
-        group = _select(groups, node, path)
-        build = {"pytorch": _build_torch, "keras": _build_keras, "onnx": _build_onnx,
-                 "rnnengine": _build_own}[group.source]
-        try:
-            layers, implied_batch_first = build(archive, group, nonlinearity)
-        except ModelError as e:
-            message = str(e)
-            if not message.startswith(path):
-                message = f"{path}: {group.label()}: {message}"
-            raise ModelError(message) from None
+        layers, implied_batch_first, label = layers_from_arrays(npz, path, node, nonlinearity)
     if batch_first is None:
         batch_first = implied_batch_first
     try:
         check_stack(layers)
     except ModelError as e:
-        raise ModelError(f"{path}: {group.label()}: {e}") from None
+        raise ModelError(f"{path}: {label}: {e}") from None
     return layers, bool(batch_first)
+
+
+def layers_from_arrays(arrays, path: str, node: Optional[str] = None,
+                       nonlinearity: Optional[str] = None):
+    """Named arrays (any mapping: an ``NpzFile``, a ``.safetensors`` file, a ``state_dict``)
+    -> (layers, the batch_first the names imply, the weight group's label), by the naming
+    schemes of the module docstring. ``path`` names the source in error messages."""
+    archive = _Archive(arrays, path)
+    groups = _find_groups(archive.files)
+    if not groups:
+        shown = ", ".join(repr(f) for f in archive.files[:12])
+        raise ModelError(
+            f"{path}: no recurrent weights recognised; expected PyTorch state_dict names "
+            "(weight_ih_l0, weight_hh_l0, ...), Keras paths (.../kernel, "
+            ".../recurrent_kernel), ONNX names (W, R) or an rnnengine file; "
+            f"found {len(archive.files)} array(s): {shown}")
+    group = _select(groups, node, path)
+    build = {"pytorch": _build_torch, "keras": _build_keras, "onnx": _build_onnx,
+             "rnnengine": _build_own}[group.source]
+    try:
+        layers, implied_batch_first = build(archive, group, nonlinearity)
+    except ModelError as e:
+        message = str(e)
+        if not message.startswith(path):
+            message = f"{path}: {group.label()}: {message}"
+        raise ModelError(message) from None
+    return layers, implied_batch_first, group.label()
 
 
 def _select(groups: list, node: Optional[str], path: str) -> _Group:
@@ -219,12 +228,6 @@ def _merge_keras_bidirectional(groups: list) -> list:
             out = [g for g in out if g is not fwd and g is not bwd]
             out.append(_Group("keras", parent, {"forward": fwd.keys, "backward": bwd.keys}))
     return out
-
-
-def _blocks(a: np.ndarray, order: list, gates: int) -> np.ndarray:
-    """Reorder the gate blocks along axis 0 of ``a`` (G*H rows)."""
-    H = a.shape[0] // gates
-    return np.concatenate([a[k * H:(k + 1) * H] for k in order], axis=0)
 
 
 def _activations(kind: str, nonlinearity: Optional[str], num_directions: int, source: str):
@@ -318,10 +321,8 @@ def _torch_direction(archive: _Archive, where: str, k: int, keys: dict):
         for name, b in (("bias_ih", b_ih), ("bias_hh", b_hh)):
             if b.shape != (G * H,):
                 raise ModelError(f"layer {k}: {keys[name]!r} has shape {b.shape}; expected ({G * H},)")
-        order = TORCH_ORDER[kind]
-        B = np.concatenate([_blocks(b_ih, order, G), _blocks(b_hh, order, G)])
-    order = TORCH_ORDER[kind]
-    return kind, _blocks(w_ih, order, G), _blocks(w_hh, order, G), B, w_hr
+        B = np.concatenate([to_onnx(b_ih, kind, "torch"), to_onnx(b_hh, kind, "torch")])
+    return kind, to_onnx(w_ih, kind, "torch"), to_onnx(w_hh, kind, "torch"), B, w_hr
 
 
 # --- Keras -------------------------------------------------------------------------------
@@ -349,6 +350,12 @@ def _build_keras(archive: _Archive, group: _Group, nonlinearity):
     return [layer], True
 
 
+def keras_cell(arrays: dict, where: str):
+    """One Keras cell's ``kernel``, ``recurrent_kernel`` and optional ``bias`` (a dict of
+    arrays) -> (kind, W, R, B, linear_before_reset the bias shape implies), ONNX order."""
+    return _keras_direction(_Archive(arrays, where), where, {k: k for k in arrays})
+
+
 def _keras_direction(archive: _Archive, where: str, keys: dict):
     if "kernel" not in keys:
         raise ModelError(f"{keys['recurrent_kernel']!r} has no kernel beside it")
@@ -362,7 +369,6 @@ def _keras_direction(archive: _Archive, where: str, keys: dict):
     kind = KIND_BY_GATES[G]
     if kernel.shape[1] != G * U:
         raise ModelError(f"{keys['kernel']!r} has shape {kernel.shape}; expected (input, {G * U})")
-    order = KERAS_ORDER[kind]
     Wb = Rb = np.zeros(G * U, np.float32)
     lbr = int(kind == "gru")  # Keras 3 GRU default reset_after=True
     if "bias" in keys:
@@ -376,8 +382,8 @@ def _keras_direction(archive: _Archive, where: str, keys: dict):
         else:
             expected = f"({G * U},) or (2, {G * U})" if kind == "gru" else f"({G * U},)"
             raise ModelError(f"{keys['bias']!r} has shape {bias.shape}; expected {expected}")
-    B = np.concatenate([_blocks(Wb, order, G), _blocks(Rb, order, G)])
-    return kind, _blocks(kernel.T, order, G), _blocks(recurrent.T, order, G), B, lbr
+    B = np.concatenate([to_onnx(Wb, kind, "keras"), to_onnx(Rb, kind, "keras")])
+    return kind, to_onnx(kernel.T, kind, "keras"), to_onnx(recurrent.T, kind, "keras"), B, lbr
 
 
 # --- ONNX names --------------------------------------------------------------------------

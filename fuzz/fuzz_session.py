@@ -1,0 +1,52 @@
+"""atheris fuzz target for rnnengine.InferenceSession (whole ONNX graphs).
+
+Contract under test: any bytes either load into a session or raise rnnengine.ModelError; a
+session that loads, run on zero feeds of its declared shapes (unknown dims 1), returns or
+raises ValueError (which ModelError is). Any other exception, a crash, or a hang is a
+finding. Graphs that need ONNX Runtime for some operators are not run (ORT's own
+robustness is not under test here).
+
+    python fuzz/seeds.py fuzz/corpus
+    python fuzz/fuzz_session.py fuzz/corpus -max_total_time=60
+"""
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    import numpy as np
+    import rnnengine
+
+MAX_ELEMENTS = 1 << 16
+
+
+def _zeros(arg):
+    shape = [d if isinstance(d, int) else 1 for d in (arg.shape or [])]
+    if arg.dtype is None or int(np.prod(shape)) > MAX_ELEMENTS:
+        return None
+    return np.zeros(shape, arg.dtype)
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        sess = rnnengine.InferenceSession(data)
+    except rnnengine.ModelError:
+        return
+    if sess._loaded.ort_groups:
+        return
+    feeds = {a.name: _zeros(a) for a in sess.get_inputs()}
+    if any(v is None for v in feeds.values()):
+        return
+    try:
+        sess.run(None, feeds)
+    except ValueError:
+        return
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,512 @@
+"""Batcher: the steps of many streams, arriving from any number of threads and asyncio tasks,
+gathered into batched pool steps (SPEC §8).
+
+    with rnnengine.Batcher(model, max_batch=64, max_delay_us=500) as batcher:
+        sid = batcher.open()
+        y = batcher.step(sid, x)              # x (I,) -> y (Hout,), from any thread
+        y = await batcher.step_async(sid, x)  # the same from asyncio tasks
+        data = batcher.export_state(sid)      # bytes; batcher.resume(data) -> a new id
+
+Design: one worker thread owns the pool. A caller validates its input, queues a request and
+sleeps (a lock for threads, an asyncio future for tasks). The worker wakes on the first
+request, waits at most ``max_delay_us`` for company (a condition variable with a timeout, no
+spinning; it goes at once when ``max_batch`` requests or one from every open stream are
+waiting), runs one pool step for all of them (the kernels release the GIL, so callers keep
+queueing the next batch meanwhile) and wakes the callers: each thread's lock, and for each
+event loop a single ``call_soon_threadsafe`` for all its futures.
+
+Why a worker thread rather than leader/follower (the first caller runs the batch for the
+others): asyncio callers must not block their event loop, so they can never lead: their
+batches need a thread anyway, and one worker gives threads and tasks one code path. For
+threads, leading would save the hand-off to the worker and back. Measured with
+bench/bench_batcher.py (64 threads each stepping one of 64 streams, LSTM I = H = 256,
+max_delay_us=500; the shared 2-core machine at load average 6-9): CPU time per step, all
+threads, least of 6 interleaved runs: 19.0 us with the worker, 20.2 us with a hybrid (threads
+lead, the worker serves tasks and leftovers); 21.4 against 19.9 us for pure leader/follower
+in another run. That is no gain beyond noise, while wall-clock rates swung 2x-3x between runs
+in both directions (worker 20,600-57,700 steps/s, leader/follower and hybrid 18,900-52,800).
+So the simpler design stayed: the hybrid, built and tested, cost two more locks and a
+hand-off protocol for nothing measurable.
+
+Guarantees: one stream has at most one step in flight, so its steps apply in call order, and
+a second concurrent step of the same stream raises RuntimeError. ``steps(sid)`` counts the
+steps applied to a stream: an asyncio task cancelled while waiting either withdraws its step
+(not yet taken into a batch: it never happens) or waits for the batch that holds it to finish
+before the CancelledError propagates, so the counter always says which. ``close()`` refuses
+new steps, runs every queued one and stops the worker. With ``idle_seconds``, streams idle
+that long are evicted from the pool to bytes (``rnnengine.state_io``) and resumed on their
+next step.
+
+The pool sits behind a small adapter (``_ModelPool``): check an input, parse exported bytes,
+open / close / step / export. Another source of streams (a whole-model session pool) plugs
+in with an adapter of the same shape.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import threading
+import time
+from typing import Deque, Dict, List, Optional
+
+import numpy as np
+
+from ._checks import as_float32, check_positive_int
+from .model import Model
+from .pool import Pool
+from .state_io import import_state
+
+
+class _ModelPool:
+    """The pool interface the Batcher uses, here over a ``Pool`` of a ``Model``:
+
+    - ``check_input(x)`` -> one stream's input for one step, validated (in the caller's
+      thread, so a bad input fails its own call, never a batch); the Batcher never looks
+      inside it (a session's would be a dict of feeds).
+    - ``parse(data)`` -> a state for ``open`` from ``export`` bytes (ValueError if foreign).
+    - ``open(state=None)`` -> pool id; ``close(pid)``; ``export(pid)`` -> bytes.
+    - ``step(pids, inputs)`` -> a sequence whose item j is the output of ``pids[j]``.
+
+    Every method but ``check_input`` and ``parse`` is called with the Batcher's pool lock
+    held, so the pool itself needs no thread safety."""
+
+    def __init__(self, model: Model, capacity: int):
+        self.pool = Pool(model, capacity)
+        self.model = model
+        self.shape = (model.input_size,)
+
+    def check_input(self, x) -> np.ndarray:
+        """One stream's input for one timestep -> float32 ``(I,)``; errors name the shape."""
+        I = self.model.input_size
+        x = as_float32("x", x, f"({I},)")
+        if x.shape != self.shape:
+            raise ValueError(f"x must be float32 of shape ({I},) (one timestep of one stream); "
+                             f"got {x.shape}")
+        return x
+
+    def parse(self, data):
+        """Bytes from ``export`` -> a state for ``open``; ValueError/TypeError if they do not fit."""
+        return import_state(self.model, data)
+
+    def open(self, state=None) -> int:
+        return self.pool.open(state)
+
+    def close(self, pid: int) -> None:
+        self.pool.close(pid)
+
+    def step(self, pids: List[int], inputs: List[np.ndarray]) -> np.ndarray:
+        """One timestep of the streams ``pids``; row j of the result belongs to ``pids[j]``."""
+        return self.pool.step(pids, np.stack(inputs))
+
+    def export(self, pid: int) -> bytes:
+        return self.pool.export_state(pid)
+
+
+class _Stream:
+    __slots__ = ("sid", "pid", "start", "blob", "steps", "request", "last_used")
+
+    def __init__(self, sid: int, start):
+        self.sid = sid
+        self.pid: Optional[int] = None   # pool id while resident; None before the first step
+        self.start = start               # state to open with (None: zeros)
+        self.blob: Optional[bytes] = None   # exported state while evicted
+        self.steps = 0
+        self.request: Optional[_Request] = None   # the step in flight, if any
+        self.last_used = time.monotonic()
+
+
+class _Request:
+    __slots__ = ("stream", "x", "loop", "future", "waiter", "arrived", "taken", "done",
+                 "orphan", "result", "error")
+
+    def __init__(self, stream: _Stream, x, loop):
+        self.stream = stream
+        self.x = x
+        self.loop = loop
+        if loop is None:
+            self.waiter = threading.Lock()
+            self.waiter.acquire()         # released by the worker when the result is in
+            self.future = None
+        else:
+            self.waiter = None
+            self.future = loop.create_future()
+        self.arrived = time.monotonic()
+        self.taken = False                # popped into a batch (under the pool lock)
+        self.done = False
+        self.orphan = False               # its asyncio task was cancelled after it was taken
+        self.result = None
+        self.error: Optional[BaseException] = None
+
+
+def _finite(value) -> bool:
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _pool_for(model, capacity: int):
+    """The adapter for what the Batcher was given (a whole-model session's pool would add one)."""
+    if isinstance(model, Model):
+        return _ModelPool(model, capacity)
+    raise TypeError(f"Batcher takes an rnnengine.Model; got {type(model).__name__}")
+
+
+def _settle(requests: List[_Request]) -> None:
+    """On the requests' event loop: hand each waiting future its result or error."""
+    for r in requests:
+        future = r.future
+        if future.done():
+            continue
+        if r.error is not None:
+            future.set_exception(r.error)
+        else:
+            future.set_result(r.result)
+
+
+class Batcher:
+    """Thread-safe, asyncio-friendly steps of up to ``max_streams`` streams of ``model``.
+
+    max_batch: most streams stepped together. max_delay_us: longest a step waits for company
+    once it is queued. idle_seconds: evict streams idle that long to bytes (None: never).
+    ``step(sid, x)`` takes x ``(I,)`` and returns y ``(Hout,)``, exactly what
+    ``model.stream(batch=1).step`` gives for the same inputs. The pool holds ``max_streams``
+    slots. Close the batcher (``close()`` or a ``with`` block): its worker thread keeps it
+    alive until then."""
+
+    def __init__(self, model: Model, max_batch: int = 64, max_delay_us: float = 500,
+                 idle_seconds: Optional[float] = None, max_streams: int = 1024):
+        self.max_batch = check_positive_int("max_batch", max_batch)
+        self.max_streams = check_positive_int("max_streams", max_streams)
+        if not _finite(max_delay_us) or not max_delay_us >= 0:
+            raise ValueError(f"max_delay_us must be a finite number >= 0; got {max_delay_us!r}")
+        if idle_seconds is not None and (not _finite(idle_seconds) or not idle_seconds > 0):
+            raise ValueError(f"idle_seconds must be a finite number > 0 or None; got "
+                             f"{idle_seconds!r}")
+        self.max_delay_us = max_delay_us
+        self.idle_seconds = idle_seconds
+        self.model = model
+        self._pool = _pool_for(model, self.max_streams)
+        self._delay = max_delay_us * 1e-6
+        self._streams: Dict[int, _Stream] = {}
+        self._next_sid = 0
+        self._queue: Deque[_Request] = collections.deque()
+        self._closing = False
+        self._stats = dict(batches=0, steps=0, largest_batch=0, evictions=0, resumes=0)
+        self._next_eviction = time.monotonic() + (idle_seconds or 0)
+        # Lock order: _pool_lock, then _cond. _pool_lock guards the pool and is held from
+        # taking a batch to recording its results, so whoever holds it sees no step half done.
+        self._pool_lock = threading.Lock()
+        self._cond = threading.Condition(threading.Lock())
+        self._worker = threading.Thread(target=self._serve, name="rnnengine-batcher",
+                                        daemon=True)
+        self._start()
+
+    def _start(self) -> None:
+        """Start the worker (bench/bench_batcher.py replaces this to measure leader/follower)."""
+        self._worker.start()
+
+    def __repr__(self) -> str:
+        return (f"rnnengine.Batcher({len(self._streams)}/{self.max_streams} streams, "
+                f"max_batch={self.max_batch}, max_delay_us={self.max_delay_us}, "
+                f"{self.model!r})")
+
+    def __enter__(self) -> "Batcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def __contains__(self, sid) -> bool:
+        return sid in self._streams
+
+    @property
+    def stats(self) -> dict:
+        """Counters: batches run, steps applied, largest batch, evictions, resumes."""
+        with self._cond:
+            return dict(self._stats)
+
+    # -- streams --------------------------------------------------------------------------
+    def _stream(self, sid) -> _Stream:
+        """The open stream ``sid`` (call with _cond held)."""
+        if not isinstance(sid, (int, np.integer)) or isinstance(sid, bool):
+            raise TypeError(f"a stream id is an int from Batcher.open(); got {type(sid).__name__}")
+        stream = self._streams.get(int(sid))
+        if stream is None:
+            raise ValueError(f"stream id {sid} was closed" if 0 <= sid < self._next_sid else
+                             f"unknown stream id {sid!r}: ids come from Batcher.open() or "
+                             f"Batcher.resume() of this batcher")
+        return stream
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise RuntimeError("the Batcher is closed")
+
+    def open(self) -> int:
+        """A new stream id, starting from the zero state. RuntimeError when ``max_streams``
+        streams are open."""
+        return self._add(None)
+
+    def resume(self, data) -> int:
+        """A new stream continuing from ``export_state`` bytes (of a Batcher, Pool or batch-1
+        Stream of the same model). ValueError if they do not fit this model."""
+        return self._add(self._pool.parse(data))
+
+    def _add(self, start) -> int:
+        with self._cond:
+            self._check_open()
+            if len(self._streams) >= self.max_streams:
+                raise RuntimeError(f"the Batcher is full: all {self.max_streams} streams are "
+                                   f"open; close one, or create it with a larger max_streams")
+            sid = self._next_sid
+            self._next_sid += 1
+            self._streams[sid] = _Stream(sid, start)
+            return sid
+
+    def close(self, sid=None) -> None:
+        """``close(sid)``: end one stream; a step of it still queued fails with RuntimeError,
+        one already running finishes first. ``close()``: close the batcher: new steps are
+        refused, every queued step runs and gets its result, the worker stops. Streams can
+        still be exported afterwards (to move them elsewhere)."""
+        if sid is None:
+            self._shutdown()
+            return
+        with self._pool_lock:
+            with self._cond:
+                stream = self._stream(sid)
+                del self._streams[stream.sid]
+                request = stream.request
+                if request is not None and not request.taken:
+                    self._queue.remove(request)
+                    request.error = RuntimeError(f"stream {sid} was closed while its step "
+                                                 f"was waiting")
+                    request.done = True
+                    waiting = [request]
+                else:
+                    waiting = []
+                self._cond.notify_all()     # the worker waiting for company: one stream fewer
+            if stream.pid is not None:
+                self._pool.close(stream.pid)
+        self._wake(waiting)
+
+    def steps(self, sid) -> int:
+        """How many steps have been applied to the stream (a step still in flight is counted
+        once its batch has run)."""
+        with self._cond:
+            return self._stream(sid).steps
+
+    def export_state(self, sid) -> bytes:
+        """The stream's state after its ``steps(sid)`` applied steps, as bytes
+        (``rnnengine.state_io``); the stream stays open. ``resume`` continues it here or in
+        any process of the same model."""
+        with self._pool_lock:   # a stream's slot and blob change only under this lock
+            with self._cond:
+                stream = self._stream(sid)
+            if stream.pid is not None:
+                return self._pool.export(stream.pid)
+            if stream.blob is not None:
+                return stream.blob
+            # Never stepped: its starting state (zeros, or what resume() was given).
+            pid = self._pool.open(stream.start)
+            try:
+                return self._pool.export(pid)
+            finally:
+                self._pool.close(pid)
+
+    # -- steps ----------------------------------------------------------------------------
+    def _submit(self, sid, x, loop) -> _Request:
+        x = self._pool.check_input(x)
+        with self._cond:
+            self._check_open()
+            stream = self._stream(sid)
+            if stream.request is not None and not stream.request.orphan:
+                raise RuntimeError(
+                    f"stream {sid} already has a step in progress (called concurrently from "
+                    f"another thread or task): the steps of one stream are sequential; wait "
+                    f"for the first step's result before the next")
+            request = stream.request = _Request(stream, x, loop)
+            self._queue.append(request)
+            n = len(self._queue)
+            # Wake the worker only when it may be waiting for exactly this: a first request,
+            # or a batch that is now complete. Otherwise its timed wait ends on its own.
+            if n == 1 or n >= self.max_batch or n >= len(self._streams):
+                self._cond.notify()
+        return request
+
+    def step(self, sid, x) -> np.ndarray:
+        """One timestep of stream ``sid``: x ``(I,)`` -> y ``(Hout,)``. Blocks the calling
+        thread until its batch has run."""
+        request = self._submit(sid, x, None)
+        request.waiter.acquire()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    async def step_async(self, sid, x) -> np.ndarray:
+        """``step`` for asyncio tasks: the event loop keeps running while the batch waits and
+        computes. Cancelled while waiting, the step either never happens or has happened
+        before the CancelledError propagates; ``steps(sid)`` tells which."""
+        loop = asyncio.get_running_loop()
+        request = self._submit(sid, x, loop)
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            if not self._withdraw(request):
+                await self._settled(request, loop)
+            raise
+
+    def _withdraw(self, request: _Request) -> bool:
+        """Take a cancelled request back if no batch has it yet; else mark it an orphan (the
+        stream may take its next step meanwhile). True when withdrawn."""
+        with self._cond:
+            if not request.taken:
+                self._queue.remove(request)
+                request.stream.request = None
+                return True
+            request.orphan = True
+            return False
+
+    async def _settled(self, request: _Request, loop) -> None:
+        """Wait until the batch holding ``request`` has run (its task was cancelled; further
+        cancellations do not cut this wait short)."""
+        with self._cond:
+            if request.done:
+                return
+            request.future = future = loop.create_future()   # _settle reads it when it runs
+        while not future.done():
+            try:
+                await asyncio.shield(future)
+            except asyncio.CancelledError:
+                continue
+            except Exception:
+                break
+        if future.done() and not future.cancelled():
+            future.exception()   # retrieved: the caller is gone, the error has no reader
+
+    # -- the worker -----------------------------------------------------------------------
+    def _serve(self) -> None:
+        try:
+            while self._gather():
+                self._run()
+                if self.idle_seconds is not None and time.monotonic() >= self._next_eviction:
+                    self._evict_idle()
+        except BaseException as error:   # a bug: fail every waiter rather than hang it
+            with self._cond:
+                self._closing = True
+                waiting = list(self._queue)
+                self._queue.clear()
+                for request in waiting:
+                    request.error = RuntimeError(f"the Batcher's worker failed: {error!r}")
+                    request.done = True
+            self._wake(waiting)
+            raise
+
+    def _gather(self) -> bool:
+        """Wait for a batch to be worth running (or for eviction to be due). False once the
+        batcher is closed and nothing is queued."""
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return False
+                if self.idle_seconds is None:
+                    self._cond.wait()
+                else:
+                    left = self._next_eviction - time.monotonic()
+                    if left <= 0:
+                        return True
+                    self._cond.wait(left)
+            deadline = self._queue[0].arrived + self._delay
+            while (self._queue and len(self._queue) < min(self.max_batch, len(self._streams))
+                   and not self._closing):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        return True
+
+    def _run(self) -> None:
+        """Take up to max_batch queued requests and run them as one pool step."""
+        with self._pool_lock:
+            with self._cond:
+                count = min(self.max_batch, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(count)]
+                for request in batch:
+                    request.taken = True
+            if not batch:
+                return
+            error = None
+            try:
+                for request in batch:
+                    self._make_resident(request.stream)
+                ys = self._pool.step([r.stream.pid for r in batch], [r.x for r in batch])
+            except Exception as failure:   # e.g. MemoryError: these steps fail, nothing else
+                error = failure
+            now = time.monotonic()
+            with self._cond:
+                for j, request in enumerate(batch):
+                    stream = request.stream
+                    if error is None:
+                        request.result = ys[j]
+                        stream.steps += 1
+                    else:
+                        request.error = RuntimeError(f"the batched step failed: {error!r}")
+                    request.done = True
+                    stream.last_used = now
+                    if stream.request is request:
+                        stream.request = None
+                stats = self._stats
+                stats["batches"] += 1
+                stats["steps"] += len(batch) if error is None else 0
+                stats["largest_batch"] = max(stats["largest_batch"], len(batch))
+        self._wake(batch)
+
+    def _make_resident(self, stream: _Stream) -> None:
+        """Give the stream a pool slot (first step, or after eviction). Pool lock held."""
+        if stream.pid is not None:
+            return
+        if stream.blob is not None:
+            stream.pid = self._pool.open(self._pool.parse(stream.blob))
+            stream.blob = None
+            with self._cond:
+                self._stats["resumes"] += 1
+        else:
+            stream.pid = self._pool.open(stream.start)
+            stream.start = None
+
+    def _evict_idle(self) -> None:
+        """Export the streams idle for idle_seconds to bytes and free their pool slots."""
+        now = time.monotonic()
+        self._next_eviction = now + max(self.idle_seconds / 4, 0.001)
+        with self._pool_lock:
+            with self._cond:
+                idle = [s for s in self._streams.values() if s.pid is not None
+                        and s.request is None and now - s.last_used >= self.idle_seconds]
+                for stream in idle:
+                    stream.blob = self._pool.export(stream.pid)
+                    self._pool.close(stream.pid)
+                    stream.pid = None
+                self._stats["evictions"] += len(idle)
+
+    @staticmethod
+    def _wake(requests: List[_Request]) -> None:
+        """Wake the callers of finished requests: threads one by one, event loops once each."""
+        by_loop: Dict[asyncio.AbstractEventLoop, List[_Request]] = {}
+        for request in requests:
+            if request.loop is None:
+                request.waiter.release()
+            else:
+                by_loop.setdefault(request.loop, []).append(request)
+        for loop, waiting in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, waiting)
+            except RuntimeError:   # the loop was closed: nobody is waiting on it any more
+                pass
+
+    def _shutdown(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join()

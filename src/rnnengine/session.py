@@ -1,0 +1,240 @@
+"""``InferenceSession``: a whole exported ONNX model, with ONNX Runtime's surface (SPEC §6).
+
+    sess = rnnengine.InferenceSession("model.onnx")       # path, bytes or onnx.ModelProto
+    sess.get_inputs(), sess.get_outputs()                  # NodeArg: .name .shape .type
+    outs = sess.run(None, {"x": x})                        # list, like onnxruntime
+    stream = sess.stream(); pool = sess.pool(64)           # session_stream.py
+
+The graph is planned once at load (``graph.Plan``): constants folded, recurrent nodes on
+rnnengine's kernels, the other operators native (``rnnengine.ops``) or through ONNX Runtime.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from .errors import ModelError
+from .graph import Loaded, Plan
+from .loaders._fold import Scope
+from .loaders.onnx import _read_model
+from .model import Model
+from .ort_bridge import require_onnxruntime
+from .session_stream import SessionPool, SessionStream
+from .state_pairs import find_pairs
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def recurrent_model(layers, batch_first: bool, precision: str) -> Model:
+    """THE one place where a session builds the Models of its recurrent nodes, so that
+    ``precision=`` reaches them all (reduced precisions: SPEC §7, not wired yet)."""
+    return Model(layers, batch_first=batch_first)
+
+
+def check_precision(precision) -> str:
+    if precision == "fp32":
+        return precision
+    if precision in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not yet supported by "
+                         "InferenceSession; use 'fp32'")
+    raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
+
+
+class NodeArg:
+    """An input or output of the graph, like ``onnxruntime.NodeArg``: ``name``, ``shape``
+    (ints, dim names as str, None when unknown), ``type`` ('tensor(float)', ...)."""
+
+    def __init__(self, info: onnx.ValueInfoProto):
+        self.name = info.name
+        t = info.type.tensor_type if info.type.HasField("tensor_type") else None
+        self.elem_type = t.elem_type if t is not None else 0
+        name = onnx.TensorProto.DataType.Name(self.elem_type).lower()
+        self.type = f"tensor({name})" if t is not None else "unknown"
+        self.dtype = (np.dtype(helper.tensor_dtype_to_np_dtype(self.elem_type))
+                      if self.elem_type not in (0, onnx.TensorProto.STRING) else None)
+        if t is not None and t.HasField("shape"):
+            self.shape = [d.dim_value if d.HasField("dim_value") else
+                          (d.dim_param if d.HasField("dim_param") else None)
+                          for d in t.shape.dim]
+        else:
+            self.shape = None
+
+    def __repr__(self) -> str:
+        return f"NodeArg(name={self.name!r}, type={self.type!r}, shape={self.shape})"
+
+    def check(self, value) -> np.ndarray:
+        """The fed value as an ndarray; ValueError naming this input if it does not fit."""
+        if not isinstance(value, np.ndarray):
+            value = np.asarray(value)
+        if self.dtype is not None and value.dtype != self.dtype:
+            raise ValueError(f"input {self.name!r} must be {self.type} "
+                             f"({self.dtype}); got {value.dtype}")
+        if self.shape is not None:
+            if value.ndim != len(self.shape) or any(
+                    isinstance(d, int) and d != s for d, s in zip(self.shape, value.shape)):
+                raise ValueError(f"input {self.name!r} must have shape "
+                                 f"{_show(self.shape)}; got {value.shape}")
+        return value
+
+
+def _show(shape) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + \
+        ("," if len(shape) == 1 else "") + ")"
+
+
+def read_model(source) -> tuple:
+    """path, bytes or ModelProto -> (ModelProto, folder of external data, name for errors)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        model = onnx.ModelProto()
+        try:
+            model.ParseFromString(bytes(source))
+        except Exception as e:  # google.protobuf DecodeError and friends
+            raise ModelError(f"<bytes>: not an ONNX model (protobuf parse failed: {e})") from None
+        if not model.HasField("graph"):
+            raise ModelError("<bytes>: not an ONNX model (no graph)")
+        return model, None, "<bytes>"
+    if not isinstance(source, (str, os.PathLike, onnx.ModelProto)):
+        raise TypeError("InferenceSession takes a path, the model's bytes or an "
+                        f"onnx.ModelProto; got {type(source).__name__}")
+    return _read_model(source)
+
+
+class InferenceSession:
+    """A whole ONNX model planned once; ``run`` returns what ONNX Runtime returns."""
+
+    def __init__(self, path_or_bytes: Union[str, os.PathLike, bytes, onnx.ModelProto],
+                 precision: str = "fp32", **_ort_style_options):
+        # ORT's sess_options / providers / provider_options are accepted and ignored, so
+        # that code written for onnxruntime.InferenceSession runs unchanged; so is an ORT
+        # SessionOptions passed second, where ORT takes it.
+        if not isinstance(precision, str) and type(precision).__name__ == "SessionOptions":
+            precision = "fp32"
+        self.precision = check_precision(precision)
+        model, base_dir, where = read_model(path_or_bytes)
+        self._where = where
+        try:
+            self._loaded = Loaded(model, base_dir, where, self.precision,
+                                  lambda layers, bf: recurrent_model(layers, bf, precision))
+            self._plan = Plan(model.graph, Scope(model.graph, None, ()), self._loaded)
+            initializers = {t.name for t in model.graph.initializer}
+            self._inputs = [NodeArg(i) for i in model.graph.input if i.name not in initializers]
+            self._outputs = [NodeArg(o) for o in model.graph.output]
+        except ModelError:
+            raise
+        except RecursionError:
+            raise ModelError(f"{where}: subgraphs nested too deeply") from None
+        except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, MemoryError,
+                AttributeError, UnicodeError) as e:
+            # protobuf hands hostile bytes through as odd values (bytes for a str field,
+            # an unknown enum value, ...) that slip past the checks; the contract is one
+            # exception type.
+            raise ModelError(f"{where}: malformed graph ({type(e).__name__}: {e})") from e
+        ort_ops = [op for g in self._loaded.ort_groups for op in g.op_types]
+        if ort_ops:
+            require_onnxruntime(ort_ops, where)
+        self._input_index = {a.name: k for k, a in enumerate(self._inputs)}
+        self._output_index = {a.name: k for k, a in enumerate(self._outputs)}
+        # outputs whose arrays the plan reuses across runs: the caller gets a copy
+        self._const_outputs = {k for k, (name, slot) in enumerate(zip(
+            self._plan.output_names, self._plan.output_slots))
+            if name in self._plan.consts or slot in self._plan.shared}
+
+    # -- description -----------------------------------------------------------------------
+    def get_inputs(self) -> List[NodeArg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> List[NodeArg]:
+        return list(self._outputs)
+
+    def get_providers(self) -> List[str]:
+        return ["rnnengine"]
+
+    def placement(self) -> Dict[str, str]:
+        """{node label: "native" | "recurrent" | "if" | "loop" | "ort"} over every graph
+        (folded nodes are absent): what runs where."""
+        out = {}
+        for plan in self._loaded.plans:
+            out.update(plan.kinds)
+        return out
+
+    def state_pairs(self) -> Dict[str, str]:
+        """{output: input} pairs ``stream()`` finds automatically (SPEC §6); {} if none."""
+        return find_pairs(self._loaded.model.graph, self._inputs, self._outputs)
+
+    def __repr__(self) -> str:
+        kinds = list(self.placement().values())
+        counts = ", ".join(f"{kinds.count(k)} {k}" for k in sorted(set(kinds)))
+        return (f"rnnengine.InferenceSession({self._where!r}, inputs="
+                f"{[a.name for a in self._inputs]}, outputs={[a.name for a in self._outputs]}, "
+                f"nodes: {counts or 'all folded'})")
+
+    # -- running ---------------------------------------------------------------------------
+    def output_indices(self, output_names: Optional[Sequence[str]]) -> List[int]:
+        if output_names is None:
+            return list(range(len(self._outputs)))
+        if isinstance(output_names, str):
+            raise TypeError("output_names must be a list of names or None; got a str")
+        try:
+            return [self._output_index[n] for n in output_names]
+        except KeyError as e:
+            raise ValueError(f"unknown output name {e.args[0]!r}; the outputs are "
+                             f"{[a.name for a in self._outputs]}") from None
+
+    def new_table(self, feeds: Dict[str, np.ndarray], carried=()) -> list:
+        """A value table with ``feeds`` checked and written (every input required but those
+        in ``carried``: state a stream keeps inside its recurrent nodes)."""
+        if not isinstance(feeds, dict):
+            raise TypeError(f"feeds must be a dict of input name -> array; got "
+                            f"{type(feeds).__name__}")
+        v = self._plan.template.copy()
+        slots = self._plan.input_slots
+        for name, value in feeds.items():
+            k = self._input_index.get(name)
+            if k is None:
+                raise ValueError(f"unknown input name {name!r}; the inputs are "
+                                 f"{[a.name for a in self._inputs]}")
+            v[slots[k]] = self._inputs[k].check(value)
+        for k, slot in enumerate(slots):
+            if v[slot] is None and self._inputs[k].name not in carried:
+                raise ValueError(f"missing input {self._inputs[k].name!r} "
+                                 f"({self._inputs[k].type}, shape "
+                                 f"{_show(self._inputs[k].shape or [])})")
+        return v
+
+    def finish(self, v: list, indices: List[int]) -> list:
+        """The outputs at ``indices`` as ONNX Runtime gives them: ndarrays the caller owns."""
+        out = []
+        slots = self._plan.output_slots
+        for k in indices:
+            value = v[slots[k]]
+            if not isinstance(value, np.ndarray):
+                value = np.asarray(value)
+            elif k in self._const_outputs or not value.flags.owndata:
+                value = value.copy()
+            out.append(value)
+        return out
+
+    def run(self, output_names: Optional[Sequence[str]], input_feed: Dict[str, np.ndarray],
+            run_options=None) -> List[np.ndarray]:
+        """Run the whole graph: the outputs named (all when None), in that order."""
+        indices = self.output_indices(output_names)
+        v = self.new_table(input_feed)
+        self._plan.execute(v)
+        return self.finish(v, indices)
+
+    # -- streams ---------------------------------------------------------------------------
+    def stream(self, state: Optional[Dict[str, str]] = None,
+               feeds: Optional[Dict[str, np.ndarray]] = None) -> SessionStream:
+        """A stateful stream of the whole model (SPEC §6): state outputs fed back as inputs
+        (pairs found automatically or given as ``state={"out": "in"}``), or, for a graph
+        without state inputs, recurrent state carried along the time axis."""
+        return SessionStream(self, state, feeds)
+
+    def pool(self, capacity: int = 64, state: Optional[Dict[str, str]] = None,
+             feeds: Optional[Dict[str, np.ndarray]] = None) -> SessionPool:
+        """Up to ``capacity`` streams of the whole model stepped together."""
+        return SessionPool(self, capacity, state, feeds)

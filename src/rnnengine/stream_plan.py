@@ -1,0 +1,220 @@
+"""A session stream's fast path: state pairs kept inside the recurrent kernels.
+
+An exported streaming model unpacks its state input into the recurrent nodes' initial
+states (Slice/Squeeze/Transpose...) and packs their final states into the state output
+(Unsqueeze/Concat...), every step. When that plumbing only moves the state around, the
+stream can skip it: each recurrent node keeps its state in an ``rnnengine.Stream`` (one
+kernel call per step, the state never leaves its buffers) and only the steps that the other
+outputs need run. The packed state is computed when asked for (``stream.state``,
+``export_state``) and unpacked when set.
+
+``ElidedPlan.build`` decides whether that is exact for a graph, without trusting op names:
+
+* structurally: every recurrent node of the main graph takes its whole initial state from
+  state inputs (no sequence_lens, one direction); the outputs kept by ``step`` do not read
+  the state inputs except through the recurrent nodes; packing needs only the final states,
+  constants and fixed feeds; unpacking only the state inputs, constants and fixed feeds;
+* numerically, on the first step's feeds: from a random state R, the full graph's state
+  output S' fed back must reach the recurrent nodes as exactly (bit for bit) the final
+  states R produced, and the zero state must unpack to zeros.
+
+Otherwise (Silero: its recurrent nodes sit in If branches chosen by the state's shape) the
+stream runs the whole graph every step.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from .graph import CONTEXT, NONE
+
+
+def _live(io: list, wanted: set, skip=lambda k: False, reads=None) -> List[int]:
+    """Indices of the steps needed for ``wanted`` slots, in order. ``skip(k)``: step k is
+    not run (its outputs are provided); ``reads(k)``: the slots step k reads (default:
+    all its inputs)."""
+    need = set(wanted)
+    picked = []
+    for k in range(len(io) - 1, -1, -1):
+        ins, outs = io[k]
+        if skip(k) or not need.intersection(outs):
+            continue
+        picked.append(k)
+        need.update(reads(k) if reads else ins)
+    return picked[::-1]
+
+
+def _sources(io: list, steps: List[int], plan, outside: set, reads=None) -> set:
+    """Slots the ``steps`` read that none of them write and that are not constants."""
+    written = {o for k in steps for o in io[k][1]}
+    const = {plan.slots[n] for n in plan.consts if n in plan.slots}
+    return {i for k in steps for i in (reads(k) if reads else io[k][0])
+            if i not in written and i not in const and i not in outside and i != NONE}
+
+
+class Carrier:
+    """Recurrent state of one stream: an rnnengine.Stream per recurrent node, created at
+    the first step for the batch it sees. ``want`` holds the nodes whose final state the
+    step must also write to the table (time-axis streams write every node's)."""
+
+    def __init__(self, want=None):
+        self.streams = {}
+        self.want = want
+
+    def advance(self, rec, x: np.ndarray, v: list):
+        N = x.shape[0] if rec.layout else x.shape[1]
+        stream = self.streams.get(rec)
+        if stream is None or stream.batch != N:
+            stream = self.streams[rec] = rec.model.stream(batch=N)
+            given = rec._state(v, N)          # the graph's own initial state, first call
+            if given is not None:
+                stream.state = given
+        if x.shape[1 if rec.layout else 0] == 1:     # one timestep: the lean call
+            y = stream.step(x[:, 0] if rec.layout else x[0])
+            y = y[:, None] if rec.layout else y[None]
+        else:
+            y = stream.run(x)
+        if self.want is not None and rec not in self.want:
+            return y, None, None
+        state = stream.state
+        return (y,) + (tuple(state) if rec.kind == "lstm" else (state, None))
+
+
+class SlotCarrier:
+    """Recurrent state of every slot of a time-axis pool: ``h[rec]`` (1, capacity, Hout),
+    ``c[rec]`` (1, capacity, H); a step gathers the rows of ``index`` and scatters the
+    final states back."""
+
+    def __init__(self, recs, capacity: int):
+        self.h = {r: np.zeros((1, capacity, r.Hout), np.float32) for r in recs}
+        self.c = {r: np.zeros((1, capacity, r.H), np.float32) for r in recs if r.kind == "lstm"}
+        self.index = None
+
+    def stores(self) -> Dict[str, np.ndarray]:
+        out = {}
+        for r, h in self.h.items():
+            out[f"{r.label}/h"] = h
+            if r in self.c:
+                out[f"{r.label}/c"] = self.c[r]
+        return out
+
+    def advance(self, rec, x: np.ndarray, v: list):
+        idx = self.index
+        h = self.h[rec][:, idx]
+        c = self.c[rec][:, idx] if rec in self.c else None
+        y, state = rec.model.run(x, h if c is None else (h, c))
+        h, c = (state, None) if c is None else state
+        self.h[rec][:, idx] = h
+        if c is not None:
+            self.c[rec][:, idx] = c
+        return y, h, c
+
+
+class ElidedPlan:
+    """See the module docstring. ``step(v)`` runs the kept outputs' steps on table ``v``."""
+
+    def __init__(self, sess, pairs: Dict[str, str], fixed: set):
+        plan = sess._plan
+        self.sess, self.plan = sess, plan
+        slots = plan.slots
+        self.recs = [r for r in sess._loaded.recurrent
+                     if any(r.node is n for n in plan.nodes)]
+        self.ok = (len(self.recs) == len(sess._loaded.recurrent) and self.recs and all(
+            r.lens == NONE and r.h0 != NONE and (r.kind != "lstm" or r.c0 != NONE)
+            and r.D == 1 and not r.model.layers[0].reverse for r in self.recs))
+        if not self.ok:
+            return
+        index = {n: k for k, n in enumerate(plan.output_names)}
+        self.state_in = [slots[i] for i in pairs.values()]
+        self.state_out = [plan.output_slots[index[o]] for o in pairs]
+        kept = [plan.output_slots[k] for k, n in enumerate(plan.output_names) if n not in pairs]
+        rec_step = {k: r for k, step in enumerate(plan.steps) for r in self.recs
+                    if getattr(step, "__self__", None) is r}
+        fixed_slots = {slots[n] for n in fixed}
+
+        def reads(k):   # in the fast path a recurrent node reads only X
+            r = rec_step.get(k)
+            return [r.x] if r is not None else plan.io[k][0]
+
+        self.run_steps = _live(plan.io, set(kept), reads=reads)
+        finals = {r.yh for r in self.recs} | {r.yc for r in self.recs if r.kind == "lstm"}
+        self.pack_steps = _live(plan.io, set(self.state_out), skip=lambda k: k in rec_step)
+        inits = [r.h0 for r in self.recs] + [r.c0 for r in self.recs if r.kind == "lstm"]
+        self.unpack_steps = _live(plan.io, set(inits), skip=lambda k: k in rec_step)
+        run_reads = _sources(plan.io, self.run_steps, plan, set(), reads)
+        self.ok = (not run_reads.intersection(self.state_in)
+                   and _sources(plan.io, self.pack_steps, plan, finals) <= fixed_slots
+                   and _sources(plan.io, self.unpack_steps, plan, set(self.state_in))
+                   <= fixed_slots
+                   and all(k in self.run_steps for k in rec_step))
+        self.want = {r for r in self.recs if {r.yh, r.yc} & {
+            i for k in self.run_steps for i in plan.io[k][0]}}
+        self.run = [plan.steps[k] for k in self.run_steps]
+
+    # -- the numerical check ---------------------------------------------------------------
+    def verify(self, merged: dict, zero: Dict[str, np.ndarray]) -> bool:
+        """On the first step's feeds: pack(final) fed back reaches the nodes unchanged."""
+        sess, plan = self.sess, self.plan
+        names = list(zero)
+        rng = np.random.default_rng(0)
+        rand = {n: rng.standard_normal(a.shape).astype(a.dtype) for n, a in zero.items()}
+        v1 = sess.new_table({**merged, **rand})
+        plan.execute(v1)
+        v2 = sess.new_table({**merged, **{n: v1[s] for n, s in zip(names, self.state_out)}})
+        plan.execute(v2)
+        v0 = sess.new_table({**merged, **zero})
+        plan.execute(v0)
+        for r in self.recs:
+            pairs = [(r.h0, r.yh)] + ([(r.c0, r.yc)] if r.kind == "lstm" else [])
+            for init, final in pairs:
+                if not np.array_equal(np.asarray(v2[init]), np.asarray(v1[final])):
+                    return False
+                if np.any(np.asarray(v0[init])):
+                    return False
+        return True
+
+    # -- state -----------------------------------------------------------------------------
+    def pack(self, carrier: Carrier, fixed: dict) -> Optional[List[np.ndarray]]:
+        """The state outputs for the carrier's current recurrent states."""
+        plan = self.plan
+        v = plan.template.copy()
+        for name, value in fixed.items():
+            v[plan.slots[name]] = value
+        for r in self.recs:
+            stream = carrier.streams.get(r)
+            if stream is None:
+                return None
+            state = stream.state
+            h, c = state if r.kind == "lstm" else (state, None)
+            if r.layout:
+                h = np.swapaxes(h, 0, 1)
+                c = None if c is None else np.swapaxes(c, 0, 1)
+            v[r.yh], v[r.yc] = h, c
+        for k in self.pack_steps:
+            plan.steps[k](v)
+        return [np.array(v[s]) for s in self.state_out]
+
+    def unpack(self, carrier: Carrier, values: List[np.ndarray], fixed: dict) -> None:
+        """Set the carrier's recurrent states from state input values."""
+        plan = self.plan
+        v = plan.template.copy()
+        for name, value in fixed.items():
+            v[plan.slots[name]] = value
+        for slot, value in zip(self.state_in, values):
+            v[slot] = value
+        for k in self.unpack_steps:
+            plan.steps[k](v)
+        for r in self.recs:
+            h0 = np.asarray(v[r.h0])
+            N = h0.shape[0] if r.layout else h0.shape[1]
+            state = r._state(v, N)
+            stream = carrier.streams.get(r)
+            if stream is None or stream.batch != N:
+                stream = carrier.streams[r] = r.model.stream(batch=N)
+            stream.state = state
+
+    def step(self, v: list, context: dict) -> None:
+        """Run the kept outputs' steps; ``context`` maps each recurrent node to a Carrier."""
+        v[CONTEXT] = context
+        self.plan.execute(v, self.run, self.run_steps)
