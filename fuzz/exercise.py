@@ -4,6 +4,8 @@ and run, and a Pool stepping two streams in both orders). This is what reaches t
 buffers, so a model whose sizes disagree with them is found here, by the sanitizer build."""
 import numpy as np
 
+from rnnengine._checks import is_one_way
+
 
 def run_every_way(model) -> None:
     x = np.linspace(-1, 1, 3 * 2 * model.input_size, dtype=np.float32).reshape(3, 2, -1)
@@ -11,8 +13,7 @@ def run_every_way(model) -> None:
         x = x.transpose(1, 0, 2)
     model.run(x)
     model.run(x, lengths=[3, 1])
-    one_way = model.num_directions == 1 and not any(layer.reverse for layer in model.layers)
-    if one_way:
+    if is_one_way(model.layers):
         stream = model.stream(batch=2)
         stream.step(np.ones((2, model.input_size), np.float32))
         stream.run(x)

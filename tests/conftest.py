@@ -9,6 +9,9 @@ import functools
 import numpy as np
 import pytest
 
+from rnnengine import _kernels
+from rnnengine.loaders._fold import attrs as node_attributes  # noqa: F401  (tests import it)
+
 # Tests import the installed package (CI: `pip install .`). For an in-place build during
 # development, run them with PYTHONPATH=src.
 
@@ -235,21 +238,6 @@ def conformance_node_inputs(case) -> dict:
     return {names[k]: by_graph_name[n] for k, n in enumerate(node.input) if n}
 
 
-def node_attributes(node) -> dict:
-    """An ONNX node's attributes as Python values (strings decoded)."""
-    from onnx import helper
-
-    out = {}
-    for a in node.attribute:
-        v = helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list) and v and isinstance(v[0], bytes):
-            v = [s.decode() for s in v]
-        out[a.name] = v
-    return out
-
-
 def random_stack(rng, kind, num_layers, direction, I, H, proj=0, features=True):
     """ONNX-layout dicts for a stack: layer k>0 takes D*Hout inputs. With ``features``, each
     layer draws its own activations, clip, peepholes, input_forget, linear_before_reset."""
@@ -384,3 +372,12 @@ def load_fuzz_seeds():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(params=_kernels.supported_isas())
+def isa(request):
+    """Each ISA variant this build and CPU run, switched in process for one test."""
+    previous = _kernels.isa()
+    _kernels.set_isa(request.param)
+    yield request.param
+    _kernels.set_isa(previous)

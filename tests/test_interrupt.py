@@ -1,7 +1,6 @@
 """Ctrl-C during a long Model.run / Stream.run raises KeyboardInterrupt promptly (the compute
 loop runs without the GIL, so Python's handler alone would wait for the whole sequence), and a
 stream keeps the state it had before the call."""
-import os
 import signal
 import subprocess
 import sys

@@ -7,6 +7,7 @@ The variant is switched in process with ``_kernels.set_isa`` (packed weights are
 all variants); RNNENGINE_ISA itself is checked in subprocesses.
 """
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -16,7 +17,8 @@ import pytest
 
 import rnnengine
 from rnnengine import Layer, Model, _kernels
-from rnnengine.gate_order import to_onnx
+from rnnengine._reference import onnx_rnn
+from torch_reference import torch_model_to_layers
 
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
@@ -27,14 +29,6 @@ RTOL = ATOL = 1e-5
 # The folder the imported package lives in (installed, or src/ with PYTHONPATH=src), so the
 # subprocesses below import the same build.
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(rnnengine.__file__)))
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    previous = _kernels.isa()
-    _kernels.set_isa(request.param)
-    yield request.param
-    _kernels.set_isa(previous)
 
 
 # -- ISA selection ----------------------------------------------------------------------------
@@ -68,15 +62,57 @@ def test_invalid_env_value_fails_import_with_a_clear_message():
     assert "unknown ISA 'sse9'" in out.stderr and "serial, avx2, avx512" in out.stderr
 
 
-def test_unsupported_isa_is_refused():
+REFUSE = """
+import rnnengine._kernels as k
+print(k.supported_isas())
+for name in ("avx2", "avx512"):
+    if name in k.supported_isas():
+        continue
+    try:
+        k.set_isa(name)
+    except RuntimeError as e:
+        print("refused", name, e)
+"""
+
+
+@pytest.fixture(scope="module")
+def build_without_simd(tmp_path_factory):
+    """src/ of a copy of the tree built with the portable switch (-DRNN_X86=0: the serial
+    variant only, as on ARM), so that avx2/avx512 are unsupported even on a CPU that has
+    them. Built only when this machine runs every variant."""
+    root = os.path.dirname(SRC)
+    if not os.path.exists(os.path.join(root, "setup.py")):
+        pytest.skip("the package is installed, not a source tree: no portable build here")
+    work = tmp_path_factory.mktemp("portable")
+    skip = shutil.ignore_patterns("*.so", "*.pyd", "_kernels.c", "_pool.c", "__pycache__")
+    for folder in ("src", "include"):
+        shutil.copytree(os.path.join(root, folder), work / folder, ignore=skip)
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(os.path.join(root, name), work / name)
+    env = dict(os.environ, CFLAGS="-DRNN_X86=0")
+    env.pop("LD_PRELOAD", None)   # a sanitizer run: the compiler itself runs without it
+    built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                           cwd=work, env=env, capture_output=True, text=True, timeout=900)
+    assert built.returncode == 0, built.stderr[-3000:]
+    return str(work / "src")
+
+
+def test_unsupported_isa_is_refused(request):
     missing = [n for n in ("avx2", "avx512") if n not in ISAS]
-    if not missing:
-        # every variant runs here: the refusal path is still reachable through a bad name
-        with pytest.raises(ValueError, match="unknown ISA"):
-            _kernels.set_isa("neon")
+    if missing:   # this CPU lacks one: the installed build refuses it
+        with pytest.raises(RuntimeError, match="not supported"):
+            _kernels.set_isa(missing[0])
         return
-    with pytest.raises(RuntimeError, match="not supported"):
-        _kernels.set_isa(missing[0])
+    # Every variant runs here: refuse them in a build that has only the serial one.
+    src = request.getfixturevalue("build_without_simd")
+    done = subprocess.run([sys.executable, "-c", REFUSE], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=src), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "['serial']"
+    assert lines[1:] == [
+        f"refused {name} ISA '{name}' is not supported by this CPU or build; supported: serial"
+        for name in ("avx2", "avx512")]
 
 
 def test_set_isa_switches_and_reports(isa):
@@ -236,37 +272,6 @@ def test_onnx_conformance_cases(isa):
 
 # -- PyTorch: stacks, projection, bidirectional, streaming ------------------------------------
 
-def torch_model_to_layers(m, kind):
-    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
-    H, L = m.hidden_size, m.num_layers
-    D = 2 if m.bidirectional else 1
-    proj = getattr(m, "proj_size", 0)
-
-    def onnx_rows(a):
-        return to_onnx(a, kind, "torch")
-
-    layers = []
-    for l in range(L):
-        Ws, Rs, Bs, Ps = [], [], [], []
-        for d in range(D):
-            sfx = f"_l{l}" + ("_reverse" if d else "")
-            g = lambda n: getattr(m, n + sfx).detach().numpy()  # noqa: E731
-            Ws.append(onnx_rows(g("weight_ih")))
-            Rs.append(onnx_rows(g("weight_hh")))
-            Bs.append(np.concatenate([onnx_rows(g("bias_ih")), onnx_rows(g("bias_hh"))]))
-            if proj:
-                Ps.append(g("weight_hr"))
-        acts = None
-        if kind == "rnn" and m.nonlinearity == "relu":
-            acts = ["Relu"]
-        layers.append(Layer.from_onnx(
-            kind, np.stack(Ws), np.stack(Rs), np.stack(Bs),
-            direction="bidirectional" if D == 2 else "forward", activations=acts,
-            linear_before_reset=1 if kind == "gru" else 0,
-            proj=np.stack(Ps) if proj else None))
-    return layers
-
-
 TORCH_CASES = [
     # kind, I, H, layers, bidirectional, proj, T, N, extra
     ("lstm", 5, 7, 2, False, 0, 6, 3, {}),
@@ -315,24 +320,29 @@ def test_matches_pytorch_run_step_and_chunks(isa, case):
 # -- every variant against the portable one ------------------------------------------------
 
 @pytest.mark.parametrize("kind,lbr", [("lstm", 0), ("gru", 0), ("gru", 1), ("rnn", 0)])
-def test_each_isa_matches_serial(isa, kind, lbr):
+def test_each_isa_matches_serial_and_the_reference(isa, kind, lbr):
+    """Every variant, serial included, against the float64 reference on the same arrays; the
+    SIMD variants also against serial (the portable fallback they must agree with)."""
     G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
     rng = np.random.default_rng(5)
     H, I, T, N = 45, 13, 6, 11
-    layer = Layer.from_onnx(kind, rng.uniform(-0.5, 0.5, (1, G * H, I)),
-                            rng.uniform(-0.5, 0.5, (1, G * H, H)),
-                            rng.uniform(-0.5, 0.5, (1, 2 * G * H)),
-                            linear_before_reset=lbr)
-    model = Model([layer])
+    W, R, B = (rng.uniform(-0.5, 0.5, shape) for shape in
+               ((1, G * H, I), (1, G * H, H), (1, 2 * G * H)))
+    model = Model([Layer.from_onnx(kind, W, R, B, linear_before_reset=lbr)])
     x = rng.standard_normal((T, N, I)).astype(np.float32)
     y, _ = model.run(x)
     s = model.stream(N)
     ys = np.stack([s.step(x[t]) for t in range(T)])
-    _kernels.set_isa("serial")
-    y_serial, _ = model.run(x)
-    _kernels.set_isa(isa)
-    np.testing.assert_allclose(y, y_serial, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(ys, y_serial, rtol=RTOL, atol=ATOL)
+    y_ref = onnx_rnn(kind, x, *(a.astype(np.float32) for a in (W, R, B)),
+                     linear_before_reset=lbr)[0][:, 0]
+    np.testing.assert_allclose(y, y_ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(ys, y_ref, rtol=RTOL, atol=ATOL)
+    if isa != "serial":
+        _kernels.set_isa("serial")
+        y_serial, _ = model.run(x)
+        _kernels.set_isa(isa)
+        np.testing.assert_allclose(y, y_serial, rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(ys, y_serial, rtol=RTOL, atol=ATOL)
 
 
 # -- stream mechanics: preallocated step -------------------------------------------------------
@@ -389,7 +399,7 @@ def test_step_converts_and_checks_input(lstm_model):
 def test_concurrent_use_of_a_stream_is_refused(lstm_model):
     _, model = lstm_model
     s = model.stream(1)
-    s._lock()   # what another thread holds while its step runs
+    s._core._lock()   # what another thread holds while its step runs
     try:
         for call in (lambda: s.step(np.zeros(6, np.float32)),
                      lambda: s.run(np.zeros((2, 6), np.float32)),
@@ -399,7 +409,7 @@ def test_concurrent_use_of_a_stream_is_refused(lstm_model):
             with pytest.raises(RuntimeError, match="already in use by another thread"):
                 call()
     finally:
-        s._unlock()
+        s._core._unlock()
     s.step(np.zeros(6, np.float32))
 
 

@@ -199,14 +199,16 @@ ENTRY_POINTS = """
         print("mixed stack ValueError")
     for cells in ([], mixed, [None], ["cell"]):
         try:
-            _kernels.StreamCore()._init_core(cells, 1, 1)
+            _kernels.StreamCore(cells, 1, 1)
         except (ValueError, TypeError) as e:
             print("stream", type(e).__name__)
-    try:
-        rnnengine_stream = __import__("rnnengine").model.Stream
-        rnnengine_stream.__new__(rnnengine_stream)._init_core([], 1, 1)
-    except ValueError:
-        print("empty Stream ValueError")
+    core = _kernels.StreamCore.__new__(_kernels.StreamCore)   # never initialised
+    for call in (lambda: core.step(np.zeros(3, np.float32)), lambda: core._lock(),
+                 lambda: core._run(x, np.zeros((5, 2, 4), np.float32))):
+        try:
+            call()
+        except (ValueError, RuntimeError) as e:
+            print("uninitialised", type(e).__name__)
 """
 
 
@@ -218,7 +220,7 @@ def test_kernel_entry_points_refuse_buffers_that_do_not_fit():
         "c too small ValueError", "y too narrow ValueError", "y too short ValueError",
         "x too narrow ValueError", "short lengths ValueError", "mixed stack ValueError",
         "stream ValueError", "stream ValueError", "stream TypeError", "stream TypeError",
-        "empty Stream ValueError"]
+        "uninitialised ValueError", "uninitialised RuntimeError", "uninitialised RuntimeError"]
 
 
 # -- files that are not regular files -------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from rnnengine import Layer, Model, _kernels
 
 torch = pytest.importorskip("torch")
-from test_kernels import isa, torch_model_to_layers  # noqa: E402,F401  (isa: the ISA fixture)
+from torch_reference import torch_model_to_layers  # noqa: E402
 
 RTOL = ATOL = 1e-5
 

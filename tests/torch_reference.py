@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rnnengine.gate_order import from_onnx
+from rnnengine.gate_order import from_onnx, to_onnx
 from rnnengine.layers import Layer
 from rnnengine.model import Model
 
@@ -103,3 +103,34 @@ def assert_close(actual, expected, what: str = "") -> None:
         return
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=1e-5, atol=1e-6,
                                err_msg=what)
+
+
+def torch_model_to_layers(m, kind):
+    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
+    L = m.num_layers
+    D = 2 if m.bidirectional else 1
+    proj = getattr(m, "proj_size", 0)
+
+    def onnx_rows(a):
+        return to_onnx(a, kind, "torch")
+
+    layers = []
+    for l in range(L):
+        Ws, Rs, Bs, Ps = [], [], [], []
+        for d in range(D):
+            sfx = f"_l{l}" + ("_reverse" if d else "")
+            g = lambda n: getattr(m, n + sfx).detach().numpy()  # noqa: E731
+            Ws.append(onnx_rows(g("weight_ih")))
+            Rs.append(onnx_rows(g("weight_hh")))
+            Bs.append(np.concatenate([onnx_rows(g("bias_ih")), onnx_rows(g("bias_hh"))]))
+            if proj:
+                Ps.append(g("weight_hr"))
+        acts = None
+        if kind == "rnn" and m.nonlinearity == "relu":
+            acts = ["Relu"]
+        layers.append(Layer.from_onnx(
+            kind, np.stack(Ws), np.stack(Rs), np.stack(Bs),
+            direction="bidirectional" if D == 2 else "forward", activations=acts,
+            linear_before_reset=1 if kind == "gru" else 0,
+            proj=np.stack(Ps) if proj else None))
+    return layers

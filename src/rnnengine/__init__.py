@@ -6,7 +6,8 @@ from ._kernels import CellKernel as _CellKernel  # noqa: F401  (fails loudly if 
 from .errors import ModelError
 from .backend import backend  # noqa: E402  (the Backend class shadows the submodule name)
 from .layers import Layer
-from .model import Model, Stream
+from .model import Model
+from .stream import Stream
 from .loaders import from_keras, from_torch, load
 from .batcher import Batcher
 from .session import InferenceSession

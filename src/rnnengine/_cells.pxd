@@ -12,6 +12,18 @@ cdef extern from "rnnengine/cpu.h" nogil:
     int rnn_cpu_best_isa()
 
 cdef extern from "rnnengine/activations.h" nogil:
+    enum:
+        RNN_ACT_RELU
+        RNN_ACT_TANH
+        RNN_ACT_SIGMOID
+        RNN_ACT_AFFINE
+        RNN_ACT_LEAKYRELU
+        RNN_ACT_THRESHOLDEDRELU
+        RNN_ACT_SCALEDTANH
+        RNN_ACT_HARDSIGMOID
+        RNN_ACT_ELU
+        RNN_ACT_SOFTSIGN
+        RNN_ACT_SOFTPLUS
     ctypedef struct rnn_activation_t:
         int code
         float alpha

@@ -1,13 +1,17 @@
 # The compute drivers' Python face: packed cell descriptors, the whole-sequence entry point,
-# the preallocated per-stream step, and the choice of ISA variant.
+# the preallocated per-stream step, the choice of ISA variant, and the C constants the packing
+# in layers.py must agree with (exported from the headers, never copied by hand).
 #
-# Python (model.py) validates shapes and dtypes; the functions here take the pointers, release
-# the GIL once and run every layer, direction and timestep in C (include/rnnengine/driver.h).
-# Weights arrive already packed (layers.py: pack_layer).
+# Python (model.py, stream.py, pool.py) validates shapes and dtypes; the functions here check
+# the buffers against the cells once more, take the pointers, release the GIL once and run
+# every layer, direction and timestep in C (include/rnnengine/driver.h). Weights arrive
+# already packed (layers.py: pack_layer).
 import os
 import threading
 
 import numpy as np
+
+from ._checks import as_float32, out_error, step_input_error
 
 cimport numpy as cnp
 from cpython.pythread cimport PyThread_get_thread_ident
@@ -55,6 +59,18 @@ def set_isa(name):
 
 
 set_isa(os.environ.get("RNNENGINE_ISA") or None)
+
+
+# -- the headers' constants ----------------------------------------------------------------
+
+BLOCK = RNN_BW   # hidden units per packed block (cells.h)
+KIND_CODES = {"lstm": RNN_KIND_LSTM, "gru": RNN_KIND_GRU, "rnn": RNN_KIND_RNN}
+ACTIVATION_CODES = {
+    "relu": RNN_ACT_RELU, "tanh": RNN_ACT_TANH, "sigmoid": RNN_ACT_SIGMOID,
+    "affine": RNN_ACT_AFFINE, "leakyrelu": RNN_ACT_LEAKYRELU,
+    "thresholdedrelu": RNN_ACT_THRESHOLDEDRELU, "scaledtanh": RNN_ACT_SCALEDTANH,
+    "hardsigmoid": RNN_ACT_HARDSIGMOID, "elu": RNN_ACT_ELU, "softsign": RNN_ACT_SOFTSIGN,
+    "softplus": RNN_ACT_SOFTPLUS}
 
 
 # -- packed cell descriptors ------------------------------------------------------------------
@@ -228,58 +244,8 @@ cdef rnn_pool_t *make_pool(int threads) except? NULL:
     return pool
 
 
-# -- Ctrl-C during a long sequence -------------------------------------------------------------
-# The sequence loop runs without the GIL, so Python's SIGINT handler cannot run until it
-# returns. Between timesteps the driver asks check_signals (rnn_cancel_t), which every
-# SIGNAL_CHECK_SECONDS takes the GIL and runs PyErr_CheckSignals: a KeyboardInterrupt stops
-# the loop and is raised by the caller. Only on the main thread (the only one Python's signal
-# handlers run on), so runs on other threads never contend for the GIL here.
-
-cdef extern from "Python.h":
-    # Declared without an exception clause: the error it sets is raised later, by the caller,
-    # once the GIL is held again (raise_pending).
-    int check_signals_keep_error "PyErr_CheckSignals" ()
-
-DEF SIGNAL_CHECK_SECONDS = 0.02
-MAIN_THREAD = threading.main_thread().ident
-
-ctypedef struct signal_watch_t:
-    double next_check
-    int interrupted
-
-
-cdef double monotonic_seconds() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef int check_signals(void *ctx) noexcept nogil:
-    cdef signal_watch_t *watch = <signal_watch_t *>ctx
-    cdef double now = monotonic_seconds()
-    if watch.interrupted:
-        return 1
-    if now < watch.next_check:
-        return 0
-    watch.next_check = now + SIGNAL_CHECK_SECONDS
-    with gil:
-        if check_signals_keep_error() != 0:
-            watch.interrupted = 1
-    return watch.interrupted
-
-
-cdef const rnn_cancel_t *watch_signals(rnn_cancel_t *cancel, signal_watch_t *watch):
-    """cancel set up to watch for Ctrl-C when called on the main thread, else NULL."""
-    watch.interrupted = 0
-    watch.next_check = monotonic_seconds() + SIGNAL_CHECK_SECONDS
-    cancel.fn = check_signals
-    cancel.ctx = watch
-    return cancel if PyThread_get_thread_ident() == MAIN_THREAD else NULL
-
-
-cdef int raise_pending() except -1:
-    """Propagates the exception check_signals left set (KeyboardInterrupt)."""
-    return -1
+# -- Ctrl-C during a long sequence: check_signals, watch_signals, raise_pending -------------
+include "_signals.pxi"
 
 
 # Each thread keeps its largest workspace up to this many floats (64 MB): a fresh multi-MB
@@ -316,20 +282,14 @@ cdef int run_checked(list cells, int D, const float[:, :, ::1] x, const int *len
     cdef const rnn_cancel_t *can
     cdef size_t seq, layer_out
     cdef int stopped
-    Hout, H = first.cell.output_size, first.cell.hidden_size
-    lstm = first.cell.kind == RNN_KIND_LSTM
-    expected = {"x": (T, N, first.cell.input_size), "h": (L * D, N, Hout),
-                "y": (T, N, D * Hout)}
-    given = {"x": (x.shape[0], x.shape[1], x.shape[2]), "h": (h.shape[0], h.shape[1], h.shape[2]), "y": (y.shape[0], y.shape[1], y.shape[2])}
-    if lstm:
-        expected["c"] = (L * D, N, H)
-        given["c"] = None if c is None else (c.shape[0], c.shape[1], c.shape[2])
-    elif c is not None:
-        expected["c"], given["c"] = None, (c.shape[0], c.shape[1], c.shape[2])
-    for name in expected:
-        if given[name] != expected[name]:
-            raise ValueError(f"{name} has shape {given[name]}; this stack needs "
-                             f"{expected[name]}")
+    cdef int Hout = first.cell.output_size, H = first.cell.hidden_size
+    cdef bint lstm = first.cell.kind == RNN_KIND_LSTM
+    if not (x.shape[2] == first.cell.input_size
+            and h.shape[0] == L * D and h.shape[1] == N and h.shape[2] == Hout
+            and y.shape[0] == T and y.shape[1] == N and y.shape[2] == D * Hout
+            and (c is not None) == lstm
+            and (c is None or (c.shape[0] == L * D and c.shape[1] == N and c.shape[2] == H))):
+        raise_shape_error(first, L, D, x, h, c, y)
     if T == 0 or N == 0:
         return 0
     cdef const rnn_cell_t **descs = descriptors(cells)
@@ -354,6 +314,19 @@ cdef int run_checked(list cells, int D, const float[:, :, ::1] x, const int *len
     if stopped:
         raise_pending()
     return 0
+
+
+cdef int raise_shape_error(CellKernel first, int L, int D, const float[:, :, ::1] x,
+                           float[:, :, ::1] h, float[:, :, ::1] c, float[:, :, ::1] y) except -1:
+    """The ValueError of run_checked, naming the first buffer that does not fit."""
+    T, N, Hout, H = x.shape[0], x.shape[1], first.cell.output_size, first.cell.hidden_size
+    lstm = first.cell.kind == RNN_KIND_LSTM
+    for name, a, expected in (("x", x, (T, N, first.cell.input_size)), ("h", h, (L * D, N, Hout)),
+                              ("c", c, (L * D, N, H) if lstm else None), ("y", y, (T, N, D * Hout))):
+        given = None if a is None else tuple(a.shape[:3])
+        if given != expected:
+            raise ValueError(f"{name} has shape {given}; this stack needs {expected}")
+    raise AssertionError("raise_shape_error called on buffers that fit")
 
 
 cdef float *float_ptr(float[::1] a) except NULL:
@@ -394,7 +367,7 @@ DEF NOGIL_MIN_MACS = 16384
 
 cdef class StreamCore:
     """The state and buffers of a stream, allocated once; ``step`` is one argument check and
-    one call into C. Base class of rnnengine.model.Stream, which adds the Python-level API.
+    one call into C. rnnengine.stream.Stream holds one and adds the Python-level API.
 
     h lives in two buffers [2, L, N, Hout] that swap roles every step (a step reads all of the
     previous h while it writes the new one); c [L, N, H] is updated in place."""
@@ -420,7 +393,7 @@ cdef class StreamCore:
         free(self._descs)
         rnn_pool_destroy(self._pool)
 
-    def _init_core(self, cells, int batch, int threads):
+    def __init__(self, cells, int batch, int threads):
         """cells: one CellKernel per layer (one direction) of one width; batch N >= 1;
         threads >= 1."""
         cdef CellKernel kernel
@@ -514,12 +487,12 @@ cdef class StreamCore:
                 and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x_t)):
             xa = <cnp.ndarray>x_t
         else:
-            xa = self._convert(x_t)
+            xa = as_float32("x_t", x_t, f"({self._N}, {self._I})")   # the slow path
         nd = cnp.PyArray_NDIM(xa)
         if not ((nd == 2 and cnp.PyArray_DIM(xa, 0) == self._N
                  and cnp.PyArray_DIM(xa, 1) == self._I)
                 or (nd == 1 and self._N == 1 and cnp.PyArray_DIM(xa, 0) == self._I)):
-            self._bad_input(xa)
+            raise step_input_error((<object>xa).shape, self._N, self._I)
         dims[0] = self._N
         dims[1] = self._Hout
         if nd == 1:
@@ -538,30 +511,13 @@ cdef class StreamCore:
         rnn_flag_release(&self._busy)
         return ya
 
-    def _convert(self, x_t):
-        """Slow path of step: any float array-like -> C-contiguous native float32."""
-        from .model import as_float32
-        return as_float32("x_t", x_t, f"({self._N}, {self._I})")
-
-    def _bad_input(self, cnp.ndarray xa):
-        if self._N == 1:
-            expected = f"(1, {self._I}) or ({self._I},)"
-        else:
-            expected = f"({self._N}, {self._I})"
-        raise ValueError(f"x_t must be float32 of shape {expected}; got "
-                         f"{tuple((<object>xa).shape)}")
-
     cdef cnp.ndarray _check_out(self, out, int nd, cnp.npy_intp *dims):
         if not (cnp.PyArray_Check(out) and cnp.PyArray_TYPE(<cnp.ndarray>out) == cnp.NPY_FLOAT32
                 and cnp.PyArray_ISCARRAY(<cnp.ndarray>out)
                 and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>out)
                 and cnp.PyArray_NDIM(<cnp.ndarray>out) == nd
                 and all(cnp.PyArray_DIM(<cnp.ndarray>out, i) == dims[i] for i in range(nd))):
-            shape = tuple(dims[i] for i in range(nd))
-            got = (f"{type(out).__name__} {getattr(out, 'dtype', '')} "
-                   f"{getattr(out, 'shape', '')}")
-            raise ValueError(f"out must be a writeable C-contiguous float32 array of shape "
-                             f"{shape}; got {got}")
+            raise out_error(out, tuple(dims[i] for i in range(nd)))
         return <cnp.ndarray>out
 
     def _run(self, const float[:, :, ::1] x, float[:, :, ::1] y):

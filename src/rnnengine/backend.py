@@ -16,22 +16,13 @@ from onnx.backend.base import Backend, BackendRep
 
 from .errors import ModelError
 from .layers import Layer
+from .loaders._fold import attrs as node_attributes
 from .model import Model
 
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 PASS_THROUGH_OPS = ("Constant", "Identity")
 _ONNX_ATTRIBUTES = ("activations", "activation_alpha", "activation_beta", "clip",
                     "direction", "hidden_size", "input_forget", "linear_before_reset")
-
-
-def node_attributes(node: onnx.NodeProto) -> Dict[str, Any]:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    for key, value in list(attrs.items()):
-        if isinstance(value, bytes):
-            attrs[key] = value.decode()
-        elif isinstance(value, list) and value and isinstance(value[0], bytes):
-            attrs[key] = [v.decode() for v in value]
-    return attrs
 
 
 def run_recurrent_node(op: str, inputs: Sequence, attrs: Dict[str, Any]):

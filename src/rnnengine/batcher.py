@@ -52,7 +52,8 @@ from typing import Deque, Dict, List, Optional
 
 import numpy as np
 
-from .model import Model, as_float32, check_positive_int
+from ._checks import as_float32, check_positive_int
+from .model import Model
 from .pool import Pool
 from .state_io import import_state
 

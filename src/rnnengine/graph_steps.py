@@ -18,7 +18,7 @@ from . import _kernels
 from .errors import ModelError
 from .loaders._fold import Scope, attrs, node_label
 from .loaders.onnx import RECURRENT as _RECURRENT_KINDS, _Found, node_layer
-from .model import MAX_ELEMENTS
+from ._checks import MAX_ELEMENTS
 
 RECURRENT = frozenset(_RECURRENT_KINDS)
 _F32 = np.dtype(np.float32)

@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from ._kernels import ACTIVATION_CODES, BLOCK, KIND_CODES, CellKernel
 from .errors import ModelError
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -36,22 +37,26 @@ DEFAULT_ACTIVATIONS = {
 }
 DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 
-# name -> (kernel code, takes alpha, takes beta, default alpha, default beta). Codes must
-# match include/rnnengine/activations.h. Defaults and the alpha/beta consumption rule are
-# ONNX Runtime's (rnn_helpers.cc): a function takes the next alpha/beta only if it uses one.
-ACTIVATIONS = {
-    "relu": (0, False, False, 0.0, 0.0),
-    "tanh": (1, False, False, 0.0, 0.0),
-    "sigmoid": (2, False, False, 0.0, 0.0),
-    "affine": (3, True, True, 0.0, 0.0),
-    "leakyrelu": (4, True, False, 0.01, 0.0),
-    "thresholdedrelu": (5, True, False, 0.0, 0.0),
-    "scaledtanh": (6, True, True, 0.0, 0.0),
-    "hardsigmoid": (7, True, True, 0.2, 0.5),
-    "elu": (8, True, False, 1.0, 0.0),
-    "softsign": (9, False, False, 0.0, 0.0),
-    "softplus": (10, False, False, 0.0, 0.0),
+# name -> (kernel code, takes alpha, takes beta, default alpha, default beta). _reference.py
+# keeps its own table of the same ONNX Runtime defaults on purpose: the oracle must not share
+# the engine's facts, or a wrong default here would go unseen. The codes are
+# the C enum's (include/rnnengine/activations.h, exported by _kernels). Defaults and the
+# alpha/beta consumption rule are ONNX Runtime's (rnn_helpers.cc): a function takes the next
+# alpha/beta only if it uses one.
+_PARAMETERS = {
+    "relu": (False, False, 0.0, 0.0),
+    "tanh": (False, False, 0.0, 0.0),
+    "sigmoid": (False, False, 0.0, 0.0),
+    "affine": (True, True, 0.0, 0.0),
+    "leakyrelu": (True, False, 0.01, 0.0),
+    "thresholdedrelu": (True, False, 0.0, 0.0),
+    "scaledtanh": (True, True, 0.0, 0.0),
+    "hardsigmoid": (True, True, 0.2, 0.5),
+    "elu": (True, False, 1.0, 0.0),
+    "softsign": (False, False, 0.0, 0.0),
+    "softplus": (False, False, 0.0, 0.0),
 }
+ACTIVATIONS = {name: (ACTIVATION_CODES[name],) + rest for name, rest in _PARAMETERS.items()}
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,18 @@ class Layer:
             "linear_before_reset": int(self.linear_before_reset),
         }
 
+    def attributes(self) -> dict:
+        """Everything but the arrays, in one JSON-ready form (the own format's header and the
+        state fingerprint are built from it): every activation with its own alpha and beta."""
+        return {
+            "kind": self.kind,
+            "direction": self.direction,
+            "activations": [[a.name, a.alpha, a.beta] for d in self.activations for a in d],
+            "clip": self.clip,
+            "input_forget": int(self.input_forget),
+            "linear_before_reset": int(self.linear_before_reset),
+        }
+
     @property
     def direction(self) -> str:
         if self.num_directions == 2:
@@ -265,8 +282,6 @@ def check_stack(layers: Sequence[Layer]) -> None:
                 "every layer of a stack has the same hidden size")
 
 
-KIND_CODES = {"lstm": 0, "gru": 1, "rnn": 2}   # enum rnn_kind in include/rnnengine/cells.h
-BLOCK = 16   # RNN_BW in include/rnnengine/cells.h: hidden units per block
 # Weight precisions, in the order of enum rnn_wtype in include/rnnengine/cells.h (SPEC §7).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 FP16_MAX = 65504.0
@@ -380,8 +395,6 @@ def pack_layer(layer: Layer, precision: str = "fp32", where: str = "layer") -> l
     GRU with linear_before_reset, whose Rbh must stay inside r * (h' Rh^T + Rbh). GRU with
     linear_before_reset=0 keeps Rh apart, since it multiplies r*h' which needs r first.
     W, R and the projection are stored in ``precision``; biases and peepholes stay float32."""
-    from ._kernels import CellKernel
-
     check_precision(precision)
     if precision in layer.packed:
         return layer.packed[precision]

@@ -20,8 +20,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from . import _kernels, _pool
-from .model import Model, State, check_one_way, check_positive_int, check_size, float_array
+from . import _kernels, _pool, state_io
+from ._checks import (State, check_one_way, check_positive_int, check_size, check_state,
+                      float_array, state_shapes)
 
 
 class Pool:
@@ -31,11 +32,11 @@ class Pool:
     ``state(id)`` / ``set_state(id, state)`` with state ``h`` or ``(h, c)``, each
     ``(L, 1, ·)`` as ``model.stream(batch=1).state``; ``close(id)``."""
 
-    def __init__(self, model: Model, capacity: int = 64):
-        check_one_way(model, "pool")
+    def __init__(self, model, capacity: int = 64):
+        check_one_way(model.layers, "pool")
         self.model = model
         self.capacity = check_positive_int("capacity", capacity)
-        h_shape, c_shape = model._state_shapes(self.capacity)
+        h_shape, c_shape = state_shapes(model.layers, self.capacity)
         check_size("the pool's state", h_shape)
         self._h = np.zeros(h_shape, np.float32)
         self._c = np.zeros(c_shape, np.float32) if c_shape else None
@@ -156,7 +157,7 @@ class Pool:
         """A user state for one stream, ``(L, 1, ·)`` or ``(L, ·)`` leaves -> (h, c) float32
         copies ``(L, 1, ·)``; errors name the shape in the form the user gave."""
         h = state[0] if isinstance(state, (tuple, list)) and len(state) else state
-        return self.model._check_state(state, 1, np.ndim(h) == 2)
+        return check_state(self.model.layers, state, 1, np.ndim(h) == 2)
 
     def _write(self, slot: int, h, c) -> None:
         """Set one slot's state; None means zeros. h (L, 1, Hout), c (L, 1, H)."""
@@ -195,14 +196,12 @@ class Pool:
 
     def export_state(self, sid: int) -> bytes:
         """One stream's state as bytes (``rnnengine.state_io``), to continue elsewhere."""
-        from .state_io import export_state
-        return export_state(self.model, self.state(sid))
+        return state_io.export_state(self.model, self.state(sid))
 
     def import_state(self, data: bytes, sid: Optional[int] = None) -> int:
         """Continue a stream exported by ``export_state`` (of a Pool or a batch-1 Stream of
         the same model): in a newly opened stream, or in ``sid``. Returns the id."""
-        from .state_io import import_state
-        state = import_state(self.model, data)
+        state = state_io.import_state(self.model, data)
         if sid is None:
             return self.open(state)
         self.set_state(sid, state)

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .model import check_one_way, check_positive_int
+from ._checks import check_one_way, check_positive_int
 from .state_blob import pack_arrays, unpack_arrays
 from .state_pairs import find_pairs
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
@@ -511,7 +511,7 @@ def _check_time_mode(sess) -> Dict[str, int]:
     time_axes = check_streamable(sess)
     for rec in sess._loaded.recurrent:
         try:
-            check_one_way(rec.model, "stream")
+            check_one_way(rec.model.layers, "stream")
         except ValueError as e:
             raise ValueError(f"recurrent node {rec.label!r}: {e}") from None
     return time_axes

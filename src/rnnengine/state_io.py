@@ -32,18 +32,18 @@ import zlib
 
 import numpy as np
 
-from .model import Model, State
+from ._checks import State, check_state, state_shapes
 
 MAGIC = b"RNNESTAT"
 VERSION = 1
 _PREFIX = struct.Struct("<8sHI")        # magic, version, header length
 _MAX_HEADER = 1 << 20                   # a real header is a few hundred bytes
 
-_fingerprints: "weakref.WeakKeyDictionary[Model, str]" = weakref.WeakKeyDictionary()
+_fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Model -> str
 _fingerprints_lock = threading.Lock()
 
 
-def model_fingerprint(model: Model) -> str:
+def model_fingerprint(model) -> str:
     """sha256 (hex) of everything that decides what a state means: kind, sizes, every weight
     (as little-endian float32) and every attribute, layer by layer. Cached per model (models
     are immutable)."""
@@ -53,14 +53,15 @@ def model_fingerprint(model: Model) -> str:
         return cached
     digest = hashlib.sha256(b"rnnengine-model-v1")
     for layer in model.layers:
-        attrs = {
-            "kind": layer.kind, "direction": layer.direction,
-            "activations": [[a.name, repr(float(np.float32(a.alpha))), repr(float(np.float32(a.beta)))]
-                            for d in layer.activations for a in d],
-            "clip": None if layer.clip is None else repr(float(layer.clip)),
-            "input_forget": bool(layer.input_forget),
-            "linear_before_reset": bool(layer.linear_before_reset),
-        }
+        attrs = layer.attributes()
+        # Numbers as the exact repr of what the kernels use, flags as booleans (the form
+        # fingerprints have had since version 1: older exports keep importing).
+        attrs.update(
+            activations=[[name, repr(float(np.float32(alpha))), repr(float(np.float32(beta)))]
+                         for name, alpha, beta in attrs["activations"]],
+            clip=None if attrs["clip"] is None else repr(float(attrs["clip"])),
+            input_forget=bool(attrs["input_forget"]),
+            linear_before_reset=bool(attrs["linear_before_reset"]))
         digest.update(json.dumps(attrs, sort_keys=True).encode())
         for name in ("W", "R", "Wb", "Rb", "P", "proj"):
             array = getattr(layer, name)
@@ -76,7 +77,7 @@ def model_fingerprint(model: Model) -> str:
     return fingerprint
 
 
-def _describe(model: Model) -> dict:
+def _describe(model) -> dict:
     return {
         "kind": model.kind, "num_layers": model.num_layers,
         "num_directions": model.num_directions, "input_size": model.input_size,
@@ -84,7 +85,7 @@ def _describe(model: Model) -> dict:
     }
 
 
-def export_state(model: Model, state: State) -> bytes:
+def export_state(model, state: State) -> bytes:
     """``state`` of ``model`` (``h`` or ``(h, c)``, each ``(L*D, N, ·)`` or ``(L*D, ·)``)
     -> bytes in the format of this module's docstring."""
     h0 = state[0] if isinstance(state, (tuple, list)) else state
@@ -94,7 +95,7 @@ def export_state(model: Model, state: State) -> bytes:
         LD, out = model.num_layers * model.num_directions, model.layers[0].output_size
         raise ValueError(f"state h must have shape ({LD}, N, {out}) or ({LD}, {out}); got {shape}")
     batch = 1 if unbatched else shape[1]
-    h, c = model._check_state(state, batch, unbatched)   # validated float32 copies (L*D, N, ·)
+    h, c = check_state(model.layers, state, batch, unbatched)   # float32 copies (L*D, N, ·)
     arrays = [("h", h)] + ([("c", c)] if c is not None else [])
     if unbatched:
         arrays = [(name, a[:, 0]) for name, a in arrays]
@@ -110,7 +111,7 @@ def _bad(reason: str) -> ValueError:
     return ValueError(f"not a valid rnnengine state: {reason}")
 
 
-def import_state(model: Model, data) -> State:
+def import_state(model, data) -> State:
     """bytes from ``export_state`` -> the state, in the structure it was exported with.
     ValueError when the bytes are malformed, truncated or corrupted, or come from another
     model; TypeError when ``data`` is not bytes-like."""
@@ -152,7 +153,7 @@ def import_state(model: Model, data) -> State:
     batch, unbatched = header.get("batch"), header.get("unbatched")
     if type(batch) is not int or batch < 1 or type(unbatched) is not bool or (unbatched and batch != 1):
         raise _bad(f"batch {batch!r} / unbatched {unbatched!r} are not a valid pair")
-    h_shape, c_shape = model._state_shapes(batch)
+    h_shape, c_shape = state_shapes(model.layers, batch)
     want = [["h", list(h_shape)]] + ([["c", list(c_shape)]] if c_shape else [])
     if unbatched:
         want = [[name, [shape[0], shape[2]]] for name, shape in want]

@@ -25,8 +25,9 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import ModelError
+from .._checks import check_threads
 from ..layers import check_precision
-from ..model import Model, check_threads
+from ..model import Model
 from . import keras as keras_loader, npz, onnx as onnx_loader, safetensors, torch as torch_loader
 from ._files import open_regular
 
@@ -50,13 +51,13 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
     fmt = _format(path, magic)
     _check_options(node, options, ONNX_OPTIONS if fmt == "ONNX" else NPZ_OPTIONS, fmt)
     try:
-        if fmt in (".npz", "ONNX"):
-            loader = npz.load_npz if fmt == ".npz" else onnx_loader.load_onnx
-            model = loader(path, node, **options)
-            precision = precision or model.precision   # an rnnengine file records its own
-            if threads == 1 and precision == model.precision:
-                return model
-            return Model(model.layers, model.batch_first, threads, precision)
+        if fmt == ".npz":
+            layers, batch_first, saved = npz.load_npz(path, node, **options)
+            # no precision= given: an rnnengine file loads in the precision it was saved in
+            return Model(layers, batch_first, threads, precision or saved)
+        if fmt == "ONNX":
+            layers, batch_first = onnx_loader.load_onnx(path, node, **options)
+            return Model(layers, batch_first, threads, precision or "fp32")
         arrays = (safetensors.SafetensorsFile(path) if fmt == ".safetensors"
                   else torch_loader.read_state_dict(path))
         layers, batch_first, label, _ = npz.layers_from_arrays(arrays, path, node,

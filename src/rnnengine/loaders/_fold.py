@@ -169,7 +169,17 @@ def node_label(node: onnx.NodeProto) -> str:
 
 
 def attrs(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    """An ONNX node's attributes as Python values, strings decoded (the one decoder: the
+    loader, the folder and the backend all read attributes through it)."""
+    out = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, list) and value and isinstance(value[0], bytes):
+            value = [v.decode() for v in value]
+        out[a.name] = value
+    return out
 
 
 class Folder:

@@ -1,4 +1,4 @@
-"""NumPy archives -> layers, and the engine's own ``.npz`` format (``save_model``).
+"""NumPy archives -> layers (the engine's own format is read by ``own_format``).
 
 Archives are opened with ``allow_pickle=False``, always. Names recognised (the part before
 them is a prefix; each prefix is one weight group, ``node=`` picks one when there are several):
@@ -24,21 +24,19 @@ them is a prefix; each prefix is one weight group, ``node=`` picks one when ther
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Optional
 
 import numpy as np
 
+from .. import own_format
 from ..errors import ModelError
 from ..gate_order import to_onnx
-from ..layers import (ACTIVATIONS, GATES, PRECISIONS, Layer, from_bfloat16, quantize_int8,
-                      to_bfloat16, to_float16)
+from ..layers import GATES, Layer, check_stack
 from ._files import open_regular
 
-HEADER = "__rnnengine__"
-FORMAT_VERSION = 1
+HEADER = own_format.HEADER
 KIND_BY_GATES = {4: "lstm", 3: "gru", 1: "rnn"}
 
 _TORCH_LAYER = re.compile(r"^(.*?)(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?$")
@@ -101,7 +99,9 @@ class _Group:
 
 def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = None,
              nonlinearity: Optional[str] = None):
-    """Load weights from a ``.npz`` archive as a ``Model`` (see the module docstring)."""
+    """Weights from a ``.npz`` archive (see the module docstring) -> (layers, batch_first,
+    the precision an rnnengine file was saved in or "fp32"), the layers checked to form one
+    stack."""
     path = os.fspath(path)
     file = open_regular(path, "the model file")[0]
     with file:
@@ -109,8 +109,6 @@ def load_npz(path, node: Optional[str] = None, *, batch_first: Optional[bool] = 
 
 
 def _load_open_npz(file, path: str, node, batch_first, nonlinearity):
-    from ..model import Model
-
     try:
         npz = np.load(file, allow_pickle=False)
     except Exception as e:  # zipfile raises BadZipFile, NotImplementedError, EOFError, ...
@@ -123,9 +121,10 @@ def _load_open_npz(file, path: str, node, batch_first, nonlinearity):
     if batch_first is None:
         batch_first = implied_batch_first
     try:
-        return Model(layers, batch_first=bool(batch_first), precision=precision)
+        check_stack(layers)
     except ModelError as e:
         raise ModelError(f"{path}: {label}: {e}") from None
+    return layers, bool(batch_first), precision
 
 
 def layers_from_arrays(arrays, path: str, node: Optional[str] = None,
@@ -459,141 +458,8 @@ def _floats(a):
     return [float(v) for v in a.reshape(-1)]
 
 
-# --- the engine's own format -------------------------------------------------------------
-
-def save_model(model, path) -> None:
-    """Write ``model`` as the engine's own ``.npz``: every array as float32 under
-    ``layer{k}/{W,R,B,P,proj}`` and a JSON header (as a uint8 array) with the attributes.
-    No pickle: ``rnnengine.load`` reads it back with ``allow_pickle=False``."""
-    path = os.fspath(path)
-    header = {"format": "rnnengine", "version": FORMAT_VERSION,
-              "batch_first": bool(model.batch_first), "precision": model.precision,
-              "layers": []}
-    arrays = {}
-    for k, layer in enumerate(model.layers):
-        onnx_form = layer.to_onnx()
-        # Every activation keeps its own alpha/beta; from_onnx's ONNX-style lists hand them
-        # only to the functions that take them, so the loader filters the same way.
-        header["layers"].append({
-            "kind": layer.kind,
-            "direction": layer.direction,
-            "activations": [[a.name, a.alpha, a.beta] for d in layer.activations for a in d],
-            "clip": layer.clip,
-            "input_forget": int(layer.input_forget),
-            "linear_before_reset": int(layer.linear_before_reset),
-        })
-        for name in ("W", "R", "B", "P", "proj"):
-            if onnx_form[name] is not None:
-                a = np.ascontiguousarray(onnx_form[name], np.float32)
-                if name in REDUCED:
-                    arrays.update(_stored(f"layer{k}/{name}", a, model.precision))
-                else:
-                    arrays[f"layer{k}/{name}"] = a
-    arrays[HEADER] = np.frombuffer(json.dumps(header).encode("ascii"), np.uint8)
-    # Write beside the target and rename, so a crash never leaves half a model behind; an
-    # open file object also stops numpy from appending ".npz" to the name.
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-REDUCED = ("W", "R", "proj")   # the tensors a reduced precision stores (biases stay float32)
-
-
-def _stored(key: str, a: np.ndarray, precision: str) -> dict:
-    """The arrays that hold weight ``a`` in ``precision`` (the kernels' values, no more)."""
-    if precision == "fp16":
-        return {key: to_float16(a, key)}
-    if precision == "bf16":
-        return {key: to_bfloat16(a)}
-    if precision == "int8":
-        q, scale = quantize_int8(a)
-        return {key: q, f"{key}_scale": scale[..., 0]}
-    return {key: a}
-
-
-def _restored(archive: _Archive, key: str, precision: str, where: str) -> np.ndarray:
-    """Inverse of ``_stored``: the weight as float32 (fp16 and bf16 exactly; int8 as q * scale,
-    which quantizes back to the same q)."""
-    a = archive.get(key, where)
-    if precision == "fp32":
-        return a
-    expected = {"fp16": "f", "bf16": "u", "int8": "i"}[precision]
-    if a.dtype.kind != expected or (precision == "bf16" and a.dtype != np.uint16):
-        raise ModelError(f"{archive.path}: {where}: {key!r} has dtype {a.dtype}, not what a "
-                         f"{precision} file stores")
-    if precision == "bf16":
-        return from_bfloat16(a)
-    if precision == "int8":
-        scale = archive.get(f"{key}_scale", where)
-        if scale.dtype.kind != "f" or scale.shape != a.shape[:-1]:
-            raise ModelError(f"{archive.path}: {where}: {key}_scale must be float of shape "
-                             f"{a.shape[:-1]}; got {scale.dtype} {scale.shape}")
-        return a.astype(np.float32) * scale.astype(np.float32)[..., None]
-    return a
-
-
 def _build_own(archive: _Archive, group: _Group, nonlinearity):
-    where = "rnnengine header"
-    raw = archive.get(HEADER, where)
-    try:
-        if raw.dtype == np.uint8:
-            text = raw.tobytes().decode("utf-8")
-        elif raw.dtype.kind == "U" and raw.size == 1:
-            text = str(raw.reshape(-1)[0])
-        else:
-            raise ValueError(f"expected a uint8 array, got dtype {raw.dtype}")
-        header = json.loads(text)
-        if header.get("format") != "rnnengine":
-            raise ValueError("format is not 'rnnengine'")
-        if header.get("version") != FORMAT_VERSION:
-            raise ValueError(f"version {header.get('version')!r}; this engine reads version "
-                             f"{FORMAT_VERSION}")
-        specs = header["layers"]
-        if not isinstance(specs, list) or not specs:
-            raise ValueError("no layers")
-        batch_first = header["batch_first"]
-        if not isinstance(batch_first, bool):
-            raise ValueError("batch_first must be true or false")
-        precision = header.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ModelError(f"{archive.path}: malformed rnnengine header: {e}") from None
     if nonlinearity is not None:
         raise ModelError(f"{archive.path}: nonlinearity= given but an rnnengine file records "
                          "its activations")
-    layers = []
-    for k, spec in enumerate(specs):
-        here = f"layer {k}"
-        try:
-            names = [str(a[0]) for a in spec["activations"]]
-            alphas = [float(a[1]) for a in spec["activations"]
-                      if ACTIVATIONS.get(str(a[0]), (0, False))[1]]
-            betas = [float(a[2]) for a in spec["activations"]
-                     if ACTIVATIONS.get(str(a[0]), (0, False, False))[2]]
-            arrays = {name: (_restored(archive, f"layer{k}/{name}", precision, here)
-                             if name in REDUCED else archive.get(f"layer{k}/{name}", here))
-                      for name in ("W", "R", "B", "P", "proj") if f"layer{k}/{name}" in archive.files}
-            if "W" not in arrays or "R" not in arrays:
-                raise ModelError(f"{archive.path}: {here}: W or R is missing")
-            layers.append(Layer.from_onnx(
-                str(spec["kind"]), arrays["W"], arrays["R"], arrays.get("B"), arrays.get("P"),
-                direction=str(spec["direction"]), activations=names,
-                activation_alpha=alphas, activation_beta=betas, clip=spec["clip"],
-                input_forget=int(spec["input_forget"]),
-                linear_before_reset=int(spec["linear_before_reset"]),
-                proj=arrays.get("proj")))
-        except ModelError as e:
-            message = str(e)
-            raise ModelError(message if message.startswith(archive.path)
-                             else f"{archive.path}: {here}: {message}") from None
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise ModelError(f"{archive.path}: {here}: malformed header entry "
-                             f"({type(e).__name__}: {e})") from None
-    return layers, batch_first, precision
+    return own_format.read(archive)

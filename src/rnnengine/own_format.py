@@ -1,0 +1,147 @@
+"""The engine's own ``.npz`` format, written and read here: every array under
+``layer{k}/{W,R,B,P,proj}`` and a JSON header (as a uint8 array ``__rnnengine__``) with the
+attributes. With a reduced "precision" in the header, W, R and proj are stored in it
+(float16, bfloat16 bits as uint16, or int8 with a float32 ``{name}_scale`` per row); the
+rest stays float32. No pickle: it is read back with ``allow_pickle=False`` (loaders/npz.py opens the
+archive and hands it here when it holds the header)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .errors import ModelError
+from .layers import (ACTIVATIONS, PRECISIONS, Layer, from_bfloat16, quantize_int8,
+                     to_bfloat16, to_float16)
+
+HEADER = "__rnnengine__"
+FORMAT_VERSION = 1
+
+
+REDUCED = ("W", "R", "proj")   # the tensors a reduced precision stores (biases stay float32)
+
+
+def save(layers, batch_first: bool, path, precision: str = "fp32") -> None:
+    """Write a stack of ``layers`` as the engine's own ``.npz`` at ``path``, its weights in
+    ``precision`` (the values the kernels use, no more)."""
+    path = os.fspath(path)
+    header = {"format": "rnnengine", "version": FORMAT_VERSION,
+              "batch_first": bool(batch_first), "precision": precision, "layers": []}
+    arrays = {}
+    for k, layer in enumerate(layers):
+        onnx_form = layer.to_onnx()
+        header["layers"].append(layer.attributes())
+        for name in ("W", "R", "B", "P", "proj"):
+            if onnx_form[name] is not None:
+                a = np.ascontiguousarray(onnx_form[name], np.float32)
+                key = f"layer{k}/{name}"
+                arrays.update(_stored(key, a, precision) if name in REDUCED else {key: a})
+    arrays[HEADER] = np.frombuffer(json.dumps(header).encode("ascii"), np.uint8)
+    # Write beside the target and rename, so a crash never leaves half a model behind; an
+    # open file object also stops numpy from appending ".npz" to the name.
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _stored(key: str, a: np.ndarray, precision: str) -> dict:
+    """The arrays that hold weight ``a`` in ``precision``."""
+    if precision == "fp16":
+        return {key: to_float16(a, key)}
+    if precision == "bf16":
+        return {key: to_bfloat16(a)}
+    if precision == "int8":
+        q, scale = quantize_int8(a)
+        return {key: q, f"{key}_scale": scale[..., 0]}
+    return {key: a}
+
+
+def _restored(archive, key: str, precision: str, where: str) -> np.ndarray:
+    """Inverse of ``_stored``: the weight as float32 (fp16 and bf16 exactly; int8 as q * scale,
+    which quantizes back to the same q)."""
+    a = archive.get(key, where)
+    if precision == "fp32":
+        return a
+    expected = {"fp16": "f", "bf16": "u", "int8": "i"}[precision]
+    if a.dtype.kind != expected or (precision == "bf16" and a.dtype != np.uint16):
+        raise ModelError(f"{archive.path}: {where}: {key!r} has dtype {a.dtype}, not what a "
+                         f"{precision} file stores")
+    if precision == "bf16":
+        return from_bfloat16(a)
+    if precision == "int8":
+        scale = archive.get(f"{key}_scale", where)
+        if scale.dtype.kind != "f" or scale.shape != a.shape[:-1]:
+            raise ModelError(f"{archive.path}: {where}: {key}_scale must be float of shape "
+                             f"{a.shape[:-1]}; got {scale.dtype} {scale.shape}")
+        return a.astype(np.float32) * scale.astype(np.float32)[..., None]
+    return a
+
+
+def read(archive):
+    """-> (layers, batch_first, precision) from an archive holding the header. ``archive`` has
+    ``get(key, where)`` (the array or a ModelError), ``files`` and ``path``."""
+    where = "rnnengine header"
+    raw = archive.get(HEADER, where)
+    try:
+        if raw.dtype == np.uint8:
+            text = raw.tobytes().decode("utf-8")
+        elif raw.dtype.kind == "U" and raw.size == 1:
+            text = str(raw.reshape(-1)[0])
+        else:
+            raise ValueError(f"expected a uint8 array, got dtype {raw.dtype}")
+        header = json.loads(text)
+        if header.get("format") != "rnnengine":
+            raise ValueError("format is not 'rnnengine'")
+        if header.get("version") != FORMAT_VERSION:
+            raise ValueError(f"version {header.get('version')!r}; this engine reads version "
+                             f"{FORMAT_VERSION}")
+        specs = header["layers"]
+        if not isinstance(specs, list) or not specs:
+            raise ValueError("no layers")
+        batch_first = header["batch_first"]
+        if not isinstance(batch_first, bool):
+            raise ValueError("batch_first must be true or false")
+        precision = header.get("precision", "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelError(f"{archive.path}: malformed rnnengine header: {e}") from None
+    return ([_layer(archive, k, spec, precision) for k, spec in enumerate(specs)], batch_first,
+            precision)
+
+
+def _layer(archive, k: int, spec, precision: str) -> Layer:
+    here = f"layer {k}"
+    try:
+        # Every activation keeps its own alpha/beta; from_onnx's ONNX-style lists hand them
+        # only to the functions that take them, so they are filtered the same way here.
+        names = [str(a[0]) for a in spec["activations"]]
+        alphas = [float(a[1]) for a in spec["activations"]
+                  if ACTIVATIONS.get(str(a[0]), (0, False))[1]]
+        betas = [float(a[2]) for a in spec["activations"]
+                 if ACTIVATIONS.get(str(a[0]), (0, False, False))[2]]
+        arrays = {name: (_restored(archive, f"layer{k}/{name}", precision, here)
+                         if name in REDUCED else archive.get(f"layer{k}/{name}", here))
+                  for name in ("W", "R", "B", "P", "proj") if f"layer{k}/{name}" in archive.files}
+        if "W" not in arrays or "R" not in arrays:
+            raise ModelError(f"{archive.path}: {here}: W or R is missing")
+        return Layer.from_onnx(
+            str(spec["kind"]), arrays["W"], arrays["R"], arrays.get("B"), arrays.get("P"),
+            direction=str(spec["direction"]), activations=names,
+            activation_alpha=alphas, activation_beta=betas, clip=spec["clip"],
+            input_forget=int(spec["input_forget"]),
+            linear_before_reset=int(spec["linear_before_reset"]),
+            proj=arrays.get("proj"))
+    except ModelError as e:
+        message = str(e)
+        raise ModelError(message if message.startswith(archive.path)
+                         else f"{archive.path}: {here}: {message}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise ModelError(f"{archive.path}: {here}: malformed header entry "
+                         f"({type(e).__name__}: {e})") from None
