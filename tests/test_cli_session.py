@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import session_models as sm  # noqa: E402
 
 from rnnengine.cli import main  # noqa: E402
+from conftest import reaches_openvino
 
 ort = pytest.importorskip("onnxruntime")
 SILERO = sm.SILERO
@@ -203,6 +204,7 @@ def test_verify_silero_needs_and_takes_fixed_feeds(capsys):
 
 # --- bench ----------------------------------------------------------------------------------
 
+@reaches_openvino
 def test_bench_times_whole_steps_against_ort_and_iobinding(capsys, files):
     status, out, err = cli(capsys, "bench", files / "a_state.onnx", "--steps", "20",
                            "--repeat", "1", "--batch", "4")
@@ -215,6 +217,7 @@ def test_bench_times_whole_steps_against_ort_and_iobinding(capsys, files):
     assert "whole graph" in out
 
 
+@reaches_openvino
 def test_bench_pool_of_a_graph_fixed_at_batch_1(capsys, files):
     """tf2onnx-style packed state, shapes fixed at batch 1: the pool steps the streams one
     by one, and bench says so."""

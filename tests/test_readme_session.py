@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rnnengine.cli import main
+from conftest import reaches_openvino
 
 ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
@@ -104,6 +105,7 @@ def _skeleton(line: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"\d+(\.\d+)?(e-\d+)?", "#", line)).strip()
 
 
+@reaches_openvino
 def test_shown_commands_run_and_print_what_is_shown(snippets, capsys):
     d, _ = snippets
     old = os.getcwd()
