@@ -34,6 +34,7 @@ import session_models as sm  # noqa: E402
 from bench_rnn import interleaved  # noqa: E402
 
 import rnnengine  # noqa: E402
+from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 
 def ort_plain(sess, feeds_of_step, pairs, zero):
@@ -47,42 +48,6 @@ def ort_plain(sess, feeds_of_step, pairs, zero):
             state[inp] = outs[out]
         k[0] += 1
         return [outs[n] for n in names if n not in pairs]
-    return step
-
-
-def ort_iobinding(sess, feeds_of_step, pairs, zero):
-    """Inputs bound once and updated in place; state ping-ponged between two buffers."""
-    import onnxruntime as ort
-    first = feeds_of_step(0)
-    names = [o.name for o in sess.get_outputs()]
-    shapes = dict(zip(names, (a.shape for a in sess.run(None, {**first, **zero}))))
-    dtypes = dict(zip(names, (a.dtype for a in sess.run(None, {**first, **zero}))))
-    # copies: an OrtValue made from an array shares its memory, and update_inplace would
-    # then write every step's input over the caller's first block
-    feeds = {n: ort.OrtValue.ortvalue_from_numpy(np.array(a)) for n, a in first.items()}
-    outs = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[n], dtypes[n]))
-            for n in names if n not in pairs}
-    buffers = [{inp: ort.OrtValue.ortvalue_from_numpy(zero[inp].copy()) for inp in pairs.values()}
-               for _ in range(2)]
-    bindings = []
-    for side in range(2):
-        io = sess.io_binding()
-        for n, v in feeds.items():
-            io.bind_ortvalue_input(n, v)
-        for out, inp in pairs.items():
-            io.bind_ortvalue_input(inp, buffers[side][inp])
-            io.bind_ortvalue_output(out, buffers[1 - side][inp])
-        for n, v in outs.items():
-            io.bind_ortvalue_output(n, v)
-        bindings.append(io)
-    k = [0]
-
-    def step():
-        for n, v in feeds_of_step(k[0]).items():
-            feeds[n].update_inplace(np.ascontiguousarray(v))
-        sess.run_with_iobinding(bindings[k[0] & 1])
-        k[0] += 1
-        return [outs[n].numpy() for n in names if n not in pairs]
     return step
 
 
@@ -129,7 +94,7 @@ def row(title, model, feeds_of_step, zero, fixed, reps):
     full = lambda i: {**feeds_of_step(i), **fixed}  # noqa: E731
     contenders = {"rnnengine stream.step": ours,
                   "ORT run": ort_plain(ort_sess, full, pairs, zero),
-                  "ORT IOBinding": ort_iobinding(ort_sess, full, pairs, zero)}
+                  "ORT IOBinding": graph_iobinding_stepper(ort_sess, full, pairs, zero)}
     ov = openvino_plain(data, full, pairs, zero)
     if ov is not None:
         contenders["OpenVINO f32 infer"] = ov

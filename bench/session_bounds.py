@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import session_models as sm  # noqa: E402
 from bench_rnn import interleaved  # noqa: E402
-from bench_session import ort_iobinding  # noqa: E402
+from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 import rnnengine  # noqa: E402
 
@@ -63,7 +63,7 @@ def main():
 
             def native():
                 return head(l1.step(l0.step(block)))
-        ort = ort_iobinding(sm.ort_session(data), lambda k: feeds, stream.state_names, zero)
+        ort = graph_iobinding_stepper(sm.ort_session(data), lambda k: feeds, stream.state_names, zero)
         t = interleaved([lambda: stream.step(feeds), native, ort], 9)
         print(f"| {name} | {t[0] * 1e6:.1f} | {t[1] * 1e6:.1f} | {t[2] * 1e6:.1f} | "
               f"{t[2] / t[0]:.2f}x | {t[2] / t[1]:.2f}x |")

@@ -11,8 +11,9 @@ from typing import Callable, Dict, List
 
 import numpy as np
 
+from ..interop.ort import graph_iobinding_stepper
 from ._common import Progress, best_of, fmt_time, print_results, ratio, timed
-from ._session import (batch_dim, hinted, load_session, ort_run, ort_session, parse_dims,
+from ._session import (batch_dim, hinted, load_session, ort_session, parse_dims,
                        parse_feeds, random_feeds, state_pairs, zero_state)
 
 CYCLE = 8   # distinct random feeds, reused in turn (no RNG inside the timed loop)
@@ -26,38 +27,6 @@ def ort_plain(sess, feeds: List[dict], pairs: Dict[str, str], zero: dict) -> Cal
         outs = dict(zip(names, sess.run(None, {**feeds[k[0] % CYCLE], **state})))
         for out, inp in pairs.items():
             state[inp] = outs[out]
-        k[0] += 1
-    return step
-
-
-def ort_iobinding(sess, feeds: List[dict], pairs: Dict[str, str], zero: dict) -> Callable:
-    """Inputs bound once and updated in place; state ping-ponged between two buffers."""
-    import onnxruntime as ort  # optional, present when sess is
-    names = [o.name for o in sess.get_outputs()]
-    first = dict(zip(names, ort_run(sess, {**feeds[0], **zero})))
-    bound = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a))
-             for n, a in feeds[0].items()}
-    outs = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros_like(first[n]))
-            for n in names if n not in pairs}
-    buffers = [{inp: ort.OrtValue.ortvalue_from_numpy(zero[inp].copy())
-                for inp in pairs.values()} for _ in range(2)]
-    bindings = []
-    for side in range(2):
-        io = sess.io_binding()
-        for n, v in bound.items():
-            io.bind_ortvalue_input(n, v)
-        for out, inp in pairs.items():
-            io.bind_ortvalue_input(inp, buffers[side][inp])
-            io.bind_ortvalue_output(out, buffers[1 - side][inp])
-        for n, v in outs.items():
-            io.bind_ortvalue_output(n, v)
-        bindings.append(io)
-    k = [0]
-
-    def step():
-        for n, v in feeds[k[0] % CYCLE].items():
-            bound[n].update_inplace(np.ascontiguousarray(v))
-        sess.run_with_iobinding(bindings[k[0] & 1])
         k[0] += 1
     return step
 
@@ -118,7 +87,7 @@ def workloads(args: argparse.Namespace):
         row = out["stream step, batch 1"] = {"rnnengine": timed(ours, steps)}
         if ort is not None:
             row["onnxruntime"] = timed(ort_plain(ort, feeds, pairs, zero), steps)
-            row["onnxruntime IOBinding"] = timed(ort_iobinding(ort, feeds, pairs, zero), steps)
+            row["onnxruntime IOBinding"] = timed(graph_iobinding_stepper(ort, lambda k: feeds[k % CYCLE], pairs, zero), steps)
         if not args.no_compare:
             ov, note = openvino_stateful(args.model, feeds, pairs, zero)
             if ov is not None:

@@ -136,3 +136,43 @@ class OrtSteps:
         if self.model.kind == "lstm":
             return h, np.concatenate([s[f"c0_{k}"] for k in range(L)], axis=0)
         return h
+
+
+def graph_iobinding_stepper(sess, feeds_of_step, pairs: dict, zero: dict):
+    """ONNX Runtime's best streaming case for a whole graph (bench and the command line):
+    inputs bound once and updated in place each step, the state ping-ponged between two bound
+    buffer sets (``pairs``: output -> input, ``zero``: the state inputs' first values).
+    ``feeds_of_step(k)`` gives step k's other inputs. -> step() returning the non-state
+    outputs in graph order."""
+    import onnxruntime as ort
+    first = feeds_of_step(0)
+    names = [o.name for o in sess.get_outputs()]
+    shapes = dict(zip(names, (a.shape for a in sess.run(None, {**first, **zero}))))
+    dtypes = dict(zip(names, (a.dtype for a in sess.run(None, {**first, **zero}))))
+    # copies: an OrtValue made from an array shares its memory, and update_inplace would
+    # then write every step's input over the caller's first block
+    feeds = {n: ort.OrtValue.ortvalue_from_numpy(np.array(a)) for n, a in first.items()}
+    outs = {n: ort.OrtValue.ortvalue_from_numpy(np.zeros(shapes[n], dtypes[n]))
+            for n in names if n not in pairs}
+    buffers = [{inp: ort.OrtValue.ortvalue_from_numpy(zero[inp].copy()) for inp in pairs.values()}
+               for _ in range(2)]
+    bindings = []
+    for side in range(2):
+        io = sess.io_binding()
+        for n, v in feeds.items():
+            io.bind_ortvalue_input(n, v)
+        for out, inp in pairs.items():
+            io.bind_ortvalue_input(inp, buffers[side][inp])
+            io.bind_ortvalue_output(out, buffers[1 - side][inp])
+        for n, v in outs.items():
+            io.bind_ortvalue_output(n, v)
+        bindings.append(io)
+    k = [0]
+
+    def step():
+        for n, v in feeds_of_step(k[0]).items():
+            feeds[n].update_inplace(np.ascontiguousarray(v))
+        sess.run_with_iobinding(bindings[k[0] & 1])
+        k[0] += 1
+        return [outs[n].numpy() for n in names if n not in pairs]
+    return step
