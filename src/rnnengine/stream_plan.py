@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ._checks import is_one_way
 from .graph import CONTEXT, NONE
 
 
@@ -122,7 +123,7 @@ class ElidedPlan:
                      if any(r.node is n for n in plan.nodes)]
         self.ok = (len(self.recs) == len(sess._loaded.recurrent) and self.recs and all(
             r.lens == NONE and r.h0 != NONE and (r.kind != "lstm" or r.c0 != NONE)
-            and r.D == 1 and not r.model.layers[0].reverse for r in self.recs))
+            and is_one_way(r.model.layers) for r in self.recs))
         if not self.ok:
             return
         index = {n: k for k, n in enumerate(plan.output_names)}

@@ -8,6 +8,7 @@ import argparse
 
 import numpy as np
 
+from .._checks import is_one_way
 from ..interop import Unsupported
 from ..interop.ort import OrtReference
 from ..interop.pytorch import TorchCells, torch_module_for
@@ -54,7 +55,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     workloads = {}   # name -> {contender: measurement}
     notes = []
-    if model.num_directions == 1 and not any(layer.reverse for layer in model.layers):
+    if is_one_way(model.layers):
         stream = model.stream(batch=1)
         workloads["stream step, batch 1"] = {"rnnengine": timed(lambda: stream.step(x_step), steps)}
     else:

@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import onnx
 
+from .._checks import is_one_way
 from ..interop import Unsupported
 from ..interop.onnx_cut import cut_chain
 from ..interop.ort import OrtReference
@@ -154,7 +155,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             y, s = model.run(x, state0, lengths=lengths)
             rows.append(("onnxruntime, weights as loaded, random state and lengths",
                          max_diff(y, y_ref), max_diff(s, s_ref), ""))
-            if model.num_directions == 1 and not model.layers[0].reverse:
+            if is_one_way(model.layers):
                 y_full, s_full = ref.run(x, state0, None)
                 stream = model.stream(batch=N)
                 stream.state = state0
