@@ -435,7 +435,8 @@ def test_export_and_resume_move_a_stream_between_batchers(model):
 
 
 def test_bad_arguments_raise_clear_errors(model):
-    with pytest.raises(TypeError, match="Batcher takes an rnnengine.Model; got str"):
+    with pytest.raises(TypeError, match="Batcher takes an rnnengine.Model or an "
+                                        "rnnengine.InferenceSession; got str"):
         rnnengine.Batcher("model.onnx")
     with pytest.raises(ValueError, match="max_batch must be a positive integer; got 0"):
         rnnengine.Batcher(model, max_batch=0)

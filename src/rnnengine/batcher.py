@@ -7,6 +7,11 @@ gathered into batched pool steps (SPEC §8).
         y = await batcher.step_async(sid, x)  # the same from asyncio tasks
         data = batcher.export_state(sid)      # bytes; batcher.resume(data) -> a new id
 
+    sess = rnnengine.InferenceSession("silero_vad.onnx")
+    with rnnengine.Batcher(sess, feeds={"sr": np.array(16000)}) as batcher:
+        sid = batcher.open()
+        prob, = batcher.step(sid, {"input": chunk})   # chunk (1, 512): one stream, batch 1
+
 Design: one worker thread owns the pool. A caller validates its input, queues a request and
 sleeps (a lock for threads, an asyncio future for tasks). The worker wakes on the first
 request, waits at most ``max_delay_us`` for company (a condition variable with a timeout, no
@@ -34,12 +39,13 @@ steps applied to a stream: an asyncio task cancelled while waiting either withdr
 (not yet taken into a batch: it never happens) or waits for the batch that holds it to finish
 before the CancelledError propagates, so the counter always says which. ``close()`` refuses
 new steps, runs every queued one and stops the worker. With ``idle_seconds``, streams idle
-that long are evicted from the pool to bytes (``rnnengine.state_io``) and resumed on their
-next step.
+that long are evicted from the pool to bytes (their ``export_state``), their slots freed
+(the pool shrinks), and resumed on their next step.
 
-The pool sits behind a small adapter (``_ModelPool``): check an input, parse exported bytes,
-open / close / step / export. Another source of streams (a whole-model session pool) plugs
-in with an adapter of the same shape.
+The pool sits behind a small adapter (batcher_pools.py): check an input, parse exported
+bytes, open / close / step / export; ``ModelSlots`` for a Model, ``SessionSlots`` for an
+InferenceSession. Bad input fails only its own call: it is checked in the caller's thread,
+and a session step whose feeds only the graph can reject gets that error alone.
 """
 from __future__ import annotations
 
@@ -48,59 +54,14 @@ import collections
 import math
 import threading
 import time
-from typing import Deque, Dict, List, Optional
+from typing import Deque, Dict, List, Optional, Union
 
 import numpy as np
 
-from ._checks import as_float32, check_positive_int
+from ._checks import check_positive_int
+from .batcher_pools import ModelSlots, SessionSlots
 from .model import Model
-from .pool import Pool
-from .state_io import import_state
-
-
-class _ModelPool:
-    """The pool interface the Batcher uses, here over a ``Pool`` of a ``Model``:
-
-    - ``check_input(x)`` -> one stream's input for one step, validated (in the caller's
-      thread, so a bad input fails its own call, never a batch); the Batcher never looks
-      inside it (a session's would be a dict of feeds).
-    - ``parse(data)`` -> a state for ``open`` from ``export`` bytes (ValueError if foreign).
-    - ``open(state=None)`` -> pool id; ``close(pid)``; ``export(pid)`` -> bytes.
-    - ``step(pids, inputs)`` -> a sequence whose item j is the output of ``pids[j]``.
-
-    Every method but ``check_input`` and ``parse`` is called with the Batcher's pool lock
-    held, so the pool itself needs no thread safety."""
-
-    def __init__(self, model: Model, capacity: int):
-        self.pool = Pool(model, capacity)
-        self.model = model
-        self.shape = (model.input_size,)
-
-    def check_input(self, x) -> np.ndarray:
-        """One stream's input for one timestep -> float32 ``(I,)``; errors name the shape."""
-        I = self.model.input_size
-        x = as_float32("x", x, f"({I},)")
-        if x.shape != self.shape:
-            raise ValueError(f"x must be float32 of shape ({I},) (one timestep of one stream); "
-                             f"got {x.shape}")
-        return x
-
-    def parse(self, data):
-        """Bytes from ``export`` -> a state for ``open``; ValueError/TypeError if they do not fit."""
-        return import_state(self.model, data)
-
-    def open(self, state=None) -> int:
-        return self.pool.open(state)
-
-    def close(self, pid: int) -> None:
-        self.pool.close(pid)
-
-    def step(self, pids: List[int], inputs: List[np.ndarray]) -> np.ndarray:
-        """One timestep of the streams ``pids``; row j of the result belongs to ``pids[j]``."""
-        return self.pool.step(pids, np.stack(inputs))
-
-    def export(self, pid: int) -> bytes:
-        return self.pool.export_state(pid)
+from .session import InferenceSession
 
 
 class _Stream:
@@ -144,11 +105,17 @@ def _finite(value) -> bool:
             and not isinstance(value, bool) and math.isfinite(value))
 
 
-def _pool_for(model, capacity: int):
-    """The adapter for what the Batcher was given (a whole-model session's pool would add one)."""
-    if isinstance(model, Model):
-        return _ModelPool(model, capacity)
-    raise TypeError(f"Batcher takes an rnnengine.Model; got {type(model).__name__}")
+def _pool_for(source, max_streams: int, max_batch: int, state, feeds):
+    """The pool adapter (batcher_pools.py) for what the Batcher was given."""
+    if isinstance(source, InferenceSession):
+        return SessionSlots(source, max_streams, max_batch, state, feeds)
+    if isinstance(source, Model):
+        if state is not None or feeds is not None:
+            raise TypeError("state= and feeds= are for a Batcher over an InferenceSession; "
+                            "a Model's streams take x alone")
+        return ModelSlots(source, max_streams, max_batch)
+    raise TypeError(f"Batcher takes an rnnengine.Model or an rnnengine.InferenceSession; got "
+                    f"{type(source).__name__}")
 
 
 def _settle(requests: List[_Request]) -> None:
@@ -164,17 +131,27 @@ def _settle(requests: List[_Request]) -> None:
 
 
 class Batcher:
-    """Thread-safe, asyncio-friendly steps of up to ``max_streams`` streams of ``model``.
+    """Thread-safe, asyncio-friendly steps of up to ``max_streams`` streams of a ``Model``
+    or of an ``InferenceSession``.
 
     max_batch: most streams stepped together. max_delay_us: longest a step waits for company
     once it is queued. idle_seconds: evict streams idle that long to bytes (None: never).
-    ``step(sid, x)`` takes x ``(I,)`` and returns y ``(Hout,)``, exactly what
-    ``model.stream(batch=1).step`` gives for the same inputs. The pool holds ``max_streams``
-    slots. Close the batcher (``close()`` or a ``with`` block): its worker thread keeps it
-    alive until then."""
 
-    def __init__(self, model: Model, max_batch: int = 64, max_delay_us: float = 500,
-                 idle_seconds: Optional[float] = None, max_streams: int = 1024):
+    Over a Model, ``step(sid, x)`` takes x ``(I,)`` and returns y ``(Hout,)``, exactly what
+    ``model.stream(batch=1).step`` gives. Over a session, ``step(sid, feeds)`` takes a dict
+    of that stream's inputs at batch 1 (not its state, not the fixed feeds) and returns the
+    list of non-state outputs, exactly what ``sess.stream(state, feeds).step`` gives; the
+    state pairs (found, or ``state={"out": "in"}``) are the stream's state and ``feeds=``
+    the inputs fixed for every stream (Silero's ``{"sr": np.array(16000)}``).
+
+    The pool holds the streams that are resident (not evicted): it grows to at most
+    ``max_streams`` slots and shrinks again when eviction or closes empty it. Close the
+    batcher (``close()`` or a ``with`` block): its worker thread keeps it alive until then."""
+
+    def __init__(self, model: Union[Model, InferenceSession], max_batch: int = 64,
+                 max_delay_us: float = 500, idle_seconds: Optional[float] = None,
+                 max_streams: int = 1024, *, state: Optional[Dict[str, str]] = None,
+                 feeds: Optional[dict] = None):
         self.max_batch = check_positive_int("max_batch", max_batch)
         self.max_streams = check_positive_int("max_streams", max_streams)
         if not _finite(max_delay_us) or not max_delay_us >= 0:
@@ -185,7 +162,7 @@ class Batcher:
         self.max_delay_us = max_delay_us
         self.idle_seconds = idle_seconds
         self.model = model
-        self._pool = _pool_for(model, self.max_streams)
+        self._pool = _pool_for(model, self.max_streams, self.max_batch, state, feeds)
         self._delay = max_delay_us * 1e-6
         self._streams: Dict[int, _Stream] = {}
         self._next_sid = 0
@@ -224,9 +201,12 @@ class Batcher:
 
     @property
     def stats(self) -> dict:
-        """Counters: batches run, steps applied, largest batch, evictions, resumes."""
-        with self._cond:
-            return dict(self._stats)
+        """Counters: batches run, steps applied, largest batch, evictions, resumes; and now:
+        resident (streams holding a pool slot), slots (the pool's size)."""
+        with self._pool_lock:
+            with self._cond:
+                return dict(self._stats, resident=self._pool.resident,
+                            slots=self._pool.capacity)
 
     # -- streams --------------------------------------------------------------------------
     def _stream(self, sid) -> _Stream:
@@ -251,7 +231,8 @@ class Batcher:
 
     def resume(self, data) -> int:
         """A new stream continuing from ``export_state`` bytes (of a Batcher, Pool or batch-1
-        Stream of the same model). ValueError if they do not fit this model."""
+        Stream of the same model; of a Batcher, SessionPool or SessionStream of the same
+        session). ValueError if they do not fit."""
         return self._add(self._pool.parse(data))
 
     def _add(self, start) -> int:
@@ -335,16 +316,18 @@ class Batcher:
                 self._cond.notify()
         return request
 
-    def step(self, sid, x) -> np.ndarray:
-        """One timestep of stream ``sid``: x ``(I,)`` -> y ``(Hout,)``. Blocks the calling
-        thread until its batch has run."""
+    def step(self, sid, x):
+        """One timestep of stream ``sid``: x ``(I,)`` -> y ``(Hout,)`` (a session: feeds
+        ``{name: array}`` at batch 1 -> list of the non-state outputs). Blocks the calling
+        thread until its batch has run. Bad input raises here (ValueError/TypeError) and
+        leaves the stream as it was."""
         request = self._submit(sid, x, None)
         request.waiter.acquire()
         if request.error is not None:
             raise request.error
         return request.result
 
-    async def step_async(self, sid, x) -> np.ndarray:
+    async def step_async(self, sid, x):
         """``step`` for asyncio tasks: the event loop keeps running while the batch waits and
         computes. Cancelled while waiting, the step either never happens or has happened
         before the CancelledError propagates; ``steps(sid)`` tells which."""
@@ -436,31 +419,49 @@ class Batcher:
                     request.taken = True
             if not batch:
                 return
-            error = None
-            try:
-                for request in batch:
-                    self._make_resident(request.stream)
-                ys = self._pool.step([r.stream.pid for r in batch], [r.x for r in batch])
-            except Exception as failure:   # e.g. MemoryError: these steps fail, nothing else
-                error = failure
+            outcomes = self._step_batch(batch)
             now = time.monotonic()
+            done = 0
             with self._cond:
-                for j, request in enumerate(batch):
+                for request, outcome in zip(batch, outcomes):
                     stream = request.stream
-                    if error is None:
-                        request.result = ys[j]
-                        stream.steps += 1
+                    if isinstance(outcome, BaseException):
+                        request.error = outcome
                     else:
-                        request.error = RuntimeError(f"the batched step failed: {error!r}")
+                        request.result = outcome
+                        stream.steps += 1
+                        done += 1
                     request.done = True
                     stream.last_used = now
                     if stream.request is request:
                         stream.request = None
                 stats = self._stats
                 stats["batches"] += 1
-                stats["steps"] += len(batch) if error is None else 0
+                stats["steps"] += done
                 stats["largest_batch"] = max(stats["largest_batch"], len(batch))
         self._wake(batch)
+
+    def _step_batch(self, batch: List[_Request]) -> list:
+        """One pool step of the batch (pool lock held) -> per request its output or the
+        exception for its caller: its own (a slot it could not get, feeds the graph
+        rejected), or a RuntimeError when the whole pool step failed (e.g. MemoryError)."""
+        outcomes: list = [None] * len(batch)
+        ready = []
+        for j, request in enumerate(batch):
+            try:
+                self._make_resident(request.stream)
+                ready.append(j)
+            except Exception as error:      # e.g. resumed state that does not fit the pool
+                outcomes[j] = error
+        if not ready:
+            return outcomes
+        try:
+            ys = self._pool.step([batch[j].stream.pid for j in ready], [batch[j].x for j in ready])
+        except Exception as failure:
+            ys = [RuntimeError(f"the batched step failed: {failure!r}")] * len(ready)
+        for j, y in zip(ready, ys):
+            outcomes[j] = y
+        return outcomes
 
     def _make_resident(self, stream: _Stream) -> None:
         """Give the stream a pool slot (first step, or after eviction). Pool lock held."""
@@ -476,17 +477,21 @@ class Batcher:
             stream.start = None
 
     def _evict_idle(self) -> None:
-        """Export the streams idle for idle_seconds to bytes and free their pool slots."""
+        """Export the streams idle for idle_seconds to bytes and free their pool slots (the
+        pool shrinks once a quarter of its slots or fewer are in use)."""
         now = time.monotonic()
         self._next_eviction = now + max(self.idle_seconds / 4, 0.001)
         with self._pool_lock:
             with self._cond:
                 idle = [s for s in self._streams.values() if s.pid is not None
                         and s.request is None and now - s.last_used >= self.idle_seconds]
-                for stream in idle:
-                    stream.blob = self._pool.export(stream.pid)
-                    self._pool.close(stream.pid)
-                    stream.pid = None
+            # Outside _cond, so callers keep queueing while states are copied; a step queued
+            # meanwhile for one of these streams waits for _pool_lock and resumes it.
+            for stream in idle:
+                stream.blob = self._pool.export(stream.pid)
+                self._pool.close(stream.pid)
+                stream.pid = None
+            with self._cond:
                 self._stats["evictions"] += len(idle)
 
     @staticmethod
