@@ -409,7 +409,7 @@ def test_idle_streams_are_evicted_and_resumed_transparently(model):
         deadline = time.monotonic() + TIMEOUT
         while batcher.stats["evictions"] < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert batcher.stats["evictions"] == 3
+        assert batcher.stats["evictions"] == 3 and batcher.stats["resident"] == 0
         assert all(batcher._streams[sid].pid is None for sid in ids)   # out of the pool
         exported = batcher.export_state(ids[0])                    # works while evicted
         for t in range(4, 8):
@@ -421,6 +421,34 @@ def test_idle_streams_are_evicted_and_resumed_transparently(model):
     stream = model.stream(batch=1)
     stream.import_state(exported)
     np.testing.assert_allclose(stream.step(xs[0, 4]), out[0, 4], rtol=1e-5, atol=1e-6)
+
+
+def test_the_pool_grows_with_resident_streams_and_shrinks_after_eviction(model):
+    """Slots follow the resident streams, not max_streams: 20 streams of a max_batch=4
+    batcher grow the pool 4 -> 8 -> 16 -> 32 slots (states moved along); evicted, none is
+    resident and the pool is back to 4; resumed, they carry on exactly."""
+    xs = inputs(20, 4, seed=12)
+    out = np.zeros((20, 4, H), np.float32)
+    with rnnengine.Batcher(model, max_batch=4, idle_seconds=1.0, max_delay_us=100) as batcher:
+        assert batcher.stats["slots"] == 4
+        ids = [batcher.open() for _ in range(20)]
+        assert batcher.stats["resident"] == 0                  # a slot from the first step on
+        for t in range(2):
+            for s in range(20):
+                out[s, t] = batcher.step(ids[s], xs[s, t])
+        grown = batcher.stats
+        deadline = time.monotonic() + TIMEOUT
+        while batcher.stats["evictions"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        evicted = batcher.stats
+        for t in range(2, 4):
+            for s in range(20):
+                out[s, t] = batcher.step(ids[s], xs[s, t])
+        resumed = batcher.stats
+    assert (grown["resident"], grown["slots"]) == (20, 32), grown
+    assert (evicted["resident"], evicted["slots"], evicted["evictions"]) == (0, 4, 20), evicted
+    assert (resumed["resident"], resumed["resumes"]) == (20, 20), resumed
+    np.testing.assert_allclose(out, lone(model, xs), rtol=1e-5, atol=1e-6)
 
 
 def test_export_and_resume_move_a_stream_between_batchers(model):
