@@ -19,6 +19,9 @@ Rows, one process, contenders interleaved, best of several repetitions:
    "busy" = all 64 streams stepping (batches fill, no step waits for the delay); "sparse" =
    4 of 64 open streams stepping (a step waits for company up to max_delay_us), against one
    ``Stream.step``.
+4. Batcher over an InferenceSession: 64 streams of the shipped Silero VAD (``sr`` fixed,
+   512-sample chunks) stepped by 64 threads and by 64 asyncio tasks, against one thread
+   making serial ``SessionStream.step`` calls on 64 streams (each warmed by one step first).
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from rnnengine.model import Model
 
 STREAMS, H, I = 64, 256, 256
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SILERO = os.path.join(ROOT, "tests", "data", "silero_vad_16k_op15.onnx")
 
 
 def lstm(seed=0) -> Model:
@@ -129,9 +133,10 @@ def tasks(batcher, ids, xs, active, latencies):
     return asyncio.run(main())
 
 
-def measure(model, xs, cls, mode, max_delay_us, active=range(STREAMS)):
-    """(seconds, per-step latencies) for one run of ``mode`` ('threads' | 'asyncio')."""
-    with cls(model, max_batch=STREAMS, max_delay_us=max_delay_us) as batcher:
+def measure(model, xs, cls, mode, max_delay_us, active=range(STREAMS), **options):
+    """(seconds, per-step latencies) for one run of ``mode`` ('threads' | 'asyncio');
+    ``xs[s]``: stream s's inputs, one per step."""
+    with cls(model, max_batch=STREAMS, max_delay_us=max_delay_us, **options) as batcher:
         ids = [batcher.open() for _ in range(STREAMS)]
         latencies = {s: [] for s in active}
         run = threaded if mode == "threads" else tasks
@@ -144,10 +149,55 @@ def percentiles(latencies):
     return np.percentile(a, 50), np.percentile(a, 99)
 
 
+def session_rows(rounds: int, reps: int, say) -> None:
+    """Row 4: a Batcher over the Silero session against serial SessionStream.step."""
+    sess = rnnengine.InferenceSession(SILERO)
+    fixed = {"sr": np.array(16000, np.int64)}
+    rng = np.random.default_rng(2)
+    chunks = (0.1 * rng.standard_normal((STREAMS, rounds + 1, 1, 512))).astype(np.float32)
+    feeds = [[{"input": c} for c in stream] for stream in chunks]
+    contenders = ("serial SessionStream.step, 1 thread", "Batcher, 64 threads",
+                  "Batcher, 64 asyncio tasks")
+    best = dict.fromkeys(contenders, float("inf"))
+    cpu = dict.fromkeys(contenders, float("inf"))
+    for _ in range(reps):
+        for name in contenders:
+            if name.startswith("serial"):
+                streams = [sess.stream(feeds=fixed) for _ in range(STREAMS)]
+                for stream, steps in zip(streams, feeds):
+                    stream.step(steps[0])                   # warm: the first step plans
+                cpu_start = time.process_time()
+                start = time.perf_counter()
+                for t in range(1, rounds + 1):
+                    for stream, steps in zip(streams, feeds):
+                        stream.step(steps[t])
+                seconds = time.perf_counter() - start
+            else:
+                cpu_start = time.process_time()
+                seconds, _ = measure(sess, [f[1:] for f in feeds], rnnengine.Batcher,
+                                     "threads" if "threads" in name else "asyncio", 500,
+                                     feeds=fixed)
+            cpu[name] = min(cpu[name], time.process_time() - cpu_start)
+            best[name] = min(best[name], seconds)
+    steps = STREAMS * rounds
+    base = best[contenders[0]]
+    say(f"Batcher over an InferenceSession: 64 streams of Silero VAD (sr fixed, 512-sample "
+        f"chunks), {rounds} steps each, best of {reps} interleaved runs, max_delay_us=500")
+    say()
+    say("| contender | steps/s | vs serial SessionStream.step | CPU us per step |")
+    say("|---|---:|---:|---:|")
+    for name in contenders:
+        say(f"| {name} | {steps / best[name]:,.0f} | {base / best[name]:.2f}x | "
+            f"{cpu[name] / steps * 1e6:.0f} |")
+    say()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument("--session", action="store_true",
+                        help="only row 4 (the Batcher over an InferenceSession); no --write")
     args = parser.parse_args(argv)
     rounds, reps = (50, 3) if args.quick else (200, 7)
     model = lstm()
@@ -160,6 +210,9 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
+    if args.session:
+        session_rows(max(5, rounds // 10), reps, say)
+        return 0
     # 1 and 2: throughput, interleaved.
     contenders = {
         "serial Stream.step, 1 thread": None,
@@ -231,6 +284,7 @@ def main(argv=None) -> int:
             say(f"| {delay_us} | {load} | {row[0]:.0f} | {row[1]:.0f} | {row[2]:.0f} | "
                 f"{row[3]:.0f} | {stats['steps'] / stats['batches']:.1f} |")
     say()
+    session_rows(max(5, rounds // 10), reps, say)
     say(f"run took {time.perf_counter() - started:.0f} s; load average (1 min) "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
 

@@ -13,7 +13,11 @@ are routed with session affinity; a stream moves between replicas by its exporte
 Routing: the deployment uses Ray Serve's consistent-hash request router on the handle's
 ``session_id`` with no fallback replica, so every request of a stream goes to the replica
 that holds it while the set of replicas is unchanged. Always pass the stream key as
-``session_id`` (``StreamClient`` below does).
+``session_id`` (``StreamClient`` below does). That router is experimental
+(``ray.serve.experimental``, configured through the alpha ``RequestRouterConfig``; tested
+with Ray 2.60): Ray Serve has no stable session-affinity API. Affinity saves work only; a
+step that reaches another replica claims the stream through the directory (below), so it
+is still exact.
 
 Moving streams: a named actor, ``StreamDirectory``, records which replica holds each stream
 or holds its exported state ("parked"). A replica receiving a stream it does not hold claims
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib.util
 import time
 from typing import Dict, Optional
 
@@ -42,6 +47,9 @@ import rnnengine
 
 DIRECTORY = "rnnengine-stream-directory"
 ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+if importlib.util.find_spec(ROUTER.rpartition(".")[0]) is None:
+    raise ImportError(f"this recipe needs Ray Serve's experimental {ROUTER} (Ray 2.60 has it); "
+                      f"Ray {ray.__version__} does not")
 
 
 @ray.remote(num_cpus=0)
