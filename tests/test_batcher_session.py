@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from test_session_stream import author_loop, silero_chunks
 
 pytest.importorskip("onnxruntime")
 
+ROOT = Path(__file__).resolve().parents[1]
 TOL = dict(rtol=1e-4, atol=1e-4)
 SR = np.array(16000, np.int64)
 SILERO_ZERO = {"state": np.zeros((2, 1, 128), np.float32)}
@@ -395,3 +397,22 @@ def test_close_drains_every_pending_silero_step():
     run_threads([lambda s=s: thread(s) for s in range(12)] + [closer])
     assert refused == ["the Batcher is closed"] * 12
     assert_outputs(got, want)
+
+
+def test_readme_batcher_over_a_session_runs_as_written(tmp_path, monkeypatch):
+    """README's "Over a whole model" snippet, run from a directory that sees tests/data,
+    gives ONNX Runtime's probability and state bytes a SessionStream continues from."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### Over a whole model (InferenceSession)")
+    code = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    monkeypatch.chdir(tmp_path)
+    chunk = silero_steps(1, 1, seed=13)[0][0]["input"]
+    namespace = {"np": np, "rnnengine": rnnengine, "chunk": chunk}
+    exec(compile(code, "README.md", "exec"), namespace)
+    want, final = author_loop(sm.ort_session(sm.SILERO), [{"input": chunk, "sr": SR}],
+                              ["state"], ["stateN"], SILERO_ZERO)
+    assert_outputs([[[namespace["prob"]]]], [want])
+    stream = rnnengine.InferenceSession(sm.SILERO).stream(feeds={"sr": SR})
+    stream.import_state(namespace["data"])
+    np.testing.assert_allclose(stream.state["state"], final["state"], **TOL)
