@@ -416,3 +416,38 @@ def test_readme_batcher_over_a_session_runs_as_written(tmp_path, monkeypatch):
     stream = rnnengine.InferenceSession(sm.SILERO).stream(feeds={"sr": SR})
     stream.import_state(namespace["data"])
     np.testing.assert_allclose(stream.state["state"], final["state"], **TOL)
+
+
+# -- stress (also run under tools/sanitize.sh) ----------------------------------------------
+
+def test_thread_stress_session_streams_churn_through_a_resizing_pool(gru):
+    """8 threads churn through GRU streams: open, step, export, resume, close at random,
+    with idle eviction every few ms and a pool that starts at 4 slots (so it grows and
+    shrinks under them); every stream's outputs are its ONNX Runtime loop's."""
+    ort = sm.ort_session(gru)
+    sess = rnnengine.InferenceSession(gru)
+
+    def churn(seed):
+        rng = np.random.default_rng(200 + seed)
+        for k in range(4):
+            steps = gru_steps(1, int(rng.integers(4, 16)), seed=300 + seed * 10 + k)
+            sid = batcher.open()
+            got = []
+            for feeds in steps[0]:
+                if rng.random() < 0.15:
+                    resumed = batcher.resume(batcher.export_state(sid))
+                    batcher.close(sid)
+                    sid = resumed
+                elif rng.random() < 0.1:
+                    time.sleep(0.02)              # idle long enough to be evicted
+                got.append(batcher.step(sid, feeds))
+            batcher.close(sid)
+            want = author_loop(ort, steps[0], ["h0"], ["hn"], GRU_ZERO)[0]
+            assert_outputs([got], [want])
+
+    with rnnengine.Batcher(sess, max_batch=4, max_delay_us=200, max_streams=16,
+                           idle_seconds=0.005) as batcher:
+        run_threads([lambda s=s: churn(s) for s in range(8)], timeout=4 * TIMEOUT)
+        stats = batcher.stats
+    assert len(batcher) == 0 and stats["resident"] == 0 and stats["slots"] == 4, stats
+    assert stats["largest_batch"] > 1 and stats["resumes"] > 0, stats
