@@ -160,38 +160,45 @@ def test_threads_and_tasks_together_match_pytorch(model, torch_lstm):
 
 # -- guarantees -------------------------------------------------------------------------------
 
+def relay(batcher, xs, noise) -> list:
+    """Step a new stream with ``xs`` (one input per step), each step from a different thread
+    (a baton passed along 4 threads), while ``len(noise)`` other streams step ``noise[j]``
+    to keep the batches busy. -> the stream's outputs, in step order."""
+    out = [None] * len(xs)
+    turns = [threading.Event() for _ in range(len(xs) + 1)]
+    turns[0].set()
+    stop = threading.Event()
+    sid = batcher.open()
+    others = [batcher.open() for _ in noise]
+
+    def baton(k):
+        for t in range(k, len(xs), 4):
+            assert turns[t].wait(TIMEOUT)
+            out[t] = batcher.step(sid, xs[t])
+            assert batcher.steps(sid) == t + 1
+            turns[t + 1].set()
+
+    def busy(j):
+        for x in noise[j]:
+            if stop.is_set():
+                return
+            batcher.step(others[j], x)
+
+    def batons():
+        run_threads([lambda k=k: baton(k) for k in range(4)])
+        stop.set()
+
+    run_threads([batons] + [lambda j=j: busy(j) for j in range(len(noise))])
+    return out
+
+
 def test_steps_of_one_stream_apply_in_call_order_across_threads(model):
     """Each step of a stream comes from a different thread (a baton passed along), while other
     streams keep the batches busy: the outputs are the lone stream's, in order."""
     xs = inputs(1, 24, seed=3)[0]
-    noise = inputs(6, 200, seed=4)
-    out = np.zeros((24, H), np.float32)
-    turns = [threading.Event() for _ in range(25)]
-    turns[0].set()
-    stop = threading.Event()
     with rnnengine.Batcher(model, max_delay_us=300) as batcher:
-        sid = batcher.open()
-        others = [batcher.open() for _ in range(6)]
-
-        def relay(k):
-            for t in range(k, 24, 4):
-                assert turns[t].wait(TIMEOUT)
-                out[t] = batcher.step(sid, xs[t])
-                assert batcher.steps(sid) == t + 1
-                turns[t + 1].set()
-
-        def busy(j):
-            for x in noise[j]:
-                if stop.is_set():
-                    return
-                batcher.step(others[j], x)
-
-        def relays():
-            run_threads([lambda k=k: relay(k) for k in range(4)])
-            stop.set()
-
-        run_threads([relays] + [lambda j=j: busy(j) for j in range(6)])
-    np.testing.assert_allclose(out, lone(model, xs[None])[0], rtol=1e-5, atol=1e-6)
+        out = relay(batcher, xs, inputs(6, 200, seed=4))
+    np.testing.assert_allclose(np.stack(out), lone(model, xs[None])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_concurrent_steps_of_one_stream_raise(model):

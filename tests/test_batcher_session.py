@@ -7,7 +7,6 @@ exactly; state moves between Batchers and SessionStreams; close drains."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 import rnnengine
 import session_models as sm
-from test_batcher import TIMEOUT, run_async, run_threads
+from test_batcher import TIMEOUT, relay, run_async, run_threads
 from test_session_stream import author_loop, silero_chunks
 
 pytest.importorskip("onnxruntime")
@@ -193,32 +192,8 @@ def test_steps_of_one_stream_apply_in_call_order_across_threads(gru):
     """Each step of one stream comes from a different thread (a baton), other streams keep
     the batches busy: its outputs are its ONNX Runtime loop's, in order."""
     steps = gru_steps(1, 16, seed=5)
-    noise = gru_steps(5, 100, seed=6)
-    got = [None] * 16
-    turns = [threading.Event() for _ in range(17)]
-    turns[0].set()
-    stop = threading.Event()
     with rnnengine.Batcher(rnnengine.InferenceSession(gru), max_delay_us=300) as batcher:
-        sid = batcher.open()
-        others = [batcher.open() for _ in range(5)]
-
-        def relay(k):
-            for t in range(k, 16, 4):
-                assert turns[t].wait(TIMEOUT)
-                got[t] = batcher.step(sid, steps[0][t])
-                turns[t + 1].set()
-
-        def busy(j):
-            for feeds in noise[j]:
-                if stop.is_set():
-                    return
-                batcher.step(others[j], feeds)
-
-        def relays():
-            run_threads([lambda k=k: relay(k) for k in range(4)])
-            stop.set()
-
-        run_threads([relays] + [lambda j=j: busy(j) for j in range(5)])
+        got = relay(batcher, steps[0], gru_steps(5, 100, seed=6))
     assert_outputs([got], ort_expected(gru, steps, {"hn": "h0"}, GRU_ZERO))
 
 
