@@ -171,7 +171,17 @@ def test_threads_and_tasks_share_a_silero_batcher_and_match_session_streams():
     assert_outputs(got, want)
 
 
-def test_graph_without_state_inputs_streams_along_time(lstm_tokens):
+def test_a_fixed_input_given_with_each_step_instead_of_once():
+    """Without feeds=, Silero's sr is a step input like any other: steps with the same sr
+    share a pass, and the outputs are the same ONNX Runtime loop's."""
+    steps = [[{**f, "sr": SR} for f in stream] for stream in silero_steps(8, 3, seed=14)]
+    with rnnengine.Batcher(rnnengine.InferenceSession(sm.SILERO), max_delay_us=2000) as batcher:
+        got = threads_stepping(batcher, steps, threads=8)
+        assert batcher.stats["largest_batch"] > 1
+    assert_outputs(got, ort_expected(sm.SILERO, steps, {"stateN": "state"}, SILERO_ZERO))
+
+
+def test_graph_without_state_inputs_streams_along_time():
     """No state I/O: the recurrent nodes' state is the stream's; after t tokens a stream's
     output is ONNX Runtime's on its whole history."""
     plain = sm.embedding_lstm(False, seed=2)
