@@ -201,12 +201,11 @@ class Batcher:
 
     @property
     def stats(self) -> dict:
-        """Counters: batches run, steps applied, largest batch, evictions, resumes; and now:
-        resident (streams holding a pool slot), slots (the pool's size)."""
-        with self._pool_lock:
-            with self._cond:
-                return dict(self._stats, resident=self._pool.resident,
-                            slots=self._pool.capacity)
+        """Counters: batches run, steps applied, largest batch, evictions, resumes; gauges:
+        resident (streams holding a pool slot), slots (the pool's size). The gauges are read
+        without waiting for a running batch (the pool lock), so they may be one batch old."""
+        with self._cond:
+            return dict(self._stats, resident=self._pool.resident, slots=self._pool.capacity)
 
     # -- streams --------------------------------------------------------------------------
     def _stream(self, sid) -> _Stream:
