@@ -69,7 +69,7 @@ class _Stream:
 
     def __init__(self, sid: int, start):
         self.sid = sid
-        self.pid: Optional[int] = None   # pool id while resident; None before the first step
+        self.pid: Optional[int] = None   # pool handle while resident; None before the first step
         self.start = start               # state to open with (None: zeros)
         self.blob: Optional[bytes] = None   # exported state while evicted
         self.steps = 0
