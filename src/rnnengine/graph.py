@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import onnx
 
-from .ops import NATIVE_OPS, compiled_head, fuse_chain, native_op
+from .ops import NATIVE_OPS, compiled_conv, compiled_head, fuse_chain, native_op
 from .errors import ModelError
 from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
                             read_tensor, subgraph_free_names, subgraphs)
@@ -261,9 +261,13 @@ class Plan:
                 continue
             else:
                 chain = self._head_chain(unit)
+                conv = None if chain else self._conv_chain(unit)
                 if chain:
                     fused.update(id(n) for n in chain[1:])
                     self._add_fused(chain)
+                elif conv:
+                    fused.update(id(n) for n in conv[0][1:])
+                    self._add_compiled(*conv)
                 else:
                     self._append(*self._make_node(unit, self._kind(unit)))
 
@@ -300,9 +304,26 @@ class Plan:
                 break
         return chain if len(chain) > 1 else None
 
+    def _conv_chain(self, node) -> Optional[tuple]:
+        """(nodes, fn): a 1-D Conv with constant weights, and the Relu that alone reads it,
+        as one C call (``ops.compiled_conv``); None when it is not such a Conv."""
+        if node.op_type != "Conv" or self._kind(node) != "native":
+            return None
+        out = node.output[0] if len(node.output) == 1 else ""
+        users = self.scope.consumers.get(out, []) if out else []
+        if (out and out not in self.scope.outputs and len(users) == 1
+                and users[0].op_type == "Relu" and self._kind(users[0]) == "native"):
+            fn = compiled_conv([node, users[0]], self.const)
+            if fn is not None:
+                return [node, users[0]], fn
+        fn = compiled_conv([node], self.const)
+        return None if fn is None else ([node], fn)
+
     def _add_fused(self, chain: list) -> None:
-        fn = (compiled_head(chain, self.loaded.opset, self.const)
-              or fuse_chain(chain, self.loaded.opset))
+        self._add_compiled(chain, compiled_head(chain, self.loaded.opset, self.const)
+                           or fuse_chain(chain, self.loaded.opset))
+
+    def _add_compiled(self, chain: list, fn) -> None:
         label = " + ".join(node_label(n) for n in chain)
         for n in chain:
             self.kinds[node_label(n)] = "native"
