@@ -12,8 +12,10 @@
   of ``rnnengine.ops`` run natively; the rest are grouped into as few ONNX Runtime sessions
   as possible (``ort_bridge``).
 
-Subgraphs (If branches, Loop bodies) are Plans of their own whose *captures* copy the outer
-values they read into their table when they run.
+Subgraphs (If branches, Loop bodies) are Plans of their own (their own names and steps) that
+share the main graph's value table: their slots are appended to it, and an outer name they
+read is the outer slot itself, so running a branch copies nothing in (``outer_reads`` lists
+those slots for the analyses of the step list).
 
 Slot 0 of every table holds the run's context (None, or the per-stream recurrent state of
 a session stream: ``graph_steps.RecurrentStep``); slot 1 is always None (an absent optional
@@ -77,13 +79,15 @@ class Plan:
         self.parent = parent
         self.path = "::".join(scope.path) or "main graph"
         self.slots: Dict[str, int] = {}
-        self.template: list = [None, None, None]
+        # one table for the whole model: a subgraph appends its slots to the main graph's
+        self.template: list = [None, None, None] if parent is None else parent.template
         self.consts: Dict[str, np.ndarray] = {}
-        self.captures: List[tuple] = []        # (inner slot, outer slot)
+        self.outer_reads: List[int] = []       # enclosing plans' slots this subgraph reads
         self.steps: List[Callable] = []
         self.labels: List[str] = []            # node label of each step, for errors
         self.io: List[tuple] = []              # (input slots, output slots) of each step
-        self.shared: set = set()               # slots holding values reused across runs
+        # slots holding values reused across runs (memoised shapes), for the whole table
+        self.shared: set = set() if parent is None else parent.shared
         self.kinds: Dict[str, str] = {}        # node label -> "native" | "ort" | ... (info)
         loaded.plans.append(self)
 
@@ -131,7 +135,7 @@ class Plan:
         return None
 
     def resolve(self, name: str, user: str) -> int:
-        """The slot of ``name`` (NONE for ""), capturing it from the enclosing plans."""
+        """The slot of ``name`` (NONE for ""), looked up in the enclosing plans too."""
         if not name:
             return NONE
         if name in self.slots:
@@ -139,13 +143,12 @@ class Plan:
         if self.parent is None:
             raise ModelError(f"{self.loaded.where}: {user} reads {name!r}, which no node, "
                              "initializer or graph input defines (a dangling name)")
-        outer = self.parent.resolve(name, user)
-        inner = self._new(name)
-        self.captures.append((inner, outer))
+        outer = self.slots[name] = self.parent.resolve(name, user)
+        self.outer_reads.append(outer)
         value = self.parent.const(name)
         if value is not None:
             self.consts[name] = value
-        return inner
+        return outer
 
     # -- order -------------------------------------------------------------------------------
     def _toposort(self) -> list:
@@ -413,9 +416,13 @@ class Plan:
                 self.resolve(name, f"node {label!r}")
             subs = {label_: Plan(g, Scope(g, self.scope, self.scope.path + (
                 f"{label}::{label_}",)), self.loaded, self) for label_, g in subgraphs(node)}
-            make = if_step if kind == "if" else loop_step
-            step = make(node, ins, outs, subs, self.loaded.where)
-            ins = ins + [outer for sub in subs.values() for _, outer in sub.captures]
+            if kind == "if":   # a memoised shape or a constant picks the same branch again
+                stable = bool(ins) and (ins[0] in self.shared or self.const(node.input[0])
+                                        is not None)
+                step = if_step(node, ins, outs, subs, self.loaded.where, stable)
+            else:
+                step = loop_step(node, ins, outs, subs, self.loaded.where)
+            ins = ins + [outer for sub in subs.values() for outer in sub.outer_reads]
         return step, f"{node.op_type} node {label!r}", ins, outs
 
     def _add_ort(self, nodes: list) -> None:
@@ -467,13 +474,10 @@ class Plan:
             label = self.labels[k if indices is None else indices[k]]
             raise NodeFailed(f"{label} failed: {type(e).__name__}: {e}") from e
 
-    def run_sub(self, outer: list, inputs: Optional[list] = None) -> list:
-        """Run this subgraph plan inside the outer table ``outer``; ``inputs`` fill the
-        subgraph's declared inputs (a Loop body's iteration number, condition, state)."""
-        v = self.template.copy()
-        v[CONTEXT] = outer[CONTEXT]
-        for inner, slot in self.captures:
-            v[inner] = outer[slot]
+    def run_sub(self, v: list, inputs: Optional[list] = None) -> list:
+        """Run this subgraph plan in the table ``v`` it shares with the enclosing plans;
+        ``inputs`` fill the subgraph's declared inputs (a Loop body's iteration number,
+        condition, state). Returns its outputs."""
         if inputs:
             for slot, value in zip(self.input_slots, inputs):
                 v[slot] = value

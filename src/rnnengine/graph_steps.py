@@ -194,8 +194,13 @@ def _condition(value, what: str) -> bool:
     return bool(value.reshape(-1)[0])
 
 
-def if_step(node, ins, outs, subs: dict, where: str) -> Callable:
-    """``If``: the branch is chosen at run time from the condition, as ONNX Runtime does."""
+def if_step(node, ins, outs, subs: dict, where: str, stable: bool = False) -> Callable:
+    """``If``: the branch is chosen at run time from the condition, as ONNX Runtime does.
+    The branches share the caller's value table (``graph.Plan``): running one is running its
+    steps and moving its outputs. ``stable``: the condition's slot holds a constant or a
+    memoised shape computation, whose arrays are never written, so the same array object
+    picks the same branch again (a stream's fixed sample rate or state shape: the check runs
+    once per stream, not every step)."""
     then_plan, else_plan = subs.get("then_branch"), subs.get("else_branch")
     label = node_label(node)
     if then_plan is None or else_plan is None or not ins:
@@ -207,11 +212,21 @@ def if_step(node, ins, outs, subs: dict, where: str) -> Callable:
                              f"branch has {len(plan.output_slots)}")
     cond = ins[0]
     what = f"the condition {node.input[0]!r} of If node {label!r}"
+    branches = {True: (then_plan, list(zip(outs, then_plan.output_slots))),
+                False: (else_plan, list(zip(outs, else_plan.output_slots)))}
+    last = [(None, None)]   # (condition array, branch): one tuple, replaced whole (threads)
 
     def step(v):
-        plan = then_plan if _condition(v[cond], what) else else_plan
-        for o, value in zip(outs, plan.run_sub(v)):
-            v[o] = value
+        c = v[cond]
+        seen, branch = last[0]
+        if c is not seen or not stable:
+            branch = branches[_condition(c, what)]
+            if stable:
+                last[0] = (c, branch)
+        plan, moves = branch
+        plan.execute(v)
+        for o, s in moves:
+            v[o] = v[s]
     return step
 
 
