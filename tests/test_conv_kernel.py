@@ -3,6 +3,10 @@ reference, and graphs whose Conv (+ Relu) runs on it (``ops.compiled_conv``) aga
 Runtime."""
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -222,3 +226,76 @@ def test_relu_read_elsewhere_is_not_fused():
     x = rng.standard_normal((1, 3, 5)).astype(np.float32)
     for got, want in zip(sess.run(None, {"x": x}), ort_run(model, {"x": x})):
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+# -- the portable builds -------------------------------------------------------------------
+
+C_CHECK = r"""
+#include <math.h>
+#include <stdio.h>
+#include "rnnengine/conv.h"
+
+/* max relative error of rnn_conv1d (width 8: the portable variant) against double loops */
+static double check(size_t N, size_t C, size_t L, size_t M, size_t KW, size_t s, size_t d,
+                    size_t pb, size_t pe, int relu, unsigned seed) {
+    rnn_conv1d_t cv = {N, C, L, M, KW, s, d, pb, 0, relu};
+    cv.Lout = (L + pb + pe - (KW - 1) * d - 1) / s + 1;
+    const size_t CK = C * KW, wn = rnn_conv_packed_size(M, CK, 8);
+    const size_t bn = rnn_conv_panels(M, 8) * 8;
+    float *x = malloc(N * C * L * 4), *w = malloc(M * CK * 4), *b = malloc(M * 4);
+    float *wp = malloc(wn * 4), *bp = malloc(bn * 4), *y = malloc(N * M * cv.Lout * 4);
+    for (size_t i = 0; i < N * C * L; i++) x[i] = (float)((seed = seed * 1103515245u + 12345u) % 2001) / 1000.0f - 1.0f;
+    for (size_t i = 0; i < M * CK; i++) w[i] = (float)((seed = seed * 1103515245u + 12345u) % 2001) / 1000.0f - 1.0f;
+    for (size_t i = 0; i < M; i++) b[i] = (float)i / (float)M - 0.5f;
+    rnn_conv_pack(w, b, M, CK, 8, wp, wn, bp, bn);
+    if (rnn_conv1d(&cv, x, N * C * L, wp, wn, bp, bn, 8, y, N * M * cv.Lout)) return 1e9;
+    double err = 0, top = 1e-30;
+    for (size_t n = 0; n < N; n++)
+        for (size_t m = 0; m < M; m++)
+            for (size_t o = 0; o < cv.Lout; o++) {
+                double acc = b[m];
+                for (size_t c = 0; c < C; c++)
+                    for (size_t k = 0; k < KW; k++) {
+                        const long t = (long)(o * s + k * d) - (long)pb;
+                        if (t >= 0 && t < (long)L) acc += (double)w[(m * C + c) * KW + k] * x[(n * C + c) * L + t];
+                    }
+                if (relu && acc < 0) acc = 0;
+                const double e = fabs(acc - y[(n * M + m) * cv.Lout + o]);
+                err = e > err ? e : err;
+                top = fabs(acc) > top ? fabs(acc) : top;
+            }
+    free(x); free(w); free(b); free(wp); free(bp); free(y);
+    return err / top;
+}
+
+int main(void) {
+    double worst = 0, e;
+    e = check(1, 1, 576, 258, 256, 128, 1, 0, 0, 0, 1); worst = e > worst ? e : worst;
+    e = check(3, 5, 17, 33, 4, 2, 3, 2, 1, 1, 2); worst = e > worst ? e : worst;
+    e = check(7, 3, 31, 70, 5, 3, 2, 4, 0, 1, 3); worst = e > worst ? e : worst;
+    e = check(16, 64, 2, 64, 3, 2, 1, 1, 1, 1, 4); worst = e > worst ? e : worst;
+    printf("%.3e\n", worst);
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [["-DRNN_X86=0"], ["-DRNN_X86=0", "-DRNN_CONV_VECTORS=0"]],
+                         ids=["portable-vectors", "portable-plain-loops"])
+def test_portable_builds_match_reference(tmp_path, flags):
+    """conv.h as ARM (-DRNN_X86=0) and a compiler without generic vectors would build it."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    include = os.path.join(os.path.dirname(__file__), "..", "include")
+    if cc is None or not os.path.isdir(include):
+        pytest.skip("no C compiler or no include/ (an installed package)")
+    src, exe = tmp_path / "check.c", tmp_path / "check"
+    src.write_text(C_CHECK)
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)   # a sanitizer run: the compiler itself runs without it
+    built = subprocess.run([cc, "-O2", "-std=c11", "-Wall", "-Werror", "-I", include, *flags,
+                            str(src), "-o", str(exe), "-lm"], capture_output=True, text=True,
+                           env=env, timeout=300)
+    assert built.returncode == 0, built.stderr[-3000:]
+    done = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout) <= RTOL

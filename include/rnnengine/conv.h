@@ -31,10 +31,14 @@
 #define RNN_CONV_MR_MAX 32     /* the widest panel (AVX-512) */
 #define RNN_CONV_STACK 4096    /* column buffers up to this many floats live on the stack */
 
+/* GCC/Clang generic vectors; -DRNN_CONV_VECTORS=0 builds the plain loops other compilers
+ * get (tests/test_conv_kernel.py builds both, and the portable-only -DRNN_X86=0). */
+#ifndef RNN_CONV_VECTORS
 #if defined(__GNUC__) || defined(__clang__)
 #define RNN_CONV_VECTORS 1
 #else
 #define RNN_CONV_VECTORS 0
+#endif
 #endif
 
 typedef struct {
