@@ -54,3 +54,15 @@ def test_reductions_replay_per_shape(kind, keepdims):
             assert got.dtype == want.dtype and got.shape == want.shape
             assert np.allclose(got, want, rtol=1e-6, atol=1e-7)
             inputs[0] = rng.standard_normal(shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64])
+@pytest.mark.parametrize("exponent", [np.array(2.0), np.array(2, np.int64)])
+def test_pow_by_two_squares_like_ort(dtype, exponent):
+    # Pow by a 0-d 2 takes a fast path (np.square): same values as ORT's, signs, NaN, inf
+    x = np.array([[-3.5, -1e-3, 0.0, 2.5], [np.nan, np.inf, -np.inf, 70.0]], dtype)
+    y = exponent.astype(dtype) if exponent.dtype.kind == "f" else exponent
+    got = ours("Pow", {}, 15, 2)(x, y)[0]
+    want = ort_node("Pow", [x, y], {}, 15)
+    assert got.dtype == want.dtype == x.dtype
+    assert np.array_equal(got, want, equal_nan=True)
