@@ -51,6 +51,7 @@ SHAPES = [
     (2, 7, 9, 1, 1, 1, 1, 0, 0),             # 1x1, one output channel
     (5, 2, 4, 17, 7, 1, 1, 3, 3),            # kernel longer than the input
     (2, 3, 10, 9, 2, 1, 4, 0, 5),            # end padding only
+    (5, 3, 100, 20, 3, 1, 1, 1, 1),          # 500 positions: columns gathered in chunks
 ]
 
 
@@ -195,6 +196,14 @@ def test_graph_conv_other_dtype_and_bad_shape_take_the_numpy_path():
         fn(np.zeros((1, 2, 6), np.float32))        # 2 channels, W wants 3
     with pytest.raises(ValueError, match="dtype"):  # the NumPy path names the mismatch
         fn(np.ones((1, 3, 6), np.float64))
+
+
+def test_graph_conv_output_too_large_is_refused():
+    w = np.ones((4096, 1, 1), np.float32)
+    fn = compiled_conv(helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])], "g", [], [])).graph.node, {"w": w}.get)
+    with pytest.raises(ValueError, match="refused"):   # 4096 x 2^20 outputs
+        fn(np.ones((1, 1, 1 << 20), np.float32))
 
 
 def test_graph_conv_with_weights_as_input_is_not_compiled():

@@ -30,6 +30,7 @@
 #define RNN_CONV_NR 6          /* output positions per column group */
 #define RNN_CONV_MR_MAX 32     /* the widest panel (AVX-512) */
 #define RNN_CONV_STACK 4096    /* column buffers up to this many floats live on the stack */
+#define RNN_CONV_CHUNK 64      /* column groups gathered at a time */
 
 /* GCC/Clang generic vectors; -DRNN_CONV_VECTORS=0 builds the plain loops other compilers
  * get (tests/test_conv_kernel.py builds both, and the portable-only -DRNN_X86=0). */
@@ -171,8 +172,11 @@ static int rnn_conv1d(const rnn_conv1d_t *cv, const float *x, size_t x_len, cons
     (void)wp_len;
     (void)bp_len;
     (void)y_len;
+    /* Columns are gathered RNN_CONV_CHUNK groups at a time: the buffer stays bounded
+     * (and in L2) however long the input; each chunk streams the weights once more. */
     const size_t groups = (J + RNN_CONV_NR - 1) / RNN_CONV_NR;
-    const size_t n_cols = groups * CK * RNN_CONV_NR;
+    const size_t chunk = groups < RNN_CONV_CHUNK ? groups : RNN_CONV_CHUNK;
+    const size_t n_cols = chunk * CK * RNN_CONV_NR;
     float stack_cols[RNN_CONV_STACK];
     float tile[RNN_CONV_NR * RNN_CONV_MR_MAX];
     float *cols = stack_cols;
@@ -180,19 +184,23 @@ static int rnn_conv1d(const rnn_conv1d_t *cv, const float *x, size_t x_len, cons
         cols = (float *)malloc(n_cols * sizeof *cols);
         if (cols == NULL) return -1;
     }
-    for (size_t j0 = 0; j0 < J; j0 += RNN_CONV_NR) {
-        const int nr = (int)(J - j0 < RNN_CONV_NR ? J - j0 : RNN_CONV_NR);
-        rnn_conv_columns(cv, x, j0, nr, cols + (j0 / RNN_CONV_NR) * CK * RNN_CONV_NR);
-    }
     const rnn_fpenv_t env = rnn_fpenv_enter();
+    for (size_t base = 0; base < J; base += chunk * RNN_CONV_NR) {
+        const size_t Jc = J - base < chunk * RNN_CONV_NR ? J - base : chunk * RNN_CONV_NR;
+        for (size_t j0 = 0; j0 < Jc; j0 += RNN_CONV_NR) {
+            const int nr = (int)(Jc - j0 < RNN_CONV_NR ? Jc - j0 : RNN_CONV_NR);
+            RNN_ASSERT((j0 / RNN_CONV_NR + 1) * CK * RNN_CONV_NR <= n_cols);
+            rnn_conv_columns(cv, x, base + j0, nr, cols + (j0 / RNN_CONV_NR) * CK * RNN_CONV_NR);
+        }
 #if RNN_X86
-    if (width == 32)
-        rnn_cv_panels_v16(cv, cols, J, wp, bp, tile, y);
-    else if (width == 16)
-        rnn_cv_panels_v8(cv, cols, J, wp, bp, tile, y);
-    else
+        if (width == 32)
+            rnn_cv_panels_v16(cv, cols, base, Jc, wp, bp, tile, y);
+        else if (width == 16)
+            rnn_cv_panels_v8(cv, cols, base, Jc, wp, bp, tile, y);
+        else
 #endif
-        rnn_cv_panels_v4(cv, cols, J, wp, bp, tile, y);
+            rnn_cv_panels_v4(cv, cols, base, Jc, wp, bp, tile, y);
+    }
     rnn_fpenv_leave(env);
     if (cols != stack_cols) free(cols);
     return 0;

@@ -62,11 +62,12 @@ static void RNN_CV_NAME(rnn_cv_tile)(const float *cols, size_t CK, const float *
 }
 #endif
 
-/* Every column group (cols holds group g at g * CK * NR) through every panel. Panel-major:
- * one panel's weights (CK * MR floats) stay in L1 while the groups stream past them. */
+/* The columns base .. base + J - 1 (cols holds their group g at g * CK * NR) through every
+ * panel. Panel-major: one panel's weights (CK * MR floats) stay in L1 while the groups
+ * stream past them. */
 RNN_CV_TARGET
-static void RNN_CV_NAME(rnn_cv_panels)(const rnn_conv1d_t *cv, const float *cols, size_t J,
-                                       const float *wp, const float *bp, float *tile,
+static void RNN_CV_NAME(rnn_cv_panels)(const rnn_conv1d_t *cv, const float *cols, size_t base,
+                                       size_t J, const float *wp, const float *bp, float *tile,
                                        float *y) {
     const size_t CK = cv->C * cv->KW, panels = rnn_conv_panels(cv->M, RNN_CV_MR);
     for (size_t p = 0; p < panels; p++) {
@@ -82,7 +83,7 @@ static void RNN_CV_NAME(rnn_cv_panels)(const rnn_conv1d_t *cv, const float *cols
             case 5: RNN_CV_NAME(rnn_cv_tile)(c, CK, w, b, tile, 5); break;
             default: RNN_CV_NAME(rnn_cv_tile)(c, CK, w, b, tile, RNN_CONV_NR); break;
             }
-            rnn_conv_store(cv, tile, RNN_CV_MR, nr, p * RNN_CV_MR, j0, y);
+            rnn_conv_store(cv, tile, RNN_CV_MR, nr, p * RNN_CV_MR, base + j0, y);
         }
     }
 }
