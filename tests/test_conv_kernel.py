@@ -289,22 +289,57 @@ int main(void) {
 """
 
 
-@pytest.mark.parametrize("flags", [["-DRNN_X86=0"], ["-DRNN_X86=0", "-DRNN_CONV_VECTORS=0"]],
-                         ids=["portable-vectors", "portable-plain-loops"])
-def test_portable_builds_match_reference(tmp_path, flags):
-    """conv.h as ARM (-DRNN_X86=0) and a compiler without generic vectors would build it."""
+def build_c(tmp_path, source, flags):
+    """``source`` compiled against include/ with ``flags``: the executable's path and the
+    environment to run it in."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     include = os.path.join(os.path.dirname(__file__), "..", "include")
     if cc is None or not os.path.isdir(include):
         pytest.skip("no C compiler or no include/ (an installed package)")
     src, exe = tmp_path / "check.c", tmp_path / "check"
-    src.write_text(C_CHECK)
+    src.write_text(source)
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)   # a sanitizer run: the compiler itself runs without it
     built = subprocess.run([cc, "-O2", "-std=c11", "-Wall", "-Werror", "-I", include, *flags,
                             str(src), "-o", str(exe), "-lm"], capture_output=True, text=True,
                            env=env, timeout=300)
     assert built.returncode == 0, built.stderr[-3000:]
-    done = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=120)
+    return str(exe), env
+
+
+@pytest.mark.parametrize("flags", [["-DRNN_X86=0"], ["-DRNN_X86=0", "-DRNN_CONV_VECTORS=0"]],
+                         ids=["portable-vectors", "portable-plain-loops"])
+def test_portable_builds_match_reference(tmp_path, flags):
+    """conv.h as ARM (-DRNN_X86=0) and a compiler without generic vectors would build it."""
+    exe, env = build_c(tmp_path, C_CHECK, flags)
+    done = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert float(done.stdout) <= RTOL
+
+
+C_ASSERTS = r"""
+#include <string.h>
+#include "rnnengine/conv.h"
+
+/* A 2 -> 3 channel conv, kernel 2, input length 4 (Lout 3); argv[1] names the buffer
+ * handed over one float short. */
+int main(int argc, char **argv) {
+    rnn_conv1d_t cv = {1, 2, 4, 3, 2, 1, 1, 0, 3, 0};
+    const size_t wn = rnn_conv_packed_size(3, 4, 8), bn = rnn_conv_panels(3, 8) * 8;
+    static float x[8], w[12], wp[64], bp[8], y[9];
+    const char *which = argc > 1 ? argv[1] : "";
+    rnn_conv_pack(w, NULL, 3, 4, 8, wp, wn, bp, bn);
+    return rnn_conv1d(&cv, x, 8 - !strcmp(which, "x"), wp, wn - !strcmp(which, "w"), bp,
+                      bn - !strcmp(which, "b"), 8, y, 9 - !strcmp(which, "y"));
+}
+"""
+
+
+@pytest.mark.parametrize("short", ["x", "w", "b", "y"])
+def test_debug_build_asserts_buffer_sizes(tmp_path, short):
+    """A debug build (RNNENGINE_DEBUG, as tools/sanitize.sh builds) stops on a buffer whose
+    size does not fit the convolution; the right sizes run."""
+    exe, env = build_c(tmp_path, C_ASSERTS, ["-DRNNENGINE_DEBUG=1"])
+    assert subprocess.run([exe], capture_output=True, env=env, timeout=60).returncode == 0
+    done = subprocess.run([exe, short], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode != 0 and "internal check failed" in done.stderr
