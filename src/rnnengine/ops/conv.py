@@ -20,7 +20,7 @@ import numpy as np
 
 from .._conv import Conv1d
 from ..loaders._fold import node_label
-from ._common import Attrs, check_size, guard, registrar, same_dtype
+from ._common import MAX_ELEMENTS, Attrs, check_size, guard, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -228,21 +228,23 @@ def compiled_conv(nodes, const):
             or min(w.shape) < 1 or (names[2] and (b is None or b.dtype != _F32
                                                   or b.shape != (w.shape[0],)))):
         return None
-    kernels = {}   # input length -> Conv1d (auto_pad SAME makes the pads depend on it)
+    # input length -> (Conv1d, outputs per sample); auto_pad SAME makes pads depend on it
+    kernels = {}
 
     def kernel(length):
         strides, dil, pads = general.geometry((length,), w.shape[2:])
         k = Conv1d(w, b, strides[0], dil[0], pads[0], pads[1], relu)
         if len(kernels) > 16:   # lengths change rarely; keep the table small if they do
             kernels.clear()
-        kernels[length] = k
-        return k
+        kernels[length] = k, w.shape[0] * k.out_length(length)
+        return kernels[length]
 
     def run(x):
         if (x.__class__ is np.ndarray and x.dtype is _F32 and x.ndim == 3
                 and x.shape[1] == w.shape[1]):
-            k = kernels.get(x.shape[2]) or kernel(x.shape[2])
-            check_size((x.shape[0], w.shape[0], k.out_length(x.shape[2])), "the output")
+            k, per_sample = kernels.get(x.shape[2]) or kernel(x.shape[2])
+            if x.shape[0] * per_sample > MAX_ELEMENTS:
+                check_size((x.shape[0], per_sample), "the output")   # raises
             return (k(x),)
         y = general(x, w, b)[0]
         return (np.maximum(y, 0, out=y) if relu else y,)
