@@ -51,6 +51,17 @@ extensions = [
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    Extension(
+        "rnnengine._conv",
+        ["src/rnnengine/_conv.pyx"],
+        include_dirs=["include", numpy.get_include()],
+        depends=["include/rnnengine/conv.h", "include/rnnengine/conv_impl.h"],
+        # FMAs in the AVX2/AVX-512 variants (-std=c11 otherwise keeps a * b + c unfused)
+        extra_compile_args=compile_args + (["-ffp-contract=fast"] if os.name != "nt" else []),
+        extra_link_args=link_args,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
+    ),
     Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args,
               extra_link_args=link_args),
 ]

@@ -12,8 +12,10 @@
   of ``rnnengine.ops`` run natively; the rest are grouped into as few ONNX Runtime sessions
   as possible (``ort_bridge``).
 
-Subgraphs (If branches, Loop bodies) are Plans of their own whose *captures* copy the outer
-values they read into their table when they run.
+Subgraphs (If branches, Loop bodies) are Plans of their own (their own names and steps) that
+share the main graph's value table: their slots are appended to it, and an outer name they
+read is the outer slot itself, so running a branch copies nothing in (``outer_reads`` lists
+those slots for the analyses of the step list).
 
 Slot 0 of every table holds the run's context (None, or the per-stream recurrent state of
 a session stream: ``graph_steps.RecurrentStep``); slot 1 is always None (an absent optional
@@ -27,7 +29,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import onnx
 
-from .ops import NATIVE_OPS, compiled_head, fuse_chain, native_op
+from .ops import NATIVE_OPS, compiled_conv, compiled_head, fuse_chain, native_op
 from .errors import ModelError
 from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
                             read_tensor, subgraph_free_names, subgraphs)
@@ -77,13 +79,15 @@ class Plan:
         self.parent = parent
         self.path = "::".join(scope.path) or "main graph"
         self.slots: Dict[str, int] = {}
-        self.template: list = [None, None, None]
+        # one table for the whole model: a subgraph appends its slots to the main graph's
+        self.template: list = [None, None, None] if parent is None else parent.template
         self.consts: Dict[str, np.ndarray] = {}
-        self.captures: List[tuple] = []        # (inner slot, outer slot)
+        self.outer_reads: List[int] = []       # enclosing plans' slots this subgraph reads
         self.steps: List[Callable] = []
         self.labels: List[str] = []            # node label of each step, for errors
         self.io: List[tuple] = []              # (input slots, output slots) of each step
-        self.shared: set = set()               # slots holding values reused across runs
+        # slots holding values reused across runs (memoised shapes), for the whole table
+        self.shared: set = set() if parent is None else parent.shared
         self.kinds: Dict[str, str] = {}        # node label -> "native" | "ort" | ... (info)
         loaded.plans.append(self)
 
@@ -131,7 +135,7 @@ class Plan:
         return None
 
     def resolve(self, name: str, user: str) -> int:
-        """The slot of ``name`` (NONE for ""), capturing it from the enclosing plans."""
+        """The slot of ``name`` (NONE for ""), looked up in the enclosing plans too."""
         if not name:
             return NONE
         if name in self.slots:
@@ -139,13 +143,12 @@ class Plan:
         if self.parent is None:
             raise ModelError(f"{self.loaded.where}: {user} reads {name!r}, which no node, "
                              "initializer or graph input defines (a dangling name)")
-        outer = self.parent.resolve(name, user)
-        inner = self._new(name)
-        self.captures.append((inner, outer))
+        outer = self.slots[name] = self.parent.resolve(name, user)
+        self.outer_reads.append(outer)
         value = self.parent.const(name)
         if value is not None:
             self.consts[name] = value
-        return inner
+        return outer
 
     # -- order -------------------------------------------------------------------------------
     def _toposort(self) -> list:
@@ -261,9 +264,13 @@ class Plan:
                 continue
             else:
                 chain = self._head_chain(unit)
+                conv = None if chain else self._conv_chain(unit)
                 if chain:
                     fused.update(id(n) for n in chain[1:])
                     self._add_fused(chain)
+                elif conv:
+                    fused.update(id(n) for n in conv[0][1:])
+                    self._add_compiled(*conv)
                 else:
                     self._append(*self._make_node(unit, self._kind(unit)))
 
@@ -300,9 +307,26 @@ class Plan:
                 break
         return chain if len(chain) > 1 else None
 
+    def _conv_chain(self, node) -> Optional[tuple]:
+        """(nodes, fn): a 1-D Conv with constant weights, and the Relu that alone reads it,
+        as one C call (``ops.compiled_conv``); None when it is not such a Conv."""
+        if node.op_type != "Conv" or self._kind(node) != "native":
+            return None
+        out = node.output[0] if len(node.output) == 1 else ""
+        users = self.scope.consumers.get(out, []) if out else []
+        if (out and out not in self.scope.outputs and len(users) == 1
+                and users[0].op_type == "Relu" and self._kind(users[0]) == "native"):
+            fn = compiled_conv([node, users[0]], self.const)
+            if fn is not None:
+                return [node, users[0]], fn
+        fn = compiled_conv([node], self.const)
+        return None if fn is None else ([node], fn)
+
     def _add_fused(self, chain: list) -> None:
-        fn = (compiled_head(chain, self.loaded.opset, self.const)
-              or fuse_chain(chain, self.loaded.opset))
+        self._add_compiled(chain, compiled_head(chain, self.loaded.opset, self.const)
+                           or fuse_chain(chain, self.loaded.opset))
+
+    def _add_compiled(self, chain: list, fn) -> None:
         label = " + ".join(node_label(n) for n in chain)
         for n in chain:
             self.kinds[node_label(n)] = "native"
@@ -392,9 +416,13 @@ class Plan:
                 self.resolve(name, f"node {label!r}")
             subs = {label_: Plan(g, Scope(g, self.scope, self.scope.path + (
                 f"{label}::{label_}",)), self.loaded, self) for label_, g in subgraphs(node)}
-            make = if_step if kind == "if" else loop_step
-            step = make(node, ins, outs, subs, self.loaded.where)
-            ins = ins + [outer for sub in subs.values() for _, outer in sub.captures]
+            if kind == "if":   # a memoised shape or a constant picks the same branch again
+                stable = bool(ins) and (ins[0] in self.shared or self.const(node.input[0])
+                                        is not None)
+                step = if_step(node, ins, outs, subs, self.loaded.where, stable)
+            else:
+                step = loop_step(node, ins, outs, subs, self.loaded.where)
+            ins = ins + [outer for sub in subs.values() for outer in sub.outer_reads]
         return step, f"{node.op_type} node {label!r}", ins, outs
 
     def _add_ort(self, nodes: list) -> None:
@@ -446,13 +474,10 @@ class Plan:
             label = self.labels[k if indices is None else indices[k]]
             raise NodeFailed(f"{label} failed: {type(e).__name__}: {e}") from e
 
-    def run_sub(self, outer: list, inputs: Optional[list] = None) -> list:
-        """Run this subgraph plan inside the outer table ``outer``; ``inputs`` fill the
-        subgraph's declared inputs (a Loop body's iteration number, condition, state)."""
-        v = self.template.copy()
-        v[CONTEXT] = outer[CONTEXT]
-        for inner, slot in self.captures:
-            v[inner] = outer[slot]
+    def run_sub(self, v: list, inputs: Optional[list] = None) -> list:
+        """Run this subgraph plan in the table ``v`` it shares with the enclosing plans;
+        ``inputs`` fill the subgraph's declared inputs (a Loop body's iteration number,
+        condition, state). Returns its outputs."""
         if inputs:
             for slot, value in zip(self.input_slots, inputs):
                 v[slot] = value

@@ -22,7 +22,6 @@ from ._checks import MAX_ELEMENTS
 
 RECURRENT = frozenset(_RECURRENT_KINDS)
 _F32 = np.dtype(np.float32)
-_TINY = np.float32(np.finfo(np.float32).tiny)    # the smallest normal float32
 MAX_LOOP_ITERATIONS = 1 << 24
 CONTROL = frozenset({"If", "Loop"})
 
@@ -157,12 +156,10 @@ class RecurrentStep:
         if value.shape != shape:
             raise ValueError(f"recurrent node {self.label!r}: initial state must have shape "
                              f"{shape}; got {value.shape}")
-        state = np.array(value, np.float32, order="C")
-        # Subnormal state values (a sigmoid far below zero gives ~1e-39) make the kernel's
-        # products take microcode assists: Silero's LSTM at batch 16 ran 1344 us instead of
-        # 64 us on a state fed back 20 times. Zero is within any tolerance of them.
-        state[np.abs(state) < _TINY] = 0
-        return state
+        # A copy: the kernel writes the final state over it. Subnormal values in it (a
+        # sigmoid far below zero gives ~1e-39) cost nothing: the kernels run with x86's
+        # FTZ/DAZ on (include/rnnengine/fpenv.h), so no flush here (it took ~2 us per state).
+        return np.array(value, np.float32, order="C")
 
     def _write(self, v, x, y, h, c) -> None:
         dtype = x.dtype
@@ -194,8 +191,13 @@ def _condition(value, what: str) -> bool:
     return bool(value.reshape(-1)[0])
 
 
-def if_step(node, ins, outs, subs: dict, where: str) -> Callable:
-    """``If``: the branch is chosen at run time from the condition, as ONNX Runtime does."""
+def if_step(node, ins, outs, subs: dict, where: str, stable: bool = False) -> Callable:
+    """``If``: the branch is chosen at run time from the condition, as ONNX Runtime does.
+    The branches share the caller's value table (``graph.Plan``): running one is running its
+    steps and moving its outputs. ``stable``: the condition's slot holds a constant or a
+    memoised shape computation, whose arrays are never written, so the same array object
+    picks the same branch again (a stream's fixed sample rate or state shape: the check runs
+    once per stream, not every step)."""
     then_plan, else_plan = subs.get("then_branch"), subs.get("else_branch")
     label = node_label(node)
     if then_plan is None or else_plan is None or not ins:
@@ -207,11 +209,21 @@ def if_step(node, ins, outs, subs: dict, where: str) -> Callable:
                              f"branch has {len(plan.output_slots)}")
     cond = ins[0]
     what = f"the condition {node.input[0]!r} of If node {label!r}"
+    branches = {True: (then_plan, list(zip(outs, then_plan.output_slots))),
+                False: (else_plan, list(zip(outs, else_plan.output_slots)))}
+    last = [(None, None)]   # (condition array, branch): one tuple, replaced whole (threads)
 
     def step(v):
-        plan = then_plan if _condition(v[cond], what) else else_plan
-        for o, value in zip(outs, plan.run_sub(v)):
-            v[o] = value
+        c = v[cond]
+        seen, branch = last[0]
+        if c is not seen or not stable:
+            branch = branches[_condition(c, what)]
+            if stable:
+                last[0] = (c, branch)
+        plan, moves = branch
+        plan.execute(v)
+        for o, s in moves:
+            v[o] = v[s]
     return step
 
 

@@ -10,7 +10,8 @@ not fit. Outputs may be views of inputs (Reshape, Squeeze, Transpose, Slice, Exp
 constants shared between calls: never write into an output you did not allocate.
 
 ``fuse_chain(nodes, opset)`` runs a MatMul/Gemm (+ Add) (+ activation) head as one call;
-``compiled_head`` runs it in C when its weights are constant.
+``compiled_head`` runs it in C when its weights are constant; ``compiled_conv`` runs a 1-D
+Conv (+ Relu) with constant weights in C.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import onnx
 from ..errors import ModelError
 from . import conv, elementwise, index, nn, reduce, shape, tensor
 from ._common import Attrs, guard
+from .conv import compiled_conv
 from .fusion import compiled_head, fuse_chain
 
 _SPECS = {**elementwise.OPS, **shape.OPS, **tensor.OPS, **index.OPS, **nn.OPS, **conv.OPS,
@@ -33,7 +35,8 @@ ALIASING_OPS = frozenset({
     "Constant", "Cast", "Slice", "Split", "Gather", "Pad", "Dropout", "Max", "Min", "Sum",
     "Mean", "Einsum", *(op for op in reduce.OPS if op.startswith("Reduce"))})
 
-__all__ = ["ALIASING_OPS", "NATIVE_OPS", "native_op", "fuse_chain", "compiled_head"]
+__all__ = ["ALIASING_OPS", "NATIVE_OPS", "native_op", "fuse_chain", "compiled_head",
+           "compiled_conv"]
 
 
 def _count(node, n: int, bounds: tuple, what: str, where: str):

@@ -8,6 +8,9 @@ for ConvTranspose, a gap between strided inputs. A step is then one ``np.take`` 
 of the input) and one ``np.matmul`` (convolutions: W viewed as (group, M/group, C/group * K))
 or one reduction over the kernel axis (pools). A 1x1 Conv with unit strides and no padding
 skips the gather.
+
+``compiled_conv`` runs a 1-D Conv with constant weights (and a Relu after it) as one C call
+(``_conv.Conv1d``, include/rnnengine/conv.h) instead.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import math
 
 import numpy as np
 
-from ._common import check_size, registrar, same_dtype
+from .._conv import Conv1d
+from ..loaders._fold import node_label
+from ._common import MAX_ELEMENTS, Attrs, check_size, guard, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -191,6 +196,62 @@ class _Conv(_Convolution):
 @op("Conv", inputs=(2, 3))
 def _conv(a, opset, n_in, n_out):
     return _Conv(a)
+
+
+_F32 = np.dtype(np.float32)
+
+
+def compiled_conv(nodes, const):
+    """``nodes`` = [Conv] or [Conv, Relu] (the Relu reading the Conv's only output) as one C
+    call when the Conv is 1-D with group 1 and its W and B are float32 constants
+    (``const(name)`` -> array or None): a function of X alone, with ``inputs``/``outputs``
+    naming the chain's X and its output. An X the kernel does not take (another dtype or
+    rank, a wrong channel count) runs the NumPy path, which also reports the error. None when
+    the nodes are not such a chain."""
+    conv = nodes[0]
+    if (conv.op_type != "Conv" or len(nodes) > 2 or len(conv.output) != 1
+            or not 2 <= len(conv.input) <= 3 or not conv.input[0]):
+        return None
+    relu = len(nodes) == 2
+    if relu and (nodes[1].op_type != "Relu" or list(nodes[1].input) != [conv.output[0]]
+                 or nodes[1].attribute or len(nodes[1].output) != 1):
+        return None
+    a = Attrs(conv)
+    try:
+        general = _Conv(a)
+    except Exception:   # native_op reports bad attributes with the node's name
+        return None
+    names = list(conv.input) + [""] * (3 - len(conv.input))
+    w = const(names[1]) if names[1] else None
+    b = const(names[2]) if names[2] else None
+    if (a.unread() or general.group != 1 or w is None or w.dtype != _F32 or w.ndim != 3
+            or min(w.shape) < 1 or (names[2] and (b is None or b.dtype != _F32
+                                                  or b.shape != (w.shape[0],)))):
+        return None
+    # input length -> (Conv1d, outputs per sample); auto_pad SAME makes pads depend on it
+    kernels = {}
+
+    def kernel(length):
+        strides, dil, pads = general.geometry((length,), w.shape[2:])
+        k = Conv1d(w, b, strides[0], dil[0], pads[0], pads[1], relu)
+        if len(kernels) > 16:   # lengths change rarely; keep the table small if they do
+            kernels.clear()
+        kernels[length] = k, w.shape[0] * k.out_length(length)
+        return kernels[length]
+
+    def run(x):
+        if (x.__class__ is np.ndarray and x.dtype is _F32 and x.ndim == 3
+                and x.shape[1] == w.shape[1]):
+            k, per_sample = kernels.get(x.shape[2]) or kernel(x.shape[2])
+            if x.shape[0] * per_sample > MAX_ELEMENTS:
+                check_size((x.shape[0], per_sample), "the output")   # raises
+            return (k(x),)
+        y = general(x, w, b)[0]
+        return (np.maximum(y, 0, out=y) if relu else y,)
+
+    fused = guard(run, " + ".join(f"{n.op_type} node {node_label(n)!r}" for n in nodes))
+    fused.inputs, fused.outputs = (conv.input[0],), (nodes[-1].output[0],)
+    return fused
 
 
 class _ConvTranspose(_Convolution):

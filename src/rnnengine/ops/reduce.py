@@ -63,9 +63,26 @@ def _empty_value(kind, dtype):
 
 def _reducer(kind, keepdims):
     fn, keep = _REDUCE[kind], bool(keepdims)
+    plain = fn if kind != "ReduceMean" else np.add.reduce
+    seen = {}   # (shape, dtype, axes) -> normalised axes and divisor, for non-empty inputs
 
     def reduce(x, axes):
+        key = (x.shape, x.dtype, tuple(axes) if axes else None)
+        known = seen.get(key)
+        if known is not None:   # a streaming step reduces the same shape every time
+            k, count = known
+            y = plain(x, axis=k, keepdims=keep)
+            if count != 1:
+                y = y / count
+            return y if y.__class__ is np.ndarray else np.asarray(y)
         k = tuple(norm_axis(i, x.ndim) for i in axes) if axes else None
+        if x.size and x.dtype.kind == "f" and kind in ("ReduceMean", "ReduceSum", "ReduceMax",
+                                                       "ReduceMin"):
+            # results keep x's dtype: a float ufunc reduction (and / count) already does
+            if len(seen) > 64:
+                seen.clear()
+            seen[key] = (k, (x.size if k is None else math.prod(x.shape[i] for i in k))
+                         if kind == "ReduceMean" else 1)
         if x.size == 0:
             shape = np.add.reduce(x, axis=k, keepdims=keep).shape
             return np.full(shape, _empty_value(kind, x.dtype), dtype=x.dtype)
