@@ -1,0 +1,178 @@
+"""Unrolled LSTM/GRU cells (no recurrent node in the file) run on the fused kernels after
+graph_rewrite.fuse_unrolled_cells; everything is compared with ONNX Runtime on the original,
+unrewritten file (SPEC §6, 1e-4): run, stream over 200 steps against the author loop, pools
+against separate loops. Near misses must be left alone and still match."""
+import numpy as np
+import onnx
+import pytest
+
+import session_models as sm
+import unrolled_models as um
+from rnnengine import InferenceSession
+from rnnengine.graph_rewrite import REWRITTEN, fuse_unrolled_cells
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("torch")
+
+from test_session_stream import check_pool, check_stream  # noqa: E402
+
+TOL = dict(rtol=1e-4, atol=1e-4)
+EXPORTERS = ["torchscript", "dynamo"]
+
+
+@pytest.fixture(scope="module")
+def torch_models():
+    return {(kind, how): um.torch_cell(kind, how == "dynamo")
+            for kind in ("lstm", "gru") for how in EXPORTERS}
+
+
+def random_feeds(model, rng, batch):
+    feeds = {}
+    for a in sm.ort_session(model).get_inputs():
+        shape = [batch if not isinstance(d, int) else d for d in a.shape]
+        feeds[a.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+def check_run(model, batches=(1, 3)):
+    sess, ort = InferenceSession(model), sm.ort_session(model)
+    rng = np.random.default_rng(1)
+    for batch in batches:
+        feeds = random_feeds(model, rng, batch)
+        want, got = ort.run(None, feeds), sess.run(None, feeds)
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            np.testing.assert_allclose(a, b, **TOL)
+    return sess
+
+
+def recurrent(sess):
+    return {k for k, v in sess.placement().items() if v == "recurrent"}
+
+
+def activations(sess):
+    """Sigmoid/Tanh nodes of the original graph still planned as operators."""
+    plan = sess._plan
+    return [n.op_type for n in plan.nodes if n.op_type in ("Sigmoid", "Tanh")]
+
+
+def step_feeds(rng, features, n=200):
+    return [{"x": rng.standard_normal((1, features)).astype(np.float32)} for _ in range(n)]
+
+
+# -- PyTorch nn.LSTMCell / nn.GRUCell, both exporters -------------------------------------
+
+@pytest.mark.parametrize("how", EXPORTERS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_cell_runs_as_one_recurrent_node(torch_models, kind, how):
+    model = torch_models[kind, how]
+    original = onnx.load_from_string(model)
+    assert not {"LSTM", "GRU"} & {n.op_type for n in original.graph.node}  # unrolled export
+    sess = check_run(model)
+    assert recurrent(sess) == {f"{kind.upper()} cell hn"}
+    assert activations(sess) == []
+    pairs = {"hn": "h", "cn": "c"} if kind == "lstm" else {"hn": "h"}
+    assert sess.state_pairs() == pairs
+
+
+@pytest.mark.parametrize("how", EXPORTERS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_cell_streams_200_steps(torch_models, kind, how):
+    pairs = {"hn": "h", "cn": "c"} if kind == "lstm" else {"hn": "h"}
+    zero = {i: np.zeros((1, 16), np.float32) for i in pairs.values()}
+    stream = check_stream(torch_models[kind, how], step_feeds(np.random.default_rng(4), 10),
+                          pairs, zero)
+    assert "inside the recurrent kernels" in repr(stream)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_cell_pool_of_interleaved_streams(torch_models, kind):
+    pairs = {"hn": "h", "cn": "c"} if kind == "lstm" else {"hn": "h"}
+    zero = {i: np.zeros((1, 16), np.float32) for i in pairs.values()}
+    check_pool(torch_models[kind, "dynamo"],
+               lambda rng: {"x": rng.standard_normal((1, 10)).astype(np.float32)},
+               pairs, zero, 6, 40)
+
+
+def test_input_as_wide_as_the_state_is_told_apart_by_weight_name():
+    """I == H: both projections could be the recurrent one; PyTorch's weight_hh decides,
+    so the stream carries h (not x) as state."""
+    model = um.torch_cell("lstm", False, features=16)
+    sess = check_run(model)
+    assert recurrent(sess) and sess.state_pairs() == {"hn": "h", "cn": "c"}
+    zero = {i: np.zeros((1, 16), np.float32) for i in ("h", "c")}
+    check_stream(model, step_feeds(np.random.default_rng(5), 16, 60), {"hn": "h", "cn": "c"},
+                 zero)
+
+
+def test_input_as_wide_as_the_state_without_a_hint_is_left_alone():
+    model = um.keras_lstm_cell(features=8, units=8)
+    for t in model.graph.initializer:
+        if t.name == "recurrent_kernel":
+            t.name = "w2"
+    for n in model.graph.node:
+        n.input[:] = ["w2" if i == "recurrent_kernel" else i for i in n.input]
+    assert fuse_unrolled_cells(model, None) is model
+    assert not recurrent(check_run(model))
+
+
+# -- tf2onnx-style Keras cells (onnx.helper) ----------------------------------------------
+
+KERAS = {
+    "split": lambda: um.keras_lstm_cell(),
+    "slices": lambda: um.keras_lstm_cell(gates="slice"),
+    "concat_matmul": lambda: um.keras_lstm_cell(gates="concat"),
+    "blocks_c_f_o_i": lambda: um.keras_lstm_cell(order="cfoi"),
+    "opset18_split": lambda: um.keras_lstm_cell(opset=18),
+    "gru": lambda: um.keras_gru_cell(),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(KERAS))
+def test_keras_style_cell(variant):
+    model = KERAS[variant]()
+    sess = check_run(model)
+    kind = "GRU" if variant == "gru" else "LSTM"
+    assert recurrent(sess) == {f"{kind} cell h_new"}
+    assert activations(sess) == []
+    pairs = {"h_new": "h"} if kind == "GRU" else {"h_new": "h", "c_new": "c"}
+    zero = {i: np.zeros((1, 8), np.float32) for i in pairs.values()}
+    check_stream(model, step_feeds(np.random.default_rng(6), 6), pairs, zero)
+
+
+def test_rewritten_node_says_what_it_replaced_and_leaves_the_callers_model_alone():
+    model = um.keras_lstm_cell()
+    before = model.SerializeToString()
+    out = fuse_unrolled_cells(model, None)
+    assert model.SerializeToString() == before
+    cells = [n for n in out.graph.node if n.op_type == "LSTM"]
+    assert len(cells) == 1 and cells[0].doc_string.startswith(REWRITTEN)
+    assert not {"Split", "Sigmoid"} & {n.op_type for n in out.graph.node}
+    onnx.checker.check_model(out, full_check=True)
+    rewritten, original = sm.ort_session(out), sm.ort_session(model)
+    feeds = random_feeds(model, np.random.default_rng(2), 4)
+    for a, b in zip(rewritten.run(None, feeds), original.run(None, feeds)):
+        np.testing.assert_allclose(a, b, **TOL)   # ORT agrees the rewrite is the same math
+
+
+# -- near misses: left alone, and still right ---------------------------------------------
+
+@pytest.mark.parametrize("change", ["second_consumer", "weight_input", "relu", "hard_sigmoid"])
+def test_near_miss_is_not_rewritten(change):
+    model = um.keras_lstm_cell(change=change)
+    assert fuse_unrolled_cells(model, None) is model
+    sess = check_run(model)
+    assert not recurrent(sess)
+    assert sorted(activations(sess)) != []
+
+
+def test_broadcast_state_is_not_rewritten():
+    """A state of batch 1 against inputs of batch 3 broadcasts in the Mul (ORT allows it);
+    that is no recurrent state, so the cell stays as operators."""
+    model = um.keras_lstm_cell()
+    c = model.graph.input[2].type.tensor_type.shape.dim
+    c[0].Clear()
+    c[0].dim_value = 1
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    assert fuse_unrolled_cells(model, None) is model
