@@ -176,3 +176,24 @@ def test_broadcast_state_is_not_rewritten():
     c[0].dim_value = 1
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
     assert fuse_unrolled_cells(model, None) is model
+
+
+def test_cell_inside_an_if_branch_with_outer_weights():
+    model = um.cell_in_if_branch()
+    sess, ort = InferenceSession(model), sm.ort_session(model)
+    assert recurrent(sess) == {"LSTM cell h_new"}
+    rng = np.random.default_rng(3)
+    for run in (True, False):
+        feeds = {**random_feeds(um.keras_lstm_cell(), rng, 2), "run": np.array(run)}
+        for a, b in zip(sess.run(None, feeds), ort.run(None, feeds)):
+            np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_info_shows_the_cell_on_the_recurrent_kernels(tmp_path, capsys):
+    from rnnengine.cli import main
+    path = tmp_path / "cell.onnx"
+    path.write_bytes(um.torch_cell("gru", True))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "runs recurrent kernels  1 nodes: GRU 1" in " ".join(out.split("\n"))
+    assert "unrolled cell" in out and "GRU cell hn" in out

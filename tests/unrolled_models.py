@@ -146,3 +146,26 @@ def keras_gru_cell(features: int = 6, units: int = 8, seed: int = 0) -> onnx.Mod
         [helper.make_tensor_value_info("h_new", F, ["N", U])],
         [numpy_helper.from_array(v, k) for k, v in inits.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def cell_in_if_branch() -> onnx.ModelProto:
+    """``keras_lstm_cell`` inside an If's then-branch (weights read from the outer graph, as
+    PyTorch's exports of Silero-style decoders place them); the else-branch passes the state
+    through and outputs the head on h. Inputs x, h, c, bool ``run``; outputs Y, H, C."""
+    cell = keras_lstm_cell()
+    g = cell.graph
+    then = helper.make_graph(list(g.node), "then", [], list(g.output[:3]))
+    other = helper.make_graph(
+        [helper.make_node("MatMul", ["h", "dense_w"], ["e0"]),
+         helper.make_node("Add", ["e0", "dense_b"], ["e_y"]),
+         helper.make_node("Identity", ["h"], ["e_h"]),
+         helper.make_node("Identity", ["c"], ["e_c"])], "else", [],
+        [helper.make_tensor_value_info(n, F, None) for n in ("e_y", "e_h", "e_c")])
+    node = helper.make_node("If", ["run"], ["Y", "H", "C"], then_branch=then,
+                            else_branch=other)
+    graph = helper.make_graph(
+        [node], "cell_in_if",
+        list(g.input) + [helper.make_tensor_value_info("run", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(n, F, None) for n in ("Y", "H", "C")],
+        list(g.initializer))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])

@@ -22,6 +22,7 @@ the activations are exactly Sigmoid/Tanh and the shapes agree.
 """
 from __future__ import annotations
 
+import heapq
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -194,13 +195,13 @@ def _blocks(view: _View, gates: str, parts: int, width: int, used: list) -> Opti
             return None
         starts, ends = view.const(node.input[1]), view.const(node.input[2])
         axes = view.const(node.input[3]) if len(node.input) > 3 and node.input[3] else \
-            np.array([1])
+            np.array([0])                         # ONNX's default: the first axes
         steps = view.const(node.input[4]) if len(node.input) > 4 and node.input[4] else \
             np.array([1])
         if any(v is None or v.size != 1 for v in (starts, ends, axes, steps)) or \
                 int(axes.reshape(-1)[0]) not in (1, -1) or int(steps.reshape(-1)[0]) != 1:
             return None
-        start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
+        start, end = int(starts.reshape(-1)[0]), min(int(ends.reshape(-1)[0]), width)
         if start % block or end - start != block or not 0 <= start < width:
             return None
         found[start // block] = node
@@ -384,27 +385,20 @@ def _match_gru(view: _View, tanh_n) -> Optional[dict]:
             break
     else:
         return None
-    sides = []
-    for part in (xn, hn):                                   # x side, h side
-        split_users = _split_of(view, part)
-        if split_users is None:
-            return None
-        sides.append(split_users)
-    (gx, xs), (gh, hs) = sides
-    if gx == gh:
-        return None
     sums, blocks = [], []
-    for gates, names in ((gx, xs), (gh, hs)):
-        gate_node = view.node(gates, "Add", "Gemm", "MatMul")
+    for part in (xn, hn):                                   # x side, h side
+        cut = view.node(part, "Split", "Slice")
+        gate_node = view.node(cut.input[0], "Add", "Gemm", "MatMul") if cut else None
         width = _width(view, gate_node) if gate_node is not None else None
-        if width is None:
-            return None
-        found = _blocks(view, gates, 3, width, used)
-        summed = _gate_sum(view, gates, width, used) if found == names else None
+        found = _blocks(view, cut.input[0], 3, width, used) if width else None
+        summed = _gate_sum(view, cut.input[0], width, used) if found and part in found \
+            else None
         if summed is None or len(summed[0]) != 1:
             return None
         sums.append(summed)
         blocks.append(found)
+    if blocks[0] == blocks[1]:
+        return None
     (wx, bx), (wh, bh) = sums
     x, h = next(iter(wx)), next(iter(wh))
     H = wh[h].shape[1] // 3
@@ -442,19 +436,6 @@ def _match_gru(view: _View, tanh_n) -> Optional[dict]:
             "h_out": blend, "c_out": None,
             "W": _onnx_blocks(wx[x], px), "R": _onnx_blocks(wh[h], ph),
             "Wb": _onnx_blocks(bx[None, :], px)[:, 0], "Rb": _onnx_blocks(bh[None, :], ph)[:, 0]}
-
-
-def _split_of(view: _View, part: str) -> Optional[tuple]:
-    """(gates tensor, its block names) for a value that is one output of a Split/Slice."""
-    node = view.node(part, "Split", "Slice")
-    if node is None:
-        return None
-    gates = node.input[0]
-    if node.op_type == "Split":
-        return gates, list(node.output)
-    slices = sorted(view.users(gates), key=lambda n: int(np.ravel(view.const(n.input[1]))[0])
-                    if len(n.input) > 1 and view.const(n.input[1]) is not None else 0)
-    return gates, [s.output[0] for s in slices]
 
 
 def _z_sigmoid(view: _View, blocks: list, r: tuple):
@@ -606,7 +587,8 @@ class _Rewriter:
         new initializers of ``graph``."""
         base = cell["h_out"]
         op = "LSTM" if cell["kind"] == "lstm" else "GRU"
-        replaced = ", ".join(n.name or n.op_type for n in cell["used"])
+        replaced = (f"one {op} node in place of {len(cell['used'])} operators (" +
+                    ", ".join(n.name or n.op_type for n in cell["used"]) + ")")
         weights = []
         for key, value in (("W", cell["W"][None]), ("R", cell["R"][None]),
                            ("B", np.concatenate([cell["Wb"], cell["Rb"]])[None])):
@@ -674,14 +656,14 @@ def _toposorted(nodes: List[onnx.NodeProto]) -> list:
             if p is not None and p != k and p not in deps[k]:
                 deps[k].add(p)
                 users[p].append(k)
-    ready = sorted(k for k in range(len(nodes)) if not deps[k])
+    ready = [k for k in range(len(nodes)) if not deps[k]]
+    heapq.heapify(ready)
     order = []
     while ready:
-        k = ready.pop(0)
+        k = heapq.heappop(ready)
         order.append(nodes[k])
         for u in users[k]:
             deps[u].discard(k)
             if not deps[u]:
-                ready.append(u)
-                ready.sort()
+                heapq.heappush(ready, u)
     return order if len(order) == len(nodes) else nodes
