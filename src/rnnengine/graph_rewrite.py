@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper, shape_inference
 
 from .errors import ModelError
 from .gate_order import ORDERS
-from .loaders._fold import Folder, NotConstant, Scope, attrs, subgraphs
+from .loaders._fold import Folder, NotConstant, Scope, attrs, subgraph_free_names, subgraphs
 
 _DOMAINS = ("", "ai.onnx")
 REWRITTEN = "rnnengine: unrolled cell"     # doc_string prefix of the nodes written here
@@ -577,14 +577,26 @@ class _Rewriter:
         gone = {id(n) for cell in cells for n in cell["used"]}
         nodes = [_copy(n) for n in scope.nodes if id(n) not in gone]
         for cell in cells:
-            nodes += self._cell_nodes(graph, cell)
+            h_out = cell["h_out"]
+            readers = [n for n in nodes if h_out in n.input]
+            # h' is Y_h where the state machinery must see a final state (a graph output,
+            # a subgraph's capture); the operators that read it take Y instead, the same
+            # values, so a stream that keeps the state in the kernels never copies it out.
+            final = h_out in scope.outputs or any(
+                h_out in subgraph_free_names(n) for n in nodes)
+            new, h_y = self._cell_nodes(graph, cell, final)
+            if final and readers:
+                for n in readers:
+                    n.input[:] = [h_y if i == h_out else i for i in n.input]
+            nodes += new
             self.count += 1
         del graph.node[:]
         graph.node.extend(_toposorted(nodes))
 
-    def _cell_nodes(self, graph: onnx.GraphProto, cell: dict) -> list:
-        """Unsqueeze x, h (, c) -> LSTM/GRU of one step -> Squeeze Y_h (, Y_c), weights as
-        new initializers of ``graph``."""
+    def _cell_nodes(self, graph: onnx.GraphProto, cell: dict, final: bool) -> tuple:
+        """Unsqueeze x, h (, c) -> LSTM/GRU of one step -> Squeeze Y (, Y_h) (, Y_c), weights
+        as new initializers of ``graph``. -> (nodes, name of Y squeezed to [N, H]); h' is
+        that name unless ``final`` (then h' is Y_h squeezed)."""
         base = cell["h_out"]
         op = "LSTM" if cell["kind"] == "lstm" else "GRU"
         replaced = (f"one {op} node in place of {len(cell['used'])} operators (" +
@@ -592,41 +604,47 @@ class _Rewriter:
         weights = []
         for key, value in (("W", cell["W"][None]), ("R", cell["R"][None]),
                            ("B", np.concatenate([cell["Wb"], cell["Rb"]])[None])):
-            name = self.fresh(f"{base}/rnnengine_{op}_{key}")
-            graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), name))
-            weights.append(name)
+            weights.append(self._initializer(graph, f"{base}/rnnengine_{op}_{key}", value))
         nodes = []
-        axes = None
-        if self.opset >= 13:
-            axes = self.fresh(f"{base}/rnnengine_axes")
-            graph.initializer.append(numpy_helper.from_array(np.array([0], np.int64), axes))
 
-        def reshape(kind: str, src: str, dst: str) -> None:
-            extra = {} if axes else {"axes": [0]}
-            nodes.append(helper.make_node(kind, [src, axes] if axes else [src], [dst],
-                                          name=self.fresh(f"{dst}/{kind}"), **extra))
+        def reshape(kind: str, src: str, dst: str, axes: list) -> None:
+            if self.opset >= 13:
+                name = self._initializer(graph, f"{base}/rnnengine_axes", np.array(axes))
+                node = helper.make_node(kind, [src, name], [dst], name=self.fresh(f"{dst}/{kind}"))
+            else:
+                node = helper.make_node(kind, [src], [dst], name=self.fresh(f"{dst}/{kind}"),
+                                        axes=axes)
+            nodes.append(node)
 
         ins = {}
         for key in ("x", "h", "c"):
             if cell[key] is not None:
                 ins[key] = self.fresh(f"{base}/rnnengine_{key}_seq")
-                reshape("Unsqueeze", cell[key], ins[key])
-        y_h = self.fresh(f"{base}/rnnengine_Y_h")
-        outs = ["", y_h]
+                reshape("Unsqueeze", cell[key], ins[key], [0])
+        names = {k: self.fresh(f"{base}/rnnengine_{k}") for k in ("Y", "Y_h", "Y_c")}
+        outs = [names["Y"], names["Y_h"] if final else ""]
         attributes = {"hidden_size": cell["H"]}
         inputs = [ins["x"]] + weights + ["", ins["h"]]
         if cell["kind"] == "lstm":
-            y_c = self.fresh(f"{base}/rnnengine_Y_c")
-            outs.append(y_c)
+            outs.append(names["Y_c"])
             inputs.append(ins["c"])
         else:
             attributes["linear_before_reset"] = 1
         nodes.append(helper.make_node(op, inputs, outs, name=self.fresh(f"{op} cell {base}"),
                                       doc_string=f"{REWRITTEN}: {replaced}", **attributes))
-        reshape("Squeeze", y_h, cell["h_out"])
+        h_y = self.fresh(f"{base}/rnnengine_h") if final else cell["h_out"]
+        reshape("Squeeze", names["Y"], h_y, [0, 1])                # Y [1, 1, N, H]
+        if final:
+            reshape("Squeeze", names["Y_h"], cell["h_out"], [0])
         if cell["kind"] == "lstm":
-            reshape("Squeeze", y_c, cell["c_out"])
-        return nodes
+            reshape("Squeeze", names["Y_c"], cell["c_out"], [0])
+        return nodes, h_y
+
+    def _initializer(self, graph: onnx.GraphProto, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base)
+        dtype = np.int64 if value.dtype.kind in "iu" else np.float32
+        graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
+        return name
 
 
 def _feeds_blocks(view: _View, node, parts: int) -> bool:
