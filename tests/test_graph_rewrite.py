@@ -197,3 +197,54 @@ def test_info_shows_the_cell_on_the_recurrent_kernels(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "runs recurrent kernels  1 nodes: GRU 1" in " ".join(out.split("\n"))
     assert "unrolled cell" in out and "GRU cell hn" in out
+
+
+# -- mutants: whatever the matcher decides, the session must agree with ORT ---------------
+
+def _mutant(model, rng):
+    """A copy of ``model`` with one or two random edits inside the cell: an input rewired to
+    an earlier value, an operator swapped (Sigmoid/Tanh, Mul/Add/Sub), inputs swapped."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    nodes = out.graph.node
+    for _ in range(rng.integers(1, 3)):
+        k = int(rng.integers(len(nodes)))
+        node = nodes[k]
+        what = rng.integers(3)
+        if what == 0 and node.input:
+            earlier = [i.name for i in out.graph.input] + [o for n in nodes[:k] for o in n.output]
+            j = int(rng.integers(len(node.input)))
+            node.input[j] = earlier[int(rng.integers(len(earlier)))]
+        elif what == 1:
+            swap = {"Sigmoid": "Tanh", "Tanh": "Sigmoid", "Mul": "Add", "Add": "Sub",
+                    "Sub": "Mul"}
+            node.op_type = swap.get(node.op_type, node.op_type)
+        elif len(node.input) == 2:
+            node.input[:] = [node.input[1], node.input[0]]
+    return out
+
+
+@pytest.mark.parametrize("base", ["keras_lstm", "keras_lstm_cfoi", "keras_gru", "torch_gru"])
+def test_mutants_agree_with_onnxruntime(base):
+    models = {"keras_lstm": lambda: um.keras_lstm_cell(),
+              "keras_lstm_cfoi": lambda: um.keras_lstm_cell(order="cfoi", gates="slice"),
+              "keras_gru": lambda: um.keras_gru_cell(),
+              "torch_gru": lambda: onnx.load_from_string(um.torch_cell("gru", False))}
+    model = models[base]()
+    rng = np.random.default_rng(7)
+    compared = rewritten = 0
+    for _ in range(60):
+        mutant = _mutant(model, rng)
+        feeds = random_feeds(model, rng, 2)
+        try:
+            want = sm.ort_session(mutant).run(None, feeds)
+        except Exception:   # ORT refuses the mutant (a type or shape that no longer fits)
+            continue
+        sess = InferenceSession(mutant)
+        got = sess.run(None, feeds)
+        for a, b in zip(got, want):
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, **TOL)
+        compared += 1
+        rewritten += bool(recurrent(sess))
+    assert compared >= 20 and 0 < rewritten < compared
