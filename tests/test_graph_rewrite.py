@@ -248,3 +248,40 @@ def test_mutants_agree_with_onnxruntime(base):
         compared += 1
         rewritten += bool(recurrent(sess))
     assert compared >= 20 and 0 < rewritten < compared
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_keras_export_of_a_cell(kind, tmp_path):
+    """Keras' own ONNX export (torch backend): float->float Casts everywhere around the cell."""
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("the export checked here is the torch backend's")
+    path = tmp_path / f"{kind}.onnx"
+    um.keras_export(kind, path)
+    model = onnx.load(str(path))
+    sess = check_run(model)
+    assert [k for k, v in sess.placement().items() if v == "recurrent"]
+    assert activations(sess) == []
+    outs = [o.name for o in model.graph.output]
+    pairs = dict(zip(outs[1:], ["h", "c"] if kind == "lstm" else ["h"]))
+    assert sess.state_pairs() == pairs
+    zero = {i: np.zeros((1, 8), np.float32) for i in pairs.values()}
+    check_stream(model, step_feeds(np.random.default_rng(8), 6), pairs, zero)
+
+
+@pytest.mark.parametrize("to", [onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16])
+def test_only_casts_that_change_nothing_are_skipped(to):
+    """Cast(float) on the gates is looked through; float -> float16 -> float rounds the
+    gates, so that cell stays as operators (and still matches ORT)."""
+    model = um.keras_lstm_cell()
+    nodes = list(model.graph.node)
+    at = next(k for k, n in enumerate(nodes) if n.op_type == "Split")
+    nodes[at].input[0] = "z_back"
+    nodes[at:at] = [onnx.helper.make_node("Cast", ["z"], ["z_cast"], to=to),
+                    onnx.helper.make_node("Cast", ["z_cast"], ["z_back"],
+                                          to=onnx.TensorProto.FLOAT)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    sess = check_run(model)
+    assert bool(recurrent(sess)) == (to == onnx.TensorProto.FLOAT)

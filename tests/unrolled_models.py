@@ -169,3 +169,26 @@ def cell_in_if_branch() -> onnx.ModelProto:
         [helper.make_tensor_value_info(n, F, None) for n in ("Y", "H", "C")],
         list(g.initializer))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def keras_export(kind: str, path, features: int = 6, units: int = 8, seed: int = 0) -> None:
+    """A Keras 3 functional model calling ``keras.layers.LSTMCell``/``GRUCell`` once, then a
+    Dense head, exported by Keras itself (``model.export(format="onnx")``; with
+    KERAS_BACKEND=torch it goes through torch.onnx and writes a float->float Cast on nearly
+    every edge). Inputs x [batch, I], h (, c) [batch, U]; the outputs keep Keras' names
+    (head, h', c' in that order)."""
+    import keras
+    keras.utils.set_random_seed(seed)
+    x = keras.Input((features,), name="x")
+    h = keras.Input((units,), name="h")
+    if kind == "lstm":
+        c = keras.Input((units,), name="c")
+        out, (h2, c2) = keras.layers.LSTMCell(units, bias_initializer="random_normal")(x, [h, c])
+        model = keras.Model([x, h, c], [keras.layers.Dense(2)(out), h2, c2])
+    else:
+        out, h2 = keras.layers.GRUCell(units, bias_initializer="random_normal")(x, h)
+        model = keras.Model([x, h], [keras.layers.Dense(2)(out), h2])
+    model([np.zeros((1, a.shape[1]), np.float32) for a in model.inputs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.export(str(path), format="onnx", verbose=False)

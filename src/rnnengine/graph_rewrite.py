@@ -34,6 +34,9 @@ from .gate_order import ORDERS
 from .loaders._fold import Folder, NotConstant, Scope, attrs, subgraph_free_names, subgraphs
 
 _DOMAINS = ("", "ai.onnx")
+# readers of h' that only move it (towards a state output, say): they read Y_h
+_GLUE = {"Cast", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Concat", "Transpose", "Slice",
+         "Flatten", "Gather", "Split", "Expand"}
 REWRITTEN = "rnnengine: unrolled cell"     # doc_string prefix of the nodes written here
 
 
@@ -523,6 +526,7 @@ class _Rewriter:
         self.count = 0
         self.names = set()
         self.shapes: Dict[str, list] = {}
+        self.types: Dict[str, int] = {}   # element types, for Casts that change nothing
         try:
             inferred = shape_inference.infer_shapes(model)
         except Exception:             # a graph ONNX cannot infer: declared shapes only
@@ -534,6 +538,10 @@ class _Rewriter:
                 shape = _shape_of(info)
                 if shape is not None:
                     self.shapes.setdefault(info.name, shape)
+                if info.type.HasField("tensor_type") and info.type.tensor_type.elem_type:
+                    self.types.setdefault(info.name, info.type.tensor_type.elem_type)
+            for t in g.initializer:
+                self.types.setdefault(t.name, t.data_type)
             for t in g.initializer:
                 self.names.add(t.name)
             for node in g.node:
@@ -550,6 +558,7 @@ class _Rewriter:
         return name
 
     def graph(self, graph: onnx.GraphProto, parent: Optional[Scope], path: tuple) -> None:
+        _skip_noop_casts(graph, self.types)
         scope = Scope(graph, parent, path)
         self.scopes.append(scope)
         view = _View(scope, self.folder, self.shapes)
@@ -578,12 +587,14 @@ class _Rewriter:
         nodes = [_copy(n) for n in scope.nodes if id(n) not in gone]
         for cell in cells:
             h_out = cell["h_out"]
-            readers = [n for n in nodes if h_out in n.input]
+            readers = [n for n in nodes if h_out in n.input and n.op_type not in _GLUE]
             # h' is Y_h where the state machinery must see a final state (a graph output,
-            # a subgraph's capture); the operators that read it take Y instead, the same
-            # values, so a stream that keeps the state in the kernels never copies it out.
+            # glue on the way to one, a subgraph's capture); the operators that compute with
+            # it take Y instead, the same values, so a stream that keeps the state in the
+            # kernels never copies it out for them.
             final = h_out in scope.outputs or any(
-                h_out in subgraph_free_names(n) for n in nodes)
+                h_out in subgraph_free_names(n) or (h_out in n.input and n.op_type in _GLUE)
+                for n in nodes)
             new, h_y = self._cell_nodes(graph, cell, final)
             if final and readers:
                 for n in readers:
@@ -645,6 +656,35 @@ class _Rewriter:
         dtype = np.int64 if value.dtype.kind in "iu" else np.float32
         graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
         return name
+
+
+def _skip_noop_casts(graph: onnx.GraphProto, types: Dict[str, int]) -> None:
+    """Readers of a Cast to its input's own type, or of an Identity, read its input instead
+    (Keras' torch-backend export puts a float->float Cast on nearly every edge); the node
+    stays only where something else needs its name (a graph output, a subgraph capture).
+    Only the discarded copy of the model is changed when no cell is found."""
+    nodes = list(graph.node)
+    alias = {}
+    for node in nodes:
+        if node.domain not in _DOMAINS or len(node.input) != 1 or len(node.output) != 1:
+            continue
+        src = alias.get(node.input[0], node.input[0])
+        if node.op_type == "Identity" or (node.op_type == "Cast" and types.get(src) and
+                                          attrs(node).get("to") == types.get(src)):
+            alias[node.output[0]] = src
+    if not alias:
+        return
+    for node in nodes:
+        node.input[:] = [alias.get(i, i) for i in node.input]
+    needed = {o.name for o in graph.output}
+    for node in nodes:
+        needed.update(subgraph_free_names(node))
+    kept = [n for n in nodes if not (n.output and n.output[0] in alias
+                                     and n.output[0] not in needed)]
+    if len(kept) != len(nodes):
+        kept = [_copy(n) for n in kept]
+        del graph.node[:]
+        graph.node.extend(kept)
 
 
 def _feeds_blocks(view: _View, node, parts: int) -> bool:
