@@ -14,7 +14,7 @@ from rnnengine.graph_rewrite import REWRITTEN, fuse_unrolled_cells
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from test_session_stream import check_pool, check_stream  # noqa: E402
+from test_session_stream import author_loop, check_pool, check_stream  # noqa: E402
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 EXPORTERS = ["torchscript", "dynamo"]
@@ -285,3 +285,23 @@ def test_only_casts_that_change_nothing_are_skipped(to):
     onnx.checker.check_model(model)
     sess = check_run(model)
     assert bool(recurrent(sess)) == (to == onnx.TensorProto.FLOAT)
+
+
+def test_unrolled_loop_of_cells_shares_weights_and_streams_with_named_pairs():
+    """A Python loop over nn.LSTMCell exports as 3 chained cells: 3 LSTM nodes on one set of
+    weights; h/c pair with hn/cn when named (automatic pairing looks for one node's state)."""
+    model = um.torch_cell_loop(steps=3)
+    sess = check_run(model)
+    assert len(recurrent(sess)) == 3
+    lstm_inits = [t for t in fuse_unrolled_cells(onnx.load_from_string(model), None)
+                  .graph.initializer if "rnnengine_LSTM" in t.name]
+    assert len(lstm_inits) == 3                     # W, R, B once
+    rng = np.random.default_rng(9)
+    steps = [{"x": rng.standard_normal((1, 3, 10)).astype(np.float32)} for _ in range(200)]
+    pairs = {"hn": "h", "cn": "c"}
+    stream = sess.stream(state=pairs)
+    want, _ = author_loop(sm.ort_session(model), steps, ["h", "c"], ["hn", "cn"],
+                          {i: np.zeros((1, 16), np.float32) for i in ("h", "c")})
+    for feeds, expected in zip(steps, want):
+        for a, b in zip(stream.step(feeds), expected):
+            np.testing.assert_allclose(a, b, **TOL)

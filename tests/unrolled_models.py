@@ -192,3 +192,31 @@ def keras_export(kind: str, path, features: int = 6, units: int = 8, seed: int =
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.export(str(path), format="onnx", verbose=False)
+
+
+def torch_cell_loop(steps: int = 3, features: int = 10, hidden: int = 16, seed: int = 0) -> bytes:
+    """x [N, steps, I] -> nn.LSTMCell applied ``steps`` times in a Python loop (the exporter
+    unrolls it: ``steps`` cells sharing weights, each h' the next one's h) -> Linear on the
+    last h; state h, c [N, H] in and hn, cn out."""
+    import torch
+
+    class Loop(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = torch.nn.LSTMCell(features, hidden)
+            self.lin = torch.nn.Linear(hidden, 3)
+
+        def forward(self, x, h, c):
+            for t in range(steps):
+                h, c = self.cell(x[:, t], (h, c))
+            return self.lin(h), h, c
+
+    torch.manual_seed(seed)
+    args = (torch.randn(2, steps, features), torch.randn(2, hidden), torch.randn(2, hidden))
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Loop().eval(), args, f, input_names=["x", "h", "c"],
+                          output_names=["y", "hn", "cn"], dynamo=False, opset_version=17,
+                          dynamic_axes={n: {0: "batch"} for n in ("x", "h", "c", "y", "hn", "cn")})
+    return f.getvalue()

@@ -22,6 +22,7 @@ the activations are exactly Sigmoid/Tanh and the shapes agree.
 """
 from __future__ import annotations
 
+import hashlib
 import heapq
 from typing import Dict, List, Optional
 
@@ -527,6 +528,7 @@ class _Rewriter:
         self.names = set()
         self.shapes: Dict[str, list] = {}
         self.types: Dict[str, int] = {}   # element types, for Casts that change nothing
+        self.written: Dict[tuple, str] = {}   # initializers added, by content
         try:
             inferred = shape_inference.infer_shapes(model)
         except Exception:             # a graph ONNX cannot infer: declared shapes only
@@ -652,10 +654,15 @@ class _Rewriter:
         return nodes, h_y
 
     def _initializer(self, graph: onnx.GraphProto, base: str, value: np.ndarray) -> str:
-        name = self.fresh(base)
-        dtype = np.int64 if value.dtype.kind in "iu" else np.float32
-        graph.initializer.append(numpy_helper.from_array(value.astype(dtype), name))
-        return name
+        """A new initializer of ``graph`` holding ``value``; cells of one unrolled loop share
+        their weights, so an equal value already written to this graph is reused."""
+        value = value.astype(np.int64 if value.dtype.kind in "iu" else np.float32)
+        key = (id(graph), value.dtype.str, value.shape,
+               hashlib.sha256(np.ascontiguousarray(value).tobytes()).digest())
+        if key not in self.written:
+            self.written[key] = self.fresh(base)
+            graph.initializer.append(numpy_helper.from_array(value, self.written[key]))
+        return self.written[key]
 
 
 def _skip_noop_casts(graph: onnx.GraphProto, types: Dict[str, int]) -> None:
