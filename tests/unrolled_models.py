@@ -194,10 +194,12 @@ def keras_export(kind: str, path, features: int = 6, units: int = 8, seed: int =
         model.export(str(path), format="onnx", verbose=False)
 
 
-def torch_cell_loop(steps: int = 3, features: int = 10, hidden: int = 16, seed: int = 0) -> bytes:
-    """x [N, steps, I] -> nn.LSTMCell applied ``steps`` times in a Python loop (the exporter
-    unrolls it: ``steps`` cells sharing weights, each h' the next one's h) -> Linear on the
-    last h; state h, c [N, H] in and hn, cn out."""
+def torch_cell_loop(steps: int = 3, features: int = 10, hidden: int = 16, seed: int = 0,
+                    collect: bool = False, length: int = 0) -> bytes:
+    """x [N, length or steps, I] -> nn.LSTMCell applied to the first ``steps`` timesteps in a
+    Python loop (the exporter unrolls it: ``steps`` cells sharing weights, each h' the next
+    one's h) -> Linear on the last h (``collect``: on every step's h, stacked); state h, c
+    [N, H] in and hn, cn out."""
     import torch
 
     class Loop(torch.nn.Module):
@@ -207,12 +209,15 @@ def torch_cell_loop(steps: int = 3, features: int = 10, hidden: int = 16, seed: 
             self.lin = torch.nn.Linear(hidden, 3)
 
         def forward(self, x, h, c):
+            hs = []
             for t in range(steps):
                 h, c = self.cell(x[:, t], (h, c))
-            return self.lin(h), h, c
+                hs.append(h)
+            return self.lin(torch.stack(hs, 1) if collect else h), h, c
 
     torch.manual_seed(seed)
-    args = (torch.randn(2, steps, features), torch.randn(2, hidden), torch.randn(2, hidden))
+    args = (torch.randn(2, length or steps, features), torch.randn(2, hidden),
+            torch.randn(2, hidden))
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -20,7 +20,9 @@ state machinery (pairs, stream, pool) sees an ordinary recurrent node. Which blo
 gate is read from the wiring (which Split output feeds which activation and which product),
 never from an exporter's convention. Correctness first: a candidate is left alone unless
 every intermediate is read only inside the pattern, the weights fold to float32 constants,
-the activations are exactly Sigmoid/Tanh and the shapes agree.
+the activations are exactly Sigmoid/Tanh and the shapes agree. A Python loop over a cell
+for every step of an input [N, T, I] (exported as T chained cells reading x[:, t]) becomes
+one node over the T steps (``_join_loops``).
 """
 from __future__ import annotations
 
@@ -129,7 +131,7 @@ class _Rewriter:
                 taken.update(id(n) for n in cell["used"])
                 cells.append(cell)
         if cells:
-            self._replace(graph, scope, cells)
+            self._replace(graph, scope, _join_loops(view, cells))
             scope = Scope(graph, parent, path)
             self.scopes.append(scope)
         for node in scope.nodes:
@@ -192,9 +194,14 @@ class _Rewriter:
         for key in ("x", "h", "c"):
             if cell[key] is not None:
                 ins[key] = self.fresh(f"{base}/rnnengine_{key}_seq")
-                reshape("Unsqueeze", cell[key], ins[key], [0])
+                if key == "x" and cell["steps"] > 1:   # x [N, T, I] of a joined loop
+                    nodes.append(helper.make_node("Transpose", [cell[key]], [ins[key]],
+                                                  perm=[1, 0, 2], name=self.fresh(ins[key])))
+                else:
+                    reshape("Unsqueeze", cell[key], ins[key], [0])
+        final = final or cell["steps"] > 1      # Y holds every step then: h' is Y_h's
         names = {k: self.fresh(f"{base}/rnnengine_{k}") for k in ("Y", "Y_h", "Y_c")}
-        outs = [names["Y"], names["Y_h"] if final else ""]
+        outs = [names["Y"] if cell["steps"] == 1 else "", names["Y_h"] if final else ""]
         attributes = {"hidden_size": cell["H"]}
         inputs = [ins["x"]] + weights + ["", ins["h"]]
         if cell["kind"] == "lstm":
@@ -205,7 +212,10 @@ class _Rewriter:
         nodes.append(helper.make_node(op, inputs, outs, name=self.fresh(f"{op} cell {base}"),
                                       doc_string=f"{REWRITTEN}: {replaced}", **attributes))
         h_y = self.fresh(f"{base}/rnnengine_h") if final else cell["h_out"]
-        reshape("Squeeze", names["Y"], h_y, [0, 1])                # Y [1, 1, N, H]
+        if cell["steps"] == 1:
+            reshape("Squeeze", names["Y"], h_y, [0, 1])            # Y [1, 1, N, H]
+        else:
+            h_y = cell["h_out"]
         if final:
             reshape("Squeeze", names["Y_h"], cell["h_out"], [0])
         if cell["kind"] == "lstm":
@@ -222,6 +232,75 @@ class _Rewriter:
             self.written[key] = self.fresh(base)
             graph.initializer.append(numpy_helper.from_array(value, self.written[key]))
         return self.written[key]
+
+
+def _join_loops(view: View, cells: list) -> list:
+    """``cells`` with each run that is one loop over a sequence joined into one cell of T
+    steps: cell t reads x_t = Gather(X, t, axis=1) of one X [N, T, I] for t = 0..T-1, has
+    cell t-1's weights and takes its h' (, c') as h (, c), which nothing else reads (a loop
+    over nn.LSTMCell in forward(), exported unrolled). One LSTM/GRU node then runs the whole
+    sequence, and its initial and final states are the graph's."""
+    by_state = {(c["h"], c["c"]): c for c in cells}
+    nxt = {}
+    for a in cells:
+        b = by_state.get((a["h_out"], a["c_out"]))
+        if b is not None and b is not a and _continues(view, a, b):
+            nxt[id(a)] = b
+    later = {id(b) for b in nxt.values()}
+    out = []
+    for cell in cells:
+        if id(cell) in later:
+            continue                      # inside a run that starts earlier
+        run = [cell]
+        while id(run[-1]) in nxt:
+            run.append(nxt[id(run[-1])])
+        found = _sequence(view, run)
+        if found is None:
+            out += [dict(c, steps=1) for c in run]
+            continue
+        X, gathers = found
+        out.append(dict(run[0], x=X, h_out=run[-1]["h_out"], c_out=run[-1]["c_out"],
+                        used=[n for c in run for n in c["used"]] + gathers, steps=len(run)))
+    return out
+
+
+def _continues(view: View, a: dict, b: dict) -> bool:
+    """Cell ``b`` is the next step of ``a``: the same weights, and a's outputs read by b only."""
+    if a["kind"] != b["kind"] or a["H"] != b["H"] or not all(
+            np.array_equal(a[k], b[k]) for k in ("W", "R", "Wb", "Rb")):
+        return False
+    inside = {id(n) for n in a["used"] + b["used"]}     # a's own tanh(c') reads c' too
+    for name in (a["h_out"], a["c_out"]):
+        if name and (name in view.scope.outputs or any(
+                id(u) not in inside for u in view.users(name))):
+            return False
+    return True
+
+
+def _sequence(view: View, run: list) -> Optional[tuple]:
+    """(X, the Gather nodes) when cell t of ``run`` reads Gather(X, t, axis=1) (read by
+    nothing else) for t = 0..T-1 and X is [N, T, I] with T = len(run); else None."""
+    if len(run) < 2:
+        return None
+    gathers = []
+    for t, cell in enumerate(run):
+        node = view.node(cell["x"], "Gather")
+        if node is None or len(node.input) != 2 or attrs(node).get("axis", 0) not in (1, -2):
+            return None
+        index = view.const(node.input[1])
+        if index is None or index.ndim != 0 or int(index) != t or (
+                gathers and node.input[0] != gathers[0].input[0]):
+            return None
+        inside = {id(n) for n in cell["used"]}
+        if cell["x"] in view.scope.outputs or any(id(u) not in inside
+                                                  for u in view.users(cell["x"])):
+            return None
+        gathers.append(node)
+    X = gathers[0].input[0]
+    shape = view.shape(X)
+    if shape is None or len(shape) != 3 or shape[1] != len(run):
+        return None
+    return X, gathers
 
 
 def _skip_noop_casts(graph: onnx.GraphProto, types: Dict[str, int]) -> None:
