@@ -289,17 +289,18 @@ def test_only_casts_that_change_nothing_are_skipped(to):
     assert bool(recurrent(sess)) == (to == onnx.TensorProto.FLOAT)
 
 
-def test_loop_over_a_cell_becomes_one_node_over_the_sequence():
-    """A Python loop over nn.LSTMCell for every step of x [N, 3, I] exports as 3 chained cells
-    reading x[:, t]: one LSTM node runs all 3 steps; its states are the graph's, so the
-    pairs are found and the model streams (3 steps per call) and pools."""
-    model = um.torch_cell_loop(steps=3)
+@pytest.mark.parametrize("kind,how", [("lstm", "torchscript"), ("gru", "dynamo")])
+def test_loop_over_a_cell_becomes_one_node_over_the_sequence(kind, how):
+    """A Python loop over nn.LSTMCell/GRUCell for every step of x [N, 3, I] exports as 3
+    chained cells reading x[:, t]: one node runs all 3 steps; its states are the graph's, so
+    the pairs are found and the model streams (3 steps per call) and pools."""
+    model = um.torch_cell_loop(steps=3, kind=kind, dynamo=how == "dynamo")
     rewritten = fuse_unrolled_cells(onnx.load_from_string(model), None)
     onnx.checker.check_model(rewritten, full_check=True)
-    assert [n.op_type for n in rewritten.graph.node].count("LSTM") == 1
+    assert [n.op_type for n in rewritten.graph.node].count(kind.upper()) == 1
     sess = check_run(model)
-    assert recurrent(sess) == {"LSTM cell hn"} and activations(sess) == []
-    pairs = {"hn": "h", "cn": "c"}
+    assert recurrent(sess) == {f"{kind.upper()} cell hn"} and activations(sess) == []
+    pairs = {"hn": "h", "cn": "c"} if kind == "lstm" else {"hn": "h"}
     zero = {i: np.zeros((1, 16), np.float32) for i in pairs.values()}
     rng = np.random.default_rng(9)
     steps = [{"x": rng.standard_normal((1, 3, 10)).astype(np.float32)} for _ in range(200)]

@@ -195,33 +195,41 @@ def keras_export(kind: str, path, features: int = 6, units: int = 8, seed: int =
 
 
 def torch_cell_loop(steps: int = 3, features: int = 10, hidden: int = 16, seed: int = 0,
-                    collect: bool = False, length: int = 0) -> bytes:
-    """x [N, length or steps, I] -> nn.LSTMCell applied to the first ``steps`` timesteps in a
-    Python loop (the exporter unrolls it: ``steps`` cells sharing weights, each h' the next
-    one's h) -> Linear on the last h (``collect``: on every step's h, stacked); state h, c
-    [N, H] in and hn, cn out."""
+                    collect: bool = False, length: int = 0, kind: str = "lstm",
+                    dynamo: bool = False) -> bytes:
+    """x [N, length or steps, I] -> nn.LSTMCell (``kind="gru"``: nn.GRUCell) applied to the
+    first ``steps`` timesteps in a Python loop (the exporter unrolls it: ``steps`` cells
+    sharing weights, each h' the next one's h) -> Linear on the last h (``collect``: on every
+    step's h, stacked); state h (, c) [N, H] in and hn (, cn) out."""
     import torch
+    lstm = kind == "lstm"
 
     class Loop(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.cell = torch.nn.LSTMCell(features, hidden)
+            self.cell = (torch.nn.LSTMCell if lstm else torch.nn.GRUCell)(features, hidden)
             self.lin = torch.nn.Linear(hidden, 3)
 
-        def forward(self, x, h, c):
+        def forward(self, x, h, c=None):
             hs = []
             for t in range(steps):
-                h, c = self.cell(x[:, t], (h, c))
+                if lstm:
+                    h, c = self.cell(x[:, t], (h, c))
+                else:
+                    h = self.cell(x[:, t], h)
                 hs.append(h)
-            return self.lin(torch.stack(hs, 1) if collect else h), h, c
+            y = self.lin(torch.stack(hs, 1) if collect else h)
+            return (y, h, c) if lstm else (y, h)
 
     torch.manual_seed(seed)
-    args = (torch.randn(2, length or steps, features), torch.randn(2, hidden),
-            torch.randn(2, hidden))
+    args = (torch.randn(2, length or steps, features), torch.randn(2, hidden)) + (
+        (torch.randn(2, hidden),) if lstm else ())
+    names = ["x", "h", "c"][:len(args)]
+    outs = ["y", "hn", "cn"][:len(args)]
     f = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Loop().eval(), args, f, input_names=["x", "h", "c"],
-                          output_names=["y", "hn", "cn"], dynamo=False, opset_version=17,
-                          dynamic_axes={n: {0: "batch"} for n in ("x", "h", "c", "y", "hn", "cn")})
+        torch.onnx.export(Loop().eval(), args, f, input_names=names, output_names=outs,
+                          dynamo=dynamo, opset_version=18 if dynamo else 17,
+                          dynamic_axes={n: {0: "batch"} for n in names + outs})
     return f.getvalue()
