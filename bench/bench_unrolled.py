@@ -96,6 +96,11 @@ def main():
     row("lstm", False, 64, 128, reps)
     row("lstm", True, 256, 256, reps)
     row("gru", False, 64, 128, reps)
+    xs = (0.5 * np.random.default_rng(2).standard_normal((64, 1, 8, 64))).astype(np.float32)
+    compare("for t in range(8): nn.LSTMCell(64, 128) on x[:, t], then Linear (TorchScript): "
+            "8 steps per call", um.torch_cell_loop(steps=8, features=64, hidden=128),
+            lambda k: {"x": xs[k % 64]}, {"hn": "h", "cn": "c"},
+            {i: np.zeros((1, 128), np.float32) for i in ("h", "c")}, {}, reps)
     if args.silero_ifless:
         with open(args.silero_ifless, "rb") as f:
             data = f.read()
