@@ -317,9 +317,8 @@ def _walk_adds(view: View, node) -> list:
 def _pick_h(view: View, weights: dict, H: int, c: str) -> Optional[str]:
     """Which of the two operands is the recurrent state h. Only its R has H rows; when the
     input is also H wide, a weight named like a recurrent one (PyTorch's ``weight_hh``,
-    Keras' ``recurrent_kernel``) or an operand that is another cell's h' decides; otherwise
-    the cell is left alone (the math would be right, but the wrong input would be carried
-    as state by a stream)."""
+    Keras' ``recurrent_kernel``) decides; otherwise the cell is left alone (the math would
+    be right, but a stream would carry the wrong input as state)."""
     if len(weights) != 2 or any(view.const(n) is not None for n in weights) or c in weights:
         return None
     fits = [n for n, w in weights.items() if w.shape[0] == H]
@@ -466,6 +465,7 @@ def _blend(view: View, n: str, z: str, h: str, used: list) -> Optional[str]:
 
 
 def feeds_blocks(view: View, node, parts: int) -> bool:
+    """``node``'s output is cut in ``parts`` by one Split or by Slices (a first test)."""
     users = view.users(node.output[0]) if len(node.output) == 1 else []
     if len(users) == 1 and users[0].op_type == "Split":
         return len(users[0].output) == parts
