@@ -9,6 +9,7 @@ import pytest
 import session_models as sm
 import unrolled_models as um
 from rnnengine import InferenceSession
+from rnnengine import graph_rewrite
 from rnnengine.graph_rewrite import REWRITTEN, fuse_unrolled_cells
 
 pytest.importorskip("onnxruntime")
@@ -320,3 +321,14 @@ def test_loop_that_is_not_the_whole_sequence_stays_one_node_per_step(variant):
     assert [n.op_type for n in rewritten.graph.node].count("LSTM") == 3
     assert len([t for t in rewritten.graph.initializer if "rnnengine_LSTM" in t.name]) == 3
     assert len(recurrent(check_run(model))) == 3
+
+
+def test_a_matcher_error_leaves_the_graph_as_written(monkeypatch):
+    """The rewrite is a speed-up: if it trips on a graph, the session plans the graph as
+    written (and the answers still match ORT)."""
+    def broken(*args):
+        raise IndexError("matcher bug")
+    monkeypatch.setattr(graph_rewrite, "match_lstm", broken)
+    model = um.keras_lstm_cell()
+    assert fuse_unrolled_cells(model, None) is model
+    assert not recurrent(check_run(model))

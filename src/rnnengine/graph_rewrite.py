@@ -50,8 +50,14 @@ def fuse_unrolled_cells(model: onnx.ModelProto, base_dir: Optional[str]) -> onnx
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)
-    rewriter = _Rewriter(out, base_dir, opset)
-    rewriter.graph(out.graph, None, ())
+    try:
+        rewriter = _Rewriter(out, base_dir, opset)
+        rewriter.graph(out.graph, None, ())
+    except (ValueError, TypeError, ArithmeticError, IndexError, KeyError, AttributeError,
+            RecursionError):
+        # A graph malformed in a way the matcher trips on: the rewrite is only a speed-up,
+        # so the graph is planned as written and the Plan reports what is wrong with it.
+        return model
     return out if rewriter.count else model
 
 
