@@ -151,6 +151,16 @@ def write_seeds(folder: str) -> None:
             f.write(onnx_chain_seed(op, gates, sizes, cycle=cycle))
     with open(os.path.join(folder, "session.onnx"), "wb") as f:
         f.write(session_seed())
+    # Unrolled cells (no recurrent node) that InferenceSession rewrites into LSTM/GRU nodes:
+    # the tests' onnx.helper graphs (tests/unrolled_models.py needs only onnx and numpy).
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import unrolled_models
+    for name, model in (("unrolled_lstm_cell", unrolled_models.keras_lstm_cell()),
+                        ("unrolled_lstm_slices", unrolled_models.keras_lstm_cell(gates="slice")),
+                        ("unrolled_gru_cell", unrolled_models.keras_gru_cell()),
+                        ("unrolled_cell_in_if", unrolled_models.cell_in_if_branch())):
+        with open(os.path.join(folder, name + ".onnx"), "wb") as f:
+            f.write(model.SerializeToString())
     for name, arrays in npz_seeds():
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)

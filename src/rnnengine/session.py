@@ -19,6 +19,7 @@ from onnx import helper
 
 from .errors import ModelError
 from .graph import Loaded, Plan
+from .graph_rewrite import fuse_unrolled_cells
 from .layers import check_precision
 from .loaders._fold import Scope
 from .loaders.onnx import _read_model
@@ -106,6 +107,7 @@ class InferenceSession:
         model, base_dir, where = read_model(path_or_bytes)
         self._where = where
         try:
+            model = fuse_unrolled_cells(model, base_dir)   # LSTMCell/GRUCell -> LSTM/GRU
             self._loaded = Loaded(model, base_dir, where, self.precision,
                                   lambda layers, bf: recurrent_model(layers, bf, precision))
             self._plan = Plan(model.graph, Scope(model.graph, None, ()), self._loaded)

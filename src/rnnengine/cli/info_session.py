@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Dict, List, Tuple
 
+from ..graph_rewrite import REWRITTEN
 from ..loaders._fold import node_label
 from ._common import one_line
 from ._session import fmt_shape, load_session
@@ -24,6 +25,9 @@ def session_lines(path: str) -> List[Tuple[str, str]]:
         for a in args:
             rows.append((what, f"{a.name}  {fmt_shape(a.shape)}  {a.type}"))
     rows += _placement_rows(sess)
+    rows += [("unrolled cell", f"{node_label(n)}: {n.doc_string[len(REWRITTEN) + 2:]}")
+             for plan in sess._loaded.plans for n in plan.nodes
+             if n.doc_string.startswith(REWRITTEN)]
     pairs, error = _pairs(sess)
     if pairs:
         rows += [("state pair", f"{out} -> {inp}") for out, inp in pairs.items()]

@@ -116,7 +116,9 @@ def _chain(model, folder: Folder, where: str, node: Optional[str], chain: bool) 
     if not found:
         raise ModelError(f"{where}: no LSTM, GRU or RNN node found (searched the main graph "
                          "and every If/Loop/Scan body); an exporter that unrolls the "
-                         "recurrence into MatMul/Tanh nodes leaves nothing to load")
+                         "recurrence into MatMul/Tanh nodes leaves nothing to load here "
+                         "(rnnengine.InferenceSession runs unrolled LSTM/GRU cells, such as "
+                         "PyTorch's LSTMCell/GRUCell exports, on the kernels)")
     following = link_chains(found, folder)
     heads = [f for f in found if f not in set(following.values())]
 
