@@ -5,9 +5,9 @@ file planned operator by operator), ONNX Runtime plain and with IOBinding.
 
     python bench/bench_unrolled.py [--quick] [--silero-ifless PATH]
 
-``--silero-ifless`` adds silero-vad's ``silero_vad_op18_ifless.onnx`` (not shipped here; from
-the silero-vad repository): a dynamo export whose decoder LSTMCell is unrolled in both
-branches of its one If.
+The last row is silero-vad's own ``silero_vad_op18_ifless.onnx`` (shipped in tests/data; MIT):
+a dynamo export whose decoder LSTMCell is unrolled in both branches of its one If.
+``--silero-ifless`` points at another copy.
 
 One process, every engine single-threaded, batches interleaved, best of several. "before"
 is the session with the rewrite switched off for this benchmark only (the module attribute
@@ -89,7 +89,9 @@ def compare(title, data, feeds, pairs, zero, fixed, reps) -> None:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--silero-ifless", metavar="PATH")
+    parser.add_argument("--silero-ifless", metavar="PATH", default=os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data",
+        "silero_vad_op18_ifless.onnx"))
     args = parser.parse_args()
     reps = 5 if args.quick else 15
     row("lstm", False, 10, 16, reps)

@@ -1,0 +1,79 @@
+"""A real export without an LSTM node: silero-vad's own `silero_vad_op18_ifless.onnx` (MIT,
+tests/data/silero_vad.LICENSE; a dynamo export whose decoder LSTMCell is unrolled into
+Gemm/Split/Sigmoid/Tanh/Mul/Add in both branches of its one If). The session must recognise
+both cells, pair the state, and stream and pool it exactly like ONNX Runtime running the file as
+written (the author-style loop feeds `stateN` back as `state` by hand)."""
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from rnnengine import InferenceSession
+
+PATH = os.path.join(os.path.dirname(__file__), "data", "silero_vad_op18_ifless.onnx")
+SR = np.array(16000, np.int64)
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def chunks(rng, n, batch=1):
+    t = np.arange(512) / 16000
+    return [(0.2 * np.sin(2 * np.pi * 150 * (k % 7 + 1) * t)[None].repeat(batch, 0)
+             + 0.05 * rng.standard_normal((batch, 512))).astype(np.float32) for k in range(n)]
+
+
+def author_loop(xs, batch=1):
+    """ONNX Runtime on the file as written, the state round-tripped by hand."""
+    ref = ort.InferenceSession(PATH, providers=["CPUExecutionProvider"])
+    state = np.zeros((2, batch, 128), np.float32)
+    outs = []
+    for x in xs:
+        out, state = ref.run(None, {"input": x, "sr": SR, "state": state})
+        outs.append(out)
+    return outs, state
+
+
+def test_both_unrolled_cells_run_on_the_recurrent_kernels():
+    sess = InferenceSession(PATH)
+    recurrent = [k for k, v in sess.placement().items() if v == "recurrent"]
+    assert len(recurrent) == 2 and all(k.startswith("LSTM cell") for k in recurrent)
+    assert sess.stream(feeds={"sr": SR}).state_names == {"stateN": "state"}
+
+
+def test_run_matches_onnxruntime():
+    xs = chunks(np.random.default_rng(0), 1, batch=3)
+    state = np.random.default_rng(1).standard_normal((2, 3, 128)).astype(np.float32) * 0.3
+    feeds = {"input": xs[0], "sr": SR, "state": state}
+    want = ort.InferenceSession(PATH, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = InferenceSession(PATH).run(None, feeds)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, **TOL)
+
+
+def test_stream_200_steps_matches_the_author_loop():
+    xs = chunks(np.random.default_rng(2), 200)
+    want, final = author_loop(xs)
+    stream = InferenceSession(PATH).stream(feeds={"sr": SR})
+    for x, w in zip(xs, want):
+        (got,) = stream.step({"input": x})
+        np.testing.assert_allclose(got, w, **TOL)
+    np.testing.assert_allclose(stream.state["state"], final, **TOL)
+
+
+def test_pool_of_interleaved_streams_matches_separate_loops():
+    rng = np.random.default_rng(3)
+    streams = [chunks(rng, 8) for _ in range(4)]
+    want = [author_loop(xs)[0] for xs in streams]
+    pool = InferenceSession(PATH).pool(8, feeds={"sr": SR})
+    ids = [pool.open() for _ in streams]
+    done = [0] * len(streams)
+    for t in range(12):
+        active = [i for i in range(4) if (t + i) % 3 and done[i] < 8]   # a changing subset
+        if not active:
+            continue
+        (got,) = pool.step([ids[i] for i in active],
+                           {"input": np.concatenate([streams[i][done[i]] for i in active])})
+        for row, i in enumerate(active):
+            np.testing.assert_allclose(got[row:row + 1], want[i][done[i]], **TOL)
+            done[i] += 1
+    assert min(done) >= 6
