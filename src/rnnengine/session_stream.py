@@ -135,12 +135,10 @@ class SessionStream:
 
     @property
     def compiled(self) -> bool:
-        """Whether steps with the feeds' known shapes run as one compiled call
-        (``stream_runner``); ``not_compiled`` says why not when a plan was tried."""
+        """Whether the step runs compiled (stream_runner); if not, ``not_compiled`` says why."""
         return self._runner is not None
 
-    def _drop_runner(self) -> None:
-        """Back to the general step (the next fast step with known feeds compiles again)."""
+    def _drop_runner(self) -> None:     # the next fast step with known feeds compiles again
         self._runner = None
         self.__dict__.pop("step", None)
         self._compile_next = self._fast
@@ -178,7 +176,7 @@ class SessionStream:
                 return self._compile(v, feeds or {})
             self._elided.step(v, self._context, self._lean)
             if self._runner is not None and any(
-                    self._carrier.streams.get(rec) is not s for rec, s in self._cores):
+                    c.streams.get(rec) is not s for c, rec, s in self._cores):
                 self._drop_runner()      # a feed of another batch replaced the streams
             return sess.finish(v, self._keep)
         merged = self._merged(feeds)
@@ -217,28 +215,20 @@ class SessionStream:
             v[seen[2]] = value
         return v
 
-    @property
-    def _carrier(self) -> Carrier:
-        return next(iter(self._context.values()))
-
     def _compile(self, v: list, feeds: dict) -> List[np.ndarray]:
         """This step on the general path, traced (views unmerged), then the compiled step
         built from it (``stream_runner.compile_runner``)."""
-        sess, elided, carrier = self._sess, self._elided, self._carrier
+        sess, elided, carrier = self._sess, self._elided, next(iter(self._context.values()))
         steps = elided.lean_run(carrier)
         elided.step(v, self._context, (steps, elided.run_steps))
         outs = sess.finish(v, self._keep)
         self._compile_next = False
-        plan = sess._plan
-        slots = {n: plan.input_slots[sess._input_index[n]] for n in feeds}
-        fixed = {plan.input_slots[sess._input_index[n]] for n in self._fixed}
-        kept = [plan.output_slots[k] for k in self._keep]
         runner, self.not_compiled = compile_runner(
-            elided, carrier, steps, v, feeds, slots, fixed, kept, self._lock,
+            sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
             functools.partial(SessionStream.step, self))
         if runner is not None:
             self._runner = runner
-            self._cores = [(rec, carrier.streams.get(rec)) for rec in elided.recs]
+            self._cores = [(carrier, rec, carrier.streams.get(rec)) for rec in elided.recs]
             self.step = runner.step
         return outs
 

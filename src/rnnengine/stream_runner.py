@@ -132,20 +132,24 @@ class _Builder:
         self.info[out] = (self.source(src)[0], y.shape, y.dtype)
 
 
-def compile_runner(elided, carrier, steps: list, v: list, feeds: dict, feed_slots: dict,
-                   fixed_slots: set, kept: list, lock, fallback: Callable
+def compile_runner(sess, elided, carrier, steps: list, v: list, feeds: dict, fixed: dict,
+                   keep: List[int], lock, fallback: Callable
                    ) -> Tuple[Optional[StepRunner], Optional[str]]:
     """(runner, None), or (None, why not) when a step or value is not covered.
 
     ``steps``: ``elided.lean_run(carrier)``, just run on table ``v`` for ``feeds`` (the
-    step feeds, {name: array}; ``feed_slots`` their slots); ``fixed_slots``: slots of the
-    stream's fixed feeds; ``kept``: the returned outputs' slots, in order; ``lock`` and
-    ``fallback``: see ``StepRunner``."""
+    step feeds, {name: array}) and the stream's ``fixed`` feeds; ``keep``: indices of the
+    returned outputs, in order; ``lock`` and ``fallback``: see ``StepRunner``."""
     plan = elided.plan
-    b = _Builder(plan, v, fixed_slots)
+
+    def slot(name):
+        return plan.input_slots[sess._input_index[name]]
+
+    b = _Builder(plan, v, {slot(n) for n in fixed})
+    kept = [plan.output_slots[k] for k in keep]
     try:
         for name, value in feeds.items():
-            b.feed(name, feed_slots[name], value)
+            b.feed(name, slot(name), value)
         for j, (step, k) in enumerate(zip(steps, elided.run_steps)):
             ins, outs = plan.io[k]
             label = plan.labels[k]
