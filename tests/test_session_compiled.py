@@ -10,6 +10,7 @@ import pytest
 
 import session_models as sm
 from rnnengine import InferenceSession
+from rnnengine.session_stream import SessionStream
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
@@ -46,12 +47,17 @@ def same(got, want):
 
 
 def run_both(model, feeds_list, zero):
-    stream = InferenceSession(model).stream()
+    """The compiled stream against ORT, and bit for bit against a stream of the same
+    session stepped on the general path (the class's step, never the runner)."""
+    sess = InferenceSession(model)
+    stream, general = sess.stream(), sess.stream()
     ort = AuthorLoop(model, stream.state_names, zero)
     outs = []
     for feeds in feeds_list:
         got = stream.step(feeds)
         same(got, ort.step(feeds))
+        for a, b in zip(got, SessionStream.step(general, feeds)):
+            np.testing.assert_array_equal(a, b)
         outs.append(got)
     for name, value in ort.state.items():
         np.testing.assert_allclose(stream.state[name], value, **TOL)
