@@ -182,6 +182,7 @@ cdef class StepRunner:
         cdef PyObject *item
         cdef cnp.ndarray a
         cdef spec_t *s
+        cdef int i, d
         if type(feeds) is not dict or len(<dict>feeds) != self._n_feeds:
             return False
         for i in range(self._n_feeds):
@@ -204,6 +205,7 @@ cdef class StepRunner:
         cdef op_t *op
         cdef size_t j
         cdef int64_t i, n
+        cdef int k
         for k in range(self._n_ops):
             op = &self._ops[k]
             if op.kind != OP_GATHER:
@@ -236,6 +238,7 @@ cdef class StepRunner:
         cdef list outs = []
         cdef cnp.ndarray a
         cdef spec_t *s
+        cdef int i
         for i in range(self._n_outs):
             s = &self._outs[i]
             a = cnp.PyArray_EMPTY(s.nd, s.dims, s.typenum, 0)
@@ -250,6 +253,7 @@ cdef class StepRunner:
         cdef float *y
         cdef size_t j
         cdef int64_t i
+        cdef int k
         for k in range(self._n_ops):
             op = &self._ops[k]
             x, y = <const float *>self._ptr[op.src], <float *>self._ptr[op.dst]
