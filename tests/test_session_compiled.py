@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import session_models as sm
+from conftest import load_fuzz_seeds
 from rnnengine import InferenceSession
 from rnnengine.session_stream import SessionStream
 
@@ -96,6 +97,16 @@ def test_gru_with_dense_front_end_is_compiled(models):
     stream, _ = run_both(models["b_linear"], steps, {"h0": np.zeros((1, 1, 16), np.float32)})
     assert stream.compiled, stream.not_compiled
     assert "recurrent" in stream._runner.ops and "dense" in stream._runner.ops
+
+
+def test_fuzz_seed_runs_compiled():
+    """fuzz/seeds.py's compiled_session_seed (embedding Gather -> GRU -> head) is one the
+    stream compiles, so the session fuzzer mutates a graph that reaches the runner."""
+    model = load_fuzz_seeds().compiled_session_seed()
+    rng = np.random.default_rng(7)
+    steps = [{"tokens": rng.integers(-5, 5, (1, 1)).astype(np.int64)} for _ in range(200)]
+    stream, _ = run_both(model, steps, {"state": np.zeros((1, 1, 1, 3), np.float32)})
+    assert "compiled step (gather, recurrent, dense)" in repr(stream)
 
 
 def test_uncovered_operator_keeps_the_general_step(models):
