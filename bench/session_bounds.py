@@ -1,6 +1,8 @@
-"""What bounds a streamed whole-model step: rnnengine's ``stream.step`` against the same
-step's native calls alone (``Stream.step`` of each recurrent node and the compiled dense head,
-no graph, no checks: what a step could cost with zero Python glue) and ORT with IOBinding.
+"""What bounds a streamed whole-model step: rnnengine's ``stream.step`` (the compiled step,
+stream_runner) and the general step it replaces (``SessionStream.step`` run as the class
+method: the plan's closures) against the same step's native calls alone (``Stream.step`` of
+each recurrent node and the compiled dense head, no graph, no checks: what a step could cost
+with zero glue from Python) and ORT with IOBinding.
 
     python bench/session_bounds.py
 
@@ -42,9 +44,9 @@ def main():
              ("model (a) H=16", sm.embedding_lstm(True, vocab=20, embed=8, hidden=16),
               {"tokens": np.array([[3]], np.int64)},
               {"h0": np.zeros((2, 1, 16), np.float32), "c0": np.zeros((2, 1, 16), np.float32)})]
-    print("| model | rnnengine stream.step | native calls alone | ORT IOBinding | "
-          "stream vs ORT | native-only ceiling vs ORT |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| model | rnnengine stream.step (compiled) | general step | native calls alone | "
+          "ORT IOBinding | stream vs ORT | general vs ORT | native-only ceiling vs ORT |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, model, feeds, zero in cases:
         data = model if isinstance(model, bytes) else model.SerializeToString()
         sess = rnnengine.InferenceSession(data)
@@ -64,9 +66,13 @@ def main():
             def native():
                 return head(l1.step(l0.step(block)))
         ort = graph_iobinding_stepper(sm.ort_session(data), lambda k: feeds, stream.state_names, zero)
-        t = interleaved([lambda: stream.step(feeds), native, ort], 9)
+        assert stream.compiled, stream.not_compiled
+        general = type(stream).step
+        t = interleaved([lambda: stream.step(feeds), lambda: general(stream, feeds), native,
+                         ort], 9)
         print(f"| {name} | {t[0] * 1e6:.1f} | {t[1] * 1e6:.1f} | {t[2] * 1e6:.1f} | "
-              f"{t[2] / t[0]:.2f}x | {t[2] / t[1]:.2f}x |")
+              f"{t[3] * 1e6:.1f} | {t[3] / t[0]:.2f}x | {t[3] / t[1]:.2f}x | "
+              f"{t[3] / t[2]:.2f}x |")
 
 
 if __name__ == "__main__":

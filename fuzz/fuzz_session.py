@@ -2,7 +2,8 @@
 
 Contract under test: any bytes either load into a session or raise rnnengine.ModelError; a
 session that loads, run on zero feeds of its declared shapes (unknown dims 1), returns or
-raises ValueError (which ModelError is). Any other exception, a crash, or a hang is a
+raises ValueError (which ModelError is), and so does a stream of it stepped four times on
+them (state inputs left to the stream). Any other exception, a crash, or a hang is a
 finding. Graphs that need ONNX Runtime for some operators are not run (ORT's own
 robustness is not under test here).
 
@@ -39,6 +40,14 @@ def test_one_input(data: bytes) -> None:
         return
     try:
         sess.run(None, feeds)
+    except ValueError:
+        return
+    # a few stream steps: from the third on, a covered plan runs compiled (stream_runner)
+    try:
+        stream = sess.stream()
+        step_feeds = {k: v for k, v in feeds.items() if k not in stream.state_names.values()}
+        for _ in range(4):
+            stream.step(step_feeds)
     except ValueError:
         return
 

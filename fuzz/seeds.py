@@ -131,6 +131,35 @@ def session_seed(H: int = 3, I: int = 2) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
+def compiled_session_seed(H: int = 3, I: int = 2, vocab: int = 5) -> bytes:
+    """A whole graph whose stream step runs compiled (stream_runner): tokens -> Gather of an
+    embedding -> GRU (h0 from the state input by Squeeze) -> Squeeze -> MatMul + Add +
+    Sigmoid head; final state -> Unsqueeze -> state output."""
+    rng = np.random.default_rng(8)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("E", (vocab, I)), ("W", (1, 3 * H, I)), ("R", (1, 3 * H, H)),
+                          ("B", (1, 6 * H)), ("Wd", (H, 2)), ("bd", (2,)))]
+    inits.append(numpy_helper.from_array(np.array([0], np.int64), "ax"))
+    inits.append(numpy_helper.from_array(np.array([1], np.int64), "ax1"))
+    nodes = [helper.make_node("Gather", ["E", "tokens"], ["X"]),
+             helper.make_node("Squeeze", ["state", "ax"], ["h0"]),
+             helper.make_node("GRU", ["X", "W", "R", "B", "", "h0"], ["Y", "Y_h"],
+                              hidden_size=H, name="rnn0"),
+             helper.make_node("Squeeze", ["Y", "ax1"], ["y1"]),
+             helper.make_node("MatMul", ["y1", "Wd"], ["m"]),
+             helper.make_node("Add", ["m", "bd"], ["a"]),
+             helper.make_node("Sigmoid", ["a"], ["y"]),
+             helper.make_node("Unsqueeze", ["Y_h", "ax"], ["stateN"])]
+    graph = helper.make_graph(
+        nodes, "compiled_session_seed",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["T", "N"]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 1, "N", H])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, 1, "N", H])],
+        initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
 def write_seeds(folder: str) -> None:
     import io
     os.makedirs(folder, exist_ok=True)
@@ -151,6 +180,8 @@ def write_seeds(folder: str) -> None:
             f.write(onnx_chain_seed(op, gates, sizes, cycle=cycle))
     with open(os.path.join(folder, "session.onnx"), "wb") as f:
         f.write(session_seed())
+    with open(os.path.join(folder, "session_compiled.onnx"), "wb") as f:
+        f.write(compiled_session_seed())
     # Unrolled cells (no recurrent node) that InferenceSession rewrites into LSTM/GRU nodes:
     # the tests' onnx.helper graphs (tests/unrolled_models.py needs only onnx and numpy).
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))

@@ -5,7 +5,8 @@
 #      ONNX and .npz, chains of mixed hidden sizes, a cycle); every model that loads is run
 #      (Model.run, Stream, Pool: fuzz/exercise.py);
 #   2. fuzz/fuzz_session.py (atheris): whole graphs through InferenceSession (load, run,
-#      stream) from the same corpus (its session.onnx seed);
+#      stream, whose step runs compiled from the third on) from the same corpus (its
+#      session.onnx and session_compiled.onnx seeds);
 #   3. tests/test_fuzz_api.py (hypothesis): random stacks through the public constructors.
 # Bounded and reproducible by default (fixed seed and counts, a few minutes on CI):
 #   bash tools/fuzz_sanitized.sh                       # CI

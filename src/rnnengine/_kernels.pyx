@@ -372,17 +372,7 @@ cdef class StreamCore:
     h lives in two buffers [2, L, N, Hout] that swap roles every step (a step reads all of the
     previous h while it writes the new one); c [L, N, H] is updated in place."""
 
-    cdef list _cells
-    cdef const rnn_cell_t **_descs
-    cdef rnn_pool_t *_pool
-    cdef int _L, _N, _I, _Hout
-    cdef int _parity, _steps, _busy, _threads
-    cdef bint _nogil
-    cdef object _hbuf, _cbuf, _scratch
-    cdef float *_h[2]
-    cdef float *_c
-    cdef float *_scr
-    cdef size_t _h_len, _c_len, _scr_len
+    # attributes: _kernels.pxd (the compiled session-stream runner, _plan.pyx, steps cores)
 
     def __cinit__(self, *args, **kwargs):
         self._descs = NULL

@@ -28,7 +28,14 @@ CONTROL = frozenset({"If", "Loop"})
 
 def bind(fn: Callable, ins: List[int], outs: List[int]) -> Callable:
     """``fn(*inputs) -> tuple of outputs`` as a step over slots ``ins`` -> ``outs``.
-    The common arities get their own closure: no list building on the hot path."""
+    The common arities get their own closure: no list building on the hot path.
+    ``step.fn`` is ``fn`` (the compiled stream step reads a dense head's weights there)."""
+    step = _bind(fn, ins, outs)
+    step.fn = fn
+    return step
+
+
+def _bind(fn: Callable, ins: List[int], outs: List[int]) -> Callable:
     if len(outs) == 1:
         o = outs[0]
         if len(ins) == 1:
@@ -68,6 +75,7 @@ def lookup_step(table: np.ndarray, i: int, o: int, general: Callable) -> Callabl
             except IndexError:
                 pass
         general(v)
+    step.lookup = (table, i, o)          # for the compiled stream step (stream_runner)
     return step
 
 

@@ -24,6 +24,7 @@ from ._checks import check_one_way, check_positive_int
 from .state_blob import pack_arrays, unpack_arrays
 from .state_pairs import find_pairs
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
+from .stream_runner import compile_runner
 from .time_axis import check_streamable
 
 
@@ -116,6 +117,11 @@ class SessionStream:
             self._base[plan.input_slots[sess._input_index[name]]] = value
         self._known: Dict[str, tuple] = {}
         self._n_step_feeds = len(self._args) - len(self._state_inputs) - len(self._fixed)
+        # the compiled step (stream_runner): built from a traced step once the fast path
+        # runs with known feeds; while it exists, ``self.step`` is its C method
+        self._runner = None
+        self._compile_next = False
+        self.not_compiled: Optional[str] = None   # why the step is not compiled, if so
         self.reset()
 
     def __repr__(self) -> str:
@@ -123,13 +129,26 @@ class SessionStream:
                f"recurrent state of {len(self._recurrent)} node(s) carried along time")
         if self._fast:
             how += ", state kept inside the recurrent kernels"
+        if self._runner is not None:
+            how += f", compiled step ({', '.join(self._runner.ops)})"
         return f"rnnengine.SessionStream({how})"
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step runs compiled (stream_runner); if not, ``not_compiled`` says why."""
+        return self._runner is not None
+
+    def _drop_runner(self) -> None:     # the next fast step with known feeds compiles again
+        self._runner = None
+        self.__dict__.pop("step", None)
+        self._compile_next = self._fast
 
     @_exclusive
     def reset(self) -> None:
         """Every state back to zero."""
         self._state: Dict[str, Optional[np.ndarray]] = {n: None for n in self._state_inputs}
         self._context = self._lean = None
+        self._drop_runner()
         if self._time_mode or self._fast:
             # RecurrentStep.step finds its carrier in the table's slot 0
             recs = self._elided.recs if self._fast else self._recurrent
@@ -153,7 +172,12 @@ class SessionStream:
             if v is None:
                 v = sess.new_table(self._merged(feeds), self._state_inputs)
                 self._learn(feeds)
+            elif self._compile_next:
+                return self._compile(v, feeds or {})
             self._elided.step(v, self._context, self._lean)
+            if self._runner is not None and any(
+                    c.streams.get(rec) is not s for c, rec, s in self._cores):
+                self._drop_runner()      # a feed of another batch replaced the streams
             return sess.finish(v, self._keep)
         merged = self._merged(feeds)
         if self._state_inputs:
@@ -190,6 +214,23 @@ class SessionStream:
                 return None
             v[seen[2]] = value
         return v
+
+    def _compile(self, v: list, feeds: dict) -> List[np.ndarray]:
+        """This step on the general path, traced (views unmerged), then the compiled step
+        built from it (``stream_runner.compile_runner``)."""
+        sess, elided, carrier = self._sess, self._elided, next(iter(self._context.values()))
+        steps = elided.lean_run(carrier)
+        elided.step(v, self._context, (steps, elided.run_steps))
+        outs = sess.finish(v, self._keep)
+        self._compile_next = False
+        runner, self.not_compiled = compile_runner(
+            sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
+            functools.partial(SessionStream.step, self))
+        if runner is not None:
+            self._runner = runner
+            self._cores = [(carrier, rec, carrier.streams.get(rec)) for rec in elided.recs]
+            self.step = runner.step
+        return outs
 
     def _learn(self, feeds) -> None:
         """Remember the shapes and dtypes of step feeds that passed the full check."""
@@ -249,6 +290,7 @@ class SessionStream:
                              f"{sorted(value) if isinstance(value, dict) else type(value).__name__}")
         checked = {n: self._args[n].check(a).copy() for n, a in value.items()}
         if self._fast:
+            self._drop_runner()     # unpack may give the carrier new streams
             carrier = next(iter(self._context.values()))
             self._elided.unpack(carrier, [checked[n] for n in self._state_inputs], self._fixed)
         else:

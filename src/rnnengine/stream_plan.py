@@ -216,16 +216,22 @@ class ElidedPlan:
                 stream = carrier.streams[r] = r.model.stream(batch=N)
             stream.state = state
 
-    def lean_steps(self, carrier: Carrier) -> list:
-        """``run`` with each recurrent step replaced by ``lean_recurrent`` on ``carrier``
-        and chains of views merged into their reader (``absorb_views``); the list may be
-        shorter than ``run``. -> (steps, their indices in the plan, for errors)."""
+    def lean_run(self, carrier: Carrier) -> list:
+        """``run`` with each recurrent step whose final state nobody reads replaced by
+        ``lean_recurrent`` on ``carrier`` (one step per entry of ``run_steps``)."""
         steps = list(self.run)
         for j, rec in self.rec_at.items():
             if not rec.layout and (carrier.want is None or rec not in carrier.want):
                 steps[j] = lean_recurrent(rec, carrier)
+        return steps
+
+    def lean_steps(self, carrier: Carrier) -> list:
+        """``lean_run`` with chains of views merged into their reader (``absorb_views``);
+        the list may be shorter than ``run``. -> (steps, their indices in the plan, for
+        errors)."""
         kept = set(self.plan.output_slots)
-        merged, at = absorb_views(steps, [self.plan.io[k] for k in self.run_steps], kept)
+        merged, at = absorb_views(self.lean_run(carrier),
+                                  [self.plan.io[k] for k in self.run_steps], kept)
         return merged, [self.run_steps[j] for j in at]
 
     def step(self, v: list, context: dict, lean: Optional[tuple] = None) -> None:

@@ -52,7 +52,10 @@ def _axes(node, plan, k=1):
         value = plan.const(node.input[k])
         if value is None:
             raise _Mixes("its axes are computed at run time")
-        return [int(x) for x in np.asarray(value).reshape(-1)]
+        value = np.asarray(value)
+        if value.dtype.kind not in "iu":      # a hostile graph's axes (found by the fuzzer)
+            raise _Mixes(f"its axes are a {value.dtype} tensor, not integers")
+        return [int(x) for x in value.reshape(-1)]
     return None
 
 

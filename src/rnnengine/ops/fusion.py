@@ -203,4 +203,6 @@ def compiled_head(nodes, opset: int, const):
                 return (y,)
         return fused(x, *consts)
     run.inputs, run.outputs = fused.inputs[:1], fused.outputs
+    # what the compiled stream step (stream_runner) needs to call the same C head itself
+    run.dense = (w, total if biases else None, head.act, lo, top)
     return run
