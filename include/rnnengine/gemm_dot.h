@@ -6,7 +6,8 @@
  *   rnn_gemm_bf16_avx512bf16  vdpbf16ps: input rows rounded to bf16 pairs, products of pairs
  *                             summed into fp32 (one instruction: 16 units x 2 k's)
  *   rnn_gemm_i8_avx512vnni    vpdpbusd: u8 x s8 products of quads summed into int32. Inputs
- *                             are quantized to q in [-127, 127] and shifted to q + 128 (the
+ *                             are quantized in two parts (gemm_entries.h: rnn_quant_row),
+ *                             each q in [-127, 127] and shifted to q + 128 (the
  *                             instruction wants unsigned inputs); the shift is taken back
  *                             with the panel's per-unit weight sums: sum (q+128) w - 128 sum w.
  *                             vpdpbusd adds the four 16-bit products in 32 bits without
@@ -106,6 +107,8 @@ static void rnn_gemm_bf16_avx512bf16(int ng, int G, int K, const void *w, const 
     }
 }
 
+/* The int8 entry of gemm_entries.h (rnn_gemm_i8: each input row quantized in two parts, two
+ * rows of the product) with vpdpbusd: the parts are stored shifted to unsigned. */
 static void rnn_gemm_i8_avx512vnni(int ng, int G, int K, const void *w, const float *in,
                                    size_t ldin, float *acc, size_t ldacc,
                                    rnn_gemm_memo_t *memo) {
@@ -113,10 +116,12 @@ static void rnn_gemm_i8_avx512vnni(int ng, int G, int K, const void *w, const fl
     _Alignas(64) uint8_t buf[RNN_ROWS_MAX * RNN_KC];
     _Alignas(64) int32_t sums[RNN_ROWS_MAX * 4 * RNN_BW];
     float step[RNN_ROWS_MAX];
-    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW;
+    const int nbmax = RNN_NB_MAX(G) / 2, units = G * RNN_BW;
     const int8_t *wq = (const int8_t *)w;
     const float *scale = rnn_i8_scales(w, K, G);
     const int32_t *wsum = rnn_i8_sums(w, K, G);
+    const __m512i bias = _mm512_set1_epi32(128);
+    const __m512 fine = _mm512_set1_ps(RNN_I8_FINE);
     for (int n0 = 0; n0 < ng; n0 += nbmax) {
         const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;
         for (int i = 0; i < nb; i++) step[i] = rnn_quant_step_avx512(in + (n0 + i) * ldin, K);
@@ -126,30 +131,33 @@ static void rnn_gemm_i8_avx512vnni(int ng, int G, int K, const void *w, const fl
             for (int i = 0; i < nb; i++) {
                 const float *x = in + (n0 + i) * ldin + k0;
                 const __m512 inv = _mm512_set1_ps(step[i] > 0.0f ? 1.0f / step[i] : 0.0f);
-                const __m512i bias = _mm512_set1_epi32(128);
-                uint8_t *d = buf + (size_t)i * kp;
+                uint8_t *d = buf + (size_t)i * kp, *d2 = buf + (size_t)(nb + i) * kp;
                 for (int k = 0; k < kp; k += 16) {
                     /* lanes past kc quantize 0 to 128, the zero point: they add 128 * 0 */
                     const int n = kc - k < 16 ? (kc - k > 0 ? kc - k : 0) : 16;
-                    const __m512 v = _mm512_maskz_loadu_ps(rnn_dot_mask(n), x + k);
-                    const __m512i q = _mm512_add_epi32(
-                        _mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), bias);
-                    _mm_mask_storeu_epi8(d + k, rnn_dot_mask(kp - k < 16 ? kp - k : 16),
-                                         _mm512_cvtepi32_epi8(q));
+                    const __mmask16 keep = rnn_dot_mask(kp - k < 16 ? kp - k : 16);
+                    const __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(rnn_dot_mask(n), x + k), inv);
+                    const __m512i q = _mm512_cvtps_epi32(t);
+                    const __m512i q2 = _mm512_cvtps_epi32(
+                        _mm512_mul_ps(_mm512_sub_ps(t, _mm512_cvtepi32_ps(q)), fine));
+                    _mm_mask_storeu_epi8(d + k, keep, _mm512_cvtepi32_epi8(_mm512_add_epi32(q, bias)));
+                    _mm_mask_storeu_epi8(d2 + k, keep, _mm512_cvtepi32_epi8(_mm512_add_epi32(q2, bias)));
                 }
             }
-            rnn_panel_rows_i8_avx512vnni(nb, G, kp, wq + (size_t)k0 * units, buf, kp, sums,
+            rnn_panel_rows_i8_avx512vnni(2 * nb, G, kp, wq + (size_t)k0 * units, buf, kp, sums,
                                          units);
         }
         for (int i = 0; i < nb; i++) {
             float *a = acc + (size_t)(n0 + i) * ldacc;
-            const __m512 s = _mm512_set1_ps(step[i]);
+            const __m512 s = _mm512_set1_ps(step[i]), s2 = _mm512_set1_ps(step[i] / RNN_I8_FINE);
             for (int o = 0; o < units; o += 16) {
-                const __m512i t = _mm512_sub_epi32(
-                    _mm512_loadu_si512((const void *)(sums + i * units + o)),
-                    _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + o)), 7));
-                _mm512_storeu_ps(a + o, _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), s),
-                                                        _mm512_loadu_ps(scale + o),
+                const __m512i shift = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + o)), 7);
+                const __m512 t1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    _mm512_loadu_si512((const void *)(sums + i * units + o)), shift));
+                const __m512 t2 = _mm512_cvtepi32_ps(_mm512_sub_epi32(
+                    _mm512_loadu_si512((const void *)(sums + (nb + i) * units + o)), shift));
+                const __m512 t = _mm512_fmadd_ps(t2, s2, _mm512_mul_ps(t1, s));
+                _mm512_storeu_ps(a + o, _mm512_fmadd_ps(t, _mm512_loadu_ps(scale + o),
                                                         _mm512_loadu_ps(a + o)));
             }
         }
