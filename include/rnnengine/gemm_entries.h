@@ -132,17 +132,31 @@ static inline void RNN_FN(rnn_quant_row)(float *dst, float *dst2, const float *s
     for (; k < kp; k++) dst[k] = dst2[k] = 0.0f;
 }
 
-/* int8 weights with fp32 FMAs on the quantized values, which are small integers: the sums
- * are the integer sums the VNNI entry computes (exact while below 2^24). Each input row is
- * two rows of the panel product (rnn_quant_row), so a chunk takes half the rows the
- * register blocking allows and the panel still streams past once. */
-static void RNN_FN(rnn_gemm_i8)(int ng, int G, int K, const void *w, const float *in,
-                                size_t ldin, float *acc, size_t ldacc,
-                                rnn_gemm_memo_t *memo) {
-    (void)memo;
+/* The int8 entries' common part (this file's rnn_gemm_i8 and gemm_dot.h's vpdpbusd entry):
+ * input rows in chunks of half the rows the register blocking allows, each quantized into two
+ * rows of the product (rnn_quant_row) so the panel still streams past once per chunk; K in
+ * chunks of RNN_KC. The product's own operations:
+ *   quant(buf, i, nb, kp, x, kc, inv)   rows i and nb + i of buf (stride kp) from x[0:kc]
+ *   panel(rows, G, kp, w, buf, sums, units)
+ *   finish(a, sums, i, nb, units, step, scale, w, K, G)   a[0:units] += row i's two parts
+ * buf and sums are 4-byte elements of the product's choice (float, uint8 quads, int32). */
+#ifndef RNN_I8_FN_TYPES
+#define RNN_I8_FN_TYPES
+typedef void (*rnn_i8_quant_fn)(void *buf, int i, int nb, int kp, const float *x, int kc,
+                                float inv);
+typedef void (*rnn_i8_panel_fn)(int rows, int G, int kp, const int8_t *w, const void *buf,
+                                void *sums, int units);
+typedef void (*rnn_i8_finish_fn)(float *a, const void *sums, int i, int nb, int units,
+                                 float step, const float *scale, const void *w, int K, int G);
+#endif
+
+RNN_INLINE void RNN_FN(rnn_gemm_i8_body)(int ng, int G, int K, const void *w, const float *in,
+                                         size_t ldin, float *acc, size_t ldacc,
+                                         rnn_i8_quant_fn quant, rnn_i8_panel_fn panel,
+                                         rnn_i8_finish_fn finish) {
     _Alignas(64) float buf[RNN_ROWS_MAX * RNN_KC];
     _Alignas(64) float sums[RNN_ROWS_MAX * 4 * RNN_BW];
-    float step[RNN_ROWS_MAX];
+    float step[RNN_ROWS_MAX] = {0.0f};
     const int nbmax = RNN_NB_MAX(G) / 2 > 1 ? RNN_NB_MAX(G) / 2 : 1, units = G * RNN_BW;
     const int8_t *wq = (const int8_t *)w;
     const float *scale = rnn_i8_scales(w, K, G);
@@ -154,21 +168,47 @@ static void RNN_FN(rnn_gemm_i8)(int ng, int G, int K, const void *w, const float
         for (int k0 = 0; k0 < K; k0 += RNN_KC) {
             const int kc = K - k0 < RNN_KC ? K - k0 : RNN_KC, kp = (kc + 3) & ~3;
             for (int i = 0; i < nb; i++)
-                RNN_FN(rnn_quant_row)(buf + (size_t)i * kp, buf + (size_t)(nb + i) * kp,
-                                      in + (n0 + i) * ldin + k0, kc, kp,
-                                      step[i] > 0.0f ? 1.0f / step[i] : 0.0f);
-            rnn_panel_rows_i8(2 * nb, G, kp, wq + (size_t)k0 * units, buf, kp, sums, units);
+                quant(buf, i, nb, kp, in + (n0 + i) * ldin + k0, kc,
+                      step[i] > 0.0f ? 1.0f / step[i] : 0.0f);
+            panel(2 * nb, G, kp, wq + (size_t)k0 * units, buf, sums, units);
         }
-        for (int i = 0; i < nb; i++) {
-            float *a = acc + (size_t)(n0 + i) * ldacc;
-            const rnn_v s = rnn_v_set1(step[i]), s2 = rnn_v_set1(step[i] / RNN_I8_FINE);
-            for (int o = 0; o < units; o += RNN_VL) {
-                const rnn_v t = rnn_v_fmadd(rnn_v_load(sums + (nb + i) * units + o), s2,
-                                            rnn_v_mul(rnn_v_load(sums + i * units + o), s));
-                rnn_v_store(a + o, rnn_v_fmadd(t, rnn_v_load(scale + o), rnn_v_load(a + o)));
-            }
-        }
+        for (int i = 0; i < nb; i++)
+            finish(acc + (size_t)(n0 + i) * ldacc, sums, i, nb, units, step[i], scale, w, K, G);
     }
+}
+
+/* int8 weights with fp32 FMAs on the quantized values, which are small integers: the sums
+ * are the integer sums the VNNI entry computes (exact while below 2^24). */
+static inline void RNN_FN(rnn_i8_quant)(void *buf, int i, int nb, int kp, const float *x,
+                                        int kc, float inv) {
+    float *b = (float *)buf;
+    RNN_FN(rnn_quant_row)(b + (size_t)i * kp, b + (size_t)(nb + i) * kp, x, kc, kp, inv);
+}
+
+static inline void RNN_FN(rnn_i8_panel)(int rows, int G, int kp, const int8_t *w,
+                                        const void *buf, void *sums, int units) {
+    rnn_panel_rows_i8(rows, G, kp, w, (const float *)buf, kp, (float *)sums, units);
+}
+
+static inline void RNN_FN(rnn_i8_finish)(float *a, const void *sums, int i, int nb, int units,
+                                         float step, const float *scale, const void *w, int K,
+                                         int G) {
+    const float *s1 = (const float *)sums + (size_t)i * units;
+    const float *s2 = (const float *)sums + (size_t)(nb + i) * units;
+    const rnn_v s = rnn_v_set1(step), f = rnn_v_set1(step / RNN_I8_FINE);
+    (void)w, (void)K, (void)G;
+    for (int o = 0; o < units; o += RNN_VL) {
+        const rnn_v t = rnn_v_fmadd(rnn_v_load(s2 + o), f, rnn_v_mul(rnn_v_load(s1 + o), s));
+        rnn_v_store(a + o, rnn_v_fmadd(t, rnn_v_load(scale + o), rnn_v_load(a + o)));
+    }
+}
+
+static void RNN_FN(rnn_gemm_i8)(int ng, int G, int K, const void *w, const float *in,
+                                size_t ldin, float *acc, size_t ldacc,
+                                rnn_gemm_memo_t *memo) {
+    (void)memo;
+    RNN_FN(rnn_gemm_i8_body)(ng, G, K, w, in, ldin, acc, ldacc, RNN_FN(rnn_i8_quant),
+                             RNN_FN(rnn_i8_panel), RNN_FN(rnn_i8_finish));
 }
 
 #undef RNN_GE_
