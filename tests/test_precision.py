@@ -293,3 +293,20 @@ def test_nan_input_propagates_like_fp32(isa, mode, kind, how):
     assert np.isnan(exact[4:, 1]).all() and not np.isnan(exact[:, [0, 2]]).any()
     np.testing.assert_array_equal(np.isnan(reduced), np.isnan(exact))
     assert np.abs(reduced[:, [0, 2]] - exact[:, [0, 2]]).max() <= BUDGET[mode]
+
+
+@pytest.mark.parametrize("kind,H", [("lstm", 64), ("gru", 64), ("rnn", 64), ("lstm", 256)])
+@pytest.mark.parametrize("mode", ["fp32"] + MODES)
+def test_batch16_sequence_equals_its_stream(isa, mode, kind, H):
+    """At 16 rows a sequence whose panels fit in L2 fuses its input product into the timestep
+    loop (driver.h: rnn_fuse_input), and the amx variant runs a fused block's two products in
+    one tile pass (gemm_amx.h: rnn_gemm2_bf16_amx); larger panels take the input GEMM first.
+    Every way sums bias + x Wx + h Wh in the same order: the same bits as streaming, and
+    within the mode's budget of float64."""
+    case = random_case(kind, H, 11)
+    x = np.random.default_rng(12).normal(size=(20, 16, H)).astype(np.float32)
+    model = Model([Layer.from_onnx(kind, **case)], precision=mode)
+    seq = run_engine(model, x, "sequence")
+    np.testing.assert_array_equal(seq, run_engine(model, x, "stream"))
+    y = _reference.onnx_rnn(kind, x, **case)[0][:, 0]
+    assert float(np.abs(seq - y).max()) <= BUDGET.get(mode, 1e-5)
