@@ -29,7 +29,7 @@
  *   bf16  KS=2  bfloat16
  *   i8    KS=4  int8, symmetric per output unit; after each block's weights come its
  *               [G][16] float scales and [G][16] int32 sums of the unit's weights (the
- *               correction for inputs shifted to unsigned, gemm_vnni.h).
+ *               correction for inputs shifted to unsigned, gemm_dot.h).
  * Biases, peepholes, state and the gate math stay fp32 for every type.
  */
 #ifndef RNNENGINE_CELLS_H

@@ -6,7 +6,8 @@
  *   rnn_gemm_bf16_avx512bf16  vdpbf16ps: input rows rounded to bf16 pairs, products of pairs
  *                             summed into fp32 (one instruction: 16 units x 2 k's)
  *   rnn_gemm_i8_avx512vnni    vpdpbusd: u8 x s8 products of quads summed into int32. Inputs
- *                             are quantized to q in [-127, 127] and shifted to q + 128 (the
+ *                             are quantized in two parts (gemm_entries.h: rnn_quant_row),
+ *                             each q in [-127, 127] and shifted to q + 128 (the
  *                             instruction wants unsigned inputs); the shift is taken back
  *                             with the panel's per-unit weight sums: sum (q+128) w - 128 sum w.
  *                             vpdpbusd adds the four 16-bit products in 32 bits without
@@ -106,54 +107,56 @@ static void rnn_gemm_bf16_avx512bf16(int ng, int G, int K, const void *w, const 
     }
 }
 
+/* The int8 entry of gemm_entries.h (rnn_gemm_i8_body) with vpdpbusd: both parts of each
+ * input row stored shifted to unsigned, the shift taken back with the panel's weight sums. */
+static inline void rnn_i8_quant_vnni(void *buf, int i, int nb, int kp, const float *x, int kc,
+                                     float inv) {
+    uint8_t *d = (uint8_t *)buf + (size_t)i * kp, *d2 = (uint8_t *)buf + (size_t)(nb + i) * kp;
+    const __m512i bias = _mm512_set1_epi32(128);
+    const __m512 vi = _mm512_set1_ps(inv), fine = _mm512_set1_ps(RNN_I8_FINE);
+    for (int k = 0; k < kp; k += 16) {
+        /* lanes past kc quantize 0 to 128, the zero point: they add 128 * 0 */
+        const int n = kc - k < 16 ? (kc - k > 0 ? kc - k : 0) : 16;
+        const __mmask16 keep = rnn_dot_mask(kp - k < 16 ? kp - k : 16);
+        const __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(rnn_dot_mask(n), x + k), vi);
+        const __m512i q = _mm512_cvtps_epi32(t);
+        const __m512i q2 =
+            _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_sub_ps(t, _mm512_cvtepi32_ps(q)), fine));
+        _mm_mask_storeu_epi8(d + k, keep, _mm512_cvtepi32_epi8(_mm512_add_epi32(q, bias)));
+        _mm_mask_storeu_epi8(d2 + k, keep, _mm512_cvtepi32_epi8(_mm512_add_epi32(q2, bias)));
+    }
+}
+
+static inline void rnn_i8_panel_vnni(int rows, int G, int kp, const int8_t *w, const void *buf,
+                                     void *sums, int units) {
+    rnn_panel_rows_i8_avx512vnni(rows, G, kp, w, (const uint8_t *)buf, kp, (int32_t *)sums,
+                                 units);
+}
+
+static inline void rnn_i8_finish_vnni(float *a, const void *sums, int i, int nb, int units,
+                                      float step, const float *scale, const void *w, int K,
+                                      int G) {
+    const int32_t *s1 = (const int32_t *)sums + (size_t)i * units;
+    const int32_t *s2 = (const int32_t *)sums + (size_t)(nb + i) * units;
+    const int32_t *wsum = rnn_i8_sums(w, K, G);
+    const __m512 s = _mm512_set1_ps(step), f = _mm512_set1_ps(step / RNN_I8_FINE);
+    for (int o = 0; o < units; o += 16) {
+        const __m512i shift = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + o)), 7);
+        const __m512 t1 = _mm512_cvtepi32_ps(
+            _mm512_sub_epi32(_mm512_loadu_si512((const void *)(s1 + o)), shift));
+        const __m512 t2 = _mm512_cvtepi32_ps(
+            _mm512_sub_epi32(_mm512_loadu_si512((const void *)(s2 + o)), shift));
+        const __m512 t = _mm512_fmadd_ps(t2, f, _mm512_mul_ps(t1, s));
+        _mm512_storeu_ps(a + o, _mm512_fmadd_ps(t, _mm512_loadu_ps(scale + o), _mm512_loadu_ps(a + o)));
+    }
+}
+
 static void rnn_gemm_i8_avx512vnni(int ng, int G, int K, const void *w, const float *in,
                                    size_t ldin, float *acc, size_t ldacc,
                                    rnn_gemm_memo_t *memo) {
     (void)memo;
-    _Alignas(64) uint8_t buf[RNN_ROWS_MAX * RNN_KC];
-    _Alignas(64) int32_t sums[RNN_ROWS_MAX * 4 * RNN_BW];
-    float step[RNN_ROWS_MAX];
-    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW;
-    const int8_t *wq = (const int8_t *)w;
-    const float *scale = rnn_i8_scales(w, K, G);
-    const int32_t *wsum = rnn_i8_sums(w, K, G);
-    for (int n0 = 0; n0 < ng; n0 += nbmax) {
-        const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;
-        for (int i = 0; i < nb; i++) step[i] = rnn_quant_step_avx512(in + (n0 + i) * ldin, K);
-        memset(sums, 0, sizeof sums);
-        for (int k0 = 0; k0 < K; k0 += RNN_KC) {
-            const int kc = K - k0 < RNN_KC ? K - k0 : RNN_KC, kp = (kc + 3) & ~3;
-            for (int i = 0; i < nb; i++) {
-                const float *x = in + (n0 + i) * ldin + k0;
-                const __m512 inv = _mm512_set1_ps(step[i] > 0.0f ? 1.0f / step[i] : 0.0f);
-                const __m512i bias = _mm512_set1_epi32(128);
-                uint8_t *d = buf + (size_t)i * kp;
-                for (int k = 0; k < kp; k += 16) {
-                    /* lanes past kc quantize 0 to 128, the zero point: they add 128 * 0 */
-                    const int n = kc - k < 16 ? (kc - k > 0 ? kc - k : 0) : 16;
-                    const __m512 v = _mm512_maskz_loadu_ps(rnn_dot_mask(n), x + k);
-                    const __m512i q = _mm512_add_epi32(
-                        _mm512_cvtps_epi32(_mm512_mul_ps(v, inv)), bias);
-                    _mm_mask_storeu_epi8(d + k, rnn_dot_mask(kp - k < 16 ? kp - k : 16),
-                                         _mm512_cvtepi32_epi8(q));
-                }
-            }
-            rnn_panel_rows_i8_avx512vnni(nb, G, kp, wq + (size_t)k0 * units, buf, kp, sums,
-                                         units);
-        }
-        for (int i = 0; i < nb; i++) {
-            float *a = acc + (size_t)(n0 + i) * ldacc;
-            const __m512 s = _mm512_set1_ps(step[i]);
-            for (int o = 0; o < units; o += 16) {
-                const __m512i t = _mm512_sub_epi32(
-                    _mm512_loadu_si512((const void *)(sums + i * units + o)),
-                    _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + o)), 7));
-                _mm512_storeu_ps(a + o, _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(t), s),
-                                                        _mm512_loadu_ps(scale + o),
-                                                        _mm512_loadu_ps(a + o)));
-            }
-        }
-    }
+    rnn_gemm_i8_body_avx512(ng, G, K, w, in, ldin, acc, ldacc, rnn_i8_quant_vnni,
+                            rnn_i8_panel_vnni, rnn_i8_finish_vnni);
 }
 
 #undef RNN_DOT_ROW_BYTES

@@ -45,6 +45,16 @@ typedef struct {
 typedef void (*rnn_gemm_fn)(int ng, int G, int K, const void *w, const float *in, size_t ldin,
                             float *acc, size_t ldacc, rnn_gemm_memo_t *memo);
 
+/* acc rows (stride ldacc) = bias (one row of G * 16, the same for every row) + in1 rows @ w1
+ * (K1 inputs) + in2 rows @ w2 (K2 inputs), both panels of G gates, summed in that order (the
+ * order of a copy of the bias and two rnn_gemm_fn calls, so the results are the same bits);
+ * memo[0] and memo[1] for in1 and in2. Returns 0, having done nothing, for shapes it does not
+ * take; the caller then makes the two calls. */
+typedef int (*rnn_gemm2_fn)(int ng, int G, const float *bias, int K1, const void *w1,
+                            const float *in1, size_t ld1, int K2, const void *w2,
+                            const float *in2, size_t ld2, float *acc, size_t ldacc,
+                            rnn_gemm_memo_t *memo);
+
 typedef struct rnn_kernels rnn_kernels_t;
 struct rnn_kernels {
     /* Gate math: one phase of one timestep for blocks [b0, b1) (cells.h: rnn_cell_phases),
@@ -67,6 +77,10 @@ struct rnn_kernels {
     void (*release)(void);
     /* Input elements a product's memo buffer holds (0: it does not convert its inputs). */
     size_t gemm_memo[RNN_W_COUNT];
+    /* Both products of a fused timestep block in one call (NULL: two rnn_gemm_fn calls): the
+     * AMX product keeps the accumulators in tiles between them and loads the bias straight
+     * into the tiles. */
+    rnn_gemm2_fn gemm2[RNN_W_COUNT];
 };
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -164,6 +178,7 @@ static const rnn_kernels_t *rnn_kernels_amx(void) {
         t.gemm_isa[RNN_W_BF16] = "amx";
         t.release = rnn_amx_release;
         t.gemm_memo[RNN_W_BF16] = RNN_AMX_MEMO;
+        t.gemm2[RNN_W_BF16] = rnn_gemm2_bf16_amx;
         ready = 1;
     }
     return &t;

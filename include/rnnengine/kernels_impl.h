@@ -184,6 +184,13 @@ static inline float *RNN_FN(rnn_preact)(const rnn_kernels_t *k, const rnn_cell_t
     const size_t ld = (size_t)G * RNN_BW;
     if (io->xp) {
         pre = io->xp + b * io->ldxp + (size_t)n0 * ld;
+    } else if (!hxs && Gh == G && k->gemm2[c->wtype] &&
+               k->gemm2[c->wtype](nb, G, c->bias + b * ld, nin,
+                                  rnn_panel_block(c->px, c->wtype, b, nin, G),
+                                  io->x + (size_t)n0 * io->ldx, io->ldx, Ho,
+                                  rnn_panel_block(c->ph, c->wtype, b, Ho, G),
+                                  io->h_prev + (size_t)n0 * Ho, Ho, pre, ld, memo)) {
+        return pre;
     } else {
         RNN_FN(rnn_copy_rows)(pre, ld, c->bias + b * ld, 0, nb, G);
         gemm(nb, G, nin, rnn_panel_block(c->px, c->wtype, b, nin, G),
@@ -379,6 +386,7 @@ static const rnn_kernels_t RNN_FN(rnn_kernels) = {
     {RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA)},
     NULL,
     {0, 0, 0, 0},
+    {NULL, NULL, NULL, NULL},
 };
 
 #undef RNN_NV
