@@ -98,14 +98,19 @@ def row(title, model, feeds_of_step, zero, fixed, reps):
     ov = openvino_plain(data, full, pairs, zero)
     if ov is not None:
         contenders["OpenVINO f32 infer"] = ov
-    # accuracy over the same 50 steps from zero state, against ORT plain
-    # (copies: IOBinding hands out views of its bound output buffers)
+    measure(title, contenders, reps, "rnnengine stream.step")
+
+
+def measure(title, contenders, reps, ours) -> None:
+    """Max |diff| of each contender against ORT plain over the same 50 steps from zero state
+    (copies: IOBinding hands out views of its bound output buffers), then the interleaved
+    times, reported against ``ours``."""
     check = {name: [[np.array(a) for a in fn()] for _ in range(50)]
              for name, fn in contenders.items()}
     diffs = {name: max(float(np.abs(a - b).max()) for s, r in zip(check[name], check["ORT run"])
                        for a, b in zip(s, r)) for name in contenders}
     times = dict(zip(contenders, interleaved(list(contenders.values()), reps)))
-    report(title, times, diffs, "rnnengine stream.step")
+    report(title, times, diffs, ours)
 
 
 def pool_row(reps, streams=16):

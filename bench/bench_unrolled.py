@@ -27,8 +27,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import session_models as sm  # noqa: E402
 import unrolled_models as um  # noqa: E402
-from bench_rnn import interleaved  # noqa: E402
-from bench_session import ort_plain, report  # noqa: E402
+from bench_session import measure, ort_plain  # noqa: E402
 
 import rnnengine  # noqa: E402
 import rnnengine.session  # noqa: E402
@@ -78,12 +77,7 @@ def compare(title, data, feeds, pairs, zero, fixed, reps) -> None:
         "rnnengine, as exported": stepper(before.stream(state=pairs, feeds=fixed), feeds),
         "ORT run": ort_plain(ort_sess, full, pairs, zero),
         "ORT IOBinding": graph_iobinding_stepper(ort_sess, full, pairs, zero)}
-    check = {name: [[np.array(a) for a in fn()] for _ in range(50)]
-             for name, fn in contenders.items()}
-    diffs = {name: max(float(np.abs(a - b).max()) for s, r in zip(check[name], check["ORT run"])
-                       for a, b in zip(s, r)) for name in contenders}
-    times = dict(zip(contenders, interleaved(list(contenders.values()), reps)))
-    report(title, times, diffs, "rnnengine, cell rewritten")
+    measure(title, contenders, reps, "rnnengine, cell rewritten")
 
 
 def main():
