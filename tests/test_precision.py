@@ -134,11 +134,16 @@ def test_silero_lstm_nodes_within_budget_of_fp32(isa, node, mode):
     err = float(np.abs(reduced.run(x)[0] - exact.run(x)[0]).max())
     budget = BUDGET[mode]
     if mode == "int8":
-        # Misses the 6e-2 budget: Silero's weights have outliers (max |w| 3.05 against a
-        # standard deviation of 0.34), so per-row int8 steps are coarse. Quantizing the
-        # weights alone (fp32 inputs) gives 8.2e-2, which is what the kernels measure now
-        # that inputs are quantized in two parts (1.07e-1 with one); an MSE-chosen clip per
-        # row measured no better (8.2e-2).
+        # Misses the 6e-2 budget. Quantizing the weights alone (fp32 inputs) gives 8.2e-2,
+        # which is what the kernels measure now that inputs are quantized in two parts
+        # (1.07e-1 with one). Not the outliers' fault: the per-row int8 error is 0.8% of the
+        # weights (Frobenius; 0.66% for Gaussian rows of 128), but Silero's rows are large
+        # (std 0.28 W, 0.39 R, K=128: pre-activations ~3x those of N(0, 1/H) weights) and the
+        # output error is linear in it (0.3% random relative noise: 5.5e-2). Measured in NumPy
+        # (seeds 5-8, mean of max |diff|): per-row 9.3e-2; column equalisation from the
+        # weights' column maxima (s = max^-a, a = 0.75 or 1) 1.0e-1, from column RMS no
+        # better, halving outlier columns (split) 9.4e-2-1.05e-1, an MSE clip 8.2e-2 (seed 5);
+        # a scale per row per 16 k's 6.9e-2 and per 8 k's 5.6e-2 (+25% and +50% bytes).
         budget = 9e-2
     assert 0 < err <= budget
 
@@ -270,7 +275,7 @@ def test_inference_session_runs_its_recurrent_nodes_in_the_mode(mode):
     assert sess.precision == mode
     assert [step.model.precision for step in sess._loaded.recurrent] == [mode, mode]
     reduced = sess.run(None, feeds)
-    budget = 1.2e-1 if mode == "int8" else BUDGET[mode]   # int8: see the Silero node test
+    budget = BUDGET[mode]   # int8 measured <= 2.2e-3 here (seeds 4-11, every variant)
     # the probability; the returned state holds the cell state c, which is not bounded like
     # h, so its error is not on the same scale
     err = float(np.abs(reduced[0] - exact[0]).max())
