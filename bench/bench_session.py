@@ -36,6 +36,7 @@ import session_models as sm  # noqa: E402
 from bench_rnn import interleaved  # noqa: E402
 
 import rnnengine  # noqa: E402
+from rnnengine.cli.bench_session import openvino_stateful_model  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 
@@ -81,25 +82,16 @@ def openvino_plain(model_bytes, feeds_of_step, pairs, zero):
 
 
 def openvino_stateful(model_bytes, feeds_of_step, pairs, zero, f32):
-    """OpenVINO's best streaming case: the graph reshaped to the step's static shapes, its
-    state pairs made internal (MakeStateful), compiled with its default precision (bf16 on
-    this CPU) or f32 forced; only the step's feeds cross the call."""
+    """OpenVINO's best streaming case (``openvino_stateful_model``: MakeStateful on the state
+    pairs, static shapes), default precision or f32 forced; only the step's feeds cross the
+    call."""
     try:
-        import openvino as ov
-        from openvino._offline_transformations import apply_make_stateful_transformation
+        first = feeds_of_step(0)
+        shapes = {**{n: v.shape for n, v in first.items() if v.ndim},
+                  **{n: v.shape for n, v in zero.items()}}
+        compiled = openvino_stateful_model(model_bytes, shapes, pairs, f32)
     except ImportError:
         return None
-    core = ov.Core()
-    try:
-        model = core.read_model(model_bytes, b"")
-        first = feeds_of_step(0)
-        model.reshape({**{n: list(v.shape) for n, v in first.items() if v.ndim},
-                       **{n: list(v.shape) for n, v in zero.items()}})
-        apply_make_stateful_transformation(model, {inp: out for out, inp in pairs.items()})
-        config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
-        if f32:
-            config["INFERENCE_PRECISION_HINT"] = "f32"
-        compiled = core.compile_model(model, "CPU", config)
     except RuntimeError as e:
         print(f"(OpenVINO stateful: {str(e).splitlines()[0][:100]})")
         return None

@@ -31,24 +31,36 @@ def ort_plain(sess, feeds: List[dict], pairs: Dict[str, str], zero: dict) -> Cal
     return step
 
 
+def openvino_stateful_model(source, shapes: Dict[str, tuple], pairs: Dict[str, str],
+                            f32: bool = True):
+    """OpenVINO's best streaming case, compiled for one thread: the graph at ``source`` (a
+    path, or ONNX bytes) with static ``shapes`` and its state ``pairs`` (output -> input)
+    made variables that stay inside the request (MakeStateful). ``f32=False`` keeps
+    OpenVINO's default precision (bf16 on CPUs with AVX512_BF16/AMX). Raises ImportError
+    without openvino, and OpenVINO's own exceptions for graphs it cannot take."""
+    import openvino as ov
+    from openvino._offline_transformations import apply_make_stateful_transformation
+    core = ov.Core()
+    model = core.read_model(source) if isinstance(source, str) else core.read_model(source, b"")
+    model.reshape({n: list(shape) for n, shape in shapes.items()})
+    apply_make_stateful_transformation(model, {inp: out for out, inp in pairs.items()})
+    config = {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY"}
+    if f32:
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    return core.compile_model(model, "CPU", config)
+
+
 def openvino_stateful(path: str, feeds: List[dict], pairs: Dict[str, str], zero: dict):
     """(step, None) or (None, why not): the file with its state pairs made OpenVINO
     variables, shapes fixed to the benchmark's."""
     try:
-        import openvino as ov
-        from openvino._offline_transformations import apply_make_stateful_transformation
-    except ImportError:
-        return None, "openvino: not installed"
-    try:
-        core = ov.Core()
-        model = core.read_model(path)
-        model.reshape({n: list(a.shape) for n, a in {**feeds[0], **zero}.items()})
-        apply_make_stateful_transformation(model, {inp: out for out, inp in pairs.items()})
-        compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1,
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
+        shapes = {n: a.shape for n, a in {**feeds[0], **zero}.items()}
+        compiled = openvino_stateful_model(path, shapes, pairs)
         request = compiled.create_infer_request()
         request.reset_state()
         request.infer(feeds[0])
+    except ImportError:
+        return None, "openvino: not installed"
     except Exception as exc:  # conversion or MakeStateful refused this graph
         lines = [ln.strip() for ln in str(exc).splitlines()
                  if ln.strip() and not ln.startswith("Exception from")]
