@@ -20,27 +20,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import session_models as sm  # noqa: E402
+from bench_rnn import interleaved  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 import rnnengine  # noqa: E402
-
-
-def cpu_interleaved(fns, batches):
-    """Best CPU seconds per call of each fn, the fns taking turns batch by batch."""
-    counts = []
-    for f in fns:
-        start = time.perf_counter()
-        for _ in range(3):
-            f()
-        counts.append(max(1, int(0.02 / max(1e-7, (time.perf_counter() - start) / 3))))
-    best = [float("inf")] * len(fns)
-    for _ in range(batches):
-        for i, f in enumerate(fns):
-            start = time.process_time()
-            for _ in range(counts[i]):
-                f()
-            best[i] = min(best[i], (time.process_time() - start) / counts[i])
-    return best
 
 
 def main():
@@ -73,7 +56,7 @@ def main():
     def pool_step():
         pool.step(ids, {"input": xs})
 
-    t = cpu_interleaved([ours, iobinding, pool_step, ort_16], batches)
+    t = interleaved([ours, iobinding, pool_step, ort_16], batches, clock=time.process_time)
     print("| Silero VAD, CPU us per step | rnnengine | ORT | rnnengine speed-up |")
     print("|---|---:|---:|---:|")
     print(f"| one stream vs ORT IOBinding | {t[0] * 1e6:.1f} | {t[1] * 1e6:.1f} | "
