@@ -6,7 +6,7 @@ partial one, so every thread gets blocks and the panel kernels' row counts vary.
 import numpy as np
 import pytest
 
-from rnnengine import Layer, Model
+from rnnengine import Layer, Model, _reference
 
 CASES = [("lstm", {}), ("lstm", {"proj": 19}), ("gru", {"linear_before_reset": 0}),
          ("gru", {"linear_before_reset": 1}), ("rnn", {})]
@@ -50,3 +50,54 @@ def test_sequence_step_batch_and_threads_agree_bit_for_bit(isa, kind, extra):
         pool = model_for(kind, extra, threads).pool(N)
         ids = [pool.open() for _ in range(N)]
         np.testing.assert_array_equal(np.stack([pool.step(ids, x[t]) for t in range(T)]), y)
+
+
+@pytest.mark.parametrize("kind, extra", CASES)
+def test_panels_beyond_l2_agree_bit_for_bit(isa, kind, extra):
+    """Block panels of 128 KB and more, shared by several row chunks, are taken in K slices
+    with the next slice prefetched (gemm_impl.h: rnn_panel_sliced). Here the input panels are
+    (I = 2100): a streamed step of 16 rows takes them sliced, a whole sequence takes them in
+    its input GEMM and a batch of one in one pass; all three must agree bit for bit, and with
+    the float64 reference."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    rng = np.random.default_rng(5)
+    H, I, T, N = 36, 2100, 3, 16
+    P = extra.get("proj")
+    W = rng.uniform(-0.05, 0.05, (1, G * H, I))
+    R = rng.uniform(-0.3, 0.3, (1, G * H, P or H))
+    B = rng.uniform(-0.3, 0.3, (1, 2 * G * H))
+    proj = rng.uniform(-0.3, 0.3, (1, P, H)) if P else None
+    lbr = extra.get("linear_before_reset", 0)
+    model = Model([Layer.from_onnx(kind, W, R, B, proj=proj, linear_before_reset=lbr)])
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    y, _ = model.run(x)
+    stream = model.stream(N)
+    np.testing.assert_array_equal(np.stack([stream.step(x[t]) for t in range(T)]), y)
+    for n in (0, 7, 15):
+        np.testing.assert_array_equal(model.run(x[:, n:n + 1])[0], y[:, n:n + 1])
+    if P is None:
+        ref = _reference.onnx_rnn(kind, x, W, R, B, linear_before_reset=lbr)[0][:, 0]
+        np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_recurrent_panels_beyond_l2_agree_bit_for_bit(isa, kind):
+    """The same for the recurrent product of a wide layer (LSTM H=512: 128 KB per block; GRU
+    H=704: 132 KB), whose weights come from beyond L2 at every step."""
+    G = {"lstm": 4, "gru": 3}[kind]
+    H = {"lstm": 512, "gru": 704}[kind]
+    rng = np.random.default_rng(6)
+    T, N, I = 3, 8, 5
+    W = rng.uniform(-0.3, 0.3, (1, G * H, I))
+    R = rng.uniform(-0.04, 0.04, (1, G * H, H))
+    B = rng.uniform(-0.3, 0.3, (1, 2 * G * H))
+    lbr = int(kind == "gru")
+    model = Model([Layer.from_onnx(kind, W, R, B, linear_before_reset=lbr)])
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    y, _ = model.run(x)
+    for n in (0, 5):
+        np.testing.assert_array_equal(model.run(x[:, n:n + 1])[0], y[:, n:n + 1])
+    stream = model.stream(N)
+    np.testing.assert_array_equal(np.stack([stream.step(x[t]) for t in range(T)]), y)
+    ref = _reference.onnx_rnn(kind, x, W, R, B, linear_before_reset=lbr)[0][:, 0]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)

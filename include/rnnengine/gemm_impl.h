@@ -170,14 +170,130 @@ static inline void RNN_FNW(rnn_panel)(int nb, int G, int K, const RNN_WT_T *rest
     }
 }
 
+#ifndef RNN_PANEL_PLAIN
+/* Rows n < NB of to = (from, or zero when NULL) + the sum over k groups [kg0, kg1): one
+ * stretch of one part of rnn_panel_body's sums (the same operations in the same order).
+ * Each group also prefetches pf_per lines at pf (while pf_left lasts). */
+RNN_INLINE void RNN_FNW(rnn_panel_span)(const int NB, const int G, int kg0, int kg1,
+                                        const RNN_WT_T *restrict w,
+                                        const RNN_IN_T *restrict in, size_t ldin,
+                                        const RNN_ACC_E *from, size_t ldfrom,
+                                        RNN_ACC_E *to, size_t ldto,
+                                        const char *pf, int pf_per, int pf_left) {
+    RNN_ACC_T a[RNN_ACC_MAX];
+    RNN_FOR_ALL(NB, G)
+        a[RNN_AI(0, n, g, v)] = from ? RNN_ACC_LOAD(from + (size_t)n * ldfrom + g * RNN_BW + v * RNN_VL)
+                                     : RNN_ACC_ZERO();
+    for (int kg = kg0; kg < kg1; kg++) {
+        for (int i = 0; i < pf_per && pf_left > 0; i++, pf_left--, pf += 64)
+            __builtin_prefetch(pf, 0, 3);
+        RNN_PANEL_STEP(NB, G, a, w + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+    }
+    RNN_FOR_ALL(NB, G) RNN_ACC_STORE(to + (size_t)n * ldto + g * RNN_BW + v * RNN_VL, a[RNN_AI(0, n, g, v)]);
+}
+
+#define RNN_SPAN_DEF(NB, G)                                                                 \
+    static void RNN_FNW(rnn_span_##NB##x##G)(int kg0, int kg1, const RNN_WT_T *restrict w,  \
+                                             const RNN_IN_T *restrict in, size_t ldin,      \
+                                             const RNN_ACC_E *from, size_t ldfrom,          \
+                                             RNN_ACC_E *to, size_t ldto, const char *pf,    \
+                                             int pf_per, int pf_left) {                     \
+        RNN_FNW(rnn_panel_span)(NB, G, kg0, kg1, w, in, ldin, from, ldfrom, to, ldto, pf,   \
+                                pf_per, pf_left);                                           \
+    }
+RNN_PANEL_INSTANCES(RNN_SPAN_DEF)
+#undef RNN_SPAN_DEF
+
+static inline void RNN_FNW(rnn_span)(int nb, int G, int kg0, int kg1, const RNN_WT_T *w,
+                                     const RNN_IN_T *in, size_t ldin, const RNN_ACC_E *from,
+                                     size_t ldfrom, RNN_ACC_E *to, size_t ldto, const char *pf,
+                                     int pf_per, int pf_left) {
+    switch (G * 16 + nb) {
+#define RNN_SPAN_CASE(NB, G_)                                                               \
+    case (G_) * 16 + (NB):                                                                  \
+        RNN_FNW(rnn_span_##NB##x##G_)(kg0, kg1, w, in, ldin, from, ldfrom, to, ldto, pf,    \
+                                      pf_per, pf_left);                                     \
+        return;
+        RNN_PANEL_INSTANCES(RNN_SPAN_CASE)
+#undef RNN_SPAN_CASE
+    default:
+        RNN_ASSERT(!"span shape without an instance: RNN_NB_MAX and RNN_PANEL_INSTANCES disagree");
+        return;
+    }
+}
+
+/* Several row chunks over a panel that comes from beyond L2 (a recurrent product of a
+ * layer whose weights exceed it): the chunks take K in slices of RNN_SLICE_BYTES, all of them
+ * over one slice (in L1) before the next, and the chunks after the first prefetch the next
+ * slice, so the panel streams in once, overlapped with the arithmetic. Each part of the sums
+ * (rnn_panel_body: U parts over K) keeps its order: part 0 runs onto acc slice after slice,
+ * the others from zero in tmp, added to acc when the part ends, so the result is the same
+ * bits as rnn_panel_body's. Measured (C harness, 16 rows, LSTM H=1024, 16 MB of R in L3):
+ * 1030-1110 us a step as whole passes per chunk, 840-900 us sliced; with the panel in L2
+ * (H=256) slicing was 5-8% slower, hence the size threshold. */
+#define RNN_SLICE_BYTES 16384
+#define RNN_COLD_PANEL_BYTES ((size_t)128 << 10)
+#define RNN_SLICED_ROWS_MAX 24 /* the phase's row group (kernels_impl.h: RNN_GROUP) */
+static void RNN_FNW(rnn_panel_sliced)(int ng, int G, int K, const RNN_WT_T *restrict w,
+                                      const RNN_IN_T *restrict in, size_t ldin,
+                                      RNN_ACC_E *restrict acc, size_t ldacc) {
+    _Alignas(64) RNN_ACC_E tmp[RNN_SLICED_ROWS_MAX * 4 * RNN_BW];
+    const int U = RNN_UNROLL(G), nbmax = RNN_NB_MAX(G), units = G * RNN_BW;
+    const int Kg = (K + RNN_KS - 1) / RNN_KS, Kp = (Kg + U - 1) / U;
+    const size_t group_bytes = RNN_GK(G) * sizeof(RNN_WT_T);
+    const int slice = (int)(RNN_SLICE_BYTES / group_bytes) > 0 ? (int)(RNN_SLICE_BYTES / group_bytes) : 1;
+    const int chunks = (ng + nbmax - 1) / nbmax;
+    RNN_ASSERT(ng <= RNN_SLICED_ROWS_MAX && G <= 4 && chunks > 1);
+    for (int u = 0; u < U; u++) {
+        const int k0 = u * Kp, k1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
+        RNN_ACC_E *dst = u ? tmp : acc;
+        const size_t ldd = u ? (size_t)units : ldacc;
+        if (k0 >= k1 && u) memset(tmp, 0, (size_t)ng * units * sizeof(RNN_ACC_E));
+        for (int s0 = k0; s0 < k1; s0 += slice) {
+            const int s1 = k1 - s0 < slice ? k1 : s0 + slice;
+            /* the next slice: the rest of K, then nothing (the next block's panel is the
+             * caller's) */
+            const int next = Kg - s1 < slice ? Kg - s1 : slice;
+            const int lines = (int)((size_t)next * group_bytes / 64);
+            const char *pf = (const char *)(w + s1 * RNN_GK(G));
+            for (int c = 0; c < chunks; c++) {
+                const int n0 = c * nbmax, nb = ng - n0 < nbmax ? ng - n0 : nbmax;
+                /* chunk c >= 1 prefetches its share of the next slice's lines */
+                const int share = c ? (lines + chunks - 2) / (chunks - 1) : 0;
+                const int first = c ? (c - 1) * share : 0;
+                const int left = c && first < lines ? (lines - first < share ? lines - first : share) : 0;
+                const int per = left ? (left + (s1 - s0) - 1) / (s1 - s0) : 0;
+                const RNN_ACC_E *from = s0 > k0 || !u ? dst + (size_t)n0 * ldd : NULL;
+                RNN_FNW(rnn_span)(nb, G, s0, s1, w, in + (size_t)n0 * ldin, ldin, from, ldd,
+                                  dst + (size_t)n0 * ldd, ldd,
+                                  left ? pf + (size_t)first * 64 : NULL, per, left);
+            }
+        }
+        if (u)
+            for (int n = 0; n < ng; n++)
+                for (int o = 0; o < units; o += RNN_VL)
+                    RNN_ACC_STORE(acc + (size_t)n * ldacc + o,
+                                  RNN_ACC_ADD(RNN_ACC_LOAD(acc + (size_t)n * ldacc + o),
+                                              RNN_ACC_LOAD(tmp + (size_t)n * units + o)));
+    }
+}
+#endif
+
 /* The same product for ng rows, any number: chunks of RNN_NB_MAX(G) rows, each a full pass
- * over the panel (from L2 after the first). Slicing K so chunks share L1-resident slices,
- * with software prefetch, measured no faster here (1600x1024x4096: 136 vs 136 GFLOP/s), so
- * the simple loop stays. */
+ * over the panel (from L2 after the first), or, for a few chunks over a panel from beyond
+ * L2, rnn_panel_sliced. Slicing K for many rows (the input projection, panels in L2)
+ * measured no faster (1600x1024x4096: 136 vs 136 GFLOP/s). */
 static void RNN_FNW(rnn_panel_rows)(int ng, int G, int K, const RNN_WT_T *restrict w,
                                     const RNN_IN_T *restrict in, size_t ldin,
                                     RNN_ACC_E *restrict acc, size_t ldacc) {
     const int nbmax = RNN_NB_MAX(G);
+#ifndef RNN_PANEL_PLAIN
+    const size_t panel = (size_t)(K + RNN_KS - 1) / RNN_KS * RNN_GK(G) * sizeof(RNN_WT_T);
+    if (ng > nbmax && ng <= RNN_SLICED_ROWS_MAX && panel >= RNN_COLD_PANEL_BYTES) {
+        RNN_FNW(rnn_panel_sliced)(ng, G, K, w, in, ldin, acc, ldacc);
+        return;
+    }
+#endif
     for (int n0 = 0; n0 < ng; n0 += nbmax)
         RNN_FNW(rnn_panel)(ng - n0 < nbmax ? ng - n0 : nbmax, G, K, w, in + (size_t)n0 * ldin,
                            ldin, acc + (size_t)n0 * ldacc, ldacc);
