@@ -152,7 +152,8 @@ class Model:
         if unbatched and lens is not None and lens.shape[0] != 1:
             raise ValueError("lengths for an unbatched input must have one entry")
         h, c = check_state(self._layers, state, N, unbatched)
-        y = np.zeros((T, N, self.output_size), np.float32)
+        # every element is written (rows past a length get zeros): no need to clear it first
+        y = np.empty((T, N, self.output_size), np.float32)
         _kernels.run_stack(self._cells, self.num_directions, x, lens, h, c, y, self._threads)
         if unbatched:
             y, h = y[:, 0], h[:, 0]
