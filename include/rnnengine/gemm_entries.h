@@ -15,9 +15,9 @@
  * i8r weights (cells.h) are split the same way, and their entry runs the same int8 product
  * a second time, over the residual quads with the same quantized input rows into a second
  * set of sums: weights and inputs both get about 15 bits, all four cross products kept
- * (q1.x1, q1.x2, q2.x1, q2.x2; dropping q2.x2 would save nothing, as one panel pass makes
- * both input parts' sums). Silero's LSTM nodes, whose weight rows are 3-4x those of
- * N(0, 1/H) weights, need it: 1.1e-1-1.8e-1 from fp32 with i8 weights on the issue's
+ * (q1.x1, q1.x2, q2.x1, q2.x2; dropping q2.x2 would save half the second pass's rows of
+ * arithmetic, none of its weight bytes). Silero's LSTM nodes, whose weight rows are 3-4x
+ * those of N(0, 1/H) weights, need it: 1.1e-1-1.8e-1 from fp32 with i8 weights on the issue's
  * protocol, 4e-4-1.4e-3 with i8r. Twice the weight bytes: a streamed LSTM H=1024 step runs
  * 1.9x fp32 in i8r against 3.9x in i8, so layers.py packs it only where its rule asks.
  */
@@ -176,7 +176,8 @@ RNN_INLINE void RNN_FN(rnn_gemm_i8_body)(int parts, int ng, int G, int K, const 
     for (int n0 = 0; n0 < ng; n0 += nbmax) {
         const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;
         for (int i = 0; i < nb; i++) step[i] = RNN_FN(rnn_quant_step)(in + (n0 + i) * ldin, K);
-        for (int p = 0; p < parts; p++) memset(sums[p], 0, (size_t)2 * nb * units * sizeof(float));
+        for (int p = 0; p < parts; p++)
+            memset(sums[p], 0, (size_t)2 * nb * units * sizeof(float));
         for (int k0 = 0; k0 < K; k0 += RNN_KC) {
             const int kc = K - k0 < RNN_KC ? K - k0 : RNN_KC, kp = (kc + 3) & ~3;
             for (int i = 0; i < nb; i++)
