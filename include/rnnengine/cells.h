@@ -30,6 +30,12 @@
  *   i8    KS=4  int8, symmetric per output unit; after each block's weights come its
  *               [G][16] float scales and [G][16] int32 sums of the unit's weights (the
  *               correction for inputs shifted to unsigned, gemm_dot.h).
+ *   i8r   KS=4  int8 with a residual: the i8 block panel, then a second set of quads with
+ *               what the first leaves, in RNN_I8_FINE times finer steps, and their [G][16]
+ *               int32 sums: w ~= scale * (q1 + q2 / RNN_I8_FINE), about 15 bits, the same
+ *               split as the inputs' (gemm_entries.h: rnn_quant_row). Twice the bytes of i8,
+ *               so layers.py packs it only for layers whose int8 rounding alone would exceed
+ *               the budget (layers.py: int8_residual).
  * Biases, peepholes, state and the gate math stay fp32 for every type.
  */
 #ifndef RNNENGINE_CELLS_H
@@ -43,11 +49,19 @@
 
 enum rnn_kind { RNN_KIND_LSTM = 0, RNN_KIND_GRU = 1, RNN_KIND_RNN = 2 };
 
-enum rnn_wtype { RNN_W_F32 = 0, RNN_W_F16 = 1, RNN_W_BF16 = 2, RNN_W_I8 = 3, RNN_W_COUNT = 4 };
+enum rnn_wtype {
+    RNN_W_F32 = 0, RNN_W_F16 = 1, RNN_W_BF16 = 2, RNN_W_I8 = 3, RNN_W_I8R = 4, RNN_W_COUNT = 5
+};
+
+/* int8 inputs and i8r weights: the second part's step is the first's / this. |t - round(t)|
+ * <= 1/2, so the second part's integers stay within +-127. */
+#ifndef RNN_I8_FINE
+#define RNN_I8_FINE 254.0f
+#endif
 
 /* k's per unit group (KS above) */
 static inline int rnn_wtype_kstep(int wtype) {
-    return wtype == RNN_W_BF16 ? 2 : wtype == RNN_W_I8 ? 4 : 1;
+    return wtype == RNN_W_BF16 ? 2 : (wtype == RNN_W_I8 || wtype == RNN_W_I8R) ? 4 : 1;
 }
 
 /* Bytes of one block's panel of K inputs and G gates. */
@@ -60,18 +74,30 @@ static inline size_t rnn_panel_bytes(int wtype, int K, int G) {
         return kp * units * 2;
     case RNN_W_I8:
         return kp * units + units * (sizeof(float) + sizeof(int));
+    case RNN_W_I8R:
+        return 2 * kp * units + units * (sizeof(float) + 2 * sizeof(int));
     default:
         return kp * units * sizeof(float);
     }
 }
 
-/* An int8 block panel's [G][16] scales and [G][16] weight sums, after its quads. */
+/* An int8 block panel's [G][16] scales and [G][16] weight sums, after its quads (i8 and
+ * i8r). */
 static inline const float *rnn_i8_scales(const void *panel, int K, int G) {
     return (const float *)((const char *)panel + (size_t)((K + 3) & ~3) * G * RNN_BW);
 }
 
 static inline const int32_t *rnn_i8_sums(const void *panel, int K, int G) {
     return (const int32_t *)(rnn_i8_scales(panel, K, G) + (size_t)G * RNN_BW);
+}
+
+/* An i8r block panel's residual quads and their [G][16] sums, after the i8 part. */
+static inline const int8_t *rnn_i8r_quads(const void *panel, int K, int G) {
+    return (const int8_t *)(rnn_i8_sums(panel, K, G) + (size_t)G * RNN_BW);
+}
+
+static inline const int32_t *rnn_i8r_sums(const void *panel, int K, int G) {
+    return (const int32_t *)(rnn_i8r_quads(panel, K, G) + (size_t)((K + 3) & ~3) * G * RNN_BW);
 }
 
 /* Block b of a panel array. */

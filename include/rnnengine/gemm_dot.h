@@ -13,6 +13,8 @@
  *                             vpdpbusd adds the four 16-bit products in 32 bits without
  *                             saturating (|sum| <= 4 * 255 * 128), and int32 accumulation
  *                             is exact up to K = 65000.
+ *   rnn_gemm_i8r_avx512vnni   the same for i8r weights: a second vpdpbusd pass over the
+ *                             residual quads (gemm_entries.h: rnn_gemm_i8_body).
  */
 
 #define RNN_DOT_ROW_BYTES(kp, es) ((size_t)(kp) * (es))
@@ -134,11 +136,9 @@ static inline void rnn_i8_panel_vnni(int rows, int G, int kp, const int8_t *w, c
 }
 
 static inline void rnn_i8_finish_vnni(float *a, const void *sums, int i, int nb, int units,
-                                      float step, const float *scale, const void *w, int K,
-                                      int G) {
+                                      float step, const float *scale, const int32_t *wsum) {
     const int32_t *s1 = (const int32_t *)sums + (size_t)i * units;
     const int32_t *s2 = (const int32_t *)sums + (size_t)(nb + i) * units;
-    const int32_t *wsum = rnn_i8_sums(w, K, G);
     const __m512 s = _mm512_set1_ps(step), f = _mm512_set1_ps(step / RNN_I8_FINE);
     for (int o = 0; o < units; o += 16) {
         const __m512i shift = _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + o)), 7);
@@ -155,7 +155,15 @@ static void rnn_gemm_i8_avx512vnni(int ng, int G, int K, const void *w, const fl
                                    size_t ldin, float *acc, size_t ldacc,
                                    rnn_gemm_memo_t *memo) {
     (void)memo;
-    rnn_gemm_i8_body_avx512(ng, G, K, w, in, ldin, acc, ldacc, rnn_i8_quant_vnni,
+    rnn_gemm_i8_body_avx512(1, ng, G, K, w, in, ldin, acc, ldacc, rnn_i8_quant_vnni,
+                            rnn_i8_panel_vnni, rnn_i8_finish_vnni);
+}
+
+static void rnn_gemm_i8r_avx512vnni(int ng, int G, int K, const void *w, const float *in,
+                                    size_t ldin, float *acc, size_t ldacc,
+                                    rnn_gemm_memo_t *memo) {
+    (void)memo;
+    rnn_gemm_i8_body_avx512(2, ng, G, K, w, in, ldin, acc, ldacc, rnn_i8_quant_vnni,
                             rnn_i8_panel_vnni, rnn_i8_finish_vnni);
 }
 

@@ -11,6 +11,15 @@
  * parts; LSTM 2.2e-2 -> 1.9e-2; Silero's LSTM nodes 1.07e-1 -> 8.2e-2, their weights-only
  * error); the second part doubles the product's arithmetic but not the weight bytes, and a
  * streamed H=1024 step stays memory bound (3.9x fp32, was 4.2x).
+ *
+ * i8r weights (cells.h) are split the same way, and their entry runs the same int8 product
+ * a second time, over the residual quads with the same quantized input rows into a second
+ * set of sums: weights and inputs both get about 15 bits, all four cross products kept
+ * (q1.x1, q1.x2, q2.x1, q2.x2; dropping q2.x2 would save half the second pass's rows of
+ * arithmetic, none of its weight bytes). Silero's LSTM nodes, whose weight rows are 3-4x
+ * those of N(0, 1/H) weights, need it: 1.1e-1-1.8e-1 from fp32 with i8 weights on the issue's
+ * protocol, 4e-4-1.4e-3 with i8r. Twice the weight bytes: a streamed LSTM H=1024 step runs
+ * 1.9x fp32 in i8r against 3.9x in i8, so layers.py packs it only where its rule asks.
  */
 
 #define RNN_GE_(name, wt, isa) name##_##wt##_##isa
@@ -22,9 +31,6 @@
 
 #define RNN_KC 512           /* k's per chunk of converted input rows (a multiple of 4) */
 #define RNN_ROWS_MAX 8       /* >= RNN_NB_MAX(G) of every variant */
-#ifndef RNN_I8_FINE
-#define RNN_I8_FINE 254.0f   /* int8 inputs: second part's step = first's / this (rnn_quant_row) */
-#endif
 
 static void RNN_FN(rnn_gemm_f32)(int ng, int G, int K, const void *w, const float *in,
                                  size_t ldin, float *acc, size_t ldacc,
@@ -132,14 +138,18 @@ static inline void RNN_FN(rnn_quant_row)(float *dst, float *dst2, const float *s
     for (; k < kp; k++) dst[k] = dst2[k] = 0.0f;
 }
 
-/* The int8 entries' common part (this file's rnn_gemm_i8 and gemm_dot.h's vpdpbusd entry):
- * input rows in chunks of half the rows the register blocking allows, each quantized into two
- * rows of the product (rnn_quant_row) so the panel still streams past once per chunk; K in
- * chunks of RNN_KC. The product's own operations:
+/* The int8 entries' common part (this file's rnn_gemm_i8 and rnn_gemm_i8r, gemm_dot.h's
+ * vpdpbusd entries): input rows in chunks of half the rows the register blocking allows, each
+ * quantized into two rows of the product (rnn_quant_row) so each weight part's panel still
+ * streams past once per chunk; K in chunks of RNN_KC. parts: 1 for i8 weights, 2 for i8r
+ * (the residual quads: the same product over them into their own sums). The product's own
+ * operations:
  *   quant(buf, i, nb, kp, x, kc, inv)   rows i and nb + i of buf (stride kp) from x[0:kc]
  *   panel(rows, G, kp, w, buf, sums, units)
- *   finish(a, sums, i, nb, units, step, scale, w, K, G)   a[0:units] += row i's two parts
- * buf and sums are 4-byte elements of the product's choice (float, uint8 quads, int32). */
+ *   finish(a, sums, i, nb, units, step, scale, wsum)   a[0:units] += row i's two parts
+ *                                       over one weight part (wsum: its per-unit weight sums)
+ * buf and sums are 4-byte elements of the product's choice (float, uint8 quads, int32). The
+ * residual part's scale is the first's / RNN_I8_FINE: finish gets it folded into step. */
 #ifndef RNN_I8_FN_TYPES
 #define RNN_I8_FN_TYPES
 typedef void (*rnn_i8_quant_fn)(void *buf, int i, int nb, int kp, const float *x, int kc,
@@ -147,33 +157,39 @@ typedef void (*rnn_i8_quant_fn)(void *buf, int i, int nb, int kp, const float *x
 typedef void (*rnn_i8_panel_fn)(int rows, int G, int kp, const int8_t *w, const void *buf,
                                 void *sums, int units);
 typedef void (*rnn_i8_finish_fn)(float *a, const void *sums, int i, int nb, int units,
-                                 float step, const float *scale, const void *w, int K, int G);
+                                 float step, const float *scale, const int32_t *wsum);
 #endif
 
-RNN_INLINE void RNN_FN(rnn_gemm_i8_body)(int ng, int G, int K, const void *w, const float *in,
-                                         size_t ldin, float *acc, size_t ldacc,
-                                         rnn_i8_quant_fn quant, rnn_i8_panel_fn panel,
-                                         rnn_i8_finish_fn finish) {
+RNN_INLINE void RNN_FN(rnn_gemm_i8_body)(int parts, int ng, int G, int K, const void *w,
+                                         const float *in, size_t ldin, float *acc,
+                                         size_t ldacc, rnn_i8_quant_fn quant,
+                                         rnn_i8_panel_fn panel, rnn_i8_finish_fn finish) {
     _Alignas(64) float buf[RNN_ROWS_MAX * RNN_KC];
-    _Alignas(64) float sums[RNN_ROWS_MAX * 4 * RNN_BW];
+    _Alignas(64) float sums[2][RNN_ROWS_MAX * 4 * RNN_BW];
     float step[RNN_ROWS_MAX] = {0.0f};
     const int nbmax = RNN_NB_MAX(G) / 2 > 1 ? RNN_NB_MAX(G) / 2 : 1, units = G * RNN_BW;
-    const int8_t *wq = (const int8_t *)w;
+    const int8_t *wq[2] = {(const int8_t *)w, parts > 1 ? rnn_i8r_quads(w, K, G) : NULL};
+    const int32_t *wsum[2] = {rnn_i8_sums(w, K, G), parts > 1 ? rnn_i8r_sums(w, K, G) : NULL};
     const float *scale = rnn_i8_scales(w, K, G);
-    RNN_ASSERT(2 * nbmax <= RNN_ROWS_MAX);
+    RNN_ASSERT(parts == 1 || parts == 2);
+    RNN_ASSERT(2 * nbmax <= RNN_ROWS_MAX && G >= 1 && G <= 4);
     for (int n0 = 0; n0 < ng; n0 += nbmax) {
         const int nb = ng - n0 < nbmax ? ng - n0 : nbmax;
         for (int i = 0; i < nb; i++) step[i] = RNN_FN(rnn_quant_step)(in + (n0 + i) * ldin, K);
-        memset(sums, 0, sizeof sums);
+        for (int p = 0; p < parts; p++)
+            memset(sums[p], 0, (size_t)2 * nb * units * sizeof(float));
         for (int k0 = 0; k0 < K; k0 += RNN_KC) {
             const int kc = K - k0 < RNN_KC ? K - k0 : RNN_KC, kp = (kc + 3) & ~3;
             for (int i = 0; i < nb; i++)
                 quant(buf, i, nb, kp, in + (n0 + i) * ldin + k0, kc,
                       step[i] > 0.0f ? 1.0f / step[i] : 0.0f);
-            panel(2 * nb, G, kp, wq + (size_t)k0 * units, buf, sums, units);
+            for (int p = 0; p < parts; p++)
+                panel(2 * nb, G, kp, wq[p] + (size_t)k0 * units, buf, sums[p], units);
         }
         for (int i = 0; i < nb; i++)
-            finish(acc + (size_t)(n0 + i) * ldacc, sums, i, nb, units, step[i], scale, w, K, G);
+            for (int p = 0; p < parts; p++)
+                finish(acc + (size_t)(n0 + i) * ldacc, sums[p], i, nb, units,
+                       p ? step[i] / RNN_I8_FINE : step[i], scale, wsum[p]);
     }
 }
 
@@ -191,12 +207,12 @@ static inline void RNN_FN(rnn_i8_panel)(int rows, int G, int kp, const int8_t *w
 }
 
 static inline void RNN_FN(rnn_i8_finish)(float *a, const void *sums, int i, int nb, int units,
-                                         float step, const float *scale, const void *w, int K,
-                                         int G) {
+                                         float step, const float *scale,
+                                         const int32_t *wsum) {
     const float *s1 = (const float *)sums + (size_t)i * units;
     const float *s2 = (const float *)sums + (size_t)(nb + i) * units;
     const rnn_v s = rnn_v_set1(step), f = rnn_v_set1(step / RNN_I8_FINE);
-    (void)w, (void)K, (void)G;
+    (void)wsum; /* the sums here are signed: no shift to take back */
     for (int o = 0; o < units; o += RNN_VL) {
         const rnn_v t = rnn_v_fmadd(rnn_v_load(s2 + o), f, rnn_v_mul(rnn_v_load(s1 + o), s));
         rnn_v_store(a + o, rnn_v_fmadd(t, rnn_v_load(scale + o), rnn_v_load(a + o)));
@@ -207,7 +223,15 @@ static void RNN_FN(rnn_gemm_i8)(int ng, int G, int K, const void *w, const float
                                 size_t ldin, float *acc, size_t ldacc,
                                 rnn_gemm_memo_t *memo) {
     (void)memo;
-    RNN_FN(rnn_gemm_i8_body)(ng, G, K, w, in, ldin, acc, ldacc, RNN_FN(rnn_i8_quant),
+    RNN_FN(rnn_gemm_i8_body)(1, ng, G, K, w, in, ldin, acc, ldacc, RNN_FN(rnn_i8_quant),
+                             RNN_FN(rnn_i8_panel), RNN_FN(rnn_i8_finish));
+}
+
+static void RNN_FN(rnn_gemm_i8r)(int ng, int G, int K, const void *w, const float *in,
+                                 size_t ldin, float *acc, size_t ldacc,
+                                 rnn_gemm_memo_t *memo) {
+    (void)memo;
+    RNN_FN(rnn_gemm_i8_body)(2, ng, G, K, w, in, ldin, acc, ldacc, RNN_FN(rnn_i8_quant),
                              RNN_FN(rnn_i8_panel), RNN_FN(rnn_i8_finish));
 }
 

@@ -162,6 +162,8 @@ static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
         if (rnn_cpu_has(RNN_CPU_AVX512VNNI)) {
             t.gemm[RNN_W_I8] = rnn_gemm_i8_avx512vnni;
             t.gemm_isa[RNN_W_I8] = "avx512vnni";
+            t.gemm[RNN_W_I8R] = rnn_gemm_i8r_avx512vnni;
+            t.gemm_isa[RNN_W_I8R] = "avx512vnni";
         }
         ready = 1;
     }

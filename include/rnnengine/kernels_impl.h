@@ -382,11 +382,12 @@ static float RNN_FN(rnn_fma_loop)(long iters) {
 static const rnn_kernels_t RNN_FN(rnn_kernels) = {
     RNN_FN(rnn_phase), RNN_FN(rnn_xproj), RNN_FN(rnn_activate),
     RNN_FN(rnn_read_sum), RNN_FN(rnn_fma_loop), RNN_VL,
-    {RNN_FN(rnn_gemm_f32), RNN_FN(rnn_gemm_f16), RNN_FN(rnn_gemm_bf16), RNN_FN(rnn_gemm_i8)},
-    {RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA)},
+    {RNN_FN(rnn_gemm_f32), RNN_FN(rnn_gemm_f16), RNN_FN(rnn_gemm_bf16), RNN_FN(rnn_gemm_i8),
+     RNN_FN(rnn_gemm_i8r)},
+    {RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA)},
     NULL,
-    {0, 0, 0, 0},
-    {NULL, NULL, NULL, NULL},
+    {0, 0, 0, 0, 0},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 #undef RNN_NV

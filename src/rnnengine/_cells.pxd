@@ -39,7 +39,9 @@ cdef extern from "rnnengine/cells.h" nogil:
         RNN_W_F16
         RNN_W_BF16
         RNN_W_I8
+        RNN_W_I8R
         RNN_W_COUNT
+    float RNN_I8_FINE
 
     ctypedef struct rnn_cell_t:
         int kind
@@ -87,7 +89,7 @@ cdef extern from "rnnengine/kernels.h" nogil:
         float (*read_sum)(const float *p, size_t n, int backward) noexcept nogil
         float (*fma_loop)(long iters) noexcept nogil
         int vector_width
-        const char *gemm_isa[4]
+        const char *gemm_isa[RNN_W_COUNT]
     const rnn_kernels_t *rnn_kernels_for(int isa)
 
 cdef extern from "rnnengine/workers.h" nogil:

@@ -5,6 +5,7 @@ import numpy as np
 
 ISA_NAMES: Tuple[str, ...]
 WEIGHT_TYPES: Tuple[str, ...]
+I8_FINE: float
 
 def supported_isas() -> list[str]: ...
 def isa() -> str: ...

@@ -64,6 +64,7 @@ set_isa(os.environ.get("RNNENGINE_ISA") or None)
 # -- the headers' constants ----------------------------------------------------------------
 
 BLOCK = RNN_BW   # hidden units per packed block (cells.h)
+I8_FINE = RNN_I8_FINE   # int8 residual weights: second part's step = first's / I8_FINE
 KIND_CODES = {"lstm": RNN_KIND_LSTM, "gru": RNN_KIND_GRU, "rnn": RNN_KIND_RNN}
 ACTIVATION_CODES = {
     "relu": RNN_ACT_RELU, "tanh": RNN_ACT_TANH, "sigmoid": RNN_ACT_SIGMOID,
@@ -104,7 +105,9 @@ cdef const void *_panel(object a, int wtype, Py_ssize_t blocks, int K, int G,
     return &view[0]
 
 
-WEIGHT_TYPES = ("fp32", "fp16", "bf16", "int8")   # enum rnn_wtype in cells.h, in order
+# enum rnn_wtype in cells.h, in order; "int8r" is int8 with a residual weight part, which
+# layers.py packs for precision="int8" where the rule there asks for it
+WEIGHT_TYPES = ("fp32", "fp16", "bf16", "int8", "int8r")
 
 
 def gemm_isa(str precision):

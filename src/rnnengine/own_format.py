@@ -1,7 +1,8 @@
 """The engine's own ``.npz`` format, written and read here: every array under
 ``layer{k}/{W,R,B,P,proj}`` and a JSON header (as a uint8 array ``__rnnengine__``) with the
 attributes. With a reduced "precision" in the header, W, R and proj are stored in it
-(float16, bfloat16 bits as uint16, or int8 with a float32 ``{name}_scale`` per row); the
+(float16, bfloat16 bits as uint16, or int8 with a float32 ``{name}_scale`` per row, plus the
+int8 residual part ``{name}_fine`` for the layers that carry one: layers.int8_residual); the
 rest stays float32. No pickle: it is read back with ``allow_pickle=False`` (loaders/npz.py opens the
 archive and hands it here when it holds the header)."""
 from __future__ import annotations
@@ -12,8 +13,8 @@ import os
 import numpy as np
 
 from .errors import ModelError
-from .layers import (ACTIVATIONS, PRECISIONS, Layer, from_bfloat16, quantize_int8,
-                     to_bfloat16, to_float16)
+from .layers import (ACTIVATIONS, PRECISIONS, Layer, dequantize_int8, from_bfloat16,
+                     int8_residual, int8_residual_part, quantize_int8, to_bfloat16, to_float16)
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1
@@ -32,11 +33,13 @@ def save(layers, batch_first: bool, path, precision: str = "fp32") -> None:
     for k, layer in enumerate(layers):
         onnx_form = layer.to_onnx()
         header["layers"].append(layer.attributes())
+        residual = precision == "int8" and int8_residual(layer)
         for name in ("W", "R", "B", "P", "proj"):
             if onnx_form[name] is not None:
                 a = np.ascontiguousarray(onnx_form[name], np.float32)
                 key = f"layer{k}/{name}"
-                arrays.update(_stored(key, a, precision) if name in REDUCED else {key: a})
+                arrays.update(_stored(key, a, precision, residual) if name in REDUCED
+                              else {key: a})
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode("ascii"), np.uint8)
     # Write beside the target and rename, so a crash never leaves half a model behind; an
     # open file object also stops numpy from appending ".npz" to the name.
@@ -50,21 +53,22 @@ def save(layers, batch_first: bool, path, precision: str = "fp32") -> None:
             os.remove(tmp)
 
 
-def _stored(key: str, a: np.ndarray, precision: str) -> dict:
-    """The arrays that hold weight ``a`` in ``precision``."""
+def _stored(key: str, a: np.ndarray, precision: str, residual: bool) -> dict:
+    """The arrays that hold weight ``a`` in ``precision`` (int8: with its residual part)."""
     if precision == "fp16":
         return {key: to_float16(a, key)}
     if precision == "bf16":
         return {key: to_bfloat16(a)}
     if precision == "int8":
         q, scale = quantize_int8(a)
-        return {key: q, f"{key}_scale": scale[..., 0]}
+        fine = {f"{key}_fine": int8_residual_part(a, q, scale)} if residual else {}
+        return {key: q, f"{key}_scale": scale[..., 0], **fine}
     return {key: a}
 
 
 def _restored(archive, key: str, precision: str, where: str) -> np.ndarray:
-    """Inverse of ``_stored``: the weight as float32 (fp16 and bf16 exactly; int8 as q * scale,
-    which quantizes back to the same q)."""
+    """Inverse of ``_stored``: the weight as float32 (fp16 and bf16 exactly; int8 as
+    layers.dequantize_int8, which quantizes back to the same parts)."""
     a = archive.get(key, where)
     if precision == "fp32":
         return a
@@ -79,7 +83,13 @@ def _restored(archive, key: str, precision: str, where: str) -> np.ndarray:
         if scale.dtype.kind != "f" or scale.shape != a.shape[:-1]:
             raise ModelError(f"{archive.path}: {where}: {key}_scale must be float of shape "
                              f"{a.shape[:-1]}; got {scale.dtype} {scale.shape}")
-        return a.astype(np.float32) * scale.astype(np.float32)[..., None]
+        fine = None
+        if f"{key}_fine" in archive.files:
+            fine = archive.get(f"{key}_fine", where)
+            if fine.dtype != np.int8 or fine.shape != a.shape:
+                raise ModelError(f"{archive.path}: {where}: {key}_fine must be int8 of shape "
+                                 f"{a.shape}; got {fine.dtype} {fine.shape}")
+        return dequantize_int8(a, scale[..., None], fine)
     return a
 
 
@@ -131,13 +141,20 @@ def _layer(archive, k: int, spec, precision: str) -> Layer:
                   for name in ("W", "R", "B", "P", "proj") if f"layer{k}/{name}" in archive.files}
         if "W" not in arrays or "R" not in arrays:
             raise ModelError(f"{archive.path}: {here}: W or R is missing")
-        return Layer.from_onnx(
+        layer = Layer.from_onnx(
             str(spec["kind"]), arrays["W"], arrays["R"], arrays.get("B"), arrays.get("P"),
             direction=str(spec["direction"]), activations=names,
             activation_alpha=alphas, activation_beta=betas, clip=spec["clip"],
             input_forget=int(spec["input_forget"]),
             linear_before_reset=int(spec["linear_before_reset"]),
             proj=arrays.get("proj"))
+        # A layer saved with residual int8 weights gets them again from the same per-row
+        # scales (layers.int8_rounding_error); one that would not would run without them.
+        fine = any(f"layer{k}/{name}_fine" in archive.files for name in REDUCED)
+        if fine and not (precision == "int8" and int8_residual(layer)):
+            raise ModelError(f"{archive.path}: {here}: holds int8 residual weights (_fine) "
+                             "that its int8 scales do not call for")
+        return layer
     except ModelError as e:
         message = str(e)
         raise ModelError(message if message.startswith(archive.path)
