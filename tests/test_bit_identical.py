@@ -101,3 +101,34 @@ def test_recurrent_panels_beyond_l2_agree_bit_for_bit(isa, kind):
     np.testing.assert_array_equal(np.stack([stream.step(x[t]) for t in range(T)]), y)
     ref = _reference.onnx_rnn(kind, x, W, R, B, linear_before_reset=lbr)[0][:, 0]
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, extra", CASES)
+def test_sequences_longer_than_one_projection_chunk(isa, kind, extra):
+    """A sequence's input projections are computed rnn_xp_steps timesteps at a time (driver.h:
+    256 rows: 86 timesteps at N=3), each chunk as the loop enters it, forward or reverse.
+    Across chunk boundaries: streamed steps agree bit for bit, and a bidirectional layer with
+    per-entry lengths matches the float64 reference."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    rng = np.random.default_rng(8)
+    T, N, H, I = 200, 3, 20, 6
+    P = extra.get("proj")
+    lbr = extra.get("linear_before_reset", 0)
+    model = model_for(kind, extra, layers=1)
+    x = rng.standard_normal((T, N, model.input_size)).astype(np.float32)
+    y, _ = model.run(x)
+    stream = model.stream(N)
+    np.testing.assert_array_equal(np.stack([stream.step(x[t]) for t in range(T)]), y)
+    if P is not None:
+        return
+    W = rng.uniform(-0.4, 0.4, (2, G * H, I))
+    R = rng.uniform(-0.4, 0.4, (2, G * H, H))
+    B = rng.uniform(-0.3, 0.3, (2, 2 * G * H))
+    layer = Layer.from_onnx(kind, W, R, B, direction="bidirectional", linear_before_reset=lbr)
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    lengths = np.array([T, 137, 90], np.int32)
+    y, _ = Model([layer]).run(x, lengths=lengths)
+    ref = _reference.onnx_rnn(kind, x, W, R, B, sequence_lens=lengths, direction="bidirectional",
+                              linear_before_reset=lbr)[0]
+    np.testing.assert_allclose(y, ref.transpose(0, 2, 1, 3).reshape(T, N, 2 * H),
+                               rtol=1e-5, atol=1e-5)

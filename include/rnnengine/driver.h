@@ -120,9 +120,22 @@ static inline int rnn_fuse_input(const rnn_cell_t *c, int N) {
     return N >= RNN_FUSE_MIN_ROWS && bytes <= RNN_FUSE_MAX_BYTES;
 }
 
+/* Timesteps whose input projections one GEMM computes ahead of the timestep loop: enough for
+ * RNN_XP_ROWS rows (the input GEMM's row tile at I=1024, kernels_impl.h: rnn_xproj), so each
+ * weight panel still serves as many rows per pass, while the projections' buffer stays the
+ * same size for any T (it was T*N*4H floats: 262 MB for T=1000, N=16, H=1024, past the
+ * cached workspace, so each call paid a page fault per 4 KB). */
+#define RNN_XP_ROWS 256
+static inline int rnn_xp_steps(int T, int N) {
+    const int steps = N > 0 ? (RNN_XP_ROWS + N - 1) / N : 1;
+    return T < steps ? T : steps;
+}
+
 /* Floats of scratch rnn_run_direction needs. */
 static inline size_t rnn_seq_workspace(const rnn_cell_t *c, int T, int N) {
-    const size_t xp = T > 1 && !rnn_fuse_input(c, N) ? (size_t)T * N * rnn_cell_xp_width(c) + 16 : 0;
+    const size_t xp = T > 1 && !rnn_fuse_input(c, N)
+                          ? (size_t)rnn_xp_steps(T, N) * N * rnn_cell_xp_width(c) + 16
+                          : 0;
     return xp + rnn_step_scratch(c, N) +
            (size_t)N * (2 * (size_t)c->output_size + 2 * (size_t)c->hidden_size);
 }
@@ -157,8 +170,9 @@ static inline size_t rnn_span(size_t rows, size_t ld, size_t width) {
  * row n's state unchanged and write zeros, which also starts the reverse direction at
  * t = len-1; a row with length 0 ends with a zero state (ONNX Runtime's convention).
  *
- * With T > 1 the input projections of all timesteps are one GEMM before the loop; the loop
- * then runs only the recurrent product fused with the gate math. With T = 1 (a streamed step,
+ * With T > 1 the input projections are GEMMs over rnn_xp_steps timesteps at a time, each
+ * run as the loop reaches its first timestep (its last, in reverse); the loop then runs only
+ * the recurrent product fused with the gate math. With T = 1 (a streamed step,
  * the pool), or a batch whose panels stay in cache (rnn_fuse_input), the input product is
  * fused too. Consecutive timesteps walk the blocks in
  * opposite orders, so the weights used last are the first needed next (LRU-friendly when the
@@ -183,7 +197,7 @@ static int rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn
     const size_t ldxp = rnn_cell_xp_width(c);
     if (T > 1 && !rnn_fuse_input(c, N)) {
         xproj = rnn_align64(work);
-        work = xproj + (size_t)T * N * ldxp;
+        work = xproj + (size_t)rnn_xp_steps(T, N) * N * ldxp;
     }
     rnn_step_io_t io;
     rnn_step_io_init(&io, c, N, work);
@@ -194,15 +208,19 @@ static int rnn_run_direction(const rnn_kernels_t *k, rnn_pool_t *pool, const rnn
 
     memcpy(h_cur, h_state, (size_t)N * hsz);
     if (lstm) memcpy(io.c, c_state, (size_t)N * csz);
-    if (xproj) rnn_cell_xproj(k, pool, c, T * N, x, ldx, xproj);
+    const int chunk = rnn_xp_steps(T, N);
 
     for (int s = 0; s < T; s++) {
         if (s && rnn_cancelled(cancel)) return 1;
         const int t = c->reverse ? T - 1 - s : s;
         io.backward = s & 1;
         if (xproj) {
-            io.xp = xproj + (size_t)t * N * c->gates * RNN_BW;
-            io.ldxp = (size_t)T * N * c->gates * RNN_BW;
+            /* the chunk [t0, t0 + n) holding t; its projections when the loop enters it */
+            const int t0 = t / chunk * chunk, n = T - t0 < chunk ? T - t0 : chunk;
+            if (t == (c->reverse ? t0 + n - 1 : t0))
+                rnn_cell_xproj(k, pool, c, n * N, x + (size_t)t0 * N * ldx, ldx, xproj);
+            io.xp = xproj + (size_t)(t - t0) * N * c->gates * RNN_BW;
+            io.ldxp = (size_t)n * N * c->gates * RNN_BW;
         } else {
             io.x = x + (size_t)t * N * ldx;
             io.ldx = ldx;
