@@ -5,8 +5,9 @@ type that precision ran the layer with (layers.weight_type): float16, bfloat16 b
 (or float16 for the layers a bf16 model runs with fp16 weights: layers.bf16_as_fp16), or int8
 with a float32 ``{name}_scale`` per row, plus the int8 residual part ``{name}_fine`` for the
 layers that carry one (layers.int8_residual); the rest stays float32. A reloaded layer runs
-with the type its file holds (Layer.stored_types), not the rules again. No pickle: it is read back with ``allow_pickle=False`` (loaders/npz.py opens the
-archive and hands it here when it holds the header)."""
+with the type its file holds (Layer.stored_types), not the rules again. No pickle: it is read
+back with ``allow_pickle=False`` (loaders/npz.py opens the archive and hands it here when it
+holds the header)."""
 from __future__ import annotations
 
 import json
