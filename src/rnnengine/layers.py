@@ -131,6 +131,10 @@ class Layer:
     reverse: bool = False      # direction='reverse': the only direction runs from t=T-1 down
     # precision -> the packed kernels of every direction (pack_layer), built once per precision
     packed: dict = field(default_factory=dict, repr=False, compare=False)
+    # precision -> the kernels' weight type an own-format file stored this layer in for that
+    # precision (own_format): it takes the place of the rules (weight_type), so a reloaded
+    # model runs exactly the weights it was saved with
+    stored_types: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_directions(self) -> int:
@@ -370,39 +374,101 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray, q2=None) -> np.ndarray:
 # predicted int8 rounding error of a layer's worst unit exceeds this (int8_rounding_error).
 # Measured values: N(0, 1/H) weights 0.015 (H=64) to 0.021 (H=1024), LSTM, GRU and RNN;
 # PyTorch's default initialisation 0.0045; Silero's LSTM nodes 0.134 (max |diff| 0.11-0.18
-# from fp32 without the residual on the issue's protocol, budget 6e-2). The value of Gaussian
-# rows grows only like sqrt(log K), so ordinary layers stay well below 0.05 and keep int8's
-# bytes.
+# from fp32 without the residual on the issue's protocol, budget 6e-2); the demo character
+# model 0.129. The value of Gaussian rows grows only like sqrt(log K), so ordinary layers
+# stay well below 0.05 and keep int8's bytes.
 INT8_RESIDUAL_ABOVE = 0.05
 
+# bf16 layers are packed with fp16 weights instead (the same 2 bytes, 8 times finer steps; the
+# fp16 product: fp32 inputs and arithmetic, no AMX or vdpbf16ps) when the predicted bf16
+# rounding error of the worst unit exceeds this (bf16_rounding_error). Measured values:
+# N(0, 1/H) weights 0.0050-0.0056 (LSTM, GRU and RNN, H=64 to 1024); PyTorch's default
+# initialisation 0.0025-0.0027; Silero's LSTM nodes 0.033 (max |diff| from fp32 on the issue's
+# protocol up to 7.1e-2 in bf16, budget 3e-2; 3.7e-3 with fp16 weights); the demo character
+# model 0.038. A relative step makes the value of Gaussian rows their norm, about constant
+# in K: ordinary layers keep bf16 and its AMX products.
+BF16_AS_FP16_ABOVE = 0.015
 
-def _int8_unit_errors(w: np.ndarray) -> np.ndarray:
-    """Per row of ``w [rows, K]``: the standard deviation of the error int8 rounding puts on
-    the row's dot product with K inputs of unit RMS. Each weight's rounding is uniform in
-    +-scale/2 (variance scale^2/12), independent across k: scale * sqrt(K / 12)."""
+
+def _unit_errors(step: np.ndarray, K: int) -> np.ndarray:
+    """Per row, given the row's rounding ``step`` (the root mean square of its weights'
+    steps): the standard deviation of the error rounding puts on the row's dot product with K
+    inputs of unit RMS. Each weight's rounding is uniform in +-step/2 (variance step^2/12),
+    independent across k: step * sqrt(K / 12)."""
+    return np.asarray(step, np.float64) * np.sqrt(K / 12)
+
+
+def _int8_row_errors(w: np.ndarray) -> np.ndarray:
+    """``_unit_errors`` of int8 rows: one step per row, its scale."""
     _, scale = quantize_int8(w)
-    return scale[:, 0].astype(np.float64) * np.sqrt(w.shape[1] / 12)
+    return _unit_errors(scale[:, 0], w.shape[1])
+
+
+def _bf16_row_errors(w: np.ndarray) -> np.ndarray:
+    """``_unit_errors`` of bf16 rows. bf16 keeps 8 significant bits: a weight in
+    [2^(e-1), 2^e) is rounded to steps of 2^(e-8) (a relative error of 2^-9 to 2^-8). The
+    avx512bf16 and AMX products round the inputs to bf16 too, which adds about as much again
+    (unit-RMS inputs, the same relative steps; measured on Silero: 3.8e-2 there against
+    2.5e-2 on serial and avx2, which round the weights only): sqrt(2) times the weights'."""
+    w = np.asarray(w, np.float64)
+    _, e = np.frexp(w)
+    steps = np.where(w != 0, np.ldexp(1.0, e - 8), 0.0)
+    return np.sqrt(2) * _unit_errors(np.sqrt((steps ** 2).mean(axis=1)), w.shape[1])
+
+
+def _worst_unit(layer: "Layer", row_errors) -> float:
+    """The largest predicted rounding error of one unit of ``layer`` (``row_errors``: the
+    errors of the rows of one weight matrix): per unit, the W and R rows' errors summed, as
+    both feed one pre-activation (a sum, not a root sum of squares: an upper bound whatever
+    their correlation), and each projection row on its own; the largest over units and
+    directions."""
+    worst = 0.0
+    for d in range(layer.num_directions):
+        units = row_errors(layer.W[d]) + row_errors(layer.R[d])
+        worst = max(worst, float(units.max()))
+        if layer.proj is not None:
+            worst = max(worst, float(row_errors(layer.proj[d]).max()))
+    return worst
 
 
 def int8_rounding_error(layer: "Layer") -> float:
-    """The predicted int8 weight rounding error of the layer's worst unit, from its weights
-    alone (int8 has no calibration data, SPEC §7): per unit, the W and R rows' errors
-    (``_int8_unit_errors``) summed, as both feed one pre-activation (a sum, not a root sum of
-    squares: an upper bound whatever their correlation), and each projection row on its own;
-    the largest over units and directions. It depends only on the per-row scales, so a model
-    reloaded from its int8 file (own_format) gets the same value."""
-    worst = 0.0
-    for d in range(layer.num_directions):
-        units = _int8_unit_errors(layer.W[d]) + _int8_unit_errors(layer.R[d])
-        worst = max(worst, float(units.max()))
-        if layer.proj is not None:
-            worst = max(worst, float(_int8_unit_errors(layer.proj[d]).max()))
-    return worst
+    """The predicted int8 weight rounding error of the layer's worst unit (``_worst_unit``),
+    from its weights alone (int8 has no calibration data, SPEC §7). It depends only on the
+    per-row scales, so a model reloaded from its int8 file (own_format) gets the same value."""
+    return _worst_unit(layer, _int8_row_errors)
 
 
 def int8_residual(layer: "Layer") -> bool:
     """Whether precision="int8" packs ``layer`` with residual weights (INT8_RESIDUAL_ABOVE)."""
     return int8_rounding_error(layer) > INT8_RESIDUAL_ABOVE
+
+
+def bf16_rounding_error(layer: "Layer") -> float:
+    """The predicted bf16 rounding error (weights and inputs) of the layer's worst unit
+    (``_worst_unit``), from its weights alone."""
+    return _worst_unit(layer, _bf16_row_errors)
+
+
+def bf16_as_fp16(layer: "Layer") -> bool:
+    """Whether precision="bf16" packs ``layer`` with fp16 weights (BF16_AS_FP16_ABOVE): not
+    when a weight is beyond fp16's range, which bf16 covers."""
+    weights = [a for a in (layer.W, layer.R, layer.proj) if a is not None]
+    return (bf16_rounding_error(layer) > BF16_AS_FP16_ABOVE
+            and max(float(np.abs(a).max()) for a in weights) <= FP16_MAX)
+
+
+def weight_type(layer: "Layer", precision: str) -> str:
+    """The kernels' weight type (_kernels.WEIGHT_TYPES) ``precision`` runs ``layer`` with:
+    the one an own-format file stored it in (``Layer.stored_types``), else the precision's
+    own, except "int8r" where ``int8_residual`` and "fp16" in a bf16 model where
+    ``bf16_as_fp16``."""
+    if precision in layer.stored_types:
+        return layer.stored_types[precision]
+    if precision == "int8" and int8_residual(layer):
+        return "int8r"
+    if precision == "bf16" and bf16_as_fp16(layer):
+        return "fp16"
+    return precision
 
 
 def to_float16(w: np.ndarray, name: str) -> np.ndarray:
@@ -425,17 +491,16 @@ def _grouped(p: np.ndarray, ks: int) -> np.ndarray:
     return p.reshape(HB, Kp // ks, ks, G, BLOCK).transpose(0, 1, 3, 4, 2)
 
 
-def pack_weights(w: np.ndarray, gates: int, precision: str, name: str,
-                 residual: bool = False) -> np.ndarray:
-    """Gate-major ``[G*H, K]`` -> the kernels' panels in ``precision`` (layouts:
-    include/rnnengine/cells.h); int8 with ``residual``: the "int8r" panels."""
+def pack_weights(w: np.ndarray, gates: int, wtype: str, name: str) -> np.ndarray:
+    """Gate-major ``[G*H, K]`` -> the kernels' panels of weight type ``wtype`` (a name in
+    _kernels.WEIGHT_TYPES; layouts: include/rnnengine/cells.h)."""
     p = _panels(w, gates)
-    if precision == "fp32":
+    if wtype == "fp32":
         return _aligned(p)
-    if precision == "fp16":
+    if wtype == "fp16":
         to_float16(w, name)   # the range check, naming the tensor
         return _aligned(p.astype(np.float16))
-    if precision == "bf16":
+    if wtype == "bf16":
         return _aligned(to_bfloat16(_grouped(p, 2)))
     # int8: per block, the quads, then the [G][16] scales and the [G][16] sums of each unit;
     # with the residual, its quads and their sums after that
@@ -448,7 +513,7 @@ def pack_weights(w: np.ndarray, gates: int, precision: str, name: str,
 
     quads, sums = quads_and_sums(q)
     pieces = [quads, scale.reshape(HB, -1).view(np.uint8), sums]
-    if residual:
+    if wtype == "int8r":
         pieces += quads_and_sums(int8_residual_part(p, q, scale))
     return _aligned(np.concatenate(pieces, axis=1))
 
@@ -462,18 +527,18 @@ def pack_layer(layer: Layer, precision: str = "fp32", where: str = "layer") -> l
     pre-activations are in registers. Biases are pre-summed (Wb + Rb); the one exception is
     GRU with linear_before_reset, whose Rbh must stay inside r * (h' Rh^T + Rbh). GRU with
     linear_before_reset=0 keeps Rh apart, since it multiplies r*h' which needs r first.
-    W, R and the projection are stored in ``precision``; biases and peepholes stay float32.
-    int8 adds a residual weight part to the layers ``int8_residual`` picks."""
+    W, R and the projection are stored in ``precision``'s weight type for the layer
+    (``weight_type``: int8 adds a residual part to the layers ``int8_residual`` picks, bf16
+    takes fp16 for those ``bf16_as_fp16`` picks); biases and peepholes stay float32."""
     check_precision(precision)
     if precision in layer.packed:
         return layer.packed[precision]
     H = layer.hidden_size
     G = GATES[layer.kind]
-    residual = precision == "int8" and int8_residual(layer)
-    wtype = WEIGHT_TYPES.index("int8r" if residual else precision)
+    wtype = weight_type(layer, precision)
 
     def panels(w, gates, name):
-        return pack_weights(w, gates, precision, f"{where} {name}", residual)
+        return pack_weights(w, gates, wtype, f"{where} {name}")
 
     kernels = []
     for d in range(layer.num_directions):
@@ -497,6 +562,6 @@ def pack_layer(layer: Layer, precision: str = "fp32", where: str = "layer") -> l
             panels(layer.W[d], G, "W"), ph, _blocked(bias, G), prh=prh,
             pproj=None if layer.proj is None else panels(layer.proj[d], 1, "projection"),
             rbh=rbh, peep=None if layer.P is None else _blocked(layer.P[d], 3),
-            wtype=wtype))
+            wtype=WEIGHT_TYPES.index(wtype)))
     layer.packed[precision] = kernels
     return kernels

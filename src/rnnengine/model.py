@@ -28,9 +28,10 @@ class Model:
     large hidden sizes (about 256 and up), not for small ones.
 
     precision: how the weights are stored and multiplied (SPEC §7): "fp32" (default, exact),
-    "fp16", "bf16" or "int8" (per output row, with inputs quantized per step; layers whose
-    weight rows are too large for int8's error budget get a second, residual int8 part:
-    layers.int8_residual); state and gate math stay float32 in every mode."""
+    "fp16", "bf16" or "int8" (per output row, with inputs quantized per step). Layers whose
+    weight rows are too large for the mode's error budget get a second, residual int8 part
+    (layers.int8_residual) or, in bf16, fp16 weights (layers.bf16_as_fp16); state and gate
+    math stay float32 in every mode."""
 
     def __init__(self, layers: Sequence[Layer], batch_first: bool = False, threads: int = 1,
                  precision: str = "fp32"):

@@ -1,10 +1,13 @@
 """The engine's own ``.npz`` format, written and read here: every array under
 ``layer{k}/{W,R,B,P,proj}`` and a JSON header (as a uint8 array ``__rnnengine__``) with the
-attributes. With a reduced "precision" in the header, W, R and proj are stored in it
-(float16, bfloat16 bits as uint16, or int8 with a float32 ``{name}_scale`` per row, plus the
-int8 residual part ``{name}_fine`` for the layers that carry one: layers.int8_residual); the
-rest stays float32. No pickle: it is read back with ``allow_pickle=False`` (loaders/npz.py opens the
-archive and hands it here when it holds the header)."""
+attributes. With a reduced "precision" in the header, W, R and proj are stored in the weight
+type that precision ran the layer with (layers.weight_type): float16, bfloat16 bits as uint16
+(or float16 for the layers a bf16 model runs with fp16 weights: layers.bf16_as_fp16), or int8
+with a float32 ``{name}_scale`` per row, plus the int8 residual part ``{name}_fine`` for the
+layers that carry one (layers.int8_residual); the rest stays float32. A reloaded layer runs
+with the type its file holds (Layer.stored_types), not the rules again. No pickle: it is read
+back with ``allow_pickle=False`` (loaders/npz.py opens the archive and hands it here when it
+holds the header)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +17,8 @@ import numpy as np
 
 from .errors import ModelError
 from .layers import (ACTIVATIONS, PRECISIONS, Layer, dequantize_int8, from_bfloat16,
-                     int8_residual, int8_residual_part, quantize_int8, to_bfloat16, to_float16)
+                     int8_residual, int8_residual_part, quantize_int8, to_bfloat16, to_float16,
+                     weight_type)
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1
@@ -33,12 +37,12 @@ def save(layers, batch_first: bool, path, precision: str = "fp32") -> None:
     for k, layer in enumerate(layers):
         onnx_form = layer.to_onnx()
         header["layers"].append(layer.attributes())
-        residual = precision == "int8" and int8_residual(layer)
+        wtype = weight_type(layer, precision)
         for name in ("W", "R", "B", "P", "proj"):
             if onnx_form[name] is not None:
                 a = np.ascontiguousarray(onnx_form[name], np.float32)
                 key = f"layer{k}/{name}"
-                arrays.update(_stored(key, a, precision, residual) if name in REDUCED
+                arrays.update(_stored(key, a, wtype) if name in REDUCED
                               else {key: a})
     arrays[HEADER] = np.frombuffer(json.dumps(header).encode("ascii"), np.uint8)
     # Write beside the target and rename, so a crash never leaves half a model behind; an
@@ -53,31 +57,33 @@ def save(layers, batch_first: bool, path, precision: str = "fp32") -> None:
             os.remove(tmp)
 
 
-def _stored(key: str, a: np.ndarray, precision: str, residual: bool) -> dict:
-    """The arrays that hold weight ``a`` in ``precision`` (int8: with its residual part)."""
-    if precision == "fp16":
+def _stored(key: str, a: np.ndarray, wtype: str) -> dict:
+    """The arrays that hold weight ``a`` in weight type ``wtype`` (_kernels.WEIGHT_TYPES)."""
+    if wtype == "fp16":
         return {key: to_float16(a, key)}
-    if precision == "bf16":
+    if wtype == "bf16":
         return {key: to_bfloat16(a)}
-    if precision == "int8":
+    if wtype in ("int8", "int8r"):
         q, scale = quantize_int8(a)
-        fine = {f"{key}_fine": int8_residual_part(a, q, scale)} if residual else {}
+        fine = {f"{key}_fine": int8_residual_part(a, q, scale)} if wtype == "int8r" else {}
         return {key: q, f"{key}_scale": scale[..., 0], **fine}
     return {key: a}
 
 
-def _restored(archive, key: str, precision: str, where: str) -> np.ndarray:
-    """Inverse of ``_stored``: the weight as float32 (fp16 and bf16 exactly; int8 as
-    layers.dequantize_int8, which quantizes back to the same parts)."""
+def _restored(archive, key: str, precision: str, where: str) -> tuple:
+    """Inverse of ``_stored``: (the weight as float32, its weight type); fp16 and bf16
+    exactly, int8 as layers.dequantize_int8, which quantizes back to the same parts."""
     a = archive.get(key, where)
     if precision == "fp32":
-        return a
+        return a, "fp32"
+    if precision == "bf16" and a.dtype == np.float16:
+        return a.astype(np.float32), "fp16"     # layers.bf16_as_fp16
     expected = {"fp16": "f", "bf16": "u", "int8": "i"}[precision]
     if a.dtype.kind != expected or (precision == "bf16" and a.dtype != np.uint16):
         raise ModelError(f"{archive.path}: {where}: {key!r} has dtype {a.dtype}, not what a "
                          f"{precision} file stores")
     if precision == "bf16":
-        return from_bfloat16(a)
+        return from_bfloat16(a), "bf16"
     if precision == "int8":
         scale = archive.get(f"{key}_scale", where)
         if scale.dtype.kind != "f" or scale.shape != a.shape[:-1]:
@@ -89,8 +95,8 @@ def _restored(archive, key: str, precision: str, where: str) -> np.ndarray:
             if fine.dtype != np.int8 or fine.shape != a.shape:
                 raise ModelError(f"{archive.path}: {where}: {key}_fine must be int8 of shape "
                                  f"{a.shape}; got {fine.dtype} {fine.shape}")
-        return dequantize_int8(a, scale[..., None], fine)
-    return a
+        return dequantize_int8(a, scale[..., None], fine), "int8" if fine is None else "int8r"
+    return a, precision
 
 
 def read(archive):
@@ -136,11 +142,19 @@ def _layer(archive, k: int, spec, precision: str) -> Layer:
                   if ACTIVATIONS.get(str(a[0]), (0, False))[1]]
         betas = [float(a[2]) for a in spec["activations"]
                  if ACTIVATIONS.get(str(a[0]), (0, False, False))[2]]
-        arrays = {name: (_restored(archive, f"layer{k}/{name}", precision, here)
-                         if name in REDUCED else archive.get(f"layer{k}/{name}", here))
-                  for name in ("W", "R", "B", "P", "proj") if f"layer{k}/{name}" in archive.files}
+        present = [name for name in ("W", "R", "B", "P", "proj")
+                   if f"layer{k}/{name}" in archive.files]
+        reduced = {name: _restored(archive, f"layer{k}/{name}", precision, here)
+                   for name in present if name in REDUCED}
+        arrays = {name: reduced[name][0] if name in reduced
+                  else archive.get(f"layer{k}/{name}", here) for name in present}
         if "W" not in arrays or "R" not in arrays:
             raise ModelError(f"{archive.path}: {here}: W or R is missing")
+        wtypes = {name: wtype for name, (_, wtype) in reduced.items()}
+        if len(set(wtypes.values())) > 1:
+            found = ", ".join(f"{name} {wtype}" for name, wtype in wtypes.items())
+            raise ModelError(f"{archive.path}: {here}: W, R and proj must share one weight "
+                             f"type; got {found}")
         layer = Layer.from_onnx(
             str(spec["kind"]), arrays["W"], arrays["R"], arrays.get("B"), arrays.get("P"),
             direction=str(spec["direction"]), activations=names,
@@ -148,12 +162,13 @@ def _layer(archive, k: int, spec, precision: str) -> Layer:
             input_forget=int(spec["input_forget"]),
             linear_before_reset=int(spec["linear_before_reset"]),
             proj=arrays.get("proj"))
-        # A layer saved with residual int8 weights gets them again from the same per-row
-        # scales (layers.int8_rounding_error); one that would not would run without them.
+        # Residual int8 weights must be what the layer's per-row scales call for
+        # (layers.int8_rounding_error depends on nothing else, so a saved layer passes).
         fine = any(f"layer{k}/{name}_fine" in archive.files for name in REDUCED)
-        if fine and not (precision == "int8" and int8_residual(layer)):
+        if fine and not (wtypes["W"] == "int8r" and int8_residual(layer)):
             raise ModelError(f"{archive.path}: {here}: holds int8 residual weights (_fine) "
                              "that its int8 scales do not call for")
+        layer.stored_types[precision] = wtypes["W"]
         return layer
     except ModelError as e:
         message = str(e)
