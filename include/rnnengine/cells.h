@@ -131,8 +131,8 @@ typedef struct {
 
 /* The buffers of one timestep of one cell over N rows (batch entries). Exactly one of x
  * ("step mode": the input product is computed here, fused with the recurrent one) and xp
- * ("sequence mode": input projections computed beforehand for all timesteps by rnn_xproj,
- * bias included) is non-NULL. */
+ * ("sequence mode": input projections computed beforehand by rnn_xproj, a chunk of
+ * timesteps at a time (driver.h: rnn_xp_steps), bias included) is non-NULL. */
 typedef struct {
     int N;
     int backward;        /* walk blocks in descending order (see driver.h: cache reuse) */

@@ -5,8 +5,8 @@
  *   rnn_phase    one phase of one timestep for blocks [b0, b1): pre-activations through the
  *                table's GEMM entry for the cell's weight type (gemm_impl.h, gemm_entries.h),
  *                then the cell's gate math on them while they are in L1.
- *   rnn_xproj    input projections + bias of M rows for blocks [b0, b1), the GEMM run once
- *                for a whole sequence before its timestep loop.
+ *   rnn_xproj    input projections + bias of M rows for blocks [b0, b1), the GEMM a sequence
+ *                runs ahead of each chunk of timesteps (driver.h: rnn_xp_steps).
  *   rnn_activate one activation over an array (tests check the vector math with it).
  */
 
