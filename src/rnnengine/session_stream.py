@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ._checks import check_one_way, check_positive_int
-from .state_blob import pack_arrays, unpack_arrays
+from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .state_pairs import find_pairs
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
 from .stream_runner import compile_runner
@@ -299,12 +299,12 @@ class SessionStream:
     def export_state(self) -> bytes:
         """The carried state as bytes (no pickle), for ``import_state``."""
         state = {k: v for k, v in self.state.items() if v is not None}
-        return pack_arrays(state)
+        return pack_arrays(state, session_fingerprint(self._sess))
 
     @_exclusive
     def import_state(self, data: bytes) -> None:
         """Continue from ``export_state`` bytes; ValueError if they do not fit."""
-        arrays = unpack_arrays(data)
+        arrays = unpack_arrays(data, session_fingerprint(self._sess))
         if not arrays:          # exported before the first step: the zero state
             self.reset()
             return
@@ -473,10 +473,10 @@ class SessionPool:
             view[...] = value
 
     def export_state(self, sid) -> bytes:
-        return pack_arrays(self.state(sid))
+        return pack_arrays(self.state(sid), session_fingerprint(self._sess))
 
     def import_state(self, data: bytes, sid=None) -> int:
-        arrays = unpack_arrays(data)
+        arrays = unpack_arrays(data, session_fingerprint(self._sess))
         if sid is None:
             return self.open(arrays)
         self.set_state(sid, arrays)

@@ -19,6 +19,10 @@ copied as they are, so an imported stream continues exactly where it left off.
 A state only fits the model it came from: importing checks the sizes and a fingerprint of
 the weights and attributes (a model saved and loaded elsewhere has the same fingerprint) and
 raises ``ValueError`` on any mismatch or on a malformed, truncated or corrupted blob.
+
+The envelope (magic, version, JSON header with "kind", "model" and "crc32", payload) is the
+one format of every exported state: ``seal`` and ``unseal`` are shared with the whole-model
+streams' state (state_blob.py, kind "session").
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import struct
 import threading
 import weakref
 import zlib
+from typing import Callable, Tuple
 
 import numpy as np
 
@@ -36,6 +41,7 @@ from ._checks import State, check_state, state_shapes
 
 MAGIC = b"RNNESTAT"
 VERSION = 1
+_OLD_SESSION_MAGIC = b"RNNESESS"        # session states before they had this envelope
 _PREFIX = struct.Struct("<8sHI")        # magic, version, header length
 _MAX_HEADER = 1 << 20                   # a real header is a few hundred bytes
 
@@ -43,14 +49,25 @@ _fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Model
 _fingerprints_lock = threading.Lock()
 
 
+def cached_fingerprint(owner, compute: Callable[[], str]) -> str:
+    """``compute()`` once per ``owner`` (a model or session: immutable), then from the cache."""
+    with _fingerprints_lock:
+        cached = _fingerprints.get(owner)
+    if cached is None:
+        cached = compute()
+        with _fingerprints_lock:
+            _fingerprints[owner] = cached
+    return cached
+
+
 def model_fingerprint(model) -> str:
     """sha256 (hex) of everything that decides what a state means: kind, sizes, every weight
     (as little-endian float32) and every attribute, layer by layer. Cached per model (models
     are immutable)."""
-    with _fingerprints_lock:
-        cached = _fingerprints.get(model)
-    if cached is not None:
-        return cached
+    return cached_fingerprint(model, lambda: _layers_fingerprint(model))
+
+
+def _layers_fingerprint(model) -> str:
     digest = hashlib.sha256(b"rnnengine-model-v1")
     for layer in model.layers:
         attrs = layer.attributes()
@@ -71,10 +88,7 @@ def model_fingerprint(model) -> str:
             array = np.ascontiguousarray(array, dtype="<f4")
             digest.update(f"{name}:{list(array.shape)};".encode())
             digest.update(array.tobytes())
-    fingerprint = digest.hexdigest()
-    with _fingerprints_lock:
-        _fingerprints[model] = fingerprint
-    return fingerprint
+    return digest.hexdigest()
 
 
 def _describe(model) -> dict:
@@ -102,8 +116,13 @@ def export_state(model, state: State) -> bytes:
     payload = b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for _, a in arrays)
     header = dict(_describe(model), batch=batch, unbatched=unbatched,
                   arrays=[[name, list(a.shape)] for name, a in arrays],
-                  model=model_fingerprint(model), crc32=zlib.crc32(payload))
-    head = json.dumps(header, sort_keys=True).encode()
+                  model=model_fingerprint(model))
+    return seal(header, payload)
+
+
+def seal(header: dict, payload: bytes) -> bytes:
+    """``header`` (a dict; "crc32" of the payload is added) and ``payload`` -> the bytes."""
+    head = json.dumps(dict(header, crc32=zlib.crc32(payload)), sort_keys=True).encode()
     return _PREFIX.pack(MAGIC, VERSION, len(head)) + head + payload
 
 
@@ -111,10 +130,10 @@ def _bad(reason: str) -> ValueError:
     return ValueError(f"not a valid rnnengine state: {reason}")
 
 
-def import_state(model, data) -> State:
-    """bytes from ``export_state`` -> the state, in the structure it was exported with.
-    ValueError when the bytes are malformed, truncated or corrupted, or come from another
-    model; TypeError when ``data`` is not bytes-like."""
+def unseal(data) -> Tuple[dict, bytes]:
+    """Bytes from ``seal`` -> (header dict, payload), the prefix, version and header checked
+    (the payload is checked by ``check_payload`` once its size is known). ValueError naming
+    what is wrong; TypeError when ``data`` is not bytes-like."""
     if isinstance(data, memoryview):
         data = data.tobytes()
     if not isinstance(data, (bytes, bytearray)):
@@ -123,8 +142,11 @@ def import_state(model, data) -> State:
     if len(data) < _PREFIX.size:
         raise _bad(f"{len(data)} bytes is shorter than the {_PREFIX.size}-byte prefix (truncated?)")
     magic, version, hlen = _PREFIX.unpack_from(data)
+    if magic == _OLD_SESSION_MAGIC:
+        raise _bad("a session state exported by an older rnnengine, without a model "
+                   "fingerprint or checksum; export it again with this version")
     if magic != MAGIC:
-        raise _bad(f"magic is {magic!r}, expected {MAGIC!r}")
+        raise _bad(f"wrong magic bytes {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise ValueError(f"rnnengine state format version {version} is not supported "
                          f"(this rnnengine reads version {VERSION})")
@@ -138,7 +160,23 @@ def import_state(model, data) -> State:
         raise _bad("header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise _bad("header is not a JSON object")
+    return header, data[_PREFIX.size + hlen:]
 
+
+def check_payload(header: dict, payload: bytes, size: int) -> None:
+    """The payload is ``size`` bytes and its CRC-32 is the header's."""
+    if len(payload) != size:
+        raise _bad(f"payload is {len(payload)} bytes, expected {size} "
+                   f"({'truncated' if len(payload) < size else 'trailing bytes'})")
+    if zlib.crc32(payload) != header.get("crc32"):
+        raise _bad("payload checksum mismatch (corrupted in transit?)")
+
+
+def import_state(model, data) -> State:
+    """bytes from ``export_state`` -> the state, in the structure it was exported with.
+    ValueError when the bytes are malformed, truncated or corrupted, or come from another
+    model; TypeError when ``data`` is not bytes-like."""
+    header, payload = unseal(data)
     expected = _describe(model)
     for key, want in expected.items():
         if header.get(key) != want:
@@ -160,13 +198,8 @@ def import_state(model, data) -> State:
     if header.get("arrays") != want:
         raise _bad(f"arrays {header.get('arrays')!r} do not match {want!r}")
 
-    payload = data[_PREFIX.size + hlen:]
     sizes = [math.prod(shape) for _, shape in want]   # Python ints: a huge batch cannot wrap
-    if len(payload) != 4 * sum(sizes):
-        raise _bad(f"payload is {len(payload)} bytes, expected {4 * sum(sizes)} "
-                   f"({'truncated' if len(payload) < 4 * sum(sizes) else 'trailing bytes'})")
-    if zlib.crc32(payload) != header.get("crc32"):
-        raise _bad("payload checksum mismatch (corrupted in transit?)")
+    check_payload(header, payload, 4 * sum(sizes))
     flat = np.frombuffer(payload, dtype="<f4").astype(np.float32)   # a copy, owned
     arrays, offset = [], 0
     for (_, shape), size in zip(want, sizes):
