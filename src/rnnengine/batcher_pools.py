@@ -149,7 +149,6 @@ class SessionSlots(Resident):
         self._carried = carried
         self._step_inputs = [n for n in self._args if n not in carried and n not in pool._fixed]
         self._stacked = {n: ax for n, ax in pool._in_axis.items() if n in self._step_inputs}
-        self._out_axis = list(pool._out_axis)
         self._time_mode = not pool.state_names
 
     def _new(self, capacity: int):
@@ -242,5 +241,6 @@ class SessionSlots(Resident):
         for name, ax in self._stacked.items():
             stacked[name] = np.concatenate([f.values[name] for f in inputs], axis=ax)
         outs = self.pool.step(self.pids(handles), stacked)
-        return [[np.take(o, [j], axis=ax) for o, ax in zip(outs, self._out_axis)]
+        # the pool's output axes are settled by its first step (what the graph computes)
+        return [[np.take(o, [j], axis=ax) for o, ax in zip(outs, self.pool._out_axis)]
                 for j in range(len(inputs))]

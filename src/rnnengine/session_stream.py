@@ -23,6 +23,7 @@ import numpy as np
 from ._checks import check_one_way, check_positive_int
 from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .state_pairs import find_pairs
+from .pool_layout import guess_axes, probe, stack_rows, unstack_rows
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
 from .stream_runner import compile_runner
 from .time_axis import check_streamable
@@ -76,9 +77,8 @@ def _symbols(args_by_name, feeds: dict) -> dict:
     return sizes
 
 
-def _zeros(arg, sizes: dict, batch_dim=None, batch: int = 1) -> np.ndarray:
-    shape = [d if isinstance(d, int) else (batch if d == batch_dim and d is not None
-                                           else sizes.get(d, 1)) for d in (arg.shape or [])]
+def _zeros(arg, sizes: dict) -> np.ndarray:
+    shape = [d if isinstance(d, int) else sizes.get(d, 1) for d in (arg.shape or [])]
     return np.zeros(shape, arg.dtype if arg.dtype is not None else np.float32)
 
 
@@ -346,9 +346,11 @@ def _check_feeds(args: dict, feeds, carried=()) -> dict:
 class SessionPool:
     """Many streams of one whole model. ``step(ids, feeds)``: feeds stacked on the batch
     axis (one entry per id, in the order of ``ids``); fixed feeds as they are. Where the
-    graph has a batch dimension, one graph pass serves all the streams; where its shapes
-    are fixed, the streams are stepped one by one (the repr says which). Not thread-safe:
-    serialize calls (``rnnengine.Batcher`` will)."""
+    graph batches the streams and keeps them apart, one graph pass serves them all; else
+    (shapes fixed at batch 1, rows mixed across the batch) the streams are stepped one by
+    one. The first step decides by running the graph (``pool_layout.probe``); ``batched``
+    and the repr say which. Each stream's state is kept at the size of one stream. Not
+    thread-safe: serialize calls (``rnnengine.Batcher`` will)."""
 
     def __init__(self, sess, capacity: int = 64, state=None, feeds=None):
         self._sess = sess
@@ -356,12 +358,10 @@ class SessionPool:
         self.capacity = check_positive_int("capacity", capacity)
         self.state_names = _pairs(sess, state)
         self._time_mode = not self.state_names
-        self._context = None
         time_axes = {}
         if self._time_mode:      # recurrent state per slot, carried along the time axis
             time_axes = _check_time_mode(sess)
             self._carrier = SlotCarrier(sess._loaded.recurrent, self.capacity)
-            self._context = {rec: self._carrier for rec in sess._loaded.recurrent}
         self._args = {a.name: a for a in sess.get_inputs()}
         self._fixed = {name: self._args[name].check(value).copy()
                        for name, value in _check_feeds(self._args, feeds).items()}
@@ -371,13 +371,14 @@ class SessionPool:
         self._state_out = [(index[out], inp) for out, inp in self.state_names.items()]
         self._keep = [k for k, a in enumerate(outputs) if a.name not in self.state_names]
         self._all = list(range(len(outputs)))
-        self.batch_dim, self._in_axis, self._out_axis = _batch_axes(
+        self.batch_dim, self._in_axis, self._state_axis, self._out_axis = guess_axes(
             sess.get_inputs(), outputs, self._state_inputs, [outputs[k] for k in self._keep],
             time_axes)
+        # the declared shapes' guess until the first step probes the graph (_settle)
         self.batched = self.batch_dim is not None
-        self._state: Dict[str, np.ndarray] = {}
-        self._slot_axis = {n: (self._in_axis[n] if self.batched else None)
-                           for n in self._state_inputs}
+        self._settled, self._why, self._probes = False, None, 0
+        self._state: Dict[str, np.ndarray] = {}     # one stream's state per slot (axis 0)
+        self._slot_axis: Dict[str, int] = {}     # time mode's stores: slots on axis 1
         if self._time_mode:
             self._state = self._carrier.stores()
             self._slot_axis = {n: 1 for n in self._state}
@@ -386,8 +387,14 @@ class SessionPool:
         self._free = list(range(self.capacity - 1, -1, -1))
 
     def __repr__(self) -> str:
-        how = (f"one graph pass for all streams (batch dim {self.batch_dim!r})" if self.batched
-               else "streams stepped one by one (the graph's shapes are fixed at batch 1)")
+        dim = f"batch dim {self.batch_dim!r}" if self.batch_dim else "unnamed batch axis"
+        if self._settled:
+            how = (f"one graph pass for all streams ({dim}; rows checked to stay apart)"
+                   if self.batched else f"streams stepped one by one: {self._why}")
+        else:
+            how = (f"one graph pass for all streams if the first step confirms it ({dim})"
+                   if self.batched else "streams stepped one by one unless the first step "
+                   "shows that the graph batches them")
         state = (f"state={self.state_names}" if not self._time_mode else
                  "recurrent state carried along time")
         return (f"rnnengine.SessionPool(capacity={self.capacity}, open={len(self.ids)}, "
@@ -433,24 +440,48 @@ class SessionPool:
 
     def _view(self, name: str, arr: np.ndarray, slot: int) -> np.ndarray:
         """The part of a state store that belongs to ``slot`` (batch axis kept, size 1)."""
-        ax = self._slot_axis[name]
+        ax = self._slot_axis.get(name)
         if ax is None:
             return arr[slot]
         return arr[(slice(None),) * ax + (slice(slot, slot + 1),)]
 
+    def _one(self, merged: dict, j: int) -> dict:
+        """Stream j's part of feeds stacked on their streams' axes (the rest as they are)."""
+        one = dict(merged)
+        for name, ax in self._in_axis.items():
+            if name in merged and name not in self._fixed:
+                one[name] = np.take(merged[name], [j], axis=ax)
+        return one
+
     def _ensure(self, merged: dict) -> None:
-        """Allocate the state stores once the feeds tell the size of every named dim."""
+        """Allocate the state stores once the feeds (of one stream: row 0 of stacked ones)
+        tell the size of every named dim."""
         if self._state or self._time_mode:
             return
-        sizes = _symbols(self._args, merged)
+        sizes = _symbols(self._args, self._one(merged, 0))
         for name in self._state_inputs:
-            arg = self._args[name]
-            if self.batched:
-                self._state[name] = _zeros(arg, sizes, self.batch_dim, self.capacity)
-            else:
-                one = _zeros(arg, sizes)
-                self._state[name] = np.zeros((self.capacity,) + one.shape, one.dtype)
+            one = _zeros(self._args[name], sizes)
+            self._state[name] = np.zeros((self.capacity,) + one.shape, one.dtype)
 
+    def _settle(self, merged: dict) -> None:
+        """On the first step's feeds: batch or not, and each output's stream axis, from
+        what the graph computes (``pool_layout.probe``). Made-up rows the graph refuses
+        decide nothing: this step goes one by one and the next asks again (three times)."""
+        outputs = self._sess.get_outputs()
+        stacked = {n: ax for n, ax in self._in_axis.items()
+                   if n in merged and n not in self._fixed}
+        layout = probe(self._runner, self._one(merged, 0), stacked,
+                       {n: merged[n] for n in stacked},
+                       {n: np.zeros_like(self._state[n][0]) for n in self._state_inputs},
+                       self._state_axis,
+                       [(o.name, self.state_names.get(o.name)) for o in outputs],
+                       dict(zip(self._keep, self._out_axis)))
+        self._probes += 1
+        self._settled = layout.settled or self._probes >= 3
+        self.batched, self._why = layout.batched, layout.why
+        self._out_axis = [layout.out_axis[k] for k in self._keep]
+        if not self.batched:
+            self.batch_dim = None
     @_exclusive
     def state(self, sid) -> Dict[str, np.ndarray]:
         slot = self._slot(sid)
@@ -492,7 +523,6 @@ class SessionPool:
             raise ValueError(f"ids must be distinct; got {list(ids)}")
         merged = dict(self._fixed)
         merged.update(_check_feeds(self._args, feeds, self._state_inputs))
-        self._ensure(merged)
         k = len(slots)
         for name, value in merged.items():
             ax = self._in_axis.get(name)
@@ -501,32 +531,42 @@ class SessionPool:
                 if len(shape) <= ax or shape[ax] != k:
                     raise ValueError(f"input {name!r} must stack the {k} streams on axis "
                                      f"{ax}; got shape {tuple(shape)}")
-        if self.batched:
+        if k:
+            self._ensure(merged)
+            if not self._settled:
+                self._settle(merged)
+        if self.batched and k:
             return self._step_batched(slots, merged)
         return self._step_each(slots, merged)
 
-    def _run(self, merged: dict, slots) -> list:
+    def _run(self, merged: dict, slots, carrier=None) -> list:
+        """One graph pass; time mode: on the recurrent state of ``slots`` in ``carrier``
+        (the pool's own by default)."""
         sess = self._sess
         v = sess.new_table(merged)
-        if self._context is not None:
-            self._carrier.index = np.asarray(slots, np.intp)
-            v[0] = self._context
+        if self._time_mode:
+            carrier = carrier or self._carrier
+            carrier.index = np.asarray(slots, np.intp)
+            v[0] = {rec: carrier for rec in sess._loaded.recurrent}
         sess._plan.execute(v)
         return sess.finish(v, self._all)
+
+    def _runner(self, capacity: int):
+        """``run(feeds, slots)`` on zero recurrent state of its own (for the probe)."""
+        carrier = (SlotCarrier(self._sess._loaded.recurrent, capacity) if self._time_mode
+                   else None)
+        return lambda merged, slots: self._run(merged, slots, carrier)
 
     def _step_batched(self, slots, merged) -> List[np.ndarray]:
         index = np.asarray(slots, np.intp)
         for name in self._state_inputs:
-            merged[name] = np.take(self._state[name], index, axis=self._in_axis[name])
+            merged[name] = stack_rows(self._state[name][index], self._state_axis[name])
         outs = self._run(merged, slots)
-        for k, name in self._state_out:
-            ax = self._in_axis[name]
-            store = self._state[name]
-            if outs[k].shape[:ax] + outs[k].shape[ax + 1:] != store.shape[:ax] + store.shape[ax + 1:]:
-                raise ValueError(f"state output for {name!r} has shape {outs[k].shape}; "
-                                 f"the state input is {store.shape} with the streams on "
-                                 f"axis {ax}")
-            store[(slice(None),) * ax + (index,)] = outs[k]
+        news = [(self._state[name], unstack_rows(outs[k], self._state_axis[name], name,
+                                                 self._state[name].shape[1:], len(slots)))
+                for k, name in self._state_out]
+        for store, new in news:      # every output checked before any state is written
+            store[index] = new
         return [outs[k] for k in self._keep]
 
     def _step_each(self, slots, merged) -> List[np.ndarray]:
@@ -558,41 +598,3 @@ def _check_time_mode(sess) -> Dict[str, int]:
             raise ValueError(f"recurrent node {rec.label!r}: {e}") from None
     return time_axes
 
-
-def _batch_axes(inputs, outputs, state_inputs, kept_outputs, time_axes=None):
-    """(batch dim name or None, {input: stream axis}, [stream axis per kept output]).
-
-    The batch dim is the named dim found in the most inputs; the graph is batched when
-    every state input and every kept output has it exactly once. Otherwise the streams
-    step one by one, stacked on each input's first axis of size 1 (or named). Time axes
-    (``time_axes``: {input: axis}) are never the streams' axis."""
-    time_axes = time_axes or {}
-    count, timed = {}, set()
-    for a in inputs:
-        shape = a.shape or []
-        if a.name in time_axes and time_axes[a.name] < len(shape):
-            timed.add(shape[time_axes[a.name]])
-        for d in set(x for x in shape if isinstance(x, str)):
-            count[d] = count.get(d, 0) + 1
-    for d in timed:
-        count.pop(d, None)
-    dim = max(count, key=lambda d: (count[d], d == "batch"), default=None)
-
-    def has_once(a):
-        return a.shape is not None and [x for x in a.shape].count(dim) == 1
-
-    by_name = {a.name: a for a in inputs}
-    if dim is not None and all(has_once(by_name[n]) for n in state_inputs) and all(
-            has_once(a) for a in kept_outputs):
-        in_axis = {a.name: a.shape.index(dim) for a in inputs if has_once(a)}
-        return dim, in_axis, [a.shape.index(dim) for a in kept_outputs]
-
-    def first_unit(a):
-        for k, d in enumerate(a.shape or []):
-            if (d == 1 or isinstance(d, str) or d is None) and time_axes.get(a.name) != k:
-                return k
-        return None
-
-    in_axis = {a.name: first_unit(a) for a in inputs
-               if a.shape and first_unit(a) is not None and a.name not in state_inputs}
-    return None, in_axis, [first_unit(a) or 0 for a in kept_outputs]
