@@ -82,9 +82,10 @@ def probe(runner: Callable, one: dict, stacked: Dict[str, int], samples: Dict[st
     declared stream axis of the kept outputs."""
     rng = np.random.default_rng(0)
     rows = []
-    for _ in range(K):
-        row = {n: (_made_up(v, samples.get(n), rng) if n in stacked else v) for n, v in one.items()}
-        row.update({n: _made_up(z, None, rng) for n, z in states.items()})
+    for j in range(K):
+        row = {n: (_made_up(v, samples.get(n), rng, j) if n in stacked else v)
+               for n, v in one.items()}
+        row.update({n: _made_up(z, None, rng, j) for n, z in states.items()})
         rows.append(row)
     try:
         run = runner(K)
@@ -129,16 +130,19 @@ def probe(runner: Callable, one: dict, stacked: Dict[str, int], samples: Dict[st
     return Layout(why is None, out_axis, why)
 
 
-def _made_up(value: np.ndarray, sample, rng) -> np.ndarray:
-    """A row like ``value`` (shape, dtype) with random content: normal floats, integers
-    drawn from ``sample`` (values the caller fed: token ids stay in range), random bools."""
+def _made_up(value: np.ndarray, sample, rng, j: int) -> np.ndarray:
+    """Row ``j``, like ``value`` (shape, dtype) with random content: normal floats, random
+    bools, integers in the span of ``sample`` (the caller's values, so token ids likely stay
+    in range) widened to [0, 1], a ramp shifted by ``j`` so that rows differ."""
     value = np.asarray(value)
     if value.dtype.kind == "f":
         return rng.standard_normal(value.shape).astype(value.dtype)
     if value.dtype.kind == "b":
-        return rng.random(value.shape) < 0.5
+        return (rng.random(value.shape) < 0.5) ^ (j % 2 == 1)
     if value.dtype.kind in "iu" and sample is not None and np.size(sample):
-        return rng.choice(np.asarray(sample).ravel(), value.shape).astype(value.dtype)
+        lo, hi = min(int(np.min(sample)), 0), max(int(np.max(sample)), 1)
+        ramp = np.arange(value.size).reshape(value.shape) + j
+        return (lo + ramp % (hi - lo + 1)).astype(value.dtype)
     return value.copy()
 
 

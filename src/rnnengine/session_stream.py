@@ -509,7 +509,7 @@ class SessionPool:
     def import_state(self, data: bytes, sid=None) -> int:
         arrays = unpack_arrays(data, session_fingerprint(self._sess))
         if sid is None:
-            return self.open(arrays)
+            return self.open(arrays or None)     # exported before its first step: zeros
         self.set_state(sid, arrays)
         return sid
 
