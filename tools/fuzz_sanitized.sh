@@ -7,7 +7,10 @@
 #   2. fuzz/fuzz_session.py (atheris): whole graphs through InferenceSession (load, run,
 #      stream, whose step runs compiled from the third on) from the same corpus (its
 #      session.onnx and session_compiled.onnx seeds);
-#   3. tests/test_fuzz_api.py (hypothesis): random stacks through the public constructors.
+#   3. fuzz/fuzz_stateful.py (atheris): random small stateful graphs through SessionStream,
+#      SessionPool and Batcher, good and bad calls interleaved; outputs against ONNX Runtime,
+#      state after every failed call against a replay ($STATEFUL_RUNS inputs, about a minute);
+#   4. tests/test_fuzz_api.py (hypothesis): random stacks through the public constructors.
 # Bounded and reproducible by default (fixed seed and counts, a few minutes on CI):
 #   bash tools/fuzz_sanitized.sh                       # CI
 #   FUZZ_ARGS="-max_total_time=600" API_EXAMPLES=5000 bash tools/fuzz_sanitized.sh  # by hand
@@ -15,6 +18,7 @@
 set -euo pipefail
 FUZZ_ARGS=${FUZZ_ARGS:-"-seed=1 -runs=20000"}
 API_EXAMPLES=${API_EXAMPLES:-300}
+STATEFUL_RUNS=${STATEFUL_RUNS:-400}
 artifacts=${FUZZ_ARTIFACTS:-$(mktemp -d)}
 # The extension is not linked against gcc's libasan (only instrumented for it): the ASan
 # runtime it uses is the one preloaded below.
@@ -39,5 +43,10 @@ python fuzz/fuzz_session.py "$corpus" $FUZZ_ARGS -timeout=30 -rss_limit_mb=6144 
     -artifact_prefix="$artifacts/session-" -print_final_stats=1 > "$artifacts/fuzz_session.log" 2>&1 \
     || { grep -v '^WARNING' "$artifacts/fuzz_session.log" | tail -n 60; ls -l "$artifacts"; exit 1; }
 grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$artifacts/fuzz_session.log"
+python fuzz/fuzz_stateful.py -atheris -seed=1 -runs="$STATEFUL_RUNS" -timeout=60 -rss_limit_mb=6144 \
+    -detect_leaks=0 -artifact_prefix="$artifacts/stateful-" -print_final_stats=1 \
+    > "$artifacts/fuzz_stateful.log" 2>&1 \
+    || { grep -v '^WARNING' "$artifacts/fuzz_stateful.log" | tail -n 60; ls -l "$artifacts"; exit 1; }
+grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$artifacts/fuzz_stateful.log"
 RNNENGINE_API_FUZZ_EXAMPLES=$API_EXAMPLES python -m pytest -q -p no:cacheprovider \
     tests/test_fuzz_api.py --hypothesis-seed=1 --hypothesis-show-statistics
