@@ -290,3 +290,30 @@ cdef class StepRunner:
                     memcpy(<char *>y + j * op.row_bytes, op.table + op.idx[j] * op.row_bytes,
                            op.row_bytes)
         return 0
+
+
+def core_saved(StreamCore core):
+    """A copy of ``core``'s state (which h buffer is current, the step count, h and c),
+    for ``core_restore`` when the rest of a step fails after the core has stepped. Plain
+    copies of the buffers: this runs before every step that could fail that way."""
+    cdef cnp.npy_intp n = core._h_len + core._c_len
+    cdef cnp.ndarray saved = cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT32, 0)
+    cdef float *to = <float *>cnp.PyArray_DATA(saved)
+    memcpy(to, core._h[core._parity], core._h_len * sizeof(float))
+    if core._c_len:
+        memcpy(to + core._h_len, core._c, core._c_len * sizeof(float))
+    return (core._parity, core._steps, saved)
+
+
+def core_restore(StreamCore core, saved):
+    """Put back what ``core_saved`` took: the state exactly as it was before the step."""
+    cdef cnp.ndarray buf = saved[2]
+    cdef const float *src = <const float *>cnp.PyArray_DATA(buf)
+    if buf.shape[0] != core._h_len + core._c_len:
+        raise ValueError("saved state is not this core's")
+    core._acquire()
+    core._parity, core._steps = saved[0], saved[1]
+    memcpy(core._h[core._parity], src, core._h_len * sizeof(float))
+    if core._c_len:
+        memcpy(core._c, src + core._h_len, core._c_len * sizeof(float))
+    rnn_flag_release(&core._busy)

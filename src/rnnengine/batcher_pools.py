@@ -201,9 +201,7 @@ class SessionSlots(Resident):
         if set(arrays) != names:
             raise ValueError(f"the state bytes hold {sorted(arrays)}; this session's streams "
                              f"carry {sorted(names)}")
-        if not self._time_mode:
-            arrays = {n: self._args[n].check(a) for n, a in arrays.items()}
-        return arrays
+        return self.pool.check_state(arrays)     # shapes too: a stream is batch 1 here
 
     def step(self, handles: List[int], inputs: List[_Feeds]) -> list:
         """Item j: the outputs of ``handles[j]``'s step (a list), or the exception it raised."""
