@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import session_models as sm
 from rnnengine import Batcher, InferenceSession
+from rnnengine.state_blob import pack_arrays
 
 pytest.importorskip("onnxruntime")
 
@@ -505,7 +506,6 @@ def test_rejected_time_axis_import_changes_nothing():
     before = stream.state
     blob_state = {k: v + 1.0 for k, v in before.items()}
     blob_state["lstm1/h"] = np.zeros((1, 1, 5), np.float32)     # the second node's: wrong H
-    from rnnengine.state_blob import pack_arrays
     with pytest.raises(ValueError):
         stream.import_state(pack_arrays(blob_state))
     assert_state(stream.state, before)
@@ -531,3 +531,28 @@ def test_rejected_pool_set_state_changes_nothing():
     with pytest.raises(ValueError):
         tpool.set_state(sid, bad)
     assert_state(tpool.state(sid), before)
+
+
+def test_silero_state_of_another_batch_is_refused_and_outputs_are_its_own():
+    """The real Silero VAD (state pairs, whole graph each step): a blob of batch 2 is
+    refused by a batch-1 stream that has state, which carries on exactly as ORT; what a
+    step returns can be overwritten without touching the state."""
+    sr = np.array(16000, np.int64)
+    sess = InferenceSession(sm.SILERO)
+    pairs = {"stateN": "state"}
+    wide = sess.stream(feeds={"sr": sr})
+    wide.step({"input": xs(23, 1, (2, 512))[0] * 0.1})
+    stream = sess.stream(feeds={"sr": sr})
+    ort = AuthorLoop(sm.SILERO, pairs, {"state": np.zeros((2, 1, 128), np.float32)})
+    chunks = [c * 0.1 for c in xs(24, 8, (1, 512))]
+    for k, chunk in enumerate(chunks):
+        if k == 3:
+            before = stream.state
+            with pytest.raises(ValueError, match="batch"):
+                stream.import_state(wide.export_state())
+            assert_state(stream.state, before)
+        outs = stream.step({"input": chunk})
+        same(outs, ort.step({"input": chunk, "sr": sr}))
+        _independent(outs, {"input": chunk, "sr": sr}, [stream._state["state"]])
+        outs[0][...] = 1e3
+    assert_state(stream.state, ort.state)
