@@ -19,7 +19,7 @@ def _exclusive(method):
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         if not self._lock.acquire(blocking=False):
-            raise RuntimeError(f"{type(self).__name__}.{method.__name__}() called while "
+            raise RuntimeError(f"{type(self).__name__}.{method.__name__.lstrip('_')}() called while "
                                "another thread is using it: give each thread its own "
                                "stream/pool or serialize the calls")
         try:
