@@ -51,6 +51,7 @@ ctypedef struct op_t:
     const char *table  # gather: rows of row_bytes
     size_t rows, row_bytes, count
     int idx_bytes      # gather: 4 or 8 (int32 or int64 indices)
+    int64_t *idx       # gather: the indices as checked, from 0 (what the copy reads)
 
 ctypedef struct spec_t:   # an array a step takes (feed) or gives (output)
     int buf
@@ -157,6 +158,9 @@ cdef class StepRunner:
                 op.row_bytes = table.nbytes // max(table.shape[0], 1)
                 op.table = <const char *>cnp.PyArray_DATA(table)
                 self._hold.append(table)
+                a = np.empty(max(count, 1), np.int64)
+                op.idx = <int64_t *>cnp.PyArray_DATA(a)
+                self._hold.append(a)
             else:
                 raise ValueError(f"unknown op {spec[0]!r}")
         self._acquire_lock, self._release_lock = lock.acquire, lock.release
@@ -177,8 +181,11 @@ cdef class StepRunner:
         kinds = ("recurrent", "dense", "gather")
         return [kinds[self._ops[i].kind] for i in range(self._n_ops)]
 
-    cdef bint _bind_feeds(self, feeds):
-        """Point the feed buffers at ``feeds``' data when they match exactly."""
+    cdef bint _bind_feeds(self, feeds, list held):
+        """Point the feed buffers at ``feeds``' data when they match exactly. Each array
+        bound is appended to ``held``: the operators read it without the GIL, when another
+        thread may drop the caller's reference (replace ``feeds["x"]``), so the step keeps
+        its own until it returns."""
         cdef PyObject *item
         cdef cnp.ndarray a
         cdef spec_t *s
@@ -197,11 +204,15 @@ cdef class StepRunner:
             for d in range(s.nd):
                 if cnp.PyArray_DIM(a, d) != s.dims[d]:
                     return False
+            held.append(a)
             self._ptr[s.buf] = cnp.PyArray_DATA(a)
         return True
 
     cdef bint _indices_fit(self):
-        """Every gather index within its table (negative ones count from the end)."""
+        """Every gather index within its table (negative ones count from the end); the
+        checked ones are copied for the gather to read, so a caller writing into the index
+        array while the step runs (another thread, with the GIL released by an earlier
+        operator) cannot make it read outside the table."""
         cdef op_t *op
         cdef size_t j
         cdef int64_t i, n
@@ -216,16 +227,19 @@ cdef class StepRunner:
                      else (<int32_t *>self._ptr[op.src])[j])
                 if i < -n or i >= n:
                     return False
+                op.idx[j] = i + n if i < 0 else i
         return True
 
     def step(self, feeds=None):
         """One step of the stream: ``feeds`` -> list of the non-state outputs."""
+        cdef list held = []       # the feeds bound, alive until the operators are done
         if not self._acquire_lock(False):
             raise RuntimeError("SessionStream.step() called while another thread is using "
                                "it: give each thread its own stream/pool or serialize the "
                                "calls")
         try:
-            if not (self._bind_feeds({} if feeds is None else feeds) and self._indices_fit()):
+            if not (self._bind_feeds({} if feeds is None else feeds, held)
+                    and self._indices_fit()):
                 outs = None
             else:
                 outs = self._outputs()
@@ -252,7 +266,6 @@ cdef class StepRunner:
         cdef const float *x
         cdef float *y
         cdef size_t j
-        cdef int64_t i
         cdef int k
         for k in range(self._n_ops):
             op = &self._ops[k]
@@ -274,10 +287,33 @@ cdef class StepRunner:
                     rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act)
             else:
                 for j in range(op.count):
-                    i = ((<int64_t *>self._ptr[op.src])[j] if op.idx_bytes == 8
-                         else (<int32_t *>self._ptr[op.src])[j])
-                    if i < 0:
-                        i += <int64_t>op.rows
-                    memcpy(<char *>y + j * op.row_bytes, op.table + i * op.row_bytes,
+                    memcpy(<char *>y + j * op.row_bytes, op.table + op.idx[j] * op.row_bytes,
                            op.row_bytes)
         return 0
+
+
+def core_saved(StreamCore core):
+    """A copy of ``core``'s state (which h buffer is current, the step count, h and c),
+    for ``core_restore`` when the rest of a step fails after the core has stepped. Plain
+    copies of the buffers: this runs before every step that could fail that way."""
+    cdef cnp.npy_intp n = core._h_len + core._c_len
+    cdef cnp.ndarray saved = cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT32, 0)
+    cdef float *to = <float *>cnp.PyArray_DATA(saved)
+    memcpy(to, core._h[core._parity], core._h_len * sizeof(float))
+    if core._c_len:
+        memcpy(to + core._h_len, core._c, core._c_len * sizeof(float))
+    return (core._parity, core._steps, saved)
+
+
+def core_restore(StreamCore core, saved):
+    """Put back what ``core_saved`` took: the state exactly as it was before the step."""
+    cdef cnp.ndarray buf = saved[2]
+    cdef const float *src = <const float *>cnp.PyArray_DATA(buf)
+    if buf.shape[0] != core._h_len + core._c_len:
+        raise ValueError("saved state is not this core's")
+    core._acquire()
+    core._parity, core._steps = saved[0], saved[1]
+    memcpy(core._h[core._parity], src, core._h_len * sizeof(float))
+    if core._c_len:
+        memcpy(core._c, src + core._h_len, core._c_len * sizeof(float))
+    rnn_flag_release(&core._busy)

@@ -197,9 +197,10 @@ class SessionSlots(Resident):
         arrays = unpack_arrays(data, session_fingerprint(self.sess), names)
         if not arrays:
             return None
-        if not self._time_mode:
-            arrays = {n: self._args[n].check(a) for n, a in arrays.items()}
-        return arrays
+        if set(arrays) != names:
+            raise ValueError(f"the state bytes hold {sorted(arrays)}; this session's streams "
+                             f"carry {sorted(names)}")
+        return self.pool.check_state(arrays)     # shapes too: a stream is batch 1 here
 
     def step(self, handles: List[int], inputs: List[_Feeds]) -> list:
         """Item j: the outputs of ``handles[j]``'s step (a list), or the exception it raised."""

@@ -52,11 +52,13 @@ def guess_axes(inputs, outputs, state_inputs, kept_outputs, time_axes=None) -> t
         return None
 
     by_name = {a.name: a for a in inputs}
-    in_axis = {a.name: axis(a) for a in inputs
-               if a.name not in state_inputs and axis(a) is not None}
-    state_axis = {n: axis(by_name[n]) for n in state_inputs}
     named = all(has_once(by_name[n]) for n in state_inputs) and all(
         has_once(a) for a in kept_outputs)
+    # with the batch dim named throughout, an input without it is shared by the streams
+    in_axis = {a.name: axis(a) for a in inputs
+               if a.name not in state_inputs and axis(a) is not None
+               and (has_once(a) or not named or dim is None)}
+    state_axis = {n: axis(by_name[n]) for n in state_inputs}
     return (dim if named else None), in_axis, state_axis, [axis(a) or 0 for a in kept_outputs]
 
 

@@ -197,15 +197,19 @@ class InferenceSession:
         return v
 
     def finish(self, v: list, indices: List[int]) -> list:
-        """The outputs at ``indices`` as ONNX Runtime gives them: ndarrays the caller owns."""
-        out = []
+        """The outputs at ``indices`` as ONNX Runtime gives them: ndarrays the caller owns,
+        none of them a feed (an Identity of an input) or another output (two outputs of one
+        value), so writing into one changes nothing else."""
+        out, seen = [], {id(v[s]) for s in self._plan.input_slots}
         slots = self._plan.output_slots
         for k in indices:
             value = v[slots[k]]
             if not isinstance(value, np.ndarray):
                 value = np.asarray(value)
-            elif k in self._const_outputs or not value.flags.owndata:
+            elif (k in self._const_outputs or not value.flags.owndata
+                  or id(value) in seen):
                 value = value.copy()
+            seen.add(id(value))
             out.append(value)
         return out
 

@@ -14,72 +14,18 @@ Fixed feeds (a sample rate, say) are given once as ``feeds=`` or with each step.
 """
 from __future__ import annotations
 
-import functools
 import threading
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from ._checks import check_one_way, check_positive_int
-from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
-from .state_pairs import find_pairs
+from ._checks import check_positive_int
 from .pool_layout import guess_axes, probe, stack_rows, unstack_rows
+from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
+from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
+                            _zeros)
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
 from .stream_runner import compile_runner
-from .time_axis import check_streamable
-
-
-def _exclusive(method):
-    """One thread at a time in a stream or pool: a second one gets RuntimeError instead of
-    corrupting the state (the lock never waits; nested calls of one thread are fine)."""
-    @functools.wraps(method)
-    def guarded(self, *args, **kwargs):
-        if not self._lock.acquire(blocking=False):
-            raise RuntimeError(f"{type(self).__name__}.{method.__name__}() called while "
-                               "another thread is using it: give each thread its own "
-                               "stream/pool or serialize the calls")
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self._lock.release()
-    return guarded
-
-
-def _pairs(sess, state) -> Dict[str, str]:
-    inputs, outputs = sess.get_inputs(), sess.get_outputs()
-    if state is None:
-        return find_pairs(sess._loaded.model.graph, inputs, outputs)
-    if not isinstance(state, dict):
-        raise TypeError(f"state must be a dict {{output name: input name}}; got "
-                        f"{type(state).__name__}")
-    in_names, out_names = {a.name for a in inputs}, {a.name for a in outputs}
-    for out, inp in state.items():
-        if out not in out_names:
-            raise ValueError(f"state: {out!r} is not an output of the graph; the outputs "
-                             f"are {sorted(out_names)}")
-        if inp not in in_names:
-            raise ValueError(f"state: {inp!r} is not an input of the graph; the inputs "
-                             f"are {sorted(in_names)}")
-    if len(set(state.values())) != len(state):
-        raise ValueError(f"state: two outputs feed the same input: {state}")
-    return dict(state)
-
-
-def _symbols(args_by_name, feeds: dict) -> dict:
-    """Sizes of the named dims ('batch', ...) as the fed arrays give them."""
-    sizes = {}
-    for name, value in feeds.items():
-        arg = args_by_name.get(name)
-        if arg is not None and arg.shape is not None and getattr(value, "ndim", -1) == len(arg.shape):
-            for d, n in zip(arg.shape, value.shape):
-                if isinstance(d, str):
-                    sizes.setdefault(d, n)
-    return sizes
-
-
-def _zeros(arg, sizes: dict) -> np.ndarray:
-    shape = [d if isinstance(d, int) else sizes.get(d, 1) for d in (arg.shape or [])]
-    return np.zeros(shape, arg.dtype if arg.dtype is not None else np.float32)
 
 
 class SessionStream:
@@ -118,10 +64,10 @@ class SessionStream:
         self._known: Dict[str, tuple] = {}
         self._n_step_feeds = len(self._args) - len(self._state_inputs) - len(self._fixed)
         # the compiled step (stream_runner): built from a traced step once the fast path
-        # runs with known feeds; while it exists, ``self.step`` is its C method
+        # runs with known feeds; while it exists, ``step`` hands the call to it
         self._runner = None
         self._compile_next = False
-        self.not_compiled: Optional[str] = None   # why the step is not compiled, if so
+        self._why: Optional[str] = None     # why compile_runner refused this plan
         self.reset()
 
     def __repr__(self) -> str:
@@ -138,21 +84,37 @@ class SessionStream:
         """Whether the step runs compiled (stream_runner); if not, ``not_compiled`` says why."""
         return self._runner is not None
 
+    @property
+    def not_compiled(self) -> Optional[str]:
+        """Why the step is not compiled (None when it is)."""
+        if self._runner is not None:
+            return None
+        if self._why is not None:
+            return self._why
+        if self._time_mode:
+            return ("the recurrent state is carried along the time axis; only streams whose "
+                    "state pairs the recurrent kernels keep are compiled")
+        if not self._fast:
+            return ("the state is not kept inside the recurrent kernels, so the whole graph "
+                    "runs every step" if self._elided is None else "not yet compiled: "
+                    "compiles on the second step with feeds of the shapes seen before")
+        return "not yet compiled: compiles on the next step with feeds of the shapes seen before"
+
     def _drop_runner(self) -> None:     # the next fast step with known feeds compiles again
         self._runner = None
-        self.__dict__.pop("step", None)
+        self._why = None
         self._compile_next = self._fast
 
     @_exclusive
     def reset(self) -> None:
         """Every state back to zero."""
         self._state: Dict[str, Optional[np.ndarray]] = {n: None for n in self._state_inputs}
-        self._context = self._lean = None
+        self._context = self._lean = self._carrier = None
         self._drop_runner()
         if self._time_mode or self._fast:
             # RecurrentStep.step finds its carrier in the table's slot 0
             recs = self._elided.recs if self._fast else self._recurrent
-            carrier = Carrier(self._elided.want if self._fast else None)
+            carrier = self._carrier = Carrier(self._elided.want if self._fast else None)
             self._context = {rec: carrier for rec in recs}
             self._lean = self._elided.lean_steps(carrier) if self._fast else None
 
@@ -162,22 +124,39 @@ class SessionStream:
             merged.update(_check_feeds(self._args, feeds, self._state_inputs))
         return merged
 
-    @_exclusive
     def step(self, feeds: Optional[dict] = None) -> List[np.ndarray]:
         """One call of the graph: ``feeds`` (the inputs that are neither state nor given
-        as fixed feeds) -> the non-state outputs, in the graph's order."""
+        as fixed feeds) -> the non-state outputs, in the graph's order. A call that fails
+        leaves the state as it was."""
+        runner = self._runner
+        if runner is not None:       # the compiled step (it takes the lock itself)
+            return runner.step(feeds)
+        return self._step(feeds)
+
+    def _undoing(self, run, *args) -> None:
+        """``run(*args)`` with the recurrent kernels' state put back if it raises (a later
+        operator may fail after the recurrent nodes stepped)."""
+        saved = self._carrier.saved()
+        try:
+            run(*args)
+        except BaseException:
+            self._carrier.restore(saved)
+            raise
+
+    @_exclusive
+    def _step(self, feeds: Optional[dict] = None) -> List[np.ndarray]:
+        """The general step (also the compiled step's fallback)."""
         sess = self._sess
         if self._fast:
             v = self._known_table(feeds)
             if v is None:
                 v = sess.new_table(self._merged(feeds), self._state_inputs)
+                self._undoing(self._elided.step, v, self._context, self._lean)
                 self._learn(feeds)
             elif self._compile_next:
                 return self._compile(v, feeds or {})
-            self._elided.step(v, self._context, self._lean)
-            if self._runner is not None and any(
-                    c.streams.get(rec) is not s for c, rec, s in self._cores):
-                self._drop_runner()      # a feed of another batch replaced the streams
+            else:
+                self._undoing(self._elided.step, v, self._context, self._lean)
             return sess.finish(v, self._keep)
         merged = self._merged(feeds)
         if self._state_inputs:
@@ -186,13 +165,16 @@ class SessionStream:
                 value = self._state[name]
                 if value is None:
                     sizes = sizes or _symbols(self._args, merged)
-                    value = self._state[name] = _zeros(self._args[name], sizes)
+                    value = _zeros(self._args[name], sizes)
                 merged[name] = value
             if self._elided is not None:
                 return self._go_fast(merged)
         v = sess.new_table(merged)
         v[0] = self._context
-        sess._plan.execute(v)
+        if self._carrier is None:
+            sess._plan.execute(v)
+        else:
+            self._undoing(sess._plan.execute, v)
         outs = sess.finish(v, self._all)
         for k, name in self._state_out:
             self._state[name] = outs[k]
@@ -218,18 +200,14 @@ class SessionStream:
     def _compile(self, v: list, feeds: dict) -> List[np.ndarray]:
         """This step on the general path, traced (views unmerged), then the compiled step
         built from it (``stream_runner.compile_runner``)."""
-        sess, elided, carrier = self._sess, self._elided, next(iter(self._context.values()))
+        sess, elided, carrier = self._sess, self._elided, self._carrier
         steps = elided.lean_run(carrier)
-        elided.step(v, self._context, (steps, elided.run_steps))
+        self._undoing(elided.step, v, self._context, (steps, elided.run_steps))
         outs = sess.finish(v, self._keep)
         self._compile_next = False
-        runner, self.not_compiled = compile_runner(
+        self._runner, self._why = compile_runner(
             sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
-            functools.partial(SessionStream.step, self))
-        if runner is not None:
-            self._runner = runner
-            self._cores = [(carrier, rec, carrier.streams.get(rec)) for rec in elided.recs]
-            self.step = runner.step
+            self._step)
         return outs
 
     def _learn(self, feeds) -> None:
@@ -254,7 +232,7 @@ class SessionStream:
         current = [merged[n] for n in self._state_inputs]
         self._elided, self._fast = elided, True
         self.reset()
-        elided.unpack(next(iter(self._context.values())), current, self._fixed)
+        elided.unpack(self._carrier, current, self._fixed)
         return self.step({k: v for k, v in feeds.items() if k not in self._fixed})
 
     # -- state -----------------------------------------------------------------------------
@@ -263,25 +241,22 @@ class SessionStream:
         """A copy of the carried state: {state input name: array} (time-axis mode:
         {"<node>/h": (1, N, H), "<node>/c": ...} per recurrent node)."""
         if self._fast:
-            carrier = next(iter(self._context.values()))
-            packed = self._elided.pack(carrier, self._fixed)
+            packed = self._elided.pack(self._carrier, self._fixed)
             if packed is not None:
                 return dict(zip(self._state_inputs, packed))
             return {n: None for n in self._state_inputs}
         if not self._time_mode:
             return {n: (None if a is None else a.copy()) for n, a in self._state.items()}
-        out = {}
-        carrier = next(iter(self._context.values()), None)
-        for rec, stream in (carrier.streams.items() if carrier else []):
-            s = stream.state
-            h, c = s if rec.kind == "lstm" else (s, None)
-            out[f"{rec.label}/h"] = h
-            if c is not None:
-                out[f"{rec.label}/c"] = c
-        return out
+        return self._carrier.export()
 
     @state.setter
     def state(self, value: Dict[str, np.ndarray]) -> None:
+        self._set_state(value)
+
+    @_exclusive
+    def _set_state(self, value: Dict[str, np.ndarray]) -> None:
+        """Check every array (their shapes must be the current state's once there is one:
+        the batch is fixed), then replace the state all at once."""
         if self._time_mode:
             raise ValueError("this stream carries recurrent state along the time axis; "
                              "restore it with import_state")
@@ -289,10 +264,16 @@ class SessionStream:
             raise ValueError(f"state must be a dict with keys {self._state_inputs}; got "
                              f"{sorted(value) if isinstance(value, dict) else type(value).__name__}")
         checked = {n: self._args[n].check(a).copy() for n, a in value.items()}
+        for name, now in self.state.items():
+            if now is not None and now.shape != checked[name].shape:
+                raise ValueError(f"state {name!r} must have shape {now.shape}, as this "
+                                 f"stream's state has; got {checked[name].shape} (the batch "
+                                 "is fixed once a stream has state; reset() first to start "
+                                 "with another)")
         if self._fast:
-            self._drop_runner()     # unpack may give the carrier new streams
-            carrier = next(iter(self._context.values()))
-            self._elided.unpack(carrier, [checked[n] for n in self._state_inputs], self._fixed)
+            self._elided.unpack(self._carrier, [checked[n] for n in self._state_inputs],
+                                self._fixed)
+            self._drop_runner()     # unpack gave the carrier new streams
         else:
             self._state = checked
 
@@ -303,44 +284,15 @@ class SessionStream:
 
     @_exclusive
     def import_state(self, data: bytes) -> None:
-        """Continue from ``export_state`` bytes; ValueError if they do not fit."""
+        """Continue from ``export_state`` bytes; ValueError if they do not fit (the state
+        is then unchanged)."""
         arrays = unpack_arrays(data, session_fingerprint(self._sess))
         if not arrays:          # exported before the first step: the zero state
             self.reset()
-            return
-        if not self._time_mode:
+        elif not self._time_mode:
             self.state = arrays
-            return
-        carrier = next(iter(self._context.values()), None)
-        by_label = {rec.label: rec for rec in self._recurrent}
-        for key in arrays:
-            label, _, which = key.rpartition("/")
-            if label not in by_label or which not in ("h", "c"):
-                raise ValueError(f"state blob holds {key!r}, which is not a recurrent "
-                                 f"state of this model ({sorted(by_label)})")
-        for label, rec in by_label.items():
-            h = arrays.get(f"{label}/h")
-            if h is None:
-                continue
-            if h.ndim != 3:
-                raise ValueError(f"state {label}/h must be (1, N, H); got {h.shape}")
-            stream = carrier.streams[rec] = rec.model.stream(batch=h.shape[1])  # noqa
-            stream.state = (h, arrays.get(f"{label}/c")) if rec.kind == "lstm" else h
-
-
-def _check_feeds(args: dict, feeds, carried=()) -> dict:
-    if feeds is None:
-        return {}
-    if not isinstance(feeds, dict):
-        raise TypeError(f"feeds must be a dict of input name -> array; got "
-                        f"{type(feeds).__name__}")
-    for name in feeds:
-        if name not in args:
-            raise ValueError(f"unknown input name {name!r}; the inputs are {list(args)}")
-        if name in carried:
-            raise ValueError(f"input {name!r} is state the stream carries; set it with "
-                             "stream.state or import_state, not as a feed")
-    return feeds
+        else:
+            self._carrier.load(self._recurrent, arrays)
 
 
 class SessionPool:
@@ -463,6 +415,29 @@ class SessionPool:
             one = _zeros(self._args[name], sizes)
             self._state[name] = np.zeros((self.capacity,) + one.shape, one.dtype)
 
+    def check_state(self, state) -> Dict[str, np.ndarray]:
+        """One stream's state (``state``/``export_state``'s dict) checked against the
+        pool's: ValueError naming the array that does not fit."""
+        names = list(self._state) if self._time_mode else self._state_inputs
+        if not isinstance(state, dict) or set(state) != set(names):
+            raise ValueError(f"state must be a dict with keys {names}")
+        checked = {n: (np.asarray(a, np.float32) if self._time_mode else self._args[n].check(a))
+                   for n, a in state.items()}
+        sizes = _symbols(self._args, checked)
+        for name, value in checked.items():
+            if self._state:
+                want = self._view(name, self._state[name], 0).shape
+            else:       # a pool's streams have batch 1 each
+                want = list(_zeros(self._args[name], sizes).shape)
+                ax = self._state_axis.get(name)
+                if ax is not None and ax < len(want):
+                    want[ax] = 1
+                want = tuple(want)
+            if value.shape != want:
+                raise ValueError(f"state {name!r} of one stream must have shape {want}; got "
+                                 f"{value.shape} (a pool's streams have batch 1 each)")
+        return checked
+
     def _settle(self, merged: dict) -> None:
         """On the first step's feeds: batch or not, and each output's stream axis, from
         what the graph computes (``pool_layout.probe``). Made-up rows the graph refuses
@@ -490,18 +465,10 @@ class SessionPool:
     @_exclusive
     def set_state(self, sid, state: dict) -> None:
         slot = self._slot(sid)
-        names = list(self._state) if self._time_mode else self._state_inputs
-        if not isinstance(state, dict) or set(state) != set(names):
-            raise ValueError(f"state must be a dict with keys {names}")
-        checked = {n: (np.asarray(a, np.float32) if self._time_mode else self._args[n].check(a))
-                   for n, a in state.items()}
+        checked = self.check_state(state)     # all of it, before any is written
         self._ensure(checked)
         for name, value in checked.items():
-            view = self._view(name, self._state[name], slot)
-            if value.shape != view.shape:
-                raise ValueError(f"state {name!r} of one stream must have shape "
-                                 f"{view.shape}; got {value.shape}")
-            view[...] = value
+            self._view(name, self._state[name], slot)[...] = value
 
     def export_state(self, sid) -> bytes:
         return pack_arrays(self.state(sid), session_fingerprint(self._sess))
@@ -535,9 +502,12 @@ class SessionPool:
             self._ensure(merged)
             if not self._settled:
                 self._settle(merged)
-        if self.batched and k:
-            return self._step_batched(slots, merged)
-        return self._step_each(slots, merged)
+        if self._time_mode:
+            self._carrier.pending = []
+        outs = (self._step_batched if self.batched and k else self._step_each)(slots, merged)
+        if self._time_mode:        # the whole step succeeded: the final states go in
+            self._carrier.commit()
+        return outs
 
     def _run(self, merged: dict, slots, carrier=None) -> list:
         """One graph pass; time mode: on the recurrent state of ``slots`` in ``carrier``
@@ -570,7 +540,8 @@ class SessionPool:
         return [outs[k] for k in self._keep]
 
     def _step_each(self, slots, merged) -> List[np.ndarray]:
-        results = []
+        """The streams one graph pass each; their new states are kept once all passed."""
+        results, finals = [], []
         for j, slot in enumerate(slots):
             one = dict(merged)
             for name, ax in self._in_axis.items():
@@ -580,21 +551,10 @@ class SessionPool:
                 one[name] = self._state[name][slot]
             outs = self._run(one, [slot])
             for k, name in self._state_out:
-                self._state[name][slot] = outs[k]
+                finals.append((name, slot, np.broadcast_to(   # raises if it cannot fit
+                    outs[k], self._state[name][slot].shape)))
             results.append([outs[k] for k in self._keep])
+        for name, slot, value in finals:
+            self._state[name][slot] = value
         return [np.concatenate([r[i] for r in results], axis=self._out_axis[i])
                 if results else np.empty((0,)) for i in range(len(self._keep))]
-
-
-def _check_time_mode(sess) -> Dict[str, int]:
-    """A graph without state pairs streams along time: every operator must keep timesteps
-    apart and every recurrent node run one way (ValueError naming the offender).
-    Returns {input: its time axis}."""
-    time_axes = check_streamable(sess)
-    for rec in sess._loaded.recurrent:
-        try:
-            check_one_way(rec.model.layers, "stream")
-        except ValueError as e:
-            raise ValueError(f"recurrent node {rec.label!r}: {e}") from None
-    return time_axes
-

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ._checks import is_one_way
+from ._plan import core_restore, core_saved
 from .graph import CONTEXT, NONE
 
 
@@ -63,10 +64,66 @@ class Carrier:
         self.streams = {}
         self.want = want
 
+    def saved(self) -> tuple:
+        """What ``restore`` needs to undo a step that failed part-way (the recurrent nodes
+        may have stepped before a later operator raised)."""
+        return dict(self.streams), [(s._core, core_saved(s._core))
+                                    for s in self.streams.values()]
+
+    def restore(self, saved: tuple) -> None:
+        streams, cores = saved
+        self.streams.clear()
+        self.streams.update(streams)
+        for core, state in cores:
+            core_restore(core, state)
+
+    def export(self) -> Dict[str, np.ndarray]:
+        """Copies of the recurrent states: {"<node>/h": (1, N, Hout), "<node>/c": ...}."""
+        out = {}
+        for rec, stream in self.streams.items():
+            s = stream.state
+            h, c = s if rec.kind == "lstm" else (s, None)
+            out[f"{rec.label}/h"] = h
+            if c is not None:
+                out[f"{rec.label}/c"] = c
+        return out
+
+    def load(self, recs: list, arrays: Dict[str, np.ndarray]) -> None:
+        """Set the states of ``export`` (ValueError if any does not fit: then nothing
+        changes). Once the stream has state, its batch is fixed."""
+        by_label = {rec.label: rec for rec in recs}
+        for key in arrays:
+            label, _, which = key.rpartition("/")
+            if label not in by_label or which not in ("h", "c"):
+                raise ValueError(f"state blob holds {key!r}, which is not a recurrent "
+                                 f"state of this model ({sorted(by_label)})")
+        batch, new = self.batch(), {}
+        for label, rec in by_label.items():
+            h = arrays.get(f"{label}/h")
+            if h is None:
+                continue
+            if h.ndim != 3:
+                raise ValueError(f"state {label}/h must be (1, N, H); got {h.shape}")
+            if batch is not None and h.shape[1] != batch:
+                raise ValueError(f"state {label}/h is for a batch of {h.shape[1]}; this "
+                                 f"stream's state has batch {batch}, fixed once it has state "
+                                 "(reset() to start with another)")
+            stream = new[rec] = rec.model.stream(batch=h.shape[1])
+            stream.state = (h, arrays.get(f"{label}/c")) if rec.kind == "lstm" else h
+        self.streams.update(new)
+
+    def batch(self) -> Optional[int]:
+        """The batch of the state carried (None before the first step)."""
+        return next((s.batch for s in self.streams.values()), None)
+
     def advance(self, rec, x: np.ndarray, v: list):
         N = x.shape[0] if rec.layout else x.shape[1]
         stream = self.streams.get(rec)
-        if stream is None or stream.batch != N:
+        if stream is not None and stream.batch != N:
+            raise ValueError(f"recurrent node {rec.label!r} is fed a batch of {N}; this "
+                             f"stream's state has batch {stream.batch}, fixed once it has "
+                             "state (reset() to start with another batch)")
+        if stream is None:
             stream = self.streams[rec] = rec.model.stream(batch=N)
             given = rec._state(v, N)          # the graph's own initial state, first call
             if given is not None:
@@ -84,13 +141,20 @@ class Carrier:
 
 class SlotCarrier:
     """Recurrent state of every slot of a time-axis pool: ``h[rec]`` (1, capacity, Hout),
-    ``c[rec]`` (1, capacity, H); a step gathers the rows of ``index`` and scatters the
-    final states back."""
+    ``c[rec]`` (1, capacity, H); a step gathers the rows of ``index``; the final states
+    wait in ``pending`` until ``commit`` scatters them back, once the whole pool step has
+    succeeded (a later operator may still fail)."""
 
     def __init__(self, recs, capacity: int):
         self.h = {r: np.zeros((1, capacity, r.Hout), np.float32) for r in recs}
         self.c = {r: np.zeros((1, capacity, r.H), np.float32) for r in recs if r.kind == "lstm"}
         self.index = None
+        self.pending: list = []       # (store, index, final state) of the steps so far
+
+    def commit(self) -> None:
+        for store, idx, value in self.pending:
+            store[:, idx] = value
+        self.pending = []
 
     def stores(self) -> Dict[str, np.ndarray]:
         out = {}
@@ -106,9 +170,9 @@ class SlotCarrier:
         c = self.c[rec][:, idx] if rec in self.c else None
         y, state = rec.model.run(x, h if c is None else (h, c))
         h, c = (state, None) if c is None else state
-        self.h[rec][:, idx] = h
+        self.pending.append((self.h[rec], idx, h))
         if c is not None:
-            self.c[rec][:, idx] = c
+            self.pending.append((self.c[rec], idx, c))
         return y, h, c
 
 
@@ -207,14 +271,13 @@ class ElidedPlan:
             v[slot] = value
         for k in self.unpack_steps:
             plan.steps[k](v)
+        new = {}           # every node's state set before any replaces the carrier's
         for r in self.recs:
             h0 = np.asarray(v[r.h0])
             N = h0.shape[0] if r.layout else h0.shape[1]
-            state = r._state(v, N)
-            stream = carrier.streams.get(r)
-            if stream is None or stream.batch != N:
-                stream = carrier.streams[r] = r.model.stream(batch=N)
-            stream.state = state
+            stream = new[r] = r.model.stream(batch=N)
+            stream.state = r._state(v, N)
+        carrier.streams.update(new)
 
     def lean_run(self, carrier: Carrier) -> list:
         """``run`` with each recurrent step whose final state nobody reads replaced by
