@@ -1,0 +1,566 @@
+"""A whole model's call compiled for one signature of feed shapes: a flat list of C operators
+(``_exec.Runner``) over buffers allocated once.
+
+Why: a streaming model's step is hundreds of tiny operators (GTCRN: 522 planned steps, most
+of them on tensors of a few hundred elements); dispatching each from Python costs more than
+its arithmetic. With the feeds' shapes fixed, everything that depends only on shapes is a
+constant, every value has a fixed shape, and each operator can be planned once:
+
+* values computed from constants and shapes only (``Shape`` chains, the plan's memoised
+  shape clusters) are taken from the traced call as constants;
+* Reshape/Squeeze/Unsqueeze/Flatten/Identity are the same buffer under another shape;
+* data movement (Transpose, Slice, Concat, Split, Pad, Expand, Tile, Gather/ScatterND with
+  constant indices, Where with a constant condition, ...) becomes an index map: the very
+  operator the general path runs is applied once to arrays of element codes, and the map it
+  returns, compressed into strided runs, is what the C kernel copies every call;
+* element-wise arithmetic (broadcast strides fixed), activations, reductions, MatMul/Gemm
+  run as C kernels (``include/rnnengine/exec.h``, ``dense.h``);
+* an ``If`` whose condition is a constant runs its chosen branch inline;
+* every other step (recurrent nodes, convolutions, ...) is called as the general path calls
+  it, on arrays that are views of the buffers.
+
+The program is checked once against the traced call it was built from (same feeds, every
+output within float32 rounding); if it disagrees, or a step cannot be planned, the session
+keeps the general path for that signature (``Program.build`` returns the reason).
+
+A program holds no state between calls: feeds are copied in, outputs copied out, so a call
+that fails changes nothing the caller sees, and no output aliases a buffer or a feed.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ._exec import Runner
+from .loaders._fold import attrs
+
+_CODE = np.int64(1) << 40   # element codes: (source + 1) << 40 | flat index
+_F32 = np.dtype(np.float32)
+
+_VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+# inputs that carry data (the others are parameters: indices, axes, pads, shapes)
+_MOVES = {"Transpose": (0,), "Slice": (0,), "Concat": None, "Split": (0,), "Expand": (0,),
+          "Tile": (0,), "Pad": (0,), "Gather": (0,), "GatherElements": (0,),
+          "GatherND": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2), "Where": (1, 2),
+          "DepthToSpace": (0,), "SpaceToDepth": (0,)}
+_BINARY = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4, "Max": 5, "Min": 6, "PRelu": 7}
+_UNARY = {"Sigmoid": 0, "Tanh": 1, "Relu": 2, "Sqrt": 3, "Exp": 4, "Log": 5, "Neg": 6,
+          "Abs": 7, "Reciprocal": 8, "LeakyRelu": 9, "HardSigmoid": 10, "Clip": 11, "Erf": 12,
+          "Softplus": 13, "Elu": 14}
+_REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
+           "ReduceSumSquare": 4, "ReduceL2": 5}
+_MAXD = 8
+_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+           "Multinomial", "Bernoulli"}
+
+
+class NotPlanned(Exception):
+    """A step or value the program does not take; the message names it."""
+
+
+def _strides(shape) -> List[int]:
+    out, n = [], 1
+    for d in reversed(shape):
+        out.append(n)
+        n *= d
+    return out[::-1]
+
+
+def _runs(codes: np.ndarray) -> np.ndarray:
+    """Element codes (flat, one per output element) -> runs [dst, src_off, len, stride, src]:
+    a run is a stretch of one source at a constant stride."""
+    n = codes.size
+    src = codes >> 40
+    off = codes & (_CODE - 1)
+    brk = np.ones(n, bool)
+    if n > 1:
+        same = src[1:] == src[:-1]
+        d = off[1:] - off[:-1]
+        cont = same.copy()
+        if n > 2:
+            cont[1:] &= d[1:] == d[:-1]
+        brk[1:] = ~cont
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], n)
+    lens = ends - starts
+    stride = np.where(lens > 1, off[np.minimum(starts + 1, n - 1)] - off[starts], 1)
+    return np.stack([starts, off[starts], lens, stride, src[starts] - 1], axis=1).astype(np.int64)
+
+
+class Program:
+    """Build with ``Program.build``; ``run(feeds)`` -> every graph output (new arrays)."""
+
+    def __init__(self, runner: Runner, feeds: Dict[str, np.ndarray], outputs: list):
+        self.runner = runner
+        self._feeds = feeds            # name -> the buffer it is copied into
+        self._outputs = outputs        # graph output -> the buffer holding it
+
+    @property
+    def kinds(self) -> List[str]:
+        return self.runner.kinds
+
+    def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """The graph's outputs for ``feeds`` (which must have the program's shapes and
+        dtypes: ``signature``)."""
+        for name, buf in self._feeds.items():
+            np.copyto(buf, feeds[name], casting="no")
+        self.runner.run()
+        return [b.copy() for b in self._outputs]
+
+    @staticmethod
+    def build(sess, v: list, feed_names: List[str], fixed_names=()
+              ) -> Tuple[Optional["Program"], str]:
+        """From ``v``, the value table of one call of the general path: (program, "") or
+        (None, why not). ``feed_names``: the inputs each call feeds; ``fixed_names``: inputs
+        whose traced value the program keeps (a stream's fixed feeds)."""
+        try:
+            return _Builder(sess, v, feed_names, fixed_names).program(), ""
+        except NotPlanned as e:
+            return None, str(e)
+
+
+def signature(feeds: Dict[str, np.ndarray]) -> tuple:
+    return tuple(sorted((k, a.shape, a.dtype.str) for k, a in feeds.items()))
+
+
+class _Builder:
+    def __init__(self, sess, v: list, feed_names: List[str], fixed_names=()):
+        self.sess, self.plan, self.v = sess, sess._plan, v
+        self.opset = sess._loaded.opset
+        self.buf: Dict[int, np.ndarray] = {}       # slot -> the buffer holding its value
+        self.static: set = set()                   # slots whose value is fixed (constants)
+        self.ops: list = []
+        self.table = list(v)                       # what "call" steps read and write
+        self.table[0] = None
+        plan = self.plan
+        for slot, value in enumerate(plan.template):
+            if value is not None:
+                self._constant(slot)
+        for name in fixed_names:
+            self._constant(plan.input_slots[sess._input_index[name]])
+        self.feeds = {}
+        for name in feed_names:
+            slot = plan.input_slots[sess._input_index[name]]
+            value = v[slot]
+            if value.__class__ is not np.ndarray:
+                raise NotPlanned(f"feed {name!r} is not an ndarray")
+            b = self._new(slot, value.shape, value.dtype)
+            self.feeds[name] = b
+
+    # -- buffers ---------------------------------------------------------------------------
+    def _constant(self, slot: int) -> np.ndarray:
+        value = np.asarray(self.v[slot])
+        if not value.flags.c_contiguous:
+            value = value.copy()
+        self.static.add(slot)
+        self.buf[slot] = value
+        self.table[slot] = value
+        return value
+
+    def _new(self, slot: int, shape, dtype) -> np.ndarray:
+        b = np.zeros(shape, dtype)
+        self.buf[slot] = b
+        self.table[slot] = b
+        return b
+
+    def _out(self, slot: int) -> np.ndarray:
+        """A new buffer for the value the trace shows in ``slot``."""
+        value = self.v[slot]
+        if value.__class__ is not np.ndarray:
+            raise NotPlanned(f"value {self._name(slot)!r} is not an array")
+        return self._new(slot, value.shape, value.dtype)
+
+    def _in(self, slot: int, label: str) -> np.ndarray:
+        b = self.buf.get(slot)
+        if b is None:
+            if slot == 1:
+                raise NotPlanned(f"{label} reads an absent optional input")
+            raise NotPlanned(f"{label} reads {self._name(slot)!r}, which no planned step "
+                             "computes")
+        return b
+
+    def _name(self, slot: int) -> str:
+        return next((n for n, s in self.plan.slots.items() if s == slot), f"#{slot}")
+
+    # -- the plan --------------------------------------------------------------------------
+    def program(self) -> Program:
+        self._steps(self.plan, range(len(self.plan.steps)))
+        outputs = []
+        for slot in self.plan.output_slots:
+            outputs.append(self._in(slot, "a graph output"))
+        if not any(k != "call" for k in (op[0] for op in self.ops)):
+            raise NotPlanned("no step has a C kernel")
+        program = Program(Runner(self.ops), self.feeds, outputs)
+        self._check(program)
+        return program
+
+    def _check(self, program: Program) -> None:
+        """Run once on the traced feeds: every output must match the traced call."""
+        feeds = {name: self.v[self.plan.input_slots[self.sess._input_index[name]]]
+                 for name in self.feeds}
+        try:
+            got = program.run(feeds)
+        except Exception as e:
+            raise NotPlanned(f"the program failed on the traced feeds: {e}") from None
+        for slot, g in zip(self.plan.output_slots, got):
+            want = np.asarray(self.v[slot])
+            if g.shape != want.shape or g.dtype != want.dtype:
+                raise NotPlanned(f"output {self._name(slot)!r} came out {g.shape} {g.dtype}")
+            if g.dtype.kind == "f":
+                scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+                if not np.allclose(g, want, rtol=1e-4, atol=1e-5 * scale, equal_nan=True):
+                    raise NotPlanned(f"output {self._name(slot)!r} differs from the general "
+                                     "path")
+            elif not np.array_equal(g, want):
+                raise NotPlanned(f"output {self._name(slot)!r} differs from the general path")
+
+    def _steps(self, plan, indices) -> None:
+        for k in indices:
+            ins, outs = plan.io[k]
+            step = plan.steps[k]
+            label = plan.labels[k]
+            live = [o for o in outs if o != 2]
+            if all(o in self.static for o in live):
+                continue
+            if self._is_static(step, ins, live):
+                for o in live:
+                    self._constant(o)
+                continue
+            if not self._lower(step, ins, live, label):
+                self._call(step, ins, live, label)
+
+    def _is_static(self, step, ins, outs) -> bool:
+        """Fixed for this signature: the plan's memoised shape computations, Shape/Size, and
+        deterministic operators of fixed values."""
+        if outs and all(o in self.plan.shared for o in outs):
+            return True
+        node = getattr(step, "node", None)
+        if node is None or node.op_type in _RANDOM:
+            return False
+        if node.op_type in ("Shape", "Size"):
+            return True
+        if getattr(step, "native_view", None) is not None:
+            return step.view_of in self.static
+        return (getattr(step, "native", None) is not None and bool(ins)
+                and all(i in self.static or i == 1 for i in ins))
+
+    def _call(self, step, ins, outs, label) -> None:
+        for i in ins:
+            if i not in self.buf and i != 1 and i != 0:
+                self.table[i] = self.v[i]      # read by the step but not planned: as traced
+        bufs = [(o, self._out(o)) for o in outs]
+        table = self.table
+
+        def call():
+            step(table)
+            for o, b in bufs:
+                r = table[o]
+                if r is not b:
+                    if r.__class__ is not np.ndarray or r.shape != b.shape or r.dtype != b.dtype:
+                        raise ValueError(f"{label} gave {getattr(r, 'shape', r)} where the "
+                                         f"program planned {b.shape} {b.dtype}")
+                    np.copyto(b, r)
+                    table[o] = b
+        self.ops.append(("call", call))
+
+    # -- lowering --------------------------------------------------------------------------
+    def _lower(self, step, ins, outs, label) -> bool:
+        """Add C operators for ``step``; False when it has none."""
+        branch = getattr(step, "branches", None)
+        if branch is not None:
+            return self._inline_if(step, outs)
+        dense = getattr(getattr(step, "fn", None), "dense", None)
+        if dense is not None and len(ins) == 1 and len(outs) == 1:
+            return self._dense(dense, ins[0], outs[0], label)
+        node = getattr(step, "node", None)
+        if node is None or len(outs) != len(node.output) or any(o == 2 for o in outs):
+            return False
+        op = node.op_type
+        if op in _VIEWS:
+            return self._view(ins[0], outs[0])
+        if op in _MOVES:
+            return self._move(step, node, ins, outs, label)
+        if op in _BINARY and len(ins) == 2:
+            return self._binary(_BINARY[op], ins, outs[0], label)
+        if op in _UNARY:
+            return self._unary(node, ins, outs[0], label)
+        if op in _REDUCE:
+            return self._reduce(node, ins, outs[0], label)
+        if op == "MatMul":
+            return self._matmul(ins, outs[0], label)
+        if op == "Gemm":
+            return self._gemm(node, ins, outs[0], label)
+        return False
+
+    def _inline_if(self, step, outs) -> bool:
+        cond, branches = step.branches
+        if cond not in self.static:
+            return False
+        c = np.asarray(self.v[cond])
+        if c.size != 1:
+            return False
+        sub, moves = branches[bool(c.reshape(-1)[0])]
+        self._steps(sub, range(len(sub.steps)))
+        for o, s in moves:
+            if s in self.static:
+                self._constant_as(o, s)
+            else:
+                src = self._in(s, "an If branch output")
+                self.buf[o] = src
+                self.table[o] = src
+        return True
+
+    def _constant_as(self, o: int, s: int) -> None:
+        self.static.add(o)
+        self.buf[o] = self.buf[s]
+        self.table[o] = self.buf[s]
+
+    def _view(self, i: int, o: int) -> bool:
+        y = self.v[o]
+        src = self.buf.get(i)
+        if src is None or y.__class__ is not np.ndarray or y.size != src.size or y.dtype != src.dtype:
+            return False
+        view = src.reshape(y.shape)
+        self.buf[o] = view
+        self.table[o] = view
+        if i in self.static:
+            self.static.add(o)
+        return True
+
+    def _move(self, step, node, ins, outs, label) -> bool:
+        fn = getattr(step, "native", None)
+        data = _MOVES[node.op_type]
+        data = range(len(ins)) if data is None else [j for j in data if j < len(ins)]
+        if fn is None:          # a view step: a function of the data alone
+            fn = getattr(step, "native_view", None)
+            if fn is None or getattr(step, "view_of", None) not in ins:
+                return False
+            ins = [step.view_of]
+            data = [0]
+        args, sources = [], []
+        for j, i in enumerate(ins):
+            value = self.v[i]
+            if j in data and i != 1:
+                b = self.buf.get(i)
+                if b is None or value.__class__ is not np.ndarray or b.size >= _CODE:
+                    return False
+                args.append(((len(sources) + 1) * _CODE + np.arange(b.size, dtype=np.int64))
+                            .reshape(value.shape))
+                sources.append(b)
+            elif i == 1 or i in self.static:
+                args.append(value)
+            else:
+                return False
+        dtypes = {s.dtype for s in sources}
+        if len(dtypes) != 1:
+            return False
+        try:
+            with np.errstate(all="ignore"):
+                coded = fn(*args)
+        except Exception:
+            return False
+        for o, c in zip(outs, coded):
+            want = self.v[o]
+            c = np.asarray(c)
+            if (c.dtype != np.int64 or want.__class__ is not np.ndarray or c.shape != want.shape
+                    or want.dtype not in dtypes):
+                return False
+        for o, c in zip(outs, coded):
+            want = np.ascontiguousarray(self.v[o])
+            flat = np.asarray(c).reshape(-1)
+            unmapped = (flat >> 40) == 0
+            srcs = list(sources)
+            if unmapped.any():         # Pad's fill: the traced value at that position
+                srcs.append(want.reshape(-1).copy())
+                flat = np.where(unmapped, (len(srcs)) * _CODE + np.arange(flat.size), flat)
+            if (flat >> 40).max() > len(srcs):
+                return False
+            dst = self._out(o)
+            # the map must reproduce the traced value from the traced inputs
+            traced = [np.ascontiguousarray(self.v[i]).reshape(-1) for j, i in enumerate(ins)
+                      if j in data and i != 1] + ([srcs[-1]] if unmapped.any() else [])
+            picked = np.empty(flat.size, want.dtype)
+            for s, src in enumerate(traced):
+                sel = (flat >> 40) == s + 1
+                picked[sel] = src[flat[sel] & (_CODE - 1)]
+            if not np.array_equal(picked, want.reshape(-1), equal_nan=True):
+                return False
+            self.ops.append(("move", dst, [s.reshape(-1) for s in srcs], _runs(flat)))
+        return True
+
+    def _f32(self, slots, label) -> Optional[list]:
+        out = []
+        for i in slots:
+            b = self.buf.get(i)
+            if b is None or b.dtype != _F32:
+                return None
+            out.append(b)
+        return out
+
+    def _binary(self, code: int, ins, o: int, label) -> bool:
+        bufs = self._f32(ins, label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        shape = list(y.shape) or [1]
+        geo = []
+        for b in bufs:
+            s = [1] * (len(shape) - b.ndim) + list(b.shape) if y.ndim else [1]
+            if len(s) != len(shape):
+                return False
+            st = _strides(s)
+            geo.append([0 if s[d] == 1 and shape[d] != 1 else st[d] for d in range(len(shape))])
+        dims = [(shape[d], geo[0][d], geo[1][d]) for d in range(len(shape)) if shape[d] != 1]
+        merged: list = []
+        for n, sa, sb in dims:
+            if merged:
+                pn, psa, psb = merged[-1]
+                if psa == sa * n and psb == sb * n:
+                    merged[-1] = (pn * n, sa, sb)
+                    continue
+            merged.append((n, sa, sb))
+        merged = merged or [(1, 0, 0)]
+        if len(merged) > _MAXD:
+            return False
+        dst = self._out(o)
+        self.ops.append(("binary", code, bufs[0], bufs[1], dst, [m[0] for m in merged],
+                         [m[1] for m in merged], [m[2] for m in merged]))
+        return True
+
+    def _unary(self, node, ins, o: int, label) -> bool:
+        a = attrs(node)
+        op = node.op_type
+        alpha, beta = 0.0, 0.0
+        if op == "LeakyRelu":
+            alpha = a.get("alpha", 0.01)
+        elif op == "HardSigmoid":
+            alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+        elif op == "Elu":
+            alpha = a.get("alpha", 1.0)
+        elif op == "Clip":
+            if self.opset < 11:
+                alpha, beta = a.get("min", -np.inf), a.get("max", np.inf)
+            else:
+                bounds = []
+                for j, default in ((1, -np.inf), (2, np.inf)):
+                    if j < len(ins) and ins[j] != 1:
+                        if ins[j] not in self.static:
+                            return False
+                        bounds.append(float(np.asarray(self.v[ins[j]]).reshape(-1)[0]))
+                    else:
+                        bounds.append(default)
+                alpha, beta = bounds
+        elif len(ins) != 1 or a:
+            return False
+        bufs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32 or y.size != bufs[0].size:
+            return False
+        self.ops.append(("unary", _UNARY[op], bufs[0], self._out(o), float(alpha), float(beta)))
+        return True
+
+    def _reduce(self, node, ins, o: int, label) -> bool:
+        a = attrs(node)
+        bufs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        x = bufs[0]
+        axes = a.get("axes")
+        if len(ins) > 1 and ins[1] != 1:
+            if ins[1] not in self.static:
+                return False
+            axes = [int(t) for t in np.asarray(self.v[ins[1]]).reshape(-1)]
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return False
+            axes = list(range(x.ndim))
+        axes = sorted({ax + x.ndim if ax < 0 else ax for ax in axes})
+        if x.size == 0 or any(not 0 <= ax < x.ndim for ax in axes):
+            return False
+        st = _strides(x.shape)
+        kept = [d for d in range(x.ndim) if d not in axes]
+        base = np.zeros([x.shape[d] for d in kept] or [1], np.int64)
+        for j, d in enumerate(kept):
+            shape = [1] * len(kept)
+            shape[j] = x.shape[d]
+            base = base + (np.arange(x.shape[d], dtype=np.int64) * st[d]).reshape(shape)
+        rshape = [x.shape[d] for d in axes]
+        rstride = [st[d] for d in axes]
+        if base.size != y.size or len(rshape) > _MAXD:
+            return False
+        self.ops.append(("reduce", _REDUCE[node.op_type], x, self._out(o), base.reshape(-1),
+                         rshape, rstride))
+        return True
+
+    def _dense(self, spec, i: int, o: int, label) -> bool:
+        w, b, act, lo, top = spec
+        bufs = self._f32([i], label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        K = w.shape[0]
+        x = bufs[0]
+        if x.ndim < 1 or x.shape[-1] != K or not x.size:
+            return False
+        self.ops.append(("dense", x, np.ascontiguousarray(w, np.float32),
+                         None if b is None else np.ascontiguousarray(b, np.float32).reshape(-1),
+                         self._out(o), x.size // K, act))
+        return True
+
+    def _matmul(self, ins, o: int, label) -> bool:
+        bufs = self._f32(ins, label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32 or not y.size:
+            return False
+        a, b = bufs
+        if a.ndim < 2 or b.ndim < 1:
+            return False
+        if ins[1] in self.static and b.ndim == 2:
+            K = b.shape[0]
+            if a.shape[-1] != K:
+                return False
+            self.ops.append(("dense", a, b, None, self._out(o), a.size // K, 0))
+            return True
+        if b.ndim < 2:
+            return False
+        M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+        if b.shape[-2] != K or y.shape[-2:] != (M, N):
+            return False
+        bo = y.shape[:-2]
+        na = np.arange(int(np.prod(a.shape[:-2], dtype=np.int64))).reshape(a.shape[:-2])
+        nb = np.arange(int(np.prod(b.shape[:-2], dtype=np.int64))).reshape(b.shape[:-2])
+        try:
+            ia = np.broadcast_to(na, bo).reshape(-1)
+            ib = np.broadcast_to(nb, bo).reshape(-1)
+        except ValueError:
+            return False
+        offs = np.stack([ia * M * K, ib * K * N, np.arange(ia.size) * M * N], axis=1)
+        self.ops.append(("matmul", a, b, self._out(o), offs, M, K, N))
+        return True
+
+    def _gemm(self, node, ins, o: int, label) -> bool:
+        a = attrs(node)
+        if (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or len(ins) < 2
+                or ins[1] not in self.static):
+            return False
+        bufs = self._f32(ins[:1], label)
+        w = np.asarray(self.v[ins[1]])
+        if bufs is None or w.dtype != _F32 or w.ndim != 2:
+            return False
+        w = np.ascontiguousarray(w.T if a.get("transB", 0) else w)
+        N = w.shape[1]
+        bias = None
+        if len(ins) > 2 and ins[2] != 1:
+            if ins[2] not in self.static or a.get("beta", 1.0) != 1.0:
+                return False
+            c = np.asarray(self.v[ins[2]], np.float32)
+            if c.size not in (1, N) or (c.ndim == 2 and c.shape[0] != 1):
+                return False
+            bias = np.ascontiguousarray(np.broadcast_to(c.reshape(-1), (N,)))
+        x = bufs[0]
+        if x.ndim != 2 or x.shape[1] != w.shape[0]:
+            return False
+        self.ops.append(("dense", x, w, bias, self._out(o), x.shape[0], 0))
+        return True
