@@ -76,7 +76,7 @@ extensions = [
         "rnnengine._exec",
         ["src/rnnengine/_exec.pyx"],
         include_dirs=["include", numpy.get_include()],
-        depends=["include/rnnengine/exec.h", "include/rnnengine/dense.h"],
+        depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
         extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -11,6 +11,10 @@ import numpy as np
 cimport numpy as cnp
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+from ._cells cimport rnn_flag_release
+from ._kernels cimport StreamCore
 
 cnp.import_array()
 
@@ -49,6 +53,7 @@ cdef enum:
     K_MATMUL = 4
     K_DENSE = 5
     K_CALL = 6
+    K_RECURRENT = 7
 
 ctypedef struct xop_t:
     int kind, code, act
@@ -60,7 +65,11 @@ ctypedef struct xop_t:
     const int64_t *base
     int64_t n, es, M, K, N
     float alpha, beta
-    int call              # K_CALL: index in Runner._calls
+    int call              # K_CALL: index in Runner._calls; K_RECURRENT: in Runner._cores
+    const char *h0        # K_RECURRENT: initial h [N, Hout], c [N, H] (NULL: zeros)
+    const char *c0
+    char *yh              # K_RECURRENT: final h, c (NULL: not read)
+    char *yc
 
 
 cdef inline int64_t nbytes(cnp.ndarray a):
@@ -98,7 +107,7 @@ cdef class Runner:
     them all (raising what a "call" raises)."""
     cdef xop_t *_ops
     cdef int _n
-    cdef list _hold, _calls
+    cdef list _hold, _calls, _cores
 
     def __cinit__(self, *args, **kwargs):
         self._ops = NULL
@@ -116,7 +125,7 @@ cdef class Runner:
         self._ops = <xop_t *>calloc(max(self._n, 1), sizeof(xop_t))
         if self._ops == NULL:
             raise MemoryError()
-        self._hold, self._calls = [], []
+        self._hold, self._calls, self._cores = [], [], []
         for i, spec in enumerate(ops):
             op = &self._ops[i]
             kind = spec[0]
@@ -132,6 +141,9 @@ cdef class Runner:
                 self._matmul(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
             elif kind == "dense":
                 self._dense(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "recurrent":
+                self._recurrent(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6],
+                                spec[7])
             elif kind == "call":
                 if not callable(spec[1]):
                     raise TypeError("a call op takes a callable")
@@ -142,7 +154,7 @@ cdef class Runner:
 
     @property
     def kinds(self):
-        names = ("move", "binary", "unary", "reduce", "matmul", "dense", "call")
+        names = ("move", "binary", "unary", "reduce", "matmul", "dense", "call", "recurrent")
         return [names[self._ops[i].kind] for i in range(self._n)]
 
     cdef int _move(self, xop_t *op, cnp.ndarray dst, list srcs, runs) except -1:
@@ -256,6 +268,34 @@ cdef class Runner:
         self._hold += [X, W, Y]
         return 0
 
+    cdef int _recurrent(self, xop_t *op, StreamCore core, x, h0, c0, y, yh, yc) except -1:
+        """One timestep of a one-layer, one-way node on a core of its own (the program's
+        scratch: the state is copied in from h0/c0 and out to yh/yc every call)."""
+        cdef cnp.ndarray X = f32(x, "recurrent: x"), Y = f32(y, "recurrent: y")
+        cdef size_t h_bytes = core._h_len * sizeof(float), c_bytes = core._c_len * sizeof(float)
+        if core._L != 1 or X.size != core._N * core._I or Y.size != core._N * core._Hout:
+            raise ValueError("recurrent: the buffers do not fit the core")
+        op.kind, op.a, op.y, op.call = K_RECURRENT, data(X), data(Y), len(self._cores)
+        op.h0 = op.c0 = op.yh = op.yc = NULL
+        for value, size, what in ((h0, h_bytes, "h0"), (c0, c_bytes, "c0"),
+                                  (yh, h_bytes, "yh"), (yc, c_bytes, "yc")):
+            if value is None:
+                continue
+            if size == 0 or nbytes(f32(value, "recurrent: " + what)) != <int64_t>size:
+                raise ValueError(f"recurrent: {what} does not fit the core's state")
+            self._hold.append(value)
+        if h0 is not None:
+            op.h0 = data(h0)
+        if c0 is not None:
+            op.c0 = data(c0)
+        if yh is not None:
+            op.yh = data(yh)
+        if yc is not None:
+            op.yc = data(yc)
+        self._cores.append(core)
+        self._hold += [X, Y]
+        return 0
+
     def run(self):
         """Every operator once, in order."""
         cdef int i = 0, j
@@ -264,12 +304,38 @@ cdef class Runner:
                 self._calls[self._ops[i].call]()
                 i += 1
                 continue
+            if self._ops[i].kind == K_RECURRENT:
+                self._step(&self._ops[i])
+                i += 1
+                continue
             j = i
-            while j < self._n and self._ops[j].kind != K_CALL:
+            while j < self._n and self._ops[j].kind < K_CALL:
                 j += 1
             with nogil:
                 run_c(self._ops + i, j - i)
             i = j
+
+    cdef int _step(self, xop_t *op) except -1:
+        cdef StreamCore core = <StreamCore>self._cores[op.call]
+        cdef size_t hb = core._h_len * sizeof(float), cb = core._c_len * sizeof(float)
+        core._acquire()       # the core's own guard, as StreamCore.step takes it
+        with nogil:
+            if op.h0 != NULL:
+                memcpy(core._h[core._parity], op.h0, hb)
+            else:
+                memset(core._h[core._parity], 0, hb)
+            if core._c != NULL:
+                if op.c0 != NULL:
+                    memcpy(core._c, op.c0, cb)
+                else:
+                    memset(core._c, 0, cb)
+            core._step_all(<const float *>op.a, <float *>op.y)
+            if op.yh != NULL:
+                memcpy(op.yh, core._h[core._parity], hb)
+            if op.yc != NULL and core._c != NULL:
+                memcpy(op.yc, core._c, cb)
+        rnn_flag_release(&core._busy)
+        return 0
 
 
 cdef void run_c(xop_t *ops, int n) noexcept nogil:

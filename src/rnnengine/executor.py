@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ._exec import Runner
+from .graph_steps import RecurrentStep
 from .loaders._fold import attrs
 
 _CODE = np.int64(1) << 40   # element codes: (source + 1) << 40 | flat index
@@ -270,6 +271,9 @@ class _Builder:
         branch = getattr(step, "branches", None)
         if branch is not None:
             return self._inline_if(step, outs)
+        rec = getattr(step, "__self__", None)
+        if isinstance(rec, RecurrentStep):
+            return self._recurrent(rec)
         dense = getattr(getattr(step, "fn", None), "dense", None)
         if dense is not None and len(ins) == 1 and len(outs) == 1:
             return self._dense(dense, ins[0], outs[0], label)
@@ -292,6 +296,32 @@ class _Builder:
         if op == "Gemm":
             return self._gemm(node, ins, outs[0], label)
         return False
+
+    def _recurrent(self, rec) -> bool:
+        """One timestep of a one-way node with its state read from and written to buffers
+        (a stream's step of an exported model): the kernels' own step on a core of the
+        program's own."""
+        x = self.buf.get(rec.x)
+        if (rec.layout or rec.D != 1 or rec.lens != 1 or x is None or x.dtype != _F32
+                or x.ndim != 3 or x.shape[0] != 1 or x.shape[2] != rec.I):
+            return False
+        N = x.shape[1]
+        state = []
+        for slot, size in ((rec.h0, rec.Hout), (rec.c0, rec.H)):
+            if slot == 1 or (rec.kind != "lstm" and slot is rec.c0):
+                state.append(None)
+                continue
+            b = self.buf.get(slot)
+            if b is None or b.dtype != _F32 or b.shape != (1, N, size):
+                return False
+            state.append(b)
+        core = rec.model.stream(batch=N)._core
+        y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
+        yh = None if rec.yh == 2 else self._new(rec.yh, (1, N, rec.Hout), _F32)
+        yc = None if rec.yc == 2 or rec.kind != "lstm" else self._new(rec.yc, (1, N, rec.H),
+                                                                     _F32)
+        self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
+        return True
 
     def _inline_if(self, step, outs) -> bool:
         cond, branches = step.branches
