@@ -228,7 +228,7 @@ class _Builder:
                 for o in live:
                     self._constant(o)
                 continue
-            if not self._lower(step, ins, live, label):
+            if not self._lower(step, ins, live, label, plan):
                 self._call(step, ins, live, label)
 
     def _is_static(self, step, ins, outs) -> bool:
@@ -266,7 +266,7 @@ class _Builder:
         self.ops.append(("call", call))
 
     # -- lowering --------------------------------------------------------------------------
-    def _lower(self, step, ins, outs, label) -> bool:
+    def _lower(self, step, ins, outs, label, plan) -> bool:
         """Add C operators for ``step``; False when it has none."""
         branch = getattr(step, "branches", None)
         if branch is not None:
@@ -277,6 +277,11 @@ class _Builder:
         dense = getattr(getattr(step, "fn", None), "dense", None)
         if dense is not None and len(ins) == 1 and len(outs) == 1:
             return self._dense(dense, ins[0], outs[0], label)
+        chain = getattr(getattr(step, "fn", None), "conv_nodes", None)
+        if chain is not None and len(outs) == 1:
+            return self._conv(chain[0], [plan.slots.get(n, 1) if n else 1
+                                         for n in chain[0].input], outs[0], label,
+                              relu=len(chain) > 1)
         node = getattr(step, "node", None)
         if node is None or len(outs) != len(node.output) or any(o == 2 for o in outs):
             return False
@@ -291,6 +296,10 @@ class _Builder:
             return self._unary(node, ins, outs[0], label)
         if op in _REDUCE:
             return self._reduce(node, ins, outs[0], label)
+        if op in ("Conv", "ConvTranspose"):
+            return self._conv(node, ins, outs[0], label)
+        if op == "BatchNormalization":
+            return self._batchnorm(node, ins, outs[0], label)
         if op == "MatMul":
             return self._matmul(ins, outs[0], label)
         if op == "Gemm":
@@ -433,28 +442,33 @@ class _Builder:
         y = self.v[o]
         if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
             return False
-        shape = list(y.shape) or [1]
+        return self._broadcast(code, bufs[0], bufs[1], o, y.shape)
+
+    def _broadcast(self, code: int, a: np.ndarray, b: np.ndarray, o: int, shape,
+                   dst: Optional[np.ndarray] = None) -> bool:
+        """y = a (op) b broadcast to ``shape``, the dims collapsed where both inputs run
+        contiguously; into ``dst`` when given (which may be ``a``: same element, read then
+        written), else a new buffer for slot ``o``."""
+        out = list(shape) or [1]
         geo = []
-        for b in bufs:
-            s = [1] * (len(shape) - b.ndim) + list(b.shape) if y.ndim else [1]
-            if len(s) != len(shape):
+        for x in (a, b):
+            s = [1] * (len(out) - x.ndim) + list(x.shape) if len(shape) else [1]
+            if len(s) != len(out):
                 return False
             st = _strides(s)
-            geo.append([0 if s[d] == 1 and shape[d] != 1 else st[d] for d in range(len(shape))])
-        dims = [(shape[d], geo[0][d], geo[1][d]) for d in range(len(shape)) if shape[d] != 1]
+            geo.append([0 if s[d] == 1 and out[d] != 1 else st[d] for d in range(len(out))])
         merged: list = []
-        for n, sa, sb in dims:
-            if merged:
-                pn, psa, psb = merged[-1]
-                if psa == sa * n and psb == sb * n:
-                    merged[-1] = (pn * n, sa, sb)
-                    continue
-            merged.append((n, sa, sb))
+        for n, sa, sb in ((out[d], geo[0][d], geo[1][d]) for d in range(len(out)) if out[d] != 1):
+            if merged and merged[-1][1] == sa * n and merged[-1][2] == sb * n:
+                merged[-1] = (merged[-1][0] * n, sa, sb)
+            else:
+                merged.append((n, sa, sb))
         merged = merged or [(1, 0, 0)]
         if len(merged) > _MAXD:
             return False
-        dst = self._out(o)
-        self.ops.append(("binary", code, bufs[0], bufs[1], dst, [m[0] for m in merged],
+        if dst is None:
+            dst = self._new(o, tuple(shape), _F32)
+        self.ops.append(("binary", code, a, b, dst, [m[0] for m in merged],
                          [m[1] for m in merged], [m[2] for m in merged]))
         return True
 
@@ -594,3 +608,143 @@ class _Builder:
             return False
         self.ops.append(("dense", x, w, bias, self._out(o), x.shape[0], 0))
         return True
+
+    # -- convolution as a gather and a product ---------------------------------------------
+    def _conv(self, node, ins, o: int, label, relu: bool = False) -> bool:
+        """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, explicit pads): the
+        input gathered into columns [N, G, Cg*KH*KW, Ho*Wo] (zeros where the window leaves
+        the input; for ConvTranspose, where the stride skips), then per group
+        W_g [Cog, Cg*KH*KW] @ columns, then the bias. Checked against the traced output."""
+        a = attrs(node)
+        transpose = node.op_type == "ConvTranspose"
+        xs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if (xs is None or len(ins) < 2 or ins[1] not in self.static or y.__class__ is not np.ndarray
+                or y.dtype != _F32 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+                or "output_shape" in a):
+            return False
+        x = xs[0]
+        w = np.asarray(self.v[ins[1]])
+        bias = None
+        if len(ins) > 2 and ins[2] != 1:
+            if ins[2] not in self.static:
+                return False
+            bias = np.asarray(self.v[ins[2]])
+        nsp = x.ndim - 2
+        if nsp not in (1, 2) or w.dtype != _F32 or w.ndim != x.ndim or y.ndim != x.ndim:
+            return False
+        G = int(a.get("group", 1))
+        N, C = x.shape[:2]
+        pads = list(a.get("pads", [0] * 2 * nsp))
+        strides = list(a.get("strides", [1] * nsp))
+        dil = list(a.get("dilations", [1] * nsp))
+        if nsp == 1:       # as 2-D with a height of one
+            x4, w4, y4 = x.reshape(N, C, 1, -1), w[:, :, None, :], (y.shape[0], y.shape[1], 1, y.shape[2])
+            pads, strides, dil = [0, pads[0], 0, pads[1]], [1] + strides, [1] + dil
+        else:
+            x4, w4, y4 = x, w, y.shape
+        if len(pads) != 4 or len(strides) != 2 or len(dil) != 2 or G < 1 or C % G:
+            return False
+        H, W = x4.shape[2:]
+        Ho, Wo = y4[2:]
+        KH, KW = w4.shape[2:]
+        Cg = C // G
+        if transpose:
+            if w4.shape[0] != C:
+                return False
+            Cog = w4.shape[1]
+            A = w4.reshape(G, Cg, Cog, KH, KW).transpose(0, 2, 1, 3, 4).reshape(G, Cog, Cg * KH * KW)
+        else:
+            if w4.shape[1] != Cg or w4.shape[0] % G:
+                return False
+            Cog = w4.shape[0] // G
+            A = w4.reshape(G, Cog, Cg * KH * KW)
+        Co = G * Cog
+        if y4[:2] != (N, Co) or (bias is not None and bias.size != Co):
+            return False
+        n = np.arange(N).reshape(N, 1, 1, 1, 1, 1, 1)
+        c = (np.arange(G).reshape(1, G, 1, 1, 1, 1, 1) * Cg
+             + np.arange(Cg).reshape(1, 1, Cg, 1, 1, 1, 1))
+        kh = np.arange(KH).reshape(1, 1, 1, KH, 1, 1, 1)
+        kw = np.arange(KW).reshape(1, 1, 1, 1, KW, 1, 1)
+        oh = np.arange(Ho).reshape(1, 1, 1, 1, 1, Ho, 1)
+        ow = np.arange(Wo).reshape(1, 1, 1, 1, 1, 1, Wo)
+        if transpose:
+            th, tw = oh + pads[0] - kh * dil[0], ow + pads[1] - kw * dil[1]
+            ih, iw = th // strides[0], tw // strides[1]
+            ok = (th % strides[0] == 0) & (tw % strides[1] == 0)
+        else:
+            ih, iw = oh * strides[0] - pads[0] + kh * dil[0], ow * strides[1] - pads[1] + kw * dil[1]
+            ok = True
+        ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        index = ((n * C + c) * H + ih) * W + iw
+        index, ok = np.broadcast_arrays(index, ok)
+        codes = np.where(ok, _CODE + index, 2 * _CODE).reshape(-1).astype(np.int64)
+        K, P = Cg * KH * KW, Ho * Wo
+        A = np.ascontiguousarray(A, np.float32)
+        # the lowering must give the traced output
+        traced = np.asarray(self.v[ins[0]]).reshape(-1)      # the buffer is not filled yet
+        col = np.where(ok, traced[np.where(ok, index, 0)], 0).reshape(N, G, K, P)
+        with np.errstate(all="ignore"):
+            want = np.einsum("gmk,ngkp->ngmp", A, col).reshape(y.shape)
+            if bias is not None:
+                want = want + bias.reshape([Co] + [1] * nsp)
+            if relu:
+                want = np.maximum(want, 0)
+        scale = max(1.0, float(np.max(np.abs(y), initial=0.0)))
+        if not np.allclose(want, y, rtol=1e-4, atol=1e-5 * scale):
+            return False
+        dst = self._new(o, y.shape, _F32)
+        zero = np.zeros(1, _F32)
+        if Cog >= P:
+            # rows of the window per output position, then dense.h per (sample, group):
+            # [P, K] @ W_g^T [K, Cog] (+ bias, Relu), vectorised over the many channels
+            rows = codes.reshape(N, G, K, P).transpose(0, 1, 3, 2).reshape(-1)
+            columns = np.zeros(rows.size, _F32)
+            self.ops.append(("move", columns, [x.reshape(-1), zero], _runs(rows)))
+            out = dst if P == 1 else np.zeros((N, G, P, Cog), _F32)
+            flat = out.reshape(N * G, P * Cog)
+            cols = columns.reshape(N * G, P * K)
+            for j in range(N * G):
+                g = j % G
+                b = None if bias is None else np.ascontiguousarray(bias[g * Cog:(g + 1) * Cog],
+                                                                    np.float32)
+                self.ops.append(("dense", cols[j], np.ascontiguousarray(A[g].T), b, flat[j], P,
+                                 1 if relu else 0))
+            if P > 1:
+                order = np.arange(out.size, dtype=np.int64).reshape(N, G, P, Cog)
+                self.ops.append(("move", dst, [out.reshape(-1)],
+                                 _runs(_CODE + order.transpose(0, 1, 3, 2).reshape(-1))))
+            return True
+        columns = np.zeros(codes.size, _F32)
+        self.ops.append(("move", columns, [x.reshape(-1), zero], _runs(codes)))
+        g = np.arange(G)
+        offs = np.stack([np.tile(g * Cog * K, N), np.arange(N * G) * K * P,
+                         np.arange(N * G) * Cog * P], axis=1)
+        self.ops.append(("matmul", A, columns, dst, offs, Cog, K, P))
+        if bias is not None:
+            b = np.ascontiguousarray(bias, np.float32).reshape([Co] + [1] * nsp)
+            self._broadcast(0, dst, b, o, y.shape, dst=dst)
+        if relu:
+            self.ops.append(("unary", _UNARY["Relu"], dst, dst, 0.0, 0.0))
+        return True
+
+    def _batchnorm(self, node, ins, o: int, label) -> bool:
+        """Inference BatchNormalization as x * a + b per channel, a and b folded once."""
+        a = attrs(node)
+        xs = self._f32(ins[:1], label)
+        if (xs is None or len(ins) != 5 or any(i not in self.static for i in ins[1:])
+                or a.get("training_mode", 0)):
+            return False
+        x = xs[0]
+        scale, bias, mean, var = (np.asarray(self.v[i], np.float64) for i in ins[1:])
+        if x.ndim < 2 or any(t.shape != (x.shape[1],) for t in (scale, bias, mean, var)):
+            return False
+        mul = scale / np.sqrt(var + a.get("epsilon", 1e-5))
+        add = bias - mean * mul
+        shape = [x.shape[1]] + [1] * (x.ndim - 2)
+        mul, add = (np.ascontiguousarray(t.reshape(shape), np.float32) for t in (mul, add))
+        if not self._broadcast(2, x, mul, o, x.shape):
+            return False
+        dst = self.buf[o]
+        return self._broadcast(0, dst, add, o, x.shape, dst=dst)
