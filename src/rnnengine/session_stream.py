@@ -190,10 +190,13 @@ class SessionStream:
                 merged[name] = value
             if self._elided is not None:
                 return self._go_fast(merged)
-        v = sess.new_table(merged)
-        v[0] = self._context
-        sess._plan.execute(v)
-        outs = sess.finish(v, self._all)
+        if self._context is None:
+            outs = sess.evaluate(merged, self._all, self._fixed)
+        else:
+            v = sess.new_table(merged)
+            v[0] = self._context
+            sess._plan.execute(v)
+            outs = sess.finish(v, self._all)
         for k, name in self._state_out:
             self._state[name] = outs[k]
         return [outs[k] for k in self._keep]
@@ -507,6 +510,8 @@ class SessionPool:
 
     def _run(self, merged: dict, slots) -> list:
         sess = self._sess
+        if self._context is None:
+            return sess.evaluate(merged, self._all, self._fixed)
         v = sess.new_table(merged)
         if self._context is not None:
             self._carrier.index = np.asarray(slots, np.intp)
