@@ -72,6 +72,15 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
+    Extension(  # the executor's runner: exec.h operators over preallocated buffers
+        "rnnengine._exec",
+        ["src/rnnengine/_exec.pyx"],
+        include_dirs=["include", numpy.get_include()],
+        depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
+        extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
+        extra_link_args=link_args,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
     Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args,
               extra_link_args=link_args),
 ]

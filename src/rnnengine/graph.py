@@ -397,6 +397,8 @@ class Plan:
             src = self.resolve(data, f"node {label!r}")
             step = bind(fn, [src], outs)
             step.view_of = src          # stream_plan.absorb_views merges view chains
+            step.native_view = fn       # the executor maps the data it moves (executor.py)
+            step.node = node
         elif kind == "native":
             try:
                 fn = native_op(node, self.loaded.opset)
@@ -407,6 +409,7 @@ class Plan:
             if table is not None and len(ins) == 2 and not any(
                     a.name == "axis" and a.i != 0 for a in node.attribute):
                 step = lookup_step(table, ins[1], outs[0], step)
+            step.native, step.node = fn, node   # the operator, for the executor (executor.py)
         elif kind == "recurrent":
             rec = RecurrentStep(node, self.scope, self.loaded, ins, outs)
             self.loaded.recurrent.append(rec)

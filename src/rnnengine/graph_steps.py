@@ -232,6 +232,7 @@ def if_step(node, ins, outs, subs: dict, where: str, stable: bool = False) -> Ca
         plan.execute(v)
         for o, s in moves:
             v[o] = v[s]
+    step.branches = (cond, branches)    # the executor inlines a constant condition's branch
     return step
 
 

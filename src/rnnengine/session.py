@@ -18,6 +18,7 @@ import onnx
 from onnx import helper
 
 from .errors import ModelError
+from .executor import Program
 from .graph import Loaded, Plan
 from .graph_rewrite import fuse_unrolled_cells
 from .layers import check_precision
@@ -27,6 +28,27 @@ from .model import Model
 from .ort_bridge import require_onnxruntime
 from .session_stream import SessionPool, SessionStream
 from .state_pairs import find_pairs
+
+_SEEN = "seen once"      # a signature's first call runs the general path and is remembered
+_MAX_PROGRAMS = 16       # signatures remembered per session (a new one past that starts over)
+_SMALL_INT = 16          # integer feeds up to this many elements are planned by value
+
+
+def programs_key(feeds, fixed=()) -> Optional[tuple]:
+    """What a program is specialised to: each feed's name, shape and dtype, and the value of
+    the ``fixed`` ones and of small integer ones (a sample rate, a step index: they decide
+    branches and shapes); None when a feed is not an ndarray."""
+    if feeds.__class__ is not dict:
+        return None
+    key = []
+    for name, value in feeds.items():
+        if value.__class__ is not np.ndarray:
+            return None
+        kept = (name in fixed or (value.dtype.kind in "iub" and value.size <= _SMALL_INT))
+        key.append((name, value.shape, value.dtype.str, value.tobytes() if kept else None))
+    key.sort()
+    return tuple(key)
+
 
 def recurrent_model(layers, batch_first: bool, precision: str) -> Model:
     """THE one place where a session builds the Models of its recurrent nodes, so that
@@ -127,6 +149,7 @@ class InferenceSession:
         ort_ops = [op for g in self._loaded.ort_groups for op in g.op_types]
         if ort_ops:
             require_onnxruntime(ort_ops, where)
+        self._programs: dict = {}      # feed signature -> Program | _SEEN | why not
         self._input_index = {a.name: k for k, a in enumerate(self._inputs)}
         self._output_index = {a.name: k for k, a in enumerate(self._outputs)}
         # outputs whose arrays the plan reuses across runs: the caller gets a copy
@@ -216,10 +239,51 @@ class InferenceSession:
     def run(self, output_names: Optional[Sequence[str]], input_feed: Dict[str, np.ndarray],
             run_options=None) -> List[np.ndarray]:
         """Run the whole graph: the outputs named (all when None), in that order."""
-        indices = self.output_indices(output_names)
-        v = self.new_table(input_feed)
+        return self.evaluate(input_feed, self.output_indices(output_names))
+
+    def evaluate(self, feeds: Dict[str, np.ndarray], indices: List[int],
+                 fixed=()) -> List[np.ndarray]:
+        """The outputs at ``indices`` for ``feeds`` (every input; ``fixed``: names among
+        them that stay the same from call to call, such as a stream's fixed feeds).
+
+        The second call with one signature of feeds (names, shapes, dtypes, and the values
+        of the fixed and of small integer feeds) plans it into an ``executor.Program``;
+        later calls with that signature run the program, one C loop, instead of the
+        general path."""
+        key = programs_key(feeds, fixed)
+        entry = self._programs.get(key) if key is not None else None
+        if entry.__class__ is Program and entry.lock.acquire(False):
+            try:
+                outs = entry.run(feeds)
+            finally:
+                entry.lock.release()
+            return [outs[k] for k in indices]
+        v = self.new_table(feeds)
         self._plan.execute(v)
+        if key is not None and entry.__class__ is not Program:
+            if entry is None:
+                if len(self._programs) >= _MAX_PROGRAMS:
+                    self._programs.clear()
+                self._programs[key] = _SEEN
+            elif entry is _SEEN:
+                static = [name for name, _, _, value in key if value is not None]
+                program, why = Program.build(self, v, [n for n in feeds if n not in static],
+                                             static)
+                self._programs[key] = program if program is not None else why
         return self.finish(v, indices)
+
+    def program_status(self) -> Dict[tuple, str]:
+        """{feed signature: "compiled: <operator kinds>" | "general path: <why>"} for the
+        signatures seen twice or more (``info`` and tests read it)."""
+        out = {}
+        for key, entry in list(self._programs.items()):
+            if entry.__class__ is Program:
+                kinds = entry.kinds
+                out[key] = "compiled: " + ", ".join(
+                    f"{kinds.count(k)} {k}" for k in sorted(set(kinds)))
+            elif entry is not _SEEN:
+                out[key] = f"general path: {entry}"
+        return out
 
     # -- streams ---------------------------------------------------------------------------
     def stream(self, state: Optional[Dict[str, str]] = None,

@@ -169,13 +169,16 @@ class SessionStream:
                 merged[name] = value
             if self._elided is not None:
                 return self._go_fast(merged)
-        v = sess.new_table(merged)
-        v[0] = self._context
-        if self._carrier is None:
-            sess._plan.execute(v)
+        if self._context is None:      # the whole graph: planned per feed signature
+            outs = sess.evaluate(merged, self._all, self._fixed)
         else:
-            self._undoing(sess._plan.execute, v)
-        outs = sess.finish(v, self._all)
+            v = sess.new_table(merged)
+            v[0] = self._context
+            if self._carrier is None:
+                sess._plan.execute(v)
+            else:
+                self._undoing(sess._plan.execute, v)
+            outs = sess.finish(v, self._all)
         for k, name in self._state_out:
             self._state[name] = outs[k]
         return [outs[k] for k in self._keep]
@@ -513,6 +516,8 @@ class SessionPool:
         """One graph pass; time mode: on the recurrent state of ``slots`` in ``carrier``
         (the pool's own by default)."""
         sess = self._sess
+        if not self._time_mode:        # the whole graph: planned per feed signature
+            return sess.evaluate(merged, self._all, self._fixed)
         v = sess.new_table(merged)
         if self._time_mode:
             carrier = carrier or self._carrier

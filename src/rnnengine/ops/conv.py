@@ -251,6 +251,7 @@ def compiled_conv(nodes, const):
 
     fused = guard(run, " + ".join(f"{n.op_type} node {node_label(n)!r}" for n in nodes))
     fused.inputs, fused.outputs = (conv.input[0],), (nodes[-1].output[0],)
+    fused.conv_nodes = list(nodes)      # the executor plans the same chain (executor.py)
     return fused
 
 

@@ -31,6 +31,11 @@ def _gather_elements(a, opset, n_in, n_out):
         k = norm_axis(axis, x.ndim)
         if ix.ndim != x.ndim:
             raise ValueError(f"indices must have the rank of data ({x.ndim}); got {ix.ndim}")
+        if any(i > d for j, (i, d) in enumerate(zip(ix.shape, x.shape)) if j != k):
+            raise ValueError(f"indices {ix.shape} must not be larger than data {x.shape} "
+                             f"off axis {k}")
+        # the output has the indices' shape (take_along_axis would broadcast them)
+        x = x[tuple(slice(None) if j == k else slice(0, i) for j, i in enumerate(ix.shape))]
         return (np.take_along_axis(x, _indices(ix, x.shape[k]), axis=k),)
     return f
 

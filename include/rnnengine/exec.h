@@ -1,0 +1,224 @@
+/* The executor's operator kernels: what a whole model's step runs between its recurrent
+ * nodes, over buffers whose shapes were fixed when the step was planned (executor.py builds
+ * the plan, _exec.pyx runs it). Everything data-dependent was decided at plan time: index
+ * maps for data movement, broadcast strides, reduction geometry. The kernels trust only what
+ * the plan computed from the buffers' sizes; _exec.pyx checks every offset against the
+ * buffer it indexes before a plan is accepted.
+ */
+#ifndef RNNENGINE_EXEC_H
+#define RNNENGINE_EXEC_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define RNN_EXEC_MAXD 8
+
+/* Data movement (Transpose, Slice, Concat, Split, Pad, Expand, Gather/ScatterND with
+ * constant indices, ...) as runs: dst[dst + i] = src[src_off + i * src_stride], i < len,
+ * element size es. Plans compress the element-wise index map into the fewest runs. */
+typedef struct {
+    int64_t dst, src_off, len, src_stride;
+    int64_t src;  /* which source buffer */
+} rnn_run;
+
+static inline void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *runs, int64_t n,
+                                 int64_t es) {
+    for (int64_t r = 0; r < n; r++) {
+        const rnn_run *q = &runs[r];
+        char *d = dst + q->dst * es;
+        const char *s = srcs[q->src] + q->src_off * es;
+        if (q->src_stride == 1) {
+            memmove(d, s, (size_t)(q->len * es));
+        } else if (es == 4) {
+            const int64_t st = q->src_stride;
+            for (int64_t i = 0; i < q->len; i++)
+                memcpy(d + 4 * i, s + 4 * i * st, 4);
+        } else {
+            const int64_t st = q->src_stride * es;
+            for (int64_t i = 0; i < q->len; i++)
+                memcpy(d + i * es, s + i * st, (size_t)es);
+        }
+    }
+}
+
+/* Broadcast binary operators on float32, the shapes collapsed at plan time: nd dims, the
+ * innermost last; strides in elements (0 where an input is broadcast). */
+enum {
+    RNN_BIN_ADD = 0, RNN_BIN_SUB, RNN_BIN_MUL, RNN_BIN_DIV, RNN_BIN_POW, RNN_BIN_MAX,
+    RNN_BIN_MIN, RNN_BIN_PRELU, RNN_BIN_COUNT
+};
+
+typedef struct {
+    int64_t nd;
+    int64_t shape[RNN_EXEC_MAXD];
+    int64_t sa[RNN_EXEC_MAXD], sb[RNN_EXEC_MAXD];
+} rnn_bcast;
+
+static inline float rnn_bin1(int op, float a, float b) {
+    switch (op) {
+    case RNN_BIN_ADD: return a + b;
+    case RNN_BIN_SUB: return a - b;
+    case RNN_BIN_MUL: return a * b;
+    case RNN_BIN_DIV: return a / b;
+    case RNN_BIN_POW: return b == 2.0f ? a * a : (b == 0.5f ? sqrtf(a) : powf(a, b));
+    case RNN_BIN_MAX: return (a != a || b != b) ? NAN : (a > b ? a : b);
+    case RNN_BIN_MIN: return (a != a || b != b) ? NAN : (a < b ? a : b);
+    default: return a < 0.0f ? a * b : a;   /* PRelu: b is the slope */
+    }
+}
+
+/* One innermost row; the common stride pairs get loops the compiler vectorises. */
+#define RNN_BIN_ROW(EXPR)                                                                    \
+    do {                                                                                     \
+        if (sa == 1 && sb == 1) for (int64_t i = 0; i < n; i++) { float x = a[i], w = b[i]; y[i] = EXPR; } \
+        else if (sa == 1 && sb == 0) { const float w = b[0]; for (int64_t i = 0; i < n; i++) { float x = a[i]; y[i] = EXPR; } } \
+        else if (sa == 0 && sb == 1) { const float x = a[0]; for (int64_t i = 0; i < n; i++) { float w = b[i]; y[i] = EXPR; } } \
+        else for (int64_t i = 0; i < n; i++) { float x = a[i * sa], w = b[i * sb]; y[i] = EXPR; } \
+    } while (0)
+
+static inline void rnn_bin_row(int op, const float *a, int64_t sa, const float *b, int64_t sb,
+                               float *y, int64_t n) {
+    switch (op) {
+    case RNN_BIN_ADD: RNN_BIN_ROW(x + w); break;
+    case RNN_BIN_SUB: RNN_BIN_ROW(x - w); break;
+    case RNN_BIN_MUL: RNN_BIN_ROW(x * w); break;
+    case RNN_BIN_DIV: RNN_BIN_ROW(x / w); break;
+    default: for (int64_t i = 0; i < n; i++) y[i] = rnn_bin1(op, a[i * sa], b[i * sb]);
+    }
+}
+
+static inline void rnn_exec_binary(int op, const float *a, const float *b, float *y,
+                                   const rnn_bcast *g) {
+    const int64_t nd = g->nd, n = g->shape[nd - 1];
+    int64_t idx[RNN_EXEC_MAXD] = {0};
+    int64_t oa = 0, ob = 0, oy = 0;
+    for (;;) {
+        rnn_bin_row(op, a + oa, g->sa[nd - 1], b + ob, g->sb[nd - 1], y + oy, n);
+        oy += n;
+        int64_t d = nd - 2;
+        for (; d >= 0; d--) {
+            idx[d]++;
+            oa += g->sa[d];
+            ob += g->sb[d];
+            if (idx[d] < g->shape[d]) break;
+            oa -= g->sa[d] * g->shape[d];
+            ob -= g->sb[d] * g->shape[d];
+            idx[d] = 0;
+        }
+        if (d < 0) return;
+    }
+}
+
+/* Element-wise unary operators on float32 (alpha, beta: the operator's attributes). */
+enum {
+    RNN_UN_SIGMOID = 0, RNN_UN_TANH, RNN_UN_RELU, RNN_UN_SQRT, RNN_UN_EXP, RNN_UN_LOG,
+    RNN_UN_NEG, RNN_UN_ABS, RNN_UN_RECIPROCAL, RNN_UN_LEAKYRELU, RNN_UN_HARDSIGMOID,
+    RNN_UN_CLIP, RNN_UN_ERF, RNN_UN_SOFTPLUS, RNN_UN_ELU, RNN_UN_COUNT
+};
+
+static inline void rnn_exec_unary(int op, const float *x, float *y, int64_t n, float alpha,
+                                  float beta) {
+    switch (op) {
+    case RNN_UN_SIGMOID:
+        for (int64_t i = 0; i < n; i++) {
+            /* the stable form, as NumPy's reference computes it */
+            const float v = x[i];
+            y[i] = v >= 0.0f ? 1.0f / (1.0f + expf(-v)) : expf(v) / (1.0f + expf(v));
+        }
+        break;
+    case RNN_UN_TANH: for (int64_t i = 0; i < n; i++) y[i] = tanhf(x[i]); break;
+    case RNN_UN_RELU: for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : (x[i] != x[i] ? x[i] : 0.0f); break;
+    case RNN_UN_SQRT: for (int64_t i = 0; i < n; i++) y[i] = sqrtf(x[i]); break;
+    case RNN_UN_EXP: for (int64_t i = 0; i < n; i++) y[i] = expf(x[i]); break;
+    case RNN_UN_LOG: for (int64_t i = 0; i < n; i++) y[i] = logf(x[i]); break;
+    case RNN_UN_NEG: for (int64_t i = 0; i < n; i++) y[i] = -x[i]; break;
+    case RNN_UN_ABS: for (int64_t i = 0; i < n; i++) y[i] = fabsf(x[i]); break;
+    case RNN_UN_RECIPROCAL: for (int64_t i = 0; i < n; i++) y[i] = 1.0f / x[i]; break;
+    case RNN_UN_LEAKYRELU: for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0.0f ? alpha * x[i] : x[i]; break;
+    case RNN_UN_HARDSIGMOID:
+        for (int64_t i = 0; i < n; i++) {
+            const float v = alpha * x[i] + beta;
+            y[i] = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+        }
+        break;
+    case RNN_UN_CLIP:
+        for (int64_t i = 0; i < n; i++) {
+            const float v = x[i];
+            y[i] = v < alpha ? alpha : (v > beta ? beta : v);
+        }
+        break;
+    case RNN_UN_ERF: for (int64_t i = 0; i < n; i++) y[i] = erff(x[i]); break;
+    case RNN_UN_SOFTPLUS:
+        for (int64_t i = 0; i < n; i++) {
+            const float v = x[i];
+            y[i] = v > 0.0f ? v + log1pf(expf(-v)) : log1pf(expf(v));
+        }
+        break;
+    default:   /* Elu */
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0.0f ? alpha * (expf(x[i]) - 1.0f) : x[i];
+    }
+}
+
+/* Reductions over float32: for each of the n_out outputs (at offsets base[k] into x), the
+ * elements at base[k] + the reduced dims' offsets (rshape, rstride); sums in double, as
+ * exact as NumPy's pairwise sums for the sizes real models reduce. */
+enum { RNN_RED_SUM = 0, RNN_RED_MEAN, RNN_RED_MAX, RNN_RED_MIN, RNN_RED_SUMSQ, RNN_RED_L2 };
+
+typedef struct {
+    int64_t nd;
+    int64_t shape[RNN_EXEC_MAXD], stride[RNN_EXEC_MAXD];
+} rnn_rdims;
+
+static inline void rnn_exec_reduce(int op, const float *x, float *y, const int64_t *base,
+                                   int64_t n_out, const rnn_rdims *r) {
+    int64_t count = 1;
+    for (int64_t d = 0; d < r->nd; d++) count *= r->shape[d];
+    for (int64_t k = 0; k < n_out; k++) {
+        const float *p = x + base[k];
+        double acc = (op == RNN_RED_MAX) ? -INFINITY : (op == RNN_RED_MIN ? INFINITY : 0.0);
+        int64_t idx[RNN_EXEC_MAXD] = {0};
+        int64_t off = 0;
+        for (int64_t e = 0; e < count; e++) {
+            const double v = p[off];
+            switch (op) {
+            case RNN_RED_MAX: acc = (v != v || acc != acc) ? NAN : (v > acc ? v : acc); break;
+            case RNN_RED_MIN: acc = (v != v || acc != acc) ? NAN : (v < acc ? v : acc); break;
+            case RNN_RED_SUMSQ: case RNN_RED_L2: acc += v * v; break;
+            default: acc += v;
+            }
+            for (int64_t d = r->nd - 1; d >= 0; d--) {
+                idx[d]++;
+                off += r->stride[d];
+                if (idx[d] < r->shape[d]) break;
+                off -= r->stride[d] * r->shape[d];
+                idx[d] = 0;
+            }
+        }
+        if (op == RNN_RED_MEAN) acc /= (double)count;
+        if (op == RNN_RED_L2) acc = sqrt(acc);
+        y[k] = (float)acc;
+    }
+}
+
+/* y[M, N] = a[M, K] @ b[K, N] for each of n_mat (a, b, y) offset triples: the batched
+ * MatMul whose second operand is computed (constant ones go to dense.h). Sums in k order. */
+static inline void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
+                                   int64_t n_mat, int64_t M, int64_t K, int64_t N) {
+    for (int64_t m = 0; m < n_mat; m++) {
+        const float *A = a + offs[3 * m], *B = b + offs[3 * m + 1];
+        float *Y = y + offs[3 * m + 2];
+        for (int64_t i = 0; i < M; i++) {
+            float *row = Y + i * N;
+            for (int64_t j = 0; j < N; j++) row[j] = 0.0f;
+            for (int64_t k = 0; k < K; k++) {
+                const float s = A[i * K + k];
+                const float *brow = B + k * N;
+                for (int64_t j = 0; j < N; j++) row[j] += s * brow[j];
+            }
+        }
+    }
+}
+
+#endif

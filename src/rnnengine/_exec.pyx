@@ -1,0 +1,361 @@
+"""The executor's runner: one step of a whole model as a flat list of C operators over
+buffers allocated once (``executor.Program`` plans it and says why it is shaped so).
+
+A ``Runner`` owns nothing but pointers; ``executor.Program`` holds every array they point
+into for as long as the runner lives. Operators that have no C kernel yet are Python
+callables in the list (``"call"``), run with the GIL between the C runs, which release it.
+The feeds are copied into their buffers before any operator runs, so a caller's arrays are
+never read after ``run`` returns control to another thread.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+from ._cells cimport rnn_flag_release
+from ._kernels cimport StreamCore
+
+cnp.import_array()
+
+cdef extern from "rnnengine/exec.h" nogil:
+    ctypedef struct rnn_run:
+        int64_t dst, src_off, len, src_stride, src
+    ctypedef struct rnn_bcast:
+        int64_t nd
+        int64_t shape[8]
+        int64_t sa[8]
+        int64_t sb[8]
+    ctypedef struct rnn_rdims:
+        int64_t nd
+        int64_t shape[8]
+        int64_t stride[8]
+    void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *runs, int64_t n, int64_t es)
+    void rnn_exec_binary(int op, const float *a, const float *b, float *y, const rnn_bcast *g)
+    void rnn_exec_unary(int op, const float *x, float *y, int64_t n, float alpha, float beta)
+    void rnn_exec_reduce(int op, const float *x, float *y, const int64_t *base, int64_t n_out,
+                         const rnn_rdims *r)
+    void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
+                         int64_t n_mat, int64_t M, int64_t K, int64_t N)
+    int RNN_BIN_COUNT, RNN_UN_COUNT
+
+cdef extern from "rnnengine/dense.h" nogil:
+    void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
+                   const float *b, float *y, int act)
+
+DEF MAXD = 8
+
+cdef enum:
+    K_MOVE = 0
+    K_BINARY = 1
+    K_UNARY = 2
+    K_REDUCE = 3
+    K_MATMUL = 4
+    K_DENSE = 5
+    K_CALL = 6
+    K_RECURRENT = 7
+
+ctypedef struct xop_t:
+    int kind, code, act
+    char *y
+    const char *a
+    const char *b
+    char **srcs
+    const void *params    # rnn_run[] | rnn_bcast | rnn_rdims | int64 offsets
+    const int64_t *base
+    int64_t n, es, M, K, N
+    float alpha, beta
+    int call              # K_CALL: index in Runner._calls; K_RECURRENT: in Runner._cores
+    const char *h0        # K_RECURRENT: initial h [N, Hout], c [N, H] (NULL: zeros)
+    const char *c0
+    char *yh              # K_RECURRENT: final h, c (NULL: not read)
+    char *yc
+
+
+cdef inline int64_t nbytes(cnp.ndarray a):
+    return <int64_t>cnp.PyArray_NBYTES(a)
+
+
+cdef inline char *data(cnp.ndarray a):
+    return <char *>cnp.PyArray_DATA(a)
+
+
+cdef cnp.ndarray f32(a, what):
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be a C-contiguous float32 buffer")
+    return a
+
+
+cdef cnp.ndarray i64(a, what):
+    a = np.ascontiguousarray(a, np.int64)
+    return a
+
+
+cdef class Runner:
+    """``Runner(ops)``: ops in run order, each a tuple naming its kernel and the arrays it
+    reads and writes (``executor.Program`` builds them):
+
+    * ("move", dst, [src, ...], runs int64 [n, 5] (dst, src_off, len, src_stride, src));
+    * ("binary", code, a, b, y, shape, a_strides, b_strides) (strides in elements);
+    * ("unary", code, x, y, alpha, beta);
+    * ("reduce", code, x, y, base offsets, reduced shape, reduced strides);
+    * ("matmul", a, b, y, offsets int64 [n, 3], M, K, N);
+    * ("dense", x, w [K, N], bias or None, y, M, act);
+    * ("call", fn): a Python callable run with the GIL.
+
+    Every offset is checked against the sizes of the arrays given here; ``run()`` then runs
+    them all (raising what a "call" raises)."""
+    cdef xop_t *_ops
+    cdef int _n
+    cdef list _hold, _calls, _cores
+
+    def __cinit__(self, *args, **kwargs):
+        self._ops = NULL
+
+    def __dealloc__(self):
+        cdef int i
+        if self._ops != NULL:
+            for i in range(self._n):
+                free(self._ops[i].srcs)
+            free(self._ops)
+
+    def __init__(self, ops):
+        cdef xop_t *op
+        self._n = len(ops)
+        self._ops = <xop_t *>calloc(max(self._n, 1), sizeof(xop_t))
+        if self._ops == NULL:
+            raise MemoryError()
+        self._hold, self._calls, self._cores = [], [], []
+        for i, spec in enumerate(ops):
+            op = &self._ops[i]
+            kind = spec[0]
+            if kind == "move":
+                self._move(op, spec[1], spec[2], spec[3])
+            elif kind == "binary":
+                self._binary(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
+            elif kind == "unary":
+                self._unary(op, spec[1], spec[2], spec[3], spec[4], spec[5])
+            elif kind == "reduce":
+                self._reduce(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "matmul":
+                self._matmul(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
+            elif kind == "dense":
+                self._dense(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "recurrent":
+                self._recurrent(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6],
+                                spec[7])
+            elif kind == "call":
+                if not callable(spec[1]):
+                    raise TypeError("a call op takes a callable")
+                op.kind, op.call = K_CALL, len(self._calls)
+                self._calls.append(spec[1])
+            else:
+                raise ValueError(f"unknown op kind {kind!r}")
+
+    @property
+    def kinds(self):
+        names = ("move", "binary", "unary", "reduce", "matmul", "dense", "call", "recurrent")
+        return [names[self._ops[i].kind] for i in range(self._n)]
+
+    cdef int _move(self, xop_t *op, cnp.ndarray dst, list srcs, runs) except -1:
+        cdef cnp.ndarray r = np.ascontiguousarray(runs, np.int64).reshape(-1, 5)
+        cdef int64_t es = dst.itemsize
+        cdef int64_t k, d0, off, ln, st, s, last, dst_n = dst.size
+        for src in srcs:
+            if not isinstance(src, np.ndarray) or src.dtype != dst.dtype or not src.flags.c_contiguous:
+                raise ValueError("move: sources must be C-contiguous arrays of the "
+                                 "destination's dtype")
+        if not dst.flags.c_contiguous:
+            raise ValueError("move: the destination must be C-contiguous")
+        cdef int64_t[:, :] rv = r
+        for k in range(rv.shape[0]):
+            d0, off, ln, st, s = rv[k, 0], rv[k, 1], rv[k, 2], rv[k, 3], rv[k, 4]
+            if ln < 1 or d0 < 0 or d0 + ln > dst_n or not 0 <= s < len(srcs):
+                raise ValueError(f"move: run {k} does not fit the destination")
+            last = off + (ln - 1) * st
+            if min(off, last) < 0 or max(off, last) >= (<cnp.ndarray>srcs[s]).size:
+                raise ValueError(f"move: run {k} reads outside source {s}")
+        op.kind, op.y, op.es, op.n, op.params = K_MOVE, data(dst), es, rv.shape[0], cnp.PyArray_DATA(r)
+        op.srcs = <char **>calloc(max(len(srcs), 1), sizeof(char *))
+        if op.srcs == NULL:
+            raise MemoryError()
+        for k, src in enumerate(srcs):
+            op.srcs[k] = data(src)
+        self._hold += [dst, r, srcs]
+        return 0
+
+    cdef int _binary(self, xop_t *op, int code, a, b, y, shape, sa, sb) except -1:
+        cdef cnp.ndarray A = f32(a, "binary: a"), B = f32(b, "binary: b"), Y = f32(y, "binary: y")
+        cdef cnp.ndarray g = np.zeros(1 + 3 * MAXD, np.int64)
+        cdef rnn_bcast *bc = <rnn_bcast *>cnp.PyArray_DATA(g)
+        cdef int64_t total = 1, amax = 0, bmax = 0, d, nd = len(shape)
+        if not 0 <= code < RNN_BIN_COUNT or not 1 <= nd <= MAXD:
+            raise ValueError("binary: bad operator or rank")
+        bc.nd = nd
+        for d in range(nd):
+            if shape[d] < 1 or sa[d] < 0 or sb[d] < 0:
+                raise ValueError("binary: bad geometry")
+            bc.shape[d], bc.sa[d], bc.sb[d] = shape[d], sa[d], sb[d]
+            total *= shape[d]
+            amax += (shape[d] - 1) * sa[d]
+            bmax += (shape[d] - 1) * sb[d]
+        if total != Y.size or amax >= A.size or bmax >= B.size:
+            raise ValueError("binary: the geometry does not fit the buffers")
+        op.kind, op.code, op.a, op.b, op.y, op.params = K_BINARY, code, data(A), data(B), data(Y), bc
+        self._hold += [A, B, Y, g]
+        return 0
+
+    cdef int _unary(self, xop_t *op, int code, x, y, alpha, beta) except -1:
+        cdef cnp.ndarray X = f32(x, "unary: x"), Y = f32(y, "unary: y")
+        if not 0 <= code < RNN_UN_COUNT or X.size != Y.size:
+            raise ValueError("unary: bad operator or sizes")
+        op.kind, op.code, op.a, op.y, op.n = K_UNARY, code, data(X), data(Y), Y.size
+        op.alpha, op.beta = alpha, beta
+        self._hold += [X, Y]
+        return 0
+
+    cdef int _reduce(self, xop_t *op, int code, x, y, base, rshape, rstride) except -1:
+        cdef cnp.ndarray X = f32(x, "reduce: x"), Y = f32(y, "reduce: y")
+        cdef cnp.ndarray B = i64(base, "reduce: base")
+        cdef cnp.ndarray g = np.zeros(1 + 2 * MAXD, np.int64)
+        cdef rnn_rdims *r = <rnn_rdims *>cnp.PyArray_DATA(g)
+        cdef int64_t span = 0, d, nd = len(rshape)
+        if not 0 <= code <= 5 or nd > MAXD or B.size != Y.size:
+            raise ValueError("reduce: bad operator, rank or sizes")
+        r.nd = nd
+        for d in range(nd):
+            if rshape[d] < 1 or rstride[d] < 0:
+                raise ValueError("reduce: bad geometry")
+            r.shape[d], r.stride[d] = rshape[d], rstride[d]
+            span += (rshape[d] - 1) * rstride[d]
+        if B.size and (B.min() < 0 or B.max() + span >= X.size):
+            raise ValueError("reduce: the geometry does not fit the input")
+        op.kind, op.code, op.a, op.y, op.params = K_REDUCE, code, data(X), data(Y), r
+        op.base, op.n = <const int64_t *>cnp.PyArray_DATA(B), B.size
+        self._hold += [X, Y, B, g]
+        return 0
+
+    cdef int _matmul(self, xop_t *op, a, b, y, offs, int64_t M, int64_t K, int64_t N) except -1:
+        cdef cnp.ndarray A = f32(a, "matmul: a"), B = f32(b, "matmul: b"), Y = f32(y, "matmul: y")
+        cdef cnp.ndarray O = i64(offs, "matmul: offsets").reshape(-1, 3)
+        if M < 1 or K < 1 or N < 1 or (O.size and (
+                O[:, 0].min() < 0 or O[:, 0].max() + M * K > A.size
+                or O[:, 1].min() < 0 or O[:, 1].max() + K * N > B.size
+                or O[:, 2].min() < 0 or O[:, 2].max() + M * N > Y.size)):
+            raise ValueError("matmul: the geometry does not fit the buffers")
+        op.kind, op.a, op.b, op.y, op.M, op.K, op.N = K_MATMUL, data(A), data(B), data(Y), M, K, N
+        op.params, op.n = cnp.PyArray_DATA(O), O.shape[0]
+        self._hold += [A, B, Y, O]
+        return 0
+
+    cdef int _dense(self, xop_t *op, x, w, bias, y, int64_t M, int act) except -1:
+        cdef cnp.ndarray X = f32(x, "dense: x"), W = f32(w, "dense: w"), Y = f32(y, "dense: y")
+        cdef cnp.ndarray Bi
+        if W.ndim != 2 or M < 1 or X.size != M * W.shape[0] or Y.size != M * W.shape[1] \
+                or not 0 <= act <= 5:
+            raise ValueError("dense: the geometry does not fit the buffers")
+        op.kind, op.a, op.y, op.M, op.K, op.N, op.act = K_DENSE, data(X), data(Y), M, W.shape[0], W.shape[1], act
+        op.b = data(W)
+        op.base = NULL
+        if bias is not None:
+            Bi = f32(bias, "dense: bias")
+            if Bi.size != W.shape[1]:
+                raise ValueError("dense: the bias does not fit")
+            op.params = data(Bi)
+            self._hold.append(Bi)
+        else:
+            op.params = NULL
+        self._hold += [X, W, Y]
+        return 0
+
+    cdef int _recurrent(self, xop_t *op, StreamCore core, x, h0, c0, y, yh, yc) except -1:
+        """One timestep of a one-layer, one-way node on a core of its own (the program's
+        scratch: the state is copied in from h0/c0 and out to yh/yc every call)."""
+        cdef cnp.ndarray X = f32(x, "recurrent: x"), Y = f32(y, "recurrent: y")
+        cdef size_t h_bytes = core._h_len * sizeof(float), c_bytes = core._c_len * sizeof(float)
+        if core._L != 1 or X.size != core._N * core._I or Y.size != core._N * core._Hout:
+            raise ValueError("recurrent: the buffers do not fit the core")
+        op.kind, op.a, op.y, op.call = K_RECURRENT, data(X), data(Y), len(self._cores)
+        op.h0 = op.c0 = op.yh = op.yc = NULL
+        for value, size, what in ((h0, h_bytes, "h0"), (c0, c_bytes, "c0"),
+                                  (yh, h_bytes, "yh"), (yc, c_bytes, "yc")):
+            if value is None:
+                continue
+            if size == 0 or nbytes(f32(value, "recurrent: " + what)) != <int64_t>size:
+                raise ValueError(f"recurrent: {what} does not fit the core's state")
+            self._hold.append(value)
+        if h0 is not None:
+            op.h0 = data(h0)
+        if c0 is not None:
+            op.c0 = data(c0)
+        if yh is not None:
+            op.yh = data(yh)
+        if yc is not None:
+            op.yc = data(yc)
+        self._cores.append(core)
+        self._hold += [X, Y]
+        return 0
+
+    def run(self):
+        """Every operator once, in order."""
+        cdef int i = 0, j
+        while i < self._n:
+            if self._ops[i].kind == K_CALL:
+                self._calls[self._ops[i].call]()
+                i += 1
+                continue
+            if self._ops[i].kind == K_RECURRENT:
+                self._step(&self._ops[i])
+                i += 1
+                continue
+            j = i
+            while j < self._n and self._ops[j].kind < K_CALL:
+                j += 1
+            with nogil:
+                run_c(self._ops + i, j - i)
+            i = j
+
+    cdef int _step(self, xop_t *op) except -1:
+        cdef StreamCore core = <StreamCore>self._cores[op.call]
+        cdef size_t hb = core._h_len * sizeof(float), cb = core._c_len * sizeof(float)
+        core._acquire()       # the core's own guard, as StreamCore.step takes it
+        with nogil:
+            if op.h0 != NULL:
+                memcpy(core._h[core._parity], op.h0, hb)
+            else:
+                memset(core._h[core._parity], 0, hb)
+            if core._c != NULL:
+                if op.c0 != NULL:
+                    memcpy(core._c, op.c0, cb)
+                else:
+                    memset(core._c, 0, cb)
+            core._step_all(<const float *>op.a, <float *>op.y)
+            if op.yh != NULL:
+                memcpy(op.yh, core._h[core._parity], hb)
+            if op.yc != NULL and core._c != NULL:
+                memcpy(op.yc, core._c, cb)
+        rnn_flag_release(&core._busy)
+        return 0
+
+
+cdef void run_c(xop_t *ops, int n) noexcept nogil:
+    cdef xop_t *op
+    cdef int i
+    for i in range(n):
+        op = &ops[i]
+        if op.kind == K_MOVE:
+            rnn_exec_move(op.y, op.srcs, <const rnn_run *>op.params, op.n, op.es)
+        elif op.kind == K_BINARY:
+            rnn_exec_binary(op.code, <const float *>op.a, <const float *>op.b, <float *>op.y,
+                            <const rnn_bcast *>op.params)
+        elif op.kind == K_UNARY:
+            rnn_exec_unary(op.code, <const float *>op.a, <float *>op.y, op.n, op.alpha, op.beta)
+        elif op.kind == K_REDUCE:
+            rnn_exec_reduce(op.code, <const float *>op.a, <float *>op.y, op.base, op.n,
+                            <const rnn_rdims *>op.params)
+        elif op.kind == K_MATMUL:
+            rnn_exec_matmul(<const float *>op.a, <const float *>op.b, <float *>op.y,
+                            <const int64_t *>op.params, op.n, op.M, op.K, op.N)
+        elif op.kind == K_DENSE:
+            rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
+                      <const float *>op.params, <float *>op.y, op.act)

@@ -1,0 +1,516 @@
+"""How each operator of a planned call becomes C kernels (``executor.Program`` plans the
+call; ``include/rnnengine/exec.h`` holds the kernels). ``Lowering`` is the planner's half
+that knows the operators: each method adds the kernels for one step and returns True, or
+returns False and leaves nothing behind (the planner then calls the step as the general
+path does). Values are read from the traced call (``self.v``); buffers are ``self.buf``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import numpy as np
+
+from .graph_steps import RecurrentStep
+from .loaders._fold import attrs
+
+_CODE = np.int64(1) << 40   # element codes: (source + 1) << 40 | flat index
+_F32 = np.dtype(np.float32)
+
+_VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity"}
+# inputs that carry data (the others are parameters: indices, axes, pads, shapes)
+_MOVES = {"Transpose": (0,), "Slice": (0,), "Concat": None, "Split": (0,), "Expand": (0,),
+          "Tile": (0,), "Pad": (0,), "Gather": (0,), "GatherElements": (0,),
+          "GatherND": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2), "Where": (1, 2)}
+_BINARY = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4, "Max": 5, "Min": 6, "PRelu": 7}
+_UNARY = {"Sigmoid": 0, "Tanh": 1, "Relu": 2, "Sqrt": 3, "Exp": 4, "Log": 5, "Neg": 6,
+          "Abs": 7, "Reciprocal": 8, "LeakyRelu": 9, "HardSigmoid": 10, "Clip": 11, "Erf": 12,
+          "Softplus": 13, "Elu": 14}
+_REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
+           "ReduceSumSquare": 4, "ReduceL2": 5}
+_MAXD = 8
+RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+           "Multinomial", "Bernoulli"}
+
+
+def _strides(shape) -> List[int]:
+    out, n = [], 1
+    for d in reversed(shape):
+        out.append(n)
+        n *= d
+    return out[::-1]
+
+
+def _runs(codes: np.ndarray) -> np.ndarray:
+    """Element codes (flat, one per output element) -> runs [dst, src_off, len, stride, src]:
+    a run is a stretch of one source at a constant stride."""
+    n = codes.size
+    src = codes >> 40
+    off = codes & (_CODE - 1)
+    brk = np.ones(n, bool)
+    if n > 1:
+        same = src[1:] == src[:-1]
+        d = off[1:] - off[:-1]
+        cont = same.copy()
+        if n > 2:
+            cont[1:] &= d[1:] == d[:-1]
+        brk[1:] = ~cont
+    starts = np.flatnonzero(brk)
+    ends = np.append(starts[1:], n)
+    lens = ends - starts
+    stride = np.where(lens > 1, off[np.minimum(starts + 1, n - 1)] - off[starts], 1)
+    return np.stack([starts, off[starts], lens, stride, src[starts] - 1], axis=1).astype(np.int64)
+
+
+
+class Lowering:
+    """Mixed into the planner (``executor._Builder``), whose buffers it uses."""
+
+    # -- lowering --------------------------------------------------------------------------
+    def _lower(self, step, ins, outs, label, plan) -> bool:
+        """Add C operators for ``step``; False when it has none."""
+        branch = getattr(step, "branches", None)
+        if branch is not None:
+            return self._inline_if(step, outs)
+        rec = getattr(step, "__self__", None)
+        if isinstance(rec, RecurrentStep):
+            return self._recurrent(rec)
+        dense = getattr(getattr(step, "fn", None), "dense", None)
+        if dense is not None and len(ins) == 1 and len(outs) == 1:
+            return self._dense(dense, ins[0], outs[0], label)
+        chain = getattr(getattr(step, "fn", None), "conv_nodes", None)
+        if chain is not None and len(outs) == 1:
+            return self._conv(chain[0], [plan.slots.get(n, 1) if n else 1
+                                         for n in chain[0].input], outs[0], label,
+                              relu=len(chain) > 1)
+        node = getattr(step, "node", None)
+        if node is None or len(outs) != len(node.output) or any(o == 2 for o in outs):
+            return False
+        op = node.op_type
+        if op in _VIEWS:
+            return self._view(ins[0], outs[0])
+        if op in _MOVES:
+            return self._move(step, node, ins, outs, label)
+        if op in _BINARY and len(ins) == 2:
+            return self._binary(_BINARY[op], ins, outs[0], label)
+        if op in _UNARY:
+            return self._unary(node, ins, outs[0], label)
+        if op in _REDUCE:
+            return self._reduce(node, ins, outs[0], label)
+        if op in ("Conv", "ConvTranspose"):
+            return self._conv(node, ins, outs[0], label)
+        if op == "BatchNormalization":
+            return self._batchnorm(node, ins, outs[0], label)
+        if op == "MatMul":
+            return self._matmul(ins, outs[0], label)
+        if op == "Gemm":
+            return self._gemm(node, ins, outs[0], label)
+        return False
+
+    def _recurrent(self, rec) -> bool:
+        """One timestep of a one-way node with its state read from and written to buffers
+        (a stream's step of an exported model): the kernels' own step on a core of the
+        program's own."""
+        x = self.buf.get(rec.x)
+        if (rec.layout or rec.D != 1 or rec.lens != 1 or x is None or x.dtype != _F32
+                or x.ndim != 3 or x.shape[0] != 1 or x.shape[2] != rec.I):
+            return False
+        N = x.shape[1]
+        state = []
+        for slot, size in ((rec.h0, rec.Hout), (rec.c0, rec.H)):
+            if slot == 1 or (rec.kind != "lstm" and slot is rec.c0):
+                state.append(None)
+                continue
+            b = self.buf.get(slot)
+            if b is None or b.dtype != _F32 or b.shape != (1, N, size):
+                return False
+            state.append(b)
+        core = rec.model.stream(batch=N)._core
+        y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
+        yh = None if rec.yh == 2 else self._new(rec.yh, (1, N, rec.Hout), _F32)
+        yc = None if rec.yc == 2 or rec.kind != "lstm" else self._new(rec.yc, (1, N, rec.H),
+                                                                     _F32)
+        self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
+        return True
+
+    def _move(self, step, node, ins, outs, label) -> bool:
+        fn = getattr(step, "native", None)
+        data = _MOVES[node.op_type]
+        data = range(len(ins)) if data is None else [j for j in data if j < len(ins)]
+        if fn is None:          # a view step: a function of the data alone
+            fn = getattr(step, "native_view", None)
+            if fn is None or getattr(step, "view_of", None) not in ins:
+                return False
+            ins = [step.view_of]
+            data = [0]
+        args, sources = [], []
+        for j, i in enumerate(ins):
+            value = self.v[i]
+            if j in data and i != 1:
+                b = self.buf.get(i)
+                if b is None or value.__class__ is not np.ndarray or b.size >= _CODE:
+                    return False
+                args.append(((len(sources) + 1) * _CODE + np.arange(b.size, dtype=np.int64))
+                            .reshape(value.shape))
+                sources.append(b)
+            elif i == 1 or i in self.static:
+                args.append(value)
+            else:
+                return False
+        dtypes = {s.dtype for s in sources}
+        if len(dtypes) != 1:
+            return False
+        try:
+            with np.errstate(all="ignore"):
+                coded = fn(*args)
+        except Exception:
+            return False
+        for o, c in zip(outs, coded):
+            want = self.v[o]
+            c = np.asarray(c)
+            if (c.dtype != np.int64 or want.__class__ is not np.ndarray or c.shape != want.shape
+                    or want.dtype not in dtypes):
+                return False
+        for o, c in zip(outs, coded):
+            want = np.ascontiguousarray(self.v[o])
+            flat = np.asarray(c).reshape(-1)
+            unmapped = (flat >> 40) == 0
+            srcs = list(sources)
+            if unmapped.any():         # Pad's fill: the traced value at that position
+                srcs.append(want.reshape(-1).copy())
+                flat = np.where(unmapped, (len(srcs)) * _CODE + np.arange(flat.size), flat)
+            if (flat >> 40).max() > len(srcs):
+                return False
+            dst = self._out(o)
+            # the map must reproduce the traced value from the traced inputs
+            traced = [np.ascontiguousarray(self.v[i]).reshape(-1) for j, i in enumerate(ins)
+                      if j in data and i != 1] + ([srcs[-1]] if unmapped.any() else [])
+            picked = np.empty(flat.size, want.dtype)
+            for s, src in enumerate(traced):
+                sel = (flat >> 40) == s + 1
+                picked[sel] = src[flat[sel] & (_CODE - 1)]
+            if not np.array_equal(picked, want.reshape(-1), equal_nan=True):
+                return False
+            self.ops.append(("move", dst, [s.reshape(-1) for s in srcs], _runs(flat)))
+        return True
+
+    def _f32(self, slots, label) -> Optional[list]:
+        out = []
+        for i in slots:
+            b = self.buf.get(i)
+            if b is None or b.dtype != _F32:
+                return None
+            out.append(b)
+        return out
+
+    def _binary(self, code: int, ins, o: int, label) -> bool:
+        bufs = self._f32(ins, label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        return self._broadcast(code, bufs[0], bufs[1], o, y.shape)
+
+    def _broadcast(self, code: int, a: np.ndarray, b: np.ndarray, o: int, shape,
+                   dst: Optional[np.ndarray] = None) -> bool:
+        """y = a (op) b broadcast to ``shape``, the dims collapsed where both inputs run
+        contiguously; into ``dst`` when given (which may be ``a``: same element, read then
+        written), else a new buffer for slot ``o``."""
+        out = list(shape) or [1]
+        geo = []
+        for x in (a, b):
+            s = [1] * (len(out) - x.ndim) + list(x.shape) if len(shape) else [1]
+            if len(s) != len(out):
+                return False
+            st = _strides(s)
+            geo.append([0 if s[d] == 1 and out[d] != 1 else st[d] for d in range(len(out))])
+        merged: list = []
+        for n, sa, sb in ((out[d], geo[0][d], geo[1][d]) for d in range(len(out)) if out[d] != 1):
+            if merged and merged[-1][1] == sa * n and merged[-1][2] == sb * n:
+                merged[-1] = (merged[-1][0] * n, sa, sb)
+            else:
+                merged.append((n, sa, sb))
+        merged = merged or [(1, 0, 0)]
+        if len(merged) > _MAXD:
+            return False
+        if dst is None:
+            dst = self._new(o, tuple(shape), _F32)
+        self.ops.append(("binary", code, a, b, dst, [m[0] for m in merged],
+                         [m[1] for m in merged], [m[2] for m in merged]))
+        return True
+
+    def _unary(self, node, ins, o: int, label) -> bool:
+        a = attrs(node)
+        op = node.op_type
+        alpha, beta = 0.0, 0.0
+        if op == "LeakyRelu":
+            alpha = a.get("alpha", 0.01)
+        elif op == "HardSigmoid":
+            alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+        elif op == "Elu":
+            alpha = a.get("alpha", 1.0)
+        elif op == "Clip":
+            if self.opset < 11:
+                alpha, beta = a.get("min", -np.inf), a.get("max", np.inf)
+            else:
+                bounds = []
+                for j, default in ((1, -np.inf), (2, np.inf)):
+                    if j < len(ins) and ins[j] != 1:
+                        if ins[j] not in self.static:
+                            return False
+                        bounds.append(float(np.asarray(self.v[ins[j]]).reshape(-1)[0]))
+                    else:
+                        bounds.append(default)
+                alpha, beta = bounds
+        elif len(ins) != 1 or a:
+            return False
+        bufs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32 or y.size != bufs[0].size:
+            return False
+        self.ops.append(("unary", _UNARY[op], bufs[0], self._out(o), float(alpha), float(beta)))
+        return True
+
+    def _reduce(self, node, ins, o: int, label) -> bool:
+        a = attrs(node)
+        bufs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        x = bufs[0]
+        axes = a.get("axes")
+        if len(ins) > 1 and ins[1] != 1:
+            if ins[1] not in self.static:
+                return False
+            axes = [int(t) for t in np.asarray(self.v[ins[1]]).reshape(-1)]
+        if not axes:
+            if a.get("noop_with_empty_axes", 0):
+                return False
+            axes = list(range(x.ndim))
+        axes = sorted({ax + x.ndim if ax < 0 else ax for ax in axes})
+        if x.size == 0 or any(not 0 <= ax < x.ndim for ax in axes):
+            return False
+        st = _strides(x.shape)
+        kept = [d for d in range(x.ndim) if d not in axes]
+        base = np.zeros([x.shape[d] for d in kept] or [1], np.int64)
+        for j, d in enumerate(kept):
+            shape = [1] * len(kept)
+            shape[j] = x.shape[d]
+            base = base + (np.arange(x.shape[d], dtype=np.int64) * st[d]).reshape(shape)
+        rshape = [x.shape[d] for d in axes]
+        rstride = [st[d] for d in axes]
+        if base.size != y.size or len(rshape) > _MAXD:
+            return False
+        self.ops.append(("reduce", _REDUCE[node.op_type], x, self._out(o), base.reshape(-1),
+                         rshape, rstride))
+        return True
+
+    def _dense(self, spec, i: int, o: int, label) -> bool:
+        w, b, act, lo, top = spec
+        bufs = self._f32([i], label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        K = w.shape[0]
+        x = bufs[0]
+        if x.ndim < 1 or x.shape[-1] != K or not x.size:
+            return False
+        self.ops.append(("dense", x, np.ascontiguousarray(w, np.float32),
+                         None if b is None else np.ascontiguousarray(b, np.float32).reshape(-1),
+                         self._out(o), x.size // K, act))
+        return True
+
+    def _matmul(self, ins, o: int, label) -> bool:
+        bufs = self._f32(ins, label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32 or not y.size:
+            return False
+        a, b = bufs
+        if a.ndim < 2 or b.ndim < 1:
+            return False
+        if ins[1] in self.static and b.ndim == 2:
+            K = b.shape[0]
+            if a.shape[-1] != K:
+                return False
+            self.ops.append(("dense", a, b, None, self._out(o), a.size // K, 0))
+            return True
+        if b.ndim < 2:
+            return False
+        M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+        if b.shape[-2] != K or y.shape[-2:] != (M, N):
+            return False
+        bo = y.shape[:-2]
+        na = np.arange(int(np.prod(a.shape[:-2], dtype=np.int64))).reshape(a.shape[:-2])
+        nb = np.arange(int(np.prod(b.shape[:-2], dtype=np.int64))).reshape(b.shape[:-2])
+        try:
+            ia = np.broadcast_to(na, bo).reshape(-1)
+            ib = np.broadcast_to(nb, bo).reshape(-1)
+        except ValueError:
+            return False
+        offs = np.stack([ia * M * K, ib * K * N, np.arange(ia.size) * M * N], axis=1)
+        self.ops.append(("matmul", a, b, self._out(o), offs, M, K, N))
+        return True
+
+    def _gemm(self, node, ins, o: int, label) -> bool:
+        a = attrs(node)
+        if (a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or len(ins) < 2
+                or ins[1] not in self.static):
+            return False
+        bufs = self._f32(ins[:1], label)
+        w = np.asarray(self.v[ins[1]])
+        if bufs is None or w.dtype != _F32 or w.ndim != 2:
+            return False
+        w = np.ascontiguousarray(w.T if a.get("transB", 0) else w)
+        N = w.shape[1]
+        bias = None
+        if len(ins) > 2 and ins[2] != 1:
+            if ins[2] not in self.static or a.get("beta", 1.0) != 1.0:
+                return False
+            c = np.asarray(self.v[ins[2]], np.float32)
+            if c.size not in (1, N) or (c.ndim == 2 and c.shape[0] != 1):
+                return False
+            bias = np.ascontiguousarray(np.broadcast_to(c.reshape(-1), (N,)))
+        x = bufs[0]
+        if x.ndim != 2 or x.shape[1] != w.shape[0]:
+            return False
+        self.ops.append(("dense", x, w, bias, self._out(o), x.shape[0], 0))
+        return True
+
+    # -- convolution as a gather and a product ---------------------------------------------
+    def _conv(self, node, ins, o: int, label, relu: bool = False) -> bool:
+        """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, explicit pads): the
+        input gathered into columns [N, G, Cg*KH*KW, Ho*Wo] (zeros where the window leaves
+        the input; for ConvTranspose, where the stride skips), then per group
+        W_g [Cog, Cg*KH*KW] @ columns, then the bias. Checked against the traced output."""
+        a = attrs(node)
+        transpose = node.op_type == "ConvTranspose"
+        xs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if (xs is None or len(ins) < 2 or ins[1] not in self.static or y.__class__ is not np.ndarray
+                or y.dtype != _F32 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
+                or "output_shape" in a):
+            return False
+        x = xs[0]
+        w = np.asarray(self.v[ins[1]])
+        bias = None
+        if len(ins) > 2 and ins[2] != 1:
+            if ins[2] not in self.static:
+                return False
+            bias = np.asarray(self.v[ins[2]])
+        nsp = x.ndim - 2
+        if nsp not in (1, 2) or w.dtype != _F32 or w.ndim != x.ndim or y.ndim != x.ndim:
+            return False
+        G = int(a.get("group", 1))
+        N, C = x.shape[:2]
+        pads = list(a.get("pads", [0] * 2 * nsp))
+        strides = list(a.get("strides", [1] * nsp))
+        dil = list(a.get("dilations", [1] * nsp))
+        if nsp == 1:       # as 2-D with a height of one
+            x4, w4, y4 = x.reshape(N, C, 1, -1), w[:, :, None, :], (y.shape[0], y.shape[1], 1, y.shape[2])
+            pads, strides, dil = [0, pads[0], 0, pads[1]], [1] + strides, [1] + dil
+        else:
+            x4, w4, y4 = x, w, y.shape
+        if len(pads) != 4 or len(strides) != 2 or len(dil) != 2 or G < 1 or C % G:
+            return False
+        H, W = x4.shape[2:]
+        Ho, Wo = y4[2:]
+        KH, KW = w4.shape[2:]
+        Cg = C // G
+        if transpose:
+            if w4.shape[0] != C:
+                return False
+            Cog = w4.shape[1]
+            A = w4.reshape(G, Cg, Cog, KH, KW).transpose(0, 2, 1, 3, 4).reshape(G, Cog, Cg * KH * KW)
+        else:
+            if w4.shape[1] != Cg or w4.shape[0] % G:
+                return False
+            Cog = w4.shape[0] // G
+            A = w4.reshape(G, Cog, Cg * KH * KW)
+        Co = G * Cog
+        if y4[:2] != (N, Co) or (bias is not None and bias.size != Co):
+            return False
+        n = np.arange(N).reshape(N, 1, 1, 1, 1, 1, 1)
+        c = (np.arange(G).reshape(1, G, 1, 1, 1, 1, 1) * Cg
+             + np.arange(Cg).reshape(1, 1, Cg, 1, 1, 1, 1))
+        kh = np.arange(KH).reshape(1, 1, 1, KH, 1, 1, 1)
+        kw = np.arange(KW).reshape(1, 1, 1, 1, KW, 1, 1)
+        oh = np.arange(Ho).reshape(1, 1, 1, 1, 1, Ho, 1)
+        ow = np.arange(Wo).reshape(1, 1, 1, 1, 1, 1, Wo)
+        if transpose:
+            th, tw = oh + pads[0] - kh * dil[0], ow + pads[1] - kw * dil[1]
+            ih, iw = th // strides[0], tw // strides[1]
+            ok = (th % strides[0] == 0) & (tw % strides[1] == 0)
+        else:
+            ih, iw = oh * strides[0] - pads[0] + kh * dil[0], ow * strides[1] - pads[1] + kw * dil[1]
+            ok = True
+        ok = ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        index = ((n * C + c) * H + ih) * W + iw
+        index, ok = np.broadcast_arrays(index, ok)
+        codes = np.where(ok, _CODE + index, 2 * _CODE).reshape(-1).astype(np.int64)
+        K, P = Cg * KH * KW, Ho * Wo
+        A = np.ascontiguousarray(A, np.float32)
+        # the lowering must give the traced output
+        traced = np.asarray(self.v[ins[0]]).reshape(-1)      # the buffer is not filled yet
+        col = np.where(ok, traced[np.where(ok, index, 0)], 0).reshape(N, G, K, P)
+        with np.errstate(all="ignore"):
+            want = np.einsum("gmk,ngkp->ngmp", A, col).reshape(y.shape)
+            if bias is not None:
+                want = want + bias.reshape([Co] + [1] * nsp)
+            if relu:
+                want = np.maximum(want, 0)
+        scale = max(1.0, float(np.max(np.abs(y), initial=0.0)))
+        if not np.allclose(want, y, rtol=1e-4, atol=1e-5 * scale):
+            return False
+        dst = self._new(o, y.shape, _F32)
+        zero = np.zeros(1, _F32)
+        if Cog >= P:
+            # rows of the window per output position, then dense.h per (sample, group):
+            # [P, K] @ W_g^T [K, Cog] (+ bias, Relu), vectorised over the many channels
+            rows = codes.reshape(N, G, K, P).transpose(0, 1, 3, 2).reshape(-1)
+            columns = np.zeros(rows.size, _F32)
+            self.ops.append(("move", columns, [x.reshape(-1), zero], _runs(rows)))
+            out = dst if P == 1 else np.zeros((N, G, P, Cog), _F32)
+            flat = out.reshape(N * G, P * Cog)
+            cols = columns.reshape(N * G, P * K)
+            for j in range(N * G):
+                g = j % G
+                b = None if bias is None else np.ascontiguousarray(bias[g * Cog:(g + 1) * Cog],
+                                                                    np.float32)
+                self.ops.append(("dense", cols[j], np.ascontiguousarray(A[g].T), b, flat[j], P,
+                                 1 if relu else 0))
+            if P > 1:
+                order = np.arange(out.size, dtype=np.int64).reshape(N, G, P, Cog)
+                self.ops.append(("move", dst, [out.reshape(-1)],
+                                 _runs(_CODE + order.transpose(0, 1, 3, 2).reshape(-1))))
+            return True
+        columns = np.zeros(codes.size, _F32)
+        self.ops.append(("move", columns, [x.reshape(-1), zero], _runs(codes)))
+        g = np.arange(G)
+        offs = np.stack([np.tile(g * Cog * K, N), np.arange(N * G) * K * P,
+                         np.arange(N * G) * Cog * P], axis=1)
+        self.ops.append(("matmul", A, columns, dst, offs, Cog, K, P))
+        if bias is not None:
+            b = np.ascontiguousarray(bias, np.float32).reshape([Co] + [1] * nsp)
+            self._broadcast(0, dst, b, o, y.shape, dst=dst)
+        if relu:
+            self.ops.append(("unary", _UNARY["Relu"], dst, dst, 0.0, 0.0))
+        return True
+
+    def _batchnorm(self, node, ins, o: int, label) -> bool:
+        """Inference BatchNormalization as x * a + b per channel, a and b folded once."""
+        a = attrs(node)
+        xs = self._f32(ins[:1], label)
+        if (xs is None or len(ins) != 5 or any(i not in self.static for i in ins[1:])
+                or a.get("training_mode", 0)):
+            return False
+        x = xs[0]
+        scale, bias, mean, var = (np.asarray(self.v[i], np.float64) for i in ins[1:])
+        if x.ndim < 2 or any(t.shape != (x.shape[1],) for t in (scale, bias, mean, var)):
+            return False
+        mul = scale / np.sqrt(var + a.get("epsilon", 1e-5))
+        add = bias - mean * mul
+        shape = [x.shape[1]] + [1] * (x.ndim - 2)
+        mul, add = (np.ascontiguousarray(t.reshape(shape), np.float32) for t in (mul, add))
+        if not self._broadcast(2, x, mul, o, x.shape):
+            return False
+        dst = self.buf[o]
+        return self._broadcast(0, dst, add, o, x.shape, dst=dst)
+

@@ -1,0 +1,386 @@
+"""The executor (``rnnengine.executor``): whole-model calls planned into C operators.
+
+Every operator it lowers is checked against ONNX Runtime on random shapes and attributes
+(broadcasting, negative axes, groups, strides, dilations, pads), on the call that runs the
+program (the third call of a signature: the first is seen, the second builds), and the real
+models in tests/data are streamed against ONNX Runtime with their state carried by hand.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import rnnengine
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def single(op, inputs, attrs=None, consts=None, opset=17, n_out=1, out_dtype=TensorProto.FLOAT):
+    """A one-node model: ``inputs`` {name: array} are graph inputs, ``consts`` initializers."""
+    consts = consts or {}
+    names = list(inputs) + list(consts)
+    order = attrs.pop("_order") if attrs and "_order" in attrs else names
+    node = helper.make_node(op, order, [f"y{k}" for k in range(n_out)], **(attrs or {}))
+    graph = helper.make_graph(
+        [node], "g",
+        [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+         for n, a in inputs.items()],
+        [helper.make_tensor_value_info(f"y{k}", out_dtype, None) for k in range(n_out)],
+        [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def compiled_matches_ort(model, feeds, rng, kinds=None, rtol=1e-5, atol=1e-5):
+    """Three runs with fresh data of the same shapes; the third runs the program."""
+    data = model.SerializeToString()
+    sess = rnnengine.InferenceSession(data)
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+    def fresh():
+        return {k: (rng.standard_normal(v.shape).astype(v.dtype) if v.dtype.kind == "f" else v)
+                for k, v in feeds.items()}
+    for _ in range(2):
+        sess.run(None, fresh())
+    status = list(sess.program_status().values())
+    assert status and status[0].startswith("compiled"), status
+    if kinds:
+        for kind in kinds:
+            assert kind in status[0], status
+    f = fresh()
+    got, want = sess.run(None, f), ref.run(None, f)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
+    return status[0]
+
+
+BROADCASTS = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 3, 4), (3, 1)), ((1,), (2, 5)),
+              ((2, 1, 4), (1, 3, 1)), ((5, 1, 1, 7), (6, 1)), ((), (3, 2)), ((4, 3), ())]
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"])
+@pytest.mark.parametrize("shapes", BROADCASTS)
+def test_binary_broadcast(op, shapes, rng):
+    a = rng.standard_normal(shapes[0]).astype(np.float32)
+    b = rng.standard_normal(shapes[1]).astype(np.float32)
+    if op == "Pow":
+        a = np.abs(a) + 0.1
+    compiled_matches_ort(single(op, {"a": a, "b": b}), {"a": a, "b": b}, rng, ["binary"],
+                         rtol=1e-4)
+
+
+@pytest.mark.parametrize("slope", [(1,), (3, 1, 1), (4,)])
+def test_prelu_constant_slope(slope, rng):
+    x = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    s = rng.standard_normal(slope).astype(np.float32)
+    compiled_matches_ort(single("PRelu", {"x": x}, consts={"s": s}), {"x": x}, rng, ["binary"])
+
+
+UNARY = [("Sigmoid", {}), ("Tanh", {}), ("Relu", {}), ("Exp", {}), ("Neg", {}), ("Abs", {}),
+         ("Erf", {}), ("Softplus", {}), ("LeakyRelu", {"alpha": 0.2}),
+         ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}), ("Elu", {"alpha": 0.7})]
+
+
+@pytest.mark.parametrize("op,attrs", UNARY)
+def test_unary(op, attrs, rng):
+    x = (3 * rng.standard_normal((2, 7, 5))).astype(np.float32)
+    compiled_matches_ort(single(op, {"x": x}, dict(attrs)), {"x": x}, rng, ["unary"])
+
+
+@pytest.mark.parametrize("op", ["Sqrt", "Log", "Reciprocal"])
+def test_unary_positive(op, rng):
+    x = (np.abs(rng.standard_normal((3, 9))) + 0.5).astype(np.float32)
+    model = single(op, {"x": x})
+    sess = rnnengine.InferenceSession(model.SerializeToString())
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for _ in range(3):
+        x = (np.abs(rng.standard_normal((3, 9))) + 0.5).astype(np.float32)
+        got = sess.run(None, {"x": x})[0]
+    assert "compiled" in list(sess.program_status().values())[0]
+    np.testing.assert_allclose(got, ref.run(None, {"x": x})[0], rtol=1e-5)
+
+
+def test_clip_bounds_from_constants(rng):
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    model = single("Clip", {"x": x}, consts={"lo": np.array(-0.5, np.float32),
+                                             "hi": np.array(0.3, np.float32)})
+    compiled_matches_ort(model, {"x": x}, rng, ["unary"])
+
+
+@pytest.mark.parametrize("op", ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin",
+                                "ReduceSumSquare", "ReduceL2"])
+@pytest.mark.parametrize("axes,keep", [([1], 1), ([-1], 0), ([0, 2], 1), (None, 0),
+                                       ([-3, -1], 0)])
+def test_reduce(op, axes, keep, rng):
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    attrs = {"keepdims": keep}
+    consts = {}
+    if axes is not None:
+        consts = {"axes": np.array(axes, np.int64)}
+    model = single(op, {"x": x}, attrs, consts=consts, opset=18)
+    compiled_matches_ort(model, {"x": x}, rng, ["reduce"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [((3, 4), (4, 5)), ((2, 3, 4), (4, 6)),
+                                             ((2, 3, 4), (2, 4, 5)), ((1, 3, 4), (5, 4, 2)),
+                                             ((2, 1, 3, 4), (3, 4, 2))])
+def test_matmul_computed_operands(a_shape, b_shape, rng):
+    a = rng.standard_normal(a_shape).astype(np.float32)
+    b = rng.standard_normal(b_shape).astype(np.float32)
+    compiled_matches_ort(single("MatMul", {"a": a, "b": b}), {"a": a, "b": b}, rng,
+                         ["matmul"], rtol=1e-4, atol=1e-5)
+
+
+def test_matmul_constant_weights(rng):
+    a = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    w = rng.standard_normal((8, 5)).astype(np.float32)
+    compiled_matches_ort(single("MatMul", {"a": a}, consts={"w": w}), {"a": a}, rng, ["dense"],
+                         rtol=1e-4)
+
+
+@pytest.mark.parametrize("trans_b,bias", [(0, (5,)), (1, (1, 5)), (1, None), (0, (1,))])
+def test_gemm(trans_b, bias, rng):
+    a = rng.standard_normal((3, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 8) if trans_b else (8, 5)).astype(np.float32)
+    consts = {"w": w}
+    if bias is not None:
+        consts["c"] = rng.standard_normal(bias).astype(np.float32)
+    compiled_matches_ort(single("Gemm", {"a": a}, {"transB": trans_b}, consts=consts),
+                         {"a": a}, rng, ["dense"], rtol=1e-4)
+
+
+CONVS = [
+    # (x shape, w shape, attrs)
+    ((1, 4, 20), (6, 4, 3), {}),
+    ((2, 4, 21), (6, 2, 5), {"group": 2, "strides": [2], "pads": [2, 1]}),
+    ((1, 3, 9, 12), (8, 3, 3, 3), {"pads": [1, 1, 1, 1]}),
+    ((1, 16, 5, 33), (16, 1, 3, 3), {"group": 16, "dilations": [2, 1], "pads": [0, 1, 0, 1]}),
+    ((1, 9, 1, 129), (16, 9, 1, 5), {"strides": [1, 2], "pads": [0, 2, 0, 2]}),
+    ((2, 6, 4, 7), (4, 6, 1, 1), {}),
+    ((1, 1, 40), (20, 1, 8), {"strides": [4]}),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,attrs", CONVS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv(x_shape, w_shape, attrs, bias, rng):
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    consts = {"w": rng.standard_normal(w_shape).astype(np.float32)}
+    if bias:
+        consts["b"] = rng.standard_normal(w_shape[0]).astype(np.float32)
+    compiled_matches_ort(single("Conv", {"x": x}, dict(attrs), consts=consts), {"x": x}, rng,
+                         rtol=1e-4, atol=1e-4)
+
+
+CONV_TRANSPOSES = [
+    ((1, 4, 10), (4, 3, 3), {}),
+    ((1, 4, 10), (4, 2, 4), {"strides": [2], "pads": [1, 1]}),
+    ((1, 16, 1, 33), (16, 2, 1, 5), {"group": 8, "strides": [1, 2], "pads": [0, 2, 0, 2],
+                                     "output_padding": [0, 1]}),
+    ((2, 6, 3, 4), (6, 2, 3, 3), {"group": 3, "dilations": [2, 1]}),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_TRANSPOSES)
+def test_conv_transpose(x_shape, w_shape, attrs, rng):
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    consts = {"w": rng.standard_normal(w_shape).astype(np.float32),
+              "b": rng.standard_normal(w_shape[1] * attrs.get("group", 1)).astype(np.float32)}
+    compiled_matches_ort(single("ConvTranspose", {"x": x}, dict(attrs), consts=consts),
+                         {"x": x}, rng, ["matmul"], rtol=1e-4, atol=1e-4)
+
+
+def test_batchnorm(rng):
+    x = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+    consts = {k: rng.standard_normal(5).astype(np.float32) for k in ("s", "b", "m")}
+    consts["v"] = (np.abs(rng.standard_normal(5)) + 0.1).astype(np.float32)
+    compiled_matches_ort(single("BatchNormalization", {"x": x}, {"epsilon": 1e-3},
+                                consts=consts), {"x": x}, rng, ["binary"], rtol=1e-4)
+
+
+MOVES = [
+    ("Transpose", {"perm": [2, 0, 1]}, {}),
+    ("Transpose", {}, {}),
+    ("Slice", {}, {"st": np.array([1, -1], np.int64), "en": np.array([3, -6], np.int64),
+                   "ax": np.array([0, -1], np.int64), "sp": np.array([1, -2], np.int64)}),
+    ("Split", {"axis": 1, "_out": 2}, {"sz": np.array([1, 3], np.int64)}),
+    ("Pad", {"mode": "constant"}, {"p": np.array([0, 1, 2, 0, 0, 1], np.int64),
+                                   "v": np.array(1.5, np.float32)}),
+    ("Pad", {"mode": "reflect"}, {"p": np.array([0, 1, 2, 0, 2, 1], np.int64)}),
+    ("Pad", {"mode": "edge"}, {"p": np.array([1, 0, 0, 0, 0, 3], np.int64)}),
+    ("Expand", {}, {"s": np.array([2, 2, 4, 7], np.int64)}),
+    ("Tile", {}, {"r": np.array([1, 2, 3], np.int64)}),
+    ("Gather", {"axis": -1}, {"i": np.array([[0, 6], [-1, 3]], np.int64)}),
+    ("GatherElements", {"axis": 1}, {"i": np.array([[[0], [3]], [[1], [-2]], [[2], [0]]],
+                                                   np.int64)}),
+]
+
+
+@pytest.mark.parametrize("op,attrs,consts", MOVES, ids=lambda p: str(p)[:30])
+def test_data_movement(op, attrs, consts, rng):
+    attrs = dict(attrs)
+    n_out = attrs.pop("_out", 1)
+    x = rng.standard_normal((3, 4, 7)).astype(np.float32)
+    if op == "Expand":
+        x = rng.standard_normal((2, 1, 4, 1)).astype(np.float32)
+    model = single(op, {"x": x}, attrs, consts=consts, opset=18, n_out=n_out)
+    compiled_matches_ort(model, {"x": x}, rng, ["move"])
+
+
+def test_concat_scatternd_where(rng):
+    """Concat of a computed and a constant tensor, ScatterND with constant indices (a
+    streaming cache update), Where with a constant condition."""
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    c = rng.standard_normal((2, 1, 4)).astype(np.float32)
+    idx = np.array([[[0, 2]], [[1, 0]]], np.int64)
+    upd = rng.standard_normal((2, 1, 4)).astype(np.float32)
+    cond = rng.random((3, 4)) > 0.5
+    nodes = [helper.make_node("Concat", ["x", "c"], ["cat"], axis=1),
+             helper.make_node("Mul", ["x", "x"], ["sq"]),
+             helper.make_node("ScatterND", ["cat", "idx", "upd_in"], ["sc"]),
+             helper.make_node("Where", ["cond", "x", "sq"], ["wh"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape),
+                     helper.make_tensor_value_info("upd_in", TensorProto.FLOAT, upd.shape)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("sc", "wh")],
+        [numpy_helper.from_array(c, "c"), numpy_helper.from_array(idx, "idx"),
+         numpy_helper.from_array(cond, "cond")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    status = compiled_matches_ort(model, {"x": x, "upd_in": upd}, rng, ["move"])
+    assert "call" not in status
+
+
+def test_other_signature_runs_general_path_and_compiles_its_own(rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    model = single("Sigmoid", {"x": x})
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "n"
+    sess = rnnengine.InferenceSession(model.SerializeToString())
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (3, 3, 3, 5, 5, 5, 3):
+        x = rng.standard_normal((n, 4)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0],
+                                   rtol=1e-6)
+    assert len([s for s in sess.program_status().values() if s.startswith("compiled")]) == 2
+
+
+def test_outputs_are_new_arrays(rng):
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    sess = rnnengine.InferenceSession(single("Relu", {"x": x}).SerializeToString())
+    outs = [sess.run(None, {"x": x})[0] for _ in range(4)]
+    outs[-1][...] = 7
+    again = sess.run(None, {"x": x})[0]
+    np.testing.assert_array_equal(again, np.maximum(x, 0))
+    assert not np.shares_memory(outs[-2], again)
+
+
+def test_threads_share_a_session(rng):
+    x = rng.standard_normal((16, 32)).astype(np.float32)
+    w = rng.standard_normal((32, 32)).astype(np.float32)
+    model = single("MatMul", {"x": x}, consts={"w": w})
+    sess = rnnengine.InferenceSession(model.SerializeToString())
+    xs = [rng.standard_normal((16, 32)).astype(np.float32) for _ in range(8)]
+    errors = []
+
+    def work(k):
+        for _ in range(200):
+            got = sess.run(None, {"x": xs[k]})[0]
+            if not np.allclose(got, xs[k] @ w, rtol=1e-4, atol=1e-4):
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# -- real models ------------------------------------------------------------------------------
+
+REAL = {
+    "dtln_model_1.onnx": ({"input_2": (1, 1, 257)}, {"tf_op_layer_stack_2": "input_3"}, {}),
+    "dtln_model_2.onnx": ({"input_4": (1, 1, 512)}, {"tf_op_layer_stack_5": "input_5"}, {}),
+    "gtcrn.onnx": ({"mix": (1, 257, 1, 2)}, {"conv_cache_out": "conv_cache",
+                                             "tra_cache_out": "tra_cache",
+                                             "inter_cache_out": "inter_cache"}, {}),
+    "silero_vad_16k_op15.onnx": ({"input": (1, 512)}, {"stateN": "state"},
+                                 {"sr": np.array(16000, np.int64)}),
+    "silero_vad_op18_ifless.onnx": ({"input": (1, 512)}, {"stateN": "state"},
+                                    {"sr": np.array(16000, np.int64)}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_model_streams_compiled_like_ort(name, rng):
+    shapes, pairs, fixed = REAL[name]
+    path = os.path.join(DATA, name)
+    sess = rnnengine.InferenceSession(path)
+    ref = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = [o.name for o in ref.get_outputs()]
+    args = {i.name: i for i in ref.get_inputs()}
+    state = {n: np.zeros([d if isinstance(d, int) else 1 for d in args[n].shape], np.float32)
+             for n in pairs.values()}
+    stream = sess.stream(state=pairs, feeds=fixed)
+    for t in range(25):
+        x = {k: (0.3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+        want = dict(zip(names, ref.run(None, {**x, **state, **fixed})))
+        for out, inp in pairs.items():
+            state[inp] = want[out]
+        got = stream.step(x)
+        kept = [n for n in names if n not in pairs]
+        for g, n in zip(got, kept):
+            np.testing.assert_allclose(g, want[n], rtol=1e-4, atol=1e-4, err_msg=f"{n} step {t}")
+    for n, a in stream.state.items():
+        if a is not None:
+            scale = max(1.0, float(np.abs(state[n]).max()))
+            np.testing.assert_allclose(a, state[n], rtol=1e-4, atol=1e-4 * scale)
+    if not stream._fast:       # streams without the kept-inside fast path run the program
+        status = list(sess.program_status().values())
+        assert status and status[0].startswith("compiled"), status
+
+
+@pytest.mark.parametrize("name", ["dtln_model_1.onnx", "dtln_model_2.onnx"])
+def test_no_python_call_inside_a_compiled_call(name):
+    """Between entry and return of the program's C loop, no Python function runs."""
+    shapes, pairs, fixed = REAL[name]
+    sess = rnnengine.InferenceSession(os.path.join(DATA, name))
+    args = {a.name: a for a in sess.get_inputs()}
+    feeds = {n: np.zeros([d if isinstance(d, int) else 1 for d in a.shape], np.float32)
+             for n, a in args.items()}
+    for _ in range(2):
+        sess.run(None, feeds)
+    program = next(iter(sess._programs.values()))
+    assert "call" not in program.kinds
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+    sys.setprofile(profile)
+    try:
+        program.runner.run()
+    finally:
+        sys.setprofile(None)
+    assert calls == []
+
+
+def test_builds_refuse_what_they_cannot_check():
+    """A Runner checks every geometry against its buffers: a run past a buffer is refused."""
+    from rnnengine._exec import Runner
+    dst = np.zeros(4, np.float32)
+    src = np.zeros(3, np.float32)
+    with pytest.raises(ValueError, match="reads outside"):
+        Runner([("move", dst, [src], np.array([[0, 0, 4, 1, 0]], np.int64))])
+    with pytest.raises(ValueError, match="does not fit the destination"):
+        Runner([("move", dst, [src], np.array([[2, 0, 3, 0, 0]], np.int64))])
+    with pytest.raises(ValueError, match="does not fit the buffers"):
+        Runner([("binary", 0, src, src, dst, [4], [1], [1])])
+    with pytest.raises(ValueError, match="does not fit"):
+        Runner([("matmul", src, src, dst, np.array([[0, 0, 0]]), 2, 2, 2)])
