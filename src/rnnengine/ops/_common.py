@@ -17,12 +17,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError
-from ..loaders._fold import node_label
 
 
 # ``out=ARRAY`` makes a ufunc return a 0-d ndarray rather than a NumPy scalar (NumPy >= 2.3
 # accepts out=...). Older NumPy has no such switch: there ``guard`` converts scalar results.
 ARRAY = ... if np.lib.NumpyVersion(np.__version__) >= "2.3.0" else None
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """A node's name, or a description that finds it when it has none (for messages)."""
+    return node.name or f"<unnamed {node.op_type} -> {node.output[0] if node.output else ''}>"
 
 
 class Spec(NamedTuple):

@@ -19,8 +19,7 @@ import math
 import numpy as np
 
 from .._conv import Conv1d
-from ..loaders._fold import node_label
-from ._common import MAX_ELEMENTS, Attrs, check_size, guard, registrar, same_dtype
+from ._common import MAX_ELEMENTS, Attrs, check_size, guard, node_label, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)

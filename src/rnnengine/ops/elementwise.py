@@ -63,8 +63,17 @@ def _not(a, opset, n_in, n_out):
     return f
 
 
+def _no_zero_divisor(y, what: str):
+    # Integer division by zero has no defined result (C's is undefined behaviour; NumPy
+    # gives 0 or INT_MIN with a warning): ONNX Runtime refuses it, and so do we.
+    if not y.all():
+        raise ValueError(f"integer {what} by zero: the divisor B ({y.dtype}{y.shape}) "
+                         "holds a 0")
+
+
 def _int_div(x, y):
     # ONNX Runtime divides integers as C does: the quotient truncates toward zero.
+    _no_zero_divisor(y, "division")
     q = np.asarray(np.floor_divide(x, y))   # writable even when 0-d
     fix = (q < 0) & (q * y != x)
     q[fix] += 1
@@ -92,6 +101,8 @@ def _mod(a, opset, n_in, n_out):
             same_dtype(x, y)
         if x.dtype.kind == "f" and ufunc is np.mod:
             raise ValueError("fmod must be 1 for floating-point inputs")
+        if x.dtype.kind in "iu":
+            _no_zero_divisor(y, "modulo")
         return (ufunc(x, y, out=ARRAY),)
     return f
 

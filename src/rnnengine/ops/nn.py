@@ -80,7 +80,7 @@ def _softmax(a, opset, n_in, n_out):
         def f(x):
             if x.dtype.kind != "f":
                 raise ValueError(f"input must be floating-point; got {x.dtype}")
-            return (fn(x, axis),)
+            return (fn(x, norm_axis(axis, x.ndim)),)
         return f
     axis = a.int("axis", 1)
 

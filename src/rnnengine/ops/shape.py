@@ -48,6 +48,10 @@ def _reshape(a, opset, n_in, n_out):
 
     def f(x, shape):
         dims = ints_of(shape, "shape")
+        if min(dims, default=0) < -1 or dims.count(-1) > 1:
+            # NumPy reads any negative dimension as "infer it"; ONNX allows one -1 only.
+            raise ValueError(f"shape {dims} is not a valid target: dimensions must be >= 0, "
+                             "or -1 (at most one)")
         if not allowzero and 0 in dims:
             # 0 copies the input's dimension at that position.
             dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]

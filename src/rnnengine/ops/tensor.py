@@ -1,4 +1,4 @@
-"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast,
+"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast, CastLike,
 QuantizeLinear, DequantizeLinear, Concat, Split, Slice, Gather, Tile, Pad, Range.
 
 Slice, Split and Gather with a scalar index return views of their input.
@@ -69,6 +69,16 @@ def _cast(a, opset, n_in, n_out):
 
     def f(x):
         return (x.astype(to, copy=False),)
+    return f
+
+
+@op("CastLike", inputs=(2, 2))
+def _cast_like(a, opset, n_in, n_out):
+    if opset >= 19:
+        a.flag("saturate", 1)   # only affects float8 targets, which are not handled here
+
+    def f(x, like):
+        return (x.astype(like.dtype, copy=False),)
     return f
 
 

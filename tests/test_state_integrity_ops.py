@@ -1,0 +1,215 @@
+"""No silent wrong answers, no memory or time bombs in the whole-model runtime: folding at
+load computes what the operators compute at run time, operators refuse what ONNX forbids,
+an initializer that is also a graph input can be overridden, reduced precisions refuse
+weights they cannot hold, and every allocation and every Loop runs under one budget.
+ONNX Runtime on the same graph is the reference: where it refuses a graph, so do we."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import rnnengine
+from rnnengine import InferenceSession, ModelError
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _vi(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _model(nodes, inputs, outputs, inits=(), opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+def _ort(model):
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def _ort_refuses(model, feeds):
+    with pytest.raises(Exception):
+        _ort(model).run(None, feeds)
+
+
+def _same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape, (g.dtype, g.shape, w.dtype, w.shape)
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=0)
+
+
+# -- folding at load runs the operators the executor runs -----------------------------------
+
+_X = np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 7.5
+_I = np.array([[7, -7, 9], [-9, 5, 100]], np.int32)
+
+# (name, node, data input, other constant inputs): each is run once with every input an
+# initializer (folded at load) and once with the data fed at run time.
+_FOLD_CASES = [
+    ("flatten_negative_axis", helper.make_node("Flatten", ["d"], ["y"], axis=-1), _X, []),
+    ("flatten_axis_minus_two", helper.make_node("Flatten", ["d"], ["y"], axis=-2), _X, []),
+    ("flatten_axis_rank", helper.make_node("Flatten", ["d"], ["y"], axis=3), _X, []),
+    ("div_int_truncates", helper.make_node("Div", ["d", "b"], ["y"]), _I,
+     [np.array([2, -2, 4], np.int32)]),
+    ("mod_int", helper.make_node("Mod", ["d", "b"], ["y"]), _I,
+     [np.array([2, -2, 7], np.int32)]),
+    ("squeeze_negative", helper.make_node("Squeeze", ["d", "b"], ["y"]), _X[:1],
+     [np.array([-3], np.int64)]),
+    ("unsqueeze_negative", helper.make_node("Unsqueeze", ["d", "b"], ["y"]), _X,
+     [np.array([-1, 0], np.int64)]),
+    ("slice_negative_step", helper.make_node("Slice", ["d", "b", "e", "a", "s"], ["y"]), _X,
+     [np.array([-1], np.int64), np.array([-100], np.int64), np.array([2], np.int64),
+      np.array([-2], np.int64)]),
+    ("gather_negative_index", helper.make_node("Gather", ["d", "b"], ["y"], axis=1), _X,
+     [np.array([[-1, 0]], np.int64)]),
+    ("expand", helper.make_node("Expand", ["d", "b"], ["y"]), _X[:, :1],
+     [np.array([3, 2, 1, 4], np.int64)]),
+    ("tile", helper.make_node("Tile", ["d", "b"], ["y"]), _X, [np.array([1, 2, 1], np.int64)]),
+    ("split_uneven", helper.make_node("Split", ["d"], ["y", "z"], axis=-1, num_outputs=2),
+     _X[..., :3], []),
+    ("transpose", helper.make_node("Transpose", ["d"], ["y"], perm=[2, 0, 1]), _X, []),
+    ("reshape_zero", helper.make_node("Reshape", ["d", "b"], ["y"]), _X,
+     [np.array([0, -1], np.int64)]),
+    ("cast_to_int", helper.make_node("Cast", ["d"], ["y"], to=TensorProto.INT32), _X, []),
+    ("castlike", helper.make_node("CastLike", ["d", "b"], ["y"]), _X,
+     [np.zeros(1, np.float16)]),
+    ("concat_negative_axis", helper.make_node("Concat", ["d", "b"], ["y"], axis=-1), _X,
+     [np.ones((2, 3, 1), np.float32)]),
+    ("dequantize_per_axis", helper.make_node("DequantizeLinear", ["d", "b", "e"], ["y"],
+                                             axis=1), _I.astype(np.int8)[:, :3],
+     [np.array([0.5, 2.0, 0.25], np.float32), np.array([1, -3, 0], np.int8)]),
+]
+
+
+def _fold_models(node, data, others):
+    names = ["d", "b", "e", "a", "s"][:1 + len(others)]
+    consts = [numpy_helper.from_array(v, n) for n, v in zip(names[1:], others)]
+    outs = [onnx.ValueInfoProto(name=o) for o in node.output]   # types left to inference
+    elem = helper.np_dtype_to_tensor_dtype(data.dtype)
+    folded = _model([node], [], outs, [numpy_helper.from_array(data, "d")] + consts, opset=18)
+    run = _model([node], [_vi("d", list(data.shape), elem)], outs, consts, opset=18)
+    return folded, run
+
+
+@pytest.mark.parametrize("case", _FOLD_CASES, ids=[c[0] for c in _FOLD_CASES])
+def test_folding_matches_ort_and_the_run_time_operator(case):
+    _, node, data, others = case
+    folded, run = _fold_models(node, data, others)
+    want = _ort(run).run(None, {"d": data})
+    sess = InferenceSession(folded)
+    assert sess.placement() == {}, "every node folds at load"
+    _same(sess.run(None, {}), want)
+    _same(InferenceSession(run).run(None, {"d": data}), want)
+
+
+@pytest.mark.parametrize("op", ["Div", "Mod"])
+def test_integer_division_by_zero_is_refused(op):
+    """ORT refuses an integer divisor holding 0; NumPy would give 0 or INT_MIN."""
+    a, b = np.array([7, -7, 5], np.int32), np.array([0, 2, 0], np.int32)
+    node = helper.make_node(op, ["a", "b"], ["y"], name="divide")
+    out = [_vi("y", [3], TensorProto.INT32)]
+    folded = _model([node], [], out, [numpy_helper.from_array(a, "a"),
+                                      numpy_helper.from_array(b, "b")])
+    _ort_refuses(folded, {})
+    with pytest.raises(ModelError, match="divide.*by zero"):
+        InferenceSession(folded)
+    fed = _model([node], [_vi("a", [3], TensorProto.INT32), _vi("b", [3], TensorProto.INT32)],
+                 out)
+    with pytest.raises(ValueError, match="divide.*by zero"):
+        InferenceSession(fed).run(None, {"a": a, "b": b})
+    # a divisor without zeros still divides as ORT does
+    b = np.array([3, -2, 4], np.int32)
+    _same(InferenceSession(fed).run(None, {"a": a, "b": b}), _ort(fed).run(None, {"a": a, "b": b}))
+
+
+# -- operators refuse what ONNX forbids ------------------------------------------------------
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("axis", [2, 5, -3])
+@pytest.mark.parametrize("fused", [False, True])
+def test_softmax_axis_beyond_the_rank_is_refused(op, opset, axis, fused):
+    x = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    w = numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    nodes = [helper.make_node(op, ["m" if fused else "x"], ["y"], axis=axis, name="soft")]
+    if fused:   # MatMul -> Softmax runs as one fused head
+        nodes.insert(0, helper.make_node("MatMul", ["x", "w"], ["m"]))
+    model = _model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])], [w], opset=opset)
+    _ort_refuses(model, {"x": x})
+    with pytest.raises(ValueError, match=f"soft.*axis {axis}.*rank 2"):
+        InferenceSession(model).run(None, {"x": x})
+
+
+@pytest.mark.parametrize("shape", [[-2, 3], [3, -2], [-1, -1]])
+def test_reshape_negative_dimensions_other_than_one_minus_one_are_refused(shape):
+    x = np.ones((2, 3), np.float32)
+    model = _model([helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")],
+                   [_vi("x", [2, 3]), _vi("s", [2], TensorProto.INT64)], [_vi("y", None)])
+    feeds = {"x": x, "s": np.array(shape, np.int64)}
+    _ort_refuses(model, feeds)
+    with pytest.raises(ValueError, match="reshape.*-1"):
+        InferenceSession(model).run(None, feeds)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_conv_with_a_dilation_that_overflows_is_refused(kernel):
+    """(kernel - 1) * 2**62 wraps to 0 or negative in 64-bit arithmetic."""
+    w = numpy_helper.from_array(np.ones((2, 1, kernel), np.float32), "w")
+    model = _model([helper.make_node("Conv", ["x", "w"], ["y"], dilations=[2**62],
+                                     name="conv")],
+                   [_vi("x", [1, 1, 8])], [_vi("y", None)], [w])
+    x = np.ones((1, 1, 8), np.float32)
+    _ort_refuses(model, {"x": x})
+    with pytest.raises(ValueError, match="conv.*dilation"):
+        InferenceSession(model).run(None, {"x": x})
+
+
+def test_conv1d_kernel_refuses_sizes_that_wrap():
+    from rnnengine._conv import Conv1d
+    w = np.ones((2, 1, 5), np.float32)
+    with pytest.raises(ValueError, match="dilation"):
+        Conv1d(w, None, 1, 2**62, 0, 0, False)
+    with pytest.raises(ValueError, match="pads"):
+        Conv1d(w, None, 1, 1, 2**62, 2**62, False)
+
+
+# -- an initializer that is also a graph input is an overridable default (IR >= 4) ---------
+
+def _overridable_model(ir_version):
+    d = numpy_helper.from_array(np.array([1.0, 2.0], np.float32), "d")
+    k = numpy_helper.from_array(np.array([3.0, 4.0], np.float32), "k")
+    nodes = [helper.make_node("Mul", ["d", "k"], ["dk"]),    # foldable were d a constant
+             helper.make_node("Add", ["x", "dk"], ["y"])]
+    model = _model(nodes, [_vi("x", [2]), _vi("d", [2])], [_vi("y", [2])], [d, k], opset=13)
+    model.ir_version = ir_version
+    return model
+
+
+def test_an_overridable_initializer_takes_the_fed_value_or_its_default():
+    model = _overridable_model(8)
+    ref, sess = _ort(model), InferenceSession(model)
+    assert [a.name for a in sess.get_inputs()] == [a.name for a in ref.get_inputs()]
+    assert ([a.name for a in sess.get_overridable_initializers()]
+            == [a.name for a in ref.get_overridable_initializers()] == ["d"])
+    x = np.array([0.5, -1.0], np.float32)
+    for feeds in ({"x": x}, {"x": x, "d": np.array([10.0, -20.0], np.float32)}, {"x": x}):
+        _same(sess.run(None, feeds), ref.run(None, feeds))
+    with pytest.raises(ValueError, match="'d'"):
+        sess.run(None, {"x": x, "d": np.ones(3, np.float32)})
+
+
+def test_before_ir_4_an_initializer_listed_as_input_is_a_constant():
+    model = _overridable_model(3)
+    model.opset_import[0].version = 8
+    ref, sess = _ort(model), InferenceSession(model)
+    assert sess.get_overridable_initializers() == ref.get_overridable_initializers() == []
+    x = np.array([0.5, -1.0], np.float32)
+    _same(sess.run(None, {"x": x}), ref.run(None, {"x": x}))
+    with pytest.raises(ValueError, match="unknown input name 'd'"):
+        sess.run(None, {"x": x, "d": x})
