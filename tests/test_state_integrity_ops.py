@@ -213,3 +213,53 @@ def test_before_ir_4_an_initializer_listed_as_input_is_a_constant():
     _same(sess.run(None, {"x": x}), ref.run(None, {"x": x}))
     with pytest.raises(ValueError, match="unknown input name 'd'"):
         sess.run(None, {"x": x, "d": x})
+
+
+# -- reduced precisions refuse weights they cannot hold ---------------------------------------
+
+def _lstm(W):
+    rng = np.random.default_rng(0)
+    H, I = 16, 8
+    R = (0.1 * rng.standard_normal((1, 4 * H, H))).astype(np.float32)
+    nodes = [helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=H, name="lstm")]
+    return _model(nodes, [_vi("X", [5, 2, I])], [_vi("Y", None)],
+                  [numpy_helper.from_array(W, "W"), numpy_helper.from_array(R, "R")], opset=14)
+
+
+def _lstm_weights():
+    return (0.1 * np.random.default_rng(1).standard_normal((1, 64, 8))).astype(np.float32)
+
+
+def _extreme(kind):
+    W = _lstm_weights()
+    if kind == "inf":
+        W[0, 3, 2] = np.inf           # one unit's weight; fp32 keeps every other unit finite
+    else:
+        W[0, 3, 2] = 3.4e38           # finite in float32, inf once rounded to bf16
+    return W
+
+
+@pytest.mark.parametrize("precision, kind, reason", [
+    ("int8", "inf", "non-finite"), ("bf16", "huge", "bf16 range"),
+    ("fp16", "huge", "fp16 range")])
+def test_reduced_precision_refuses_weights_it_cannot_hold(tmp_path, precision, kind, reason):
+    model = _lstm(_extreme(kind))
+    x = np.full((5, 2, 8), 1e-3, np.float32)
+    want = _ort(model).run(None, {"X": x})[0]
+    got = InferenceSession(model).run(None, {"X": x})[0]   # fp32 matches the reference
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    path = tmp_path / "lstm.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match=f"W.*{reason}"):
+        rnnengine.load(str(path), precision=precision).run(x)
+    with pytest.raises(ModelError, match=f"W.*{reason}"):
+        InferenceSession(model, precision=precision).run(None, {"X": x})
+
+
+@pytest.mark.parametrize("precision", ["int8", "bf16"])
+def test_reduced_precision_keeps_ordinary_weights(precision):
+    model = _lstm(_lstm_weights())
+    x = np.random.default_rng(2).standard_normal((5, 2, 8)).astype(np.float32)
+    want = _ort(model).run(None, {"X": x})[0]
+    got = InferenceSession(model, precision=precision).run(None, {"X": x})[0]
+    np.testing.assert_allclose(got, want, atol=3e-2)
