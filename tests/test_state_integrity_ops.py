@@ -263,3 +263,111 @@ def test_reduced_precision_keeps_ordinary_weights(precision):
     want = _ort(model).run(None, {"X": x})[0]
     got = InferenceSession(model, precision=precision).run(None, {"X": x})[0]
     np.testing.assert_allclose(got, want, atol=3e-2)
+
+
+# -- one allocation budget: refused before allocating, never a bare MemoryError --------------
+# Each graph asks for far more than the budget from a few bytes of input; none allocates it
+# (a run that did would take GiBs and seconds: these finish at once).
+
+_BUDGET = r"would allocate [\d,]+ elements \([\d.]+ GiB\); the limit is"
+
+
+def _budget_case(kind):
+    f, i64 = TensorProto.FLOAT, TensorProto.INT64
+    if kind == "expand":
+        nodes = [helper.make_node("Expand", ["x", "s"], ["y"], name="big")]
+        return nodes, [_vi("x", [1]), _vi("s", [2], i64)], {
+            "x": np.ones(1, np.float32), "s": np.array([1 << 16, 1 << 16], np.int64)}
+    if kind == "mul":
+        nodes = [helper.make_node("Mul", ["x", "z"], ["y"], name="big")]
+        return nodes, [_vi("x", [1 << 15, 1]), _vi("z", [1, 1 << 15])], {
+            "x": np.ones((1 << 15, 1), np.float32), "z": np.ones((1, 1 << 15), np.float32)}
+    if kind == "einsum":
+        nodes = [helper.make_node("Einsum", ["x", "z"], ["y"], equation="i,j->ij",
+                                  name="big")]
+        return nodes, [_vi("x", [1 << 15]), _vi("z", [1 << 15])], {
+            "x": np.ones(1 << 15, np.float32), "z": np.ones(1 << 15, np.float32)}
+    if kind == "matmul":
+        nodes = [helper.make_node("MatMul", ["x", "z"], ["y"], name="big")]
+        return nodes, [_vi("x", [1 << 15, 1]), _vi("z", [1, 1 << 15])], {
+            "x": np.ones((1 << 15, 1), np.float32), "z": np.ones((1, 1 << 15), np.float32)}
+    if kind == "gather":
+        nodes = [helper.make_node("Gather", ["x", "k"], ["y"], name="big")]
+        return nodes, [_vi("x", [1, 1 << 12]), _vi("k", [1 << 17], i64)], {
+            "x": np.ones((1, 1 << 12), np.float32), "k": np.zeros(1 << 17, np.int64)}
+    if kind in ("maxpool", "avgpool"):   # 4 MiB in; the window gather is N*C*K*P
+        op = "MaxPool" if kind == "maxpool" else "AveragePool"
+        nodes = [helper.make_node(op, ["x"], ["y"], kernel_shape=[1024], name="big")]
+        return nodes, [_vi("x", [1, 512, 2047])], {"x": np.ones((1, 512, 2047), np.float32)}
+    if kind == "conv":
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="big")]
+        return nodes, [_vi("x", [1, 512, 2047]), _vi("w", [1, 512, 1024])], {
+            "x": np.ones((1, 512, 2047), np.float32), "w": np.ones((1, 512, 1024), np.float32)}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["expand", "mul", "einsum", "matmul", "gather", "maxpool",
+                                  "avgpool", "conv"])
+def test_allocations_go_through_one_budget(kind):
+    nodes, inputs, feeds = _budget_case(kind)
+    model = _model(nodes, inputs, [_vi("y", None)])
+    with pytest.raises(ValueError, match="big.*" + _BUDGET):
+        InferenceSession(model).run(None, feeds)
+
+
+def test_folding_at_load_is_under_the_same_budget():
+    nodes = [helper.make_node("Expand", ["x", "s"], ["y"], name="big")]
+    inits = [numpy_helper.from_array(np.ones(1, np.float32), "x"),
+             numpy_helper.from_array(np.array([1 << 16, 1 << 16], np.int64), "s")]
+    with pytest.raises(ModelError, match="big.*" + _BUDGET):
+        InferenceSession(_model(nodes, [], [_vi("y", None)], inits))
+
+
+def _loop_model(outer_trips, inner_trips, scan_shape=None):
+    """Loop(outer) { Loop(inner) { x + 1 } }: a count of all inner trips; with
+    ``scan_shape`` the inner body also emits a zeros tensor of that shape per trip."""
+    b, i64, f = TensorProto.BOOL, TensorProto.INT64, TensorProto.FLOAT
+    inner_nodes = [helper.make_node("Identity", ["ci"], ["co"]),
+                   helper.make_node("Add", ["xi", "one"], ["xo"])]
+    inner_out = [_vi("co", [], b), _vi("xo", [], f)]
+    if scan_shape is not None:
+        inner_nodes.append(helper.make_node("ConstantOfShape", ["shape"], ["sc"]))
+        inner_out.append(_vi("sc", None))
+    inner = helper.make_graph(inner_nodes, "inner",
+                              [_vi("j", [], i64), _vi("ci", [], b), _vi("xi", [], f)],
+                              inner_out)
+    outer_body = helper.make_graph(
+        [helper.make_node("Identity", ["c"], ["c2"]),
+         helper.make_node("Loop", ["n_inner", "", "x_in"],
+                          ["x_out"] + (["scans"] if scan_shape is not None else []),
+                          body=inner, name="inner_loop")],
+        "outer", [_vi("i", [], i64), _vi("c", [], b), _vi("x_in", [], f)],
+        [_vi("c2", [], b), _vi("x_out", [], f)])
+    inits = [numpy_helper.from_array(np.array(outer_trips, np.int64), "n_outer"),
+             numpy_helper.from_array(np.array(inner_trips, np.int64), "n_inner"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(True), "t"),
+             numpy_helper.from_array(np.array(scan_shape or [1], np.int64), "shape")]
+    nodes = [helper.make_node("Loop", ["n_outer", "t", "x0"], ["y"], body=outer_body,
+                              name="outer_loop")]
+    return _model(nodes, [_vi("x0", [], TensorProto.FLOAT)], [_vi("y", [])], inits, opset=13)
+
+
+def test_nested_loops_share_one_trip_budget_per_run(monkeypatch):
+    monkeypatch.setattr(rnnengine.graph_steps, "MAX_LOOP_ITERATIONS", 5000)
+    x0 = {"x0": np.array(0.0, np.float32)}
+    small = _loop_model(40, 100)          # 4,000 trips: within the budget, as ORT computes
+    sess = InferenceSession(small)
+    _same(sess.run(None, x0), _ort(small).run(None, x0))
+    _same(sess.run(None, x0), _ort(small).run(None, x0))   # the budget is per run
+    # 100 x 100 = 10,000 trips: each Loop alone is under 5,000, together they are not
+    with pytest.raises(ValueError, match="inner_loop.*limit is 5,000 per run"):
+        InferenceSession(_loop_model(100, 100)).run(None, x0)
+
+
+def test_loop_scan_outputs_are_under_the_budget():
+    # 64 trips of a 2**22-element scan output is 2**28 + 2**22 elements: refused on the
+    # trip that crosses the budget (each trip's tensor is fine on its own)
+    model = _loop_model(1, 65, scan_shape=[1 << 22])
+    with pytest.raises(ValueError, match="inner_loop.*scan output 0.*" + _BUDGET):
+        InferenceSession(model).run(None, {"x0": np.array(0.0, np.float32)})

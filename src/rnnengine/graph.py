@@ -34,7 +34,7 @@ from .errors import ModelError
 from .loaders._fold import (Folder, NotConstant, Scope, fold_node, foldable, model_opset,
                             node_label, read_tensor, subgraph_free_names, subgraphs)
 from .graph_steps import (CONTROL, RECURRENT, bind, if_step, lookup_step, loop_step,
-                          RecurrentStep)
+                          RUN_BUDGET, RecurrentStep)
 from .graph_shapes import cluster_step, shape_clusters
 from .graph_views import view_op
 from .ort_bridge import OrtGroup
@@ -458,8 +458,13 @@ class Plan:
         if steps is None:
             steps, indices = self.steps, None
         try:
-            for step in steps:
-                step(v)
+            if self.parent is None:   # a run of the whole graph: its own Loop budget
+                with RUN_BUDGET:
+                    for step in steps:
+                        step(v)
+            else:
+                for step in steps:
+                    step(v)
         except (NodeFailed, ModelError):
             raise
         except Exception as e:

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._common import ints_of, norm_axis, registrar
+from ._common import check_size, ints_of, norm_axis, registrar
 
 OPS = {}
 op = registrar(OPS)
@@ -147,5 +147,7 @@ def _expand(a, opset, n_in, n_out):
     def f(x, shape):
         # Bidirectional: a 1 in ``shape`` keeps the input's dimension.
         out = np.broadcast_shapes(x.shape, tuple(ints_of(shape, "shape")))
+        # A view, but every consumer (and the caller's copy of a graph output) allocates it.
+        check_size(out, "the expanded output", x.itemsize)
         return (np.broadcast_to(x, out),)
     return f
