@@ -3,6 +3,11 @@ load computes what the operators compute at run time, operators refuse what ONNX
 an initializer that is also a graph input can be overridden, reduced precisions refuse
 weights they cannot hold, and every allocation and every Loop runs under one budget.
 ONNX Runtime on the same graph is the reference: where it refuses a graph, so do we."""
+import signal
+import subprocess
+import sys
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -10,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import rnnengine
 from rnnengine import InferenceSession, ModelError
+from rnnengine._conv import Conv1d
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -171,7 +177,6 @@ def test_conv_with_a_dilation_that_overflows_is_refused(kernel):
 
 
 def test_conv1d_kernel_refuses_sizes_that_wrap():
-    from rnnengine._conv import Conv1d
     w = np.ones((2, 1, 5), np.float32)
     with pytest.raises(ValueError, match="dilation"):
         Conv1d(w, None, 1, 2**62, 0, 0, False)
@@ -371,3 +376,44 @@ def test_loop_scan_outputs_are_under_the_budget():
     model = _loop_model(1, 65, scan_shape=[1 << 22])
     with pytest.raises(ValueError, match="inner_loop.*scan output 0.*" + _BUDGET):
         InferenceSession(model).run(None, {"x0": np.array(0.0, np.float32)})
+
+
+# -- a long compiled convolution stops on Ctrl-C ---------------------------------------------
+
+_CONV_CHILD = """
+import sys, time
+import numpy as np
+from rnnengine._conv import Conv1d
+conv = Conv1d(np.ones((256, 256, 64), np.float32), None, 1, 1, 0, 0, False)
+x = np.ones((1, 256, 64 + 20000 - 1), np.float32)
+start = time.perf_counter()
+conv(x[:, :, :64 + 200 - 1])
+per_position = (time.perf_counter() - start) / 200
+L = int(min(20.0 / per_position, 4e6))        # about 20 s of work, if not interrupted
+x = np.ones((1, 256, 64 + L - 1), np.float32)
+print("ready", flush=True)
+start = time.perf_counter()
+try:
+    conv(x)
+    print("finished", round(time.perf_counter() - start, 2), flush=True)
+except KeyboardInterrupt:
+    print("interrupted", round(time.perf_counter() - start, 2), flush=True)
+"""
+
+
+def test_a_long_compiled_conv_stops_on_ctrl_c():
+    child = subprocess.Popen([sys.executable, "-c", _CONV_CHILD], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().split() == ["ready"], child.stderr.read()
+        time.sleep(1.0)
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=120)
+        waited = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert out.split()[:1] == ["interrupted"], (out, err[-2000:])
+    assert waited < 5.0, f"exited {waited:.1f} s after SIGINT"
