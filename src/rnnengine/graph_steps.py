@@ -52,8 +52,8 @@ def _trip(label: str) -> None:
     count = getattr(_TRIPS, "count", 0) + 1
     _TRIPS.count = count
     if count > MAX_LOOP_ITERATIONS:
-        raise ValueError(f"Loop node {label!r}: the run has made {count - 1:,} Loop "
-                         f"iterations (nested Loops counted together); the limit is "
+        raise ValueError(f"Loop node {label!r} ran {count - 1:,} iterations in this run "
+                         "(all Loops counted together, nested ones too); the limit is "
                          f"{MAX_LOOP_ITERATIONS:,} per run: refused")
 
 
