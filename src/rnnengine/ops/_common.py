@@ -211,7 +211,7 @@ def check_size(shape, what: str, itemsize: int = 4):
     if n > MAX_ELEMENTS:
         raise ValueError(f"{what} of shape {tuple(shape)} would allocate {n:,} elements "
                          f"({n * itemsize / 2**30:.3g} GiB); the limit is {MAX_ELEMENTS:,} "
-                         "elements")
+                         "elements: refused")
 
 
 def check_broadcast(*xs, what: str = "the broadcast output"):
