@@ -594,8 +594,8 @@ def lstm_model(W_source="init", **node_changes):
 
 MALFORMED = {
     "weights_from_graph_input": (lambda: lstm_model("input"), "graph input 'W'"),
-    "unfoldable_op": (lambda: lstm_model("none", nodes=[helper.make_node("Sin", ["R"], ["W"])]),
-                      "Sin"),
+    "unfoldable_op": (lambda: lstm_model("none", nodes=[helper.make_node("Hardmax", ["R"], ["W"])]),
+                      "Hardmax"),
     "undefined_weight": (lambda: lstm_model("none"), "defines 'W'"),
     "wrong_hidden_size": (lambda: lstm_model(hidden_size=5), "hidden_size=5"),
     "bad_direction": (lambda: lstm_model(direction="sideways"), "sideways"),

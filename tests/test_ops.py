@@ -196,6 +196,8 @@ for dt in (np.float32, np.int64, np.bool_, np.int32, np.float16):
          opsets=(9, 13, 19))
 case("Cast", [r(5, dtype=I)], {"to": TensorProto.FLOAT})
 case("Cast", [r(5, dtype=B)], {"to": TensorProto.FLOAT})
+case("CastLike", [r(3, 4) * 3, r(1, dtype=I)], opsets=(15, 19))
+case("CastLike", [r(5, dtype=I), np.zeros(2, np.float16)], opsets=(15,))
 U8 = np.uint8
 case("DequantizeLinear", [np.array([0, 3, 128, 255], U8), np.array(0.5, F),
                           np.array(128, U8)], opsets=(10, 13, 21))

@@ -23,7 +23,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <stdint.h>
+
 #include "rnnengine/assert.h"
+#include "rnnengine/cancel.h"
 #include "rnnengine/cpu.h"
 #include "rnnengine/fpenv.h"
 
@@ -31,6 +34,8 @@
 #define RNN_CONV_MR_MAX 32     /* the widest panel (AVX-512) */
 #define RNN_CONV_STACK 4096    /* column buffers up to this many floats live on the stack */
 #define RNN_CONV_CHUNK 64      /* column groups gathered at a time */
+/* At most this many multiply-adds between two cancel checks (~10-50 ms on one core). */
+#define RNN_CONV_CHECK_MACS ((size_t)1 << 27)
 
 /* GCC/Clang generic vectors; -DRNN_CONV_VECTORS=0 builds the plain loops other compilers
  * get (tests/test_conv_kernel.py builds both, and the portable-only -DRNN_X86=0). */
@@ -48,7 +53,15 @@ typedef struct {
     size_t stride, dilation, pad;    /* pad: zeros before position 0 */
     size_t Lout;                     /* output positions per sample */
     int relu;
+    const rnn_cancel_t *cancel;      /* asked between chunks; NULL: never stop */
 } rnn_conv1d_t;
+
+/* a * b into *out; 0 when it overflows size_t. */
+static inline int rnn_conv_mul(size_t a, size_t b, size_t *out) {
+    if (a != 0 && b > SIZE_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
 
 static inline size_t rnn_conv_panels(size_t M, size_t width) {
     return (M + width - 1) / width;
@@ -157,8 +170,38 @@ static void rnn_conv_store(const rnn_conv1d_t *cv, const float *tile, size_t wid
 #undef RNN_CV_TARGET
 #endif
 
+/* 1 when every size in cv fits the buffers (x_len, wp_len, bp_len, y_len floats) and
+ * every index the kernel forms (o * stride + k * dilation - pad, the column buffer)
+ * fits its type without wrapping; 0 otherwise. The caller checks these too: this is
+ * the kernel not trusting it. */
+static int rnn_conv_sizes_ok(const rnn_conv1d_t *cv, size_t x_len, size_t wp_len,
+                             size_t bp_len, size_t width, size_t y_len) {
+    size_t xs, ys, CK, wn, J, kspan, ospan, cols;
+    const size_t big = (size_t)PTRDIFF_MAX;
+    if (!rnn_conv_width_ok(width) || cv->stride < 1 || cv->dilation < 1 || cv->KW < 1)
+        return 0;
+    if (!rnn_conv_mul(cv->N, cv->C, &xs) || !rnn_conv_mul(xs, cv->L, &xs) || xs != x_len)
+        return 0;
+    if (!rnn_conv_mul(cv->N, cv->M, &ys) || !rnn_conv_mul(ys, cv->Lout, &ys) || ys != y_len)
+        return 0;
+    if (!rnn_conv_mul(cv->C, cv->KW, &CK) || cv->M > big - width
+            || !rnn_conv_mul(rnn_conv_panels(cv->M, width) * width, CK, &wn) || wn != wp_len
+            || bp_len != rnn_conv_panels(cv->M, width) * width)
+        return 0;
+    if (!rnn_conv_mul(cv->N, cv->Lout, &J) || J > big - RNN_CONV_NR)
+        return 0;
+    if (!rnn_conv_mul(cv->KW - 1, cv->dilation, &kspan)
+            || !rnn_conv_mul(cv->Lout ? cv->Lout - 1 : 0, cv->stride, &ospan))
+        return 0;
+    if (kspan > big || ospan > big - kspan || cv->pad > big || cv->L > big)
+        return 0;
+    return rnn_conv_mul(CK, RNN_CONV_NR * RNN_CONV_CHUNK, &cols);
+}
+
 /* y = conv(x) with weights packed by rnn_conv_pack for ``width``; the *_len are the
- * buffers' sizes in floats. Returns 0, or -1 when the column buffer cannot be allocated. */
+ * buffers' sizes in floats. Returns 0; -1 when the column buffer cannot be allocated; -2
+ * when the sizes do not fit (rnn_conv_sizes_ok); 1 when cv->cancel asked to stop (y is
+ * then partly written). */
 static int rnn_conv1d(const rnn_conv1d_t *cv, const float *x, size_t x_len, const float *wp,
                       size_t wp_len, const float *bp, size_t bp_len, size_t width, float *y,
                       size_t y_len) {
@@ -168,14 +211,16 @@ static int rnn_conv1d(const rnn_conv1d_t *cv, const float *x, size_t x_len, cons
     RNN_ASSERT(bp_len == rnn_conv_panels(cv->M, width) * width);
     RNN_ASSERT(y_len == cv->N * cv->M * cv->Lout);
     RNN_ASSERT(rnn_conv_width_ok(width) && cv->stride >= 1 && cv->dilation >= 1);
-    (void)x_len;
-    (void)wp_len;
-    (void)bp_len;
-    (void)y_len;
+    if (!rnn_conv_sizes_ok(cv, x_len, wp_len, bp_len, width, y_len)) return -2;
     /* Columns are gathered RNN_CONV_CHUNK groups at a time: the buffer stays bounded
-     * (and in L2) however long the input; each chunk streams the weights once more. */
+     * (and in L2) however long the input; each chunk streams the weights once more. A
+     * chunk is also the unit between cancel checks, so it holds at most
+     * RNN_CONV_CHECK_MACS multiply-adds (down to one group for huge weights). */
     const size_t groups = (J + RNN_CONV_NR - 1) / RNN_CONV_NR;
-    const size_t chunk = groups < RNN_CONV_CHUNK ? groups : RNN_CONV_CHUNK;
+    const size_t group_macs = cv->M * CK * RNN_CONV_NR;   /* no overflow: M * CK <= wp_len */
+    size_t chunk = groups < RNN_CONV_CHUNK ? groups : RNN_CONV_CHUNK;
+    if (group_macs > 0 && chunk > RNN_CONV_CHECK_MACS / group_macs)
+        chunk = RNN_CONV_CHECK_MACS / group_macs > 0 ? RNN_CONV_CHECK_MACS / group_macs : 1;
     const size_t n_cols = chunk * CK * RNN_CONV_NR;
     float stack_cols[RNN_CONV_STACK];
     float tile[RNN_CONV_NR * RNN_CONV_MR_MAX];
@@ -184,6 +229,7 @@ static int rnn_conv1d(const rnn_conv1d_t *cv, const float *x, size_t x_len, cons
         cols = (float *)malloc(n_cols * sizeof *cols);
         if (cols == NULL) return -1;
     }
+    int stopped = 0;
     const rnn_fpenv_t env = rnn_fpenv_enter();
     for (size_t base = 0; base < J; base += chunk * RNN_CONV_NR) {
         const size_t Jc = J - base < chunk * RNN_CONV_NR ? J - base : chunk * RNN_CONV_NR;
@@ -200,10 +246,14 @@ static int rnn_conv1d(const rnn_conv1d_t *cv, const float *x, size_t x_len, cons
         else
 #endif
             rnn_cv_panels_v4(cv, cols, base, Jc, wp, bp, tile, y);
+        if (base + Jc < J && rnn_cancelled(cv->cancel)) {
+            stopped = 1;
+            break;
+        }
     }
     rnn_fpenv_leave(env);
     if (cols != stack_cols) free(cols);
-    return 0;
+    return stopped;
 }
 
 #endif

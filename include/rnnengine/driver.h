@@ -8,6 +8,7 @@
 
 #include <string.h>
 #include "rnnengine/assert.h"
+#include "rnnengine/cancel.h"
 #include "rnnengine/cells.h"
 #include "rnnengine/fpenv.h"
 #include "rnnengine/kernels.h"
@@ -145,16 +146,6 @@ static inline float *rnn_align64(float *p) {
     return (float *)(((size_t)p + 63) & ~(size_t)63);
 }
 
-/* Asked between timesteps of a sequence; nonzero stops the run (Ctrl-C: _kernels.pyx checks
- * Python's signals from here every few milliseconds). NULL fn: never stop. */
-typedef struct {
-    int (*fn)(void *ctx);
-    void *ctx;
-} rnn_cancel_t;
-
-static inline int rnn_cancelled(const rnn_cancel_t *cancel) {
-    return cancel && cancel->fn && cancel->fn(cancel->ctx);
-}
 
 /* Floats spanned by `rows` rows of `width` floats, `ld` apart (0 rows: 0). */
 static inline size_t rnn_span(size_t rows, size_t ld, size_t width) {

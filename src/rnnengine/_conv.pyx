@@ -1,17 +1,26 @@
 """A 1-D convolution (groups 1) with its bias and an optional ReLU as one C call:
 include/rnnengine/conv.h. ``ops.conv.compiled_conv`` builds these for a graph's constant
 weights. ``Conv1d.__call__`` raises ValueError on an input the kernel cannot take (the caller
-checks dtype and rank first and runs the general NumPy path for anything else)."""
+checks dtype and rank first and runs the general NumPy path for anything else). A long call
+stops on Ctrl-C (KeyboardInterrupt), as the recurrent kernels do (_signals.pxi)."""
+import threading
+
 import numpy as np
 cimport numpy as cnp
+from cpython.pythread cimport PyThread_get_thread_ident
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 cnp.import_array()
 
 cdef extern from "rnnengine/conv.h" nogil:
     enum: RNN_CONV_NR
+    ctypedef struct rnn_cancel_t:
+        int (*fn)(void *ctx) noexcept nogil
+        void *ctx
     ctypedef struct rnn_conv1d_t:
         size_t N, C, L, M, KW, stride, dilation, pad, Lout
         int relu
+        const rnn_cancel_t *cancel
     size_t rnn_conv_best_width()
     int rnn_conv_width_ok(size_t width)
     size_t rnn_conv_packed_size(size_t M, size_t CK, size_t width)
@@ -24,6 +33,12 @@ cdef extern from "rnnengine/conv.h" nogil:
 
 # below this many multiply-adds the GIL release costs more than it frees
 DEF NOGIL_MIN_MACS = 65536
+# Every index the kernel forms (o * stride + k * dilation - pad) stays below this, so that
+# nothing wraps in its 64-bit arithmetic (a dilation of 2**62 times a kernel of 5 is 0 there).
+DEF MAX_SPAN = 2 ** 62
+
+# -- Ctrl-C during a long convolution: check_signals, watch_signals, raise_pending ---------
+include "_signals.pxi"
 
 
 def best_width():
@@ -77,6 +92,10 @@ cdef class Conv1d:
             raise ValueError(f"stride and dilation must be >= 1 and pads >= 0; got stride "
                              f"{stride}, dilation {dilation}, pads ({pad_begin}, {pad_end})")
         self.M, self.C, self.KW = w.shape
+        if ((<object>self.KW - 1) * dilation >= MAX_SPAN or <object>pad_begin + pad_end >= MAX_SPAN
+                or stride >= MAX_SPAN):
+            raise ValueError(f"kernel {self.KW} with dilation {dilation}, stride {stride} and "
+                             f"pads ({pad_begin}, {pad_end}) reach past {MAX_SPAN} positions")
         self.stride, self.dilation = stride, dilation
         self.pad_begin, self.pad_end, self.relu = pad_begin, pad_end, relu
         self.width = rnn_conv_best_width() if width is None else width
@@ -93,6 +112,7 @@ cdef class Conv1d:
         self.cv.M, self.cv.C, self.cv.KW = self.M, self.C, self.KW
         self.cv.stride, self.cv.dilation, self.cv.pad = stride, dilation, pad_begin
         self.cv.relu = relu
+        self.cv.cancel = NULL
 
     cdef Py_ssize_t _out_length(self, Py_ssize_t L):
         cdef Py_ssize_t span = (L + self.pad_begin + self.pad_end
@@ -109,6 +129,8 @@ cdef class Conv1d:
         cdef _Packed pk
         cdef int rc
         cdef Py_ssize_t lout
+        cdef rnn_cancel_t cancel
+        cdef signal_watch_t watch
         cdef const float *xp
         cdef float *yp
         cdef size_t xn, yn
@@ -132,10 +154,16 @@ cdef class Conv1d:
         xp, yp = <const float *>cnp.PyArray_DATA(xa), <float *>cnp.PyArray_DATA(y)
         xn, yn = cnp.PyArray_SIZE(xa), cnp.PyArray_SIZE(y)
         if cv.N * cv.Lout * cv.M * cv.C * cv.KW >= NOGIL_MIN_MACS:
+            cv.cancel = watch_signals(&cancel, &watch)
             with nogil:
                 rc = rnn_conv1d(&cv, xp, xn, pk.wp, pk.wn, pk.bp, pk.bn, pk.width, yp, yn)
         else:
             rc = rnn_conv1d(&cv, xp, xn, pk.wp, pk.wn, pk.bp, pk.bn, pk.width, yp, yn)
+        if rc == 1:
+            raise_pending()
+        if rc == -2:
+            raise ValueError(f"Conv1d: sizes do not fit the kernel: x {x.shape}, weights "
+                             f"({self.M}, {self.C}, {self.KW}), Lout {cv.Lout}")
         if rc != 0:
             raise MemoryError("Conv1d: cannot allocate the column buffer")
         return y

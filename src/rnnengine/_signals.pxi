@@ -1,10 +1,11 @@
-# Included by _kernels.pyx (one module; split for length).
-# -- Ctrl-C during a long sequence -------------------------------------------------------------
-# The sequence loop runs without the GIL, so Python's SIGINT handler cannot run until it
-# returns. Between timesteps the driver asks check_signals (rnn_cancel_t), which every
-# SIGNAL_CHECK_SECONDS takes the GIL and runs PyErr_CheckSignals: a KeyboardInterrupt stops
-# the loop and is raised by the caller. Only on the main thread (the only one Python's signal
-# handlers run on), so runs on other threads never contend for the GIL here.
+# Included by _kernels.pyx and _conv.pyx (each declares rnn_cancel_t: include/rnnengine/cancel.h).
+# -- Ctrl-C during a long sequence or convolution -------------------------------------------
+# The sequence loop (and a long convolution) runs without the GIL, so Python's SIGINT
+# handler cannot run until it returns. Between timesteps (a convolution: between column
+# chunks) the C code asks check_signals (rnn_cancel_t), which every SIGNAL_CHECK_SECONDS
+# takes the GIL and runs PyErr_CheckSignals: a KeyboardInterrupt stops the loop and is
+# raised by the caller. Only on the main thread (the only one Python's signal handlers run
+# on), so runs on other threads never contend for the GIL here.
 
 cdef extern from "Python.h":
     # Declared without an exception clause: the error it sets is raised later, by the caller,

@@ -6,7 +6,7 @@
   (constants already in place), writes the feeds, calls each step, reads the output slots;
 * nodes are ordered topologically (a cycle, or a name that nothing defines, is a
   ``ModelError``);
-* nodes whose inputs are all constant are folded (``_fold.FOLD_OPS`` or the native operator);
+* nodes whose inputs are all constant are folded (``_fold.fold_node``: the native operator);
 * each remaining node becomes a step: a closure over its decoded attributes and its slots.
   Recurrent nodes, ``If`` and ``Loop`` get their own steps (``graph_steps``); the operators
   of ``rnnengine.ops`` run natively; the rest are grouped into as few ONNX Runtime sessions
@@ -31,10 +31,10 @@ import onnx
 
 from .ops import NATIVE_OPS, compiled_conv, compiled_head, fuse_chain, native_op
 from .errors import ModelError
-from .loaders._fold import (FOLD_OPS, MAX_FOLDED_ELEMENTS, Folder, Scope, attrs, node_label,
-                            read_tensor, subgraph_free_names, subgraphs)
+from .loaders._fold import (Folder, NotConstant, Scope, fold_node, foldable, model_opset,
+                            node_label, read_tensor, subgraph_free_names, subgraphs)
 from .graph_steps import (CONTROL, RECURRENT, bind, if_step, lookup_step, loop_step,
-                          RecurrentStep)
+                          RUN_BUDGET, RecurrentStep)
 from .graph_shapes import cluster_step, shape_clusters
 from .graph_views import view_op
 from .ort_bridge import OrtGroup
@@ -59,10 +59,9 @@ class Loaded:
         self.where = where
         self.precision = precision
         self.model_factory = model_factory      # layers, batch_first -> rnnengine.Model
-        self.folder = Folder(base_dir)
         self.base_dir = base_dir
-        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                          0)
+        self.opset = model_opset(model)
+        self.folder = Folder(base_dir, self.opset)
         self.recurrent: List[RecurrentStep] = []   # every recurrent node, all subgraphs
         self.ort_groups: List[OrtGroup] = []
         self.plans: List["Plan"] = []
@@ -94,7 +93,10 @@ class Plan:
         self.input_names = [i.name for i in graph.input if i.name not in scope.initializers]
         self.input_slots = [self._new(n) for n in self.input_names]
         for t in graph.initializer:
-            self._constant(t.name, read_tensor(t, loaded.base_dir))
+            if t.name in scope.initializers:
+                self._constant(t.name, read_tensor(t, loaded.base_dir))
+            else:   # an overridable default: in the table, but not a constant to fold
+                self.template[self.slots[t.name]] = read_tensor(t, loaded.base_dir)
         if len(graph.sparse_initializer):
             raise ModelError(f"{loaded.where}: {self.path}: sparse initializers are not "
                              "supported")
@@ -205,7 +207,7 @@ class Plan:
         if (node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC
                 or node.op_type in RECURRENT or any(True for _ in subgraphs(node))):
             return False
-        if node.op_type not in FOLD_OPS and node.op_type not in NATIVE_OPS:
+        if not foldable(node):
             return False
         inputs = []
         for name in node.input:
@@ -215,24 +217,15 @@ class Plan:
             inputs.append(value)
         label = node_label(node)
         try:
-            with np.errstate(all="ignore"):
-                if node.op_type in FOLD_OPS:
-                    a = attrs(node)
-                    if isinstance(a.get("value"), onnx.TensorProto):
-                        a["value"] = read_tensor(a["value"], self.loaded.base_dir)
-                    outs = FOLD_OPS[node.op_type](node, inputs, a)
-                else:
-                    outs = native_op(node, self.loaded.opset)(*inputs)
+            outs = fold_node(node, inputs, self.loaded.opset, self.loaded.base_dir)
+        except NotConstant:    # attributes the operator refuses: reported where it runs
+            return False
         except ModelError as e:
             raise ModelError(f"{self.loaded.where}: node {label!r}: {e}") from None
         except Exception as e:   # bad shapes/attributes in a constant chain
             raise ModelError(f"{self.loaded.where}: cannot fold {node.op_type} node "
                              f"{label!r}: {type(e).__name__}: {e}") from None
         for name, value in zip(node.output, outs):
-            value = np.asarray(value)
-            if value.size > MAX_FOLDED_ELEMENTS:
-                raise ModelError(f"{self.loaded.where}: {node.op_type} node {label!r} folds to "
-                                 f"{value.size} elements; refused")
             if name:
                 self._constant(name, value)
         return True
@@ -468,8 +461,13 @@ class Plan:
         if steps is None:
             steps, indices = self.steps, None
         try:
-            for step in steps:
-                step(v)
+            if self.parent is None:   # a run of the whole graph: its own Loop budget
+                with RUN_BUDGET:
+                    for step in steps:
+                        step(v)
+            else:
+                for step in steps:
+                    step(v)
         except (NodeFailed, ModelError):
             raise
         except Exception as e:

@@ -83,7 +83,7 @@ def _shape_of(info: onnx.ValueInfoProto) -> Optional[list]:
 class _Rewriter:
     def __init__(self, model: onnx.ModelProto, base_dir: Optional[str], opset: int):
         self.opset = opset
-        self.folder = Folder(base_dir)
+        self.folder = Folder(base_dir, opset)
         self.scopes: list = []        # kept alive: the Folder memoises by id(scope)
         self.count = 0
         self.names = set()

@@ -9,6 +9,7 @@ axis, a dict ``{RecurrentStep: rnnengine.Stream}`` (``SessionStream``).
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable, List
 
 import numpy as np
@@ -19,11 +20,41 @@ from .errors import ModelError
 from .loaders._fold import Scope, attrs, node_label
 from .loaders.onnx import RECURRENT as _RECURRENT_KINDS, _Found, node_layer
 from ._checks import MAX_ELEMENTS
+from .ops._common import MAX_ELEMENTS as BUDGET, check_size
 
 RECURRENT = frozenset(_RECURRENT_KINDS)
 _F32 = np.dtype(np.float32)
+# Loop trips in one run, all Loops counted together (nested ones multiply): a hostile or
+# broken graph must not hang the host. Read at run time (tests lower it).
 MAX_LOOP_ITERATIONS = 1 << 24
 CONTROL = frozenset({"If", "Loop"})
+
+# The trips of the current run on this thread (runs on different threads are independent;
+# a run never moves between threads). ``RUN_BUDGET`` brackets a whole-graph run; a Loop
+# called outside one (a stream's own step list) counts from its outermost Loop.
+_TRIPS = threading.local()
+
+
+class RunBudget:
+    """``with RUN_BUDGET:`` one run of a whole graph: one Loop-trip count for all of it."""
+
+    def __enter__(self):
+        _TRIPS.count, _TRIPS.in_run = 0, True
+
+    def __exit__(self, *exc):
+        _TRIPS.in_run = False
+
+
+RUN_BUDGET = RunBudget()
+
+
+def _trip(label: str) -> None:
+    count = getattr(_TRIPS, "count", 0) + 1
+    _TRIPS.count = count
+    if count > MAX_LOOP_ITERATIONS:
+        raise ValueError(f"Loop node {label!r} ran {count - 1:,} iterations in this run "
+                         "(all Loops counted together, nested ones too); the limit is "
+                         f"{MAX_LOOP_ITERATIONS:,} per run: refused")
 
 
 def bind(fn: Callable, ins: List[int], outs: List[int]) -> Callable:
@@ -252,24 +283,37 @@ def loop_step(node, ins, outs, subs: dict, where: str) -> Callable:
                          "loop-carried values")
     m_slot, cond_slot = ins[0], ins[1]
     what = f"the condition of Loop node {label!r}"
-    cap = MAX_LOOP_ITERATIONS
 
     def step(v):
+        depth = getattr(_TRIPS, "depth", 0)
+        if depth == 0 and not getattr(_TRIPS, "in_run", False):
+            _TRIPS.count = 0
+        _TRIPS.depth = depth + 1
+        try:
+            run(v)
+        finally:
+            _TRIPS.depth = depth
+
+    def run(v):
         trips = v[m_slot]
         trips = None if trips is None else int(np.asarray(trips).reshape(-1)[0])
         keep = True if v[cond_slot] is None else _condition(v[cond_slot], what)
         state = [v[s] for s in carried]
         scans = [[] for _ in range(n_scan)]
+        stacked = [0] * n_scan          # elements each scan output will hold
         i = 0
         while keep and (trips is None or i < trips):
-            if i >= cap:   # a hostile or broken graph must not hang the host
-                raise ValueError(f"Loop node {label!r} ran {cap:,} iterations without "
-                                 "stopping; refused")
+            _trip(label)
             result = body.run_sub(v, [np.array(i, np.int64), np.array(keep)] + state)
             keep = _condition(result[0], what)
             state = result[1:1 + n_carried]
             for k in range(n_scan):
-                scans[k].append(result[1 + n_carried + k])
+                y = np.asarray(result[1 + n_carried + k])
+                stacked[k] += y.size
+                if stacked[k] > BUDGET:
+                    check_size((i + 1,) + y.shape, f"Loop node {label!r}: scan output {k}",
+                               y.itemsize)
+                scans[k].append(y)
             i += 1
         values = state + [np.stack(s) if s else np.zeros((0,), np.float32) for s in scans]
         for o, value in zip(outs, values):

@@ -480,6 +480,16 @@ def to_float16(w: np.ndarray, name: str) -> np.ndarray:
     return np.asarray(w, np.float32).astype(np.float16)
 
 
+def _check_rounded(w: np.ndarray, rounded: np.ndarray, name: str, wtype: str) -> None:
+    """ModelError naming the tensor when rounding ``w`` to ``wtype`` made a finite weight
+    infinite (bf16's largest finite value is 3.3895e38: float32 weights just below
+    float32's own limit round past it)."""
+    if np.isinf(rounded).sum() > np.isinf(w).sum():
+        big = float(np.abs(w[np.isfinite(w)]).max())
+        raise ModelError(f"{name} has values beyond the {wtype} range (max finite |w| = "
+                         f"{big:g} rounds to inf in {wtype}): use precision='fp32'")
+
+
 def _grouped(p: np.ndarray, ks: int) -> np.ndarray:
     """``[HB, K, G, 16]`` -> ``[HB, K/ks, G, 16, ks]``: ks consecutive k's of one unit
     together (K zero-padded to a multiple of ks), the operand layout of vdpbf16ps (ks=2) and
@@ -501,7 +511,9 @@ def pack_weights(w: np.ndarray, gates: int, wtype: str, name: str) -> np.ndarray
         to_float16(w, name)   # the range check, naming the tensor
         return _aligned(p.astype(np.float16))
     if wtype == "bf16":
-        return _aligned(to_bfloat16(_grouped(p, 2)))
+        bits = to_bfloat16(_grouped(p, 2))
+        _check_rounded(w, from_bfloat16(bits), name, "bf16")
+        return _aligned(bits)
     # int8: per block, the quads, then the [G][16] scales and the [G][16] sums of each unit;
     # with the residual, its quads and their sums after that
     q, scale = quantize_int8(p, axis=1)            # scale [HB, 1, G, 16]
@@ -535,6 +547,14 @@ def pack_layer(layer: Layer, precision: str = "fp32", where: str = "layer") -> l
         return layer.packed[precision]
     H = layer.hidden_size
     G = GATES[layer.kind]
+    if precision == "int8":
+        for name, w in (("W", layer.W), ("R", layer.R), ("projection", layer.proj)):
+            if w is not None and not np.isfinite(w).all():
+                # One inf or NaN makes its unit's scale inf or NaN, and with it every
+                # weight of the unit: NaN outputs where fp32 keeps the rest finite.
+                raise ModelError(f"{where} {name} has non-finite values (inf or NaN), "
+                                 "which int8 cannot hold (the unit's scale would spoil "
+                                 "its whole row); use precision='fp32'")
     wtype = weight_type(layer, precision)
 
     def panels(w, gates, name):

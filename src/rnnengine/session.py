@@ -127,15 +127,28 @@ class InferenceSession:
             precision = "fp32"
         self.precision = check_precision(precision)
         model, base_dir, where = read_model(path_or_bytes)
+        self._setup(model, base_dir, where, overridable=False)
+
+    def _setup(self, model: onnx.ModelProto, base_dir, where: str, overridable: bool) -> None:
+        """Plan ``model``. With ``overridable``, the initializers that are also graph inputs
+        are inputs too (defaulting to their initializer) instead of constants."""
         self._where = where
         try:
             model = fuse_unrolled_cells(model, base_dir)   # LSTMCell/GRUCell -> LSTM/GRU
             self._loaded = Loaded(model, base_dir, where, self.precision,
-                                  lambda layers, bf: recurrent_model(layers, bf, precision))
-            self._plan = Plan(model.graph, Scope(model.graph, None, ()), self._loaded)
+                                  lambda layers, bf: recurrent_model(layers, bf, self.precision))
+            self._plan = Plan(model.graph, Scope(model.graph, None, (), overridable),
+                              self._loaded)
             initializers = {t.name for t in model.graph.initializer}
-            self._inputs = [NodeArg(i) for i in model.graph.input if i.name not in initializers]
+            self._inputs = [NodeArg(i) for i in model.graph.input
+                            if overridable or i.name not in initializers]
             self._outputs = [NodeArg(o) for o in model.graph.output]
+            # From IR 4 an initializer listed as a graph input is a default the caller may
+            # override (ONNX Runtime's get_overridable_initializers); before, a constant.
+            # (In the plan built with ``overridable`` they are plain inputs already.)
+            self._overridable = [NodeArg(i) for i in model.graph.input
+                                 if i.name in initializers and model.ir_version >= 4
+                                 and not overridable]
         except ModelError:
             raise
         except RecursionError:
@@ -156,6 +169,23 @@ class InferenceSession:
         self._const_outputs = {k for k, (name, slot) in enumerate(zip(
             self._plan.output_names, self._plan.output_slots))
             if name in self._plan.consts or slot in self._plan.shared}
+        # The plan that takes overrides is built on the first run that feeds one: until
+        # then the defaults are folded like any constant (the fast plan).
+        self._overrides: Optional["InferenceSession"] = None
+
+    def _with_overrides(self) -> "InferenceSession":
+        """This model planned with its overridable initializers as inputs."""
+        if self._overrides is None:
+            other = InferenceSession.__new__(InferenceSession)
+            other.precision = self.precision
+            names = [a.name for a in self._overridable]
+            try:
+                other._setup(self._loaded.model, self._loaded.base_dir, self._where, True)
+            except ModelError as e:
+                raise ValueError(f"initializers {names} cannot be overridden in this model: "
+                                 f"{e}") from None
+            self._overrides = other
+        return self._overrides
 
     # -- description -----------------------------------------------------------------------
     def get_inputs(self) -> List[NodeArg]:
@@ -163,6 +193,11 @@ class InferenceSession:
 
     def get_outputs(self) -> List[NodeArg]:
         return list(self._outputs)
+
+    def get_overridable_initializers(self) -> List[NodeArg]:
+        """Initializers that are also graph inputs (IR >= 4): ``run`` takes a value for
+        them in its feeds and uses the initializer when none is given."""
+        return list(self._overridable)
 
     def get_providers(self) -> List[str]:
         return ["rnnengine"]
@@ -239,7 +274,11 @@ class InferenceSession:
     def run(self, output_names: Optional[Sequence[str]], input_feed: Dict[str, np.ndarray],
             run_options=None) -> List[np.ndarray]:
         """Run the whole graph: the outputs named (all when None), in that order."""
-        return self.evaluate(input_feed, self.output_indices(output_names))
+        indices = self.output_indices(output_names)
+        if self._overridable and isinstance(input_feed, dict) and any(
+                a.name in input_feed for a in self._overridable):
+            return self._with_overrides().run(output_names, input_feed, run_options)
+        return self.evaluate(input_feed, indices)
 
     def evaluate(self, feeds: Dict[str, np.ndarray], indices: List[int],
                  fixed=()) -> List[np.ndarray]:

@@ -14,7 +14,7 @@ import onnx
 
 from ..errors import ModelError
 from ..layers import GATES
-from ._fold import FOLD_OPS, Folder, NotConstant, Scope, attrs
+from ._fold import Folder, NotConstant, Scope, attrs, fold_node
 
 RECURRENT = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
@@ -204,8 +204,13 @@ class _Glue:
         rest = inputs[1:]
         if not all(v is None or isinstance(v, np.ndarray) for v in rest):
             raise _NotGlue
-        fake = onnx.helper.make_node(op, ["x"] * len(inputs), ["y"])
-        index = FOLD_OPS[op](fake, [np.arange(len(x.entries))] + rest, a)[0]
+        fake = onnx.helper.make_node(op, [f"x{k}" if v is not None else "" for k, v in
+                                          enumerate(inputs)], ["y"], **a)
+        try:
+            index = fold_node(fake, [np.arange(len(x.entries))] + rest, self.folder.opset,
+                              None)[0]
+        except (NotConstant, ValueError):
+            raise _NotGlue from None
         picked = [x.entries[i] for i in np.asarray(index).reshape(-1)]
         return _Sym(picked, scalar=np.ndim(index) == 0)
 

@@ -3,9 +3,11 @@
 Exporters rarely hand a recurrent node its weights as plain initializers: PyTorch with
 constant folding off writes ``initializer -> Slice x3 -> Concat -> Unsqueeze`` to reorder the
 gates, silero-vad's branches take ``Constant -> Unsqueeze``, quantized models go through
-``DequantizeLinear``. ``Folder.value(name, scope)`` evaluates such a chain with NumPy, keeping
-each tensor's own dtype (float16 stays float16 through a Mul, as ONNX Runtime computes it) and
-refusing anything that depends on a graph input or on an operator outside ``FOLD_OPS``.
+``DequantizeLinear``. ``Folder.value(name, scope)`` evaluates such a chain through the same
+operator code the executor runs (``rnnengine.ops``), so a folded value is the value a run
+computes; it refuses anything that depends on a graph input or on an operator that is not
+run natively. The one thing folding does that no operator does is reading tensors: a
+``Constant`` node's TensorProto (external data included) is read here (``fold_node``).
 """
 from __future__ import annotations
 
@@ -18,11 +20,9 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
+from ..ops import NATIVE_OPS, native_op
+from ..ops._common import MAX_ELEMENTS, node_label
 from ._files import open_regular
-
-# Expand / Tile / ConstantOfShape can turn a few bytes of file into any amount of memory;
-# no recurrent weight is this large, so refuse before allocating.
-MAX_FOLDED_ELEMENTS = 1 << 30
 
 
 class NotConstant(Exception):
@@ -32,16 +32,21 @@ class NotConstant(Exception):
 class Scope:
     """One graph (the main graph or an If/Loop/Scan body) and the scope it is nested in."""
 
-    def __init__(self, graph: onnx.GraphProto, parent: Optional["Scope"], path: tuple):
+    def __init__(self, graph: onnx.GraphProto, parent: Optional["Scope"], path: tuple,
+                 overridable: bool = False):
         self.graph = graph
         self.parent = parent
         self.path = path                      # ("If_1::then_branch", ...) for messages
         self.initializers = {t.name: t for t in graph.initializer}
         self.sparse = {t.values.name for t in graph.sparse_initializer}
         # An initializer that is also listed as a graph input (IR < 4, or PyTorch's
-        # keep_initializers_as_inputs) is a default a caller could override; weights are
-        # always exported that way, so it is read as the constant it holds.
-        self.inputs = {i.name for i in graph.input} - set(self.initializers)
+        # keep_initializers_as_inputs) is read as the constant it holds; with
+        # ``overridable`` it is an input instead (a default the caller overrides, IR >= 4).
+        self.inputs = {i.name for i in graph.input}
+        if overridable:
+            for name in self.inputs:
+                self.initializers.pop(name, None)
+        self.inputs -= set(self.initializers)
         self.outputs = {o.name for o in graph.output}
         # One list of node objects, used by everything that compares nodes by identity
         # (protobuf hands out a new wrapper object on each iteration of graph.node).
@@ -164,8 +169,39 @@ def _inline_external(t: TensorProto, base_dir: Optional[str]) -> TensorProto:
     return inline
 
 
-def node_label(node: onnx.NodeProto) -> str:
-    return node.name or f"<unnamed {node.op_type} -> {node.output[0] if node.output else ''}>"
+def model_opset(model: onnx.ModelProto) -> int:
+    """The default-domain opset the model imports (0 when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def foldable(node: onnx.NodeProto) -> bool:
+    """Whether ``fold_node`` can evaluate ``node`` (given constant inputs)."""
+    return node.domain in ("", "ai.onnx") and node.op_type in NATIVE_OPS
+
+
+def fold_node(node: onnx.NodeProto, inputs: list, opset: int,
+              base_dir: Optional[str]) -> list:
+    """The outputs of ``node`` on constant ``inputs`` (None for an absent one), computed by
+    the operator the executor runs. Raises ModelError for attributes the operator refuses
+    and ValueError for inputs that do not fit (as a run would); refuses an output over the
+    operators' element budget."""
+    value = next((a for a in node.attribute if a.name == "value"), None)
+    if node.op_type == "Constant" and value is not None and value.type == value.TENSOR:
+        # The operator reads inline tensors only; the folder also reads external data
+        # (checked to stay inside the model's folder) and bfloat16.
+        outs = [read_tensor(value.t, base_dir)]
+    else:
+        try:
+            fn = native_op(node, opset)
+        except ModelError as e:
+            raise NotConstant(str(e)) from None
+        with np.errstate(all="ignore"):   # ONNX gives inf/nan, not warnings
+            outs = [np.asarray(o) for o in fn(*inputs)]
+    for o in outs:
+        if o.size > MAX_ELEMENTS:
+            raise ModelError(f"{node.op_type} node {node_label(node)!r} folds to "
+                             f"{o.size} elements; more than {MAX_ELEMENTS} is refused")
+    return outs
 
 
 def attrs(node: onnx.NodeProto) -> dict:
@@ -186,8 +222,9 @@ class Folder:
     """Evaluates constant tensors by name, memoised per defining scope. Errors name the
     tensor and the node; the caller adds the file and the recurrent node they feed."""
 
-    def __init__(self, base_dir: Optional[str]):
+    def __init__(self, base_dir: Optional[str], opset: int):
         self.base_dir = base_dir
+        self.opset = opset
         self.memo = {}
         self.active = set()   # keys being evaluated: meeting one again means a cycle
 
@@ -234,229 +271,14 @@ class Folder:
         return out
 
     def _evaluate(self, node: onnx.NodeProto, scope: Scope) -> list:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in FOLD_OPS:
+        if not foldable(node):
             raise NotConstant(f"it is computed by {node.op_type} node {node_label(node)!r}, "
                               "which the loader does not fold")
         inputs = [self.value(n, scope) if n else None for n in node.input]
-        node_attrs = attrs(node)
-        if isinstance(node_attrs.get("value"), TensorProto):
-            node_attrs["value"] = read_tensor(node_attrs["value"], self.base_dir)
         try:
-            with np.errstate(all="ignore"):   # ONNX gives inf/nan, not warnings
-                outs = FOLD_OPS[node.op_type](node, inputs, node_attrs)
+            return fold_node(node, inputs, self.opset, self.base_dir)
         except (NotConstant, ModelError):
             raise
         except Exception as e:  # bad shapes/attributes inside the chain
             raise ModelError(f"cannot fold {node.op_type} node "
                              f"{node_label(node)!r}: {e}") from None
-        outs = [np.asarray(o) for o in outs]
-        for o in outs:
-            if o.size > MAX_FOLDED_ELEMENTS:
-                raise ModelError(f"{node.op_type} node {node_label(node)!r} "
-                                 f"folds to {o.size} elements; refused")
-        return outs
-
-
-# --- the operators -----------------------------------------------------------------------
-# Each takes (node, input arrays (None for an empty name), attributes) and returns the list
-# of outputs. Attribute forms of older opsets (Squeeze axes, Slice starts, Split split) and
-# input forms of newer ones are both accepted, whichever the node carries.
-
-def _ints(a) -> list:
-    a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"shape/axes/index input must be integers; got dtype {a.dtype}")
-    return [int(v) for v in a.reshape(-1)]
-
-
-def _axes(node_attrs, inputs, k=1):
-    if "axes" in node_attrs:
-        return list(node_attrs["axes"])
-    if len(inputs) > k and inputs[k] is not None:
-        return _ints(inputs[k])
-    return None
-
-
-def _constant(node, inputs, a):
-    if "value" in a:
-        return [a["value"]]  # already read by Folder._evaluate (external data checked)
-    if "value_float" in a:
-        return [np.array(a["value_float"], np.float32)]
-    if "value_floats" in a:
-        return [np.array(a["value_floats"], np.float32)]
-    if "value_int" in a:
-        return [np.array(a["value_int"], np.int64)]
-    if "value_ints" in a:
-        return [np.array(a["value_ints"], np.int64)]
-    raise NotConstant(f"Constant node {node_label(node)!r} holds no numeric value "
-                      f"(attributes {sorted(a)})")
-
-
-def _cast(node, inputs, a):
-    return [inputs[0].astype(helper.tensor_dtype_to_np_dtype(a["to"]))]
-
-
-def _squeeze(node, inputs, a):
-    axes = _axes(a, inputs)
-    x = inputs[0]
-    if axes is None:
-        return [np.squeeze(x)]
-    return [np.squeeze(x, axis=tuple(ax % x.ndim for ax in axes))]
-
-
-def _unsqueeze(node, inputs, a):
-    axes = _axes(a, inputs)
-    x = inputs[0]
-    rank = x.ndim + len(axes)
-    for ax in sorted(ax % rank for ax in axes):
-        x = np.expand_dims(x, ax)
-    return [x]
-
-
-def _reshape(node, inputs, a):
-    x, shape = inputs[0], _ints(inputs[1])
-    if not a.get("allowzero", 0):
-        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
-    return [x.reshape(shape)]
-
-
-def _flatten(node, inputs, a):
-    x = inputs[0]
-    axis = a.get("axis", 1) % (x.ndim + 1) if x.ndim else 0
-    return [x.reshape(int(np.prod(x.shape[:axis])), -1)]
-
-
-def _slice(node, inputs, a):
-    x = inputs[0]
-    if "starts" in a:  # opset 1
-        starts, ends = list(a["starts"]), list(a["ends"])
-        axes = list(a.get("axes", range(len(starts))))
-        steps = [1] * len(starts)
-    else:
-        starts, ends = _ints(inputs[1]), _ints(inputs[2])
-        axes = _ints(inputs[3]) if len(inputs) > 3 and inputs[3] is not None else list(range(len(starts)))
-        steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else [1] * len(starts)
-    index = [slice(None)] * x.ndim
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        axis %= x.ndim
-        dim = x.shape[axis]
-        if step == 0:
-            raise ValueError("Slice step must not be 0")
-        # ONNX clamps after adding dim to negatives; Python would read end=-1 as "last".
-        start = start + dim if start < 0 else start
-        end = end + dim if end < 0 else end
-        if step > 0:
-            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-        else:
-            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
-        index[axis] = slice(start, None if end < 0 else end, step)
-    return [x[tuple(index)]]
-
-
-def _concat(node, inputs, a):
-    return [np.concatenate([x for x in inputs if x is not None], axis=a["axis"])]
-
-
-def _transpose(node, inputs, a):
-    perm = a.get("perm")
-    return [np.transpose(inputs[0], perm if perm else None)]
-
-
-def _gather(node, inputs, a):
-    return [np.take(inputs[0], inputs[1].astype(np.int64), axis=a.get("axis", 0))]
-
-
-def _split(node, inputs, a):
-    x = inputs[0]
-    axis = a.get("axis", 0) % x.ndim
-    if "split" in a:
-        sizes = list(a["split"])
-    elif len(inputs) > 1 and inputs[1] is not None:
-        sizes = _ints(inputs[1])
-    else:
-        parts = a.get("num_outputs", len(node.output))
-        chunk = -(-x.shape[axis] // parts)  # ceil: the last part is the smaller (opset 18)
-        sizes = [min(chunk, x.shape[axis] - k * chunk) for k in range(parts)]
-    if sum(sizes) != x.shape[axis]:
-        raise ValueError(f"split sizes {sizes} do not add up to dimension {x.shape[axis]}")
-    return np.split(x, np.cumsum(sizes)[:-1], axis=axis)
-
-
-def _binary(fn):
-    def op(node, inputs, a):
-        x, y = inputs[0], inputs[1]
-        if x.dtype != y.dtype:
-            raise ValueError(f"input types differ: {x.dtype} and {y.dtype}")
-        if fn is np.divide and x.dtype.kind in "iu":
-            return [(np.trunc(x / y)).astype(x.dtype)]  # ONNX integer Div truncates
-        return [fn(x, y).astype(x.dtype)]
-    return op
-
-
-def _expand(node, inputs, a):
-    shape = np.broadcast_shapes(inputs[0].shape, tuple(_ints(inputs[1])))
-    if int(np.prod(shape)) > MAX_FOLDED_ELEMENTS:
-        raise ModelError(f"Expand to {shape} is too large")
-    return [np.array(np.broadcast_to(inputs[0], shape))]
-
-
-def _tile(node, inputs, a):
-    reps = _ints(inputs[1])
-    if int(np.prod(inputs[0].shape, dtype=np.int64) * np.prod(reps)) > MAX_FOLDED_ELEMENTS:
-        raise ModelError(f"Tile by {reps} is too large")
-    return [np.tile(inputs[0], reps)]
-
-
-def _constant_of_shape(node, inputs, a):
-    shape = _ints(inputs[0])
-    if int(np.prod(shape)) > MAX_FOLDED_ELEMENTS or min(shape, default=0) < 0:
-        raise ModelError(f"ConstantOfShape {shape} is negative or too large")
-    value = a["value"] if "value" in a else np.zeros(1, np.float32)
-    return [np.full(shape, value.reshape(-1)[0], dtype=value.dtype)]
-
-
-def _shape(node, inputs, a):
-    shape = np.array(inputs[0].shape, np.int64)
-    return [shape[a.get("start", 0):a.get("end", None)]]
-
-
-def _dequantize(node, inputs, a):
-    x, scale = inputs[0], inputs[1]
-    if x.dtype.kind not in "iu" or scale.dtype.kind != "f":
-        raise ValueError(f"expects integer data and a float scale; got {x.dtype}, {scale.dtype}")
-    zero = inputs[2] if len(inputs) > 2 and inputs[2] is not None else np.zeros((), x.dtype)
-    if a.get("block_size", 0):
-        raise NotConstant("blocked DequantizeLinear is not folded")
-    if scale.ndim == 1 and x.ndim > 1:
-        shape = [1] * x.ndim
-        shape[a.get("axis", 1) % x.ndim] = -1
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    y = (x.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
-    return [y.astype(scale.dtype)]
-
-
-FOLD_OPS = {
-    "Constant": _constant,
-    "Identity": lambda node, inputs, a: [inputs[0]],
-    "Cast": _cast,
-    "CastLike": lambda node, inputs, a: [inputs[0].astype(inputs[1].dtype)],
-    "Squeeze": _squeeze,
-    "Unsqueeze": _unsqueeze,
-    "Reshape": _reshape,
-    "Flatten": _flatten,
-    "Slice": _slice,
-    "Concat": _concat,
-    "Transpose": _transpose,
-    "Gather": _gather,
-    "Split": _split,
-    "Mul": _binary(np.multiply),
-    "Add": _binary(np.add),
-    "Sub": _binary(np.subtract),
-    "Div": _binary(np.divide),
-    "Neg": lambda node, inputs, a: [np.negative(inputs[0])],
-    "Expand": _expand,
-    "Tile": _tile,
-    "ConstantOfShape": _constant_of_shape,
-    "Shape": _shape,
-    "DequantizeLinear": _dequantize,
-}

@@ -31,7 +31,7 @@ from ..errors import ModelError
 from ..layers import Layer, check_stack
 from ._files import open_regular
 from ._chains import RECURRENT, link_chains
-from ._fold import Folder, NotConstant, Scope, attrs, node_label, subgraphs
+from ._fold import Folder, NotConstant, Scope, attrs, model_opset, node_label, subgraphs
 
 
 
@@ -61,7 +61,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
     the layers are that node and, with ``chain=True``, the layers an exporter chained after
     it. ``batch_first`` overrides the layout inferred from the graph."""
     model, base_dir, where = _read_model(source)
-    folder = Folder(base_dir)
+    folder = Folder(base_dir, model_opset(model))
     nodes = _chain(model, folder, where, node, chain)
     layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
     widths = {(layer.hidden_size, layer.output_size) for layer in layers}
@@ -91,7 +91,7 @@ def recurrent_nodes(source: Union[str, os.PathLike, onnx.ModelProto]) -> list:
     model, base_dir, where = _read_model(source)
     found = []
     _find_recurrent(Scope(model.graph, None, ()), found)
-    following = link_chains(found, Folder(base_dir))
+    following = link_chains(found, Folder(base_dir, model_opset(model)))
     out = []
     for f in found:
         chained, cur = [], f
@@ -107,7 +107,7 @@ def chain_nodes(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional
     """The nodes ``load_onnx(source, node, chain=chain)`` loads, first layer first (each
     with ``.node``, the NodeProto, and ``.scope``, the graph it sits in)."""
     model, base_dir, where = _read_model(source)
-    return _chain(model, Folder(base_dir), where, node, chain)
+    return _chain(model, Folder(base_dir, model_opset(model)), where, node, chain)
 
 
 def _chain(model, folder: Folder, where: str, node: Optional[str], chain: bool) -> list:

@@ -32,7 +32,7 @@ NATIVE_OPS = frozenset(_SPECS)
 # place, copies these first; every other op returns fresh arrays.
 ALIASING_OPS = frozenset({
     "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand",
-    "Constant", "Cast", "Slice", "Split", "Gather", "Pad", "Dropout", "Max", "Min", "Sum",
+    "Constant", "Cast", "CastLike", "Slice", "Split", "Gather", "Pad", "Dropout", "Max", "Min", "Sum",
     "Mean", "Einsum", *(op for op in reduce.OPS if op.startswith("Reduce"))})
 
 __all__ = ["ALIASING_OPS", "NATIVE_OPS", "native_op", "fuse_chain", "compiled_head",

@@ -17,12 +17,16 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError
-from ..loaders._fold import node_label
 
 
 # ``out=ARRAY`` makes a ufunc return a 0-d ndarray rather than a NumPy scalar (NumPy >= 2.3
 # accepts out=...). Older NumPy has no such switch: there ``guard`` converts scalar results.
 ARRAY = ... if np.lib.NumpyVersion(np.__version__) >= "2.3.0" else None
+
+
+def node_label(node: onnx.NodeProto) -> str:
+    """A node's name, or a description that finds it when it has none (for messages)."""
+    return node.name or f"<unnamed {node.op_type} -> {node.output[0] if node.output else ''}>"
 
 
 class Spec(NamedTuple):
@@ -193,17 +197,28 @@ def ints_of(x, what: str) -> list:
     return [int(x)]
 
 
-# The most elements an op creates from shape-like inputs (ConstantOfShape, Tile, Range, Pad,
-# OneHot, a Conv or pool gather): 2**28 (1 GiB of float32). A hostile or broken graph then
-# ends in a ValueError instead of exhausting memory.
+# THE allocation budget of the executor: the most elements one value may hold, checked
+# before anything is allocated by every operator whose output can outgrow its inputs (shape-
+# like inputs: ConstantOfShape, Tile, Range, Pad, OneHot, Expand; broadcasting; Gather,
+# Einsum, Concat; Conv and pool gathers), by folding at load and by Loop's stacked and
+# carried values. 2**28 elements: 1 GiB of float32. A hostile or broken graph then ends in a
+# ValueError naming the node instead of exhausting memory.
 MAX_ELEMENTS = 2**28
 
 
-def check_size(shape, what: str):
+def check_size(shape, what: str, itemsize: int = 4):
     n = math.prod(shape)
     if n > MAX_ELEMENTS:
-        raise ValueError(f"{what} would have shape {tuple(shape)} ({n} elements); more than "
-                         f"{MAX_ELEMENTS} is refused")
+        raise ValueError(f"{what} of shape {tuple(shape)} would allocate {n:,} elements "
+                         f"({n * itemsize / 2**30:.3g} GiB); the limit is {MAX_ELEMENTS:,} "
+                         "elements: refused")
+
+
+def check_broadcast(*xs, what: str = "the broadcast output"):
+    """The budget for an elementwise op's output: only when shapes differ (equal shapes
+    give an output the size of an input that already exists)."""
+    shape = np.broadcast_shapes(*(x.shape for x in xs))
+    check_size(shape, what, max(x.itemsize for x in xs))
 
 
 def scalar_of(x, what: str):

@@ -19,8 +19,7 @@ import math
 import numpy as np
 
 from .._conv import Conv1d
-from ..loaders._fold import node_label
-from ._common import MAX_ELEMENTS, Attrs, check_size, guard, registrar, same_dtype
+from ._common import MAX_ELEMENTS, Attrs, check_size, guard, node_label, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -129,6 +128,10 @@ def _check_conv_shapes(xshape, wshape, group, transpose):
 def _matmul_cols(x, w_view, plan, batch, group):
     """One gather and one batched matmul: (N, M, outs...)."""
     index, padded, out_shape, p = plan
+    if index is not None and batch * x.shape[1] * index.size > MAX_ELEMENTS:
+        check_size((batch, x.shape[1]) + index.shape, "the window gather", x.itemsize)
+    if batch * out_shape[1] * p > MAX_ELEMENTS:
+        check_size(out_shape, "the output", x.itemsize)
     flat = x.reshape(batch, x.shape[1], -1)
     if index is None:
         cols = flat.reshape(batch, group, -1, p)
@@ -360,6 +363,8 @@ class _Pool(_Window):
         if x.dtype.kind != "f":
             raise ValueError(f"X must be floating-point; got {x.dtype}")
         index, padded, out_shape, count = self.plans.get(x.shape) or self.plan(x.shape)
+        if x.shape[0] * x.shape[1] * index.size > MAX_ELEMENTS:
+            check_size(x.shape[:2] + index.shape, "the window gather", x.itemsize)
         flat = x.reshape(x.shape[0], x.shape[1], -1)
         if padded:
             fill = -np.inf if self.kind == "max" else 0

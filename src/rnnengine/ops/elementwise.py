@@ -12,7 +12,7 @@ import functools
 import numpy as np
 
 from .. import _kernels
-from ._common import ARRAY, registrar, same_dtype
+from ._common import ARRAY, check_broadcast, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
@@ -22,6 +22,8 @@ def _binary(ufunc):
     def f(a, b):
         if a.dtype != b.dtype:
             same_dtype(a, b)
+        if a.shape != b.shape:
+            check_broadcast(a, b)
         return (ufunc(a, b, out=ARRAY),)
     return f
 
@@ -51,6 +53,8 @@ def _logic(a, opset, n_in, n_out):
         if x.dtype != np.bool_ or y.dtype != np.bool_:
             _need_bool(x, "A")
             _need_bool(y, "B")
+        if x.shape != y.shape:
+            check_broadcast(x, y)
         return (ufunc(x, y, out=ARRAY),)
     return f
 
@@ -63,8 +67,17 @@ def _not(a, opset, n_in, n_out):
     return f
 
 
+def _no_zero_divisor(y, what: str):
+    # Integer division by zero has no defined result (C's is undefined behaviour; NumPy
+    # gives 0 or INT_MIN with a warning): ONNX Runtime refuses it, and so do we.
+    if not y.all():
+        raise ValueError(f"integer {what} by zero: the divisor B ({y.dtype}{y.shape}) "
+                         "holds a 0")
+
+
 def _int_div(x, y):
     # ONNX Runtime divides integers as C does: the quotient truncates toward zero.
+    _no_zero_divisor(y, "division")
     q = np.asarray(np.floor_divide(x, y))   # writable even when 0-d
     fix = (q < 0) & (q * y != x)
     q[fix] += 1
@@ -76,6 +89,8 @@ def _div(a, opset, n_in, n_out):
     def f(x, y):
         if x.dtype != y.dtype:
             same_dtype(x, y)
+        if x.shape != y.shape:
+            check_broadcast(x, y)
         if x.dtype.kind in "iu":
             return (_int_div(x, y),)
         return (np.divide(x, y, out=ARRAY),)
@@ -92,6 +107,10 @@ def _mod(a, opset, n_in, n_out):
             same_dtype(x, y)
         if x.dtype.kind == "f" and ufunc is np.mod:
             raise ValueError("fmod must be 1 for floating-point inputs")
+        if x.dtype.kind in "iu":
+            _no_zero_divisor(y, "modulo")
+        if x.shape != y.shape:
+            check_broadcast(x, y)
         return (ufunc(x, y, out=ARRAY),)
     return f
 
@@ -100,6 +119,8 @@ def _mod(a, opset, n_in, n_out):
 def _pow(a, opset, n_in, n_out):
     # The result has the base's dtype (opset 12 lets the exponent's type differ).
     def f(x, y):
+        if x.shape != y.shape:
+            check_broadcast(x, y)
         if y.shape == () and x.dtype.kind == "f" and y == 2:
             # np.power by a 0-d array takes the general path: 14x slower than squaring,
             # same values (x * x is the correctly rounded square); Silero's STFT squares
@@ -208,6 +229,8 @@ def _leaky_relu(a, opset, n_in, n_out):
 def _prelu(a, opset, n_in, n_out):
     def f(x, slope):
         same_dtype(x, slope, "slope")
+        if x.shape != slope.shape:
+            check_broadcast(x, slope)
         return (np.where(x < 0, x * slope, x),)
     return f
 
@@ -325,6 +348,7 @@ def _variadic(ufunc, mean=False):
     def f(*xs):
         for x in xs[1:]:
             same_dtype(xs[0], x, "operand")
+        check_broadcast(*xs)
         y = functools.reduce(ufunc, xs)
         if mean:
             y = y / len(xs)
@@ -344,6 +368,8 @@ def _where(a, opset, n_in, n_out):
     def f(c, x, y):
         _need_bool(c, "condition")
         same_dtype(x, y, "Y")
+        if not c.shape == x.shape == y.shape:
+            check_broadcast(c, x, y)
         return (np.where(c, x, y),)
     return f
 

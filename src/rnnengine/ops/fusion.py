@@ -11,10 +11,9 @@ import math
 import numpy as np
 
 from .. import _dense
-from ._common import ARRAY, Attrs, guard, same_dtype
+from ._common import ARRAY, Attrs, guard, node_label, norm_axis, same_dtype
 from .elementwise import sigmoid_
 from .nn import gemm, gemm_attrs, log_softmax, softmax
-from ..loaders._fold import node_label
 
 
 def _relu_(y):
@@ -40,13 +39,13 @@ def _activation(node, opset):
             axis = a.int("axis", -1)
 
             def fn(y):
-                return inner(y, axis)
+                return inner(y, norm_axis(axis, y.ndim))
         else:
             axis = a.int("axis", 1)
 
             def fn(y):
                 # Before opset 13: the product seen as 2-D at ``axis``.
-                k = axis + y.ndim if axis < 0 else axis
+                k = norm_axis(axis, y.ndim)
                 return inner(y.reshape(math.prod(y.shape[:k]), -1), 1).reshape(y.shape)
     else:
         return None

@@ -219,6 +219,34 @@ def _reverse_sequence(a, opset, n_in, n_out):
     return f
 
 
+def _einsum_shape(equation: str, xs) -> tuple:
+    """The output shape ``equation`` gives for operands ``xs``, before computing it (an
+    outer product of two small vectors can be huge)."""
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(xs):
+        raise ValueError(f"equation {equation!r} names {len(terms)} operands; got {len(xs)}")
+    sizes, ellipsis = {}, []
+    for term, x in zip(terms, xs):
+        letters = term.replace("...", "")
+        rest = x.ndim - len(letters)
+        if rest < 0 or (rest and "..." not in term):
+            raise ValueError(f"operand {term!r} does not fit shape {x.shape}")
+        head = term.split("...")[0] if "..." in term else term
+        dims = list(x.shape[:len(head)]) + list(x.shape[len(head) + rest:])
+        ellipsis.append(x.shape[len(head):len(head) + rest])
+        for letter, d in zip(letters, dims):
+            if sizes.get(letter, 1) != 1 and d not in (1, sizes[letter]):
+                raise ValueError(f"subscript {letter!r} is {sizes[letter]} and {d}")
+            sizes[letter] = max(sizes.get(letter, 1), d)
+    broadcast = np.broadcast_shapes(*ellipsis)
+    if not arrow:   # implicit output: the letters used once, in order, after the ellipsis
+        rhs = "..." + "".join(sorted(c for c in sizes if lhs.count(c) == 1))
+    before, dots, after = rhs.partition("...")
+    return (tuple(sizes.get(c, 1) for c in before) + (tuple(broadcast) if dots else ())
+            + tuple(sizes.get(c, 1) for c in after))
+
+
 @op("Einsum", inputs=(1, 2**31))
 def _einsum(a, opset, n_in, n_out):
     equation = a.str("equation", required=True).replace(" ", "")
@@ -228,5 +256,6 @@ def _einsum(a, opset, n_in, n_out):
     def f(*xs):
         for x in xs[1:]:
             same_dtype(xs[0], x, "operand")
+        check_size(_einsum_shape(equation, xs), "the output", xs[0].itemsize)
         return (np.asarray(np.einsum(equation, *xs, optimize=len(xs) > 2)),)
     return f

@@ -10,10 +10,18 @@ import math
 
 import numpy as np
 
-from ._common import ARRAY, norm_axis, registrar, same_dtype
+from ._common import ARRAY, MAX_ELEMENTS, check_size, norm_axis, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
+
+
+def _matmul_shape(a: tuple, b: tuple) -> tuple:
+    if not a or not b:
+        raise ValueError(f"MatMul needs operands of rank >= 1; got {a} and {b}")
+    rows = a[-2:-1] if len(a) > 1 else ()
+    cols = b[-1:] if len(b) > 1 else ()
+    return np.broadcast_shapes(a[:-2], b[:-2]) + rows + cols
 
 
 @op("MatMul", inputs=(2, 2))
@@ -21,6 +29,8 @@ def _matmul(a, opset, n_in, n_out):
     def f(x, w):
         if x.dtype != w.dtype:
             same_dtype(x, w)
+        if x.size * w.size > MAX_ELEMENTS:   # a bound on the output: the exact size then
+            check_size(_matmul_shape(x.shape, w.shape), "the product", x.itemsize)
         return (np.matmul(x, w, out=ARRAY),)
     return f
 
@@ -80,7 +90,7 @@ def _softmax(a, opset, n_in, n_out):
         def f(x):
             if x.dtype.kind != "f":
                 raise ValueError(f"input must be floating-point; got {x.dtype}")
-            return (fn(x, axis),)
+            return (fn(x, norm_axis(axis, x.ndim)),)
         return f
     axis = a.int("axis", 1)
 

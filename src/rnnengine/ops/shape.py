@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._common import ints_of, norm_axis, registrar
+from ._common import check_size, ints_of, norm_axis, registrar
 
 OPS = {}
 op = registrar(OPS)
@@ -48,6 +48,10 @@ def _reshape(a, opset, n_in, n_out):
 
     def f(x, shape):
         dims = ints_of(shape, "shape")
+        if min(dims, default=0) < -1 or dims.count(-1) > 1:
+            # NumPy reads any negative dimension as "infer it"; ONNX allows one -1 only.
+            raise ValueError(f"shape {dims} is not a valid target: dimensions must be >= 0, "
+                             "or -1 (at most one)")
         if not allowzero and 0 in dims:
             # 0 copies the input's dimension at that position.
             dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
@@ -143,5 +147,7 @@ def _expand(a, opset, n_in, n_out):
     def f(x, shape):
         # Bidirectional: a 1 in ``shape`` keeps the input's dimension.
         out = np.broadcast_shapes(x.shape, tuple(ints_of(shape, "shape")))
+        # A view, but every consumer (and the caller's copy of a graph output) allocates it.
+        check_size(out, "the expanded output", x.itemsize)
         return (np.broadcast_to(x, out),)
     return f

@@ -1,4 +1,4 @@
-"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast,
+"""Operators that make, convert, cut or join tensors: Constant, ConstantOfShape, Cast, CastLike,
 QuantizeLinear, DequantizeLinear, Concat, Split, Slice, Gather, Tile, Pad, Range.
 
 Slice, Split and Gather with a scalar index return views of their input.
@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ._common import (check_size, frozen, ints_of, norm_axis, registrar, same_dtype,
+from ._common import (MAX_ELEMENTS, check_size, frozen, ints_of, norm_axis, registrar, same_dtype,
                       scalar_of)
 
 OPS = {}
@@ -69,6 +69,16 @@ def _cast(a, opset, n_in, n_out):
 
     def f(x):
         return (x.astype(to, copy=False),)
+    return f
+
+
+@op("CastLike", inputs=(2, 2))
+def _cast_like(a, opset, n_in, n_out):
+    if opset >= 19:
+        a.flag("saturate", 1)   # only affects float8 targets, which are not handled here
+
+    def f(x, like):
+        return (x.astype(like.dtype, copy=False),)
     return f
 
 
@@ -136,6 +146,11 @@ def _concat(a, opset, n_in, n_out):
         for i, x in enumerate(xs):
             if x.dtype != dtype:
                 raise ValueError(f"input {i} is {x.dtype}; input 0 is {dtype}")
+        if sum(x.size for x in xs) > MAX_ELEMENTS:   # a Loop doubling a carried value
+            k = norm_axis(axis, xs[0].ndim)
+            shape = list(xs[0].shape)
+            shape[k] = sum(x.shape[k] for x in xs)
+            check_size(shape, "the output", dtype.itemsize)
         return (np.concatenate(xs, axis=norm_axis(axis, xs[0].ndim)),)
     return f
 
@@ -237,6 +252,9 @@ def _gather(a, opset, n_in, n_out):
         if indices.ndim == 0:
             # A view; the trailing Ellipsis keeps a 0-d result an ndarray.
             return (x[(slice(None),) * k + (int(indices), Ellipsis)],)
+        if indices.size * (x.size // max(x.shape[k], 1)) > MAX_ELEMENTS:
+            check_size(x.shape[:k] + indices.shape + x.shape[k + 1:], "the output",
+                       x.itemsize)
         return (x.take(indices, axis=k),)   # the method: 1 us less than np.take
     return f
 
