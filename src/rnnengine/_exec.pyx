@@ -13,8 +13,8 @@ from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from ._cells cimport rnn_flag_release
-from ._kernels cimport StreamCore
+from ._cells cimport rnn_activation_t, rnn_flag_release
+from ._kernels cimport StreamCore, active_kernels
 
 cnp.import_array()
 
@@ -44,6 +44,10 @@ cdef extern from "rnnengine/dense.h" nogil:
                    const float *b, float *y, int act)
 
 DEF MAXD = 8
+
+# exec.h's unary codes that are activations of the recurrent kernels (activations.h), run by
+# the active ISA's vectorised code: Sigmoid, Tanh, Relu, LeakyRelu, HardSigmoid, Softplus, Elu
+UNARY_ACTIVATIONS = {0: 2, 1: 1, 2: 0, 9: 4, 10: 7, 13: 10, 14: 8}
 
 cdef enum:
     K_MOVE = 0
@@ -211,6 +215,7 @@ cdef class Runner:
             raise ValueError("unary: bad operator or sizes")
         op.kind, op.code, op.a, op.y, op.n = K_UNARY, code, data(X), data(Y), Y.size
         op.alpha, op.beta = alpha, beta
+        op.act = UNARY_ACTIVATIONS.get(code, -1)
         self._hold += [X, Y]
         return 0
 
@@ -340,6 +345,7 @@ cdef class Runner:
 
 cdef void run_c(xop_t *ops, int n) noexcept nogil:
     cdef xop_t *op
+    cdef rnn_activation_t act
     cdef int i
     for i in range(n):
         op = &ops[i]
@@ -349,7 +355,14 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
             rnn_exec_binary(op.code, <const float *>op.a, <const float *>op.b, <float *>op.y,
                             <const rnn_bcast *>op.params)
         elif op.kind == K_UNARY:
-            rnn_exec_unary(op.code, <const float *>op.a, <float *>op.y, op.n, op.alpha, op.beta)
+            if op.act >= 0:      # one of the recurrent kernels' activations: their ISA's code
+                if op.a != op.y:
+                    memcpy(op.y, op.a, op.n * sizeof(float))
+                act.code, act.alpha, act.beta = op.act, op.alpha, op.beta
+                active_kernels().activate(act, <float *>op.y, op.n)
+            else:
+                rnn_exec_unary(op.code, <const float *>op.a, <float *>op.y, op.n, op.alpha,
+                               op.beta)
         elif op.kind == K_REDUCE:
             rnn_exec_reduce(op.code, <const float *>op.a, <float *>op.y, op.base, op.n,
                             <const rnn_rdims *>op.params)

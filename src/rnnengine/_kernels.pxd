@@ -3,7 +3,11 @@
 # call per node. The attributes are documented in _kernels.pyx.
 cimport numpy as cnp
 
-from ._cells cimport rnn_cell_t, rnn_pool_t
+from ._cells cimport rnn_cell_t, rnn_kernels_t, rnn_pool_t
+
+
+# The variant chosen now (set_isa may change it): the executor's activations run from it.
+cdef const rnn_kernels_t *active_kernels() noexcept nogil
 
 
 cdef class StreamCore:

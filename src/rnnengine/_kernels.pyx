@@ -40,6 +40,10 @@ def isa():
     return ISA_NAMES[ACTIVE_ISA]
 
 
+cdef const rnn_kernels_t *active_kernels() noexcept nogil:
+    return KERNELS
+
+
 def set_isa(name):
     """Switch the variant for every later call in this process (tests and bench use it; the
     packed weights are the same for all variants). name=None picks the best one."""
