@@ -3,9 +3,10 @@
  * kernels.h needs no target pragma here. Included by kernels.h; vec_undef.h removes the names.
  *
  * 4-float vectors rather than pairs emulating 8: pairs would only hide the same instructions
- * behind a struct, and single vectors let the compiler allocate and schedule each one. The sums are FMAs in gemm_impl.h's order over
- * RNN_VL = 4, so results are the same bits for a step, a sequence, any batch and any thread
- * split, but not those of the serial variant (no FMA, one part over K) or of avx2. */
+ * behind a struct, and single vectors let the compiler allocate and schedule each one. The
+ * sums are FMAs in gemm_impl.h's order over RNN_VL = 4, so results are the same bits for a
+ * step, a sequence, any batch and any thread split, but not those of the serial variant (no
+ * FMA, one part over K) or of avx2. */
 #include <arm_neon.h>
 
 #define RNN_ISA neon

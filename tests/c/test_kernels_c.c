@@ -121,7 +121,8 @@ static void *pack(int wtype, const float *w, int G, int H, int K, double *eff) {
                 const float *wr = row < H ? w + ((size_t)g * H + row) * K : NULL;
                 float scale = 0.0f, amax = 0.0f;
                 if (wtype == RNN_W_I8 || wtype == RNN_W_I8R) {
-                    for (int k = 0; wr && k < K; k++) amax = fabsf(wr[k]) > amax ? fabsf(wr[k]) : amax;
+                    for (int k = 0; wr && k < K; k++)
+                        amax = fabsf(wr[k]) > amax ? fabsf(wr[k]) : amax;
                     scale = amax / 127.0f;
                     ((float *)(blk + (size_t)Kp * G * RNN_BW))[g * RNN_BW + u] = scale;
                 }
@@ -166,7 +167,8 @@ static float *blocked(const float *v, int G, int H) {
     const int HB = (H + RNN_BW - 1) / RNN_BW;
     float *out = (float *)alloc64(sizeof(float) * HB * G * RNN_BW);
     for (int g = 0; g < G; g++)
-        for (int j = 0; j < H; j++) out[((size_t)(j / RNN_BW) * G + g) * RNN_BW + j % RNN_BW] = v[g * H + j];
+        for (int j = 0; j < H; j++)
+            out[((size_t)(j / RNN_BW) * G + g) * RNN_BW + j % RNN_BW] = v[g * H + j];
     return out;
 }
 
@@ -249,7 +251,8 @@ static void test_gemm(const variant_t *v, const variant_t *serial) {
                         }
                     }
                     char what[96], detail[160];
-                    snprintf(what, sizeof what, "gemm %s G=%d K=%d rows=%d", WT_NAMES[wt], G, K, ng);
+                    snprintf(what, sizeof what, "gemm %s G=%d K=%d rows=%d", WT_NAMES[wt], G, K,
+                             ng);
                     snprintf(detail, sizeof detail,
                              "worst error %.3g of tolerance vs float64, %.3g vs serial%s", worst,
                              worst_s, pad_ok ? "" : "; wrote into the padding");
@@ -315,7 +318,8 @@ static void test_activate(const variant_t *v, const variant_t *serial) {
     float p[256];
     double ref = 0.0;
     for (int i = 0; i < 256; i++) ref += p[i] = rnd_sym(1.0);
-    check(fabs(v->k->read_sum(p, 256, 0) - ref) < 1e-4 && fabs(v->k->read_sum(p, 256, 1) - ref) < 1e-4,
+    check(fabs(v->k->read_sum(p, 256, 0) - ref) < 1e-4 &&
+              fabs(v->k->read_sum(p, 256, 1) - ref) < 1e-4,
           v->name, "read_sum", "sum of 256 floats off by more than 1e-4");
 }
 
@@ -366,7 +370,8 @@ static float *rnd_weights(int wtype, size_t n, double a) {
 static void layer_make(layer_t *L, const cfg_t *cf, int wtype) {
     memset(L, 0, sizeof *L);
     L->cf = *cf;
-    const int H = cf->H, I = cf->I, G = cf->kind == RNN_KIND_LSTM ? 4 : cf->kind == RNN_KIND_GRU ? 3 : 1;
+    const int H = cf->H, I = cf->I;
+    const int G = cf->kind == RNN_KIND_LSTM ? 4 : cf->kind == RNN_KIND_GRU ? 3 : 1;
     const int Ho = cf->P ? cf->P : H;
     const double ws = cf->I > 100 ? 0.05 : 0.4;
     L->G = G;
@@ -418,10 +423,12 @@ static void layer_make(layer_t *L, const cfg_t *cf, int wtype) {
     if (cf->P) L->bufs[3] = (void *)(c->pproj = pack(wtype, L->proj, 1, cf->P, H, L->eproj));
     float *bias = (float *)malloc(sizeof(float) * G * H);
     for (int i = 0; i < G * H; i++)
-        bias[i] = cf->kind == RNN_KIND_GRU && cf->lbr && i >= 2 * H ? L->Wb[i] : L->Wb[i] + L->Rb[i];
+        bias[i] = cf->kind == RNN_KIND_GRU && cf->lbr && i >= 2 * H ? L->Wb[i]
+                                                                     : L->Wb[i] + L->Rb[i];
     L->bufs[4] = (void *)(c->bias = blocked(bias, G, H));
     free(bias);
-    if (cf->kind == RNN_KIND_GRU && cf->lbr) L->bufs[5] = (void *)(c->rbh = blocked(L->Rb + 2 * H, 1, H));
+    if (cf->kind == RNN_KIND_GRU && cf->lbr)
+        L->bufs[5] = (void *)(c->rbh = blocked(L->Rb + 2 * H, 1, H));
     if (cf->peep) L->bufs[6] = (void *)(c->peep = blocked(L->Pp, 3, H));
 }
 
@@ -461,12 +468,14 @@ static void reference(const layer_t *L, double *y, double *hf, double *cf_out) {
             if (cf->kind == RNN_KIND_LSTM) {
                 for (int j = 0; j < H; j++) {
                     double gi = pre[j] + rec[j], go = pre[H + j] + rec[H + j];
-                    double gf = pre[2 * H + j] + rec[2 * H + j], gc = pre[3 * H + j] + rec[3 * H + j];
+                    double gf = pre[2 * H + j] + rec[2 * H + j];
+                    const double gc = pre[3 * H + j] + rec[3 * H + j];
                     if (cf->peep) {
                         gi += L->Pp[j] * cs[j];
                         gf += L->Pp[2 * H + j] * cs[j];
                     }
-                    const double i = act_ref(&c->act[0], CLIP(gi)), f = act_ref(&c->act[0], CLIP(gf));
+                    const double i = act_ref(&c->act[0], CLIP(gi));
+                    const double f = act_ref(&c->act[0], CLIP(gf));
                     const double g = act_ref(&c->act[1], CLIP(gc));
                     cs[j] = f * cs[j] + i * g;
                     if (cf->peep) go += L->Pp[H + j] * cs[j];
@@ -494,7 +503,8 @@ static void reference(const layer_t *L, double *y, double *hf, double *cf_out) {
                     double a = hraw[j];
                     if (!cf->lbr) {
                         a = pre[2 * H + j] + L->Rb[2 * H + j];
-                        for (int k = 0; k < H; k++) a += L->eR[(size_t)(2 * H + j) * Ho + k] * rh[k];
+                        for (int k = 0; k < H; k++)
+                            a += L->eR[(size_t)(2 * H + j) * Ho + k] * rh[k];
                     }
                     const double nn = act_ref(&c->act[1], CLIP(a));
                     hraw[j] = (1.0 - z[j]) * nn + z[j] * h[j];
@@ -547,7 +557,8 @@ static void run_sequence(const rnn_kernels_t *k, const layer_t *L, int n0, int N
                          y, (size_t)T * N * Ho, work, wl};
     rnn_run_stack(k, NULL, &s, NULL);
     for (int t = 0; t < T; t++)
-        memcpy(r->y + ((size_t)t * cf->N + n0) * Ho, y + (size_t)t * N * Ho, sizeof(float) * N * Ho);
+        memcpy(r->y + ((size_t)t * cf->N + n0) * Ho, y + (size_t)t * N * Ho,
+               sizeof(float) * N * Ho);
     free(work), free(x), free(y);
 }
 
@@ -561,7 +572,8 @@ static void run_steps(const rnn_kernels_t *k, const layer_t *L, int parts, resul
     const rnn_cell_t *cells[1] = {c};
     const size_t sl = rnn_stack_step_scratch(cells, 1, N);
     float *scratch = (float *)malloc(sizeof(float) * (sl + 1));
-    float *ha = (float *)malloc(sizeof(float) * N * Ho), *hb = (float *)malloc(sizeof(float) * N * Ho);
+    float *ha = (float *)malloc(sizeof(float) * N * Ho);
+    float *hb = (float *)malloc(sizeof(float) * N * Ho);
     memcpy(ha, L->h0, sizeof(float) * N * Ho);
     memcpy(r->c, L->c0, sizeof(float) * N * H);
     for (int s = 0; s < cf->T; s++) {
@@ -625,7 +637,9 @@ static double results_diff(const layer_t *L, const result_t *a, const double *y,
  * weights (measured: up to 2e-6 over these few steps), plus what rounding the inputs adds
  * (input_rel) through sums of |w x| of a few units (measured: 5.5-6 times input_rel for the
  * int8 entries and for bf16 rounded inputs). */
-static double cell_tol(const rnn_kernels_t *k, int wtype) { return 3e-5 + 15.0 * input_rel(k, wtype); }
+static double cell_tol(const rnn_kernels_t *k, int wtype) {
+    return 3e-5 + 15.0 * input_rel(k, wtype);
+}
 
 /* A known break of the same-bits promise, outside this variant's code: rnn_gemm_f16
  * (gemm_entries.h) sums K > 128 in one pass for up to RNN_NB_MAX(G) rows but in 128-wide
@@ -643,7 +657,8 @@ static void test_cells(const variant_t *v, const variant_t *serial, double *wors
             layer_make(&L, &CFGS[ci], wt);
             const cfg_t *cf = &L.cf;
             const size_t ny = (size_t)cf->T * cf->N * L.Ho;
-            double *ry = (double *)malloc(sizeof(double) * ny), *rh = (double *)malloc(sizeof(double) * cf->N * L.Ho);
+            double *ry = (double *)malloc(sizeof(double) * ny);
+            double *rh = (double *)malloc(sizeof(double) * cf->N * L.Ho);
             double *rc = (double *)malloc(sizeof(double) * cf->N * cf->H);
             reference(&L, ry, rh, rc);
             result_t seq = result_new(&L), rows = result_new(&L), step = result_new(&L);
@@ -683,7 +698,8 @@ static void test_cells(const variant_t *v, const variant_t *serial, double *wors
                 n_compared_to_serial++;
                 n_same_as_serial += results_same(&L, &seq, &ser);
             }
-            result_free(&seq), result_free(&rows), result_free(&step), result_free(&split), result_free(&ser);
+            result_free(&seq), result_free(&rows), result_free(&step);
+            result_free(&split), result_free(&ser);
             free(ry), free(rh), free(rc);
             layer_free(&L);
         }
@@ -697,7 +713,8 @@ int main(void) {
         if (k) vars[nv++] = (variant_t){isa, rnn_isa_names[isa], k};
     }
     for (int i = 0; i < nv; i++) {
-        const int p0 = n_pass, f0 = n_fail, k0 = n_known, c0 = n_compared_to_serial, s0 = n_same_as_serial;
+        const int p0 = n_pass, f0 = n_fail, k0 = n_known;
+        const int c0 = n_compared_to_serial, s0 = n_same_as_serial;
         double worst[RNN_W_COUNT] = {0};
         test_gemm(&vars[i], &vars[0]);
         test_activate(&vars[i], &vars[0]);
