@@ -1,9 +1,10 @@
 /* Which instruction-set variants this CPU can run.
  *
- * The kernels are compiled three times in one translation unit (kernels.h): portable C, and on
- * x86-64 also with AVX2+FMA and AVX-512 target attributes. No -march flag is used, so one
- * binary runs on any x86-64; the variant is chosen at run time from CPUID (libgcc's
- * __builtin_cpu_supports, which also checks that the OS saves the wide registers).
+ * The kernels are compiled several times in one translation unit (kernels.h): portable C, and
+ * on x86-64 also with AVX2+FMA and AVX-512 target attributes, on AArch64 with NEON. No -march
+ * flag is used, so one binary runs on any x86-64; the variant is chosen at run time from CPUID
+ * (libgcc's __builtin_cpu_supports, which also checks that the OS saves the wide registers).
+ * NEON (Advanced SIMD) is part of every AArch64 CPU, so there it is always supported.
  */
 #ifndef RNNENGINE_CPU_H
 #define RNNENGINE_CPU_H
@@ -17,6 +18,15 @@
 #endif
 #endif
 
+/* -DRNN_ARM=0 builds the portable variant only on AArch64. */
+#ifndef RNN_ARM
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
+#define RNN_ARM 1
+#else
+#define RNN_ARM 0
+#endif
+#endif
+
 #if RNN_X86
 #include <cpuid.h>
 #if defined(__linux__)
@@ -26,12 +36,15 @@ long syscall(long number, ...); /* hidden by -std=c11 without _GNU_SOURCE; Pytho
 #endif
 #endif
 
-/* amx: the avx512 variant with AMX tiles for bf16 products (kernels.h). */
+/* amx: the avx512 variant with AMX tiles for bf16 products (kernels.h). neon: AArch64 only
+ * (last, so the x86 variants keep their numbers). */
 enum rnn_isa {
-    RNN_ISA_SERIAL = 0, RNN_ISA_AVX2 = 1, RNN_ISA_AVX512 = 2, RNN_ISA_AMX = 3, RNN_ISA_COUNT = 4
+    RNN_ISA_SERIAL = 0, RNN_ISA_AVX2 = 1, RNN_ISA_AVX512 = 2, RNN_ISA_AMX = 3, RNN_ISA_NEON = 4,
+    RNN_ISA_COUNT = 5
 };
 
-static const char *const rnn_isa_names[RNN_ISA_COUNT] = {"serial", "avx2", "avx512", "amx"};
+static const char *const rnn_isa_names[RNN_ISA_COUNT] = {"serial", "avx2", "avx512", "amx",
+                                                         "neon"};
 
 /* AMX-TILE and AMX-BF16 in CPUID, and Linux's permission to use the tile state, requested
  * once per process (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, Linux 5.16+).
@@ -55,6 +68,9 @@ static inline int rnn_amx_permitted(void) {
 /* 1 if the variant was compiled into this build and this CPU and OS can run it. */
 static inline int rnn_cpu_supports(int isa) {
     if (isa == RNN_ISA_SERIAL) return 1;
+#if RNN_ARM
+    if (isa == RNN_ISA_NEON) return 1;
+#endif
 #if RNN_X86
     __builtin_cpu_init();
     if (isa == RNN_ISA_AVX2)

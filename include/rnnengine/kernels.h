@@ -2,14 +2,15 @@
  *
  * The kernels are written once over a small vector vocabulary (vec_<isa>.h: rnn_v_* ops,
  * including one load-and-convert op per weight type); variant.h compiles them once per
- * variant: portable C (always), and on x86-64 AVX2+FMA+F16C and AVX-512 through target
- * pragmas, so setuptools needs no per-file flags and no -march. Each variant is a table of
+ * variant: portable C (always), on x86-64 AVX2+FMA+F16C and AVX-512 through target
+ * pragmas, so setuptools needs no per-file flags and no -march, and on AArch64 NEON (its
+ * baseline: no pragma). Each variant is a table of
  * function pointers in two parts: the gate math (phase, xproj: kernels_impl.h) and one GEMM
  * entry per weight type (gemm_entries.h over gemm_impl.h), so a new product (another weight
  * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
  * the gate math. Names are rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
  * The driver calls through the table chosen at import (rnnengine._kernels: CPUID, or
- * RNNENGINE_ISA=serial|avx2|avx512|amx). Every variant reads the same packed weights, so
+ * RNNENGINE_ISA=serial|avx2|avx512|amx|neon). Every variant reads the same packed weights, so
  * switching variants needs no repacking.
  */
 #ifndef RNNENGINE_KERNELS_H
@@ -148,6 +149,12 @@ struct rnn_kernels {
 #endif
 #endif /* RNN_X86 */
 
+#if RNN_ARM
+#include "rnnengine/vec_neon.h"
+#include RNN_VARIANT_BODY
+#include "rnnengine/vec_undef.h"
+#endif
+
 #if RNN_X86
 /* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd). */
 static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
@@ -187,7 +194,8 @@ static const rnn_kernels_t *rnn_kernels_amx(void) {
 }
 #endif
 
-/* The variant's table, or NULL if it is not compiled in (non-x86 builds). */
+/* The variant's table, or NULL if it is not compiled into this build (x86 variants on
+ * AArch64, neon on x86). */
 static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
     switch (isa) {
     case RNN_ISA_SERIAL:
@@ -199,6 +207,10 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return rnn_kernels_avx512_dot();
     case RNN_ISA_AMX:
         return rnn_kernels_amx();
+#endif
+#if RNN_ARM
+    case RNN_ISA_NEON:
+        return &rnn_kernels_neon;
 #endif
     default:
         return NULL;

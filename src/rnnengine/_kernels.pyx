@@ -36,7 +36,7 @@ def supported_isas():
 
 
 def isa():
-    """Name of the active variant: 'serial', 'avx2', 'avx512' or 'amx'."""
+    """Name of the active variant: 'serial', 'avx2', 'avx512', 'amx' or 'neon'."""
     return ISA_NAMES[ACTIVE_ISA]
 
 
