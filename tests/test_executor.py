@@ -371,15 +371,35 @@ def test_no_python_call_inside_a_compiled_call(name):
     assert calls == []
 
 
+@pytest.mark.parametrize("shape,perm", [((3, 4), (1, 0)), ((2, 3, 5), (2, 0, 1)),
+                                        ((4, 1, 6), (1, 2, 0)), ((7,), (0,))])
+def test_index_maps_compress_to_groups_that_reproduce_them(shape, perm, rng):
+    """The runs a move plans reproduce the element map exactly, and a transpose is a few
+    groups, not one run per element."""
+    from rnnengine.executor_ops import _CODE, _runs
+    order = np.arange(int(np.prod(shape))).reshape(shape).transpose(perm).reshape(-1)
+    runs = _runs(_CODE + order)
+    got = np.full(order.size, -1)
+    for d0, off, ln, st, _, reps, dstep, sstep in runs:
+        for j in range(reps):
+            got[d0 + j * dstep:d0 + j * dstep + ln] = off + j * sstep + np.arange(ln) * st
+    np.testing.assert_array_equal(got, order)
+    assert len(runs) <= 2 * max(shape)
+
+
 def test_builds_refuse_what_they_cannot_check():
     """A Runner checks every geometry against its buffers: a run past a buffer is refused."""
     from rnnengine._exec import Runner
     dst = np.zeros(4, np.float32)
     src = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="reads outside"):
-        Runner([("move", dst, [src], np.array([[0, 0, 4, 1, 0]], np.int64))])
+        Runner([("move", dst, [src], np.array([[0, 0, 4, 1, 0, 1, 0, 0]], np.int64))])
+    with pytest.raises(ValueError, match="reads outside"):       # the third repeat
+        Runner([("move", dst, [src], np.array([[0, 0, 1, 1, 0, 3, 1, 2]], np.int64))])
     with pytest.raises(ValueError, match="does not fit the destination"):
-        Runner([("move", dst, [src], np.array([[2, 0, 3, 0, 0]], np.int64))])
+        Runner([("move", dst, [src], np.array([[2, 0, 3, 0, 0, 1, 0, 0]], np.int64))])
+    with pytest.raises(ValueError, match="does not fit the destination"):
+        Runner([("move", dst, [src], np.array([[0, 0, 2, 0, 0, 2, 3, 0]], np.int64))])
     with pytest.raises(ValueError, match="does not fit the buffers"):
         Runner([("binary", 0, src, src, dst, [4], [1], [1])])
     with pytest.raises(ValueError, match="does not fit"):

@@ -16,29 +16,33 @@
 #define RNN_EXEC_MAXD 8
 
 /* Data movement (Transpose, Slice, Concat, Split, Pad, Expand, Gather/ScatterND with
- * constant indices, ...) as runs: dst[dst + i] = src[src_off + i * src_stride], i < len,
- * element size es. Plans compress the element-wise index map into the fewest runs. */
+ * constant indices, ...) as groups of runs: for j < reps, i < len,
+ * dst[dst + j * dst_step + i] = src[src_off + j * src_step + i * src_stride], element size es.
+ * Plans compress the element-wise index map into the fewest groups (a transpose is one group
+ * per row of the output, not one run per element). */
 typedef struct {
     int64_t dst, src_off, len, src_stride;
     int64_t src;  /* which source buffer */
+    int64_t reps, dst_step, src_step;
 } rnn_run;
 
 static inline void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *runs, int64_t n,
                                  int64_t es) {
     for (int64_t r = 0; r < n; r++) {
         const rnn_run *q = &runs[r];
-        char *d = dst + q->dst * es;
-        const char *s = srcs[q->src] + q->src_off * es;
-        if (q->src_stride == 1) {
-            memmove(d, s, (size_t)(q->len * es));
-        } else if (es == 4) {
-            const int64_t st = q->src_stride;
-            for (int64_t i = 0; i < q->len; i++)
-                memcpy(d + 4 * i, s + 4 * i * st, 4);
-        } else {
-            const int64_t st = q->src_stride * es;
-            for (int64_t i = 0; i < q->len; i++)
-                memcpy(d + i * es, s + i * st, (size_t)es);
+        const int64_t len = q->len, st = q->src_stride;
+        for (int64_t j = 0; j < q->reps; j++) {
+            char *d = dst + (q->dst + j * q->dst_step) * es;
+            const char *s = srcs[q->src] + (q->src_off + j * q->src_step) * es;
+            if (st == 1) {
+                memmove(d, s, (size_t)(len * es));
+            } else if (es == 4) {
+                float *df = (float *)(void *)d;
+                const float *sf = (const float *)(const void *)s;
+                for (int64_t i = 0; i < len; i++) df[i] = sf[i * st];
+            } else {
+                for (int64_t i = 0; i < len; i++) memcpy(d + i * es, s + i * st * es, (size_t)es);
+            }
         }
     }
 }
@@ -85,6 +89,10 @@ static inline void rnn_bin_row(int op, const float *a, int64_t sa, const float *
     case RNN_BIN_SUB: RNN_BIN_ROW(x - w); break;
     case RNN_BIN_MUL: RNN_BIN_ROW(x * w); break;
     case RNN_BIN_DIV: RNN_BIN_ROW(x / w); break;
+    case RNN_BIN_POW:
+        if (sb == 0 && b[0] == 2.0f) { RNN_BIN_ROW(x * x); break; }   /* a power spectrum */
+        for (int64_t i = 0; i < n; i++) y[i] = rnn_bin1(op, a[i * sa], b[i * sb]);
+        break;
     default: for (int64_t i = 0; i < n; i++) y[i] = rnn_bin1(op, a[i * sa], b[i * sb]);
     }
 }

@@ -20,7 +20,7 @@ cnp.import_array()
 
 cdef extern from "rnnengine/exec.h" nogil:
     ctypedef struct rnn_run:
-        int64_t dst, src_off, len, src_stride, src
+        int64_t dst, src_off, len, src_stride, src, reps, dst_step, src_step
     ctypedef struct rnn_bcast:
         int64_t nd
         int64_t shape[8]
@@ -99,7 +99,8 @@ cdef class Runner:
     """``Runner(ops)``: ops in run order, each a tuple naming its kernel and the arrays it
     reads and writes (``executor.Program`` builds them):
 
-    * ("move", dst, [src, ...], runs int64 [n, 5] (dst, src_off, len, src_stride, src));
+    * ("move", dst, [src, ...], runs int64 [n, 8] (dst, src_off, len, src_stride, src, reps,
+      dst_step, src_step));
     * ("binary", code, a, b, y, shape, a_strides, b_strides) (strides in elements);
     * ("unary", code, x, y, alpha, beta);
     * ("reduce", code, x, y, base offsets, reduced shape, reduced strides);
@@ -162,9 +163,10 @@ cdef class Runner:
         return [names[self._ops[i].kind] for i in range(self._n)]
 
     cdef int _move(self, xop_t *op, cnp.ndarray dst, list srcs, runs) except -1:
-        cdef cnp.ndarray r = np.ascontiguousarray(runs, np.int64).reshape(-1, 5)
+        cdef cnp.ndarray r = np.ascontiguousarray(runs, np.int64).reshape(-1, 8)
         cdef int64_t es = dst.itemsize
-        cdef int64_t k, d0, off, ln, st, s, last, dst_n = dst.size
+        cdef int64_t k, d0, off, ln, st, s, last, reps, dstep, sstep, dst_n = dst.size
+        cdef int64_t lo, hi
         for src in srcs:
             if not isinstance(src, np.ndarray) or src.dtype != dst.dtype or not src.flags.c_contiguous:
                 raise ValueError("move: sources must be C-contiguous arrays of the "
@@ -174,10 +176,16 @@ cdef class Runner:
         cdef int64_t[:, :] rv = r
         for k in range(rv.shape[0]):
             d0, off, ln, st, s = rv[k, 0], rv[k, 1], rv[k, 2], rv[k, 3], rv[k, 4]
-            if ln < 1 or d0 < 0 or d0 + ln > dst_n or not 0 <= s < len(srcs):
+            reps, dstep, sstep = rv[k, 5], rv[k, 6], rv[k, 7]
+            if reps < 1 or ln < 1 or not 0 <= s < len(srcs):
                 raise ValueError(f"move: run {k} does not fit the destination")
-            last = off + (ln - 1) * st
-            if min(off, last) < 0 or max(off, last) >= (<cnp.ndarray>srcs[s]).size:
+            # the extremes of an affine index over a box are at its corners
+            lo, hi = min(0, (reps - 1) * dstep), max(0, (reps - 1) * dstep)
+            if d0 + lo < 0 or d0 + hi + ln > dst_n:
+                raise ValueError(f"move: run {k} does not fit the destination")
+            lo = min(0, (ln - 1) * st) + min(0, (reps - 1) * sstep)
+            hi = max(0, (ln - 1) * st) + max(0, (reps - 1) * sstep)
+            if off + lo < 0 or off + hi >= (<cnp.ndarray>srcs[s]).size:
                 raise ValueError(f"move: run {k} reads outside source {s}")
         op.kind, op.y, op.es, op.n, op.params = K_MOVE, data(dst), es, rv.shape[0], cnp.PyArray_DATA(r)
         op.srcs = <char **>calloc(max(len(srcs), 1), sizeof(char *))

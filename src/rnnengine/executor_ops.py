@@ -40,26 +40,54 @@ def _strides(shape) -> List[int]:
     return out[::-1]
 
 
+def _progressions(columns: list, cuts: np.ndarray) -> np.ndarray:
+    """Starts of the maximal stretches over which every column (int64 arrays of one length
+    n) is an arithmetic progression and no ``cuts`` (bool, n) falls inside: a stretch
+    breaks where a column's step changes; then a lone element joins the stretch after it
+    when it continues that stretch's steps (a transpose's rows: 0 4 8 | 1 5 9, not
+    0 4 8 | 1 | 5 9)."""
+    n = len(cuts)
+    brk = cuts.copy()
+    brk[0] = True
+    for c in columns:     # i-1 starting a stretch (a cut) lets i set its step
+        d = np.diff(c)
+        if n > 2:
+            brk[2:] |= (d[1:] != d[:-1]) & ~cuts[1:-1]
+    starts = np.flatnonzero(brk)
+    if len(starts) < 2:
+        return starts
+    lens = np.diff(np.append(starts, n))
+    j = np.flatnonzero((lens[:-1] == 1) & (lens[1:] >= 2))
+    nxt = starts[j + 1]
+    ok = ~cuts[nxt]
+    for c in columns:
+        ok &= c[nxt] - c[starts[j]] == c[nxt + 1] - c[nxt]
+    return np.delete(starts, j[ok] + 1)
+
+
 def _runs(codes: np.ndarray) -> np.ndarray:
-    """Element codes (flat, one per output element) -> runs [dst, src_off, len, stride, src]:
-    a run is a stretch of one source at a constant stride."""
+    """Element codes (flat, one per output element) -> groups of runs [dst, src_off, len,
+    stride, src, reps, dst_step, src_step] (``exec.h``: rnn_exec_move): a run is a stretch of
+    one source at a constant stride; a group repeats equal runs at constant steps."""
     n = codes.size
     src = codes >> 40
     off = codes & (_CODE - 1)
-    brk = np.ones(n, bool)
-    if n > 1:
-        same = src[1:] == src[:-1]
-        d = off[1:] - off[:-1]
-        cont = same.copy()
-        if n > 2:
-            cont[1:] &= d[1:] == d[:-1]
-        brk[1:] = ~cont
-    starts = np.flatnonzero(brk)
-    ends = np.append(starts[1:], n)
-    lens = ends - starts
+    cuts = np.zeros(n, bool)
+    cuts[1:] = src[1:] != src[:-1]
+    starts = _progressions([off], cuts)
+    lens = np.diff(np.append(starts, n))
     stride = np.where(lens > 1, off[np.minimum(starts + 1, n - 1)] - off[starts], 1)
-    return np.stack([starts, off[starts], lens, stride, src[starts] - 1], axis=1).astype(np.int64)
-
+    runs = np.stack([starts, off[starts], lens, stride, src[starts] - 1], axis=1)
+    # runs write disjoint stretches, so any order will do: alike runs side by side (a
+    # convolution's window rows alternate padding and data runs) group into fewer
+    runs = runs[np.lexsort((runs[:, 0], runs[:, 3], runs[:, 2], runs[:, 4]))]
+    cuts = np.zeros(len(runs), bool)
+    cuts[1:] = np.any(runs[1:, 2:5] != runs[:-1, 2:5], axis=1)
+    first = _progressions([runs[:, 0], runs[:, 1]], cuts)
+    reps = np.diff(np.append(first, len(runs)))
+    nxt = np.minimum(first + 1, len(runs) - 1)
+    steps = np.where(reps[:, None] > 1, runs[nxt, :2] - runs[first, :2], 0)
+    return np.concatenate([runs[first], reps[:, None], steps], axis=1).astype(np.int64)
 
 
 class Lowering:
@@ -462,24 +490,24 @@ class Lowering:
         dst = self._new(o, y.shape, _F32)
         zero = np.zeros(1, _F32)
         if Cog >= P:
-            # rows of the window per output position, then dense.h per (sample, group):
-            # [P, K] @ W_g^T [K, Cog] (+ bias, Relu), vectorised over the many channels
-            rows = codes.reshape(N, G, K, P).transpose(0, 1, 3, 2).reshape(-1)
+            # rows of the window per output position, grouped [G, N*P, K], then dense.h once
+            # per group: rows @ W_g^T [K, Cog] (+ bias, Relu), vectorised over the channels
+            rows = codes.reshape(N, G, K, P).transpose(1, 0, 3, 2).reshape(-1)
             columns = np.zeros(rows.size, _F32)
             self.ops.append(("move", columns, [x.reshape(-1), zero], _runs(rows)))
-            out = dst if P == 1 else np.zeros((N, G, P, Cog), _F32)
-            flat = out.reshape(N * G, P * Cog)
-            cols = columns.reshape(N * G, P * K)
-            for j in range(N * G):
-                g = j % G
+            direct = G == 1 and P == 1          # [N, Cog] is already y's layout
+            out = dst if direct else np.zeros((G, N, P, Cog), _F32)
+            flat = out.reshape(G, N * P * Cog)
+            cols = columns.reshape(G, N * P * K)
+            for g in range(G):
                 b = None if bias is None else np.ascontiguousarray(bias[g * Cog:(g + 1) * Cog],
                                                                     np.float32)
-                self.ops.append(("dense", cols[j], np.ascontiguousarray(A[g].T), b, flat[j], P,
-                                 1 if relu else 0))
-            if P > 1:
-                order = np.arange(out.size, dtype=np.int64).reshape(N, G, P, Cog)
+                self.ops.append(("dense", cols[g], np.ascontiguousarray(A[g].T), b, flat[g],
+                                 N * P, 1 if relu else 0))
+            if not direct:
+                order = np.arange(out.size, dtype=np.int64).reshape(G, N, P, Cog)
                 self.ops.append(("move", dst, [out.reshape(-1)],
-                                 _runs(_CODE + order.transpose(0, 1, 3, 2).reshape(-1))))
+                                 _runs(_CODE + order.transpose(1, 0, 3, 2).reshape(-1))))
             return True
         columns = np.zeros(codes.size, _F32)
         self.ops.append(("move", columns, [x.reshape(-1), zero], _runs(codes)))
