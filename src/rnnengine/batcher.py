@@ -216,10 +216,12 @@ class Batcher:
     @property
     def stats(self) -> dict:
         """Counters: batches run, steps applied, largest batch, evictions, resumes; gauges:
-        resident (streams holding a pool slot), slots (the pool's size). The gauges are read
+        resident (streams holding a pool slot), slots (the pool's size), queued (steps
+        waiting for a batch). The gauges are read
         without waiting for a running batch (the pool lock), so they may be one batch old."""
         with self._cond:
-            return dict(self._stats, resident=self._pool.resident, slots=self._pool.capacity)
+            return dict(self._stats, resident=self._pool.resident, slots=self._pool.capacity,
+                        queued=len(self._queue))
 
     # -- streams --------------------------------------------------------------------------
     def _stream(self, sid) -> _Stream:
