@@ -6,7 +6,11 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -300,3 +304,47 @@ def test_health_checks(servers):
     server = servers()
     assert server.get("/healthz") == (200, b"ok")
     assert server.get("/readyz") == (200, b"ready")
+
+
+def test_cli_sigterm_drains_through_the_real_signal(ort_session):
+    """``rnnengine serve`` in its own process: SIGTERM hands the open stream its state
+    (uvicorn alone would close the socket at once), and the state resumes exactly."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "rnnengine", "serve", sm.SILERO, "--state",
+                             "stateN=state", "--feed", "sr=16000", "--port", str(port),
+                             "--log-level", "warning"], env=env, stderr=subprocess.DEVNULL)
+    xs = chunks(21, 8)
+    try:
+        async def main():
+            end = time.monotonic() + 60
+            while True:
+                try:
+                    ws = await connect(f"ws://127.0.0.1:{port}/stream")
+                    break
+                except OSError:
+                    assert time.monotonic() < end and proc.poll() is None
+                    await asyncio.sleep(0.05)
+            async with ws:
+                ys = [await step(ws, x) for x in xs[:5]]
+                proc.send_signal(signal.SIGTERM)
+                farewell = json.loads(await ws.recv())
+                blob = await ws.recv()
+                with pytest.raises(ConnectionClosed) as info:
+                    await ws.recv()
+                assert info.value.rcvd.code == 1001
+                return ys, farewell, blob
+        ys, farewell, blob = run(main(), 90)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert farewell == {"closing": "drain", "steps": 5}
+    stream = InferenceSession(sm.SILERO).stream(state={"stateN": "state"}, feeds={"sr": SR})
+    stream.import_state(blob)
+    ys += [stream.step({"input": x})[0].ravel() for x in xs[5:]]
+    np.testing.assert_allclose(np.array(ys), np.array(ort_loop(ort_session, xs)), **TOL)
