@@ -348,3 +348,21 @@ def test_cli_sigterm_drains_through_the_real_signal(ort_session):
     stream.import_state(blob)
     ys += [stream.step({"input": x})[0].ravel() for x in xs[5:]]
     np.testing.assert_allclose(np.array(ys), np.array(ort_loop(ort_session, xs)), **TOL)
+
+
+def test_json_header_names_the_inputs(servers, ort_session):
+    server = servers()
+    xs = chunks(30, 3)
+
+    async def main():
+        async with connect(server.ws) as ws:
+            await ws.send(json.dumps({"inputs": {"input": [1, 512]}}))
+            ys = [await step(ws, x) for x in xs]
+            await ws.send(json.dumps({"inputs": {"state": [2, 1, 128]}}))
+            error = json.loads(await ws.recv())
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.recv()
+            return ys, error, info.value.rcvd.code
+    ys, error, code = run(main(), 30)
+    np.testing.assert_allclose(np.array(ys), np.array(ort_loop(ort_session, xs)), **TOL)
+    assert "'state' is not a step input" in error["error"] and code == 1008

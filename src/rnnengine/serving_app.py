@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import threading
@@ -411,7 +412,29 @@ def service_from_config(config: dict) -> Service:
                    max_delay_us=config["max_delay_us"])
 
 
+class JsonLines(logging.Formatter):
+    """One JSON object per log record: easy to ship to a log store."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": round(record.created, 3), "level": record.levelname.lower(),
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def log_to_stderr(level: str) -> None:
+    """The server's logging (never the library's: it adds no handler of its own): the
+    rnnengine logger as JSON lines on stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+
+
 def app_from_env():
     """The app of one worker process (``--workers N``): the options come in the
     environment, since uvicorn starts each worker from an import string."""
-    return build_app(service_from_config(json.loads(os.environ[CONFIG_ENV])))
+    config = json.loads(os.environ[CONFIG_ENV])
+    log_to_stderr(config.get("log_level", "info"))
+    return build_app(service_from_config(config))

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 
-from .._log import log
-from ..serving_app import CONFIG_ENV, Service, build_app
+from ..serving_app import CONFIG_ENV, Service, build_app, log_to_stderr
 from ._common import CommandError, add_command, optional_import
 from ._session import _split, load_session, parse_feeds
 
@@ -46,17 +44,6 @@ def add_parser(sub) -> None:
                    choices=("debug", "info", "warning", "error"))
 
 
-class JsonLines(logging.Formatter):
-    """One JSON object per log record: easy to ship to a log store."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"time": round(record.created, 3), "level": record.levelname.lower(),
-                 "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
 def config_from_args(args: argparse.Namespace) -> tuple:
     """(the options as a JSON-safe dict, which worker processes read from the environment;
     the session; the fixed feeds)."""
@@ -79,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> tuple:
                 feeds={n: (v.tolist(), v.dtype.str) for n, v in feeds.items()},
                 max_streams=args.max_streams, step_timeout=args.step_timeout,
                 idle_ttl=args.idle_ttl, max_batch=args.max_batch,
-                max_delay_us=args.max_delay_us), sess, feeds
+                max_delay_us=args.max_delay_us, log_level=args.log_level), sess, feeds
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -87,10 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if uvicorn is None or optional_import("starlette") is None:
         raise CommandError("serve needs Starlette and uvicorn: pip install 'rnnengine[serve]'")
     config, sess, feeds = config_from_args(args)
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonLines())
-    log.addHandler(handler)
-    log.setLevel(args.log_level.upper())
+    log_to_stderr(args.log_level)
     if args.workers == 1:
         app = build_app(Service(sess, state=config["state"], feeds=feeds,
                                 max_streams=args.max_streams, step_timeout=args.step_timeout,
