@@ -12,6 +12,7 @@ import threading
 import numpy as np
 
 from ._checks import as_float32, out_error, step_input_error
+from .errors import ConcurrentStep
 
 cimport numpy as cnp
 from cpython.pythread cimport PyThread_get_thread_ident
@@ -450,7 +451,7 @@ cdef class StreamCore:
         if self._descs == NULL:
             raise RuntimeError("stream is not initialised")
         if not rnn_flag_try_acquire(&self._busy):
-            raise RuntimeError("this Stream is already in use by another thread; a Stream is "
+            raise ConcurrentStep("this Stream is already in use by another thread; a Stream is "
                                "not thread-safe: create one stream per thread")
         return 0
 

@@ -13,6 +13,8 @@ shape or dtype, a non-contiguous feed, an index out of range, a missing or extra
 goes to ``fallback`` (the stream's general step, which checks it in full and reports the
 error), with nothing computed here."""
 import numpy as np
+
+from .errors import ConcurrentStep
 cimport numpy as cnp
 from cpython.dict cimport PyDict_GetItem
 from cpython.ref cimport PyObject
@@ -234,7 +236,7 @@ cdef class StepRunner:
         """One step of the stream: ``feeds`` -> list of the non-state outputs."""
         cdef list held = []       # the feeds bound, alive until the operators are done
         if not self._acquire_lock(False):
-            raise RuntimeError("SessionStream.step() called while another thread is using "
+            raise ConcurrentStep("SessionStream.step() called while another thread is using "
                                "it: give each thread its own stream/pool or serialize the "
                                "calls")
         try:

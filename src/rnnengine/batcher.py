@@ -34,7 +34,7 @@ So the simpler design stayed: the hybrid, built and tested, cost two more locks 
 hand-off protocol for nothing measurable.
 
 Guarantees: one stream has at most one step in flight, so its steps apply in call order, and
-a second concurrent step of the same stream raises RuntimeError. ``steps(sid)`` counts the
+a second concurrent step of the same stream raises ConcurrentStep (a RuntimeError). ``steps(sid)`` counts the
 steps applied to a stream: an asyncio task cancelled while waiting either withdraws its step
 (not yet taken into a batch: it never happens) or waits for the batch that holds it to finish
 before the CancelledError propagates, so the counter always says which. ``close()`` refuses
@@ -59,7 +59,9 @@ from typing import Deque, Dict, List, Optional, Union
 import numpy as np
 
 from ._checks import check_positive_int
+from ._log import log
 from .batcher_pools import ModelSlots, SessionSlots
+from .errors import ConcurrentStep, DeadlineExceeded, StreamClosed, StreamsFull
 from .model import Model
 from .session import InferenceSession
 
@@ -103,6 +105,18 @@ class _Request:
 def _finite(value) -> bool:
     return (isinstance(value, (int, float, np.integer, np.floating))
             and not isinstance(value, bool) and math.isfinite(value))
+
+
+def _check_timeout(timeout) -> Optional[float]:
+    if timeout is not None and (not _finite(timeout) or not timeout >= 0):
+        raise ValueError(f"timeout must be a finite number of seconds >= 0 or None; got "
+                         f"{timeout!r}")
+    return timeout
+
+
+def _late(sid, timeout: float) -> DeadlineExceeded:
+    return DeadlineExceeded(f"the step of stream {sid} was not taken into a batch within "
+                            f"{timeout} s; it did not run and the stream is as it was")
 
 
 def _pool_for(source, max_streams: int, max_batch: int, state, feeds):
@@ -202,10 +216,12 @@ class Batcher:
     @property
     def stats(self) -> dict:
         """Counters: batches run, steps applied, largest batch, evictions, resumes; gauges:
-        resident (streams holding a pool slot), slots (the pool's size). The gauges are read
+        resident (streams holding a pool slot), slots (the pool's size), queued (steps
+        waiting for a batch). The gauges are read
         without waiting for a running batch (the pool lock), so they may be one batch old."""
         with self._cond:
-            return dict(self._stats, resident=self._pool.resident, slots=self._pool.capacity)
+            return dict(self._stats, resident=self._pool.resident, slots=self._pool.capacity,
+                        queued=len(self._queue))
 
     # -- streams --------------------------------------------------------------------------
     def _stream(self, sid) -> _Stream:
@@ -214,18 +230,18 @@ class Batcher:
             raise TypeError(f"a stream id is an int from Batcher.open(); got {type(sid).__name__}")
         stream = self._streams.get(int(sid))
         if stream is None:
-            raise ValueError(f"stream id {sid} was closed" if 0 <= sid < self._next_sid else
+            raise StreamClosed(f"stream id {sid} was closed" if 0 <= sid < self._next_sid else
                              f"unknown stream id {sid!r}: ids come from Batcher.open() or "
                              f"Batcher.resume() of this batcher")
         return stream
 
     def _check_open(self) -> None:
         if self._closing:
-            raise RuntimeError("the Batcher is closed")
+            raise StreamClosed("the Batcher is closed")
 
     def open(self) -> int:
-        """A new stream id, starting from the zero state. RuntimeError when ``max_streams``
-        streams are open."""
+        """A new stream id, starting from the zero state. StreamsFull (a RuntimeError) when
+        ``max_streams`` streams are open."""
         return self._add(None)
 
     def resume(self, data) -> int:
@@ -238,7 +254,9 @@ class Batcher:
         with self._cond:
             self._check_open()
             if len(self._streams) >= self.max_streams:
-                raise RuntimeError(f"the Batcher is full: all {self.max_streams} streams are "
+                log.warning("Batcher refused a stream: all %d streams are open",
+                            self.max_streams)
+                raise StreamsFull(f"the Batcher is full: all {self.max_streams} streams are "
                                    f"open; close one, or create it with a larger max_streams")
             sid = self._next_sid
             self._next_sid += 1
@@ -246,7 +264,7 @@ class Batcher:
             return sid
 
     def close(self, sid=None) -> None:
-        """``close(sid)``: end one stream; a step of it still queued fails with RuntimeError,
+        """``close(sid)``: end one stream; a step of it still queued fails with StreamClosed,
         one already running finishes first. ``close()``: close the batcher: new steps are
         refused, every queued step runs and gets its result, the worker stops. Streams can
         still be exported afterwards (to move them elsewhere)."""
@@ -260,7 +278,7 @@ class Batcher:
                 request = stream.request
                 if request is not None and not request.taken:
                     self._queue.remove(request)
-                    request.error = RuntimeError(f"stream {sid} was closed while its step "
+                    request.error = StreamClosed(f"stream {sid} was closed while its step "
                                                  f"was waiting")
                     request.done = True
                     waiting = [request]
@@ -302,7 +320,7 @@ class Batcher:
             self._check_open()
             stream = self._stream(sid)
             if stream.request is not None and not stream.request.orphan:
-                raise RuntimeError(
+                raise ConcurrentStep(
                     f"stream {sid} already has a step in progress (called concurrently from "
                     f"another thread or task): the steps of one stream are sequential; wait "
                     f"for the first step's result before the next")
@@ -315,39 +333,55 @@ class Batcher:
                 self._cond.notify()
         return request
 
-    def step(self, sid, x):
+    def step(self, sid, x, timeout: Optional[float] = None):
         """One timestep of stream ``sid``: x ``(I,)`` -> y ``(Hout,)`` (a session: feeds
         ``{name: array}`` at batch 1 -> list of the non-state outputs). Blocks the calling
         thread until its batch has run. Bad input raises here (ValueError/TypeError) and
-        leaves the stream as it was."""
+        leaves the stream as it was. ``timeout`` (seconds): DeadlineExceeded if no batch
+        has taken the step by then; it never runs. A step already in a running batch is
+        waited for and returned."""
+        timeout = _check_timeout(timeout)
         request = self._submit(sid, x, None)
-        request.waiter.acquire()
+        if not request.waiter.acquire(timeout=-1 if timeout is None else timeout):
+            if self._withdraw(request, orphan=False):
+                raise _late(sid, timeout)
+            request.waiter.acquire()
         if request.error is not None:
             raise request.error
         return request.result
 
-    async def step_async(self, sid, x):
+    async def step_async(self, sid, x, timeout: Optional[float] = None):
         """``step`` for asyncio tasks: the event loop keeps running while the batch waits and
         computes. Cancelled while waiting, the step either never happens or has happened
-        before the CancelledError propagates; ``steps(sid)`` tells which."""
+        before the CancelledError propagates; ``steps(sid)`` tells which. ``timeout`` as
+        for ``step``."""
+        timeout = _check_timeout(timeout)
         loop = asyncio.get_running_loop()
         request = self._submit(sid, x, loop)
         try:
-            return await request.future
+            if timeout is None:
+                return await request.future
+            try:
+                return await asyncio.wait_for(asyncio.shield(request.future), timeout)
+            except TimeoutError:
+                if self._withdraw(request, orphan=False):
+                    raise _late(sid, timeout) from None
+                return await request.future
         except asyncio.CancelledError:
             if not self._withdraw(request):
                 await self._settled(request, loop)
             raise
 
-    def _withdraw(self, request: _Request) -> bool:
-        """Take a cancelled request back if no batch has it yet; else mark it an orphan (the
-        stream may take its next step meanwhile). True when withdrawn."""
+    def _withdraw(self, request: _Request, orphan: bool = True) -> bool:
+        """Take a request back if no batch has it yet (cancelled, or past its deadline);
+        else, with ``orphan``, mark it one (the stream may take its next step meanwhile).
+        True when withdrawn."""
         with self._cond:
             if not request.taken:
                 self._queue.remove(request)
                 request.stream.request = None
                 return True
-            request.orphan = True
+            request.orphan = orphan
             return False
 
     async def _settled(self, request: _Request, loop) -> None:
@@ -471,6 +505,7 @@ class Batcher:
             stream.blob = None
             with self._cond:
                 self._stats["resumes"] += 1
+            log.info("Batcher resumed evicted stream %d", stream.sid)
         else:
             stream.pid = self._pool.open(stream.start)
             stream.start = None
@@ -492,6 +527,9 @@ class Batcher:
                 stream.pid = None
             with self._cond:
                 self._stats["evictions"] += len(idle)
+        if idle:
+            log.info("Batcher evicted %d stream(s) idle for %s s: %s", len(idle),
+                     self.idle_seconds, [s.sid for s in idle])
 
     @staticmethod
     def _wake(requests: List[_Request]) -> None:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 
 from . import _kernels, own_format
+from ._log import log
 from ._checks import (State, check_state, check_threads, check_work_size, float_array,
                       state_shapes, time_major)
 from .layers import Layer, check_precision, check_stack, pack_layer
@@ -43,6 +44,9 @@ class Model:
                        for kernel in pack_layer(layer, precision, f"layer {k}")]
         self.batch_first = bool(batch_first)
         self._threads = check_threads(threads)
+        log.debug("model: %d %s layer(s), input %d, hidden %s, %s, %d thread(s)", len(layers),
+                  layers[0].kind, layers[0].input_size, [la.hidden_size for la in layers],
+                  self._precision, self._threads)
 
     @property
     def precision(self) -> str:

@@ -10,7 +10,7 @@ Stream ids are ints, unique for the life of the pool: ``id = generation * capaci
 so an id of a closed stream never silently names the stream that later reuses its slot.
 
 A pool is not for concurrent use: every public method takes a non-blocking lock and raises
-``RuntimeError`` when another thread is inside the pool, instead of corrupting its state.
+``ConcurrentStep`` (a RuntimeError) when another thread is inside the pool, instead of corrupting its state.
 Give each thread its own pool (the model itself is shareable).
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from . import _kernels, _pool, state_io
 from ._checks import (State, check_one_way, check_positive_int, check_size, check_state,
                       float_array, state_shapes)
+from .errors import ConcurrentStep, StreamClosed, StreamsFull
 
 
 class Pool:
@@ -55,19 +56,19 @@ class Pool:
     # waits: a second thread inside the pool is a bug in the caller, reported, not serialized.
     def _enter(self, method: str) -> None:
         if not self._lock.acquire(blocking=False):
-            raise RuntimeError(
+            raise ConcurrentStep(
                 f"Pool.{method}() called while another call is using this pool (concurrent use "
                 f"from two threads): a Pool is not thread-safe; give each thread its own pool "
                 f"or serialize calls with a lock")
 
     # -- ids ------------------------------------------------------------------------------
-    def _bad_id(self, sid) -> ValueError:
+    def _bad_id(self, sid) -> StreamClosed:
         if isinstance(sid, (int, np.integer)) and not isinstance(sid, bool) and sid >= 0:
             slot, generation = int(sid) % self.capacity, int(sid) // self.capacity
             if generation < self._opened[slot]:
-                return ValueError(f"stream id {sid} was closed")
+                return StreamClosed(f"stream id {sid} was closed")
         shown = int(sid) if isinstance(sid, np.integer) else sid
-        return ValueError(f"unknown stream id {shown!r}: ids come from Pool.open() of this pool")
+        return StreamClosed(f"unknown stream id {shown!r}: ids come from Pool.open() of this pool")
 
     def _slot(self, sid) -> int:
         """One open id -> its slot; ValueError/TypeError otherwise."""
@@ -125,14 +126,14 @@ class Pool:
 
     def open(self, state: Optional[State] = None) -> int:
         """A new stream id, starting from the zero state (or ``state``, as ``set_state``
-        takes it). RuntimeError when all ``capacity`` streams are open."""
+        takes it). StreamsFull (a RuntimeError) when all ``capacity`` streams are open."""
         h = c = None
         if state is not None:
             h, c = self._check_state(state)
         self._enter("open")
         try:
             if not self._free:
-                raise RuntimeError(f"the pool is full: all {self.capacity} streams are open; "
+                raise StreamsFull(f"the pool is full: all {self.capacity} streams are open; "
                                    f"close one, or create the pool with a larger capacity")
             slot = self._free.pop()
             sid = int(self._opened[slot]) * self.capacity + slot

@@ -20,6 +20,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ._checks import check_positive_int
+from ._log import log
+from .errors import StreamClosed, StreamsFull
 from .pool_layout import guess_axes, probe, stack_rows, unstack_rows
 from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
@@ -211,6 +213,11 @@ class SessionStream:
         self._runner, self._why = compile_runner(
             sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
             self._step)
+        if self._runner is None:
+            log.debug("stream step not compiled (general path kept): %s", self._why)
+        else:
+            log.debug("stream step compiled to one C loop for feeds %s",
+                      {n: a.shape for n, a in feeds.items()})
         return outs
 
     def _learn(self, feeds) -> None:
@@ -365,14 +372,14 @@ class SessionPool:
             raise ValueError(f"stream ids are ints from open(); got {sid!r}")
         slot = int(sid) % self.capacity
         if sid < 0 or self._sid_at[slot] != sid:
-            raise ValueError(f"stream id {sid} is not open in this pool")
+            raise StreamClosed(f"stream id {sid} is not open in this pool")
         return slot
 
     @_exclusive
     def open(self, state: Optional[dict] = None) -> int:
         """A new stream (zero state, or ``state`` {state input: per-stream array})."""
         if not self._free:
-            raise RuntimeError(f"the pool is full ({self.capacity} streams); close one first")
+            raise StreamsFull(f"the pool is full ({self.capacity} streams); close one first")
         slot = self._free.pop()
         sid = self._opened[slot] * self.capacity + slot
         self._opened[slot] += 1

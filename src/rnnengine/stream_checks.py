@@ -9,17 +9,18 @@ from typing import Dict
 import numpy as np
 
 from ._checks import check_one_way
+from .errors import ConcurrentStep
 from .state_pairs import find_pairs
 from .time_axis import check_streamable
 
 
 def _exclusive(method):
-    """One thread at a time in a stream or pool: a second one gets RuntimeError instead of
+    """One thread at a time in a stream or pool: a second one gets ConcurrentStep (a RuntimeError) instead of
     corrupting the state (the lock never waits; nested calls of one thread are fine)."""
     @functools.wraps(method)
     def guarded(self, *args, **kwargs):
         if not self._lock.acquire(blocking=False):
-            raise RuntimeError(f"{type(self).__name__}.{method.__name__.lstrip('_')}() called while "
+            raise ConcurrentStep(f"{type(self).__name__}.{method.__name__.lstrip('_')}() called while "
                                "another thread is using it: give each thread its own "
                                "stream/pool or serialize the calls")
         try:

@@ -1,4 +1,5 @@
-"""The ``rnnengine`` command line: info, run, convert, bench, verify, demo (a module each).
+"""The ``rnnengine`` command line: info, run, convert, bench, verify, demo, serve (a module
+each).
 
 Every failure ends as one line on stderr and a non-zero exit status (1 for errors, 2 for
 usage), never a traceback (``RNNENGINE_TRACEBACK=1`` shows one). onnxruntime and torch are
@@ -14,10 +15,10 @@ from typing import Optional, Sequence
 
 from .. import __version__
 from ..errors import ModelError
-from . import bench, convert, demo, info, run, verify
+from . import bench, convert, demo, info, run, serve, verify
 from ._common import CommandError, one_line
 
-COMMANDS = (info, run, convert, bench, verify, demo)
+COMMANDS = (info, run, convert, bench, verify, demo, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
