@@ -39,7 +39,8 @@ def add_parser(sub) -> None:
                    "with --precision: fp16 5e-3, bf16 3e-2, int8 6e-2)")
     p.add_argument("--rtol", type=float,
                    help="relative part, to the output's largest value (default: 1e-5 for "
-                   "fp32, fp16 1e-3, bf16 1e-2, int8 1e-2); state outputs are reported and "
+                   "fp32, fp16 1e-3, bf16 1e-2, int8 1e-2; 0 when --tol is given alone); "
+                   "state outputs are reported apart and "
                    f"held to {STATE_SLACK:g} times both")
     p.add_argument("--state", dest="pairs", action="append", default=[], metavar="OUT=IN",
                    help="whole graph: a state pair, output OUT fed back as input IN at the "
@@ -125,8 +126,9 @@ STATE_SLACK = 10.0
 
 def cmd_verify(args: argparse.Namespace) -> int:
     atol, rtol = TOLERANCE[args.precision]
+    if args.rtol is None:  # --tol alone: the plain absolute bound it always was
+        args.rtol = rtol if args.tol is None else 0.0
     args.tol = atol if args.tol is None else args.tol
-    args.rtol = rtol if args.rtol is None else args.rtol
     if min(args.seq_len, args.batch, args.steps) < 1:
         raise CommandError("--seq-len, --batch and --steps must be positive")
     if args.tol < 0 or args.rtol < 0:
@@ -234,8 +236,8 @@ def _fmt(diffs: Optional[list]) -> str:
 def report(args: argparse.Namespace, model: Optional[Model], rows: list) -> int:
     """The table of differences; CommandError when an output exceeds its tolerance, a
     state output its looser one, or nothing (no stream, on a whole graph) was compared."""
-    tol = (f"tolerance per output {args.tol:g} + {args.rtol:g} * max |reference|, state "
-           f"{STATE_SLACK:g}x that")
+    tol = (f"tolerance {args.tol:g} + {args.rtol:g} * max |reference| per output, state "
+           f"outputs {STATE_SLACK:g}x that")
     if model is not None:
         print(f"rnnengine verify: {describe(model)}")
         print(f"random input x ({args.seq_len}, {args.batch}, {model.input_size}), seed "
@@ -263,10 +265,12 @@ def report(args: argparse.Namespace, model: Optional[Model], rows: list) -> int:
     if streams and not any(row.out is not None for row in streams):
         why = "; ".join(row.note.replace("not compared: ", "") for row in streams if row.note)
         raise CommandError(f"no stream compared: {why or 'see the notes above'}")
+    largest = max(d for row in compared for diffs in (row.out, row.state) if diffs
+                  for d, _ in diffs)
+    shares = (f"outputs at {100 * worst:.0f}% of their tolerance, state at "
+              f"{100 * worst_state:.0f}% of its")
     if failed:
-        raise CommandError(f"beyond tolerance: {'; '.join(failed)} (largest output "
-                           f"difference at {100 * worst:.0f}% of its tolerance, state at "
-                           f"{100 * worst_state:.0f}% of its)")
-    print(f"within tolerance: the largest output difference at {100 * worst:.0f}% of its "
-          f"tolerance, state at {100 * worst_state:.0f}% of its")
+        raise CommandError(f"largest difference {largest:.3e} exceeds tolerance ({shares}) "
+                           f"in: {'; '.join(failed)}")
+    print(f"largest difference {largest:.2e}: within tolerance ({shares})")
     return 0

@@ -99,7 +99,7 @@ def _stream_row(sess, ort, fixed, pairs, dims, args, rng) -> Row:
     carried = stream.state
     state = [d for inp in pairs.values() for d in diff_scale(carried[inp], ort_state[inp])]
     return Row(f"onnxruntime, whole model: stream x{steps}, state {_pair_label(pairs)} "
-               "carried", list(acc.values()), state, stream=True)
+               "fed back", list(acc.values()), state, stream=True)
 
 
 def _pool_row(sess, ort, fixed, pairs, dims, args, rng) -> Row:
