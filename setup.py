@@ -6,6 +6,7 @@ import os
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("RNNENGINE_DEBUG") == "1"
 
@@ -85,4 +86,18 @@ extensions = [
               extra_link_args=link_args),
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=directives))
+
+
+class ParallelBuildExt(build_ext):
+    """Compiles the extensions side by side, one job per core, unless -j says otherwise
+    (pip install runs build_ext without -j, which compiles them one after another)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
+
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives,
+                            nthreads=os.cpu_count() or 1),
+      cmdclass={"build_ext": ParallelBuildExt})

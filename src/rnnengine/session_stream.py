@@ -25,7 +25,7 @@ from .errors import StreamClosed, StreamsFull
 from .pool_layout import guess_axes, probe, stack_rows, unstack_rows
 from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
-                            _zeros)
+                            _zeros, state_hint)
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
 from .stream_runner import compile_runner
 
@@ -131,9 +131,15 @@ class SessionStream:
         as fixed feeds) -> the non-state outputs, in the graph's order. A call that fails
         leaves the state as it was."""
         runner = self._runner
-        if runner is not None:       # the compiled step (it takes the lock itself)
-            return runner.step(feeds)
-        return self._step(feeds)
+        try:
+            if runner is not None:       # the compiled step (it takes the lock itself)
+                return runner.step(feeds)
+            return self._step(feeds)
+        except ValueError as exc:
+            hint = state_hint(self._sess, self.state_names, str(exc))
+            if not hint:
+                raise
+            raise ValueError(f"{exc}; it looks like state: {hint}") from exc
 
     def _undoing(self, run, *args) -> None:
         """``run(*args)`` with the recurrent kernels' state put back if it raises (a later

@@ -125,3 +125,51 @@ def find_pairs(graph: onnx.GraphProto, inputs: List, outputs: List) -> Dict[str,
             raise ValueError(f"outputs {both} could all be the state of input {name!r}; "
                              "name the pairs with state={'output': 'input', ...}")
     return pairs
+
+
+def _declared(arg) -> tuple:
+    return tuple(arg.shape) if arg.shape is not None else None
+
+
+def _same_shape(a, b) -> bool:
+    """Identical and fully declared (symbolic dims only match the same name)."""
+    return (a is not None and b is not None and len(a) == len(b)
+            and all(x is not None and x == y for x, y in zip(a, b)))
+
+
+def candidate_pairs(model: onnx.ModelProto, inputs: List, outputs: List,
+                    pairs: Dict[str, str]) -> List[tuple]:
+    """(output, input) pairs left out of ``pairs`` whose shapes are identical: inputs that
+    look like state (a cache an exporter feeds back, say) which nothing pairs yet. Output
+    shapes an exporter left symbolic are taken from ONNX shape inference."""
+    shapes = {a.name: _declared(a) for a in outputs}
+    if any(s is None or not all(isinstance(d, int) for d in s) for s in shapes.values()):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model).graph.output
+        except Exception:  # inference is only a better guess; the declared shapes remain
+            inferred = []
+        for o in inferred:
+            dims = o.type.tensor_type.shape.dim
+            if o.name in shapes and all(d.HasField("dim_value") for d in dims):
+                shapes[o.name] = tuple(d.dim_value for d in dims)
+    taken = set(pairs.values())
+    found = [(o.name, i.name) for i in inputs if i.name not in taken for o in outputs
+             if o.name not in pairs and _same_shape(shapes[o.name], _declared(i))]
+    # an output named after the input (conv_cache -> conv_cache_out) is the strong sign
+    named = [(o, i) for o, i in found if i in o]
+    if named:
+        return named
+    # else a shape alone: a model that maps a frame to a frame (a mask) has one too, so
+    # some input must remain to carry the data a step consumes
+    used = taken | {i for _, i in found}
+    return found if any(a.name not in used for a in inputs) else []
+
+
+def name_pairs_hint(pairs: Dict[str, str], candidates: List[tuple]) -> str:
+    """How to name the pairs when inputs that look like state are left unpaired."""
+    named = dict(pairs)
+    for out, inp in candidates:
+        if inp not in named.values() and out not in named:
+            named[out] = inp
+    listed = ", ".join(f"{o} -> {i}" for o, i in candidates)
+    return f"name the pairs with state={named}: candidates {listed} (identical shapes)"

@@ -10,7 +10,7 @@ import numpy as np
 
 from ._checks import check_one_way
 from .errors import ConcurrentStep
-from .state_pairs import find_pairs
+from .state_pairs import candidate_pairs, find_pairs, name_pairs_hint
 from .time_axis import check_streamable
 
 
@@ -48,6 +48,16 @@ def _pairs(sess, state) -> Dict[str, str]:
     if len(set(state.values())) != len(state):
         raise ValueError(f"state: two outputs feed the same input: {state}")
     return dict(state)
+
+
+def state_hint(sess, pairs: Dict[str, str], error: str = "") -> str:
+    """How to name the pairs when the graph has inputs that look like state but are not
+    paired ("" when it has none; with ``error``, also when it is not about a missing one of
+    those inputs)."""
+    found = candidate_pairs(sess._loaded.model, sess.get_inputs(), sess.get_outputs(), pairs)
+    if error and not any(error.startswith(f"missing input {i!r}") for _, i in found):
+        return ""
+    return name_pairs_hint(pairs, found) if found else ""
 
 
 def _symbols(args_by_name, feeds: dict) -> dict:

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -171,6 +171,15 @@ def max_diff(a, b) -> float:
     if a.shape != b.shape:
         raise CommandError(f"shape mismatch: rnnengine {a.shape} vs reference {b.shape}")
     return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def diff_scale(a, b) -> List[Tuple[float, float]]:
+    """(largest |a - b|, largest |b|) per array of two outputs or states of the same
+    structure: the difference and the scale a relative tolerance applies to."""
+    if isinstance(a, tuple):
+        return [d for u, v in zip(a, b) for d in diff_scale(u, v)]
+    scale = float(np.max(np.abs(np.asarray(b, np.float64)))) if np.size(b) else 0.0
+    return [(max_diff(a, b), scale)]
 
 
 def one_line(exc: BaseException) -> str:

@@ -137,6 +137,20 @@ def parse_dims(texts: Sequence[str]) -> Dict[str, int]:
     return dims
 
 
+def parse_state(sess: InferenceSession, texts: Sequence[str]) -> Dict[str, str]:
+    """--state out=in -> {output: input}: a state pair named on the command line."""
+    pairs = {}
+    outputs = [a.name for a in sess.get_outputs()]
+    for text in texts:
+        out, inp = _split(text, "--state")
+        if out not in outputs:
+            raise CommandError(f"--state {text}: {out!r} is not an output of the model; the "
+                               f"outputs are {outputs}")
+        _check_name(sess, inp, "--state")
+        pairs[out] = inp
+    return pairs
+
+
 def state_pairs(sess: InferenceSession) -> Dict[str, str]:
     """The pairs ``stream()`` finds; {} when the graph has none or they are ambiguous."""
     try:
@@ -146,9 +160,10 @@ def state_pairs(sess: InferenceSession) -> Dict[str, str]:
 
 
 def shape_of(arg, dims: Dict[str, int], default: int) -> tuple:
-    """An input's shape with symbolic/unknown dims replaced by ``dims`` (or ``default``)."""
+    """An input's shape: fixed dims as declared, symbolic ones from ``dims`` (or
+    ``default``), unnamed ones 1 (nothing names them, and 1 fits a batch or a step)."""
     return tuple(d if isinstance(d, int) else dims.get(d, default) if isinstance(d, str)
-                 else default for d in (arg.shape or []))
+                 else 1 for d in (arg.shape or []))
 
 
 def random_feed(arg, shape: tuple, rng: np.random.Generator) -> np.ndarray:
@@ -200,7 +215,7 @@ def ort_session(path: str, threads: Optional[int] = None):
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as exc:
-        raise CommandError(f"onnxruntime cannot load {path}: {one_line(exc)[:200]}") from exc
+        raise CommandError(f"onnxruntime cannot load {path}: {one_line(exc)}") from exc
 
 
 FEED_HINT = "fix inputs with --feed NAME=VALUE and sizes with --dim NAME=SIZE"
@@ -212,7 +227,7 @@ def ort_run(session, feeds: Dict[str, np.ndarray], names: Optional[List[str]] = 
         return session.run(names, feeds)
     except Exception as exc:
         raise CommandError(f"onnxruntime cannot run the model on these feeds "
-                           f"({one_line(exc)[:200]}); {FEED_HINT}") from exc
+                           f"({one_line(exc)}); {FEED_HINT}") from exc
 
 
 def hinted(call, *args):
@@ -221,7 +236,7 @@ def hinted(call, *args):
         return call(*args)
     except ValueError as exc:
         raise CommandError(f"rnnengine cannot run the model on these feeds "
-                           f"({one_line(exc)[:200]}); {FEED_HINT}") from exc
+                           f"({one_line(exc)}); {FEED_HINT}") from exc
 
 
 def fmt_shape(shape) -> str:

@@ -10,6 +10,7 @@ from typing import Dict, List, Tuple
 
 from ..graph_rewrite import REWRITTEN
 from ..loaders._fold import node_label
+from ..stream_checks import state_hint
 from ._common import one_line
 from ._session import fmt_shape, load_session
 
@@ -74,14 +75,18 @@ def _pairs(sess):
 
 
 def _stream_rows(sess, pairs: Dict[str, str], error) -> List[Tuple[str, str]]:
-    if error:
-        return [("stream", "name the pairs: sess.stream(state={'output': 'input'})")]
+    """What ``sess.stream()`` will do: carry the automatic pairs, carry recurrent state
+    along time, or nothing until the pairs are named (inputs that look like state left
+    unpaired would otherwise be missing at the first step)."""
+    hint = state_hint(sess, pairs)
+    if error or hint:
+        return [("stream", hint or "name the pairs with state={'output': 'input', ...}")]
     try:
         stream = sess.stream()
     except ValueError as exc:
         stream_text = f"no: {one_line(exc)}"
     else:
-        stream_text = ("yes, state fed back" if pairs else
+        stream_text = (f"automatic state pairs {pairs}" if pairs else
                        "yes, along the time axis (recurrent state carried between calls)")
         del stream
     rows = [("stream", stream_text)]
