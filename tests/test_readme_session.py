@@ -1,7 +1,7 @@
-"""README's "Run your whole model" stays true: its Python snippets run as written (in a
-scratch directory that sees ``tests/data``), their results are checked against ONNX Runtime
-and PyTorch, and every ``$ rnnengine ...`` command shown runs and prints the lines shown
-(numbers and timings aside; bench with fewer steps)."""
+"""The whole-model guide (docs/whole-models.md, which README.md links to) stays true: its
+Python snippets run as written (in a scratch directory that sees ``tests/data``), their results
+are checked against ONNX Runtime and PyTorch, and every ``$ rnnengine ...`` command shown runs
+and prints the lines shown (numbers and timings aside; bench with fewer steps)."""
 from __future__ import annotations
 
 import os
@@ -22,9 +22,7 @@ SILERO = ROOT / "tests" / "data" / "silero_vad_16k_op15.onnx"
 
 
 def section() -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("## Run your whole model")
-    return text[start:text.index("\n## ", start + 1)]
+    return (ROOT / "docs" / "whole-models.md").read_text(encoding="utf-8")
 
 
 def blocks(kind: str) -> list:
@@ -34,7 +32,7 @@ def blocks(kind: str) -> list:
 @pytest.fixture(scope="module")
 def snippets(tmp_path_factory):
     """Both Python blocks run in order in one namespace, from a scratch directory."""
-    d = tmp_path_factory.mktemp("readme")
+    d = tmp_path_factory.mktemp("whole_models")
     os.symlink(ROOT / "tests", d / "tests")
     old = os.getcwd()
     os.chdir(d)
@@ -45,7 +43,7 @@ def snippets(tmp_path_factory):
         torch.manual_seed(0)
         after = []      # what each block left (the second reuses names: sess, stream)
         for block in code:
-            exec(compile(block, "README.md", "exec"), namespace)
+            exec(compile(block, "docs/whole-models.md", "exec"), namespace)
             after.append(dict(namespace))
         yield d, after
     finally:
