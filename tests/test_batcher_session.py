@@ -385,16 +385,17 @@ def test_close_drains_every_pending_silero_step():
 
 
 def test_readme_batcher_over_a_session_runs_as_written(tmp_path, monkeypatch):
-    """README's "Over a whole model" snippet, run from a directory that sees tests/data,
-    gives ONNX Runtime's probability and state bytes a SessionStream continues from."""
-    text = (ROOT / "README.md").read_text()
-    start = text.index("### Over a whole model (InferenceSession)")
+    """The serving guide's "Over a whole model" snippet (docs/serving.md), run from a
+    directory that sees tests/data, gives ONNX Runtime's probability for the chunk it makes,
+    and state bytes a SessionStream continues from."""
+    text = (ROOT / "docs" / "serving.md").read_text()
+    start = text.index("## Over a whole model (InferenceSession)")
     code = text[start:].split("```python\n", 1)[1].split("```", 1)[0]
     (tmp_path / "tests").symlink_to(ROOT / "tests")
     monkeypatch.chdir(tmp_path)
-    chunk = silero_steps(1, 1, seed=13)[0][0]["input"]
-    namespace = {"np": np, "rnnengine": rnnengine, "chunk": chunk}
-    exec(compile(code, "README.md", "exec"), namespace)
+    namespace = {"np": np, "rnnengine": rnnengine}
+    exec(compile(code, "docs/serving.md", "exec"), namespace)
+    chunk = namespace["chunk"]
     want, final = author_loop(sm.ort_session(sm.SILERO), [{"input": chunk, "sr": SR}],
                               ["state"], ["stateN"], SILERO_ZERO)
     assert_outputs([[[namespace["prob"]]]], [want])
