@@ -106,16 +106,18 @@ class Lowering:
         if dense is not None and len(ins) == 1 and len(outs) == 1:
             return self._dense(dense, ins[0], outs[0], label)
         chain = getattr(getattr(step, "fn", None), "conv_nodes", None)
-        if chain is not None and len(outs) == 1:
-            return self._conv(chain[0], [plan.slots.get(n, 1) if n else 1
-                                         for n in chain[0].input], outs[0], label,
-                              relu=len(chain) > 1)
+        if chain is not None and len(outs) == 1 and len(ins) == 1:
+            names = list(chain[0].input) + [""] * (3 - len(chain[0].input))
+            return self._conv(chain[0], ins, outs[0], label, relu=len(chain) > 1,
+                              w=plan.const(names[1]), bias=plan.const(names[2]) if names[2] else None)
         node = getattr(step, "node", None)
         if node is None or len(outs) != len(node.output) or any(o == 2 for o in outs):
             return False
         op = node.op_type
-        if op in _VIEWS:
-            return self._view(ins[0], outs[0])
+        if op in _VIEWS or (op in ("Cast", "CastLike") and self.v[outs[0]].__class__ is np.ndarray
+                            and self.buf.get(ins[0]) is not None
+                            and self.v[outs[0]].dtype == self.buf[ins[0]].dtype):
+            return self._view(ins[0], outs[0])      # a cast to the same type is the value
         if op in _MOVES:
             return self._move(step, node, ins, outs, label)
         if op in _BINARY and len(ins) == 2:
@@ -403,7 +405,7 @@ class Lowering:
         return True
 
     # -- convolution as a gather and a product ---------------------------------------------
-    def _conv(self, node, ins, o: int, label, relu: bool = False) -> bool:
+    def _conv(self, node, ins, o: int, label, relu: bool = False, w=None, bias=None) -> bool:
         """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, explicit pads): the
         input gathered into columns [N, G, Cg*KH*KW, Ho*Wo] (zeros where the window leaves
         the input; for ConvTranspose, where the stride skips), then per group
@@ -412,17 +414,20 @@ class Lowering:
         transpose = node.op_type == "ConvTranspose"
         xs = self._f32(ins[:1], label)
         y = self.v[o]
-        if (xs is None or len(ins) < 2 or ins[1] not in self.static or y.__class__ is not np.ndarray
-                or y.dtype != _F32 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
-                or "output_shape" in a):
+        if w is None:      # a node's own inputs (a fused chain passes its constants)
+            if len(ins) < 2 or ins[1] not in self.static:
+                return False
+            w = self.v[ins[1]]
+            if len(ins) > 2 and ins[2] != 1:
+                if ins[2] not in self.static:
+                    return False
+                bias = self.v[ins[2]]
+        if (xs is None or y.__class__ is not np.ndarray or y.dtype != _F32
+                or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or "output_shape" in a):
             return False
         x = xs[0]
-        w = np.asarray(self.v[ins[1]])
-        bias = None
-        if len(ins) > 2 and ins[2] != 1:
-            if ins[2] not in self.static:
-                return False
-            bias = np.asarray(self.v[ins[2]])
+        w = np.asarray(w)
+        bias = None if bias is None else np.asarray(bias)
         nsp = x.ndim - 2
         if nsp not in (1, 2) or w.dtype != _F32 or w.ndim != x.ndim or y.ndim != x.ndim:
             return False
