@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ._checks import is_one_way
+from ._kernels import SequenceCore
 from .graph_steps import RecurrentStep
 from .loaders._fold import attrs
 
@@ -137,29 +139,40 @@ class Lowering:
         return False
 
     def _recurrent(self, rec) -> bool:
-        """One timestep of a one-way node with its state read from and written to buffers
-        (a stream's step of an exported model): the kernels' own step on a core of the
-        program's own."""
+        """A node with its state read from and written to buffers (an exported model's step
+        or sequence): one timestep one way on a stream core of the program's own (the
+        kernels' own step); anything longer, or both ways, as one sequence run."""
         x = self.buf.get(rec.x)
-        if (rec.layout or rec.D != 1 or rec.lens != 1 or x is None or x.dtype != _F32
-                or x.ndim != 3 or x.shape[0] != 1 or x.shape[2] != rec.I):
+        if (rec.layout or rec.lens != 1 or x is None or x.dtype != _F32 or x.ndim != 3
+                or x.shape[2] != rec.I or not x.shape[0]):
             return False
-        N = x.shape[1]
+        T, N, D = x.shape[0], x.shape[1], rec.D
         state = []
         for slot, size in ((rec.h0, rec.Hout), (rec.c0, rec.H)):
             if slot == 1 or (rec.kind != "lstm" and slot is rec.c0):
                 state.append(None)
                 continue
             b = self.buf.get(slot)
-            if b is None or b.dtype != _F32 or b.shape != (1, N, size):
+            if b is None or b.dtype != _F32 or b.shape != (D, N, size):
                 return False
             state.append(b)
-        core = rec.model.stream(batch=N)._core
-        y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
-        yh = None if rec.yh == 2 else self._new(rec.yh, (1, N, rec.Hout), _F32)
-        yc = None if rec.yc == 2 or rec.kind != "lstm" else self._new(rec.yc, (1, N, rec.H),
-                                                                     _F32)
-        self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
+        lstm = rec.kind == "lstm"
+        yh = None if rec.yh == 2 else self._new(rec.yh, (D, N, rec.Hout), _F32)
+        yc = None if rec.yc == 2 or not lstm else self._new(rec.yc, (D, N, rec.H), _F32)
+        if T == 1 and is_one_way(rec.model.layers):
+            core = rec.model.stream(batch=N)._core
+            y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
+            self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
+            return True
+        core = SequenceCore(rec.cells, D, T, N)
+        y = np.zeros((T, N, D * rec.Hout), _F32)      # the kernels' layout
+        hbuf = np.zeros((D, N, rec.Hout), _F32)
+        cbuf = np.zeros((D, N, rec.H), _F32) if lstm else None
+        self.ops.append(("sequence", core, x, state[0], state[1], y, yh, yc, hbuf, cbuf))
+        Y = self._new(rec.y, (T, D, N, rec.Hout), _F32)
+        order = np.arange(y.size, dtype=np.int64).reshape(T, N, D, rec.Hout)
+        self.ops.append(("move", Y, [y.reshape(-1)],
+                         _runs(_CODE + order.transpose(0, 2, 1, 3).reshape(-1))))
         return True
 
     def _move(self, step, node, ins, outs, label) -> bool:
