@@ -346,14 +346,44 @@ def test_real_model_streams_compiled_like_ort(name, rng):
         assert status and status[0].startswith("compiled"), status
 
 
-@pytest.mark.parametrize("name", ["dtln_model_1.onnx", "dtln_model_2.onnx"])
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("T,state", [(1, True), (6, True), (6, False)])
+def test_recurrent_nodes(op, direction, T, state, rng):
+    """Recurrent nodes inside a program: one step one way on a stream core, anything else
+    as a sequence run; state from buffers or zeros; Y, Y_h (and Y_c) all read."""
+    G = {"LSTM": 4, "GRU": 3, "RNN": 1}[op]
+    D, N, I, H = (2 if direction == "bidirectional" else 1), 3, 5, 7
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    consts = {"W": (0.4 * rng.standard_normal((D, G * H, I))).astype(np.float32),
+              "R": (0.4 * rng.standard_normal((D, G * H, H))).astype(np.float32),
+              "B": (0.1 * rng.standard_normal((D, 2 * G * H))).astype(np.float32)}
+    inputs = {"X": x}
+    names = ["X", "W", "R", "B", ""]
+    if state:
+        inputs["h0"] = rng.standard_normal((D, N, H)).astype(np.float32)
+        names.append("h0")
+        if op == "LSTM":
+            inputs["c0"] = rng.standard_normal((D, N, H)).astype(np.float32)
+            names.append("c0")
+    attrs = {"hidden_size": H, "direction": direction, "_order": names}
+    model = single(op, inputs, attrs, consts=consts, n_out=3 if op == "LSTM" else 2)
+    status = compiled_matches_ort(model, inputs, rng, rtol=1e-5, atol=1e-5)
+    assert "call" not in status, status
+    assert ("recurrent" if T == 1 and direction == "forward" else "sequence") in status
+
+
+@pytest.mark.parametrize("name", ["dtln_model_1.onnx", "dtln_model_2.onnx", "gtcrn.onnx",
+                                  "silero_vad_op18_ifless.onnx"])
 def test_no_python_call_inside_a_compiled_call(name):
     """Between entry and return of the program's C loop, no Python function runs."""
     shapes, pairs, fixed = REAL[name]
     sess = rnnengine.InferenceSession(os.path.join(DATA, name))
     args = {a.name: a for a in sess.get_inputs()}
-    feeds = {n: np.zeros([d if isinstance(d, int) else 1 for d in a.shape], np.float32)
+    feeds = {n: np.full([d if isinstance(d, int) else (1 if n == "state" or j == 0 else 512)
+                         for j, d in enumerate(a.shape)], 0.1, np.float32)
              for n, a in args.items()}
+    feeds.update({n: v for n, v in fixed.items()})
     for _ in range(2):
         sess.run(None, feeds)
     program = next(iter(sess._programs.values()))

@@ -34,9 +34,9 @@ static inline void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *ru
         for (int64_t j = 0; j < q->reps; j++) {
             char *d = dst + (q->dst + j * q->dst_step) * es;
             const char *s = srcs[q->src] + (q->src_off + j * q->src_step) * es;
-            if (st == 1) {
+            if (st == 1 && (es != 4 || len > 16)) {
                 memmove(d, s, (size_t)(len * es));
-            } else if (es == 4) {
+            } else if (es == 4) {     /* short runs (a window's row) or strided: no call */
                 float *df = (float *)(void *)d;
                 const float *sf = (const float *)(const void *)s;
                 for (int64_t i = 0; i < len; i++) df[i] = sf[i * st];

@@ -14,7 +14,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from ._cells cimport rnn_activation_t, rnn_flag_release
-from ._kernels cimport StreamCore, active_kernels
+from ._kernels cimport SequenceCore, StreamCore, active_kernels
 
 cnp.import_array()
 
@@ -58,6 +58,7 @@ cdef enum:
     K_DENSE = 5
     K_CALL = 6
     K_RECURRENT = 7
+    K_SEQUENCE = 8
 
 ctypedef struct xop_t:
     int kind, code, act
@@ -149,6 +150,9 @@ cdef class Runner:
             elif kind == "recurrent":
                 self._recurrent(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6],
                                 spec[7])
+            elif kind == "sequence":
+                self._sequence(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6],
+                               spec[7], spec[8], spec[9])
             elif kind == "call":
                 if not callable(spec[1]):
                     raise TypeError("a call op takes a callable")
@@ -159,7 +163,8 @@ cdef class Runner:
 
     @property
     def kinds(self):
-        names = ("move", "binary", "unary", "reduce", "matmul", "dense", "call", "recurrent")
+        names = ("move", "binary", "unary", "reduce", "matmul", "dense", "call", "recurrent",
+                 "sequence")
         return [names[self._ops[i].kind] for i in range(self._n)]
 
     cdef int _move(self, xop_t *op, cnp.ndarray dst, list srcs, runs) except -1:
@@ -309,6 +314,47 @@ cdef class Runner:
         self._hold += [X, Y]
         return 0
 
+    cdef int _sequence(self, xop_t *op, SequenceCore core, x, h0, c0, y, yh, yc, hbuf,
+                       cbuf) except -1:
+        """A node's whole sequence (one layer, any direction): h0/c0 (None: zeros) copied
+        into the scratch hbuf/cbuf the run updates in place, y [T, N, D*Hout], then the final
+        state copied out to yh/yc (None: not read)."""
+        cdef cnp.ndarray X = f32(x, "sequence: x"), Y = f32(y, "sequence: y")
+        cdef cnp.ndarray HB = f32(hbuf, "sequence: h"), CB
+        cdef int64_t hn = core.layers * core.dirs * core.batch * core.hout
+        cdef int64_t cn = core.layers * core.dirs * core.batch * core.hidden
+        if (X.size != core.steps * core.batch * core.inputs or HB.size != hn
+                or Y.size != core.steps * core.batch * core.dirs * core.hout):
+            raise ValueError("sequence: the buffers do not fit the core")
+        op.kind, op.a, op.y, op.call = K_SEQUENCE, data(X), data(Y), len(self._cores)
+        op.yh, op.h0, op.c0, op.yc, op.b = data(HB), NULL, NULL, NULL, NULL
+        op.M, op.N = hn, cn if core.lstm else 0
+        if core.lstm:
+            CB = f32(cbuf, "sequence: c")
+            if CB.size != cn:
+                raise ValueError("sequence: c does not fit the core")
+            op.params = data(CB)
+            self._hold.append(CB)
+        else:
+            op.params = NULL
+        for value, size, which in ((h0, hn, 0), (c0, cn, 1), (yh, hn, 2), (yc, cn, 3)):
+            if value is None:
+                continue
+            if f32(value, "sequence: state").size != size or (which % 2 and not core.lstm):
+                raise ValueError("sequence: a state buffer does not fit the core")
+            self._hold.append(value)
+            if which == 0:
+                op.h0 = data(value)
+            elif which == 1:
+                op.c0 = data(value)
+            elif which == 2:
+                op.b = data(value)          # where the final h goes
+            else:
+                op.yc = data(value)
+        self._cores.append(core)
+        self._hold += [X, Y, HB]
+        return 0
+
     def run(self):
         """Every operator once, in order."""
         cdef int i = 0, j
@@ -321,12 +367,37 @@ cdef class Runner:
                 self._step(&self._ops[i])
                 i += 1
                 continue
+            if self._ops[i].kind == K_SEQUENCE:
+                self._whole(&self._ops[i])
+                i += 1
+                continue
             j = i
             while j < self._n and self._ops[j].kind < K_CALL:
                 j += 1
             with nogil:
                 run_c(self._ops + i, j - i)
             i = j
+
+    cdef int _whole(self, xop_t *op) except -1:
+        cdef SequenceCore core = <SequenceCore>self._cores[op.call]
+        cdef float *h = <float *>op.yh
+        cdef float *c = <float *>op.params
+        with nogil:
+            if op.h0 != NULL:
+                memcpy(h, op.h0, op.M * sizeof(float))
+            else:
+                memset(h, 0, op.M * sizeof(float))
+            if c != NULL:
+                if op.c0 != NULL:
+                    memcpy(c, op.c0, op.N * sizeof(float))
+                else:
+                    memset(c, 0, op.N * sizeof(float))
+            core._go(<const float *>op.a, h, c, <float *>op.y)
+            if op.b != NULL:
+                memcpy(<void *>op.b, h, op.M * sizeof(float))
+            if op.yc != NULL and c != NULL:
+                memcpy(op.yc, c, op.N * sizeof(float))
+        return 0
 
     cdef int _step(self, xop_t *op) except -1:
         cdef StreamCore core = <StreamCore>self._cores[op.call]

@@ -3,7 +3,7 @@
 # call per node. The attributes are documented in _kernels.pyx.
 cimport numpy as cnp
 
-from ._cells cimport rnn_cell_t, rnn_kernels_t, rnn_pool_t
+from ._cells cimport rnn_cell_t, rnn_kernels_t, rnn_pool_t, rnn_stack_run_t
 
 
 # The variant chosen now (set_isa may change it): the executor's activations run from it.
@@ -26,3 +26,14 @@ cdef class StreamCore:
     cdef int _acquire(self) except -1
     cdef void _step_all(self, const float *x, float *y) noexcept nogil
     cdef cnp.ndarray _check_out(self, out, int nd, cnp.npy_intp *dims)
+
+
+cdef class SequenceCore:
+    cdef const rnn_cell_t **_descs
+    cdef rnn_pool_t *_pool
+    cdef rnn_stack_run_t _run
+    cdef object _cells, _work
+    cdef readonly int steps, batch, inputs, layers, dirs, hout, hidden
+    cdef readonly bint lstm
+
+    cdef int _go(self, const float *x, float *h, float *c, float *y) noexcept nogil

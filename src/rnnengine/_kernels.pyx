@@ -367,6 +367,53 @@ def run_stack(cells, int num_directions, const float[:, :, ::1] x, lengths,
         rnn_pool_destroy(pool)
 
 
+cdef class SequenceCore:
+    """One whole-sequence run of a stack (``run_stack``) with its shapes fixed (T, N) and its
+    workspace allocated once: the executor runs a node's sequence through ``_go`` with the
+    GIL released, the state in and out of buffers it owns. Attributes: _kernels.pxd."""
+
+    def __cinit__(self, *args, **kwargs):
+        self._descs = NULL
+        self._pool = NULL
+
+    def __dealloc__(self):
+        free(self._descs)
+        rnn_pool_destroy(self._pool)
+
+    def __init__(self, cells, int num_directions, int T, int N):
+        cdef list checked = checked_cells(cells, num_directions)
+        cdef CellKernel first = checked[0]
+        cdef size_t seq, layer_out, work_len
+        if T < 1 or N < 1:
+            raise ValueError(f"T and N must be positive; got {T}, {N}")
+        self._cells = checked
+        self.steps, self.batch, self.dirs = T, N, num_directions
+        self.layers = len(checked) // num_directions
+        self.inputs, self.hout, self.hidden = (first.cell.input_size, first.cell.output_size,
+                                               first.cell.hidden_size)
+        self.lstm = first.cell.kind == RNN_KIND_LSTM
+        self._descs = descriptors(checked)
+        work_len = rnn_stack_workspace(self._descs, self.layers, self.dirs, T, N, &seq,
+                                       &layer_out)
+        self._work = np.zeros(max(work_len, <size_t>1), np.float32)
+        self._pool = make_pool(1)
+        self._run.cells = self._descs
+        self._run.L, self._run.D, self._run.T, self._run.N = self.layers, self.dirs, T, N
+        self._run.lengths = NULL
+        self._run.x_len = <size_t>T * N * self.inputs
+        self._run.h_len = <size_t>self.layers * self.dirs * N * self.hout
+        self._run.c_len = <size_t>self.layers * self.dirs * N * self.hidden if self.lstm else 0
+        self._run.y_len = <size_t>T * N * self.dirs * self.hout
+        self._run.work, self._run.work_len = float_ptr(self._work), work_len
+
+    cdef int _go(self, const float *x, float *h, float *c, float *y) noexcept nogil:
+        """x [T, N, I]; h [L*D, N, Hout] and c [L*D, N, H] (LSTM, else NULL): the initial
+        state in, the final out; y [T, N, D*Hout]. The caller's buffers have those sizes."""
+        self._run.x, self._run.h, self._run.y = x, h, y
+        self._run.c = c if self.lstm else NULL
+        return rnn_run_stack(KERNELS, self._pool, &self._run, NULL)
+
+
 # -- streaming: preallocated buffers, one nogil call per step --------------------------------
 
 # A step releases the GIL only when it has enough work to pay for the release (about 0.1 us).

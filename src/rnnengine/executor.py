@@ -43,8 +43,10 @@ class NotPlanned(Exception):
 class Program:
     """Build with ``Program.build``; ``run(feeds)`` -> every graph output (new arrays)."""
 
-    def __init__(self, runner: Runner, feeds: Dict[str, np.ndarray], outputs: list):
+    def __init__(self, runner: Runner, feeds: Dict[str, np.ndarray], outputs: list,
+                 called: List[str]):
         self.runner = runner
+        self.called = called           # labels of the steps called as the general path runs them
         self.lock = threading.Lock()   # one call at a time: the buffers are the program's
         self._feeds = feeds            # name -> the buffer it is copied into
         self._outputs = outputs        # graph output -> the buffer holding it
@@ -84,6 +86,7 @@ class _Builder(Lowering):
         self.buf: Dict[int, np.ndarray] = {}       # slot -> the buffer holding its value
         self.static: set = set()                   # slots whose value is fixed (constants)
         self.ops: list = []
+        self.called: List[str] = []
         self.table = list(v)                       # what "call" steps read and write
         self.table[0] = None
         plan = self.plan
@@ -144,7 +147,7 @@ class _Builder(Lowering):
             outputs.append(self._in(slot, "a graph output"))
         if not any(k != "call" for k in (op[0] for op in self.ops)):
             raise NotPlanned("no step has a C kernel")
-        program = Program(Runner(self.ops), self.feeds, outputs)
+        program = Program(Runner(self.ops), self.feeds, outputs, self.called)
         self._check(program)
         return program
 
@@ -199,6 +202,7 @@ class _Builder(Lowering):
                 and all(i in self.static or i == 1 for i in ins))
 
     def _call(self, step, ins, outs, label) -> None:
+        self.called.append(label)
         for i in ins:
             if i not in self.buf and i != 1 and i != 0:
                 self.table[i] = self.v[i]      # read by the step but not planned: as traced

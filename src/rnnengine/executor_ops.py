@@ -10,6 +10,8 @@ from typing import List, Optional
 
 import numpy as np
 
+from ._checks import is_one_way
+from ._kernels import SequenceCore
 from .graph_steps import RecurrentStep
 from .loaders._fold import attrs
 
@@ -106,16 +108,18 @@ class Lowering:
         if dense is not None and len(ins) == 1 and len(outs) == 1:
             return self._dense(dense, ins[0], outs[0], label)
         chain = getattr(getattr(step, "fn", None), "conv_nodes", None)
-        if chain is not None and len(outs) == 1:
-            return self._conv(chain[0], [plan.slots.get(n, 1) if n else 1
-                                         for n in chain[0].input], outs[0], label,
-                              relu=len(chain) > 1)
+        if chain is not None and len(outs) == 1 and len(ins) == 1:
+            names = list(chain[0].input) + [""] * (3 - len(chain[0].input))
+            return self._conv(chain[0], ins, outs[0], label, relu=len(chain) > 1,
+                              w=plan.const(names[1]), bias=plan.const(names[2]) if names[2] else None)
         node = getattr(step, "node", None)
         if node is None or len(outs) != len(node.output) or any(o == 2 for o in outs):
             return False
         op = node.op_type
-        if op in _VIEWS:
-            return self._view(ins[0], outs[0])
+        if op in _VIEWS or (op in ("Cast", "CastLike") and self.v[outs[0]].__class__ is np.ndarray
+                            and self.buf.get(ins[0]) is not None
+                            and self.v[outs[0]].dtype == self.buf[ins[0]].dtype):
+            return self._view(ins[0], outs[0])      # a cast to the same type is the value
         if op in _MOVES:
             return self._move(step, node, ins, outs, label)
         if op in _BINARY and len(ins) == 2:
@@ -135,29 +139,40 @@ class Lowering:
         return False
 
     def _recurrent(self, rec) -> bool:
-        """One timestep of a one-way node with its state read from and written to buffers
-        (a stream's step of an exported model): the kernels' own step on a core of the
-        program's own."""
+        """A node with its state read from and written to buffers (an exported model's step
+        or sequence): one timestep one way on a stream core of the program's own (the
+        kernels' own step); anything longer, or both ways, as one sequence run."""
         x = self.buf.get(rec.x)
-        if (rec.layout or rec.D != 1 or rec.lens != 1 or x is None or x.dtype != _F32
-                or x.ndim != 3 or x.shape[0] != 1 or x.shape[2] != rec.I):
+        if (rec.layout or rec.lens != 1 or x is None or x.dtype != _F32 or x.ndim != 3
+                or x.shape[2] != rec.I or not x.shape[0]):
             return False
-        N = x.shape[1]
+        T, N, D = x.shape[0], x.shape[1], rec.D
         state = []
         for slot, size in ((rec.h0, rec.Hout), (rec.c0, rec.H)):
             if slot == 1 or (rec.kind != "lstm" and slot is rec.c0):
                 state.append(None)
                 continue
             b = self.buf.get(slot)
-            if b is None or b.dtype != _F32 or b.shape != (1, N, size):
+            if b is None or b.dtype != _F32 or b.shape != (D, N, size):
                 return False
             state.append(b)
-        core = rec.model.stream(batch=N)._core
-        y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
-        yh = None if rec.yh == 2 else self._new(rec.yh, (1, N, rec.Hout), _F32)
-        yc = None if rec.yc == 2 or rec.kind != "lstm" else self._new(rec.yc, (1, N, rec.H),
-                                                                     _F32)
-        self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
+        lstm = rec.kind == "lstm"
+        yh = None if rec.yh == 2 else self._new(rec.yh, (D, N, rec.Hout), _F32)
+        yc = None if rec.yc == 2 or not lstm else self._new(rec.yc, (D, N, rec.H), _F32)
+        if T == 1 and is_one_way(rec.model.layers):
+            core = rec.model.stream(batch=N)._core
+            y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
+            self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
+            return True
+        core = SequenceCore(rec.cells, D, T, N)
+        y = np.zeros((T, N, D * rec.Hout), _F32)      # the kernels' layout
+        hbuf = np.zeros((D, N, rec.Hout), _F32)
+        cbuf = np.zeros((D, N, rec.H), _F32) if lstm else None
+        self.ops.append(("sequence", core, x, state[0], state[1], y, yh, yc, hbuf, cbuf))
+        Y = self._new(rec.y, (T, D, N, rec.Hout), _F32)
+        order = np.arange(y.size, dtype=np.int64).reshape(T, N, D, rec.Hout)
+        self.ops.append(("move", Y, [y.reshape(-1)],
+                         _runs(_CODE + order.transpose(0, 2, 1, 3).reshape(-1))))
         return True
 
     def _move(self, step, node, ins, outs, label) -> bool:
@@ -403,7 +418,7 @@ class Lowering:
         return True
 
     # -- convolution as a gather and a product ---------------------------------------------
-    def _conv(self, node, ins, o: int, label, relu: bool = False) -> bool:
+    def _conv(self, node, ins, o: int, label, relu: bool = False, w=None, bias=None) -> bool:
         """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, explicit pads): the
         input gathered into columns [N, G, Cg*KH*KW, Ho*Wo] (zeros where the window leaves
         the input; for ConvTranspose, where the stride skips), then per group
@@ -412,17 +427,20 @@ class Lowering:
         transpose = node.op_type == "ConvTranspose"
         xs = self._f32(ins[:1], label)
         y = self.v[o]
-        if (xs is None or len(ins) < 2 or ins[1] not in self.static or y.__class__ is not np.ndarray
-                or y.dtype != _F32 or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
-                or "output_shape" in a):
+        if w is None:      # a node's own inputs (a fused chain passes its constants)
+            if len(ins) < 2 or ins[1] not in self.static:
+                return False
+            w = self.v[ins[1]]
+            if len(ins) > 2 and ins[2] != 1:
+                if ins[2] not in self.static:
+                    return False
+                bias = self.v[ins[2]]
+        if (xs is None or y.__class__ is not np.ndarray or y.dtype != _F32
+                or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or "output_shape" in a):
             return False
         x = xs[0]
-        w = np.asarray(self.v[ins[1]])
-        bias = None
-        if len(ins) > 2 and ins[2] != 1:
-            if ins[2] not in self.static:
-                return False
-            bias = np.asarray(self.v[ins[2]])
+        w = np.asarray(w)
+        bias = None if bias is None else np.asarray(bias)
         nsp = x.ndim - 2
         if nsp not in (1, 2) or w.dtype != _F32 or w.ndim != x.ndim or y.ndim != x.ndim:
             return False

@@ -319,7 +319,9 @@ class InferenceSession:
             if entry.__class__ is Program:
                 kinds = entry.kinds
                 out[key] = "compiled: " + ", ".join(
-                    f"{kinds.count(k)} {k}" for k in sorted(set(kinds)))
+                    f"{kinds.count(k)} {k}" for k in sorted(set(kinds))) + (
+                    f"; called as the general path runs them: {', '.join(entry.called)}"
+                    if entry.called else "")
             elif entry is not _SEEN:
                 out[key] = f"general path: {entry}"
         return out
