@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import rnnengine  # noqa: E402
+from rnnengine import _kernels  # noqa: E402
 from rnnengine.cli.bench_session import openvino_stateful_model  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
@@ -205,7 +206,7 @@ def main():
     parser.add_argument("models", nargs="*", default=list(MODELS))
     args = parser.parse_args()
     rounds = 7 if args.quick else 21
-    print(f"CPU: {cpu_model()}; rnnengine ISA {rnnengine.isa() if hasattr(rnnengine, 'isa') else '?'}; "
+    print(f"CPU: {cpu_model()}; rnnengine ISA variant {_kernels.isa()}; "
           f"onnxruntime {ort.__version__}")
     for name in args.models:
         model_row(name, rounds)
