@@ -190,3 +190,17 @@ def ort_session(model):
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+class AuthorLoop:
+    """ONNX Runtime stepped by hand: the state outputs fed back as the next inputs."""
+
+    def __init__(self, model, pairs, zero):
+        self.ort = ort_session(model)
+        self.names = [o.name for o in self.ort.get_outputs()]
+        self.pairs, self.state = pairs, dict(zero)
+
+    def step(self, feeds):
+        outs = dict(zip(self.names, self.ort.run(None, {**feeds, **self.state})))
+        self.state = {i: outs[o] for o, i in self.pairs.items()}
+        return [outs[n] for n in self.names if n not in self.pairs]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import session_models as sm
+from session_models import AuthorLoop
 from conftest import load_fuzz_seeds
 from rnnengine import InferenceSession
 from rnnengine.session_stream import SessionStream
@@ -27,20 +28,6 @@ def models():
     return {"dtln": sm.packed_lstm(features=257, hidden=128, outputs=257),
             "a": sm.embedding_lstm(True), "b_linear": sm.frontend_gru(False),
             "b_conv": sm.frontend_gru(True)}
-
-
-class AuthorLoop:
-    """ONNX Runtime stepped by hand: the state outputs fed back as the next inputs."""
-
-    def __init__(self, model, pairs, zero):
-        self.ort = sm.ort_session(model)
-        self.names = [o.name for o in self.ort.get_outputs()]
-        self.pairs, self.state = pairs, dict(zero)
-
-    def step(self, feeds):
-        outs = dict(zip(self.names, self.ort.run(None, {**feeds, **self.state})))
-        self.state = {i: outs[o] for o, i in self.pairs.items()}
-        return [outs[n] for n in self.names if n not in self.pairs]
 
 
 def same(got, want):

@@ -14,6 +14,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import session_models as sm
+from session_models import AuthorLoop
 from rnnengine import Batcher, InferenceSession
 from rnnengine.state_blob import pack_arrays, session_fingerprint
 
@@ -46,20 +47,6 @@ def lstm_pairs(I=8, H=8, batch="N", seed=0) -> bytes:
         [("x", f, [1, batch, I]), ("h0", f, [1, batch, H]), ("c0", f, [1, batch, H])],
         [("Y", f, [1, 1, batch, H]), ("hn", f, [1, batch, H]), ("cn", f, [1, batch, H])],
         {"W": u(1, 4 * H, I), "R": u(1, 4 * H, H), "B": u(1, 8 * H)})
-
-
-class AuthorLoop:
-    """ONNX Runtime stepped by hand: the state outputs fed back as the next inputs."""
-
-    def __init__(self, model, pairs, zero):
-        self.ort = sm.ort_session(model)
-        self.names = [o.name for o in self.ort.get_outputs()]
-        self.pairs, self.state = pairs, dict(zero)
-
-    def step(self, feeds):
-        outs = dict(zip(self.names, self.ort.run(None, {**feeds, **self.state})))
-        self.state = {i: outs[o] for o, i in self.pairs.items()}
-        return [outs[n] for n in self.names if n not in self.pairs]
 
 
 def same(got, want):
