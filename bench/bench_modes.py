@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "src"))
 
-from rnnengine import Layer, Model, _kernels, layers  # noqa: E402
+from rnnengine import Layer, Model, _kernels, precision_route  # noqa: E402
 
 MODES = ("fp32", "fp16", "bf16", "int8")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -66,20 +66,21 @@ def layer_for(kind, H, seed=0):
 
 
 def models(layer, raw):
-    """{label: Model}: each precision through the policy, and with ``raw`` each weight type
-    forced (the policy's reroutes off)."""
+    """{label: Model}: each precision through the policy (labelled with what runs), and with
+    ``raw`` each mode's own weight type (precision_route's reroute off)."""
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for mode in MODES:
-            out[mode] = Model([layer], precision=mode)
+            m = Model([layer], precision=mode)
+            out[mode if m.precision == mode else f"{mode}->{m.precision}"] = m
     if raw:
-        for mode in MODES[1:]:
-            fresh = Layer.from_onnx(layer.kind, layer.W, layer.R,
-                                    np.concatenate([layer.Wb, layer.Rb], axis=1),
-                                    linear_before_reset=layer.linear_before_reset)
-            fresh.stored_types[mode] = mode   # the type itself, as a file that stored it
-            out[f"{mode} (raw)"] = Model([fresh], precision=mode)
+        precision_route.REROUTE = False
+        try:
+            for mode in MODES[1:]:
+                out[f"{mode} (raw)"] = Model([layer], precision=mode)
+        finally:
+            precision_route.REROUTE = True
     return out
 
 
