@@ -132,3 +132,29 @@ def test_sequences_longer_than_one_projection_chunk(isa, kind, extra):
                               linear_before_reset=lbr)[0]
     np.testing.assert_allclose(y, ref.transpose(0, 2, 1, 3).reshape(T, N, 2 * H),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_fp16_weights_wider_than_one_slice_agree_bit_for_bit(isa, kind):
+    """fp16 weights with K > 128 inputs: a call with more rows than one register block
+    converts the panel in K slices into fp32 (gemm_entries.h: rnn_gemm_f16), a call with
+    fewer converts it in registers in one pass. Both must add the same products in the same
+    order, so each row alone, the whole batch and streamed steps give the same bits; and the
+    outputs stay within fp16's budget of the float64 reference on the rounded weights."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    rng = np.random.default_rng(12)
+    H, I, T, N = 20, 600, 4, 16
+    W = rng.uniform(-0.05, 0.05, (1, G * H, I))
+    R = rng.uniform(-0.3, 0.3, (1, G * H, H))
+    B = rng.uniform(-0.3, 0.3, (1, 2 * G * H))
+    lbr = int(kind == "gru")
+    model = Model([Layer.from_onnx(kind, W, R, B, linear_before_reset=lbr)], precision="fp16")
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    y, _ = model.run(x)
+    for n in range(N):
+        np.testing.assert_array_equal(model.run(x[:, n:n + 1])[0], y[:, n:n + 1])
+    stream = model.stream(N)
+    np.testing.assert_array_equal(np.stack([stream.step(x[t]) for t in range(T)]), y)
+    half = [a.astype(np.float16).astype(np.float64) for a in (W, R)]
+    ref = _reference.onnx_rnn(kind, x, *half, B, linear_before_reset=lbr)[0][:, 0]
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)

@@ -42,8 +42,10 @@ def _run_python(code, isa_env):
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("name", _kernels.ISA_NAMES)
 def test_env_var_forces_each_supported_isa(name):
+    if name not in ISAS:
+        pytest.skip(f"this CPU lacks {name}")
     out = _run_python("import rnnengine._kernels as k; print(k.isa())", name.upper())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == name

@@ -171,6 +171,16 @@ static inline void RNN_FNW(rnn_panel)(int nb, int G, int K, const RNN_WT_T *rest
 }
 
 #ifndef RNN_PANEL_PLAIN
+/* rnn_panel_body's split of Kg k groups of a G-gate panel: returns the number of parts and
+ * sets [*kg0, *kg1), part u's groups (empty for a part past the end). Whoever sums a panel in
+ * pieces (rnn_panel_sliced, gemm_entries.h's fp16 entry) follows it to keep the same bits. */
+static inline int RNN_FNW(rnn_panel_part)(int G, int Kg, int u, int *kg0, int *kg1) {
+    const int U = RNN_UNROLL(G), Kp = (Kg + U - 1) / U;
+    *kg0 = u * Kp;
+    *kg1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
+    return U;
+}
+
 /* Rows n < NB of to = (from, or zero when NULL) + the sum over k groups [kg0, kg1): one
  * stretch of one part of rnn_panel_body's sums (the same operations in the same order).
  * Each group also prefetches pf_per lines at pf (while pf_left lasts). */
@@ -238,14 +248,15 @@ static void RNN_FNW(rnn_panel_sliced)(int ng, int G, int K, const RNN_WT_T *rest
                                       const RNN_IN_T *restrict in, size_t ldin,
                                       RNN_ACC_E *restrict acc, size_t ldacc) {
     _Alignas(64) RNN_ACC_E tmp[RNN_SLICED_ROWS_MAX * 4 * RNN_BW];
-    const int U = RNN_UNROLL(G), nbmax = RNN_NB_MAX(G), units = G * RNN_BW;
-    const int Kg = (K + RNN_KS - 1) / RNN_KS, Kp = (Kg + U - 1) / U;
+    const int nbmax = RNN_NB_MAX(G), units = G * RNN_BW;
+    const int Kg = (K + RNN_KS - 1) / RNN_KS;
     const size_t group_bytes = RNN_GK(G) * sizeof(RNN_WT_T);
     const int slice = (int)(RNN_SLICE_BYTES / group_bytes) > 0 ? (int)(RNN_SLICE_BYTES / group_bytes) : 1;
     const int chunks = (ng + nbmax - 1) / nbmax;
     RNN_ASSERT(ng <= RNN_SLICED_ROWS_MAX && G <= 4 && chunks > 1);
-    for (int u = 0; u < U; u++) {
-        const int k0 = u * Kp, k1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
+    for (int u = 0, U = 1; u < U; u++) {
+        int k0, k1;
+        U = RNN_FNW(rnn_panel_part)(G, Kg, u, &k0, &k1);
         RNN_ACC_E *dst = u ? tmp : acc;
         const size_t ldd = u ? (size_t)units : ldacc;
         if (k0 >= k1 && u) memset(tmp, 0, (size_t)ng * units * sizeof(RNN_ACC_E));

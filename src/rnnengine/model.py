@@ -18,6 +18,7 @@ from ._checks import (State, check_state, check_threads, check_work_size, float_
                       state_shapes, time_major)
 from .layers import Layer, check_precision, check_stack, pack_layer
 from .pool import Pool
+from .precision_route import route
 from .stream import Stream
 
 class Model:
@@ -32,16 +33,19 @@ class Model:
     "fp16", "bf16" or "int8" (per output row, with inputs quantized per step). Layers whose
     weight rows are too large for the mode's error budget get a second, residual int8 part
     (layers.int8_residual) or, in bf16, fp16 weights (layers.bf16_as_fp16); state and gate
-    math stay float32 in every mode."""
+    math stay float32 in every mode. On a CPU without AVX512-BF16 or AVX512-VNNI, bf16 and
+    int8 run fp16 weights, which are faster there (``precision`` reports it; int8 warns), and
+    on the portable variant every reduced mode warns that it is slower than fp32."""
 
     def __init__(self, layers: Sequence[Layer], batch_first: bool = False, threads: int = 1,
                  precision: str = "fp32"):
         layers = tuple(layers)
         check_stack(layers)
-        self._precision = check_precision(precision)
+        # what runs: on a CPU without the mode's instruction, possibly another precision
+        self._precision = route(check_precision(precision), layers)
         self._layers = layers
         self._cells = [kernel for k, layer in enumerate(layers)
-                       for kernel in pack_layer(layer, precision, f"layer {k}")]
+                       for kernel in pack_layer(layer, self._precision, f"layer {k}")]
         self.batch_first = bool(batch_first)
         self._threads = check_threads(threads)
         log.debug("model: %d %s layer(s), input %d, hidden %s, %s, %d thread(s)", len(layers),
@@ -50,7 +54,8 @@ class Model:
 
     @property
     def precision(self) -> str:
-        """The weights' precision: "fp32", "fp16", "bf16" or "int8"."""
+        """The weights' precision, the one that runs: "fp32", "fp16", "bf16" or "int8" (bf16
+        and int8 run as fp16 on a CPU without their instructions: precision_route)."""
         return self._precision
 
     @property

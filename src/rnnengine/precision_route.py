@@ -1,0 +1,71 @@
+"""What a requested weight precision runs as on the active ISA variant, so that asking for a
+reduced precision never makes a model silently slower than fp32.
+
+The reduced products are fast where the CPU has their instruction: AVX512-BF16 (vdpbf16ps,
+AMX) for bf16 and AVX512-VNNI (vpdpbusd) for int8. Elsewhere they run in fp32 arithmetic on
+converted weights (gemm_entries.h), and int8 quantizes its inputs into two parts and runs
+the product twice. Measured with bench/bench_modes.py on an AMD EPYC (Zen 5) forced to the
+avx2 variant, fp32 time over the mode's (LSTM and GRU: a stream step at H=1024 batch 1, T=100
+sequences at H=256 batch 1 and 16):
+    int8  0.59-0.81 (steps), 0.25-0.29 (sequences): slower than fp32 everywhere;
+    bf16  1.9-2.6 (steps), 0.96-1.09 (sequences);
+    fp16  2.2-2.8 (steps), 0.92-1.21 (sequences), and 8 times finer steps than bf16.
+So without the instruction, bf16 and int8 run fp16 weights (the same or half the weight
+bytes of fp32, within both modes' error budgets). The portable variant (no SIMD) converts
+every weight in scalar C: every reduced mode is slower than fp32 there (0.09-0.51), and the
+model keeps the mode with a RuntimeWarning saying so.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import _kernels
+from ._log import log
+from .layers import FP16_MAX
+
+# The products that make a mode pay off (_kernels.gemm_isa names), per mode.
+FAST_PRODUCTS = {"bf16": ("avx512bf16", "amx"), "int8": ("avx512vnni",)}
+# Off in tests that measure each weight type's own product on every variant.
+REROUTE = True
+
+
+def _fits_fp16(layers) -> bool:
+    return all(float(np.abs(a).max()) <= FP16_MAX
+               for layer in layers for a in (layer.W, layer.R, layer.proj) if a is not None)
+
+
+def route(precision: str, layers) -> str:
+    """The precision ``layers`` run in when ``precision`` is asked for on the active variant:
+    ``precision`` itself, or "fp16" where that is faster and as accurate (module docstring).
+    Warns (RuntimeWarning) when the model will run slower than it would in fp32."""
+    variant = _kernels.isa()
+    if precision == "fp32" or not REROUTE:
+        return precision
+    if variant == "serial":
+        warnings.warn(
+            f"precision={precision!r} on the serial variant (no SIMD: every weight converted "
+            "in scalar code) runs 2-11 times slower than precision='fp32'", RuntimeWarning,
+            stacklevel=3)
+        return precision
+    if precision not in FAST_PRODUCTS or _kernels.gemm_isa(precision) in FAST_PRODUCTS[precision]:
+        return precision
+    instruction = (f"a {precision} dot product" if variant == "neon"
+                   else {"bf16": "AVX512-BF16", "int8": "AVX512-VNNI"}[precision])
+    if _fits_fp16(layers):
+        if precision == "int8":
+            warnings.warn(
+                f"precision='int8' on the {variant} variant (no {instruction}) would run 1.2-4 "
+                "times slower than fp32; running fp16 weights instead (2 bytes a weight, more "
+                "accurate): model.precision is 'fp16'", RuntimeWarning, stacklevel=3)
+        else:
+            log.info("precision='bf16' on the %s variant (no %s) runs fp16 weights: the same "
+                     "bytes, as fast or faster, more accurate", variant, instruction)
+        return "fp16"
+    if precision == "int8":
+        warnings.warn(
+            f"precision='int8' on the {variant} variant (no {instruction}) runs 1.2-4 times "
+            "slower than fp32, and fp16 weights, the faster route, cannot hold a weight beyond "
+            "65504", RuntimeWarning, stacklevel=3)
+    return precision
