@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Checks the package's layout rules (STYLE.md, issue 12):
+"""Checks the package's layout rules:
 
   * no import cycle among the package's modules (module-level imports, as Python runs them:
     importing ``pkg.sub.mod`` also runs ``pkg.sub``'s ``__init__``);
   * no import of the package's own modules inside a function or class body (lazy imports are
-    for optional third-party packages only);
-  * no module over 600 lines.
+    for optional third-party packages only).
+
+Files are split by job, not by length: there is no line limit.
 
 Reads src/rnnengine/**/*.py and *.pyx (the .pyx by a line scan of its ``import``/``from``
 statements; ``cimport`` is compile-time and not counted). Imports under ``if TYPE_CHECKING:``
@@ -18,7 +19,6 @@ import os
 import re
 import sys
 
-MAX_LINES = 600
 PACKAGE = "rnnengine"
 
 
@@ -105,9 +105,6 @@ def scan(root: str):
             path = os.path.join(folder, file)
             with open(path, encoding="utf-8") as f:
                 text = f.read()
-            lines = text.count("\n")
-            if lines > MAX_LINES:
-                problems.append(f"{path}: {lines} lines (at most {MAX_LINES})")
             name = module_name(root, path)
             if file.endswith(".pyx"):
                 imports = pyx_imports(name, text)
@@ -191,8 +188,7 @@ def main(argv) -> int:
     for problem in problems:
         print(problem)
     if not problems:
-        print(f"layout ok: no import cycles, no in-function imports of own modules, "
-              f"no module over {MAX_LINES} lines ({root})")
+        print(f"layout ok: no import cycles, no in-function imports of own modules ({root})")
     return 1 if problems else 0
 
 
