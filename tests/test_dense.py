@@ -183,3 +183,19 @@ def test_vectorised_exp_over_the_whole_float_range(act):
         assert y.min() >= np.finfo(np.float32).tiny
         special = head(np.array([[np.nan, 0], [np.inf, 0], [-np.inf, 0]], np.float32))[:, 0]
         assert np.isnan(special[0]) and special[1] == 1 and 0 < special[2] < 1e-37
+
+
+@pytest.mark.parametrize("M,K,N", [(13, 37, 70), (6, 5, 32), (48, 256, 258), (7, 3, 33),
+                                   (4, 9, 16), (5, 130, 17)])
+@pytest.mark.parametrize("act", [None, "Relu", "Tanh"])
+def test_row_tiles_against_float64(M, K, N, act):
+    """Rows taken six (AVX-512), four or one at a time, columns in tiles of 32 or 16 and the
+    rest: every path against the float64 product."""
+    rng = np.random.default_rng(M * 1000 + N)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    want = x.astype(np.float64) @ w.astype(np.float64) + b
+    want = {None: want, "Relu": np.maximum(want, 0), "Tanh": np.tanh(want)}[act]
+    got = DenseHead(w, b, act)(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
