@@ -200,6 +200,57 @@ def pool_row(rounds, streams=16):
         print(f"| {name} | {t * 1e6:.1f} us |")
 
 
+def crnn_bytes(features=32, channels=16, hidden=64, classes=30) -> bytes:
+    """A CRNN as a PyTorch user exports it: Conv2d -> ReLU -> Conv2d (stride 2 in frequency)
+    -> ReLU -> bidirectional GRU over time -> Linear -> LogSoftmax (a CTC head)."""
+    import io
+    import warnings
+
+    import torch
+
+    class CRNN(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = torch.nn.Conv2d(1, channels, 3, padding=1)
+            self.c2 = torch.nn.Conv2d(channels, channels, 3, stride=(2, 1), padding=1)
+            self.gru = torch.nn.GRU(channels * features // 2, hidden, bidirectional=True)
+            self.out = torch.nn.Linear(2 * hidden, classes)
+
+        def forward(self, x):                       # x [N, 1, F, T]
+            z = torch.relu(self.c2(torch.relu(self.c1(x))))
+            n, c, f, t = z.shape
+            z = z.permute(3, 0, 1, 2).reshape(t, n, c * f)
+            y, _ = self.gru(z)
+            return torch.log_softmax(self.out(y), -1)
+
+    torch.manual_seed(0)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(CRNN().eval(), torch.zeros(1, 1, features, 100), f,
+                          input_names=["x"], output_names=["logp"], dynamo=False,
+                          opset_version=17, dynamic_axes={"x": {3: "T"}, "logp": {0: "T"}})
+    return f.getvalue()
+
+
+def crnn_row(rounds, T=100):
+    data = crnn_bytes()
+    x = (0.5 * np.random.default_rng(2).standard_normal((1, 1, 32, T))).astype(np.float32)
+    sess = rnnengine.InferenceSession(data)
+    o = ort_session(data)
+    fns = {"rnnengine run": lambda: sess.run(None, {"x": x}),
+           "ORT run": lambda: o.run(None, {"x": x})}
+    diffs = diffs_against_ort(fns)
+    times = median_times(fns, rounds)
+    ratio = times["ORT run"] / times["rnnengine run"]
+    print(f"\n### CRNN (Conv2d x2 -> BiGRU -> Linear -> LogSoftmax), run on T={T}: {ratio:.2f}x "
+          f"ORT (target 1.2x: {'met' if ratio >= 1.2 else 'MISSED'})\n")
+    for name, t in times.items():
+        print(f"| {name} | {t * 1e6:.1f} us | max abs diff vs ORT {diffs[name]:.1e} |")
+    status = list(sess.program_status().values())
+    print(f"({status[0][:160] if status else 'general path'})")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -212,6 +263,7 @@ def main():
         model_row(name, rounds)
     dtln_row(rounds)
     pool_row(rounds)
+    crnn_row(rounds)
 
 
 if __name__ == "__main__":

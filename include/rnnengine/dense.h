@@ -168,13 +168,15 @@ static void rnn_dense_rows4(const float *restrict x, size_t K, const float *rest
         RNN_DENSE_V8_STORE(y2 + n, a2); RNN_DENSE_V8_STORE(y2 + n + 8, b2);
         RNN_DENSE_V8_STORE(y3 + n, a3); RNN_DENSE_V8_STORE(y3 + n + 8, b3);
     }
-    for (; n < N; n++)
+    if (n < N)      /* the last columns: along each weight row (contiguous), not down it */
         for (size_t k = 0; k < K; k++) {
-            const float wk = w[k * N + n];
-            y0[n] += x0[k] * wk;
-            y1[n] += x1[k] * wk;
-            y2[n] += x2[k] * wk;
-            y3[n] += x3[k] * wk;
+            const float *wk = w + k * N;
+            for (size_t j = n; j < N; j++) {
+                y0[j] += x0[k] * wk[j];
+                y1[j] += x1[k] * wk[j];
+                y2[j] += x2[k] * wk[j];
+                y3[j] += x3[k] * wk[j];
+            }
         }
 }
 #endif
@@ -240,11 +242,9 @@ static void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t
                 for (size_t n = 0; n < N; n++) ym[r * N + n] = b != NULL ? b[n] : 0.0f;
             rnn_dense_rows6_avx512(x + m * K, K, w, N, ym, wide);
             for (size_t r = 0; r < 6; r++) {      /* the columns past the tiles, a row each */
-                for (size_t n = wide; n < N; n++) {
-                    float acc = ym[r * N + n];
-                    for (size_t k = 0; k < K; k++) acc += x[(m + r) * K + k] * w[k * N + n];
-                    ym[r * N + n] = acc;
-                }
+                const float *xr = x + (m + r) * K;
+                for (size_t k = 0; k < K; k++)
+                    for (size_t n = wide; n < N; n++) ym[r * N + n] += xr[k] * w[k * N + n];
                 rnn_dense_activate(ym + r * N, N, act);
             }
         }

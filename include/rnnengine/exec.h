@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "rnnengine/dense.h"
+
 #define RNN_EXEC_MAXD 8
 
 /* Data movement (Transpose, Slice, Concat, Split, Pad, Expand, Gather/ScatterND with
@@ -210,23 +212,13 @@ static inline void rnn_exec_reduce(int op, const float *x, float *y, const int64
     }
 }
 
-/* y[M, N] = a[M, K] @ b[K, N] for each of n_mat (a, b, y) offset triples: the batched
- * MatMul whose second operand is computed (constant ones go to dense.h). Sums in k order. */
+/* y[M, N] = a[M, K] @ b[K, N] for each of n_mat (a, b, y) offset triples: a batched MatMul
+ * or a convolution's columns, through dense.h's product (its SIMD clones and row tiles). */
 static inline void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
                                    int64_t n_mat, int64_t M, int64_t K, int64_t N) {
-    for (int64_t m = 0; m < n_mat; m++) {
-        const float *A = a + offs[3 * m], *B = b + offs[3 * m + 1];
-        float *Y = y + offs[3 * m + 2];
-        for (int64_t i = 0; i < M; i++) {
-            float *row = Y + i * N;
-            for (int64_t j = 0; j < N; j++) row[j] = 0.0f;
-            for (int64_t k = 0; k < K; k++) {
-                const float s = A[i * K + k];
-                const float *brow = B + k * N;
-                for (int64_t j = 0; j < N; j++) row[j] += s * brow[j];
-            }
-        }
-    }
+    for (int64_t m = 0; m < n_mat; m++)
+        rnn_dense(a + offs[3 * m], (size_t)M, (size_t)K, b + offs[3 * m + 1], (size_t)N, NULL,
+                  y + offs[3 * m + 2], RNN_DENSE_NONE);
 }
 
 #endif
