@@ -122,7 +122,11 @@ def contenders(path, shapes, pairs, fixed):
 
 
 def median_times(fns: dict, rounds: int) -> dict:
-    """Median over interleaved rounds of thread CPU seconds per call."""
+    """Median over interleaved rounds of thread CPU seconds per call, after a few calls each
+    (every engine's first calls prepare it: rnnengine plans a signature on its second)."""
+    for fn in fns.values():
+        for _ in range(5):
+            fn()
     counts = {name: calibrate(fn, 0.02) for name, fn in fns.items()}
     times = {name: [] for name in fns}
     for _ in range(rounds):
