@@ -66,3 +66,56 @@ def test_ctrl_c_interrupts_a_long_run_promptly(mode):
     # Well before the run would have finished (LONG seconds); generous for a loaded machine.
     assert waited < 5.0, f"exited {waited:.1f} s after SIGINT: {out}"
     assert words[2:] == ["state", "kept", "True"], out
+
+
+PROGRAM_CHILD = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+    import rnnengine
+    rng = np.random.default_rng(0)
+    H, I = 512, 4
+    W = numpy_helper.from_array((0.01 * rng.standard_normal((1, 4 * H, I))).astype(np.float32), "W")
+    R = numpy_helper.from_array((0.01 * rng.standard_normal((1, 4 * H, H))).astype(np.float32), "R")
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=H)], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 1, I])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [W, R])
+    sess = rnnengine.InferenceSession(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    start = time.perf_counter()
+    sess.run(None, {"x": np.ones((20, 1, I), np.float32)})
+    T = max(100, int(float(sys.argv[1]) / ((time.perf_counter() - start) / 20)))
+    x = np.ones((T, 1, I), np.float32)
+    for _ in range(2):               # the second call plans the program
+        sess.run(None, {"x": x})
+    assert "sequence" in list(sess.program_status().values())[-1]
+    print("ready", T, flush=True)
+    start = time.perf_counter()
+    try:
+        sess.run(None, {"x": x})
+    except KeyboardInterrupt:
+        print("interrupted", round(time.perf_counter() - start, 3), flush=True)
+        sys.exit(0)
+    print("finished", round(time.perf_counter() - start, 3), flush=True)
+""")
+
+
+def test_ctrl_c_interrupts_a_compiled_sequence_promptly():
+    """The executor's sequence runs check for Ctrl-C between timesteps, as Model.run does."""
+    long = 3.0
+    child = subprocess.Popen([sys.executable, "-c", PROGRAM_CHILD, str(long)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = child.stdout.readline().split()
+        assert ready and ready[0] == "ready", child.stderr.read()
+        time.sleep(0.5)
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=long * 6)
+        waited = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert out.startswith("interrupted"), (out, err)
+    assert waited < long / 2, waited

@@ -9,6 +9,7 @@ never read after ``run`` returns control to another thread.
 """
 import numpy as np
 cimport numpy as cnp
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
@@ -376,23 +377,24 @@ cdef class Runner:
                 j += 1
             with nogil:
                 run_c(self._ops + i, j - i)
+            PyErr_CheckSignals()      # Ctrl-C between operators (a sequence checks inside)
             i = j
 
     cdef int _whole(self, xop_t *op) except -1:
         cdef SequenceCore core = <SequenceCore>self._cores[op.call]
         cdef float *h = <float *>op.yh
         cdef float *c = <float *>op.params
-        with nogil:
-            if op.h0 != NULL:
-                memcpy(h, op.h0, op.M * sizeof(float))
+        if op.h0 != NULL:
+            memcpy(h, op.h0, op.M * sizeof(float))
+        else:
+            memset(h, 0, op.M * sizeof(float))
+        if c != NULL:
+            if op.c0 != NULL:
+                memcpy(c, op.c0, op.N * sizeof(float))
             else:
-                memset(h, 0, op.M * sizeof(float))
-            if c != NULL:
-                if op.c0 != NULL:
-                    memcpy(c, op.c0, op.N * sizeof(float))
-                else:
-                    memset(c, 0, op.N * sizeof(float))
-            core._go(<const float *>op.a, h, c, <float *>op.y)
+                memset(c, 0, op.N * sizeof(float))
+        core._go(<const float *>op.a, h, c, <float *>op.y)    # releases the GIL; Ctrl-C
+        with nogil:
             if op.b != NULL:
                 memcpy(<void *>op.b, h, op.M * sizeof(float))
             if op.yc != NULL and c != NULL:

@@ -36,4 +36,4 @@ cdef class SequenceCore:
     cdef readonly int steps, batch, inputs, layers, dirs, hout, hidden
     cdef readonly bint lstm
 
-    cdef int _go(self, const float *x, float *h, float *c, float *y) noexcept nogil
+    cdef int _go(self, const float *x, float *h, float *c, float *y) except -1

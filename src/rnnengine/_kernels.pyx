@@ -406,12 +406,22 @@ cdef class SequenceCore:
         self._run.y_len = <size_t>T * N * self.dirs * self.hout
         self._run.work, self._run.work_len = float_ptr(self._work), work_len
 
-    cdef int _go(self, const float *x, float *h, float *c, float *y) noexcept nogil:
+    cdef int _go(self, const float *x, float *h, float *c, float *y) except -1:
         """x [T, N, I]; h [L*D, N, Hout] and c [L*D, N, H] (LSTM, else NULL): the initial
-        state in, the final out; y [T, N, D*Hout]. The caller's buffers have those sizes."""
+        state in, the final out; y [T, N, D*Hout]. The caller's buffers have those sizes.
+        Called with the GIL, released for the run; Ctrl-C stops it between timesteps
+        (KeyboardInterrupt; h and c then hold a mix: the caller's scratch)."""
+        cdef rnn_cancel_t cancel
+        cdef signal_watch_t watch
+        cdef const rnn_cancel_t *can = watch_signals(&cancel, &watch)
+        cdef int stopped
         self._run.x, self._run.h, self._run.y = x, h, y
         self._run.c = c if self.lstm else NULL
-        return rnn_run_stack(KERNELS, self._pool, &self._run, NULL)
+        with nogil:
+            stopped = rnn_run_stack(KERNELS, self._pool, &self._run, can)
+        if stopped:
+            raise_pending()
+        return 0
 
 
 # -- streaming: preallocated buffers, one nogil call per step --------------------------------
