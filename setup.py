@@ -70,7 +70,9 @@ extensions = [
         depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
         extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
         extra_link_args=link_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        # the kernels' types only: their code is compiled once, in _kernels (kernels.h)
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("RNN_KERNELS_TYPES_ONLY", "1")]
         + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
     Extension(  # the executor's runner: exec.h operators over preallocated buffers
@@ -80,7 +82,9 @@ extensions = [
         depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
         extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
         extra_link_args=link_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("RNN_KERNELS_TYPES_ONLY", "1")]
+        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
     Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args,
               extra_link_args=link_args),

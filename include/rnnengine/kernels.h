@@ -95,6 +95,11 @@ struct rnn_kernels {
 #define RNN_CAT(name, isa) RNN_CAT_(name, isa)
 #define RNN_FN(name) RNN_CAT(name, RNN_ISA)
 
+/* RNN_KERNELS_TYPES_ONLY: the types and the ABI above, without the variants' code, for the
+ * extensions that only step cores _kernels built (_plan, _exec): the kernels are compiled
+ * once, in _kernels. */
+#ifndef RNN_KERNELS_TYPES_ONLY
+
 /* The panel products of every weight type for the current vec_<isa>.h, then its GEMM entries,
  * gate math and table. */
 #define RNN_VARIANT_BODY "rnnengine/variant.h"
@@ -216,5 +221,7 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return NULL;
     }
 }
+
+#endif /* RNN_KERNELS_TYPES_ONLY */
 
 #endif
