@@ -29,6 +29,22 @@ if DEBUG:
 compile_args += os.environ.get("RNNENGINE_SANITIZE_CFLAGS", "").split()
 link_args = os.environ.get("RNNENGINE_SANITIZE_LDFLAGS", "").split()
 
+def core_user(name):
+    """An extension that steps cores _kernels built: the kernels' types only, their code is
+    compiled once, in _kernels (kernels.h: RNN_KERNELS_TYPES_ONLY)."""
+    return Extension(
+        f"rnnengine.{name}",
+        [f"src/rnnengine/{name}.pyx"],
+        include_dirs=["include", numpy.get_include()],
+        depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
+        extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
+        extra_link_args=link_args,
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("RNN_KERNELS_TYPES_ONLY", "1")]
+        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
+    )
+
+
 extensions = [
     Extension(
         "rnnengine._kernels",
@@ -63,29 +79,9 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
-    Extension(  # the compiled session-stream step: steps _kernels' StreamCores, dense.h heads
-        "rnnengine._plan",
-        ["src/rnnengine/_plan.pyx"],
-        include_dirs=["include", numpy.get_include()],
-        depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
-        extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
-        extra_link_args=link_args,
-        # the kernels' types only: their code is compiled once, in _kernels (kernels.h)
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                       ("RNN_KERNELS_TYPES_ONLY", "1")]
-        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
-    ),
-    Extension(  # the executor's runner: exec.h operators over preallocated buffers
-        "rnnengine._exec",
-        ["src/rnnengine/_exec.pyx"],
-        include_dirs=["include", numpy.get_include()],
-        depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
-        extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
-        extra_link_args=link_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
-                       ("RNN_KERNELS_TYPES_ONLY", "1")]
-        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
-    ),
+    # the compiled session-stream step (steps _kernels' StreamCores, dense.h heads) and the
+    # executor's runner (exec.h operators over preallocated buffers)
+    *(core_user(name) for name in ("_plan", "_exec")),
     Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args,
               extra_link_args=link_args),
 ]

@@ -44,23 +44,30 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["run", "stream"])
-def test_ctrl_c_interrupts_a_long_run_promptly(mode):
-    child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(LONG)],
+def interrupted(code, args, after, timeout):
+    """Run ``code`` in a child until it prints "ready", send SIGINT ``after`` seconds later:
+    (its output, its stderr, its exit code, seconds from the signal to its exit)."""
+    child = subprocess.Popen([sys.executable, "-c", code, *args],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready = child.stdout.readline().split()
         assert ready and ready[0] == "ready", child.stderr.read()
-        time.sleep(1.0)   # well inside the sequence
+        time.sleep(after)
         sent = time.monotonic()
         child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=LONG * 4)
+        out, err = child.communicate(timeout=timeout)
         waited = time.monotonic() - sent
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    assert child.returncode == 0, err[-3000:]
+    return out, err, child.returncode, waited
+
+
+@pytest.mark.parametrize("mode", ["run", "stream"])
+def test_ctrl_c_interrupts_a_long_run_promptly(mode):
+    out, err, code, waited = interrupted(CHILD, [mode, str(LONG)], 1.0, LONG * 4)
+    assert code == 0, err[-3000:]
     words = out.split()
     assert words[0] == "interrupted", out
     # Well before the run would have finished (LONG seconds); generous for a loaded machine.
@@ -104,18 +111,6 @@ PROGRAM_CHILD = textwrap.dedent("""
 def test_ctrl_c_interrupts_a_compiled_sequence_promptly():
     """The executor's sequence runs check for Ctrl-C between timesteps, as Model.run does."""
     long = 3.0
-    child = subprocess.Popen([sys.executable, "-c", PROGRAM_CHILD, str(long)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready = child.stdout.readline().split()
-        assert ready and ready[0] == "ready", child.stderr.read()
-        time.sleep(0.5)
-        sent = time.monotonic()
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=long * 6)
-        waited = time.monotonic() - sent
-    finally:
-        if child.poll() is None:
-            child.kill()
-    assert out.startswith("interrupted"), (out, err)
+    out, err, code, waited = interrupted(PROGRAM_CHILD, [str(long)], 0.5, long * 6)
+    assert code == 0 and out.startswith("interrupted"), (out, err[-3000:])
     assert waited < long / 2, waited
