@@ -13,11 +13,16 @@ constant, every value has a fixed shape, and each operator can be planned once:
   constant indices, Where with a constant condition, ...) becomes an index map: the very
   operator the general path runs is applied once to arrays of element codes, and the map it
   returns, compressed into strided runs, is what the C kernel copies every call;
-* element-wise arithmetic (broadcast strides fixed), activations, reductions, MatMul/Gemm
-  run as C kernels (``include/rnnengine/exec.h``, ``dense.h``);
+* element-wise arithmetic (broadcast strides fixed), activations (the recurrent kernels'
+  own, through the active ISA's table), reductions, MatMul/Gemm, Conv/ConvTranspose (a
+  window gather and a product) and BatchNormalization run as C kernels
+  (``include/rnnengine/exec.h``, ``dense.h``; ``executor_ops.Lowering`` plans them);
+* LSTM/GRU/RNN nodes run on the recurrent kernels: one timestep one way on a stream core
+  (``_kernels.StreamCore``), anything longer as one sequence run (``_kernels.SequenceCore``),
+  their state copied in and out of buffers;
 * an ``If`` whose condition is a constant runs its chosen branch inline;
-* every other step (recurrent nodes, convolutions, ...) is called as the general path calls
-  it, on arrays that are views of the buffers.
+* every other step is called as the general path calls it, on arrays that are views of the
+  buffers (``Program.called`` names them).
 
 The program is checked once against the traced call it was built from (same feeds, every
 output within float32 rounding); if it disagrees, or a step cannot be planned, the session
@@ -56,8 +61,8 @@ class Program:
         return self.runner.kinds
 
     def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        """The graph's outputs for ``feeds`` (which must have the program's shapes and
-        dtypes: ``signature``)."""
+        """The graph's outputs for ``feeds`` (which must have the shapes and dtypes of the
+        call the program was built from: ``session.programs_key``)."""
         for name, buf in self._feeds.items():
             np.copyto(buf, feeds[name], casting="no")
         self.runner.run()
@@ -73,10 +78,6 @@ class Program:
             return _Builder(sess, v, feed_names, fixed_names).program(), ""
         except NotPlanned as e:
             return None, str(e)
-
-
-def signature(feeds: Dict[str, np.ndarray]) -> tuple:
-    return tuple(sorted((k, a.shape, a.dtype.str) for k, a in feeds.items()))
 
 
 class _Builder(Lowering):
