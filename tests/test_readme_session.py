@@ -31,14 +31,15 @@ def blocks(kind: str) -> list:
 
 @pytest.fixture(scope="module")
 def snippets(tmp_path_factory):
-    """Both Python blocks run in order in one namespace, from a scratch directory."""
+    """The Python blocks run in order in one namespace, from a scratch directory (the third,
+    the executor's, after the two these tests check)."""
     d = tmp_path_factory.mktemp("whole_models")
     os.symlink(ROOT / "tests", d / "tests")
     old = os.getcwd()
     os.chdir(d)
     try:
         code = blocks("python")
-        assert len(code) == 2
+        assert len(code) == 3
         namespace: dict = {}
         torch.manual_seed(0)
         after = []      # what each block left (the second reuses names: sess, stream)

@@ -27,6 +27,7 @@ ort = pytest.importorskip("onnxruntime")
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
+import rnnengine  # noqa: E402
 from rnnengine import InferenceSession  # noqa: E402
 from rnnengine.serving_app import Service, build_app, frame_shape  # noqa: E402
 import session_models as sm  # noqa: E402
@@ -312,7 +313,8 @@ def test_cli_sigterm_drains_through_the_real_signal(ort_session):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    # the package the tests import (installed in CI, the source tree in a development build)
+    src = os.path.dirname(os.path.dirname(os.path.abspath(rnnengine.__file__)))
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "rnnengine", "serve", sm.SILERO, "--state",
                              "stateN=state", "--feed", "sr=16000", "--port", str(port),

@@ -224,8 +224,9 @@ def work(steps, streams):
             t.step({"tokens": tokens[k]})
         assert t.compiled
 
-work(50_000, 300)
-before = rss_kib()
+work(50_000, 3_000)        # the warm-up drops as many streams as the measured run: dropped
+before = rss_kib()         # streams wait for the cycle collector, so the heap's high-water
+                           # mark is set by how many pile up between collections
 work(500_000, 3_000)
 print(rss_kib() - before)
 """
@@ -242,4 +243,7 @@ def test_compiled_steps_and_dropped_streams_do_not_grow_memory(models, tmp_path)
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     growth_kib = int(done.stdout.strip())
-    assert growth_kib < 1024, f"resident memory grew by {growth_kib} KiB"
+    # A leak of 1 KiB per dropped stream or 8 bytes per step would be 3 MiB or more; the
+    # installed build's heap settles about 1 MiB higher over the first few thousand dropped
+    # streams (then stays flat for thousands more), hence the bound.
+    assert growth_kib < 2048, f"resident memory grew by {growth_kib} KiB"
