@@ -434,3 +434,26 @@ def test_builds_refuse_what_they_cannot_check():
         Runner([("binary", 0, src, src, dst, [4], [1], [1])])
     with pytest.raises(ValueError, match="does not fit"):
         Runner([("matmul", src, src, dst, np.array([[0, 0, 0]]), 2, 2, 2)])
+
+
+def test_token_ids_of_one_shape_share_one_program(rng):
+    """Integer arrays are keyed by shape, not value: a token stream plans once, and every
+    token's outputs match ONNX Runtime (only integer scalars, such as a sample rate, are
+    planned by value)."""
+    table = rng.standard_normal((50, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 4)).astype(np.float32)
+    nodes = [helper.make_node("Gather", ["table", "tok"], ["e"]),
+             helper.make_node("MatMul", ["e", "w"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("tok", TensorProto.INT64, [1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    sess = rnnengine.InferenceSession(data)
+    ref = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for t in rng.integers(0, 50, 40):
+        tok = np.array([[t]], np.int64)
+        np.testing.assert_allclose(sess.run(None, {"tok": tok})[0],
+                                   ref.run(None, {"tok": tok})[0], rtol=1e-5, atol=1e-6)
+    assert len(sess.program_status()) == 1, sess.program_status()
+    assert list(sess.program_status().values())[0].startswith("compiled")

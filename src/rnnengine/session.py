@@ -31,20 +31,20 @@ from .state_pairs import find_pairs
 
 _SEEN = "seen once"      # a signature's first call runs the general path and is remembered
 _MAX_PROGRAMS = 16       # signatures remembered per session (a new one past that starts over)
-_SMALL_INT = 16          # integer feeds up to this many elements are planned by value
 
 
 def programs_key(feeds, fixed=()) -> Optional[tuple]:
     """What a program is specialised to: each feed's name, shape and dtype, and the value of
-    the ``fixed`` ones and of small integer ones (a sample rate, a step index: they decide
-    branches and shapes); None when a feed is not an ndarray."""
+    the ``fixed`` ones and of integer scalars (a sample rate, a flag: they decide branches
+    and shapes); None when a feed is not an ndarray. Integer arrays (token ids, even one) are
+    keyed by shape only: keyed by value, every new token would be a new signature."""
     if feeds.__class__ is not dict:
         return None
     key = []
     for name, value in feeds.items():
         if value.__class__ is not np.ndarray:
             return None
-        kept = (name in fixed or (value.dtype.kind in "iub" and value.size <= _SMALL_INT))
+        kept = name in fixed or (value.dtype.kind in "iub" and value.ndim == 0)
         key.append((name, value.shape, value.dtype.str, value.tobytes() if kept else None))
     key.sort()
     return tuple(key)
@@ -286,7 +286,7 @@ class InferenceSession:
         them that stay the same from call to call, such as a stream's fixed feeds).
 
         The second call with one signature of feeds (names, shapes, dtypes, and the values
-        of the fixed and of small integer feeds) plans it into an ``executor.Program``;
+        of the fixed feeds and of integer scalars) plans it into an ``executor.Program``;
         later calls with that signature run the program, one C loop, instead of the
         general path."""
         key = programs_key(feeds, fixed)
