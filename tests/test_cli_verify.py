@@ -18,6 +18,7 @@ from rnnengine.cli import main, verify
 pytest.importorskip("onnxruntime")
 DATA = Path(__file__).parent / "data"
 SILERO = str(DATA / "silero_vad_16k_op15.onnx")
+SILERO_OFFICIAL = str(DATA / "silero_vad.onnx")
 GTCRN = str(DATA / "gtcrn.onnx")
 GTCRN_PAIRS = ["--state", "conv_cache_out=conv_cache", "--state", "tra_cache_out=tra_cache",
                "--state", "inter_cache_out=inter_cache"]
@@ -131,21 +132,33 @@ def test_shipped_models_pass(name, extra, capsys):
     assert re.search(r"stream x4, state \S+ -> \S+ fed back\s+\d\.\d\de-\d\d", out), out
 
 
-def test_unnamed_dims_are_fed_as_1_and_the_error_is_whole(tmp_path, capsys):
-    """The official silero_vad.onnx leaves its dims unnamed (None)."""
-    proto = onnx.load(SILERO)
-    for vi in list(proto.graph.input) + list(proto.graph.output):
-        for d in vi.type.tensor_type.shape.dim:
-            if d.HasField("dim_param"):
-                d.ClearField("dim_param")
-    path = tmp_path / "silero_unnamed.onnx"
-    onnx.save(proto, str(path))
-    status, _, err = run(capsys, path, "--feed", "sr=16000", "--steps", "2")
+def test_unnamed_dims_are_fed_as_1_and_the_error_is_whole(capsys):
+    """The official silero_vad.onnx leaves its dynamic dims unnamed (None)."""
+    status, _, err = run(capsys, SILERO_OFFICIAL, "--feed", "sr=16000", "--steps", "2")
     assert status == 1
     # input [?, ?] fed (1, 1) (before: the --seq-len for every unnamed dim); the message
-    # ends with its hint, not cut off
+    # ends with its hint, which says how to size an unnamed dim, not cut off
     assert "float32(1, 1)" in err, err
-    assert err.rstrip().endswith("sizes with --dim NAME=SIZE"), err
+    assert err.rstrip().endswith("--dim INPUT[AXIS]=SIZE, e.g. --dim input[1]=512)"), err
+
+
+def test_unnamed_dims_are_sized_by_input_and_axis(capsys):
+    """--dim input[1]=512 sizes the official file's unnamed chunk dim: run, stream and pool
+    all compare against ONNX Runtime."""
+    status, out, err = run(capsys, SILERO_OFFICIAL, "--feed", "sr=16000", "--dim",
+                           "input[1]=512", "--steps", "3")
+    assert status == 0, err
+    assert re.search(r"run, random feeds\s+\d\.\d\de-\d\d", out), out
+    assert re.search(r"stream x3, state stateN -> state fed back\s+\d\.\d\de-\d\d", out), out
+    assert re.search(r"pool of 3 streams x3.*\s\d\.\d\de-\d\d", out), out
+
+
+def test_a_dim_the_model_does_not_have_is_refused(capsys):
+    status, _, err = run(capsys, SILERO_OFFICIAL, "--feed", "sr=16000", "--dim",
+                         "input[2]=512")
+    assert status == 1, err
+    assert "--dim input[2]: the model has no dynamic dim of that name" in err, err
+    assert "input[0], input[1], state[1]" in err, err
 
 
 def test_info_says_what_stream_will_do(capsys):

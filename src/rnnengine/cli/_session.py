@@ -124,10 +124,25 @@ def parse_inputs(sess: InferenceSession, texts: Sequence[str],
     return feeds
 
 
-def parse_dims(texts: Sequence[str]) -> Dict[str, int]:
+def dynamic_dims(sess: InferenceSession) -> List[str]:
+    """The names ``--dim`` takes: the inputs' symbolic dims, and ``INPUT[AXIS]`` for each
+    dynamic dim the file leaves unnamed."""
+    names: Dict[str, None] = {}
+    for a in sess.get_inputs():
+        for k, d in enumerate(a.shape or []):
+            if not isinstance(d, int):
+                names[d if isinstance(d, str) else unnamed_dim(a, k)] = None
+    return list(names)
+
+
+def parse_dims(texts: Sequence[str], sess: InferenceSession) -> Dict[str, int]:
     dims = {}
+    known = dynamic_dims(sess)
     for text in texts:
         name, value = _split(text, "--dim")
+        if name not in known:
+            raise CommandError(f"--dim {name}: the model has no dynamic dim of that name; "
+                               f"its dynamic dims: {', '.join(known) or 'none'}")
         try:
             dims[name] = int(value)
         except ValueError:
@@ -159,11 +174,17 @@ def state_pairs(sess: InferenceSession) -> Dict[str, str]:
         return {}
 
 
+def unnamed_dim(arg, axis: int) -> str:
+    """How ``--dim`` names a dynamic dim the file leaves unnamed: ``INPUT[AXIS]``."""
+    return f"{arg.name}[{axis}]"
+
+
 def shape_of(arg, dims: Dict[str, int], default: int) -> tuple:
     """An input's shape: fixed dims as declared, symbolic ones from ``dims`` (or
-    ``default``), unnamed ones 1 (nothing names them, and 1 fits a batch or a step)."""
+    ``default``), unnamed ones from ``dims`` under ``INPUT[AXIS]``, else 1 (nothing names
+    them, and 1 fits a batch or a step)."""
     return tuple(d if isinstance(d, int) else dims.get(d, default) if isinstance(d, str)
-                 else 1 for d in (arg.shape or []))
+                 else dims.get(unnamed_dim(arg, k), 1) for k, d in enumerate(arg.shape or []))
 
 
 def random_feed(arg, shape: tuple, rng: np.random.Generator) -> np.ndarray:
@@ -218,7 +239,8 @@ def ort_session(path: str, threads: Optional[int] = None):
         raise CommandError(f"onnxruntime cannot load {path}: {one_line(exc)}") from exc
 
 
-FEED_HINT = "fix inputs with --feed NAME=VALUE and sizes with --dim NAME=SIZE"
+FEED_HINT = ("fix inputs with --feed NAME=VALUE and sizes with --dim NAME=SIZE (a dim the file "
+             "leaves unnamed: --dim INPUT[AXIS]=SIZE, e.g. --dim input[1]=512)")
 
 
 def ort_run(session, feeds: Dict[str, np.ndarray], names: Optional[List[str]] = None) -> list:

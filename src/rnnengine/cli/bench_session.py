@@ -80,7 +80,7 @@ def workloads(args: argparse.Namespace):
     fixed = parse_feeds(sess, args.feed)
     pairs = state_pairs(sess)
     batch = batch_dim(sess, pairs)
-    dims = parse_dims(args.dim)
+    dims = parse_dims(args.dim, sess)
     rng = np.random.default_rng(0)
     feeds = [{**fixed, **random_feeds(sess, fixed, {**dims, **({batch: 1} if batch else {})},
                                       1, rng, skip=pairs.values())} for _ in range(CYCLE)]

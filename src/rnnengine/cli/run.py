@@ -153,5 +153,5 @@ def _sizes(sess, feeds: dict, args: argparse.Namespace) -> dict:
             for d, n in zip(a.shape, value.shape):
                 if isinstance(d, str):
                     sizes.setdefault(d, n)
-    sizes.update(parse_dims(args.dim))
+    sizes.update(parse_dims(args.dim, sess))
     return sizes

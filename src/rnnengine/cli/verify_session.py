@@ -38,7 +38,7 @@ def whole_rows(args: argparse.Namespace) -> List[Row]:
     fixed = parse_feeds(sess, args.feed)
     pairs = parse_state(sess, args.pairs) or state_pairs(sess)
     dims = {d: args.batch for d in [batch_dim(sess, pairs)] if d is not None}
-    dims.update(parse_dims(args.dim))
+    dims.update(parse_dims(args.dim, sess))
     rng = np.random.default_rng(args.seed)
     feeds = {**fixed, **random_feeds(sess, fixed, dims, args.seq_len, rng)}
     names = [a.name for a in sess.get_outputs()]
