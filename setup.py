@@ -29,15 +29,17 @@ if DEBUG:
 compile_args += os.environ.get("RNNENGINE_SANITIZE_CFLAGS", "").split()
 link_args = os.environ.get("RNNENGINE_SANITIZE_LDFLAGS", "").split()
 
-def core_user(name):
-    """An extension that steps cores _kernels built: the kernels' types only, their code is
-    compiled once, in _kernels (kernels.h: RNN_KERNELS_TYPES_ONLY)."""
+def core_user(name, flags=()):
+    """An extension that uses what _kernels built (its cores, its ISA choice): the kernels'
+    types only, their code is compiled once, in _kernels (kernels.h: RNN_KERNELS_TYPES_ONLY)."""
     return Extension(
         f"rnnengine.{name}",
         [f"src/rnnengine/{name}.pyx"],
         include_dirs=["include", numpy.get_include()],
         depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
-        extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
+        # -fno-trapping-math lets GCC vectorise the clamps and selects of dense.h's exp
+        extra_compile_args=compile_args + (["-fno-trapping-math", *flags]
+                                           if os.name != "nt" else []),
         extra_link_args=link_args,
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
                        ("RNN_KERNELS_TYPES_ONLY", "1")]
@@ -58,30 +60,12 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
         + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
-    Extension(
-        "rnnengine._dense",
-        ["src/rnnengine/_dense.pyx"],
-        include_dirs=["include", numpy.get_include()],
-        depends=["include/rnnengine/dense.h"],
-        # lets GCC vectorise the clamps and selects of dense.h's exp (results unchanged)
-        extra_compile_args=compile_args + (["-fno-trapping-math"] if os.name != "nt" else []),
-        extra_link_args=link_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ),
-    Extension(
-        "rnnengine._conv",
-        ["src/rnnengine/_conv.pyx"],
-        include_dirs=["include", numpy.get_include()],
-        depends=["include/rnnengine/conv.h", "include/rnnengine/conv_impl.h"],
-        # FMAs in the AVX2/AVX-512 variants (-std=c11 otherwise keeps a * b + c unfused)
-        extra_compile_args=compile_args + (["-ffp-contract=fast"] if os.name != "nt" else []),
-        extra_link_args=link_args,
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
-        + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
-    ),
-    # the compiled session-stream step (steps _kernels' StreamCores, dense.h heads) and the
-    # executor's runner (exec.h operators over preallocated buffers)
-    *(core_user(name) for name in ("_plan", "_exec")),
+    # the dense heads (dense.h) and Conv1d (conv.h), the compiled session-stream step (steps
+    # _kernels' StreamCores, dense.h heads) and the executor's runner (exec.h operators over
+    # preallocated buffers): all run the ISA variant _kernels chose (active_isa)
+    *(core_user(name) for name in ("_dense", "_plan", "_exec")),
+    # FMAs in conv.h's AVX2/AVX-512 variants (-std=c11 otherwise keeps a * b + c unfused)
+    core_user("_conv", ["-ffp-contract=fast"]),
     Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args,
               extra_link_args=link_args),
 ]

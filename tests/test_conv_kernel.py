@@ -34,6 +34,15 @@ def reference(x, w, b, stride, dilation, pad_begin, pad_end, relu):
     return np.maximum(y, 0) if relu else y
 
 
+def test_panel_width_follows_the_active_isa(isa):
+    """Weights are packed for the variant the recurrent kernels run, so a forced variant
+    (RNNENGINE_ISA, set_isa) reaches the convolutions too."""
+    assert _conv.best_width() == {"serial": 8, "neon": 8, "avx2": 16, "avx512": 32,
+                                  "amx": 32}[isa]
+    assert _conv.Conv1d(np.ones((2, 3, 1), np.float32), None, 1, 1, 0, 0, False).width == \
+        _conv.best_width()
+
+
 def widths():
     """Every panel width (ISA variant) this machine runs: 8 portable, 16 AVX2, 32 AVX-512."""
     best = _conv.best_width()

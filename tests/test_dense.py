@@ -188,9 +188,10 @@ def test_vectorised_exp_over_the_whole_float_range(act):
 @pytest.mark.parametrize("M,K,N", [(13, 37, 70), (6, 5, 32), (48, 256, 258), (7, 3, 33),
                                    (4, 9, 16), (5, 130, 17)])
 @pytest.mark.parametrize("act", [None, "Relu", "Tanh"])
-def test_row_tiles_against_float64(M, K, N, act):
+def test_row_tiles_against_float64(M, K, N, act, isa):
     """Rows taken six (AVX-512), four or one at a time, columns in tiles of 32 or 16 and the
-    rest: every path against the float64 product."""
+    rest: every path of every ISA variant (the one _kernels runs picks the code) against the
+    float64 product."""
     rng = np.random.default_rng(M * 1000 + N)
     w = rng.standard_normal((K, N)).astype(np.float32)
     b = rng.standard_normal(N).astype(np.float32)

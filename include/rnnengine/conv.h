@@ -12,8 +12,9 @@
  *
  * ISA variants (cpu.h): AVX-512 (16 floats per vector), AVX2+FMA (8) and portable (4: SSE2,
  * NEON, or plain loops without GCC/Clang vectors). The weights are packed for one panel
- * width, 2 vectors: rnn_conv_best_width() picks it at load, and rnn_conv1d runs the variant
- * of that width. The caller (src/rnnengine/_conv.pyx) checks every shape first; the asserts
+ * width, 2 vectors: rnn_conv_width_for() picks it at load from the ISA variant the
+ * recurrent kernels run (RNNENGINE_ISA forces it), and rnn_conv1d runs the variant of that
+ * width. The caller (src/rnnengine/_conv.pyx) checks every shape first; the asserts
  * repeat the buffer checks in debug and sanitizer builds.
  */
 #ifndef RNNENGINE_CONV_H
@@ -72,10 +73,13 @@ static inline size_t rnn_conv_packed_size(size_t M, size_t CK, size_t width) {
     return rnn_conv_panels(M, width) * width * CK;
 }
 
-/* The panel width (2 vectors) of the widest variant this CPU runs. */
-static inline size_t rnn_conv_best_width(void) {
-    if (rnn_cpu_supports(RNN_ISA_AVX512)) return 32;
-    if (rnn_cpu_supports(RNN_ISA_AVX2)) return 16;
+/* The panel width (2 vectors) of variant ``isa`` (enum rnn_isa): avx512 and amx 32, avx2
+ * 16, the rest 8; a variant this CPU cannot run gets the widest one it can. */
+static inline size_t rnn_conv_width_for(int isa) {
+    if ((isa == RNN_ISA_AVX512 || isa == RNN_ISA_AMX) && rnn_cpu_supports(RNN_ISA_AVX512))
+        return 32;
+    if (isa != RNN_ISA_SERIAL && isa != RNN_ISA_NEON && rnn_cpu_supports(RNN_ISA_AVX2))
+        return 16;
     return 8;
 }
 

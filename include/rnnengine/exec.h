@@ -213,12 +213,12 @@ static inline void rnn_exec_reduce(int op, const float *x, float *y, const int64
 }
 
 /* y[M, N] = a[M, K] @ b[K, N] for each of n_mat (a, b, y) offset triples: a batched MatMul
- * or a convolution's columns, through dense.h's product (its SIMD clones and row tiles). */
+ * or a convolution's columns, through dense.h's product in variant ``isa`` (its row tiles). */
 static inline void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
-                                   int64_t n_mat, int64_t M, int64_t K, int64_t N) {
+                                   int64_t n_mat, int64_t M, int64_t K, int64_t N, int isa) {
     for (int64_t m = 0; m < n_mat; m++)
         rnn_dense(a + offs[3 * m], (size_t)M, (size_t)K, b + offs[3 * m + 1], (size_t)N, NULL,
-                  y + offs[3 * m + 2], RNN_DENSE_NONE);
+                  y + offs[3 * m + 2], RNN_DENSE_NONE, isa);
 }
 
 #endif

@@ -7,6 +7,8 @@ import threading
 
 import numpy as np
 cimport numpy as cnp
+
+from ._kernels cimport active_isa
 from cpython.pythread cimport PyThread_get_thread_ident
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -21,7 +23,7 @@ cdef extern from "rnnengine/conv.h" nogil:
         size_t N, C, L, M, KW, stride, dilation, pad, Lout
         int relu
         const rnn_cancel_t *cancel
-    size_t rnn_conv_best_width()
+    size_t rnn_conv_width_for(int isa)
     int rnn_conv_width_ok(size_t width)
     size_t rnn_conv_packed_size(size_t M, size_t CK, size_t width)
     size_t rnn_conv_panels(size_t M, size_t width)
@@ -42,8 +44,9 @@ include "_signals.pxi"
 
 
 def best_width():
-    """The panel width (output channels per panel) of the widest variant this CPU runs."""
-    return rnn_conv_best_width()
+    """The panel width (output channels per panel) of the active ISA variant (the one the
+    recurrent kernels run: _kernels.isa())."""
+    return rnn_conv_width_for(active_isa())
 
 
 cdef class _Packed:
@@ -98,7 +101,7 @@ cdef class Conv1d:
                              f"pads ({pad_begin}, {pad_end}) reach past {MAX_SPAN} positions")
         self.stride, self.dilation = stride, dilation
         self.pad_begin, self.pad_end, self.relu = pad_begin, pad_end, relu
-        self.width = rnn_conv_best_width() if width is None else width
+        self.width = rnn_conv_width_for(active_isa()) if width is None else width
         if not rnn_conv_width_ok(self.width):
             raise ValueError(f"width {width} is not a panel width this CPU runs (8, 16 with "
                              "AVX2, 32 with AVX-512)")

@@ -5,11 +5,13 @@ weights; anything a head cannot take (another dtype, a shape that does not fit) 
 import numpy as np
 cimport numpy as cnp
 
+from ._kernels cimport active_isa
+
 cnp.import_array()
 
 cdef extern from "rnnengine/dense.h" nogil:
     void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
-                   const float *b, float *y, int act)
+                   const float *b, float *y, int act, int isa)
 
 # below this many multiply-adds the GIL release costs more than it frees
 DEF NOGIL_MIN_MACS = 65536
@@ -52,6 +54,7 @@ cdef class DenseHead:
         cdef size_t M
         cdef const float *xp
         cdef float *yp
+        cdef int isa = active_isa()
         if (type(x) is not np.ndarray or cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT32
                 or cnp.PyArray_NDIM(x) < 1
                 or cnp.PyArray_DIM(x, cnp.PyArray_NDIM(x) - 1) != self.K):
@@ -64,7 +67,7 @@ cdef class DenseHead:
         yp = <float *>cnp.PyArray_DATA(y)
         if M * <size_t>self.K * <size_t>self.N >= NOGIL_MIN_MACS:
             with nogil:
-                rnn_dense(xp, M, self.K, self._wp, self.N, self._bp, yp, self.act)
+                rnn_dense(xp, M, self.K, self._wp, self.N, self._bp, yp, self.act, isa)
         else:
-            rnn_dense(xp, M, self.K, self._wp, self.N, self._bp, yp, self.act)
+            rnn_dense(xp, M, self.K, self._wp, self.N, self._bp, yp, self.act, isa)
         return y

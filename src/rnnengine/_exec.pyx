@@ -15,7 +15,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from ._cells cimport rnn_activation_t, rnn_flag_release
-from ._kernels cimport SequenceCore, StreamCore, active_kernels
+from ._kernels cimport SequenceCore, StreamCore, active_isa, active_kernels
 
 cnp.import_array()
 
@@ -37,12 +37,12 @@ cdef extern from "rnnengine/exec.h" nogil:
     void rnn_exec_reduce(int op, const float *x, float *y, const int64_t *base, int64_t n_out,
                          const rnn_rdims *r)
     void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
-                         int64_t n_mat, int64_t M, int64_t K, int64_t N)
+                         int64_t n_mat, int64_t M, int64_t K, int64_t N, int isa)
     int RNN_BIN_COUNT, RNN_UN_COUNT
 
 cdef extern from "rnnengine/dense.h" nogil:
     void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
-                   const float *b, float *y, int act)
+                   const float *b, float *y, int act, int isa)
 
 DEF MAXD = 8
 
@@ -428,6 +428,7 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
     cdef xop_t *op
     cdef rnn_activation_t act
     cdef int i
+    cdef int isa = active_isa()
     for i in range(n):
         op = &ops[i]
         if op.kind == K_MOVE:
@@ -449,7 +450,7 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
                             <const rnn_rdims *>op.params)
         elif op.kind == K_MATMUL:
             rnn_exec_matmul(<const float *>op.a, <const float *>op.b, <float *>op.y,
-                            <const int64_t *>op.params, op.n, op.M, op.K, op.N)
+                            <const int64_t *>op.params, op.n, op.M, op.K, op.N, isa)
         elif op.kind == K_DENSE:
             rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
-                      <const float *>op.params, <float *>op.y, op.act)
+                      <const float *>op.params, <float *>op.y, op.act, isa)

@@ -8,6 +8,9 @@ from ._cells cimport rnn_cell_t, rnn_kernels_t, rnn_pool_t, rnn_stack_run_t
 
 # The variant chosen now (set_isa may change it): the executor's activations run from it.
 cdef const rnn_kernels_t *active_kernels() noexcept nogil
+# Its enum rnn_isa value: the dense products (dense.h) and convolutions (conv.h) run that
+# variant's code too.
+cdef int active_isa() noexcept nogil
 
 
 cdef class StreamCore:

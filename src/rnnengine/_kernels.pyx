@@ -45,6 +45,10 @@ cdef const rnn_kernels_t *active_kernels() noexcept nogil:
     return KERNELS
 
 
+cdef int active_isa() noexcept nogil:
+    return ACTIVE_ISA
+
+
 def set_isa(name):
     """Switch the variant for every later call in this process (tests and bench use it; the
     packed weights are the same for all variants). name=None picks the best one."""

@@ -23,13 +23,13 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy
 
 from ._cells cimport rnn_flag_release
-from ._kernels cimport StreamCore
+from ._kernels cimport StreamCore, active_isa
 
 cnp.import_array()
 
 cdef extern from "rnnengine/dense.h" nogil:
     void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
-                   const float *b, float *y, int act)
+                   const float *b, float *y, int act, int isa)
 
 # below this many multiply-adds the GIL release costs more than it frees (as _dense.pyx)
 DEF DENSE_NOGIL_MIN_MACS = 65536
@@ -269,6 +269,7 @@ cdef class StepRunner:
         cdef float *y
         cdef size_t j
         cdef int k
+        cdef int isa = active_isa()
         for k in range(self._n_ops):
             op = &self._ops[k]
             x, y = <const float *>self._ptr[op.src], <float *>self._ptr[op.dst]
@@ -284,9 +285,9 @@ cdef class StepRunner:
             elif op.kind == OP_DENSE:
                 if op.nogil:
                     with nogil:
-                        rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act)
+                        rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
                 else:
-                    rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act)
+                    rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
             else:
                 for j in range(op.count):
                     memcpy(<char *>y + j * op.row_bytes, op.table + op.idx[j] * op.row_bytes,

@@ -1,0 +1,193 @@
+/* One ISA variant of the dense product (no include guard: dense.h includes this file once
+ * per variant). Before including it, define:
+ *   RNN_DN(name)    the variant's function name (name##_v4, name##_v3, name##_base)
+ *   RNN_DN_TARGET   its target attribute (empty for the portable variant)
+ *   RNN_DN_WIDE     1 to add the six-row tile of 32 columns in zmm vectors (AVX-512 only:
+ *                   it needs 32 vector registers)
+ */
+
+RNN_DN_TARGET
+static void RNN_DN(rnn_dense_product)(const float *restrict x, size_t K, const float *restrict w,
+                              size_t N, float *restrict y)
+{
+    size_t n, k = 0;
+    /* four rows of w per pass over y: a quarter of the loads and stores of y */
+    for (; k + 4 <= K; k += 4) {
+        const float x0 = x[k], x1 = x[k + 1], x2 = x[k + 2], x3 = x[k + 3];
+        const float *restrict w0 = w + k * N;
+        const float *restrict w1 = w0 + N;
+        const float *restrict w2 = w1 + N;
+        const float *restrict w3 = w2 + N;
+        for (n = 0; n < N; n++) y[n] += (x0 * w0[n] + x1 * w1[n]) + (x2 * w2[n] + x3 * w3[n]);
+    }
+    for (; k < K; k++) {
+        const float xk = x[k];
+        const float *restrict wk = w + k * N;
+        for (n = 0; n < N; n++) y[n] += xk * wk[n];
+    }
+}
+
+RNN_DN_TARGET
+static void RNN_DN(rnn_dense_activate)(float *restrict y, size_t N, int act)
+{
+    size_t n;
+    switch (act) {
+    case RNN_DENSE_RELU:
+        for (n = 0; n < N; n++) y[n] = y[n] > 0.0f ? y[n] : (y[n] == y[n] ? 0.0f : y[n]);
+        break;
+    case RNN_DENSE_SIGMOID:
+        for (n = 0; n < N; n++) y[n] = 1.0f / (1.0f + rnn_dense_exp(-y[n]));
+        break;
+    case RNN_DENSE_TANH:
+        for (n = 0; n < N; n++) y[n] = tanhf(y[n]);
+        break;
+    case RNN_DENSE_SOFTMAX:
+    case RNN_DENSE_LOGSOFTMAX: {
+        float top = -INFINITY, sum = 0.0f;
+        for (n = 0; n < N; n++) top = y[n] > top ? y[n] : top;
+        if (act == RNN_DENSE_SOFTMAX) {
+            for (n = 0; n < N; n++) { y[n] = rnn_dense_exp(y[n] - top); sum += y[n]; }
+            for (n = 0; n < N; n++) y[n] /= sum;
+        } else {
+            for (n = 0; n < N; n++) sum += rnn_dense_exp(y[n] - top);
+            const float shift = top + logf(sum);
+            for (n = 0; n < N; n++) y[n] -= shift;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+RNN_DN_TARGET
+static void RNN_DN(rnn_dense_row)(const float *restrict x, size_t K, const float *restrict w, size_t N,
+                          const float *restrict b, float *restrict y, int act)
+{
+    size_t n;
+    if (b != NULL) {
+        for (n = 0; n < N; n++) y[n] = b[n];
+    } else {
+        for (n = 0; n < N; n++) y[n] = 0.0f;
+    }
+    RNN_DN(rnn_dense_product)(x, K, w, N, y);
+    RNN_DN(rnn_dense_activate)(y, N, act);
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+/* Four rows at a time: y[r] (+)= x[r] @ w for r < 4, 16 columns of the four rows held in
+ * eight 8-float vectors through the whole of K, so each weight is loaded once per four rows
+ * instead of once per row (a convolution's window rows, a pool's batch: M = 48, K = 256,
+ * N = 258 took 165 us one row at a time). Sums in k order, each product fused into its sum
+ * (fmaf), as in rnn_dense_product's scalar remainder. */
+RNN_DN_TARGET
+static void RNN_DN(rnn_dense_rows4)(const float *restrict x, size_t K, const float *restrict w, size_t N,
+                            float *restrict y)
+{
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K;
+    float *y0 = y, *y1 = y + N, *y2 = y + 2 * N, *y3 = y + 3 * N;
+    size_t n = 0;
+    for (; n + 16 <= N; n += 16) {
+        rnn_dense_v8 a0 = RNN_DENSE_V8_LOAD(y0 + n), b0 = RNN_DENSE_V8_LOAD(y0 + n + 8);
+        rnn_dense_v8 a1 = RNN_DENSE_V8_LOAD(y1 + n), b1 = RNN_DENSE_V8_LOAD(y1 + n + 8);
+        rnn_dense_v8 a2 = RNN_DENSE_V8_LOAD(y2 + n), b2 = RNN_DENSE_V8_LOAD(y2 + n + 8);
+        rnn_dense_v8 a3 = RNN_DENSE_V8_LOAD(y3 + n), b3 = RNN_DENSE_V8_LOAD(y3 + n + 8);
+        for (size_t k = 0; k < K; k++) {
+            const rnn_dense_v8 wa = RNN_DENSE_V8_LOAD(w + k * N + n);
+            const rnn_dense_v8 wb = RNN_DENSE_V8_LOAD(w + k * N + n + 8);
+            a0 += x0[k] * wa; b0 += x0[k] * wb;
+            a1 += x1[k] * wa; b1 += x1[k] * wb;
+            a2 += x2[k] * wa; b2 += x2[k] * wb;
+            a3 += x3[k] * wa; b3 += x3[k] * wb;
+        }
+        RNN_DENSE_V8_STORE(y0 + n, a0); RNN_DENSE_V8_STORE(y0 + n + 8, b0);
+        RNN_DENSE_V8_STORE(y1 + n, a1); RNN_DENSE_V8_STORE(y1 + n + 8, b1);
+        RNN_DENSE_V8_STORE(y2 + n, a2); RNN_DENSE_V8_STORE(y2 + n + 8, b2);
+        RNN_DENSE_V8_STORE(y3 + n, a3); RNN_DENSE_V8_STORE(y3 + n + 8, b3);
+    }
+    if (n < N)      /* the last columns: along each weight row (contiguous), not down it */
+        for (size_t k = 0; k < K; k++) {
+            const float *wk = w + k * N;
+            for (size_t j = n; j < N; j++) {
+                y0[j] += x0[k] * wk[j];
+                y1[j] += x1[k] * wk[j];
+                y2[j] += x2[k] * wk[j];
+                y3[j] += x3[k] * wk[j];
+            }
+        }
+}
+#endif
+
+#if RNN_DN_WIDE
+/* The same over 32 columns of six rows in twelve 16-float (zmm) vectors, for CPUs with
+ * AVX-512 (32 vector registers): a wider tile than the clones above can share. */
+RNN_DN_TARGET
+static void RNN_DN(rnn_dense_rows6)(const float *restrict x, size_t K, const float *restrict w,
+                                   size_t N, float *restrict y, size_t n_end)
+{
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K, *x4 = x + 4 * K,
+                *x5 = x + 5 * K;
+    float *y0 = y, *y1 = y + N, *y2 = y + 2 * N, *y3 = y + 3 * N, *y4 = y + 4 * N,
+          *y5 = y + 5 * N;
+    for (size_t n = 0; n + 32 <= n_end; n += 32) {
+        rnn_dense_v16 a0 = RNN_DENSE_V16_LOAD(y0 + n), b0 = RNN_DENSE_V16_LOAD(y0 + n + 16);
+        rnn_dense_v16 a1 = RNN_DENSE_V16_LOAD(y1 + n), b1 = RNN_DENSE_V16_LOAD(y1 + n + 16);
+        rnn_dense_v16 a2 = RNN_DENSE_V16_LOAD(y2 + n), b2 = RNN_DENSE_V16_LOAD(y2 + n + 16);
+        rnn_dense_v16 a3 = RNN_DENSE_V16_LOAD(y3 + n), b3 = RNN_DENSE_V16_LOAD(y3 + n + 16);
+        rnn_dense_v16 a4 = RNN_DENSE_V16_LOAD(y4 + n), b4 = RNN_DENSE_V16_LOAD(y4 + n + 16);
+        rnn_dense_v16 a5 = RNN_DENSE_V16_LOAD(y5 + n), b5 = RNN_DENSE_V16_LOAD(y5 + n + 16);
+        for (size_t k = 0; k < K; k++) {
+            const rnn_dense_v16 wa = RNN_DENSE_V16_LOAD(w + k * N + n);
+            const rnn_dense_v16 wb = RNN_DENSE_V16_LOAD(w + k * N + n + 16);
+            a0 += x0[k] * wa; b0 += x0[k] * wb;
+            a1 += x1[k] * wa; b1 += x1[k] * wb;
+            a2 += x2[k] * wa; b2 += x2[k] * wb;
+            a3 += x3[k] * wa; b3 += x3[k] * wb;
+            a4 += x4[k] * wa; b4 += x4[k] * wb;
+            a5 += x5[k] * wa; b5 += x5[k] * wb;
+        }
+        RNN_DENSE_V16_STORE(y0 + n, a0); RNN_DENSE_V16_STORE(y0 + n + 16, b0);
+        RNN_DENSE_V16_STORE(y1 + n, a1); RNN_DENSE_V16_STORE(y1 + n + 16, b1);
+        RNN_DENSE_V16_STORE(y2 + n, a2); RNN_DENSE_V16_STORE(y2 + n + 16, b2);
+        RNN_DENSE_V16_STORE(y3 + n, a3); RNN_DENSE_V16_STORE(y3 + n + 16, b3);
+        RNN_DENSE_V16_STORE(y4 + n, a4); RNN_DENSE_V16_STORE(y4 + n + 16, b4);
+        RNN_DENSE_V16_STORE(y5 + n, a5); RNN_DENSE_V16_STORE(y5 + n + 16, b5);
+    }
+}
+#endif
+
+/* y[M, N] = act(x[M, K] @ w + b): six rows at a time over whole 32-column tiles where the
+ * variant has them, then four rows at a time, then a row at a time. */
+RNN_DN_TARGET
+static void RNN_DN(rnn_dense_run)(const float *x, size_t M, size_t K, const float *w, size_t N,
+                                  const float *b, float *y, int act)
+{
+    size_t m = 0;
+#if RNN_DN_WIDE
+    const size_t wide = N & ~(size_t)31;
+    if (M >= 6 && wide) {
+        for (; m + 6 <= M; m += 6) {
+            float *ym = y + m * N;
+            for (size_t r = 0; r < 6; r++)
+                for (size_t n = 0; n < N; n++) ym[r * N + n] = b != NULL ? b[n] : 0.0f;
+            RNN_DN(rnn_dense_rows6)(x + m * K, K, w, N, ym, wide);
+            for (size_t r = 0; r < 6; r++) {      /* the columns past the tiles, a row each */
+                const float *xr = x + (m + r) * K;
+                for (size_t k = 0; k < K; k++)
+                    for (size_t n = wide; n < N; n++) ym[r * N + n] += xr[k] * w[k * N + n];
+                RNN_DN(rnn_dense_activate)(ym + r * N, N, act);
+            }
+        }
+    }
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+    for (; m + 4 <= M; m += 4) {
+        float *ym = y + m * N;
+        for (size_t r = 0; r < 4; r++)
+            for (size_t n = 0; n < N; n++) ym[r * N + n] = b != NULL ? b[n] : 0.0f;
+        RNN_DN(rnn_dense_rows4)(x + m * K, K, w, N, ym);
+        for (size_t r = 0; r < 4; r++) RNN_DN(rnn_dense_activate)(ym + r * N, N, act);
+    }
+#endif
+    for (; m < M; m++) RNN_DN(rnn_dense_row)(x + m * K, K, w, N, b, y + m * N, act);
+}
