@@ -49,9 +49,24 @@
 
 enum rnn_kind { RNN_KIND_LSTM = 0, RNN_KIND_GRU = 1, RNN_KIND_RNN = 2 };
 
-enum rnn_wtype {
-    RNN_W_F32 = 0, RNN_W_F16 = 1, RNN_W_BF16 = 2, RNN_W_I8 = 3, RNN_W_I8R = 4, RNN_W_COUNT = 5
-};
+/* The registry of weight types, one line each: the enum constant, the token in the products'
+ * names (rnn_gemm_<token>_<isa>, gemm_entries.h) and the name Python uses
+ * (_kernels.WEIGHT_TYPES). The enum, the names and every variant's table of products
+ * (kernels_impl.h) are derived from it; "int8r" is int8 with a residual weight part. */
+#define RNN_WTYPES(X)                 \
+    X(RNN_W_F32, f32, "fp32")       \
+    X(RNN_W_F16, f16, "fp16")       \
+    X(RNN_W_BF16, bf16, "bf16")     \
+    X(RNN_W_I8, i8, "int8")         \
+    X(RNN_W_I8R, i8r, "int8r")
+
+#define RNN_WT_ENUM_(constant, token, name) constant,
+enum rnn_wtype { RNN_WTYPES(RNN_WT_ENUM_) RNN_W_COUNT };
+#undef RNN_WT_ENUM_
+
+#define RNN_WT_NAME_(constant, token, name) [constant] = name,
+static const char *const rnn_wtype_names[RNN_W_COUNT] = {RNN_WTYPES(RNN_WT_NAME_)};
+#undef RNN_WT_NAME_
 
 /* int8 inputs and i8r weights: the second part's step is the first's / this. |t - round(t)|
  * <= 1/2, so the second part's integers stay within +-127. */

@@ -379,16 +379,23 @@ static float RNN_FN(rnn_fma_loop)(long iters) {
 
 /* The variant's table: its gate math and timestep kernels, and one GEMM entry per weight type
  * (gemm_entries.h); kernels.h may swap a GEMM entry for one with more instructions. */
+#define RNN_WT_GEMM_(constant, token, name) [constant] = RNN_FN(rnn_gemm_##token),
+#define RNN_WT_ISA_(constant, token, name) [constant] = RNN_STR(RNN_ISA),
 static const rnn_kernels_t RNN_FN(rnn_kernels) = {
-    RNN_FN(rnn_phase), RNN_FN(rnn_xproj), RNN_FN(rnn_activate),
-    RNN_FN(rnn_read_sum), RNN_FN(rnn_fma_loop), RNN_VL,
-    {RNN_FN(rnn_gemm_f32), RNN_FN(rnn_gemm_f16), RNN_FN(rnn_gemm_bf16), RNN_FN(rnn_gemm_i8),
-     RNN_FN(rnn_gemm_i8r)},
-    {RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA), RNN_STR(RNN_ISA)},
-    NULL,
-    {0, 0, 0, 0, 0},
-    {NULL, NULL, NULL, NULL, NULL},
+    .phase = RNN_FN(rnn_phase),
+    .xproj = RNN_FN(rnn_xproj),
+    .activate = RNN_FN(rnn_activate),
+    .read_sum = RNN_FN(rnn_read_sum),
+    .fma_loop = RNN_FN(rnn_fma_loop),
+    .vector_width = RNN_VL,
+    .gemm = {RNN_WTYPES(RNN_WT_GEMM_)},
+    .gemm_isa = {RNN_WTYPES(RNN_WT_ISA_)},
+    .release = NULL,
+    .gemm_memo = {0},
+    .gemm2 = {NULL},
 };
+#undef RNN_WT_GEMM_
+#undef RNN_WT_ISA_
 
 #undef RNN_NV
 #undef RNN_MIN

@@ -41,6 +41,7 @@ cdef extern from "rnnengine/cells.h" nogil:
         RNN_W_I8
         RNN_W_I8R
         RNN_W_COUNT
+    const char *const rnn_wtype_names[]
     float RNN_I8_FINE
 
     ctypedef struct rnn_cell_t:

@@ -114,9 +114,9 @@ cdef const void *_panel(object a, int wtype, Py_ssize_t blocks, int K, int G,
     return &view[0]
 
 
-# enum rnn_wtype in cells.h, in order; "int8r" is int8 with a residual weight part, which
-# layers.py packs for precision="int8" where the rule there asks for it
-WEIGHT_TYPES = ("fp32", "fp16", "bf16", "int8", "int8r")
+# cells.h's registry (RNN_WTYPES), in enum order; "int8r" is int8 with a residual weight
+# part, which layers.py packs for precision="int8" where the rule there asks for it
+WEIGHT_TYPES = tuple(rnn_wtype_names[i].decode() for i in range(RNN_W_COUNT))
 
 
 def gemm_isa(str precision):
