@@ -1,4 +1,4 @@
-"""Batcher benchmark (issue 14): 64 concurrent streams of an LSTM with I = H = 256.
+"""Batcher benchmark: 64 concurrent streams of an LSTM with I = H = 256.
 
     python bench/bench_batcher.py                 # full run, a few minutes
     python bench/bench_batcher.py --quick         # fewer rounds and repetitions

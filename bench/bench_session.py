@@ -1,5 +1,5 @@
 """Whole models, one step at a time: rnnengine.InferenceSession streams and pools against
-ONNX Runtime on the same .onnx file (SPEC §5, §6).
+ONNX Runtime on the same .onnx file (protocol: docs/benchmarks.md).
 
     python bench/bench_session.py            # all rows, a couple of minutes
     python bench/bench_session.py --quick    # fewer repetitions

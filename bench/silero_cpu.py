@@ -1,5 +1,5 @@
 """Silero VAD against ONNX Runtime in CPU time (``time.process_time``), interleaved: the
-issue 11 targets (one stream >= 0.9x ORT; a pool of 16 >= 3x 16 ORT calls) measured so
+targets (one stream >= 0.9x ORT; a pool of 16 >= 3x 16 ORT calls) measured so
 that time the process spends preempted on a shared machine does not count.
 
     python bench/silero_cpu.py [batches]
