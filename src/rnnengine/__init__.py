@@ -7,6 +7,7 @@ The compute core is a compiled extension; if it did not build, this import fails
 package, whose import costs more than all of rnnengine: they load on first access (PEP 562
 ``__getattr__`` below), so ``import rnnengine`` to run .npz weights stays quick."""
 import importlib
+from typing import TYPE_CHECKING
 
 from ._kernels import CellKernel as _CellKernel  # noqa: F401  (fails loudly if not built)
 from .errors import (ConcurrentStep, DeadlineExceeded, Error, ModelError, StreamClosed,
@@ -15,6 +16,11 @@ from .layers import Layer
 from .model import Model
 from .stream import Stream
 from .loaders import from_keras, from_torch, load
+
+if TYPE_CHECKING:   # for type checkers and the API docs, which read the source, not __getattr__
+    from .backend import backend
+    from .batcher import Batcher
+    from .session import InferenceSession
 
 __all__ = ["Batcher", "ConcurrentStep", "DeadlineExceeded", "Error", "InferenceSession",
            "ModelError", "Layer", "Model", "Stream", "StreamClosed", "StreamsFull", "backend",
