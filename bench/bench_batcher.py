@@ -36,12 +36,11 @@ import time
 import numpy as np
 
 import rnnengine
+from _models import ROOT, SILERO
 from rnnengine.layers import Layer
 from rnnengine.model import Model
 
 STREAMS, H, I = 64, 256, 256
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SILERO = os.path.join(ROOT, "tests", "data", "silero_vad_16k_op15.onnx")
 
 
 def lstm(seed=0) -> Model:
