@@ -1,4 +1,4 @@
-"""Batcher benchmark (issue 14): 64 concurrent streams of an LSTM with I = H = 256.
+"""Batcher benchmark: 64 concurrent streams of an LSTM with I = H = 256.
 
     python bench/bench_batcher.py                 # full run, a few minutes
     python bench/bench_batcher.py --quick         # fewer rounds and repetitions
@@ -36,12 +36,11 @@ import time
 import numpy as np
 
 import rnnengine
+from _models import ROOT, SILERO
 from rnnengine.layers import Layer
 from rnnengine.model import Model
 
 STREAMS, H, I = 64, 256, 256
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SILERO = os.path.join(ROOT, "tests", "data", "silero_vad_16k_op15.onnx")
 
 
 def lstm(seed=0) -> Model:

@@ -35,9 +35,9 @@ from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from _models import DATA  # noqa: E402
 from bench_rnn import calibrate, cpu_model  # noqa: E402
 
-DATA = os.path.join(HERE, "..", "tests", "data")
 SR = {"sr": np.array(16000, np.int64)}
 
 # file -> (step feeds' shapes, state pairs {output: input}, fixed feeds)

@@ -1,4 +1,4 @@
-"""Pool and threads benchmark (SPEC §5 workload "the pool with 64 streams at H=256").
+"""Pool and threads benchmark: a pool of 64 streams at H=256.
 
     python bench/bench_pool.py                 # full run, ~1 minute
     python bench/bench_pool.py --quick         # fewer repetitions

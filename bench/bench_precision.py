@@ -1,6 +1,6 @@
-"""rnnengine's weight precisions (fp32, fp16, bf16, int8; SPEC §7) side by side with ONNX
+"""rnnengine's weight precisions (fp32, fp16, bf16, int8; docs/precision.md) side by side with ONNX
 Runtime (plain run and IOBinding), PyTorch and OpenVINO (its default precision, which it
-reports, and f32 forced; its stateful MakeStateful model for streaming), SPEC §5.
+reports, and f32 forced; its stateful MakeStateful model for streaming).
 
     python bench/bench_precision.py            # full run, several minutes
     python bench/bench_precision.py --quick    # fewer repetitions and workloads

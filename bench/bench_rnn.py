@@ -1,4 +1,4 @@
-"""Side-by-side benchmark of rnnengine against ONNX Runtime and PyTorch (SPEC §5).
+"""Side-by-side benchmark of rnnengine against ONNX Runtime and PyTorch (docs/benchmarks.md).
 
     python bench/bench_rnn.py            # full run, a few minutes; prints a Markdown report
     python bench/bench_rnn.py --quick    # fewer repetitions and workloads, under a minute

@@ -1,5 +1,5 @@
 """Whole models, one step at a time: rnnengine.InferenceSession streams and pools against
-ONNX Runtime on the same .onnx file (SPEC §5, §6).
+ONNX Runtime on the same .onnx file (protocol: docs/benchmarks.md).
 
     python bench/bench_session.py            # all rows, a couple of minutes
     python bench/bench_session.py --quick    # fewer repetitions
@@ -29,10 +29,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-
-import session_models as sm  # noqa: E402
+from _models import SILERO, session_models as sm  # noqa: E402
 from bench_rnn import interleaved  # noqa: E402
 
 import rnnengine  # noqa: E402
@@ -146,13 +143,13 @@ def measure(title, contenders, reps, ours) -> None:
 
 
 def pool_row(reps, streams=16):
-    sess = rnnengine.InferenceSession(sm.SILERO)
+    sess = rnnengine.InferenceSession(SILERO)
     sr = np.array(16000, np.int64)
     pool = sess.pool(capacity=streams, feeds={"sr": sr})
     ids = [pool.open() for _ in range(streams)]
     rng = np.random.default_rng(1)
     xs = (0.1 * rng.standard_normal((streams, 512))).astype(np.float32)
-    ort_sess = sm.ort_session(sm.SILERO)
+    ort_sess = sm.ort_session(SILERO)
     states = [np.zeros((2, 1, 128), np.float32) for _ in range(streams)]
 
     def ort_16():
@@ -204,7 +201,7 @@ def main():
             {"h0": np.zeros((2, 1, hidden), np.float32),
              "c0": np.zeros((2, 1, hidden), np.float32)}, {}, reps)
     chunks = (0.1 * rng.standard_normal((64, 1, 512))).astype(np.float32)
-    with open(sm.SILERO, "rb") as f:
+    with open(SILERO, "rb") as f:
         silero = f.read()
     row("Silero VAD 16 kHz, 512 samples per step", silero, lambda k: {"input": chunks[k % 64]},
         {"state": np.zeros((2, 1, 128), np.float32)}, {"sr": np.array(16000, np.int64)}, reps)

@@ -15,18 +15,13 @@ is the session with the rewrite switched off for this benchmark only (the module
 """
 import argparse
 import os
-import sys
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-
-import session_models as sm  # noqa: E402
-import unrolled_models as um  # noqa: E402
+from _models import SILERO_IFLESS, session_models as sm, unrolled_models as um  # noqa: E402
 from bench_session import measure, ort_plain  # noqa: E402
 
 import rnnengine  # noqa: E402
@@ -83,9 +78,7 @@ def compare(title, data, feeds, pairs, zero, fixed, reps) -> None:
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--silero-ifless", metavar="PATH", default=os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data",
-        "silero_vad_op18_ifless.onnx"))
+    parser.add_argument("--silero-ifless", metavar="PATH", default=SILERO_IFLESS)
     args = parser.parse_args()
     reps = 5 if args.quick else 15
     row("lstm", False, 10, 16, reps)

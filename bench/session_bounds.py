@@ -11,17 +11,13 @@ find the very kernel objects the stream uses; a measurement tool, not an API.
 Single-threaded, one process, interleaved, best of several batches.
 """
 import os
-import sys
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[var] = "1"
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-
-import session_models as sm  # noqa: E402
+from _models import session_models as sm  # noqa: E402
 from bench_rnn import interleaved  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 

@@ -12,7 +12,6 @@ read the medians, not the means.
 import argparse
 import collections
 import os
-import sys
 import time
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -20,10 +19,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-
-import session_models as sm  # noqa: E402
+from _models import SILERO  # noqa: E402
 
 import rnnengine  # noqa: E402
 
@@ -42,7 +38,7 @@ def timed(sess):
 
 
 def profile(batch, steps, top):
-    sess = rnnengine.InferenceSession(sm.SILERO)
+    sess = rnnengine.InferenceSession(SILERO)
     times = timed(sess)
     sr = np.array(16000, np.int64)
     x = (0.1 * np.random.default_rng(0).standard_normal((batch, 512))).astype(np.float32)

@@ -1,5 +1,5 @@
 """Silero VAD against ONNX Runtime in CPU time (``time.process_time``), interleaved: the
-issue 11 targets (one stream >= 0.9x ORT; a pool of 16 >= 3x 16 ORT calls) measured so
+targets (one stream >= 0.9x ORT; a pool of 16 >= 3x 16 ORT calls) measured so
 that time the process spends preempted on a shared machine does not count.
 
     python bench/silero_cpu.py [batches]
@@ -16,10 +16,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-
-import session_models as sm  # noqa: E402
+from _models import SILERO, session_models as sm  # noqa: E402
 from bench_rnn import interleaved  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
@@ -31,8 +28,8 @@ def main():
     sr = np.array(16000, np.int64)
     rng = np.random.default_rng(0)
     chunks = (0.1 * rng.standard_normal((64, 1, 512))).astype(np.float32)
-    sess = rnnengine.InferenceSession(sm.SILERO)
-    ort_sess = sm.ort_session(sm.SILERO)
+    sess = rnnengine.InferenceSession(SILERO)
+    ort_sess = sm.ort_session(SILERO)
     stream = sess.stream(feeds={"sr": sr})
     k = [0]
 

@@ -1,6 +1,6 @@
 """rnnengine.Batcher: steps from many threads and asyncio tasks give exactly what lone batch-1
-streams give (and one stream what PyTorch's nn.LSTM gives), and each guarantee of SPEC §8 /
-issue 14 holds: per-stream order, same-stream concurrency error, full batcher, drain on
+streams give (and one stream what PyTorch's nn.LSTM gives), and each guarantee of
+docs/serving.md holds: per-stream order, same-stream concurrency error, full batcher, drain on
 close, cancellation, idle eviction and resume. Every wait is bounded."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rnnengine.Batcher over an InferenceSession (SPEC §8 over §6): steps of many streams from
+"""rnnengine.Batcher over an InferenceSession: steps of many streams from
 threads and asyncio tasks give what ONNX Runtime loops written the authors' way give (state
 outputs fed back by hand; 1e-4), for a PyTorch-exported GRU with a batch dimension, an LSTM
 export fixed at batch 1 (streams stepped one by one) and the shipped Silero VAD with ``sr``

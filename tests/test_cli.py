@@ -306,7 +306,7 @@ def test_bench_side_by_side(models):
               "--seq-len", "10", "--batch", "2", "--recurrent-only", check=0).stdout
     header = next(line for line in out.splitlines() if line.startswith("workload"))
     assert "onnxruntime (x)" in header and "torch (x)" in header
-    assert "onnxruntime IOBinding (x)" in header   # ORT's best streaming case (SPEC §5)
+    assert "onnxruntime IOBinding (x)" in header   # ORT's best streaming case
     rows = [line for line in out.splitlines()
             if line.startswith(("stream step", "sequence T=10"))]
     assert len(rows) == 3, out

@@ -1,4 +1,4 @@
-"""The command line on whole ONNX models (issue 11): ``info`` describes the graph as
+"""The command line on whole ONNX models: ``info`` describes the graph as
 InferenceSession plans it, ``run`` writes the model's outputs (not the recurrent layers'),
 ``verify`` and ``bench`` compare the whole graph with ONNX Runtime. Numbers are checked
 against ONNX Runtime on the same file, never against rnnengine itself."""

@@ -1,6 +1,6 @@
 """Unrolled LSTM/GRU cells (no recurrent node in the file) run on the fused kernels after
 graph_rewrite.fuse_unrolled_cells; everything is compared with ONNX Runtime on the original,
-unrewritten file (SPEC §6, 1e-4): run, stream over 200 steps against the author loop, pools
+unrewritten file (within 1e-4): run, stream over 200 steps against the author loop, pools
 against separate loops. Near misses must be left alone and still match."""
 import numpy as np
 import onnx

@@ -1,9 +1,9 @@
-"""Reduced-precision weights (SPEC §7): fp16, bf16 and int8 on every ISA variant this machine
+"""Reduced-precision weights: fp16, bf16 and int8 on every ISA variant this machine
 runs, against the float64 NumPy reference (`_reference.py`) with the fp32 weights, within each
 mode's budget; the real Silero LSTM nodes and the shipped character model against fp32; the
 engine's own file format keeps the reduced weights.
 
-Protocol (issue 13): weights N(0, 1/H), inputs N(0, 1), 300-step streams at batch 1 and T=100
+Protocol: weights N(0, 1/H), inputs N(0, 1), 300-step streams at batch 1 and T=100
 sequences at batch 4, LSTM and GRU (and RNN) at H=256 and 1024.
 """
 import contextlib

@@ -1,5 +1,5 @@
-"""InferenceSession(precision=...) runs its recurrent nodes in the reduced precisions of
-SPEC §7 and stays within each mode's error budget against ONNX Runtime on the same file."""
+"""InferenceSession(precision=...) runs its recurrent nodes in the reduced precisions
+and stays within each mode's error budget against ONNX Runtime on the same file."""
 import numpy as np
 import pytest
 

@@ -1,4 +1,4 @@
-"""InferenceSession.run against ONNX Runtime on the same file and feeds (SPEC §6, 1e-4)."""
+"""InferenceSession.run against ONNX Runtime on the same file and feeds (within 1e-4)."""
 import numpy as np
 import onnx
 import pytest

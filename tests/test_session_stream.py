@@ -1,5 +1,5 @@
 """Session streams and pools against ONNX Runtime loops written as the models' authors
-write them (state outputs fed back by hand), on the same file (SPEC §6, 1e-4)."""
+write them (state outputs fed back by hand), on the same file (within 1e-4)."""
 import numpy as np
 import pytest
 

@@ -17,7 +17,7 @@
  * set of sums: weights and inputs both get about 15 bits, all four cross products kept
  * (q1.x1, q1.x2, q2.x1, q2.x2; dropping q2.x2 would save half the second pass's rows of
  * arithmetic, none of its weight bytes). Silero's LSTM nodes, whose weight rows are 3-4x
- * those of N(0, 1/H) weights, need it: 1.1e-1-1.8e-1 from fp32 with i8 weights on the issue's
+ * those of N(0, 1/H) weights, need it: 1.1e-1-1.8e-1 from fp32 with i8 weights on the tests'
  * protocol, 4e-4-1.4e-3 with i8r. Twice the weight bytes: a streamed LSTM H=1024 step runs
  * 1.9x fp32 in i8r against 3.9x in i8, so layers.py packs it only where its rule asks.
  */

@@ -136,3 +136,11 @@ class RnnEngineBackend(Backend):
 
 
 backend = RnnEngineBackend
+
+# ``rnnengine.backend`` is the class above, bound when first read. Importing this submodule by
+# name (``from rnnengine.backend import ...`` before that) makes the package attribute the
+# module instead, so the module answers the same calls.
+prepare = RnnEngineBackend.prepare
+run_model = RnnEngineBackend.run_model
+run_node = RnnEngineBackend.run_node
+supports_device = RnnEngineBackend.supports_device

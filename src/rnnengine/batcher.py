@@ -1,5 +1,5 @@
 """Batcher: the steps of many streams, arriving from any number of threads and asyncio tasks,
-gathered into batched pool steps (SPEC §8).
+gathered into batched pool steps (docs/serving.md).
 
     with rnnengine.Batcher(model, max_batch=64, max_delay_us=500) as batcher:
         sid = batcher.open()

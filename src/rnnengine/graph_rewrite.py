@@ -1,4 +1,4 @@
-"""Unrolled one-step LSTM/GRU cells rewritten into ONNX LSTM/GRU nodes (issue 11, stretch).
+"""Unrolled one-step LSTM/GRU cells rewritten into ONNX LSTM/GRU nodes.
 
 PyTorch's exporters (TorchScript and dynamo, torch 2.13) write ``nn.LSTMCell`` and
 ``nn.GRUCell`` as plain operators, so does Keras' own ONNX export of ``LSTMCell``/``GRUCell``

@@ -286,7 +286,7 @@ def check_stack(layers: Sequence[Layer]) -> None:
                 "every layer of a stack has the same hidden size")
 
 
-# Weight precisions (SPEC §7), each the name of its weight type in the kernels
+# Weight precisions (docs/precision.md), each the name of its weight type in the kernels
 # (_kernels.WEIGHT_TYPES: enum rnn_wtype in include/rnnengine/cells.h).
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 FP16_MAX = 65504.0
@@ -373,20 +373,20 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray, q2=None) -> np.ndarray:
 # int8 weights get a residual part ("int8r" in the kernels: twice the bytes) when the
 # predicted int8 rounding error of a layer's worst unit exceeds this (int8_rounding_error).
 # Measured values: N(0, 1/H) weights 0.015 (H=64) to 0.021 (H=1024), LSTM, GRU and RNN;
-# PyTorch's default initialisation 0.0045; Silero's LSTM nodes 0.134 (max |diff| 0.11-0.18
-# from fp32 without the residual on the issue's protocol, budget 6e-2); the demo character
-# model 0.129. The value of Gaussian rows grows only like sqrt(log K), so ordinary layers
-# stay well below 0.05 and keep int8's bytes.
+# PyTorch's default initialisation 0.0045; Silero's LSTM nodes 0.134 (max |diff| 0.11-0.18 from
+# fp32 without the residual on tests/test_precision.py's protocol, budget 6e-2); the demo
+# character model 0.129. The value of Gaussian rows grows only like sqrt(log K), so ordinary
+# layers stay well below 0.05 and keep int8's bytes.
 INT8_RESIDUAL_ABOVE = 0.05
 
 # bf16 layers are packed with fp16 weights instead (the same 2 bytes, 8 times finer steps; the
 # fp16 product: fp32 inputs and arithmetic, no AMX or vdpbf16ps) when the predicted bf16
 # rounding error of the worst unit exceeds this (bf16_rounding_error). Measured values:
 # N(0, 1/H) weights 0.0050-0.0056 (LSTM, GRU and RNN, H=64 to 1024); PyTorch's default
-# initialisation 0.0025-0.0027; Silero's LSTM nodes 0.033 (max |diff| from fp32 on the issue's
-# protocol up to 7.1e-2 in bf16, budget 3e-2; 3.7e-3 with fp16 weights); the demo character
-# model 0.038. A relative step makes the value of Gaussian rows their norm, about constant
-# in K: ordinary layers keep bf16 and its AMX products.
+# initialisation 0.0025-0.0027; Silero's LSTM nodes 0.033 (max |diff| from fp32 on
+# tests/test_precision.py's protocol up to 7.1e-2 in bf16, budget 3e-2; 3.7e-3 with fp16
+# weights); the demo character model 0.038. A relative step makes the value of Gaussian rows
+# their norm, about constant in K: ordinary layers keep bf16 and its AMX products.
 BF16_AS_FP16_ABOVE = 0.015
 
 
@@ -433,7 +433,7 @@ def _worst_unit(layer: "Layer", row_errors) -> float:
 
 def int8_rounding_error(layer: "Layer") -> float:
     """The predicted int8 weight rounding error of the layer's worst unit (``_worst_unit``),
-    from its weights alone (int8 has no calibration data, SPEC §7). It depends only on the
+    from its weights alone (int8 has no calibration data). It depends only on the
     per-row scales, so a model reloaded from its int8 file (own_format) gets the same value."""
     return _worst_unit(layer, _int8_row_errors)
 

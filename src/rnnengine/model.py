@@ -1,7 +1,7 @@
 """Model: a stack of layers, its description and the whole-sequence run. All arithmetic
 happens in _kernels; streams live in stream.py, pools in pool.py.
 
-Conventions are PyTorch's (SPEC §2): ``x`` is ``(T, N, I)`` or ``(N, T, I)`` with
+Conventions are PyTorch's: ``x`` is ``(T, N, I)`` or ``(N, T, I)`` with
 ``batch_first``; ``y`` is ``(T, N, D*Hout)``; the state is ``h`` for GRU/RNN and ``(h, c)`` for
 LSTM, each ``(L*D, N, ·)``, layer-major and direction-minor; an unbatched ``(T, I)`` input gives
 an unbatched output and state.
@@ -29,7 +29,7 @@ class Model:
     every layer are split between them (results change only by float rounding); worth it for
     large hidden sizes (about 256 and up), not for small ones.
 
-    precision: how the weights are stored and multiplied (SPEC §7): "fp32" (default, exact),
+    precision: how the weights are stored and multiplied: "fp32" (default, exact),
     "fp16", "bf16" or "int8" (per output row, with inputs quantized per step). Layers whose
     weight rows are too large for the mode's error budget get a second, residual int8 part
     (layers.int8_residual) or, in bf16, fp16 weights (layers.bf16_as_fp16); state and gate

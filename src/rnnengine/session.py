@@ -1,4 +1,4 @@
-"""``InferenceSession``: a whole exported ONNX model, with ONNX Runtime's surface (SPEC §6).
+"""``InferenceSession``: a whole exported ONNX model, with ONNX Runtime's surface.
 
     sess = rnnengine.InferenceSession("model.onnx")       # path, bytes or onnx.ModelProto
     sess.get_inputs(), sess.get_outputs()                  # NodeArg: .name .shape .type
@@ -52,7 +52,7 @@ def programs_key(feeds, fixed=()) -> Optional[tuple]:
 
 def recurrent_model(layers, batch_first: bool, precision: str) -> Model:
     """THE one place where a session builds the Models of its recurrent nodes, so that
-    ``precision=`` (SPEC §7) reaches them all."""
+    ``precision=`` (docs/precision.md) reaches them all."""
     return Model(layers, batch_first=batch_first, precision=precision)
 
 
@@ -211,7 +211,7 @@ class InferenceSession:
         return out
 
     def state_pairs(self) -> Dict[str, str]:
-        """{output: input} pairs ``stream()`` finds automatically (SPEC §6); {} if none."""
+        """{output: input} pairs ``stream()`` finds automatically (state_pairs.py); {} if none."""
         return find_pairs(self._loaded.model.graph, self._inputs, self._outputs)
 
     def __repr__(self) -> str:
@@ -329,8 +329,8 @@ class InferenceSession:
     # -- streams ---------------------------------------------------------------------------
     def stream(self, state: Optional[Dict[str, str]] = None,
                feeds: Optional[Dict[str, np.ndarray]] = None) -> SessionStream:
-        """A stateful stream of the whole model (SPEC §6): state outputs fed back as inputs
-        (pairs found automatically or given as ``state={"out": "in"}``), or, for a graph
+        """A stateful stream of the whole model (session_stream.py): state outputs fed back as
+        inputs (pairs found automatically or given as ``state={"out": "in"}``), or, for a graph
         without state inputs, recurrent state carried along the time axis."""
         return SessionStream(self, state, feeds)
 

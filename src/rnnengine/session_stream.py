@@ -1,4 +1,4 @@
-"""Streams and pools of a whole ONNX model (SPEC §6): ``InferenceSession.stream()`` and
+"""Streams and pools of a whole ONNX model: ``InferenceSession.stream()`` and
 ``InferenceSession.pool()``.
 
 Two ways a graph carries state from one call to the next:

@@ -1,4 +1,4 @@
-"""Which graph outputs are the next step's state inputs (SPEC §6, "State pairs").
+"""Which graph outputs are the next step's state inputs (``InferenceSession.stream``).
 
 An output is paired with an input when the output is computed from recurrent nodes' final
 states (Y_h, Y_c), the input's data feeds some of those nodes' initial states (initial_h,

@@ -1,4 +1,4 @@
-"""Can a graph without state inputs stream along its time axis? (SPEC §6)
+"""Can a graph without state inputs stream along its time axis? (``InferenceSession.stream``)
 
 Streaming a chunk of timesteps at a time through the whole graph, with the recurrent
 nodes carrying their state between calls, gives the same result as one call on the whole

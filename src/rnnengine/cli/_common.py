@@ -210,7 +210,7 @@ def model_args(p: argparse.ArgumentParser) -> None:
                    "exporter chained after it (load(..., chain=False))")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="weights of the recurrent layers: fp32 (exact, the default), fp16, "
-                   "bf16 or int8 (SPEC section 7)")
+                   "bf16 or int8 (docs/precision.md)")
 
 
 def load_from_args(args: argparse.Namespace, **options) -> Model:

@@ -74,7 +74,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             contenders.append("onnxruntime")
             if "stream step, batch 1" in workloads:
                 # Streaming with ORT: a T=1 run fed back its final state, the plain way and
-                # with IOBinding (state ping-ponged between two bound buffers, SPEC §5)
+                # with IOBinding (state ping-ponged between two bound buffers,
+                # ORT's fastest way to stream)
                 plain, bound = ref.steps(1), ref.steps(1)
                 contenders.append(IOBINDING)
                 workloads["stream step, batch 1"]["onnxruntime"] = timed(

@@ -13,7 +13,7 @@ Options by format:
     nonlinearity= weight files: "tanh" (default) or "relu" for RNN weights whose file does not
                   record it (PyTorch nn.RNN state_dict, Keras SimpleRNN)
     threads=      all: intra-op threads of the returned Model (default 1)
-    precision=    all: "fp32" | "fp16" | "bf16" | "int8" (SPEC §7); default fp32, or the
+    precision=    all: "fp32" | "fp16" | "bf16" | "int8" (docs/precision.md); default fp32, or the
                   precision an rnnengine file was saved in
 """
 from __future__ import annotations

@@ -10,7 +10,6 @@ previous Y with its (D, H) axes merged, whatever the exporter's spelling.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from ..errors import ModelError
 from ..layers import GATES
@@ -204,8 +203,9 @@ class _Glue:
         rest = inputs[1:]
         if not all(v is None or isinstance(v, np.ndarray) for v in rest):
             raise _NotGlue
-        fake = onnx.helper.make_node(op, [f"x{k}" if v is not None else "" for k, v in
-                                          enumerate(inputs)], ["y"], **a)
+        from onnx import helper
+        fake = helper.make_node(op, [f"x{k}" if v is not None else "" for k, v in
+                                     enumerate(inputs)], ["y"], **a)
         try:
             index = fold_node(fake, [np.arange(len(x.entries))] + rest, self.folder.opset,
                               None)[0]

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import ModelError
 from ..ops import NATIVE_OPS, native_op
 from ..ops._common import MAX_ELEMENTS, node_label
 from ._files import open_regular
+
+if TYPE_CHECKING:
+    import onnx
+    from onnx import TensorProto
+
+# onnx is imported in the functions below that need it, not at the top: importing it costs
+# more than the rest of the package, and loading .npz weights never needs it.
 
 
 class NotConstant(Exception):
@@ -80,10 +85,11 @@ class Scope:
 
 def subgraphs(node: onnx.NodeProto):
     """(attribute label, graph) for every subgraph attribute of ``node``."""
+    from onnx import AttributeProto
     for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
+        if attr.type == AttributeProto.GRAPH:
             yield attr.name, attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
+        elif attr.type == AttributeProto.GRAPHS:
             for k, g in enumerate(attr.graphs):
                 yield f"{attr.name}[{k}]", g
 
@@ -105,6 +111,7 @@ def subgraph_free_names(node: onnx.NodeProto) -> set:
 def read_tensor(t: TensorProto, base_dir: Optional[str]) -> np.ndarray:
     """TensorProto -> ndarray in its own dtype (bfloat16 via ml_dtypes), reading external
     data from ``base_dir`` and refusing a location that leaves it."""
+    from onnx import TensorProto, numpy_helper
     if t.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
         raise ModelError(f"tensor {t.name!r} has type "
                          f"{TensorProto.DataType.Name(t.data_type)}, not a number type")
@@ -120,6 +127,7 @@ def read_tensor(t: TensorProto, base_dir: Optional[str]) -> np.ndarray:
 
 
 def _inline_external(t: TensorProto, base_dir: Optional[str]) -> TensorProto:
+    from onnx import TensorProto, helper
     info = {e.key: e.value for e in t.external_data}
     location = info.get("location", "")
     if base_dir is None:
@@ -207,6 +215,7 @@ def fold_node(node: onnx.NodeProto, inputs: list, opset: int,
 def attrs(node: onnx.NodeProto) -> dict:
     """An ONNX node's attributes as Python values, strings decoded (the one decoder: the
     loader, the folder and the backend all read attributes through it)."""
+    from onnx import helper
     out = {}
     for a in node.attribute:
         value = helper.get_attribute_value(a)

@@ -22,16 +22,18 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
-import onnx
 
 from ..errors import ModelError
 from ..layers import Layer, check_stack
 from ._files import open_regular
 from ._chains import RECURRENT, link_chains
 from ._fold import Folder, NotConstant, Scope, attrs, model_opset, node_label, subgraphs
+
+if TYPE_CHECKING:
+    import onnx
 
 
 
@@ -177,6 +179,7 @@ def _check_no_cycle(nodes: list, where: str) -> None:
 
 def _read_model(source):
     """-> (ModelProto, folder for external data or None, name for messages)."""
+    import onnx   # here, not at the top: importing rnnengine for .npz weights does not load it
     if isinstance(source, onnx.ModelProto):
         return source, None, "<onnx.ModelProto>"
     path = os.fspath(source)

@@ -15,13 +15,16 @@ Conv (+ Relu) with constant weights in C.
 """
 from __future__ import annotations
 
-import onnx
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
 from . import conv, elementwise, index, nn, reduce, shape, tensor
 from ._common import Attrs, guard
 from .conv import compiled_conv
 from .fusion import compiled_head, fuse_chain
+
+if TYPE_CHECKING:
+    import onnx
 
 _SPECS = {**elementwise.OPS, **shape.OPS, **tensor.OPS, **index.OPS, **nn.OPS, **conv.OPS,
           **reduce.OPS}

@@ -9,14 +9,19 @@ they accept through ``a`` (so an attribute nobody read is reported as unknown) a
 """
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Dict, NamedTuple
+from typing import TYPE_CHECKING, Callable, Dict, NamedTuple
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:
+    import onnx
+
+# onnx is imported inside the functions that read protos: importing it (and the ml_dtypes it
+# pulls in) costs more than the rest of the package, and a user of .npz weights never needs it.
 
 
 # ``out=ARRAY`` makes a ufunc return a 0-d ndarray rather than a NumPy scalar (NumPy >= 2.3
@@ -46,16 +51,19 @@ def registrar(table: Dict[str, Spec]):
     return op
 
 
-# NumPy dtypes of the ONNX tensor types the native ops handle (strings, bfloat16 and the
-# float8/int4 families are left to ONNX Runtime).
-_NP_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.BOOL: np.bool_,
-    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT16: np.int16,
-    onnx.TensorProto.INT32: np.int32, onnx.TensorProto.INT64: np.int64,
-    onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.UINT16: np.uint16,
-    onnx.TensorProto.UINT32: np.uint32, onnx.TensorProto.UINT64: np.uint64,
-}
+@functools.lru_cache(maxsize=None)
+def _np_types() -> dict:
+    """NumPy dtypes of the ONNX tensor types the native ops handle (strings, bfloat16 and the
+    float8/int4 families are left to ONNX Runtime)."""
+    from onnx import TensorProto
+    return {
+        TensorProto.FLOAT: np.float32, TensorProto.DOUBLE: np.float64,
+        TensorProto.FLOAT16: np.float16, TensorProto.BOOL: np.bool_,
+        TensorProto.INT8: np.int8, TensorProto.INT16: np.int16,
+        TensorProto.INT32: np.int32, TensorProto.INT64: np.int64,
+        TensorProto.UINT8: np.uint8, TensorProto.UINT16: np.uint16,
+        TensorProto.UINT32: np.uint32, TensorProto.UINT64: np.uint64,
+    }
 
 
 class Attrs:
@@ -74,34 +82,36 @@ class Attrs:
         return name in self.raw
 
     def _get(self, name, kinds, default, required):
+        """``kinds``: the accepted ``AttributeProto`` type names ("INT", "FLOATS", ...)."""
+        from onnx import AttributeProto, helper
         a = self.raw.get(name)
         self.read.add(name)
         if a is None:
             if required:
                 self.fail(f"attribute {name!r} is required")
             return default
-        if a.type not in kinds:
-            want = " or ".join(onnx.AttributeProto.AttributeType.Name(k) for k in kinds)
-            got = onnx.AttributeProto.AttributeType.Name(a.type)
+        if a.type not in [AttributeProto.AttributeType.Value(k) for k in kinds]:
+            want = " or ".join(kinds)
+            got = AttributeProto.AttributeType.Name(a.type)
             self.fail(f"attribute {name!r} must be {want}; got {got}")
         return helper.get_attribute_value(a)
 
     def int(self, name, default=None, required=False):
-        return self._get(name, (onnx.AttributeProto.INT,), default, required)
+        return self._get(name, ("INT",), default, required)
 
     def float(self, name, default=None, required=False):
-        return self._get(name, (onnx.AttributeProto.FLOAT,), default, required)
+        return self._get(name, ("FLOAT",), default, required)
 
     def ints(self, name, default=None, required=False):
-        v = self._get(name, (onnx.AttributeProto.INTS,), default, required)
+        v = self._get(name, ("INTS",), default, required)
         return None if v is None else [int(i) for i in v]
 
     def floats(self, name, default=None, required=False):
-        v = self._get(name, (onnx.AttributeProto.FLOATS,), default, required)
+        v = self._get(name, ("FLOATS",), default, required)
         return None if v is None else [float(f) for f in v]
 
     def str(self, name, default=None, required=False):
-        v = self._get(name, (onnx.AttributeProto.STRING,), default, required)
+        v = self._get(name, ("STRING",), default, required)
         return v.decode() if isinstance(v, bytes) else v
 
     def choice(self, name, options, default):
@@ -117,13 +127,14 @@ class Attrs:
         return v
 
     def tensor(self, name):
-        t = self._get(name, (onnx.AttributeProto.TENSOR,), None, False)
+        from onnx import TensorProto, numpy_helper
+        t = self._get(name, ("TENSOR",), None, False)
         if t is None:
             return None
-        if t.data_type not in _NP_TYPES:
+        if t.data_type not in _np_types():
             self.fail(f"attribute {name!r} holds a {type_name(t.data_type)} tensor, "
                       "which the native ops do not handle")
-        if t.data_location == onnx.TensorProto.EXTERNAL:
+        if t.data_location == TensorProto.EXTERNAL:
             self.fail(f"attribute {name!r} refers to external data, which is not read here")
         try:
             return numpy_helper.to_array(t)
@@ -133,10 +144,10 @@ class Attrs:
     def dtype(self, name, required=True, default=None):
         """A TensorProto element type attribute (Cast's ``to``) as a NumPy dtype."""
         code = self.int(name, default, required)
-        if code not in _NP_TYPES:
+        if code not in _np_types():
             self.fail(f"attribute {name!r}: element type {type_name(code)} is not handled "
                       "natively")
-        return np.dtype(_NP_TYPES[code])
+        return np.dtype(_np_types()[code])
 
     def inputs_before(self, opset, since, n_in, most):
         """Before opset ``since`` the op took at most ``most`` inputs (the rest were
@@ -150,8 +161,9 @@ class Attrs:
 
 
 def type_name(code) -> str:
+    from onnx import TensorProto
     try:
-        return onnx.TensorProto.DataType.Name(code)
+        return TensorProto.DataType.Name(code)
     except ValueError:
         return f"type code {code}"
 
