@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import logging
 import time
 from typing import Dict, List, Optional
 
@@ -77,6 +78,7 @@ from stream_directory import DIRECTORY, StreamLost, directory
 __all__ = ["StreamClient", "StreamGroup", "StreamLost", "StreamReplica", "build_app",
            "directory"]
 
+log = logging.getLogger(__name__)
 ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 if importlib.util.find_spec(ROUTER.rpartition(".")[0]) is None:
     raise ImportError(f"this recipe needs Ray Serve's experimental {ROUTER} (Ray 2.60 has it); "
@@ -165,10 +167,22 @@ class StreamReplica:
     def _start(self) -> None:
         """The background tasks, on the replica's event loop (started by the first request)."""
         loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._release_wanted()),
-                      loop.create_task(self._send_checkpoints())]
+        jobs = [self._release_wanted, self._send_checkpoints]
         if self.idle_ttl_s is not None:
-            self.tasks.append(loop.create_task(self._expire_idle()))
+            jobs.append(self._expire_idle)
+        self.tasks = [loop.create_task(self._forever(job)) for job in jobs]
+
+    async def _forever(self, job) -> None:
+        """Run a background loop; an error (the directory restarting, say) is logged and the
+        loop starts again a moment later rather than dying silently."""
+        while True:
+            try:
+                await job()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica %s: %s failed; restarting it", self.name, job.__name__)
+                await asyncio.sleep(1.0)
 
     # -- requests -------------------------------------------------------------------------
     async def step(self, key: str, x) -> dict:
