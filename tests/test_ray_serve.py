@@ -291,6 +291,12 @@ def test_step_many_equals_single_steps_idle_keys_expire_and_close_clears(cluster
         assert [grouped[t][s]["steps"] for t in range(T)] == list(range(1, T + 1))
     with pytest.raises(ValueError, match="at most once"):
         handle.options(session_id="k").step_many.remote(["k", "k"], inputs[:2, 0]).result()
+    mixed = StreamGroup(handle, "group-b", ["ok-0", "bad-0"])   # a bad input fails its key only
+    good, bad = mixed.step([inputs[0, 0], np.zeros(3, np.float32)])
+    assert good["steps"] == 1 and isinstance(bad, ValueError) and "(4,)" in str(bad), bad
+    good, bad = mixed.step([inputs[0, 1], inputs[1, 0]])
+    assert good["steps"] == 2 and bad["steps"] == 1      # the failed step left it untouched
+    assert_close(bad["y"], torch_run(twin, inputs[1, :1])[0][0], "after a failed step")
 
     # closing: the directory forgets the key wherever it was (here: held by the group's
     # replica, closed through another route)
@@ -299,7 +305,7 @@ def test_step_many_equals_single_steps_idle_keys_expire_and_close_clears(cluster
     assert group.step(inputs[:, 0])[0]["steps"] == 1     # a closed key starts over
 
     # abandoned keys: every key here stops; after idle_ttl_s all are closed and forgotten
-    assert len(ray.get(where.where.remote())) == 2 * S
+    assert len(ray.get(where.where.remote())) == 2 * S + 2
     deadline = time.monotonic() + 30
     while ray.get(where.where.remote()) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -30,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--groups", type=int, default=8, help="step_many requests per step")
     parser.add_argument("--steps", type=int, default=10, help="timesteps per round and way")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--checkpoint-every", type=int, default=8, help="0: no checkpoints")
     parser.add_argument("--num-cpus", type=int, default=2, help="of the local cluster")
     args = parser.parse_args(argv)
 
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
     try:
         serve.start(proxy_location="Disabled")
         handle = serve.run(build_app(os.path.abspath(args.model), min_replicas=2,
-                                     max_replicas=2, directory_name="bench-directory"),
+                                     max_replicas=2, directory_name="bench-directory",
+                                     checkpoint_every=args.checkpoint_every or None),
                            name="bench", route_prefix=None)
         singles = [StreamClient(handle, f"single-{s}") for s in range(S)]
         groups = [StreamGroup(handle, f"group-{g}", [f"grouped-{s}" for s in
