@@ -81,7 +81,7 @@ def test_bad_requests_say_what_was_expected(rng):
         rnnengine.Model(layers, precision=["fp16", "fp32"])
     with pytest.raises(ValueError, match="precision must be one of"):
         rnnengine.Model(layers, precision=["fp8"])
-    with pytest.raises(TypeError, match="a sequence of those per layer"):
+    with pytest.raises(ValueError, match="a sequence of those per layer"):
         rnnengine.Model(layers, precision=8)
 
 

@@ -34,8 +34,8 @@ _REPEATS, _STEPS = 5, 20
 
 def check_request(precision, n_layers: Optional[int], calibrate, tolerance) -> object:
     """``precision`` as given: a mode, "auto" (which needs ``calibrate``) or one mode per
-    layer (``n_layers`` of them; None: counted later). Raises ValueError/TypeError naming
-    what was expected."""
+    layer (``n_layers`` of them; None: counted later). Raises ValueError naming what was
+    expected."""
     if isinstance(precision, str):
         if precision == AUTO:
             if calibrate is None:
@@ -51,7 +51,7 @@ def check_request(precision, n_layers: Optional[int], calibrate, tolerance) -> o
             raise ValueError(f"precision per layer needs {n_layers} entries (one per "
                              f"recurrent layer); got {len(modes)}")
         return modes
-    raise TypeError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, 'auto' "
+    raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, 'auto' "
                     f"or a sequence of those per layer; got {precision!r}")
 
 
