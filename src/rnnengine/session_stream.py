@@ -525,6 +525,31 @@ class SessionPool:
             self._carrier.commit()
         return outs
 
+    @_exclusive
+    def step_one(self, sid, feeds: dict) -> List[np.ndarray]:
+        """``step([sid], feeds)`` for one stream, feeds at batch 1: the same outputs, for
+        less. Once the first step has shown that the graph batches the streams, the slot's
+        state is fed as it is stored (one stream's state is the graph's batch-1 state) and
+        written back in place; the general ``step`` gathers rows, moves the stream axis and
+        scatters them back, which for one stream costs as much as a small model's step."""
+        if self._time_mode or not self._settled or not self.batched:
+            return self.step([sid], feeds)
+        slot = sid % self.capacity if sid.__class__ is int else -1
+        if slot < 0 or self._sid_at[slot] != sid:
+            slot = self._slot(sid)          # another type of id, or an error
+        merged = {**self._fixed, **_check_feeds(self._args, feeds, self._state_inputs)}
+        state = self._state
+        for name in self._state_inputs:
+            merged[name] = state[name][slot]
+        outs = self._sess.evaluate(merged, self._all, self._fixed)
+        for k, name in self._state_out:     # every output checked before any state is written
+            if outs[k].shape != state[name].shape[1:]:
+                raise ValueError(f"state output for {name!r} has shape {outs[k].shape}; one "
+                                 f"stream's state input is {state[name].shape[1:]}")
+        for k, name in self._state_out:
+            state[name][slot] = outs[k]
+        return [outs[k] for k in self._keep]
+
     def _run(self, merged: dict, slots, carrier=None) -> list:
         """One graph pass; time mode: on the recurrent state of ``slots`` in ``carrier``
         (the pool's own by default)."""
