@@ -518,6 +518,8 @@ class SessionPool:
             self._ensure(merged)
             if not self._settled:
                 self._settle(merged)
+        if k == 1 and self.batched and self._settled and not self._time_mode:
+            return self._step_slot(slots[0], merged)
         if self._time_mode:
             self._carrier.pending = []
         outs = (self._step_batched if self.batched and k else self._step_each)(slots, merged)
@@ -537,7 +539,11 @@ class SessionPool:
         slot = sid % self.capacity if sid.__class__ is int else -1
         if slot < 0 or self._sid_at[slot] != sid:
             slot = self._slot(sid)          # another type of id, or an error
-        merged = {**self._fixed, **_check_feeds(self._args, feeds, self._state_inputs)}
+        return self._step_slot(slot, {**self._fixed,
+                                      **_check_feeds(self._args, feeds, self._state_inputs)})
+
+    def _step_slot(self, slot: int, merged: dict) -> List[np.ndarray]:
+        """One stream's graph pass on its slot's state (batched, settled pools)."""
         state = self._state
         for name in self._state_inputs:
             merged[name] = state[name][slot]
