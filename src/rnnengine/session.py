@@ -30,7 +30,7 @@ from .session_stream import SessionPool, SessionStream
 from .state_pairs import find_pairs
 
 _SEEN = "seen once"      # a signature's first call runs the general path and is remembered
-_MAX_PROGRAMS = 16       # signatures remembered per session (a new one past that starts over)
+_MAX_PROGRAMS = 32       # signatures remembered per session (past that, the oldest goes)
 
 
 def programs_key(feeds, fixed=()) -> Optional[tuple]:
@@ -302,7 +302,11 @@ class InferenceSession:
         if key is not None and entry.__class__ is not Program:
             if entry is None:
                 if len(self._programs) >= _MAX_PROGRAMS:
-                    self._programs.clear()
+                    # the oldest signature: forgetting them all would rebuild the ones in use
+                    try:
+                        del self._programs[next(iter(self._programs))]
+                    except (KeyError, StopIteration, RuntimeError):   # another thread's doing
+                        pass
                 self._programs[key] = _SEEN
             elif entry is _SEEN:
                 static = [name for name, _, _, value in key if value is not None]

@@ -22,7 +22,7 @@ import numpy as np
 from ._checks import check_positive_int
 from ._log import log
 from .errors import StreamClosed, StreamsFull
-from .pool_layout import guess_axes, probe, stack_rows, unstack_rows
+from .pool_layout import guess_axes, pad_rows, padded_batch, probe, stack_rows, unstack_rows
 from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
                             _zeros, state_hint)
@@ -577,16 +577,29 @@ class SessionPool:
         return lambda merged, slots: self._run(merged, slots, carrier)
 
     def _step_batched(self, slots, merged) -> List[np.ndarray]:
-        index = np.asarray(slots, np.intp)
+        """One graph pass for the streams. With state pairs, the batch is padded to
+        ``padded_batch`` rows by repeating the first stream's (rows stay apart: the probe
+        checked), so that batches of every size share a few programs; the extra rows'
+        outputs are dropped."""
+        k = len(slots)
+        size = k if self._time_mode else padded_batch(k)
+        index = np.asarray(slots + slots[:1] * (size - k), np.intp)
+        if size > k:
+            for name, ax in self._in_axis.items():
+                if name in merged and name not in self._fixed:
+                    merged[name] = pad_rows(merged[name], ax, size)
         for name in self._state_inputs:
             merged[name] = stack_rows(self._state[name][index], self._state_axis[name])
         outs = self._run(merged, slots)
-        news = [(self._state[name], unstack_rows(outs[k], self._state_axis[name], name,
-                                                 self._state[name].shape[1:], len(slots)))
-                for k, name in self._state_out]
+        news = [(self._state[name], unstack_rows(outs[j], self._state_axis[name], name,
+                                                 self._state[name].shape[1:], size)[:k])
+                for j, name in self._state_out]
         for store, new in news:      # every output checked before any state is written
-            store[index] = new
-        return [outs[k] for k in self._keep]
+            store[index[:k]] = new
+        if size == k:
+            return [outs[j] for j in self._keep]
+        return [outs[j][(slice(None),) * ax + (slice(0, k),)]
+                for j, ax in zip(self._keep, self._out_axis)]
 
     def _step_each(self, slots, merged) -> List[np.ndarray]:
         """The streams one graph pass each; their new states are kept once all passed."""
