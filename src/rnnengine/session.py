@@ -21,6 +21,7 @@ from .errors import ModelError
 from .executor import Program
 from .graph import Loaded, Plan
 from .graph_rewrite import fuse_unrolled_cells
+from ._checks import check_threads
 from .layers import check_precision
 from .loaders._fold import Scope
 from .loaders.onnx import _read_model
@@ -50,10 +51,21 @@ def programs_key(feeds, fixed=()) -> Optional[tuple]:
     return tuple(key)
 
 
-def recurrent_model(layers, batch_first: bool, precision: str) -> Model:
+def recurrent_model(layers, batch_first: bool, precision: str, threads: int = 1) -> Model:
     """THE one place where a session builds the Models of its recurrent nodes, so that
-    ``precision=`` (SPEC §7) reaches them all."""
-    return Model(layers, batch_first=batch_first, precision=precision)
+    ``precision=`` (SPEC §7) and ``threads=`` reach them all."""
+    return Model(layers, batch_first=batch_first, precision=precision, threads=threads)
+
+
+def session_threads(threads, sess_options) -> int:
+    """``threads=``, else an ONNX Runtime SessionOptions' ``intra_op_num_threads`` (its 0,
+    "ORT picks", is rnnengine's default: 1), else 1."""
+    if threads is not None:
+        return check_threads(threads)
+    wanted = getattr(sess_options, "intra_op_num_threads", 0) if sess_options is not None else 0
+    if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool) and wanted > 0:
+        return int(wanted)
+    return 1
 
 
 class NodeArg:
@@ -116,16 +128,26 @@ def read_model(source) -> tuple:
 
 
 class InferenceSession:
-    """A whole ONNX model planned once; ``run`` returns what ONNX Runtime returns."""
+    """A whole ONNX model planned once; ``run`` returns what ONNX Runtime returns.
+
+    threads (or an ONNX Runtime SessionOptions' ``intra_op_num_threads``, passed as
+    ``sess_options`` or second, as ORT takes it): the threads each recurrent node's kernels
+    split a call's hidden units over, in ``run`` and in streams and pools (1 by default;
+    ORT's 0 means 1 here). The other operators run on the calling thread, and the other
+    SessionOptions fields (optimization level, execution mode, inter-op threads, ...) have
+    no counterpart and are ignored: the plan is always fully optimised and sequential.
+    Concurrency across streams comes from calling from several threads (or a Batcher)."""
 
     def __init__(self, path_or_bytes: Union[str, os.PathLike, bytes, onnx.ModelProto],
-                 precision: str = "fp32", **_ort_style_options):
-        # ORT's sess_options / providers / provider_options are accepted and ignored, so
-        # that code written for onnxruntime.InferenceSession runs unchanged; so is an ORT
-        # SessionOptions passed second, where ORT takes it.
+                 precision: str = "fp32", sess_options=None, *, threads: Optional[int] = None,
+                 **_ort_style_options):
+        # ORT's providers / provider_options are accepted and ignored, so that code written
+        # for onnxruntime.InferenceSession runs unchanged; an ORT SessionOptions (as
+        # sess_options, or second, where ORT takes it) gives its intra_op_num_threads.
         if not isinstance(precision, str) and type(precision).__name__ == "SessionOptions":
-            precision = "fp32"
+            precision, sess_options = "fp32", precision
         self.precision = check_precision(precision)
+        self.threads = session_threads(threads, sess_options)
         model, base_dir, where = read_model(path_or_bytes)
         self._setup(model, base_dir, where, overridable=False)
 
@@ -136,7 +158,8 @@ class InferenceSession:
         try:
             model = fuse_unrolled_cells(model, base_dir)   # LSTMCell/GRUCell -> LSTM/GRU
             self._loaded = Loaded(model, base_dir, where, self.precision,
-                                  lambda layers, bf: recurrent_model(layers, bf, self.precision))
+                                  lambda layers, bf: recurrent_model(layers, bf, self.precision,
+                                                                     self.threads))
             self._plan = Plan(model.graph, Scope(model.graph, None, (), overridable),
                               self._loaded)
             initializers = {t.name for t in model.graph.initializer}
@@ -178,6 +201,7 @@ class InferenceSession:
         if self._overrides is None:
             other = InferenceSession.__new__(InferenceSession)
             other.precision = self.precision
+            other.threads = self.threads
             names = [a.name for a in self._overridable]
             try:
                 other._setup(self._loaded.model, self._loaded.base_dir, self._where, True)
