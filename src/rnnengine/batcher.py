@@ -435,8 +435,9 @@ class Batcher:
         done) _QUEUE: go through the worker; or, for a ``task`` after a run of inline steps,
         _YIELD: yield to the event loop first (an awaited step that never suspends would
         keep the loop's other tasks from running, and from stepping their streams)."""
-        if not self._pool_lock.acquire(False):
-            return _QUEUE
+        hint = self._streams.get(sid) if sid.__class__ is int else None
+        if (hint is not None and not hint.alone) or not self._pool_lock.acquire(False):
+            return _QUEUE      # (a stream batched last time: no locks taken to say so)
         try:
             with self._mutex:
                 if self._closing:

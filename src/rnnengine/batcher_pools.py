@@ -268,6 +268,8 @@ class SessionSlots(Resident):
         for name, ax in self._stacked.items():
             stacked[name] = np.concatenate([f.values[name] for f in inputs], axis=ax)
         outs = self.pool.step(self.pids(handles), stacked)
-        # the pool's output axes are settled by its first step (what the graph computes)
-        return [[np.take(o, [j], axis=ax) for o, ax in zip(outs, self.pool._out_axis)]
-                for j in range(len(inputs))]
+        # the pool's output axes are settled by its first step (what the graph computes);
+        # each stream gets its rows as a view: the arrays are this step's own, and the
+        # streams' rows do not overlap
+        cut = [(o, (slice(None),) * ax) for o, ax in zip(outs, self.pool._out_axis)]
+        return [[o[lead + (slice(j, j + 1),)] for o, lead in cut] for j in range(len(inputs))]
