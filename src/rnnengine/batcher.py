@@ -384,7 +384,8 @@ class Batcher:
         leaves the stream as it was. ``timeout`` (seconds): DeadlineExceeded if no batch
         has taken the step by then; it never runs. A step already in a running batch is
         waited for and returned."""
-        timeout = _check_timeout(timeout)
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
         x = self._pool.check_input(x)
         if self.inline:
             y = self._inline(sid, x, False)
@@ -404,7 +405,8 @@ class Batcher:
         computes. Cancelled while waiting, the step either never happens or has happened
         before the CancelledError propagates; ``steps(sid)`` tells which. ``timeout`` as
         for ``step``."""
-        timeout = _check_timeout(timeout)
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
         x = self._pool.check_input(x)
         if self.inline:
             y = self._inline(sid, x, True)
