@@ -10,7 +10,8 @@ step is model_1 on the frame's spectrum magnitude, then model_2 on the masked fr
 author runs it). A count of streams is *sustained* when the 99th percentile of latency
 (result time minus the step's arrival) is under one period. The capacity is the largest
 count sustained, found by doubling then bisecting (to ``--precision``), each probe a few
-seconds (``--duration``) of traffic.
+seconds (``--duration``) of traffic; the contenders of a model take turns probe by probe,
+so that the machine's load, which changes over a run, weighs on them alike.
 
 Contenders, each on the same model file:
 
@@ -28,7 +29,10 @@ it) and every engine runs single-threaded. Time is simulated: arrivals are times
 virtual clock, the work is real, and the clock advances by the CPU time the work took;
 when nothing is running the clock jumps to the next arrival. Latency is virtual completion
 minus arrival, so the machine's other jobs preempting the core do not count, and a probe
-takes only the CPU time its work needs.
+takes only the CPU time its work needs. What the clock cannot remove is the other jobs
+slowing the work itself (a busy sibling core, shared caches): on the shared 2-core machine
+the CPU time of a step swings by a quarter or more between runs, and the capacities with it;
+compare contenders within one run.
 
 * ``ticks``, ``ort``, ``ort-batched``: a loop serves every step that has arrived by the
   clock (``ort``: the oldest one), timed with ``time.thread_time``.
@@ -442,13 +446,15 @@ def batcher_probe(model, n: int, period: float, duration: float, seed: int, max_
 
 
 # -- capacity ---------------------------------------------------------------------------------
-def capacity(probe, start: int, precision: float, limit: int):
-    """Largest n with probe(n)['ok']: doubling from ``start``, then bisection until the
-    bounds are within ``precision`` (relative). -> (n, its probe result, probes run)."""
+def capacity(start: int, precision: float, limit: int):
+    """A generator: yields the stream counts to probe and is sent each probe's result;
+    returns (largest n sustained, its result, probes run): doubling from ``start``, then
+    bisection until the bounds are within ``precision`` (relative). A generator so that the
+    contenders' searches can take turns (their probes interleaved in time)."""
     good, bad, best, runs = 0, None, None, 0
     n = start
     while bad is None:
-        r = probe(n)
+        r = yield n
         runs += 1
         if r["ok"]:
             good, best = n, r
@@ -459,13 +465,29 @@ def capacity(probe, start: int, precision: float, limit: int):
             bad = n
     while bad - good > max(1, int(good * precision)):
         mid = (good + bad) // 2
-        r = probe(mid)
+        r = yield mid
         runs += 1
         if r["ok"]:
             good, best = mid, r
         else:
             bad = mid
     return good, best, runs
+
+
+def interleaved(probes: dict, start: int, precision: float, limit: int) -> dict:
+    """{contender: probe(n)} -> {contender: capacity(...)'s result}, the contenders taking
+    one probe each in turn, so that a change in the machine's load hits them all alike."""
+    searches = {c: capacity(start, precision, limit) for c in probes}
+    asked = {c: next(g) for c, g in searches.items()}
+    done = {}
+    while asked:
+        for c in list(asked):
+            try:
+                asked[c] = searches[c].send(probes[c](asked[c]))
+            except StopIteration as stop:
+                done[c] = stop.value
+                del asked[c]
+    return done
 
 
 CONTENDERS = ("batcher", "ticks", "ort", "ort-batched")
@@ -514,11 +536,10 @@ def main(argv=None) -> int:
         model.warm(args.max_batch)
         print(f"  {name}: programs for every batch size planned in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
+        probes = {}
         for c in contenders:
             if c == "ort-batched" and not model.batchable:
-                rows.append((name, c, None, None, 0))
                 continue
-            t0 = time.perf_counter()
             if c == "batcher":
                 simulated = args.batcher_clock == "simulated"
                 delay = 0 if simulated else args.max_delay_us
@@ -538,10 +559,13 @@ def main(argv=None) -> int:
                         serve(warm, warm)
                         serve(warm[:1], warm[:1])
                     return simulate(serve, n, model.period, args.duration, batch, args.seed)
-            n, r, runs = capacity(probe, 16, args.precision, args.limit)
-            rows.append((name, c, n, r, runs))
-            print(f"  {name} {c}: {n} streams ({runs} probes, {time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+            probes[c] = probe
+        t0 = time.perf_counter()
+        found = interleaved(probes, 16, args.precision, args.limit)
+        print(f"  {name}: {', '.join(f'{c} {found[c][0]}' for c in found)} streams "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        for c in contenders:
+            rows.append((name, c) + (found[c] if c in found else (None, None, 0)))
     print()
     print("| model | contender | streams sustained | p99 latency (ms) | mean batch | "
           "CPU us per step | clock |")
