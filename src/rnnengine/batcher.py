@@ -38,8 +38,9 @@ hand-off there and back (a condition variable, a lock or a ``call_soon_threadsaf
 thread switches) cost twice a whole Silero step (a lone stream through the Batcher took 3x
 the CPU of ``SessionStream.step``). So when the stream's last step had no company, nothing
 is queued and no batch is running, the caller takes the pool lock and steps that stream's
-slot itself (``step_one``: no gathering, no splitting): 1.07-1.09x the CPU of a direct
-``SessionStream.step`` on Silero, threads or tasks. Company ends it at once: a step that
+slot itself (``step_one``: no gathering, no splitting): 1.03-1.12x the CPU of a direct
+``SessionStream.step`` on both Silero files, threads or tasks (least of 9 interleaved runs,
+repeated at load averages 5-8; 1.8x with every step through the worker). Company ends it at once: a step that
 finds the pool busy or a queue waiting is queued, and a stream batched with others queues
 its next step too, so loaded streams batch as before. A task stepping inline runs the step
 on its event loop (as a synchronous ONNX Runtime call would), and yields to the loop every

@@ -345,6 +345,8 @@ class SessionPool:
         # the declared shapes' guess until the first step probes the graph (_settle)
         self.batched = self.batch_dim is not None
         self._settled, self._why, self._probes = False, None, 0
+        # a step of one stream can take _step_slot: settled, batched, with state pairs
+        self._slot_path = False
         self._state: Dict[str, np.ndarray] = {}     # one stream's state per slot (axis 0)
         self._slot_axis: Dict[str, int] = {}     # time mode's stores: slots on axis 1
         if self._time_mode:
@@ -473,6 +475,7 @@ class SessionPool:
         self._out_axis = [layout.out_axis[k] for k in self._keep]
         if not self.batched:
             self.batch_dim = None
+        self._slot_path = self._settled and self.batched and not self._time_mode
     @_exclusive
     def state(self, sid) -> Dict[str, np.ndarray]:
         slot = self._slot(sid)
@@ -518,7 +521,7 @@ class SessionPool:
             self._ensure(merged)
             if not self._settled:
                 self._settle(merged)
-        if k == 1 and self.batched and self._settled and not self._time_mode:
+        if k == 1 and self._slot_path:
             return self._step_slot(slots[0], merged)
         if self._time_mode:
             self._carrier.pending = []
@@ -534,7 +537,7 @@ class SessionPool:
         state is fed as it is stored (one stream's state is the graph's batch-1 state) and
         written back in place; the general ``step`` gathers rows, moves the stream axis and
         scatters them back, which for one stream costs as much as a small model's step."""
-        if self._time_mode or not self._settled or not self.batched:
+        if not self._slot_path:
             return self.step([sid], feeds)
         slot = sid % self.capacity if sid.__class__ is int else -1
         if slot < 0 or self._sid_at[slot] != sid:
