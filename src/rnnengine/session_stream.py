@@ -476,6 +476,7 @@ class SessionPool:
         if not self.batched:
             self.batch_dim = None
         self._slot_path = self._settled and self.batched and not self._time_mode
+
     @_exclusive
     def state(self, sid) -> Dict[str, np.ndarray]:
         slot = self._slot(sid)
