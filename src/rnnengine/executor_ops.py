@@ -164,6 +164,8 @@ class Lowering:
             y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
             self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
             return True
+        if rec.model.threads > 1:
+            return False        # a sequence core runs on one thread; the general path splits
         core = SequenceCore(rec.cells, D, T, N)
         y = np.zeros((T, N, D * rec.Hout), _F32)      # the kernels' layout
         hbuf = np.zeros((D, N, rec.Hout), _F32)

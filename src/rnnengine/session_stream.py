@@ -22,7 +22,7 @@ import numpy as np
 from ._checks import check_positive_int
 from ._log import log
 from .errors import StreamClosed, StreamsFull
-from .pool_layout import guess_axes, probe, stack_rows, unstack_rows
+from .pool_layout import guess_axes, pad_rows, padded_batch, probe, stack_rows, unstack_rows
 from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
                             _zeros, state_hint)
@@ -345,6 +345,8 @@ class SessionPool:
         # the declared shapes' guess until the first step probes the graph (_settle)
         self.batched = self.batch_dim is not None
         self._settled, self._why, self._probes = False, None, 0
+        # a step of one stream can take _step_slot: settled, batched, with state pairs
+        self._slot_path = False
         self._state: Dict[str, np.ndarray] = {}     # one stream's state per slot (axis 0)
         self._slot_axis: Dict[str, int] = {}     # time mode's stores: slots on axis 1
         if self._time_mode:
@@ -473,6 +475,8 @@ class SessionPool:
         self._out_axis = [layout.out_axis[k] for k in self._keep]
         if not self.batched:
             self.batch_dim = None
+        self._slot_path = self._settled and self.batched and not self._time_mode
+
     @_exclusive
     def state(self, sid) -> Dict[str, np.ndarray]:
         slot = self._slot(sid)
@@ -518,12 +522,43 @@ class SessionPool:
             self._ensure(merged)
             if not self._settled:
                 self._settle(merged)
+        if k == 1 and self._slot_path:
+            return self._step_slot(slots[0], merged)
         if self._time_mode:
             self._carrier.pending = []
         outs = (self._step_batched if self.batched and k else self._step_each)(slots, merged)
         if self._time_mode:        # the whole step succeeded: the final states go in
             self._carrier.commit()
         return outs
+
+    @_exclusive
+    def step_one(self, sid, feeds: dict) -> List[np.ndarray]:
+        """``step([sid], feeds)`` for one stream, feeds at batch 1: the same outputs, for
+        less. Once the first step has shown that the graph batches the streams, the slot's
+        state is fed as it is stored (one stream's state is the graph's batch-1 state) and
+        written back in place; the general ``step`` gathers rows, moves the stream axis and
+        scatters them back, which for one stream costs as much as a small model's step."""
+        if not self._slot_path:
+            return self.step([sid], feeds)
+        slot = sid % self.capacity if sid.__class__ is int else -1
+        if slot < 0 or self._sid_at[slot] != sid:
+            slot = self._slot(sid)          # another type of id, or an error
+        return self._step_slot(slot, {**self._fixed,
+                                      **_check_feeds(self._args, feeds, self._state_inputs)})
+
+    def _step_slot(self, slot: int, merged: dict) -> List[np.ndarray]:
+        """One stream's graph pass on its slot's state (batched, settled pools)."""
+        state = self._state
+        for name in self._state_inputs:
+            merged[name] = state[name][slot]
+        outs = self._sess.evaluate(merged, self._all, self._fixed)
+        for k, name in self._state_out:     # every output checked before any state is written
+            if outs[k].shape != state[name].shape[1:]:
+                raise ValueError(f"state output for {name!r} has shape {outs[k].shape}; one "
+                                 f"stream's state input is {state[name].shape[1:]}")
+        for k, name in self._state_out:
+            state[name][slot] = outs[k]
+        return [outs[k] for k in self._keep]
 
     def _run(self, merged: dict, slots, carrier=None) -> list:
         """One graph pass; time mode: on the recurrent state of ``slots`` in ``carrier``
@@ -546,16 +581,29 @@ class SessionPool:
         return lambda merged, slots: self._run(merged, slots, carrier)
 
     def _step_batched(self, slots, merged) -> List[np.ndarray]:
-        index = np.asarray(slots, np.intp)
+        """One graph pass for the streams. With state pairs, the batch is padded to
+        ``padded_batch`` rows by repeating the first stream's (rows stay apart: the probe
+        checked), so that batches of every size share a few programs; the extra rows'
+        outputs are dropped."""
+        k = len(slots)
+        size = k if self._time_mode else padded_batch(k)
+        index = np.asarray(slots + slots[:1] * (size - k), np.intp)
+        if size > k:
+            for name, ax in self._in_axis.items():
+                if name in merged and name not in self._fixed:
+                    merged[name] = pad_rows(merged[name], ax, size)
         for name in self._state_inputs:
             merged[name] = stack_rows(self._state[name][index], self._state_axis[name])
         outs = self._run(merged, slots)
-        news = [(self._state[name], unstack_rows(outs[k], self._state_axis[name], name,
-                                                 self._state[name].shape[1:], len(slots)))
-                for k, name in self._state_out]
+        news = [(self._state[name], unstack_rows(outs[j], self._state_axis[name], name,
+                                                 self._state[name].shape[1:], size)[:k])
+                for j, name in self._state_out]
         for store, new in news:      # every output checked before any state is written
-            store[index] = new
-        return [outs[k] for k in self._keep]
+            store[index[:k]] = new
+        if size == k:
+            return [outs[j] for j in self._keep]
+        return [outs[j][(slice(None),) * ax + (slice(0, k),)]
+                for j, ax in zip(self._keep, self._out_axis)]
 
     def _step_each(self, slots, merged) -> List[np.ndarray]:
         """The streams one graph pass each; their new states are kept once all passed."""
