@@ -97,15 +97,18 @@ def test_fuzz_seed_runs_compiled():
     assert "compiled step (gather, recurrent, dense)" in repr(stream)
 
 
-def test_uncovered_operator_keeps_the_general_step(models):
+def test_uncovered_operator_runs_the_whole_graph_program(models):
     """(b) with a Conv1d front end: Conv is not an operator the compiled step runs, so the
-    stream keeps its general step (native operators) and still matches ORT."""
+    stream takes its state out of the recurrent kernels and runs the whole graph as one
+    program (state fed in and out) instead of operator by operator; it still matches ORT."""
     rng = np.random.default_rng(3)
     steps = [{"x": rng.standard_normal((1, 10, 1)).astype(np.float32)} for _ in range(200)]
     stream, _ = run_both(models["b_conv"], steps, {"h0": np.zeros((1, 1, 16), np.float32)})
-    assert "inside the recurrent kernels" in repr(stream)
+    assert "inside the recurrent kernels" not in repr(stream)
     assert not stream.compiled and "compiled" not in repr(stream)
-    assert "Conv" in stream.not_compiled
+    assert "Conv" in stream.not_compiled and "one program" in stream.not_compiled
+    status = list(stream._sess.program_status().values())
+    assert len(status) == 1 and status[0].startswith("compiled"), status
 
 
 def test_other_feeds_take_the_general_step_and_state_carries_on(models):

@@ -220,11 +220,26 @@ class SessionStream:
             sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
             self._step)
         if self._runner is None:
-            log.debug("stream step not compiled (general path kept): %s", self._why)
+            log.debug("stream step not compiled: %s", self._why)
+            self._leave_fast()
         else:
             log.debug("stream step compiled to one C loop for feeds %s",
                       {n: a.shape for n, a in feeds.items()})
         return outs
+
+    def _leave_fast(self) -> None:
+        """The state back out of the recurrent kernels into the stream's arrays: a step the
+        compiled step cannot take would otherwise run operator by operator every time,
+        while the whole graph with its state fed in and out is planned into one program
+        (``session.evaluate``), state glue included."""
+        packed = self._elided.pack(self._carrier, self._fixed)
+        if packed is None:
+            return
+        why = self._why
+        self._elided, self._fast = None, False
+        self.reset()
+        self._state = dict(zip(self._state_inputs, packed))
+        self._why = f"{why}; the whole graph runs as one program, state fed in and out"
 
     def _learn(self, feeds) -> None:
         """Remember the shapes and dtypes of step feeds that passed the full check."""
