@@ -68,6 +68,21 @@ class Program:
         self.runner.run()
         return [b.copy() for b in self._outputs]
 
+    def run_if_fits(self, feeds: Dict[str, np.ndarray]) -> Optional[List[np.ndarray]]:
+        """``run(feeds)`` when ``feeds`` are exactly the program's feeds, each an ndarray of
+        the shape and dtype it was built for; None (nothing run) otherwise. A stream calls
+        this with feeds it has not checked: a signature that matches is one the session
+        checked and traced when it built the program."""
+        bufs = self._feeds
+        if len(feeds) != len(bufs):
+            return None
+        for name, buf in bufs.items():
+            value = feeds.get(name)
+            if value.__class__ is not np.ndarray or value.shape != buf.shape or \
+                    value.dtype != buf.dtype:
+                return None
+        return self.run(feeds)
+
     @staticmethod
     def build(sess, v: list, feed_names: List[str], fixed_names=()
               ) -> Tuple[Optional["Program"], str]:
