@@ -7,6 +7,7 @@ models in tests/data are streamed against ONNX Runtime with their state carried 
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -314,6 +315,8 @@ REAL = {
                                  {"sr": np.array(16000, np.int64)}),
     "silero_vad_op18_ifless.onnx": ({"input": (1, 512)}, {"stateN": "state"},
                                     {"sr": np.array(16000, np.int64)}),
+    "silero_vad.onnx": ({"input": (1, 512)}, {"stateN": "state"},
+                        {"sr": np.array(16000, np.int64)}),
 }
 
 
@@ -373,8 +376,27 @@ def test_recurrent_nodes(op, direction, T, state, rng):
     assert ("recurrent" if T == 1 and direction == "forward" else "sequence") in status
 
 
-@pytest.mark.parametrize("name", ["dtln_model_1.onnx", "dtln_model_2.onnx", "gtcrn.onnx",
-                                  "silero_vad_op18_ifless.onnx"])
+def test_every_shipped_model_is_a_real_model_here():
+    shipped = sorted(f for f in os.listdir(DATA) if f.endswith(".onnx"))
+    assert shipped == sorted(REAL)
+
+
+def python_calls(fn) -> list:
+    """Names of the Python functions that run while ``fn()`` runs (C calls do not count)."""
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
 def test_no_python_call_inside_a_compiled_call(name):
     """Between entry and return of the program's C loop, no Python function runs."""
     shapes, pairs, fixed = REAL[name]
@@ -388,16 +410,25 @@ def test_no_python_call_inside_a_compiled_call(name):
         sess.run(None, feeds)
     program = next(iter(sess._programs.values()))
     assert "call" not in program.kinds
-    calls = []
+    assert python_calls(program.runner.run) == []
 
-    def profile(frame, event, arg):
-        if event == "call":
-            calls.append(frame.f_code.co_name)
-    sys.setprofile(profile)
-    try:
-        program.runner.run()
-    finally:
-        sys.setprofile(None)
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_no_python_call_inside_a_compiled_stream_step(name, rng):
+    """A stream's step, once compiled, is one C call: the stream's own compiled step (state
+    kept inside the recurrent kernels) or the session's whole-graph program it feeds."""
+    shapes, pairs, fixed = REAL[name]
+    sess = rnnengine.InferenceSession(os.path.join(DATA, name))
+    stream = sess.stream(state=pairs, feeds=fixed)
+    x = {k: (0.3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+    for _ in range(6):      # the compiled step is built on the second step, a program on
+        stream.step(x)      # the second call of the whole graph after that
+    if stream.compiled:
+        calls = python_calls(functools.partial(stream._runner.step, x))
+    else:
+        program = stream._program
+        assert program is not None and "call" not in program.kinds, stream.not_compiled
+        calls = python_calls(program.runner.run)
     assert calls == []
 
 
