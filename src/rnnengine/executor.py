@@ -103,6 +103,7 @@ class _Builder(Lowering):
         self.static: set = set()                   # slots whose value is fixed (constants)
         self.ops: list = []
         self.called: List[str] = []
+        self._read_counts: Optional[dict] = None   # executor_ops.Lowering._reads
         self.table = list(v)                       # what "call" steps read and write
         self.table[0] = None
         plan = self.plan
