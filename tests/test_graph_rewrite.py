@@ -124,6 +124,66 @@ def test_input_as_wide_as_the_state_without_a_hint_is_left_alone():
     assert not recurrent(check_run(model))
 
 
+def test_input_as_wide_as_the_state_is_told_apart_by_the_state_tensor():
+    """I == H, no weight-name hint, h and c taken out of one state input [2, N, H] and put
+    back into one output: the operand read from the tensor c comes from is h (x is not),
+    so the cell becomes a recurrent node and a stream carries h, not x, as its state."""
+    model = um.keras_lstm_cell(features=8, units=8)
+    g = model.graph
+    for t in g.initializer:
+        if t.name == "recurrent_kernel":
+            t.name = "w2"
+    for n in g.node:
+        n.input[:] = ["w2" if i == "recurrent_kernel" else i for i in n.input]
+    N = g.input[0].type.tensor_type.shape.dim[0]
+    state = onnx.helper.make_tensor_value_info("state", onnx.TensorProto.FLOAT, [2, None, 8])
+    state.type.tensor_type.shape.dim[1].CopyFrom(N)
+    kept = [i for i in g.input if i.name == "x"]
+    del g.input[:]
+    g.input.extend(kept + [state])
+    g.initializer.extend([onnx.numpy_helper.from_array(np.array(k, np.int64), f"k{k}")
+                          for k in (0, 1)] +
+                         [onnx.numpy_helper.from_array(np.array([0], np.int64), "ax0")])
+    head = [onnx.helper.make_node("Gather", ["state", "k0"], ["h"], axis=0),
+            onnx.helper.make_node("Gather", ["state", "k1"], ["c"], axis=0)]
+    tail = [onnx.helper.make_node("Unsqueeze", ["h_new", "ax0"], ["h_u"]),
+            onnx.helper.make_node("Unsqueeze", ["c_new", "ax0"], ["c_u"]),
+            onnx.helper.make_node("Concat", ["h_u", "c_u"], ["state_out"], axis=0)]
+    nodes = head + list(g.node) + tail
+    del g.node[:]
+    g.node.extend(nodes)
+    out = onnx.helper.make_tensor_value_info("state_out", onnx.TensorProto.FLOAT, [2, None, 8])
+    out.type.tensor_type.shape.dim[1].CopyFrom(N)
+    kept = [o for o in g.output if o.name == "y"]
+    del g.output[:]
+    g.output.extend(kept + [out])
+    onnx.checker.check_model(model)
+    sess = check_run(model)
+    assert len(recurrent(sess)) == 1 and not activations(sess)
+    lstm = next(n for n in fuse_unrolled_cells(model, None).graph.node if n.op_type == "LSTM")
+    unsqueezed = {n.output[0]: n.input[0] for n in fuse_unrolled_cells(model, None).graph.node
+                  if n.op_type == "Unsqueeze"}
+    assert unsqueezed[lstm.input[0]] == "x" and unsqueezed[lstm.input[5]] == "h"
+    pairs = {"state_out": "state"}
+    zero = {"state": np.zeros((2, 1, 8), np.float32)}
+    check_stream(model, step_feeds(np.random.default_rng(7), 8, 100), pairs, zero)
+
+
+def test_input_as_wide_as_the_state_is_told_apart_by_the_previous_step():
+    """A loop over a cell with I == H and the weights renamed (no hint): the first cell's
+    x and h are both graph inputs and it is left alone; every later cell's h is o * tanh(c)
+    of the very c it reads, the previous step's, so it is h and those cells are rewritten."""
+    model = onnx.load_from_string(um.torch_cell_loop(steps=3, features=16, hidden=16))
+    rename = {t.name: f"w{k}" for k, t in enumerate(model.graph.initializer)}
+    for t in model.graph.initializer:
+        t.name = rename[t.name]
+    for n in model.graph.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+    rewritten = fuse_unrolled_cells(model, None)
+    assert [n.op_type for n in rewritten.graph.node].count("LSTM") == 2
+    assert len(recurrent(check_run(model.SerializeToString()))) == 2
+
+
 # -- tf2onnx-style Keras cells (onnx.helper) ----------------------------------------------
 
 KERAS = {
