@@ -388,6 +388,12 @@ class InferenceSession:
                 self._programs[key] = program if program is not None else why
         return self.finish(v, indices)
 
+    def program_for(self, feeds: Dict[str, np.ndarray], fixed=()) -> Optional[Program]:
+        """The program ``evaluate`` built for this signature of feeds, if it built one."""
+        key = programs_key(feeds, fixed)
+        entry = self._programs.get(key) if key is not None else None
+        return entry if entry.__class__ is Program else None
+
     def program_status(self) -> Dict[tuple, str]:
         """{feed signature: "compiled: <operator kinds>" | "general path: <why>"} for the
         signatures seen twice or more (``info`` and tests read it)."""

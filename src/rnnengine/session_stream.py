@@ -22,6 +22,7 @@ import numpy as np
 from ._checks import check_positive_int
 from ._log import log
 from .errors import StreamClosed, StreamsFull
+from .executor import Program
 from .pool_layout import guess_axes, pad_rows, padded_batch, probe, stack_rows, unstack_rows
 from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
@@ -70,6 +71,9 @@ class SessionStream:
         self._runner = None
         self._compile_next = False
         self._why: Optional[str] = None     # why compile_runner refused this plan
+        # the session's program for the signature of this stream's steps (state fed in and
+        # out), once ``evaluate`` has built it: later steps that fit it go straight to it
+        self._program: Optional[Program] = None
         self.reset()
 
     def __repr__(self) -> str:
@@ -166,6 +170,11 @@ class SessionStream:
             else:
                 self._undoing(self._elided.step, v, self._context, self._lean)
             return sess.finish(v, self._keep)
+        program = self._program
+        if program is not None and feeds.__class__ is dict:
+            outs = self._program_step(program, feeds)
+            if outs is not None:
+                return outs
         merged = self._merged(feeds)
         if self._state_inputs:
             sizes = None
@@ -179,6 +188,8 @@ class SessionStream:
                 return self._go_fast(merged)
         if self._context is None:      # the whole graph: planned per feed signature
             outs = sess.evaluate(merged, self._all, self._fixed)
+            if self._state_inputs:
+                self._program = sess.program_for(merged, self._fixed)
         else:
             v = sess.new_table(merged)
             v[0] = self._context
@@ -187,6 +198,26 @@ class SessionStream:
             else:
                 self._undoing(sess._plan.execute, v)
             outs = sess.finish(v, self._all)
+        for k, name in self._state_out:
+            self._state[name] = outs[k]
+        return [outs[k] for k in self._keep]
+
+    def _program_step(self, program, feeds: dict) -> Optional[List[np.ndarray]]:
+        """The step on the session's program for this signature, the state fed in from the
+        stream's arrays and taken back from its outputs, when ``feeds`` with the state are
+        exactly what the program was built for (a step feed given as state, or a fixed feed
+        given again, does not fit); None otherwise (the caller takes the general step)."""
+        state = self._state
+        merged = {**feeds, **state}
+        if len(merged) != len(feeds) + len(state) or any(a is None for a in state.values()) \
+                or not program.lock.acquire(False):
+            return None
+        try:
+            outs = program.run_if_fits(merged)
+        finally:
+            program.lock.release()
+        if outs is None:
+            return None
         for k, name in self._state_out:
             self._state[name] = outs[k]
         return [outs[k] for k in self._keep]
@@ -220,11 +251,26 @@ class SessionStream:
             sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
             self._step)
         if self._runner is None:
-            log.debug("stream step not compiled (general path kept): %s", self._why)
+            log.debug("stream step not compiled: %s", self._why)
+            self._leave_fast()
         else:
             log.debug("stream step compiled to one C loop for feeds %s",
                       {n: a.shape for n, a in feeds.items()})
         return outs
+
+    def _leave_fast(self) -> None:
+        """The state back out of the recurrent kernels into the stream's arrays: a step the
+        compiled step cannot take would otherwise run operator by operator every time,
+        while the whole graph with its state fed in and out is planned into one program
+        (``session.evaluate``), state glue included."""
+        packed = self._elided.pack(self._carrier, self._fixed)
+        if packed is None:
+            return
+        why = self._why
+        self._elided, self._fast = None, False
+        self.reset()
+        self._state = dict(zip(self._state_inputs, packed))
+        self._why = f"{why}; the whole graph runs as one program, state fed in and out"
 
     def _learn(self, feeds) -> None:
         """Remember the shapes and dtypes of step feeds that passed the full check."""
