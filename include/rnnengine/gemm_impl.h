@@ -81,33 +81,8 @@ RNN_INLINE void RNN_FNW(rnn_panel_fma)(const int NB, const int G, rnn_v *a,
 #define RNN_GP(NB, G) (G)
 #endif
 #define RNN_MIN_(a, b) ((a) < (b) ? (a) : (b))
-
-/* Rows n < NB, gates [g0, g0 + GP) of a G-gate panel: to = (from, or zero when NULL) + the
- * sum over k groups [kg0, kg1), or to += that sum when add (a later part of the sums). Each
- * group also prefetches pf_per lines at pf (while pf_left lasts). */
-RNN_INLINE void RNN_FNW(rnn_panel_tile)(const int NB, const int GP, const int G, const int g0,
-                                        int kg0, int kg1, const RNN_WT_T *restrict w,
-                                        const RNN_IN_T *restrict in, size_t ldin,
-                                        const RNN_ACC_E *from, size_t ldfrom,
-                                        RNN_ACC_E *to, size_t ldto, const int add,
-                                        const char *pf, int pf_per, int pf_left) {
-    RNN_ACC_T a[RNN_ACC_MAX];
-    const RNN_WT_T *wg = w + (size_t)g0 * RNN_BW * RNN_KS;
-    RNN_FOR_ALL(NB, GP)
-        a[(n * GP + g) * RNN_NV + v] =
-            from ? RNN_ACC_LOAD(from + (size_t)n * ldfrom + (g0 + g) * RNN_BW + v * RNN_VL)
-                 : RNN_ACC_ZERO();
-    _Pragma("GCC unroll 2") for (int kg = kg0; kg < kg1; kg++) {
-        for (int i = 0; i < pf_per && pf_left > 0; i++, pf_left--, pf += 64)
-            __builtin_prefetch(pf, 0, 3);
-        RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
-    }
-    RNN_FOR_ALL(NB, GP) {
-        RNN_ACC_E *t = to + (size_t)n * ldto + (g0 + g) * RNN_BW + v * RNN_VL;
-        RNN_ACC_STORE(t, add ? RNN_ACC_ADD(RNN_ACC_LOAD(t), a[(n * GP + g) * RNN_NV + v])
-                             : a[(n * GP + g) * RNN_NV + v]);
-    }
-}
+/* accumulator (n, g, v) of a pass over GP gates */
+#define RNN_AG(n, g, v) (((n) * GP + (g)) * RNN_NV + (v))
 #endif
 
 #ifndef RNN_PANEL_PLAIN
@@ -145,11 +120,28 @@ RNN_INLINE void RNN_FNW(rnn_panel_body)(const int NB, const int G, int K,
         RNN_FOR_ALL(1, G) RNN_ACC_STORE(RNN_ACC(0, g, v), a[RNN_AI(0, 0, g, v)]);
         return;
     }
-    _Pragma("GCC unroll 4") for (int g0 = 0; g0 < G; g0 += RNN_GP(NB, G))
-    _Pragma("GCC unroll 8") for (int u = 0; u < U; u++) {
-        const int k1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
-        RNN_FNW(rnn_panel_tile)(NB, RNN_MIN_(RNN_GP(NB, G), G - g0), G, g0, u * Kp, k1, w, in,
-                                ldin, u ? NULL : acc, ldacc, acc, ldacc, u > 0, NULL, 0, 0);
+    _Pragma("GCC unroll 4") for (int g0 = 0; g0 < G; g0 += RNN_GP(NB, G)) {
+        const int GP = RNN_MIN_(RNN_GP(NB, G), G - g0);
+        const RNN_WT_T *wg = w + (size_t)g0 * RNN_BW * RNN_KS;
+        RNN_ACC_E *ag = acc + (size_t)g0 * RNN_BW;
+#define RNN_ACCG(n, g, v) (ag + (size_t)(n) * ldacc + (g) * RNN_BW + (v) * RNN_VL)
+        for (int u = 0; u < U; u++) {
+            RNN_FOR_ALL(NB, GP) a[RNN_AG(n, g, v)] = u ? RNN_ACC_ZERO() : RNN_ACC_LOAD(RNN_ACCG(n, g, v));
+            const int k1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
+            int kg = u * Kp;
+            for (; kg + 2 <= k1; kg += 2) {
+                RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+                RNN_PANEL_STEP(NB, GP, a, wg + (kg + 1) * RNN_GK(G), in, ldin, (kg + 1) * RNN_KS);
+            }
+            if (kg < k1) RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+            if (u == 0) {
+                RNN_FOR_ALL(NB, GP) RNN_ACC_STORE(RNN_ACCG(n, g, v), a[RNN_AG(n, g, v)]);
+            } else {
+                RNN_FOR_ALL(NB, GP)
+                    RNN_ACC_STORE(RNN_ACCG(n, g, v), RNN_ACC_ADD(RNN_ACC_LOAD(RNN_ACCG(n, g, v)), a[RNN_AG(n, g, v)]));
+            }
+        }
+#undef RNN_ACCG
     }
 }
 #else
@@ -220,16 +212,30 @@ RNN_INLINE void RNN_FNW(rnn_panel_span)(const int NB, const int G, int kg0, int 
                                         const RNN_ACC_E *from, size_t ldfrom,
                                         RNN_ACC_E *to, size_t ldto,
                                         const char *pf, int pf_per, int pf_left) {
-    /* the prefetches spread over the passes */
+    /* with several passes each prefetches its share of the lines */
     const int passes = (G + RNN_GP(NB, G) - 1) / RNN_GP(NB, G);
     const int share = (pf_left + passes - 1) / passes;
     _Pragma("GCC unroll 4") for (int g0 = 0, p = 0; g0 < G; g0 += RNN_GP(NB, G), p++) {
-        const int left = pf_left - p * share < share ? pf_left - p * share : share;
-        RNN_FNW(rnn_panel_tile)(NB, RNN_MIN_(RNN_GP(NB, G), G - g0), G, g0, kg0, kg1, w, in,
-                                ldin, from, ldfrom, to, ldto, 0,
-                                pf + (size_t)p * share * 64,
-                                passes > 1 && kg1 > kg0 ? (left + (kg1 - kg0) - 1) / (kg1 - kg0) : pf_per,
-                                left);
+        const int GP = RNN_MIN_(RNN_GP(NB, G), G - g0);
+        const RNN_WT_T *wg = w + (size_t)g0 * RNN_BW * RNN_KS;
+        const char *pfp = pf;
+        int left = pf_left, per = pf_per;
+        if (passes > 1) {
+            left = pf_left - p * share < share ? pf_left - p * share : share;
+            pfp = left > 0 ? pf + (size_t)p * share * 64 : NULL;
+            per = left > 0 ? (left + (kg1 - kg0) - 1) / (kg1 - kg0) : 0;
+        }
+        RNN_ACC_T a[RNN_ACC_MAX];
+        RNN_FOR_ALL(NB, GP)
+            a[RNN_AG(n, g, v)] = from ? RNN_ACC_LOAD(from + (size_t)n * ldfrom + (g0 + g) * RNN_BW + v * RNN_VL)
+                                      : RNN_ACC_ZERO();
+        for (int kg = kg0; kg < kg1; kg++) {
+            for (int i = 0; i < per && left > 0; i++, left--, pfp += 64)
+                __builtin_prefetch(pfp, 0, 3);
+            RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+        }
+        RNN_FOR_ALL(NB, GP)
+            RNN_ACC_STORE(to + (size_t)n * ldto + (g0 + g) * RNN_BW + v * RNN_VL, a[RNN_AG(n, g, v)]);
     }
 }
 
@@ -344,6 +350,7 @@ static void RNN_FNW(rnn_panel_rows)(int ng, int G, int K, const RNN_WT_T *restri
 #undef RNN_PANEL_DEF
 #undef RNN_GP
 #undef RNN_MIN_
+#undef RNN_AG
 #undef RNN_UNROLL
 #undef RNN_ACC_MAX
 #undef RNN_ACC
