@@ -62,7 +62,7 @@ RNN_INLINE void RNN_FNW(rnn_panel_fma)(const int NB, const int G, rnn_v *a,
  * same sum in the same order, so a streamed step, a whole sequence, any batch size and any
  * thread split give bit-identical pre-activations. */
 #define RNN_UNROLL(G) ((G) * RNN_NV >= 8 ? 1 : 8 / ((G) * RNN_NV))
-#define RNN_ACC_MAX 24 /* accumulators of the largest instance (RNN_NB_MAX x G x NV) */
+#define RNN_ACC_MAX 24 /* accumulators of the largest pass (rows x gates per pass x NV) */
 #define RNN_ACC(n, g, v) (acc + (size_t)(n) * ldacc + (g) * RNN_BW + (v) * RNN_VL)
 #define RNN_FOR_ALL(NB, G)                                                                  \
     _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
