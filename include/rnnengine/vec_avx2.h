@@ -45,9 +45,11 @@ static inline __m256 rnn_bf16_avx2(__m256i u, int j) {
  * as memory operands): the memory-bound streamed step. Several rows take the gates a few at
  * a time (gemm_impl.h: rnn_panel_tile), up to 6 rows x 1 gate x 2 vectors = 12 accumulators,
  * 2 weight vectors and the broadcast: each weight vector loaded feeds 6 FMAs, where one row
- * per pass fed it to one and the product ran at L2 bandwidth (batch-16 LSTM H=256 sequence,
- * 0.43x the best peer). Rows and gates per pass: accumulators 2 x NB x gates, weights 2 x
- * gates, one broadcast, at most 16 registers. */
+ * per pass fed it to one and the product ran at L2 bandwidth. Measured (Zen 5, forced avx2,
+ * T=100 batch-16 sequences): LSTM H=256 19.8 -> 16.6 ms, GRU H=256 14.2 -> 11.7 ms, LSTM
+ * H=1024 289 -> 262 ms; the 16-row product alone runs at 87% of the FMA peak. Rows and gates
+ * per pass: accumulators 2 x NB x gates, weights 2 x gates, one broadcast, at most 16
+ * registers. */
 #define RNN_NB_MAX(G) 6
 #define RNN_GATE_PASS(NB, G) ((NB) == 1 ? (G) : (NB) == 2 && (G) >= 2 ? 2 : 1)
 #define RNN_PANEL_INSTANCES(X)                                                            \
