@@ -42,6 +42,7 @@ SR = {"sr": np.array(16000, np.int64)}
 
 # file -> (step feeds' shapes, state pairs {output: input}, fixed feeds)
 MODELS = {
+    "silero_vad.onnx": ({"input": (1, 512)}, {"stateN": "state"}, SR),
     "silero_vad_16k_op15.onnx": ({"input": (1, 512)}, {"stateN": "state"}, SR),
     "silero_vad_op18_ifless.onnx": ({"input": (1, 512)}, {"stateN": "state"}, SR),
     "dtln_model_1.onnx": ({"input_2": (1, 1, 257)}, {"tf_op_layer_stack_2": "input_3"}, {}),
@@ -50,7 +51,7 @@ MODELS = {
                                              "tra_cache_out": "tra_cache",
                                              "inter_cache_out": "inter_cache"}, {}),
 }
-TARGETS = {"silero_vad_16k_op15.onnx": 1.5, "silero_vad_op18_ifless.onnx": 1.5,
+TARGETS = {"silero_vad.onnx": 1.5, "silero_vad_16k_op15.onnx": 1.5, "silero_vad_op18_ifless.onnx": 1.5,
            "dtln_model_1.onnx": 3.0, "dtln_model_2.onnx": 2.0, "gtcrn.onnx": 2.0}
 
 
