@@ -117,6 +117,7 @@ struct rnn_kernels {
 #endif
 #include "rnnengine/vec_avx2.h"
 #include RNN_VARIANT_BODY
+#include "rnnengine/gemm_madd.h"
 #include "rnnengine/vec_undef.h"
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -161,7 +162,28 @@ struct rnn_kernels {
 #endif
 
 #if RNN_X86
-/* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd). */
+/* The int8 entries of 16-bit integer multiply-adds (gemm_madd.h) in table t. */
+static void rnn_kernels_use_madd(rnn_kernels_t *t) {
+    t->gemm[RNN_W_I8] = rnn_gemm_i8_avx2madd;
+    t->gemm[RNN_W_I8R] = rnn_gemm_i8r_avx2madd;
+    t->gemm_isa[RNN_W_I8] = t->gemm_isa[RNN_W_I8R] = "avx2madd";
+    t->gemm_memo[RNN_W_I8] = t->gemm_memo[RNN_W_I8R] = RNN_MADD_MEMO;
+}
+
+/* The avx2 table with the integer int8 product. */
+static const rnn_kernels_t *rnn_kernels_avx2_int(void) {
+    static rnn_kernels_t t;
+    static int ready;
+    if (!ready) {
+        t = rnn_kernels_avx2;
+        rnn_kernels_use_madd(&t);
+        ready = 1;
+    }
+    return &t;
+}
+
+/* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd);
+ * without VNNI, int8 takes the AVX2 integer product. */
 static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
     static rnn_kernels_t t;
     static int ready;
@@ -176,6 +198,8 @@ static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
             t.gemm_isa[RNN_W_I8] = "avx512vnni";
             t.gemm[RNN_W_I8R] = rnn_gemm_i8r_avx512vnni;
             t.gemm_isa[RNN_W_I8R] = "avx512vnni";
+        } else {
+            rnn_kernels_use_madd(&t);
         }
         ready = 1;
     }
@@ -207,7 +231,7 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return &rnn_kernels_serial;
 #if RNN_X86
     case RNN_ISA_AVX2:
-        return &rnn_kernels_avx2;
+        return rnn_kernels_avx2_int();
     case RNN_ISA_AVX512:
         return rnn_kernels_avx512_dot();
     case RNN_ISA_AMX:
