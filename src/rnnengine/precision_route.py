@@ -2,18 +2,21 @@
 reduced precision never makes a model silently slower than fp32.
 
 The reduced products are fast where the CPU has their instruction: AVX512-BF16 (vdpbf16ps,
-AMX) for bf16 and AVX512-VNNI (vpdpbusd) for int8. Elsewhere they run in fp32 arithmetic on
-converted weights (gemm_entries.h), and int8 quantizes its inputs into two parts and runs
-the product twice. Measured with bench/bench_modes.py on an AMD EPYC (Zen 5) forced to the
-avx2 variant, fp32 time over the mode's (LSTM and GRU: a stream step at H=1024 batch 1, T=100
-sequences at H=256 batch 1 and 16):
-    int8  0.59-0.81 (steps), 0.25-0.29 (sequences): slower than fp32 everywhere;
+AMX) for bf16; for int8, AVX512-VNNI (vpdpbusd) and, without it, AVX2's 16-bit integer
+multiply-adds (vpmaddwd, gemm_madd.h), so int8 is fast on every x86 variant with SIMD.
+Elsewhere a product runs in fp32 arithmetic on converted weights (gemm_entries.h). Measured
+with bench/bench_modes.py on an AMD EPYC (Zen 5) forced to the avx2 variant, fp32 time over
+the mode's (LSTM and GRU: a stream step at H=1024 batch 1, T=100 sequences at H=256 batch 1
+and 16):
+    int8  3.9-5.0 (steps), 1.29-1.47 (sequences), the same with the residual part (int8r);
+          in fp32 arithmetic (the product before vpmaddwd) 0.59-0.83 and 0.25-0.29;
     bf16  1.9-2.6 (steps), 0.96-1.09 (sequences);
-    fp16  2.2-2.8 (steps), 0.92-1.21 (sequences), and 8 times finer steps than bf16.
-So without the instruction, bf16 and int8 run fp16 weights (the same or half the weight
-bytes of fp32, within both modes' error budgets). The portable variant (no SIMD) converts
-every weight in scalar C: every reduced mode is slower than fp32 there (0.09-0.51), and the
-model keeps the mode with a RuntimeWarning saying so.
+    fp16  2.2-3.0 (steps), 0.92-1.21 (sequences), and 8 times finer steps than bf16.
+So without its instruction, bf16 runs fp16 weights (the same bytes, within its budget), and
+so does int8 where it has no integer product (the neon variant): half the weight bytes of
+fp32, more accurate. The portable variant (no SIMD) converts every weight in scalar C: every
+reduced mode is slower than fp32 there (0.09-0.51), and the model keeps the mode with a
+RuntimeWarning saying so.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from ._log import log
 from .layers import FP16_MAX
 
 # The products that make a mode pay off (_kernels.gemm_isa names), per mode.
-FAST_PRODUCTS = {"bf16": ("avx512bf16", "amx"), "int8": ("avx512vnni",)}
+FAST_PRODUCTS = {"bf16": ("avx512bf16", "amx"), "int8": ("avx512vnni", "avx2madd")}
 # Off in tests that measure each weight type's own product on every variant.
 REROUTE = True
 
@@ -51,8 +54,8 @@ def route(precision: str, layers) -> str:
         return precision
     if precision not in FAST_PRODUCTS or _kernels.gemm_isa(precision) in FAST_PRODUCTS[precision]:
         return precision
-    instruction = (f"a {precision} dot product" if variant == "neon"
-                   else {"bf16": "AVX512-BF16", "int8": "AVX512-VNNI"}[precision])
+    instruction = (f"{precision} dot product" if variant == "neon"
+                   else {"bf16": "AVX512-BF16", "int8": "int8 integer product"}[precision])
     if _fits_fp16(layers):
         if precision == "int8":
             warnings.warn(
