@@ -171,7 +171,7 @@ static void rnn_kernels_use_madd(rnn_kernels_t *t) {
 }
 
 /* The avx2 table with the integer int8 product. */
-static const rnn_kernels_t *rnn_kernels_avx2_int(void) {
+static const rnn_kernels_t *rnn_kernels_avx2_madd(void) {
     static rnn_kernels_t t;
     static int ready;
     if (!ready) {
@@ -231,7 +231,7 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return &rnn_kernels_serial;
 #if RNN_X86
     case RNN_ISA_AVX2:
-        return rnn_kernels_avx2_int();
+        return rnn_kernels_avx2_madd();
     case RNN_ISA_AVX512:
         return rnn_kernels_avx512_dot();
     case RNN_ISA_AMX:

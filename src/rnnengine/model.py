@@ -33,9 +33,10 @@ class Model:
     "fp16", "bf16" or "int8" (per output row, with inputs quantized per step). Layers whose
     weight rows are too large for the mode's error budget get a second, residual int8 part
     (layers.int8_residual) or, in bf16, fp16 weights (layers.bf16_as_fp16); state and gate
-    math stay float32 in every mode. On a CPU without AVX512-BF16 or AVX512-VNNI, bf16 and
-    int8 run fp16 weights, which are faster there (``precision`` reports it; int8 warns), and
-    on the portable variant every reduced mode warns that it is slower than fp32."""
+    math stay float32 in every mode. On a CPU without AVX512-BF16, bf16 runs fp16 weights,
+    which are faster there, and so does int8 where the variant has no integer product for it
+    (neon; x86 has AVX512-VNNI's or AVX2's) (``precision`` reports it; int8 warns), and on
+    the portable variant every reduced mode warns that it is slower than fp32."""
 
     def __init__(self, layers: Sequence[Layer], batch_first: bool = False, threads: int = 1,
                  precision: str = "fp32"):
@@ -55,7 +56,7 @@ class Model:
     @property
     def precision(self) -> str:
         """The weights' precision, the one that runs: "fp32", "fp16", "bf16" or "int8" (bf16
-        and int8 run as fp16 on a CPU without their instructions: precision_route)."""
+        and int8 run as fp16 where the variant lacks their fast products: precision_route)."""
         return self._precision
 
     @property
