@@ -21,7 +21,7 @@ from .errors import ModelError
 from .executor import Program
 from .graph import Loaded, Plan
 from .graph_rewrite import fuse_unrolled_cells
-from .layers import check_precision
+from .precision_auto import AUTO, DEFAULT_TOLERANCE, check_request, choose, reported
 from .loaders._fold import Scope
 from .loaders.onnx import _read_model
 from .model import Model
@@ -54,6 +54,24 @@ def recurrent_model(layers, batch_first: bool, precision: str) -> Model:
     """THE one place where a session builds the Models of its recurrent nodes, so that
     ``precision=`` (docs/precision.md) reaches them all."""
     return Model(layers, batch_first=batch_first, precision=precision)
+
+
+class NodeModels:
+    """The model factory of one planning of a session: the k-th recurrent node built gets
+    ``modes[k]`` (``modes`` one mode for all, or one per node; a file's nodes are built in
+    the same order every time it is planned)."""
+
+    def __init__(self, modes):
+        self.modes = modes
+        self.models: List[Model] = []
+
+    def __call__(self, layers, batch_first: bool) -> Model:
+        k = len(self.models)
+        # nodes past a per-node list are built in fp32; the session then refuses the count
+        mode = (self.modes if isinstance(self.modes, str) else
+                self.modes[k] if k < len(self.modes) else "fp32")
+        self.models.append(recurrent_model(layers, batch_first, mode))
+        return self.models[-1]
 
 
 class NodeArg:
@@ -119,15 +137,39 @@ class InferenceSession:
     """A whole ONNX model planned once; ``run`` returns what ONNX Runtime returns."""
 
     def __init__(self, path_or_bytes: Union[str, os.PathLike, bytes, onnx.ModelProto],
-                 precision: str = "fp32", **_ort_style_options):
+                 precision="fp32", calibrate=None, tolerance: float = DEFAULT_TOLERANCE,
+                 **_ort_style_options):
+        """precision: a mode for every recurrent node, one mode per node (in the order the
+        plan builds them: ``precision`` reports it that way), or "auto" with ``calibrate`` (one feed
+        dict, or a few, as ``run`` takes them): per node, the fastest mode on this CPU whose
+        error on the outputs for those feeds stays within ``tolerance`` (precision_auto)."""
         # ORT's sess_options / providers / provider_options are accepted and ignored, so
         # that code written for onnxruntime.InferenceSession runs unchanged; so is an ORT
         # SessionOptions passed second, where ORT takes it.
         if not isinstance(precision, str) and type(precision).__name__ == "SessionOptions":
             precision = "fp32"
-        self.precision = check_precision(precision)
+        request = check_request(precision, None, calibrate, tolerance)
         model, base_dir, where = read_model(path_or_bytes)
+        if request == AUTO:
+            request = self._calibrated(model, base_dir, where, calibrate, tolerance)
+        self._modes = request
         self._setup(model, base_dir, where, overridable=False)
+
+    @staticmethod
+    def _calibrated(model, base_dir, where: str, calibrate, tolerance: float) -> tuple:
+        """precision="auto": one mode per recurrent node, chosen on the calibration feeds."""
+        feeds = [calibrate] if isinstance(calibrate, dict) else list(calibrate)
+
+        def planned(modes) -> "InferenceSession":
+            sess = InferenceSession.__new__(InferenceSession)
+            sess._modes = modes
+            sess._setup(model, base_dir, where, overridable=False)
+            return sess
+
+        nodes = planned("fp32")._node_models.models
+        return choose([m.layers[0] for m in nodes],
+                      lambda modes: [y for f in feeds for y in planned(modes).run(None, f)],
+                      tolerance)
 
     def _setup(self, model: onnx.ModelProto, base_dir, where: str, overridable: bool) -> None:
         """Plan ``model``. With ``overridable``, the initializers that are also graph inputs
@@ -135,8 +177,8 @@ class InferenceSession:
         self._where = where
         try:
             model = fuse_unrolled_cells(model, base_dir)   # LSTMCell/GRUCell -> LSTM/GRU
-            self._loaded = Loaded(model, base_dir, where, self.precision,
-                                  lambda layers, bf: recurrent_model(layers, bf, self.precision))
+            self._node_models = NodeModels(self._modes)
+            self._loaded = Loaded(model, base_dir, where, self._modes, self._node_models)
             self._plan = Plan(model.graph, Scope(model.graph, None, (), overridable),
                               self._loaded)
             initializers = {t.name for t in model.graph.initializer}
@@ -159,6 +201,13 @@ class InferenceSession:
             # an unknown enum value, ...) that slip past the checks; the contract is one
             # exception type.
             raise ModelError(f"{where}: malformed graph ({type(e).__name__}: {e})") from e
+        built = self._node_models.models
+        if not isinstance(self._modes, str) and len(self._modes) != len(built):
+            raise ValueError(f"precision per node needs {len(built)} entries (one per "
+                             f"recurrent node); got {len(self._modes)}")
+        # what runs (a mode without its instructions may take another route: Model)
+        self.precision = reported([m.precision for m in built]) if built else (
+            self._modes if isinstance(self._modes, str) else "fp32")
         ort_ops = [op for g in self._loaded.ort_groups for op in g.op_types]
         if ort_ops:
             require_onnxruntime(ort_ops, where)
@@ -177,7 +226,7 @@ class InferenceSession:
         """This model planned with its overridable initializers as inputs."""
         if self._overrides is None:
             other = InferenceSession.__new__(InferenceSession)
-            other.precision = self.precision
+            other._modes = self._modes
             names = [a.name for a in self._overridable]
             try:
                 other._setup(self._loaded.model, self._loaded.base_dir, self._where, True)
