@@ -1,6 +1,8 @@
 /* int8 GEMM entries for AVX2 without VNNI: 16-bit integer multiply-adds (vpmaddwd). Included
  * once by kernels.h after the avx2 variant, inside its target region; kernels.h puts them in
- * the avx2 table, and in the avx512 one where the CPU lacks AVX512-VNNI.
+ * the avx2 table, and in the avx512 one where the CPU lacks AVX512-VNNI (better than fp32
+ * arithmetic on dequantized weights; there precision_route still runs int8 models with fp16
+ * weights, which the 16-wide FMAs make faster on batched sequences).
  *
  *   rnn_gemm_i8_avx2madd    int8 weights (cells.h)
  *   rnn_gemm_i8r_avx2madd   the same over both weight parts of i8r
@@ -28,8 +30,9 @@
  */
 
 #define RNN_MADD_KC 512
-_Static_assert((long long)RNN_MADD_KC * 127 * (long long)(127 * RNN_I8_FINE + 127) <
-                   ((long long)1 << 31) && 127 * RNN_I8_FINE + 127 <= 32767,
+#define RNN_MADD_XMAX 32385 /* 127 * RNN_I8_FINE + 127 (checked in rnn_madd_gemm) */
+_Static_assert(RNN_MADD_XMAX <= 32767 &&
+                   (long long)RNN_MADD_KC * 127 * RNN_MADD_XMAX < ((long long)1 << 31),
                "the 16-bit inputs or a chunk's int32 sums would overflow");
 
 /* a[n][g][v] += the 8 units' quads at wk (group k) times row n's quad at in + n * ldin + k,
@@ -131,6 +134,7 @@ static void rnn_madd_gemm(int parts, int ng, int G, int K, const void *w, const 
     const int8_t *wq[2] = {(const int8_t *)w, parts > 1 ? rnn_i8r_quads(w, K, G) : NULL};
     const float *scale = rnn_i8_scales(w, K, G);
     RNN_ASSERT((parts == 1 || parts == 2) && G >= 1 && G <= 4);
+    RNN_ASSERT(127.0f * RNN_I8_FINE + 127.0f <= (float)RNN_MADD_XMAX);
     /* the whole rows quantized once in the memo's buffer, or per K chunk in `chunk` */
     const int whole = memo && ng <= RNN_MADD_MEMO_ROWS && (size_t)ng * Kp <= RNN_MADD_MEMO;
     int16_t *rows_q = whole ? rnn_madd_memo_buf[memo->slot] : NULL;
