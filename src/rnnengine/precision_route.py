@@ -7,7 +7,7 @@ integer multiply-adds (vpmaddwd, gemm_madd.h). Elsewhere a product runs in fp32 
 converted weights (gemm_entries.h). Measured with bench/bench_modes.py on an AMD EPYC (Zen 5)
 forced to the avx2 variant, fp32 time over the mode's (LSTM and GRU: a stream step at H=1024
 batch 1, T=100 sequences at H=256 batch 1 and 16):
-    int8  3.9-5.0 (steps), 1.29-1.47 (sequences), the same with the residual part (int8r);
+    int8  3.3-5.0 (steps), 1.29-1.47 (sequences), the same with the residual part (int8r);
           in fp32 arithmetic (the product before vpmaddwd) 0.59-0.83 and 0.25-0.29;
     bf16  1.9-2.6 (steps), 0.96-1.09 (sequences);
     fp16  2.2-3.0 (steps), 0.92-1.21 (sequences), and 8 times finer steps than bf16.
