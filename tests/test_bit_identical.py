@@ -6,7 +6,7 @@ partial one, so every thread gets blocks and the panel kernels' row counts vary.
 import numpy as np
 import pytest
 
-from rnnengine import Layer, Model, _reference
+from rnnengine import Layer, Model, _reference, layers, precision_route
 
 CASES = [("lstm", {}), ("lstm", {"proj": 19}), ("gru", {"linear_before_reset": 0}),
          ("gru", {"linear_before_reset": 1}), ("rnn", {})]
@@ -183,3 +183,42 @@ def test_fp16_weights_wider_than_one_slice_agree_bit_for_bit(isa, kind):
     half = [a.astype(np.float16).astype(np.float64) for a in (W, R)]
     ref = _reference.onnx_rnn(kind, x, *half, B, linear_before_reset=lbr)[0][:, 0]
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("mode", ["int8", "int8r"])
+@pytest.mark.parametrize("I", [9, 1100])
+def test_int8_agrees_bit_for_bit(isa, monkeypatch, kind, mode, I):
+    """int8 quantizes each input row on its own and sums integers exactly, K in chunks (the
+    AVX2 product: 512 k's, each chunk's sums scaled into fp32 in order); rows are quantized
+    once per phase where they fit a per-thread buffer (I = 9), else per call and K chunk
+    (I = 1100, 3 chunks). Each row alone, the batch (30 rows: more than a phase's row group),
+    streamed steps and thread splits must give the same bits; "int8r" runs the residual
+    weight part too. And the outputs stay within int8's budget of the float64 reference."""
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
+    rng = np.random.default_rng(13)
+    H, T, N = 40, 4, 30
+    W = rng.normal(0, 1 / np.sqrt(I), (1, G * H, I))
+    R = rng.normal(0, 1 / np.sqrt(H), (1, G * H, H))
+    B = rng.uniform(-0.3, 0.3, (1, 2 * G * H))
+    lbr = int(kind == "gru")
+    if mode == "int8r":
+        monkeypatch.setattr(layers, "INT8_RESIDUAL_ABOVE", 0.0)
+    monkeypatch.setattr(precision_route, "REROUTE", False)
+
+    def make(threads=1):
+        model = Model([Layer.from_onnx(kind, W, R, B, linear_before_reset=lbr)],
+                      threads=threads, precision="int8")
+        assert {cell.precision for cell in model._cells} == {mode}
+        return model
+
+    model = make()
+    x = rng.standard_normal((T, N, I)).astype(np.float32)
+    y, _ = model.run(x)
+    for n in (0, 17, 29):
+        np.testing.assert_array_equal(model.run(x[:, n:n + 1])[0], y[:, n:n + 1])
+    stream = model.stream(N)
+    np.testing.assert_array_equal(np.stack([stream.step(x[t]) for t in range(T)]), y)
+    np.testing.assert_array_equal(make(threads=3).run(x)[0], y)
+    ref = _reference.onnx_rnn(kind, x, W, R, B, linear_before_reset=lbr)[0][:, 0]
+    assert float(np.abs(y - ref).max()) <= 6e-2

@@ -8,7 +8,8 @@
  * function pointers in two parts: the gate math (phase, xproj: kernels_impl.h) and one GEMM
  * entry per weight type (gemm_entries.h over gemm_impl.h), so a new product (another weight
  * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
- * the gate math. Names are rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
+ * the gate math (gemm_madd.h: int8's AVX2 integer product, for the avx2 table). Names are
+ * rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
  * The driver calls through the table chosen at import (rnnengine._kernels: CPUID, or
  * RNNENGINE_ISA=serial|avx2|avx512|amx|neon). Every variant reads the same packed weights, so
  * switching variants needs no repacking.
@@ -117,6 +118,7 @@ struct rnn_kernels {
 #endif
 #include "rnnengine/vec_avx2.h"
 #include RNN_VARIANT_BODY
+#include "rnnengine/gemm_madd.h"
 #include "rnnengine/vec_undef.h"
 #if defined(__clang__)
 #pragma clang attribute pop
@@ -161,7 +163,28 @@ struct rnn_kernels {
 #endif
 
 #if RNN_X86
-/* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd). */
+/* The int8 entries of 16-bit integer multiply-adds (gemm_madd.h) in table t. */
+static void rnn_kernels_use_madd(rnn_kernels_t *t) {
+    t->gemm[RNN_W_I8] = rnn_gemm_i8_avx2madd;
+    t->gemm[RNN_W_I8R] = rnn_gemm_i8r_avx2madd;
+    t->gemm_isa[RNN_W_I8] = t->gemm_isa[RNN_W_I8R] = "avx2madd";
+    t->gemm_memo[RNN_W_I8] = t->gemm_memo[RNN_W_I8R] = RNN_MADD_MEMO;
+}
+
+/* The avx2 table with the integer int8 product. */
+static const rnn_kernels_t *rnn_kernels_avx2_madd(void) {
+    static rnn_kernels_t t;
+    static int ready;
+    if (!ready) {
+        t = rnn_kernels_avx2;
+        rnn_kernels_use_madd(&t);
+        ready = 1;
+    }
+    return &t;
+}
+
+/* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd);
+ * without VNNI, int8 takes the AVX2 integer product. */
 static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
     static rnn_kernels_t t;
     static int ready;
@@ -176,6 +199,8 @@ static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
             t.gemm_isa[RNN_W_I8] = "avx512vnni";
             t.gemm[RNN_W_I8R] = rnn_gemm_i8r_avx512vnni;
             t.gemm_isa[RNN_W_I8R] = "avx512vnni";
+        } else {
+            rnn_kernels_use_madd(&t);
         }
         ready = 1;
     }
@@ -207,7 +232,7 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return &rnn_kernels_serial;
 #if RNN_X86
     case RNN_ISA_AVX2:
-        return &rnn_kernels_avx2;
+        return rnn_kernels_avx2_madd();
     case RNN_ISA_AVX512:
         return rnn_kernels_avx512_dot();
     case RNN_ISA_AMX:

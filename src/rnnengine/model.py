@@ -34,9 +34,10 @@ class Model:
     "fp16", "bf16" or "int8" (per output row, with inputs quantized per step). Layers whose
     weight rows are too large for the mode's error budget get a second, residual int8 part
     (layers.int8_residual) or, in bf16, fp16 weights (layers.bf16_as_fp16); state and gate
-    math stay float32 in every mode. On a CPU without AVX512-BF16 or AVX512-VNNI, bf16 and
-    int8 run fp16 weights, which are faster there (``precision`` reports it; int8 warns), and
-    on the portable variant every reduced mode warns that it is slower than fp32.
+    math stay float32 in every mode. On a CPU without AVX512-BF16, bf16 runs fp16 weights,
+    which are faster there, and so does int8 without a fast integer product (AVX512-VNNI, or
+    AVX2's on the avx2 variant) (``precision`` reports it; int8 warns), and on the portable
+    variant every reduced mode warns that it is slower than fp32.
 
     precision may also be one mode per layer, or "auto" with ``calibrate`` (a few
     representative inputs x, each as ``run`` takes it): per layer, the fastest mode on this
@@ -72,8 +73,8 @@ class Model:
     @property
     def precision(self):
         """The weights' precision, the one that runs: "fp32", "fp16", "bf16" or "int8" (bf16
-        and int8 run as fp16 on a CPU without their instructions: precision_route), or a
-        tuple of those per layer when the layers differ (precision="auto" or per layer)."""
+        and int8 run as fp16 where the variant lacks their fast products: precision_route),
+        or a tuple of those per layer when the layers differ (precision="auto" or per layer)."""
         return reported(self._modes)
 
     @property
