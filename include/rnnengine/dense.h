@@ -60,21 +60,25 @@ static inline float rnn_dense_exp(float x)
 }
 
 #if defined(__GNUC__) || defined(__clang__)
+/* The vectors of the row tiles (dense_impl.h), loaded and stored through memcpy (no
+ * alignment assumed); each variant picks the width its registers hold. */
+typedef float rnn_dense_v4 __attribute__((vector_size(16)));
 typedef float rnn_dense_v8 __attribute__((vector_size(32)));
-#define RNN_DENSE_V8_LOAD(p) ({ rnn_dense_v8 v_; memcpy(&v_, (p), sizeof v_); v_; })
-#define RNN_DENSE_V8_STORE(p, v) do { rnn_dense_v8 v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
 typedef float rnn_dense_v16 __attribute__((vector_size(64)));
-#define RNN_DENSE_V16_LOAD(p) ({ rnn_dense_v16 v_; memcpy(&v_, (p), sizeof v_); v_; })
-#define RNN_DENSE_V16_STORE(p, v) do { rnn_dense_v16 v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
+#define RNN_DENSE_VLOAD(VT, p) ({ VT v_; memcpy(&v_, (p), sizeof v_); v_; })
+#define RNN_DENSE_VSTORE(p, v) do { __typeof__(v) v_ = (v); memcpy((p), &v_, sizeof v_); } while (0)
 #endif
 
-/* The portable variant: baseline flags (SSE2 on x86-64, NEON on AArch64). */
+/* The portable variant: baseline flags (SSE2 on x86-64, NEON on AArch64), 128-bit vectors
+ * (wider ones are split into scalar code there: 30x slower). */
 #define RNN_DN(name) name##_base
 #define RNN_DN_TARGET
+#define RNN_DN_VT rnn_dense_v4
 #define RNN_DN_WIDE 0
 #include "rnnengine/dense_impl.h"
 #undef RNN_DN
 #undef RNN_DN_TARGET
+#undef RNN_DN_VT
 #undef RNN_DN_WIDE
 
 /* Per x86-64 level, not "arch=haswell": that names a CPU model, and GCC's clones dispatched
@@ -84,18 +88,22 @@ typedef float rnn_dense_v16 __attribute__((vector_size(64)));
 #define RNN_DENSE_LEVELS 1
 #define RNN_DN(name) name##_v3
 #define RNN_DN_TARGET __attribute__((target("arch=x86-64-v3"), optimize("fp-contract=fast")))
+#define RNN_DN_VT rnn_dense_v8
 #define RNN_DN_WIDE 0
 #include "rnnengine/dense_impl.h"
 #undef RNN_DN
 #undef RNN_DN_TARGET
+#undef RNN_DN_VT
 #undef RNN_DN_WIDE
 
 #define RNN_DN(name) name##_v4
 #define RNN_DN_TARGET __attribute__((target("arch=x86-64-v4"), optimize("fp-contract=fast")))
+#define RNN_DN_VT rnn_dense_v8
 #define RNN_DN_WIDE 1
 #include "rnnengine/dense_impl.h"
 #undef RNN_DN
 #undef RNN_DN_TARGET
+#undef RNN_DN_VT
 #undef RNN_DN_WIDE
 #else
 #define RNN_DENSE_LEVELS 0

@@ -2,6 +2,7 @@
  * per variant). Before including it, define:
  *   RNN_DN(name)    the variant's function name (name##_v4, name##_v3, name##_base)
  *   RNN_DN_TARGET   its target attribute (empty for the portable variant)
+ *   RNN_DN_VT       the vector type of its four-row tile (dense.h: rnn_dense_v4 or _v8)
  *   RNN_DN_WIDE     1 to add the six-row tile of 32 columns in zmm vectors (AVX-512 only:
  *                   it needs 32 vector registers)
  */
@@ -82,84 +83,59 @@ static void RNN_DN(rnn_dense_row)(const float *restrict x, size_t K, const float
 }
 
 #if defined(__GNUC__) || defined(__clang__)
-/* Four rows at a time: y[r] (+)= x[r] @ w for r < 4, 16 columns of the four rows held in
- * eight 8-float vectors through the whole of K, so each weight is loaded once per four rows
- * instead of once per row (a convolution's window rows, a pool's batch: M = 48, K = 256,
- * N = 258 took 165 us one row at a time). Sums in k order, each product fused into its sum
- * (fmaf), as in rnn_dense_product's scalar remainder. */
-RNN_DN_TARGET
-static void RNN_DN(rnn_dense_rows4)(const float *restrict x, size_t K, const float *restrict w, size_t N,
-                            float *restrict y)
-{
-    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K;
-    float *y0 = y, *y1 = y + N, *y2 = y + 2 * N, *y3 = y + 3 * N;
-    size_t n = 0;
-    for (; n + 16 <= N; n += 16) {
-        rnn_dense_v8 a0 = RNN_DENSE_V8_LOAD(y0 + n), b0 = RNN_DENSE_V8_LOAD(y0 + n + 8);
-        rnn_dense_v8 a1 = RNN_DENSE_V8_LOAD(y1 + n), b1 = RNN_DENSE_V8_LOAD(y1 + n + 8);
-        rnn_dense_v8 a2 = RNN_DENSE_V8_LOAD(y2 + n), b2 = RNN_DENSE_V8_LOAD(y2 + n + 8);
-        rnn_dense_v8 a3 = RNN_DENSE_V8_LOAD(y3 + n), b3 = RNN_DENSE_V8_LOAD(y3 + n + 8);
-        for (size_t k = 0; k < K; k++) {
-            const rnn_dense_v8 wa = RNN_DENSE_V8_LOAD(w + k * N + n);
-            const rnn_dense_v8 wb = RNN_DENSE_V8_LOAD(w + k * N + n + 8);
-            a0 += x0[k] * wa; b0 += x0[k] * wb;
-            a1 += x1[k] * wa; b1 += x1[k] * wb;
-            a2 += x2[k] * wa; b2 += x2[k] * wb;
-            a3 += x3[k] * wa; b3 += x3[k] * wb;
-        }
-        RNN_DENSE_V8_STORE(y0 + n, a0); RNN_DENSE_V8_STORE(y0 + n + 8, b0);
-        RNN_DENSE_V8_STORE(y1 + n, a1); RNN_DENSE_V8_STORE(y1 + n + 8, b1);
-        RNN_DENSE_V8_STORE(y2 + n, a2); RNN_DENSE_V8_STORE(y2 + n + 8, b2);
-        RNN_DENSE_V8_STORE(y3 + n, a3); RNN_DENSE_V8_STORE(y3 + n + 8, b3);
+/* One row tile, written once for every shape: ROWS rows (y[r] (+)= x[r] @ w) over columns
+ * [n, n_end) in steps of two vectors of type VT, the 2 * ROWS sums held in registers through
+ * the whole of K, so each weight vector loaded feeds ROWS rows (a convolution's window rows,
+ * a pool's batch: M = 48, K = 256, N = 258 took 165 us one row at a time). Sums in k order,
+ * each product fused into its sum where the variant fuses, as in rnn_dense_product.
+ * Leaves n at the first column it did not do. */
+#define RNN_DN_TILES(VT, ROWS, x, K, w, N, y, n, n_end)                                     \
+    for (const size_t W_ = sizeof(VT) / sizeof(float); n + 2 * W_ <= (n_end); n += 2 * W_) { \
+        VT a_[ROWS], b_[ROWS];                                                              \
+        for (int r_ = 0; r_ < (ROWS); r_++) {                                               \
+            a_[r_] = RNN_DENSE_VLOAD(VT, (y) + r_ * (N) + n);                               \
+            b_[r_] = RNN_DENSE_VLOAD(VT, (y) + r_ * (N) + n + W_);                          \
+        }                                                                                   \
+        for (size_t k_ = 0; k_ < (K); k_++) {                                               \
+            const VT wa_ = RNN_DENSE_VLOAD(VT, (w) + k_ * (N) + n);                         \
+            const VT wb_ = RNN_DENSE_VLOAD(VT, (w) + k_ * (N) + n + W_);                    \
+            for (int r_ = 0; r_ < (ROWS); r_++) {                                           \
+                a_[r_] += (x)[r_ * (K) + k_] * wa_;                                         \
+                b_[r_] += (x)[r_ * (K) + k_] * wb_;                                         \
+            }                                                                               \
+        }                                                                                   \
+        for (int r_ = 0; r_ < (ROWS); r_++) {                                               \
+            RNN_DENSE_VSTORE((y) + r_ * (N) + n, a_[r_]);                                   \
+            RNN_DENSE_VSTORE((y) + r_ * (N) + n + W_, b_[r_]);                              \
+        }                                                                                   \
     }
-    if (n < N)      /* the last columns: along each weight row (contiguous), not down it */
+
+/* Four rows at a time over every column: the tiles, then the last columns along each
+ * weight row (contiguous), not down it. */
+RNN_DN_TARGET
+static void RNN_DN(rnn_dense_rows4)(const float *restrict x, size_t K, const float *restrict w,
+                                    size_t N, float *restrict y)
+{
+    size_t n = 0;
+    RNN_DN_TILES(RNN_DN_VT, 4, x, K, w, N, y, n, N)
+    if (n < N)
         for (size_t k = 0; k < K; k++) {
             const float *wk = w + k * N;
-            for (size_t j = n; j < N; j++) {
-                y0[j] += x0[k] * wk[j];
-                y1[j] += x1[k] * wk[j];
-                y2[j] += x2[k] * wk[j];
-                y3[j] += x3[k] * wk[j];
-            }
+            for (int r = 0; r < 4; r++)
+                for (size_t j = n; j < N; j++) y[r * N + j] += x[r * K + k] * wk[j];
         }
 }
 #endif
 
 #if RNN_DN_WIDE
-/* The same over 32 columns of six rows in twelve 16-float (zmm) vectors, for CPUs with
- * AVX-512 (32 vector registers): a wider tile than the clones above can share. */
+/* Six rows over 32 columns in twelve 16-float (zmm) vectors, up to n_end, for AVX-512 (32
+ * vector registers: a wider tile than AVX2's 16 hold). */
 RNN_DN_TARGET
 static void RNN_DN(rnn_dense_rows6)(const float *restrict x, size_t K, const float *restrict w,
-                                   size_t N, float *restrict y, size_t n_end)
+                                    size_t N, float *restrict y, size_t n_end)
 {
-    const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K, *x4 = x + 4 * K,
-                *x5 = x + 5 * K;
-    float *y0 = y, *y1 = y + N, *y2 = y + 2 * N, *y3 = y + 3 * N, *y4 = y + 4 * N,
-          *y5 = y + 5 * N;
-    for (size_t n = 0; n + 32 <= n_end; n += 32) {
-        rnn_dense_v16 a0 = RNN_DENSE_V16_LOAD(y0 + n), b0 = RNN_DENSE_V16_LOAD(y0 + n + 16);
-        rnn_dense_v16 a1 = RNN_DENSE_V16_LOAD(y1 + n), b1 = RNN_DENSE_V16_LOAD(y1 + n + 16);
-        rnn_dense_v16 a2 = RNN_DENSE_V16_LOAD(y2 + n), b2 = RNN_DENSE_V16_LOAD(y2 + n + 16);
-        rnn_dense_v16 a3 = RNN_DENSE_V16_LOAD(y3 + n), b3 = RNN_DENSE_V16_LOAD(y3 + n + 16);
-        rnn_dense_v16 a4 = RNN_DENSE_V16_LOAD(y4 + n), b4 = RNN_DENSE_V16_LOAD(y4 + n + 16);
-        rnn_dense_v16 a5 = RNN_DENSE_V16_LOAD(y5 + n), b5 = RNN_DENSE_V16_LOAD(y5 + n + 16);
-        for (size_t k = 0; k < K; k++) {
-            const rnn_dense_v16 wa = RNN_DENSE_V16_LOAD(w + k * N + n);
-            const rnn_dense_v16 wb = RNN_DENSE_V16_LOAD(w + k * N + n + 16);
-            a0 += x0[k] * wa; b0 += x0[k] * wb;
-            a1 += x1[k] * wa; b1 += x1[k] * wb;
-            a2 += x2[k] * wa; b2 += x2[k] * wb;
-            a3 += x3[k] * wa; b3 += x3[k] * wb;
-            a4 += x4[k] * wa; b4 += x4[k] * wb;
-            a5 += x5[k] * wa; b5 += x5[k] * wb;
-        }
-        RNN_DENSE_V16_STORE(y0 + n, a0); RNN_DENSE_V16_STORE(y0 + n + 16, b0);
-        RNN_DENSE_V16_STORE(y1 + n, a1); RNN_DENSE_V16_STORE(y1 + n + 16, b1);
-        RNN_DENSE_V16_STORE(y2 + n, a2); RNN_DENSE_V16_STORE(y2 + n + 16, b2);
-        RNN_DENSE_V16_STORE(y3 + n, a3); RNN_DENSE_V16_STORE(y3 + n + 16, b3);
-        RNN_DENSE_V16_STORE(y4 + n, a4); RNN_DENSE_V16_STORE(y4 + n + 16, b4);
-        RNN_DENSE_V16_STORE(y5 + n, a5); RNN_DENSE_V16_STORE(y5 + n + 16, b5);
-    }
+    size_t n = 0;
+    RNN_DN_TILES(rnn_dense_v16, 6, x, K, w, N, y, n, n_end)
 }
 #endif
 
