@@ -53,7 +53,7 @@ static inline void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *ru
  * innermost last; strides in elements (0 where an input is broadcast). */
 enum {
     RNN_BIN_ADD = 0, RNN_BIN_SUB, RNN_BIN_MUL, RNN_BIN_DIV, RNN_BIN_POW, RNN_BIN_MAX,
-    RNN_BIN_MIN, RNN_BIN_PRELU, RNN_BIN_COUNT
+    RNN_BIN_MIN, RNN_BIN_PRELU, RNN_BIN_FMOD, RNN_BIN_COUNT
 };
 
 typedef struct {
@@ -71,7 +71,8 @@ static inline float rnn_bin1(int op, float a, float b) {
     case RNN_BIN_POW: return b == 2.0f ? a * a : (b == 0.5f ? sqrtf(a) : powf(a, b));
     case RNN_BIN_MAX: return (a != a || b != b) ? NAN : (a > b ? a : b);
     case RNN_BIN_MIN: return (a != a || b != b) ? NAN : (a < b ? a : b);
-    default: return a < 0.0f ? a * b : a;   /* PRelu: b is the slope */
+    case RNN_BIN_PRELU: return a < 0.0f ? a * b : a;   /* b is the slope */
+    default: return fmodf(a, b);              /* Mod with fmod=1: the dividend's sign */
     }
 }
 
@@ -125,7 +126,9 @@ static inline void rnn_exec_binary(int op, const float *a, const float *b, float
 enum {
     RNN_UN_SIGMOID = 0, RNN_UN_TANH, RNN_UN_RELU, RNN_UN_SQRT, RNN_UN_EXP, RNN_UN_LOG,
     RNN_UN_NEG, RNN_UN_ABS, RNN_UN_RECIPROCAL, RNN_UN_LEAKYRELU, RNN_UN_HARDSIGMOID,
-    RNN_UN_CLIP, RNN_UN_ERF, RNN_UN_SOFTPLUS, RNN_UN_ELU, RNN_UN_COUNT
+    RNN_UN_CLIP, RNN_UN_ERF, RNN_UN_SOFTPLUS, RNN_UN_ELU, RNN_UN_GELU, RNN_UN_GELU_TANH,
+    RNN_UN_HARDSWISH, RNN_UN_SOFTSIGN, RNN_UN_SIGN, RNN_UN_FLOOR, RNN_UN_CEIL, RNN_UN_ROUND,
+    RNN_UN_SIN, RNN_UN_COS, RNN_UN_COUNT
 };
 
 static inline void rnn_exec_unary(int op, const float *x, float *y, int64_t n, float alpha,
@@ -166,8 +169,108 @@ static inline void rnn_exec_unary(int op, const float *x, float *y, int64_t n, f
             y[i] = v > 0.0f ? v + log1pf(expf(-v)) : log1pf(expf(v));
         }
         break;
-    default:   /* Elu */
+    case RNN_UN_ELU:
         for (int64_t i = 0; i < n; i++) y[i] = x[i] < 0.0f ? alpha * (expf(x[i]) - 1.0f) : x[i];
+        break;
+    case RNN_UN_GELU:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+        break;
+    case RNN_UN_GELU_TANH:
+        for (int64_t i = 0; i < n; i++) {
+            const float v = x[i];
+            y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        }
+        break;
+    case RNN_UN_HARDSWISH:
+        for (int64_t i = 0; i < n; i++) {
+            const float v = x[i], h = v * (1.0f / 6.0f) + 0.5f;
+            y[i] = v * (h < 0.0f ? 0.0f : (h > 1.0f ? 1.0f : h));
+        }
+        break;
+    case RNN_UN_SOFTSIGN: for (int64_t i = 0; i < n; i++) y[i] = x[i] / (1.0f + fabsf(x[i])); break;
+    case RNN_UN_SIGN:   /* NaN stays NaN, as NumPy's and ONNX Runtime's sign leave it */
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? 1.0f : (x[i] < 0.0f ? -1.0f : x[i] * 0.0f);
+        break;
+    case RNN_UN_FLOOR: for (int64_t i = 0; i < n; i++) y[i] = floorf(x[i]); break;
+    case RNN_UN_CEIL: for (int64_t i = 0; i < n; i++) y[i] = ceilf(x[i]); break;
+    /* halves to even (the default rounding mode, which fpenv.h keeps) */
+    case RNN_UN_ROUND: for (int64_t i = 0; i < n; i++) y[i] = nearbyintf(x[i]); break;
+    case RNN_UN_SIN: for (int64_t i = 0; i < n; i++) y[i] = sinf(x[i]); break;
+    default: for (int64_t i = 0; i < n; i++) y[i] = cosf(x[i]); break;   /* Cos */
+    }
+}
+
+/* Softmax (take_log 0) or LogSoftmax (take_log 1) along an axis of length n, x and y laid out
+ * [outer, n, inner] (the axis need not be the last: its elements are inner apart). The
+ * maximum is subtracted first, so exp cannot overflow; the sum of the exponentials is kept in
+ * double. */
+static inline void rnn_exec_softmax(int take_log, const float *x, float *y, int64_t outer,
+                                    int64_t n, int64_t inner) {
+    for (int64_t o = 0; o < outer; o++) {
+        for (int64_t j = 0; j < inner; j++) {
+            const float *p = x + o * n * inner + j;
+            float *q = y + o * n * inner + j;
+            float m = -INFINITY;
+            for (int64_t i = 0; i < n; i++) {
+                const float v = p[i * inner];
+                if (v > m || v != v) m = v;   /* a NaN makes the whole row NaN */
+            }
+            double sum = 0.0;
+            if (take_log) {
+                for (int64_t i = 0; i < n; i++) sum += (double)expf(p[i * inner] - m);
+                const float ls = (float)log(sum);
+                for (int64_t i = 0; i < n; i++) q[i * inner] = (p[i * inner] - m) - ls;
+            } else {
+                for (int64_t i = 0; i < n; i++) {
+                    const float e = expf(p[i * inner] - m);
+                    q[i * inner] = e;
+                    sum += (double)e;
+                }
+                const float s = (float)sum;
+                for (int64_t i = 0; i < n; i++) q[i * inner] /= s;
+            }
+        }
+    }
+}
+
+/* Normalisation of rows: each of the rows of n contiguous elements gets (x - mean) /
+ * sqrt(var + eps) (LayerNormalization past its axis, InstanceNormalization per channel of each
+ * image), mean and variance in double. Then, when given, scale and bias: element i of row r
+ * takes scale[(r % period) * s_row + i * s_col] (a LayerNormalization scale along the row, an
+ * InstanceNormalization one per channel) and bias likewise with b_row, b_col. The rows' means
+ * and 1 / sqrt(var + eps) go to mean and inv when given (LayerNormalization's other outputs). */
+typedef struct {
+    int64_t period, s_row, s_col, b_row, b_col;
+} rnn_affine;
+
+static inline void rnn_exec_norm(const float *x, float *y, int64_t rows, int64_t n, float eps,
+                                 const float *scale, const float *bias, const rnn_affine *g,
+                                 float *mean_out, float *inv_out) {
+    if (n < 1) return;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *p = x + r * n;
+        float *q = y + r * n;
+        double mean = 0.0, var = 0.0;
+        for (int64_t i = 0; i < n; i++) mean += p[i];
+        mean /= (double)n;
+        for (int64_t i = 0; i < n; i++) {
+            const double d = p[i] - mean;
+            var += d * d;
+        }
+        const double inv = 1.0 / sqrt(var / (double)n + (double)eps);
+        if (mean_out) mean_out[r] = (float)mean;
+        if (inv_out) inv_out[r] = (float)inv;
+        const int64_t k = r % g->period;
+        const float *s = scale ? scale + k * g->s_row : NULL;
+        const float *b = bias ? bias + k * g->b_row : NULL;
+        for (int64_t i = 0; i < n; i++) {
+            float v = (float)((p[i] - mean) * inv);
+            if (s) v *= s[i * g->s_col];
+            if (b) v += b[i * g->b_col];
+            q[i] = v;
+        }
     }
 }
 

@@ -31,6 +31,8 @@ cdef extern from "rnnengine/exec.h" nogil:
         int64_t nd
         int64_t shape[8]
         int64_t stride[8]
+    ctypedef struct rnn_affine:
+        int64_t period, s_row, s_col, b_row, b_col
     void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *runs, int64_t n, int64_t es)
     void rnn_exec_binary(int op, const float *a, const float *b, float *y, const rnn_bcast *g)
     void rnn_exec_unary(int op, const float *x, float *y, int64_t n, float alpha, float beta)
@@ -38,6 +40,11 @@ cdef extern from "rnnengine/exec.h" nogil:
                          const rnn_rdims *r)
     void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
                          int64_t n_mat, int64_t M, int64_t K, int64_t N, int isa)
+    void rnn_exec_softmax(int log, const float *x, float *y, int64_t outer, int64_t n,
+                          int64_t inner)
+    void rnn_exec_norm(const float *x, float *y, int64_t rows, int64_t n, float eps,
+                       const float *scale, const float *bias, const rnn_affine *g,
+                       float *mean_out, float *inv_out)
     int RNN_BIN_COUNT, RNN_UN_COUNT
 
 cdef extern from "rnnengine/dense.h" nogil:
@@ -47,8 +54,9 @@ cdef extern from "rnnengine/dense.h" nogil:
 DEF MAXD = 8
 
 # exec.h's unary codes that are activations of the recurrent kernels (activations.h), run by
-# the active ISA's vectorised code: Sigmoid, Tanh, Relu, LeakyRelu, HardSigmoid, Softplus, Elu
-UNARY_ACTIVATIONS = {0: 2, 1: 1, 2: 0, 9: 4, 10: 7, 13: 10, 14: 8}
+# the active ISA's vectorised code: Sigmoid, Tanh, Relu, LeakyRelu, HardSigmoid, Softplus, Elu,
+# Softsign
+UNARY_ACTIVATIONS = {0: 2, 1: 1, 2: 0, 9: 4, 10: 7, 13: 10, 14: 8, 18: 9}
 
 cdef enum:
     K_MOVE = 0
@@ -57,25 +65,31 @@ cdef enum:
     K_REDUCE = 3
     K_MATMUL = 4
     K_DENSE = 5
-    K_CALL = 6
-    K_RECURRENT = 7
-    K_SEQUENCE = 8
+    K_SOFTMAX = 6
+    K_NORM = 7
+    K_CALL = 8          # the kinds before this one run in C without the GIL
+    K_RECURRENT = 9
+    K_SEQUENCE = 10
+
+KIND_NAMES = ("move", "binary", "unary", "reduce", "matmul", "dense", "softmax", "norm", "call",
+              "recurrent", "sequence")
 
 ctypedef struct xop_t:
     int kind, code, act
     char *y
     const char *a
     const char *b
+    const char *c         # K_NORM: the bias (NULL: none)
     char **srcs
-    const void *params    # rnn_run[] | rnn_bcast | rnn_rdims | int64 offsets
+    const void *params    # rnn_run[] | rnn_bcast | rnn_rdims | int64 offsets | rnn_affine
     const int64_t *base
     int64_t n, es, M, K, N
     float alpha, beta
     int call              # K_CALL: index in Runner._calls; K_RECURRENT: in Runner._cores
     const char *h0        # K_RECURRENT: initial h [N, Hout], c [N, H] (NULL: zeros)
     const char *c0
-    char *yh              # K_RECURRENT: final h, c (NULL: not read)
-    char *yc
+    char *yh              # K_RECURRENT: final h, c (NULL: not read); K_NORM: the rows' means
+    char *yc              # and inverse deviations (NULL: not written)
 
 
 cdef inline int64_t nbytes(cnp.ndarray a):
@@ -108,6 +122,10 @@ cdef class Runner:
     * ("reduce", code, x, y, base offsets, reduced shape, reduced strides);
     * ("matmul", a, b, y, offsets int64 [n, 3], M, K, N);
     * ("dense", x, w [K, N], bias or None, y, M, act);
+    * ("softmax", log, x, y, outer, n, inner): along an axis of n elements inner apart;
+    * ("norm", x, y, rows, n, eps, scale or None, bias or None, (period, s_row, s_col, b_row,
+      b_col), mean or None, inv or None): rows of n normalised, then scaled and shifted, the
+      rows' statistics written when given (exec.h: rnn_exec_norm);
     * ("call", fn): a Python callable run with the GIL.
 
     Every offset is checked against the sizes of the arrays given here; ``run()`` then runs
@@ -148,6 +166,11 @@ cdef class Runner:
                 self._matmul(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
             elif kind == "dense":
                 self._dense(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "softmax":
+                self._softmax(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "norm":
+                self._norm(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7],
+                           spec[8], spec[9], spec[10])
             elif kind == "recurrent":
                 self._recurrent(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6],
                                 spec[7])
@@ -164,9 +187,7 @@ cdef class Runner:
 
     @property
     def kinds(self):
-        names = ("move", "binary", "unary", "reduce", "matmul", "dense", "call", "recurrent",
-                 "sequence")
-        return [names[self._ops[i].kind] for i in range(self._n)]
+        return [KIND_NAMES[self._ops[i].kind] for i in range(self._n)]
 
     cdef int _move(self, xop_t *op, cnp.ndarray dst, list srcs, runs) except -1:
         cdef cnp.ndarray r = np.ascontiguousarray(runs, np.int64).reshape(-1, 8)
@@ -285,6 +306,60 @@ cdef class Runner:
         else:
             op.params = NULL
         self._hold += [X, W, Y]
+        return 0
+
+    cdef int _softmax(self, xop_t *op, int log, x, y, int64_t outer, int64_t n,
+                      int64_t inner) except -1:
+        cdef cnp.ndarray X = f32(x, "softmax: x"), Y = f32(y, "softmax: y")
+        if not 0 <= log <= 1 or outer < 0 or n < 0 or inner < 0:
+            raise ValueError("softmax: bad operator or geometry")
+        if X.size != outer * n * inner or Y.size != X.size:
+            raise ValueError("softmax: the geometry does not fit the buffers")
+        op.kind, op.code, op.a, op.y = K_SOFTMAX, log, data(X), data(Y)
+        op.M, op.K, op.N = outer, n, inner
+        self._hold += [X, Y]
+        return 0
+
+    cdef int _norm(self, xop_t *op, x, y, int64_t rows, int64_t n, float eps, scale, bias,
+                   geometry, mean, inv) except -1:
+        cdef cnp.ndarray X = f32(x, "norm: x"), Y = f32(y, "norm: y")
+        cdef cnp.ndarray g = np.zeros(5, np.int64)
+        cdef rnn_affine *a = <rnn_affine *>cnp.PyArray_DATA(g)
+        cdef cnp.ndarray P
+        cdef int64_t k
+        if rows < 0 or n < 0 or X.size != rows * n or Y.size != X.size:
+            raise ValueError("norm: the geometry does not fit the buffers")
+        a.period, a.s_row, a.s_col, a.b_row, a.b_col = geometry
+        if a.period < 1 or min(a.s_row, a.s_col, a.b_row, a.b_col) < 0:
+            raise ValueError("norm: bad geometry")
+        op.kind, op.a, op.y, op.params = K_NORM, data(X), data(Y), a
+        op.M, op.K, op.alpha = rows, n, eps
+        op.b = op.c = NULL
+        op.yh = op.yc = NULL
+        for k, value in enumerate((mean, inv)):
+            if value is None:
+                continue
+            if f32(value, "norm: mean or inv").size != rows:
+                raise ValueError("norm: the statistics do not fit the rows")
+            if k == 0:
+                op.yh = data(value)
+            else:
+                op.yc = data(value)
+            self._hold.append(value)
+        for k, value in enumerate((scale, bias)):
+            if value is None:
+                continue
+            P = f32(value, "norm: scale or bias")
+            # the largest index read, for rows and n both nonzero (nothing is read otherwise)
+            if rows and n and ((min(a.period, rows) - 1) * (a.s_row, a.b_row)[k]
+                               + (n - 1) * (a.s_col, a.b_col)[k] >= P.size):
+                raise ValueError("norm: the geometry does not fit the scale or bias")
+            if k == 0:
+                op.b = data(P)
+            else:
+                op.c = data(P)
+            self._hold.append(P)
+        self._hold += [X, Y, g]
         return 0
 
     cdef int _recurrent(self, xop_t *op, StreamCore core, x, h0, c0, y, yh, yc) except -1:
@@ -454,3 +529,9 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
         elif op.kind == K_DENSE:
             rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
                       <const float *>op.params, <float *>op.y, op.act, isa)
+        elif op.kind == K_SOFTMAX:
+            rnn_exec_softmax(op.code, <const float *>op.a, <float *>op.y, op.M, op.K, op.N)
+        elif op.kind == K_NORM:
+            rnn_exec_norm(<const float *>op.a, <float *>op.y, op.M, op.K, op.alpha,
+                          <const float *>op.b, <const float *>op.c,
+                          <const rnn_affine *>op.params, <float *>op.yh, <float *>op.yc)

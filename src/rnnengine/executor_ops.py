@@ -6,6 +6,7 @@ path does). Values are read from the traced call (``self.v``); buffers are ``sel
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import numpy as np
@@ -24,9 +25,12 @@ _MOVES = {"Transpose": (0,), "Slice": (0,), "Concat": None, "Split": (0,), "Expa
           "Tile": (0,), "Pad": (0,), "Gather": (0,), "GatherElements": (0,),
           "GatherND": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2), "Where": (1, 2)}
 _BINARY = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4, "Max": 5, "Min": 6, "PRelu": 7}
+_FMOD = 8       # Mod with fmod=1 (a float Mod must have it)
 _UNARY = {"Sigmoid": 0, "Tanh": 1, "Relu": 2, "Sqrt": 3, "Exp": 4, "Log": 5, "Neg": 6,
           "Abs": 7, "Reciprocal": 8, "LeakyRelu": 9, "HardSigmoid": 10, "Clip": 11, "Erf": 12,
-          "Softplus": 13, "Elu": 14}
+          "Softplus": 13, "Elu": 14, "Gelu": 15, "HardSwish": 17, "Softsign": 18,
+          "Sign": 19, "Floor": 20, "Ceil": 21, "Round": 22, "Sin": 23, "Cos": 24}
+_GELU_TANH = 16
 _REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
            "ReduceSumSquare": 4, "ReduceL2": 5}
 _MAXD = 8
@@ -113,6 +117,13 @@ class Lowering:
             return self._conv(chain[0], ins, outs[0], label, relu=len(chain) > 1,
                               w=plan.const(names[1]), bias=plan.const(names[2]) if names[2] else None)
         node = getattr(step, "node", None)
+        if node is not None and node.op_type == "LayerNormalization":
+            # Y, and Mean / InvStdDev where the plan keeps them (an unread one may be either)
+            slots = [plan.slots.get(n) if n else None for n in node.output] + [None, None]
+            if slots[0] not in outs or any(o not in slots[:3] for o in outs):
+                return False
+            return self._norm(node, ins, slots[0], label,
+                              [t if t in outs else None for t in slots[1:3]])
         if node is None or len(outs) != len(node.output) or any(o == 2 for o in outs):
             return False
         op = node.op_type
@@ -124,6 +135,8 @@ class Lowering:
             return self._move(step, node, ins, outs, label)
         if op in _BINARY and len(ins) == 2:
             return self._binary(_BINARY[op], ins, outs[0], label)
+        if op == "Mod" and len(ins) == 2 and attrs(node).get("fmod", 0) == 1:
+            return self._binary(_FMOD, ins, outs[0], label)
         if op in _UNARY:
             return self._unary(node, ins, outs[0], label)
         if op in _REDUCE:
@@ -132,6 +145,10 @@ class Lowering:
             return self._conv(node, ins, outs[0], label)
         if op == "BatchNormalization":
             return self._batchnorm(node, ins, outs[0], label)
+        if op in ("Softmax", "LogSoftmax"):
+            return self._softmax(node, ins, outs[0], label)
+        if op == "InstanceNormalization":
+            return self._norm(node, ins, outs[0], label)
         if op == "MatMul":
             return self._matmul(ins, outs[0], label)
         if op == "Gemm":
@@ -283,8 +300,15 @@ class Lowering:
     def _unary(self, node, ins, o: int, label) -> bool:
         a = attrs(node)
         op = node.op_type
+        code = _UNARY[op]
         alpha, beta = 0.0, 0.0
-        if op == "LeakyRelu":
+        if op == "Gelu":
+            approximate = a.pop("approximate", "none")
+            if approximate not in ("none", "tanh") or a or len(ins) != 1:
+                return False
+            if approximate == "tanh":
+                code = _GELU_TANH
+        elif op == "LeakyRelu":
             alpha = a.get("alpha", 0.01)
         elif op == "HardSigmoid":
             alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
@@ -309,7 +333,101 @@ class Lowering:
         y = self.v[o]
         if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32 or y.size != bufs[0].size:
             return False
-        self.ops.append(("unary", _UNARY[op], bufs[0], self._out(o), float(alpha), float(beta)))
+        self.ops.append(("unary", code, bufs[0], self._out(o), float(alpha), float(beta)))
+        return True
+
+    def _softmax(self, node, ins, o: int, label) -> bool:
+        """Softmax / LogSoftmax as [outer, n, inner] rows: from opset 13 along one axis, before
+        it over everything from the axis on (the input seen as 2-D there)."""
+        xs = self._f32(ins, label)
+        y = self.v[o]
+        if xs is None or len(ins) != 1 or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        x = xs[0]
+        shape = x.shape
+        axis = attrs(node).get("axis", -1 if self.opset >= 13 else 1)
+        if y.shape != shape or (x.ndim and not -x.ndim <= axis < x.ndim):
+            return False
+        k = (axis + x.ndim if axis < 0 else axis) if x.ndim else 0   # 0-d: one row of one
+        if self.opset >= 13:
+            if not x.ndim:
+                return False
+            outer, n, inner = math.prod(shape[:k]), shape[k], math.prod(shape[k + 1:])
+        else:
+            outer, n, inner = math.prod(shape[:k]), math.prod(shape[k:]), 1
+        self.ops.append(("softmax", int(node.op_type == "LogSoftmax"), x, self._out(o), outer,
+                         n, inner))
+        return True
+
+    def _norm(self, node, ins, o: int, label, stats=(None, None)) -> bool:
+        """LayerNormalization or InstanceNormalization: rows of contiguous elements
+        normalised, then scaled and shifted in the same pass when the scale and bias are one
+        value per element of a row or per row's channel; any other broadcast of them runs
+        as binary kernels after it. ``stats``: the slots of LayerNormalization's Mean and
+        InvStdDev (None: not kept)."""
+        a = attrs(node)
+        xs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if (xs is None or y.__class__ is not np.ndarray or y.dtype != _F32
+                or y.shape != xs[0].shape or xs[0].ndim > _MAXD):
+            return False
+        x = xs[0]
+        params = []
+        for j in (1, 2):
+            if j < len(ins) and ins[j] != 1:
+                p = self._f32(ins[j:j + 1], label)
+                if p is None:
+                    return False
+                params.append(p[0])
+            else:
+                params.append(None)
+        scale, bias = params
+        if scale is None:
+            return False
+        eps = float(a.get("epsilon", 1e-5))
+        if node.op_type == "InstanceNormalization":
+            if x.ndim < 3 or bias is None or any(p.shape != (x.shape[1],) for p in params):
+                return False
+            rows, C = x.shape[0] * x.shape[1], x.shape[1]
+            self.ops.append(("norm", x, self._out(o), rows, math.prod(x.shape[2:]), eps,
+                             scale, bias, (C, 1, 0, 1, 0), None, None))
+            return True
+        if a.get("stash_type", 1) not in (1, 11):
+            return False
+        axis = a.get("axis", -1)
+        if not -x.ndim <= axis < x.ndim:
+            return False
+        k = axis + x.ndim if axis < 0 else axis
+        row = x.shape[k:]
+        n = math.prod(row)
+        rows = math.prod(x.shape[:k])
+        for t in stats:
+            want = None if t is None else self.v[t]
+            if t is not None and (want.__class__ is not np.ndarray or want.dtype != _F32
+                                  or want.size != rows):
+                return False
+        fused, after = [], []     # (param, column stride) applied in the pass; (code, param)
+        for code, p in ((2, scale), (0, bias)):
+            if p is None:
+                fused.append((None, 0))
+                continue
+            try:
+                if np.broadcast_shapes(p.shape, x.shape) != x.shape:
+                    return False
+                fits = np.broadcast_shapes(p.shape, row) == row
+            except ValueError:
+                return False
+            if fits and p.size in (1, n) and not after:
+                fused.append((p, 1 if p.size == n else 0))
+            else:
+                fused.append((None, 0))
+                after.append((code, p))
+        dst = self._out(o)
+        self.ops.append(("norm", x, dst, rows, n, eps, fused[0][0], fused[1][0],
+                         (1, 0, fused[0][1], 0, fused[1][1]),
+                         *(None if t is None else self._out(t) for t in stats)))
+        for code, p in after if x.size else ():
+            self._broadcast(code, dst, p, o, x.shape, dst=dst)
         return True
 
     def _reduce(self, node, ins, o: int, label) -> bool:
