@@ -1,9 +1,11 @@
 """The executor's kernels for the operators of sequence models beyond the first set
 (``executor_ops``, ``exec.h``): Softmax/LogSoftmax on any axis and both opset semantics,
 LayerNormalization and InstanceNormalization, Gelu, the rounding, sign and trigonometric
-unaries, HardSwish, Softsign and float Mod. Each is checked against ONNX Runtime on random
-shapes and attributes, on the call that runs the program, and must have been compiled to
-its kernel (``program_status`` names it, and names no call).
+unaries, HardSwish, Softsign, float Mod, and the masks' operators: comparisons and logic to
+bools, Not, Where on a computed condition, Cast between float32, int64 and bool. Each is
+checked against ONNX Runtime on random shapes and attributes, on the call that runs the
+program, and must have been compiled to its kernel (``program_status`` names it, and names
+no call).
 """
 from __future__ import annotations
 
@@ -261,3 +263,107 @@ def test_runner_refuses_geometry_past_the_buffers():
         Runner([("norm", x, y, 4, 3, 1e-5, None, None, (1, 0, 0, 0, 0), s, None)])
     Runner([("norm", x, y, 4, 3, 1e-5, s, s, (3, 1, 0, 1, 0), np.zeros(4, np.float32),
              None)])                                           # fits: accepted
+
+
+# -- bools and int64: comparisons, logic, Where, Cast, Not --------------------------------------
+
+def _graph(nodes, inputs, outputs, consts=None, opset=17):
+    """A model of ``nodes``: ``inputs`` {name: array}, ``outputs`` {name: TensorProto type}."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(v.dtype),
+                                                   v.shape) for n, v in inputs.items()],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs.items()],
+        [numpy_helper.from_array(v, n) for n, v in (consts or {}).items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+SHAPES = [((3, 4), (3, 4)), ((2, 3, 4), (4,)), ((5, 1), (1, 6)), ((), (2, 3)),
+          ((2, 1, 3, 1), (4, 1, 5)), ((0, 3), (3,))]
+
+
+@pytest.mark.parametrize("op", ["Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"])
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_compare_float(op, shapes, rng):
+    a = rng.standard_normal(shapes[0]).astype(np.float32)
+    b = rng.standard_normal(shapes[1]).astype(np.float32)
+    nodes = [helper.make_node("Floor", ["a"], ["fa"]),      # so that Equal meets equal values
+             helper.make_node("Floor", ["b"], ["fb"]),
+             helper.make_node(op, ["fa", "fb"], ["y"])]
+    model = _graph(nodes, {"a": a, "b": b}, {"y": TensorProto.BOOL})
+    status = compiled_matches_ort(model, {"a": a, "b": b}, rng)
+    # an empty output is a buffer with nothing to compute: no kernel, and no call either
+    assert_compiled(status, "compare" if a.size else "unary")
+
+
+@pytest.mark.parametrize("op", ["Equal", "Less", "GreaterOrEqual"])
+def test_compare_int64(op, rng):
+    a = rng.standard_normal((3, 5)).astype(np.float32)
+    nodes = [helper.make_node("Cast", ["a"], ["i"], to=TensorProto.INT64),
+             helper.make_node(op, ["i", "k"], ["y"])]
+    model = _graph(nodes, {"a": a}, {"y": TensorProto.BOOL},
+                   {"k": np.array([0, -1, 1, 0, 2], np.int64)})
+    status = compiled_matches_ort(model, {"a": a}, rng)
+    assert_compiled(status, "compare")
+
+
+@pytest.mark.parametrize("op", ["And", "Or", "Xor"])
+@pytest.mark.parametrize("shapes", SHAPES[:5])
+def test_logic_not_and_where_on_computed_conditions(op, shapes, rng):
+    """A streaming model's masks: comparisons combined, negated, used to select."""
+    a = rng.standard_normal(shapes[0]).astype(np.float32)
+    b = rng.standard_normal(shapes[1]).astype(np.float32)
+    F, B = TensorProto.FLOAT, TensorProto.BOOL
+    nodes = [helper.make_node("Less", ["a", "b"], ["lt"]),
+             helper.make_node("Greater", ["a", "z"], ["pos"]),
+             helper.make_node(op, ["lt", "pos"], ["m"]),
+             helper.make_node("Not", ["m"], ["n"]),
+             helper.make_node("Where", ["n", "a", "b"], ["y"]),
+             helper.make_node("Where", ["lt", "b", "z"], ["w"])]
+    model = _graph(nodes, {"a": a, "b": b}, {"y": F, "w": F, "n": B},
+                   {"z": np.array(0.0, np.float32)})
+    status = compiled_matches_ort(model, {"a": a, "b": b}, rng)
+    assert_compiled(status, "where")
+    assert "compare" in status and "convert" in status
+
+
+def test_where_empty(rng):
+    a = rng.standard_normal((0, 3)).astype(np.float32)
+    b = rng.standard_normal((3,)).astype(np.float32)
+    nodes = [helper.make_node("Less", ["a", "b"], ["lt"]),
+             helper.make_node("Where", ["lt", "a", "b"], ["y"]),
+             helper.make_node("Neg", ["b"], ["nb"])]
+    status = compiled_matches_ort(_graph(nodes, {"a": a, "b": b},
+                                         {"y": TensorProto.FLOAT, "nb": TensorProto.FLOAT}),
+                                  {"a": a, "b": b}, rng)
+    assert "call" not in status, status
+
+
+@pytest.mark.parametrize("rank", [1, 2, 4])
+def test_cast_between_float_int64_and_bool(rank, rng):
+    x = (3 * rng.standard_normal(random_shape(rng, rank))).astype(np.float32)
+    F, I, B = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+    nodes = [helper.make_node("Cast", ["x"], ["i"], to=I),           # truncated toward zero
+             helper.make_node("Cast", ["i"], ["f"], to=F),
+             helper.make_node("Cast", ["x"], ["b"], to=B),
+             helper.make_node("Cast", ["i"], ["ib"], to=B),
+             helper.make_node("Cast", ["ib"], ["bi"], to=I),
+             helper.make_node("Cast", ["b"], ["bf"], to=F)]
+    model = _graph(nodes, {"x": x}, {"i": I, "f": F, "b": B, "ib": B, "bi": I, "bf": F})
+    status = compiled_matches_ort(model, {"x": x}, rng)
+    assert_compiled(status, "convert")
+
+
+def test_runner_refuses_mismatched_bool_and_int_buffers():
+    from rnnengine._exec import Runner
+    f = np.zeros(6, np.float32)
+    b = np.zeros(6, np.bool_)
+    with pytest.raises(ValueError, match="bool"):
+        Runner([("compare", 0, f, f, f, [6], [1], [1])])
+    with pytest.raises(ValueError, match="does not fit the buffers"):
+        Runner([("compare", 0, f, f[:3].copy(), b, [6], [1], [1])])
+    with pytest.raises(ValueError, match="does not fit the buffers"):
+        Runner([("where", b[:2].copy(), f, f, f, [6], [1], [1], [1])])
+    with pytest.raises(ValueError, match="int64"):
+        Runner([("convert", 0, f, f)])
+    with pytest.raises(ValueError, match="sizes differ"):
+        Runner([("convert", 3, f, b[:5].copy())])

@@ -49,8 +49,8 @@ static inline void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *ru
     }
 }
 
-/* Broadcast binary operators on float32, the shapes collapsed at plan time: nd dims, the
- * innermost last; strides in elements (0 where an input is broadcast). */
+/* Broadcast element-wise operators, the shapes collapsed at plan time: nd dims, the innermost
+ * last; strides in elements (0 where an input is broadcast) of up to three inputs a, b, c. */
 enum {
     RNN_BIN_ADD = 0, RNN_BIN_SUB, RNN_BIN_MUL, RNN_BIN_DIV, RNN_BIN_POW, RNN_BIN_MAX,
     RNN_BIN_MIN, RNN_BIN_PRELU, RNN_BIN_FMOD, RNN_BIN_COUNT
@@ -59,8 +59,25 @@ enum {
 typedef struct {
     int64_t nd;
     int64_t shape[RNN_EXEC_MAXD];
-    int64_t sa[RNN_EXEC_MAXD], sb[RNN_EXEC_MAXD];
+    int64_t sa[RNN_EXEC_MAXD], sb[RNN_EXEC_MAXD], sc[RNN_EXEC_MAXD];
 } rnn_bcast;
+
+/* The next innermost row of a broadcast: advances idx and the inputs' offsets o[3] over the
+ * outer dims; 0 when every row has been visited. */
+static inline int rnn_bcast_next(const rnn_bcast *g, int64_t *idx, int64_t *o) {
+    for (int64_t d = g->nd - 2; d >= 0; d--) {
+        idx[d]++;
+        o[0] += g->sa[d];
+        o[1] += g->sb[d];
+        o[2] += g->sc[d];
+        if (idx[d] < g->shape[d]) return 1;
+        o[0] -= g->sa[d] * g->shape[d];
+        o[1] -= g->sb[d] * g->shape[d];
+        o[2] -= g->sc[d] * g->shape[d];
+        idx[d] = 0;
+    }
+    return 0;
+}
 
 static inline float rnn_bin1(int op, float a, float b) {
     switch (op) {
@@ -103,22 +120,104 @@ static inline void rnn_bin_row(int op, const float *a, int64_t sa, const float *
 static inline void rnn_exec_binary(int op, const float *a, const float *b, float *y,
                                    const rnn_bcast *g) {
     const int64_t nd = g->nd, n = g->shape[nd - 1];
-    int64_t idx[RNN_EXEC_MAXD] = {0};
-    int64_t oa = 0, ob = 0, oy = 0;
-    for (;;) {
-        rnn_bin_row(op, a + oa, g->sa[nd - 1], b + ob, g->sb[nd - 1], y + oy, n);
+    int64_t idx[RNN_EXEC_MAXD] = {0}, o[3] = {0, 0, 0}, oy = 0;
+    do {
+        rnn_bin_row(op, a + o[0], g->sa[nd - 1], b + o[1], g->sb[nd - 1], y + oy, n);
         oy += n;
-        int64_t d = nd - 2;
-        for (; d >= 0; d--) {
-            idx[d]++;
-            oa += g->sa[d];
-            ob += g->sb[d];
-            if (idx[d] < g->shape[d]) break;
-            oa -= g->sa[d] * g->shape[d];
-            ob -= g->sb[d] * g->shape[d];
-            idx[d] = 0;
+    } while (rnn_bcast_next(g, idx, o));
+}
+
+/* Comparisons of float32 or int64 and logic of bools (one byte, 0 or 1), to bools, broadcast
+ * as the binary operators are. */
+enum {
+    RNN_CMP_EQ = 0, RNN_CMP_LT, RNN_CMP_GT, RNN_CMP_LE, RNN_CMP_GE,              /* float32 */
+    RNN_CMP_EQ_I64, RNN_CMP_LT_I64, RNN_CMP_GT_I64, RNN_CMP_LE_I64, RNN_CMP_GE_I64, /* int64 */
+    RNN_CMP_AND, RNN_CMP_OR, RNN_CMP_XOR,                                         /* bool */
+    RNN_CMP_COUNT
+};
+
+#define RNN_CMP_ROW(T, EXPR)                                                                 \
+    do {                                                                                     \
+        const T *pa = (const T *)a, *pb = (const T *)b;                                       \
+        for (int64_t i = 0; i < n; i++) {                                                     \
+            const T x = pa[i * sa], w = pb[i * sb];                                          \
+            y[i] = (EXPR);                                                                   \
+        }                                                                                    \
+    } while (0)
+
+static inline void rnn_cmp_row(int op, const void *a, int64_t sa, const void *b, int64_t sb,
+                               uint8_t *y, int64_t n) {
+    switch (op) {
+    case RNN_CMP_EQ: RNN_CMP_ROW(float, x == w); break;
+    case RNN_CMP_LT: RNN_CMP_ROW(float, x < w); break;
+    case RNN_CMP_GT: RNN_CMP_ROW(float, x > w); break;
+    case RNN_CMP_LE: RNN_CMP_ROW(float, x <= w); break;
+    case RNN_CMP_GE: RNN_CMP_ROW(float, x >= w); break;
+    case RNN_CMP_EQ_I64: RNN_CMP_ROW(int64_t, x == w); break;
+    case RNN_CMP_LT_I64: RNN_CMP_ROW(int64_t, x < w); break;
+    case RNN_CMP_GT_I64: RNN_CMP_ROW(int64_t, x > w); break;
+    case RNN_CMP_LE_I64: RNN_CMP_ROW(int64_t, x <= w); break;
+    case RNN_CMP_GE_I64: RNN_CMP_ROW(int64_t, x >= w); break;
+    case RNN_CMP_AND: RNN_CMP_ROW(uint8_t, (x != 0) & (w != 0)); break;
+    case RNN_CMP_OR: RNN_CMP_ROW(uint8_t, (x != 0) | (w != 0)); break;
+    default: RNN_CMP_ROW(uint8_t, (x != 0) ^ (w != 0)); break;   /* Xor */
+    }
+}
+
+static inline void rnn_exec_compare(int op, const char *a, const char *b, uint8_t *y,
+                                    const rnn_bcast *g) {
+    const int64_t nd = g->nd, n = g->shape[nd - 1];
+    const int64_t es = op < RNN_CMP_EQ_I64 ? 4 : (op < RNN_CMP_AND ? 8 : 1);
+    int64_t idx[RNN_EXEC_MAXD] = {0}, o[3] = {0, 0, 0}, oy = 0;
+    do {
+        rnn_cmp_row(op, a + o[0] * es, g->sa[nd - 1], b + o[1] * es, g->sb[nd - 1], y + oy, n);
+        oy += n;
+    } while (rnn_bcast_next(g, idx, o));
+}
+
+/* Where with a computed condition: y = c ? a : b on float32, c bools (one byte), broadcast. */
+static inline void rnn_exec_where(const uint8_t *c, const float *a, const float *b, float *y,
+                                  const rnn_bcast *g) {
+    const int64_t nd = g->nd, n = g->shape[nd - 1];
+    const int64_t sa = g->sa[nd - 1], sb = g->sb[nd - 1], sc = g->sc[nd - 1];
+    int64_t idx[RNN_EXEC_MAXD] = {0}, o[3] = {0, 0, 0}, oy = 0;
+    do {
+        const float *pa = a + o[0], *pb = b + o[1];
+        const uint8_t *pc = c + o[2];
+        for (int64_t i = 0; i < n; i++) y[oy + i] = pc[i * sc] ? pa[i * sa] : pb[i * sb];
+        oy += n;
+    } while (rnn_bcast_next(g, idx, o));
+}
+
+/* Element-wise conversions between float32, int64 and bool, and Not. float32 to int64
+ * truncates toward zero; NaN and values out of range give INT64_MIN (what the hardware's
+ * conversion, and so NumPy's, gives on x86), never C's undefined behaviour. */
+enum {
+    RNN_CV_F32_I64 = 0, RNN_CV_I64_F32, RNN_CV_BOOL_F32, RNN_CV_F32_BOOL, RNN_CV_I64_BOOL,
+    RNN_CV_BOOL_I64, RNN_CV_NOT, RNN_CV_COUNT
+};
+
+static inline void rnn_exec_convert(int op, const char *x, char *y, int64_t n) {
+    const float *xf = (const float *)(const void *)x;
+    const int64_t *xi = (const int64_t *)(const void *)x;
+    const uint8_t *xb = (const uint8_t *)x;
+    float *yf = (float *)(void *)y;
+    int64_t *yi = (int64_t *)(void *)y;
+    uint8_t *yb = (uint8_t *)y;
+    switch (op) {
+    case RNN_CV_F32_I64:
+        for (int64_t i = 0; i < n; i++) {
+            const float v = xf[i];
+            yi[i] = (v > -9223372036854775808.0f && v < 9223372036854775808.0f) ? (int64_t)v
+                                                                                 : INT64_MIN;
         }
-        if (d < 0) return;
+        break;
+    case RNN_CV_I64_F32: for (int64_t i = 0; i < n; i++) yf[i] = (float)xi[i]; break;
+    case RNN_CV_BOOL_F32: for (int64_t i = 0; i < n; i++) yf[i] = xb[i] ? 1.0f : 0.0f; break;
+    case RNN_CV_F32_BOOL: for (int64_t i = 0; i < n; i++) yb[i] = xf[i] != 0.0f; break;
+    case RNN_CV_I64_BOOL: for (int64_t i = 0; i < n; i++) yb[i] = xi[i] != 0; break;
+    case RNN_CV_BOOL_I64: for (int64_t i = 0; i < n; i++) yi[i] = xb[i] != 0; break;
+    default: for (int64_t i = 0; i < n; i++) yb[i] = !xb[i]; break;   /* Not */
     }
 }
 

@@ -27,6 +27,7 @@ cdef extern from "rnnengine/exec.h" nogil:
         int64_t shape[8]
         int64_t sa[8]
         int64_t sb[8]
+        int64_t sc[8]
     ctypedef struct rnn_rdims:
         int64_t nd
         int64_t shape[8]
@@ -45,7 +46,12 @@ cdef extern from "rnnengine/exec.h" nogil:
     void rnn_exec_norm(const float *x, float *y, int64_t rows, int64_t n, float eps,
                        const float *scale, const float *bias, const rnn_affine *g,
                        float *mean_out, float *inv_out)
-    int RNN_BIN_COUNT, RNN_UN_COUNT
+    void rnn_exec_compare(int op, const char *a, const char *b, unsigned char *y,
+                          const rnn_bcast *g)
+    void rnn_exec_where(const unsigned char *c, const float *a, const float *b, float *y,
+                        const rnn_bcast *g)
+    void rnn_exec_convert(int op, const char *x, char *y, int64_t n)
+    int RNN_BIN_COUNT, RNN_UN_COUNT, RNN_CMP_COUNT, RNN_CMP_EQ_I64, RNN_CMP_AND, RNN_CV_COUNT
 
 cdef extern from "rnnengine/dense.h" nogil:
     void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
@@ -67,19 +73,27 @@ cdef enum:
     K_DENSE = 5
     K_SOFTMAX = 6
     K_NORM = 7
-    K_CALL = 8          # the kinds before this one run in C without the GIL
-    K_RECURRENT = 9
-    K_SEQUENCE = 10
+    K_COMPARE = 8
+    K_WHERE = 9
+    K_CONVERT = 10
+    K_CALL = 11         # the kinds before this one run in C without the GIL
+    K_RECURRENT = 12
+    K_SEQUENCE = 13
 
-KIND_NAMES = ("move", "binary", "unary", "reduce", "matmul", "dense", "softmax", "norm", "call",
-              "recurrent", "sequence")
+KIND_NAMES = ("move", "binary", "unary", "reduce", "matmul", "dense", "softmax", "norm",
+              "compare", "where", "convert", "call", "recurrent", "sequence")
+
+# exec.h's conversions: (input dtype, output dtype) of each code
+CONVERSIONS = ((np.float32, np.int64), (np.int64, np.float32), (np.bool_, np.float32),
+               (np.float32, np.bool_), (np.int64, np.bool_), (np.bool_, np.int64),
+               (np.bool_, np.bool_))
 
 ctypedef struct xop_t:
     int kind, code, act
     char *y
     const char *a
     const char *b
-    const char *c         # K_NORM: the bias (NULL: none)
+    const char *c         # K_NORM: the bias (NULL: none); K_WHERE: the condition
     char **srcs
     const void *params    # rnn_run[] | rnn_bcast | rnn_rdims | int64 offsets | rnn_affine
     const int64_t *base
@@ -106,6 +120,47 @@ cdef cnp.ndarray f32(a, what):
     return a
 
 
+cdef cnp.ndarray typed(a, dtype, what):
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be a C-contiguous {np.dtype(dtype)} buffer")
+    return a
+
+
+cdef cnp.ndarray bcast(what, shape, strides, sizes, int64_t total_out):
+    """An rnn_bcast (held in the array returned) for ``shape`` with each input's strides,
+    checked against the inputs' ``sizes`` and the output's size, all in elements."""
+    cdef cnp.ndarray g = np.zeros(1 + 4 * MAXD, np.int64)
+    cdef rnn_bcast *bc = <rnn_bcast *>cnp.PyArray_DATA(g)
+    cdef int64_t total = 1, reach, d, k, nd = len(shape)
+    cdef int64_t *dst
+    if not 1 <= nd <= MAXD:
+        raise ValueError(f"{what}: bad operator or rank")
+    bc.nd = nd
+    for d in range(nd):
+        if shape[d] < 1:
+            raise ValueError(f"{what}: bad geometry")
+        bc.shape[d] = shape[d]
+        total *= shape[d]
+    for k in range(len(strides)):
+        if k == 0:
+            dst = &bc.sa[0]
+        elif k == 1:
+            dst = &bc.sb[0]
+        else:
+            dst = &bc.sc[0]
+        reach = 0
+        for d in range(nd):
+            if strides[k][d] < 0:
+                raise ValueError(f"{what}: bad geometry")
+            dst[d] = strides[k][d]
+            reach += (shape[d] - 1) * strides[k][d]
+        if reach >= sizes[k]:
+            raise ValueError(f"{what}: the geometry does not fit the buffers")
+    if total != total_out:
+        raise ValueError(f"{what}: the geometry does not fit the buffers")
+    return g
+
+
 cdef cnp.ndarray i64(a, what):
     a = np.ascontiguousarray(a, np.int64)
     return a
@@ -122,6 +177,9 @@ cdef class Runner:
     * ("reduce", code, x, y, base offsets, reduced shape, reduced strides);
     * ("matmul", a, b, y, offsets int64 [n, 3], M, K, N);
     * ("dense", x, w [K, N], bias or None, y, M, act);
+    * ("compare", code, a, b, y bool, shape, a_strides, b_strides): as binary, to bools;
+    * ("where", condition bool, a, b, y, shape, c_strides, a_strides, b_strides);
+    * ("convert", code, x, y): element-wise dtype conversions and Not (``CONVERSIONS``);
     * ("softmax", log, x, y, outer, n, inner): along an axis of n elements inner apart;
     * ("norm", x, y, rows, n, eps, scale or None, bias or None, (period, s_row, s_col, b_row,
       b_col), mean or None, inv or None): rows of n normalised, then scaled and shifted, the
@@ -166,6 +224,13 @@ cdef class Runner:
                 self._matmul(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
             elif kind == "dense":
                 self._dense(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "compare":
+                self._compare(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
+            elif kind == "where":
+                self._where(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7],
+                            spec[8])
+            elif kind == "convert":
+                self._convert(op, spec[1], spec[2], spec[3])
             elif kind == "softmax":
                 self._softmax(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
             elif kind == "norm":
@@ -225,23 +290,46 @@ cdef class Runner:
 
     cdef int _binary(self, xop_t *op, int code, a, b, y, shape, sa, sb) except -1:
         cdef cnp.ndarray A = f32(a, "binary: a"), B = f32(b, "binary: b"), Y = f32(y, "binary: y")
-        cdef cnp.ndarray g = np.zeros(1 + 3 * MAXD, np.int64)
-        cdef rnn_bcast *bc = <rnn_bcast *>cnp.PyArray_DATA(g)
-        cdef int64_t total = 1, amax = 0, bmax = 0, d, nd = len(shape)
-        if not 0 <= code < RNN_BIN_COUNT or not 1 <= nd <= MAXD:
+        if not 0 <= code < RNN_BIN_COUNT:
             raise ValueError("binary: bad operator or rank")
-        bc.nd = nd
-        for d in range(nd):
-            if shape[d] < 1 or sa[d] < 0 or sb[d] < 0:
-                raise ValueError("binary: bad geometry")
-            bc.shape[d], bc.sa[d], bc.sb[d] = shape[d], sa[d], sb[d]
-            total *= shape[d]
-            amax += (shape[d] - 1) * sa[d]
-            bmax += (shape[d] - 1) * sb[d]
-        if total != Y.size or amax >= A.size or bmax >= B.size:
-            raise ValueError("binary: the geometry does not fit the buffers")
-        op.kind, op.code, op.a, op.b, op.y, op.params = K_BINARY, code, data(A), data(B), data(Y), bc
+        cdef cnp.ndarray g = bcast("binary", shape, (sa, sb), (A.size, B.size), Y.size)
+        op.kind, op.code, op.a, op.b, op.y = K_BINARY, code, data(A), data(B), data(Y)
+        op.params = cnp.PyArray_DATA(g)
         self._hold += [A, B, Y, g]
+        return 0
+
+    cdef int _compare(self, xop_t *op, int code, a, b, y, shape, sa, sb) except -1:
+        if not 0 <= code < RNN_CMP_COUNT:
+            raise ValueError("compare: bad operator or rank")
+        dtype = np.float32 if code < RNN_CMP_EQ_I64 else (np.int64 if code < RNN_CMP_AND
+                                                           else np.bool_)
+        cdef cnp.ndarray A = typed(a, dtype, "compare: a"), B = typed(b, dtype, "compare: b")
+        cdef cnp.ndarray Y = typed(y, np.bool_, "compare: y")
+        cdef cnp.ndarray g = bcast("compare", shape, (sa, sb), (A.size, B.size), Y.size)
+        op.kind, op.code, op.a, op.b, op.y = K_COMPARE, code, data(A), data(B), data(Y)
+        op.params = cnp.PyArray_DATA(g)
+        self._hold += [A, B, Y, g]
+        return 0
+
+    cdef int _where(self, xop_t *op, c, a, b, y, shape, sc, sa, sb) except -1:
+        cdef cnp.ndarray C = typed(c, np.bool_, "where: condition")
+        cdef cnp.ndarray A = f32(a, "where: a"), B = f32(b, "where: b"), Y = f32(y, "where: y")
+        cdef cnp.ndarray g = bcast("where", shape, (sa, sb, sc), (A.size, B.size, C.size),
+                                   Y.size)
+        op.kind, op.a, op.b, op.c, op.y = K_WHERE, data(A), data(B), data(C), data(Y)
+        op.params = cnp.PyArray_DATA(g)
+        self._hold += [A, B, C, Y, g]
+        return 0
+
+    cdef int _convert(self, xop_t *op, int code, x, y) except -1:
+        if not 0 <= code < RNN_CV_COUNT:
+            raise ValueError("convert: bad operator")
+        cdef cnp.ndarray X = typed(x, CONVERSIONS[code][0], "convert: x")
+        cdef cnp.ndarray Y = typed(y, CONVERSIONS[code][1], "convert: y")
+        if X.size != Y.size:
+            raise ValueError("convert: the sizes differ")
+        op.kind, op.code, op.a, op.y, op.n = K_CONVERT, code, data(X), data(Y), Y.size
+        self._hold += [X, Y]
         return 0
 
     cdef int _unary(self, xop_t *op, int code, x, y, alpha, beta) except -1:
@@ -529,6 +617,14 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
         elif op.kind == K_DENSE:
             rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
                       <const float *>op.params, <float *>op.y, op.act, isa)
+        elif op.kind == K_COMPARE:
+            rnn_exec_compare(op.code, op.a, op.b, <unsigned char *>op.y,
+                             <const rnn_bcast *>op.params)
+        elif op.kind == K_WHERE:
+            rnn_exec_where(<const unsigned char *>op.c, <const float *>op.a,
+                           <const float *>op.b, <float *>op.y, <const rnn_bcast *>op.params)
+        elif op.kind == K_CONVERT:
+            rnn_exec_convert(op.code, op.a, op.y, op.n)
         elif op.kind == K_SOFTMAX:
             rnn_exec_softmax(op.code, <const float *>op.a, <float *>op.y, op.M, op.K, op.N)
         elif op.kind == K_NORM:

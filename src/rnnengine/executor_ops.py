@@ -31,6 +31,15 @@ _UNARY = {"Sigmoid": 0, "Tanh": 1, "Relu": 2, "Sqrt": 3, "Exp": 4, "Log": 5, "Ne
           "Softplus": 13, "Elu": 14, "Gelu": 15, "HardSwish": 17, "Softsign": 18,
           "Sign": 19, "Floor": 20, "Ceil": 21, "Round": 22, "Sin": 23, "Cos": 24}
 _GELU_TANH = 16
+# exec.h's comparisons (the int64 ones 5 past the float32 ones) and logic, to bools
+_COMPARE = {"Equal": 0, "Less": 1, "Greater": 2, "LessOrEqual": 3, "GreaterOrEqual": 4}
+_LOGIC = {"And": 10, "Or": 11, "Xor": 12}
+_BOOL = np.dtype(np.bool_)
+_I64 = np.dtype(np.int64)
+# exec.h's conversions by (input, output) dtype; Not is a conversion of bools to bools
+_CONVERT = {(_F32, _I64): 0, (_I64, _F32): 1, (_BOOL, _F32): 2, (_F32, _BOOL): 3,
+            (_I64, _BOOL): 4, (_BOOL, _I64): 5}
+_NOT = 6
 _REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
            "ReduceSumSquare": 4, "ReduceL2": 5}
 _MAXD = 8
@@ -44,6 +53,32 @@ def _strides(shape) -> List[int]:
         out.append(n)
         n *= d
     return out[::-1]
+
+
+def _geometry(inputs, shape) -> Optional[list]:
+    """Arrays ``inputs`` broadcast to ``shape``: [(n, each input's stride), ...] per dim, dims
+    of one dropped and dims merged where every input runs on contiguously; None past the
+    kernels' rank or when an input does not broadcast so."""
+    out = list(shape) or [1]
+    geo = []
+    for x in inputs:
+        s = [1] * (len(out) - x.ndim) + list(x.shape) if len(shape) else [1]
+        if len(s) != len(out) or any(a != 1 and a != b for a, b in zip(s, out)):
+            return None
+        st = _strides(s)
+        geo.append([0 if s[d] == 1 and out[d] != 1 else st[d] for d in range(len(out))])
+    merged: list = []
+    for d in range(len(out)):
+        n = out[d]
+        if n == 1:
+            continue
+        strides = [g[d] for g in geo]
+        if merged and all(m == t * n for m, t in zip(merged[-1][1:], strides)):
+            merged[-1] = (merged[-1][0] * n, *strides)
+        else:
+            merged.append((n, *strides))
+    merged = merged or [(1,) + (0,) * len(inputs)]
+    return None if len(merged) > _MAXD else merged
 
 
 def _progressions(columns: list, cuts: np.ndarray) -> np.ndarray:
@@ -132,7 +167,15 @@ class Lowering:
                             and self.v[outs[0]].dtype == self.buf[ins[0]].dtype):
             return self._view(ins[0], outs[0])      # a cast to the same type is the value
         if op in _MOVES:
-            return self._move(step, node, ins, outs, label)
+            if self._move(step, node, ins, outs, label):
+                return True
+            return op == "Where" and self._where(ins, outs[0], label)
+        if op in ("Cast", "CastLike"):
+            return self._convert(ins[0], outs[0])
+        if op == "Not" and len(ins) == 1:
+            return self._convert(ins[0], outs[0], _NOT)
+        if op in _COMPARE or op in _LOGIC:
+            return self._compare(node, ins, outs[0], label)
         if op in _BINARY and len(ins) == 2:
             return self._binary(_BINARY[op], ins, outs[0], label)
         if op == "Mod" and len(ins) == 2 and attrs(node).get("fmod", 0) == 1:
@@ -274,27 +317,71 @@ class Lowering:
         """y = a (op) b broadcast to ``shape``, the dims collapsed where both inputs run
         contiguously; into ``dst`` when given (which may be ``a``: same element, read then
         written), else a new buffer for slot ``o``."""
-        out = list(shape) or [1]
-        geo = []
-        for x in (a, b):
-            s = [1] * (len(out) - x.ndim) + list(x.shape) if len(shape) else [1]
-            if len(s) != len(out):
-                return False
-            st = _strides(s)
-            geo.append([0 if s[d] == 1 and out[d] != 1 else st[d] for d in range(len(out))])
-        merged: list = []
-        for n, sa, sb in ((out[d], geo[0][d], geo[1][d]) for d in range(len(out)) if out[d] != 1):
-            if merged and merged[-1][1] == sa * n and merged[-1][2] == sb * n:
-                merged[-1] = (merged[-1][0] * n, sa, sb)
-            else:
-                merged.append((n, sa, sb))
-        merged = merged or [(1, 0, 0)]
-        if len(merged) > _MAXD:
+        merged = _geometry((a, b), shape)
+        if merged is None:
             return False
         if dst is None:
             dst = self._new(o, tuple(shape), _F32)
-        self.ops.append(("binary", code, a, b, dst, [m[0] for m in merged],
-                         [m[1] for m in merged], [m[2] for m in merged]))
+        if dst.size:       # an empty output has nothing to compute
+            self.ops.append(("binary", code, a, b, dst, *map(list, zip(*merged))))
+        return True
+
+    def _compare(self, node, ins, o: int, label) -> bool:
+        """Equal/Less/Greater/LessOrEqual/GreaterOrEqual of float32 or int64, And/Or/Xor of
+        bools: to bools, broadcast as the binary kernels are."""
+        bufs = [self.buf.get(i) for i in ins]
+        y = self.v[o]
+        if (len(ins) != 2 or any(b is None for b in bufs) or y.__class__ is not np.ndarray
+                or y.dtype != _BOOL or bufs[0].dtype != bufs[1].dtype):
+            return False
+        dtype = bufs[0].dtype
+        if node.op_type in _LOGIC:
+            if dtype != _BOOL:
+                return False
+            code = _LOGIC[node.op_type]
+        elif dtype in (_F32, _I64):
+            code = _COMPARE[node.op_type] + (5 if dtype == _I64 else 0)
+        else:
+            return False
+        merged = _geometry(bufs, y.shape)
+        if merged is None:
+            return False
+        dst = self._out(o)
+        if dst.size:
+            self.ops.append(("compare", code, *bufs, dst, *map(list, zip(*merged))))
+        return True
+
+    def _where(self, ins, o: int, label) -> bool:
+        """Where with a computed condition (a constant one is a move) on float32."""
+        bufs = [self.buf.get(i) for i in ins]
+        y = self.v[o]
+        if (len(ins) != 3 or any(b is None for b in bufs) or bufs[0].dtype != _BOOL
+                or y.__class__ is not np.ndarray or y.dtype != _F32
+                or any(b.dtype != _F32 for b in bufs[1:])):
+            return False
+        c, a, b = bufs
+        merged = _geometry((a, b, c), y.shape)
+        if merged is None:
+            return False
+        dst = self._out(o)
+        if dst.size:
+            shape, sa, sb, sc = map(list, zip(*merged))
+            self.ops.append(("where", c, a, b, dst, shape, sc, sa, sb))
+        return True
+
+    def _convert(self, i: int, o: int, code: Optional[int] = None) -> bool:
+        """Cast between float32, int64 and bool (``code`` None), or Not."""
+        x = self.buf.get(i)
+        y = self.v[o]
+        if x is None or y.__class__ is not np.ndarray or y.size != x.size:
+            return False
+        if code is None:
+            code = _CONVERT.get((x.dtype, y.dtype))
+        elif x.dtype != _BOOL or y.dtype != _BOOL:
+            return False
+        if code is None:
+            return False
+        self.ops.append(("convert", code, x, self._out(o)))
         return True
 
     def _unary(self, node, ins, o: int, label) -> bool:
