@@ -195,13 +195,56 @@ def test_gelu(approximate, rank, rng):
     assert_compiled(status, "unary")
 
 
-@pytest.mark.parametrize("op", ["HardSwish", "Softsign", "Sign", "Floor", "Ceil", "Round",
-                                "Sin", "Cos"])
+UNARY_MORE = [("HardSwish", {}), ("Softsign", {}), ("Sign", {}), ("Floor", {}), ("Ceil", {}),
+              ("Round", {}), ("Sin", {}), ("Cos", {}), ("Tan", {}), ("Atan", {}), ("Mish", {}),
+              ("Selu", {}), ("Selu", {"alpha": 1.3, "gamma": 0.8}), ("Celu", {}),
+              ("Celu", {"alpha": 0.6}), ("ThresholdedRelu", {}),
+              ("ThresholdedRelu", {"alpha": -0.4})]
+
+
+@pytest.mark.parametrize("op,attrs", UNARY_MORE, ids=lambda p: str(p))
 @pytest.mark.parametrize("rank", [1, 2, 4])
-def test_unary_more(op, rank, rng):
+def test_unary_more(op, attrs, rank, rng):
     x = (3 * rng.standard_normal(random_shape(rng, rank))).astype(np.float32)
-    status = compiled_matches_ort(single(op, {"x": x}), {"x": x}, rng, rtol=1e-6, atol=1e-6)
+    status = compiled_matches_ort(single(op, {"x": x}, dict(attrs), opset=18), {"x": x}, rng,
+                                  rtol=2e-6, atol=1e-6)
     assert_compiled(status, "unary")
+
+
+@pytest.mark.parametrize("op", ["ReduceL1", "ReduceProd", "ReduceLogSumExp"])
+@pytest.mark.parametrize("rank", [1, 2, 3, 4])
+@pytest.mark.parametrize("keep", [0, 1])
+def test_reduce_more(op, rank, keep, rng):
+    x = rng.standard_normal(random_shape(rng, rank)).astype(np.float32)
+    axes = [int(a) - (rank if rng.random() < 0.5 else 0)        # some of them negative
+            for a in rng.choice(rank, int(rng.integers(1, rank + 1)), replace=False)]
+    model = single(op, {"x": x}, {"keepdims": keep}, consts={"axes": np.array(axes, np.int64)},
+                   opset=18)
+    status = compiled_matches_ort(model, {"x": x}, rng, rtol=1e-5, atol=1e-6)
+    assert_compiled(status, "reduce")
+
+
+def test_logsumexp_is_stable_on_large_values(rng):
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    nodes = [helper.make_node("Mul", ["x", "k"], ["big"]),
+             helper.make_node("ReduceLogSumExp", ["big", "axes"], ["y"], keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.array(300.0, np.float32), "k"),
+         numpy_helper.from_array(np.array([-1], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    status = compiled_matches_ort(model, {"x": x}, rng, rtol=1e-5, atol=1e-4)
+    assert_compiled(status, "reduce")
+
+
+@pytest.mark.parametrize("op", ["Sum", "Mean", "Max", "Min"])
+@pytest.mark.parametrize("shapes", [[(3, 4), (3, 4)], [(2, 3, 4), (4,), (3, 1)],
+                                    [(1,), (2, 5), (2, 1), ()], [(5, 1, 2), (1, 3, 1)]])
+def test_variadic(op, shapes, rng):
+    inputs = {f"x{k}": rng.standard_normal(s).astype(np.float32) for k, s in enumerate(shapes)}
+    status = compiled_matches_ort(single(op, inputs), inputs, rng, rtol=1e-6, atol=1e-6)
+    assert_compiled(status, "binary")
 
 
 def test_round_halves_to_even_and_sign_of_zero(rng):

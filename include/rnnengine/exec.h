@@ -227,7 +227,8 @@ enum {
     RNN_UN_NEG, RNN_UN_ABS, RNN_UN_RECIPROCAL, RNN_UN_LEAKYRELU, RNN_UN_HARDSIGMOID,
     RNN_UN_CLIP, RNN_UN_ERF, RNN_UN_SOFTPLUS, RNN_UN_ELU, RNN_UN_GELU, RNN_UN_GELU_TANH,
     RNN_UN_HARDSWISH, RNN_UN_SOFTSIGN, RNN_UN_SIGN, RNN_UN_FLOOR, RNN_UN_CEIL, RNN_UN_ROUND,
-    RNN_UN_SIN, RNN_UN_COS, RNN_UN_COUNT
+    RNN_UN_SIN, RNN_UN_COS, RNN_UN_TAN, RNN_UN_ATAN, RNN_UN_SELU, RNN_UN_CELU, RNN_UN_MISH,
+    RNN_UN_THRESHOLDEDRELU, RNN_UN_COUNT
 };
 
 static inline void rnn_exec_unary(int op, const float *x, float *y, int64_t n, float alpha,
@@ -297,7 +298,25 @@ static inline void rnn_exec_unary(int op, const float *x, float *y, int64_t n, f
     /* halves to even (the default rounding mode, which fpenv.h keeps) */
     case RNN_UN_ROUND: for (int64_t i = 0; i < n; i++) y[i] = nearbyintf(x[i]); break;
     case RNN_UN_SIN: for (int64_t i = 0; i < n; i++) y[i] = sinf(x[i]); break;
-    default: for (int64_t i = 0; i < n; i++) y[i] = cosf(x[i]); break;   /* Cos */
+    case RNN_UN_COS: for (int64_t i = 0; i < n; i++) y[i] = cosf(x[i]); break;
+    case RNN_UN_TAN: for (int64_t i = 0; i < n; i++) y[i] = tanf(x[i]); break;
+    case RNN_UN_ATAN: for (int64_t i = 0; i < n; i++) y[i] = atanf(x[i]); break;
+    case RNN_UN_SELU:   /* alpha, and beta the scale gamma */
+        for (int64_t i = 0; i < n; i++)
+            y[i] = beta * (x[i] > 0.0f ? x[i] : alpha * (expf(x[i]) - 1.0f));
+        break;
+    case RNN_UN_CELU:
+        for (int64_t i = 0; i < n; i++)
+            y[i] = x[i] > 0.0f ? x[i] : alpha * (expf(x[i] / alpha) - 1.0f);
+        break;
+    case RNN_UN_MISH:
+        for (int64_t i = 0; i < n; i++) {
+            const float v = x[i];
+            y[i] = v * tanhf(v > 0.0f ? v + log1pf(expf(-v)) : log1pf(expf(v)));
+        }
+        break;
+    default:   /* ThresholdedRelu */
+        for (int64_t i = 0; i < n; i++) y[i] = x[i] > alpha ? x[i] : 0.0f;
     }
 }
 
@@ -376,12 +395,45 @@ static inline void rnn_exec_norm(const float *x, float *y, int64_t rows, int64_t
 /* Reductions over float32: for each of the n_out outputs (at offsets base[k] into x), the
  * elements at base[k] + the reduced dims' offsets (rshape, rstride); sums in double, as
  * exact as NumPy's pairwise sums for the sizes real models reduce. */
-enum { RNN_RED_SUM = 0, RNN_RED_MEAN, RNN_RED_MAX, RNN_RED_MIN, RNN_RED_SUMSQ, RNN_RED_L2 };
+enum {
+    RNN_RED_SUM = 0, RNN_RED_MEAN, RNN_RED_MAX, RNN_RED_MIN, RNN_RED_SUMSQ, RNN_RED_L2,
+    RNN_RED_L1, RNN_RED_PROD, RNN_RED_LOGSUMEXP, RNN_RED_COUNT,
+    RNN_RED_SUMEXP   /* a pass of LogSumExp: exp(v - shift) summed */
+};
 
 typedef struct {
     int64_t nd;
     int64_t shape[RNN_EXEC_MAXD], stride[RNN_EXEC_MAXD];
 } rnn_rdims;
+
+/* One output's reduction over the elements at p + the reduced dims' offsets. */
+static inline double rnn_red_pass(int op, const float *p, const rnn_rdims *r, int64_t count,
+                                  double shift) {
+    double acc = (op == RNN_RED_MAX) ? -INFINITY
+               : (op == RNN_RED_MIN ? INFINITY : (op == RNN_RED_PROD ? 1.0 : 0.0));
+    int64_t idx[RNN_EXEC_MAXD] = {0};
+    int64_t off = 0;
+    for (int64_t e = 0; e < count; e++) {
+        const double v = p[off];
+        switch (op) {
+        case RNN_RED_MAX: acc = (v != v || acc != acc) ? NAN : (v > acc ? v : acc); break;
+        case RNN_RED_MIN: acc = (v != v || acc != acc) ? NAN : (v < acc ? v : acc); break;
+        case RNN_RED_SUMSQ: case RNN_RED_L2: acc += v * v; break;
+        case RNN_RED_L1: acc += fabs(v); break;
+        case RNN_RED_PROD: acc *= v; break;
+        case RNN_RED_SUMEXP: acc += exp(v - shift); break;
+        default: acc += v;
+        }
+        for (int64_t d = r->nd - 1; d >= 0; d--) {
+            idx[d]++;
+            off += r->stride[d];
+            if (idx[d] < r->shape[d]) break;
+            off -= r->stride[d] * r->shape[d];
+            idx[d] = 0;
+        }
+    }
+    return acc;
+}
 
 static inline void rnn_exec_reduce(int op, const float *x, float *y, const int64_t *base,
                                    int64_t n_out, const rnn_rdims *r) {
@@ -389,24 +441,14 @@ static inline void rnn_exec_reduce(int op, const float *x, float *y, const int64
     for (int64_t d = 0; d < r->nd; d++) count *= r->shape[d];
     for (int64_t k = 0; k < n_out; k++) {
         const float *p = x + base[k];
-        double acc = (op == RNN_RED_MAX) ? -INFINITY : (op == RNN_RED_MIN ? INFINITY : 0.0);
-        int64_t idx[RNN_EXEC_MAXD] = {0};
-        int64_t off = 0;
-        for (int64_t e = 0; e < count; e++) {
-            const double v = p[off];
-            switch (op) {
-            case RNN_RED_MAX: acc = (v != v || acc != acc) ? NAN : (v > acc ? v : acc); break;
-            case RNN_RED_MIN: acc = (v != v || acc != acc) ? NAN : (v < acc ? v : acc); break;
-            case RNN_RED_SUMSQ: case RNN_RED_L2: acc += v * v; break;
-            default: acc += v;
-            }
-            for (int64_t d = r->nd - 1; d >= 0; d--) {
-                idx[d]++;
-                off += r->stride[d];
-                if (idx[d] < r->shape[d]) break;
-                off -= r->stride[d] * r->shape[d];
-                idx[d] = 0;
-            }
+        double acc;
+        if (op == RNN_RED_LOGSUMEXP) {
+            /* the maximum taken out first, so exp cannot overflow; an infinite or NaN maximum
+             * is the result itself */
+            const double m = rnn_red_pass(RNN_RED_MAX, p, r, count, 0.0);
+            acc = isfinite(m) ? m + log(rnn_red_pass(RNN_RED_SUMEXP, p, r, count, m)) : m;
+        } else {
+            acc = rnn_red_pass(op, p, r, count, 0.0);
         }
         if (op == RNN_RED_MEAN) acc /= (double)count;
         if (op == RNN_RED_L2) acc = sqrt(acc);

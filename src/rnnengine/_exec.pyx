@@ -51,7 +51,8 @@ cdef extern from "rnnengine/exec.h" nogil:
     void rnn_exec_where(const unsigned char *c, const float *a, const float *b, float *y,
                         const rnn_bcast *g)
     void rnn_exec_convert(int op, const char *x, char *y, int64_t n)
-    int RNN_BIN_COUNT, RNN_UN_COUNT, RNN_CMP_COUNT, RNN_CMP_EQ_I64, RNN_CMP_AND, RNN_CV_COUNT
+    int RNN_BIN_COUNT, RNN_UN_COUNT, RNN_RED_COUNT, RNN_CMP_COUNT, RNN_CMP_EQ_I64, RNN_CMP_AND
+    int RNN_CV_COUNT
 
 cdef extern from "rnnengine/dense.h" nogil:
     void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
@@ -61,8 +62,8 @@ DEF MAXD = 8
 
 # exec.h's unary codes that are activations of the recurrent kernels (activations.h), run by
 # the active ISA's vectorised code: Sigmoid, Tanh, Relu, LeakyRelu, HardSigmoid, Softplus, Elu,
-# Softsign
-UNARY_ACTIVATIONS = {0: 2, 1: 1, 2: 0, 9: 4, 10: 7, 13: 10, 14: 8, 18: 9}
+# Softsign, ThresholdedRelu
+UNARY_ACTIVATIONS = {0: 2, 1: 1, 2: 0, 9: 4, 10: 7, 13: 10, 14: 8, 18: 9, 30: 5}
 
 cdef enum:
     K_MOVE = 0
@@ -348,7 +349,7 @@ cdef class Runner:
         cdef cnp.ndarray g = np.zeros(1 + 2 * MAXD, np.int64)
         cdef rnn_rdims *r = <rnn_rdims *>cnp.PyArray_DATA(g)
         cdef int64_t span = 0, d, nd = len(rshape)
-        if not 0 <= code <= 5 or nd > MAXD or B.size != Y.size:
+        if not 0 <= code < RNN_RED_COUNT or nd > MAXD or B.size != Y.size:
             raise ValueError("reduce: bad operator, rank or sizes")
         r.nd = nd
         for d in range(nd):

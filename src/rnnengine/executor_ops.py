@@ -29,7 +29,8 @@ _FMOD = 8       # Mod with fmod=1 (a float Mod must have it)
 _UNARY = {"Sigmoid": 0, "Tanh": 1, "Relu": 2, "Sqrt": 3, "Exp": 4, "Log": 5, "Neg": 6,
           "Abs": 7, "Reciprocal": 8, "LeakyRelu": 9, "HardSigmoid": 10, "Clip": 11, "Erf": 12,
           "Softplus": 13, "Elu": 14, "Gelu": 15, "HardSwish": 17, "Softsign": 18,
-          "Sign": 19, "Floor": 20, "Ceil": 21, "Round": 22, "Sin": 23, "Cos": 24}
+          "Sign": 19, "Floor": 20, "Ceil": 21, "Round": 22, "Sin": 23, "Cos": 24, "Tan": 25,
+          "Atan": 26, "Selu": 27, "Celu": 28, "Mish": 29, "ThresholdedRelu": 30}
 _GELU_TANH = 16
 # exec.h's comparisons (the int64 ones 5 past the float32 ones) and logic, to bools
 _COMPARE = {"Equal": 0, "Less": 1, "Greater": 2, "LessOrEqual": 3, "GreaterOrEqual": 4}
@@ -41,7 +42,8 @@ _CONVERT = {(_F32, _I64): 0, (_I64, _F32): 1, (_BOOL, _F32): 2, (_F32, _BOOL): 3
             (_I64, _BOOL): 4, (_BOOL, _I64): 5}
 _NOT = 6
 _REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
-           "ReduceSumSquare": 4, "ReduceL2": 5}
+           "ReduceSumSquare": 4, "ReduceL2": 5, "ReduceL1": 6, "ReduceProd": 7,
+           "ReduceLogSumExp": 8}
 _MAXD = 8
 RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
            "Multinomial", "Bernoulli"}
@@ -178,6 +180,8 @@ class Lowering:
             return self._compare(node, ins, outs[0], label)
         if op in _BINARY and len(ins) == 2:
             return self._binary(_BINARY[op], ins, outs[0], label)
+        if op in ("Sum", "Mean", "Max", "Min") and len(ins) >= 2:
+            return self._variadic(op, ins, outs[0], label)
         if op == "Mod" and len(ins) == 2 and attrs(node).get("fmod", 0) == 1:
             return self._binary(_FMOD, ins, outs[0], label)
         if op in _UNARY:
@@ -326,6 +330,26 @@ class Lowering:
             self.ops.append(("binary", code, a, b, dst, *map(list, zip(*merged))))
         return True
 
+    def _variadic(self, op: str, ins, o: int, label) -> bool:
+        """Sum / Mean / Max / Min of two or more inputs: the first two into the output, each
+        further one folded into it, all broadcast to the output's shape (Mean divided last)."""
+        bufs = self._f32(ins, label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        full = np.broadcast_to(np.float32(0), y.shape)      # the output's geometry
+        pairs = [bufs[:2]] + [(full, b) for b in bufs[2:]]
+        if any(_geometry(p, y.shape) is None for p in pairs):
+            return False
+        code = {"Sum": 0, "Mean": 0, "Max": 5, "Min": 6}[op]
+        dst = self._new(o, y.shape, _F32)
+        self._broadcast(code, bufs[0], bufs[1], o, y.shape, dst=dst)
+        for b in bufs[2:]:
+            self._broadcast(code, dst, b, o, y.shape, dst=dst)
+        if op == "Mean":
+            self._broadcast(3, dst, np.array(len(bufs), _F32), o, y.shape, dst=dst)
+        return True
+
     def _compare(self, node, ins, o: int, label) -> bool:
         """Equal/Less/Greater/LessOrEqual/GreaterOrEqual of float32 or int64, And/Or/Xor of
         bools: to bools, broadcast as the binary kernels are."""
@@ -399,8 +423,11 @@ class Lowering:
             alpha = a.get("alpha", 0.01)
         elif op == "HardSigmoid":
             alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
-        elif op == "Elu":
+        elif op in ("Elu", "Celu", "ThresholdedRelu"):
             alpha = a.get("alpha", 1.0)
+        elif op == "Selu":
+            alpha = a.get("alpha", 1.67326319217681884765625)
+            beta = a.get("gamma", 1.05070102214813232421875)
         elif op == "Clip":
             if self.opset < 11:
                 alpha, beta = a.get("min", -np.inf), a.get("max", np.inf)
