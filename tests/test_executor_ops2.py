@@ -293,6 +293,11 @@ def test_runner_refuses_geometry_past_the_buffers():
         Runner([("softmax", 0, x, y, 2, 4, 2)])
     with pytest.raises(ValueError, match="does not fit the buffers"):
         Runner([("softmax", 1, x, np.zeros(6, np.float32), 2, 3, 2)])
+    empty = np.zeros(0, np.float32)
+    with pytest.raises(ValueError, match="does not fit the buffers"):     # 2**64 elements
+        Runner([("softmax", 0, empty, empty, 2**62, 4, 1)])
+    with pytest.raises(ValueError, match="does not fit the buffers"):
+        Runner([("norm", empty, empty, 2**62, 4, 1e-5, None, None, (1, 0, 0, 0, 0), None, None)])
     with pytest.raises(ValueError, match="does not fit the buffers"):
         Runner([("norm", x, y, 4, 4, 1e-5, None, None, (1, 0, 0, 0, 0), None, None)])
     s = np.zeros(3, np.float32)

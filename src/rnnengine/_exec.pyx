@@ -402,7 +402,8 @@ cdef class Runner:
         cdef cnp.ndarray X = f32(x, "softmax: x"), Y = f32(y, "softmax: y")
         if not 0 <= log <= 1 or outer < 0 or n < 0 or inner < 0:
             raise ValueError("softmax: bad operator or geometry")
-        if X.size != outer * n * inner or Y.size != X.size:
+        # the product in Python integers: no int64 wrap-around can fake a fit
+        if X.size != (<object>outer) * n * inner or Y.size != X.size:
             raise ValueError("softmax: the geometry does not fit the buffers")
         op.kind, op.code, op.a, op.y = K_SOFTMAX, log, data(X), data(Y)
         op.M, op.K, op.N = outer, n, inner
@@ -416,7 +417,7 @@ cdef class Runner:
         cdef rnn_affine *a = <rnn_affine *>cnp.PyArray_DATA(g)
         cdef cnp.ndarray P
         cdef int64_t k
-        if rows < 0 or n < 0 or X.size != rows * n or Y.size != X.size:
+        if rows < 0 or n < 0 or X.size != (<object>rows) * n or Y.size != X.size:
             raise ValueError("norm: the geometry does not fit the buffers")
         a.period, a.s_row, a.s_col, a.b_row, a.b_col = geometry
         if a.period < 1 or min(a.s_row, a.s_col, a.b_row, a.b_col) < 0:
