@@ -74,7 +74,7 @@ class LeaderFollowerBatcher(rnnengine.Batcher):
                     return
 
     def step(self, sid, x):
-        request = self._submit(sid, x, None)
+        request = self._submit(sid, self._pool.check_input(x), None)
         self._lead()
         request.waiter.acquire()
         if request.error is not None:

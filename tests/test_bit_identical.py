@@ -53,6 +53,31 @@ def test_sequence_step_batch_and_threads_agree_bit_for_bit(isa, kind, extra):
 
 
 @pytest.mark.parametrize("kind, extra", CASES)
+def test_every_row_count_of_a_register_tile_agrees_bit_for_bit(isa, kind, extra):
+    """Batches of 1 to 16 rows end in a row chunk of every size a variant's register tile
+    takes (avx2: up to 6 rows, the gates one or two per pass; avx512: up to 8 rows, all
+    gates), in the streamed steps and in the sequence's input product: each row gets the bits
+    it gets alone, and the float64 reference's values."""
+    model = model_for(kind, extra, layers=1)
+    x = np.random.default_rng(12).standard_normal((4, 16, model.input_size)).astype(np.float32)
+    alone = [model.run(x[:, n:n + 1])[0] for n in range(16)]
+    for N in range(1, 17):
+        y, _ = model.run(x[:, :N])
+        stream = model.stream(N)
+        stepped = np.stack([stream.step(x[t, :N]) for t in range(x.shape[0])])
+        np.testing.assert_array_equal(stepped, y)
+        for n in range(N):
+            np.testing.assert_array_equal(y[:, n:n + 1], alone[n])
+    if extra.get("proj") is None:
+        layer = model.layers[0]
+        B = np.concatenate([layer.Wb, layer.Rb], axis=1)
+        ref = _reference.onnx_rnn(kind, x, layer.W, layer.R, B,
+                                  linear_before_reset=extra.get("linear_before_reset", 0))[0]
+        np.testing.assert_allclose(np.concatenate(alone, axis=1), ref[:, 0], rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, extra", CASES)
 def test_panels_beyond_l2_agree_bit_for_bit(isa, kind, extra):
     """Block panels of 128 KB and more, shared by several row chunks, are taken in K slices
     with the next slice prefetched (gemm_impl.h: rnn_panel_sliced). Here the input panels are

@@ -186,7 +186,7 @@ def test_vectorised_exp_over_the_whole_float_range(act):
 
 
 @pytest.mark.parametrize("M,K,N", [(13, 37, 70), (6, 5, 32), (48, 256, 258), (7, 3, 33),
-                                   (4, 9, 16), (5, 130, 17)])
+                                   (4, 9, 16), (5, 130, 17), (100, 128, 30), (11, 20, 48)])
 @pytest.mark.parametrize("act", [None, "Relu", "Tanh"])
 def test_row_tiles_against_float64(M, K, N, act, isa):
     """Rows taken six (AVX-512), four or one at a time, columns in tiles of 32 or 16 and the
@@ -200,3 +200,18 @@ def test_row_tiles_against_float64(M, K, N, act, isa):
     want = {None: want, "Relu": np.maximum(want, 0), "Tanh": np.tanh(want)}[act]
     got = DenseHead(w, b, act)(x)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.sqrt(K))
+
+
+@pytest.mark.parametrize("act", ["LogSoftmax", "Softmax"])
+def test_rows_of_a_head_narrower_than_a_tile(act):
+    """A CTC head: 100 frames of 30 classes, the columns padded to a whole tile inside; the
+    softmax of each row against float64."""
+    rng = np.random.default_rng(30)
+    w = rng.standard_normal((128, 30)).astype(np.float32)
+    b = rng.standard_normal(30).astype(np.float32)
+    x = rng.standard_normal((100, 128)).astype(np.float32)
+    z = x.astype(np.float64) @ w.astype(np.float64) + b
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    want = logp if act == "LogSoftmax" else np.exp(logp)
+    np.testing.assert_allclose(DenseHead(w, b, act)(x), want, rtol=1e-5, atol=1e-4)

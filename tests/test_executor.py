@@ -7,6 +7,7 @@ models in tests/data are streamed against ONNX Runtime with their state carried 
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
@@ -179,6 +180,26 @@ def test_conv(x_shape, w_shape, attrs, bias, rng):
                          rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("also_read", [False, True])
+def test_conv_relu_runs_inside_the_product(also_read, rng):
+    """Conv (2-D, bias, stride) -> Relu: bias and Relu are applied by the product as it
+    stores each channel's row, no pass of their own; when the convolution's own output is
+    read too (here a graph output), the Relu stays an operator."""
+    x = rng.standard_normal((1, 3, 12, 20)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    outs = ["y", "c"] if also_read else ["y"]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    status = compiled_matches_ort(model, {"x": x}, rng, ["matmul"], rtol=1e-4, atol=1e-4)
+    assert ("unary" in status) == also_read and "binary" not in status, status
+
+
 CONV_TRANSPOSES = [
     ((1, 4, 10), (4, 3, 3), {}),
     ((1, 4, 10), (4, 2, 4), {"strides": [2], "pads": [1, 1]}),
@@ -314,6 +335,8 @@ REAL = {
                                  {"sr": np.array(16000, np.int64)}),
     "silero_vad_op18_ifless.onnx": ({"input": (1, 512)}, {"stateN": "state"},
                                     {"sr": np.array(16000, np.int64)}),
+    "silero_vad.onnx": ({"input": (1, 512)}, {"stateN": "state"},
+                        {"sr": np.array(16000, np.int64)}),
 }
 
 
@@ -373,8 +396,27 @@ def test_recurrent_nodes(op, direction, T, state, rng):
     assert ("recurrent" if T == 1 and direction == "forward" else "sequence") in status
 
 
-@pytest.mark.parametrize("name", ["dtln_model_1.onnx", "dtln_model_2.onnx", "gtcrn.onnx",
-                                  "silero_vad_op18_ifless.onnx"])
+def test_every_shipped_model_is_a_real_model_here():
+    shipped = sorted(f for f in os.listdir(DATA) if f.endswith(".onnx"))
+    assert shipped == sorted(REAL)
+
+
+def python_calls(fn) -> list:
+    """Names of the Python functions that run while ``fn()`` runs (C calls do not count)."""
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+    sys.setprofile(profile)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
 def test_no_python_call_inside_a_compiled_call(name):
     """Between entry and return of the program's C loop, no Python function runs."""
     shapes, pairs, fixed = REAL[name]
@@ -388,16 +430,25 @@ def test_no_python_call_inside_a_compiled_call(name):
         sess.run(None, feeds)
     program = next(iter(sess._programs.values()))
     assert "call" not in program.kinds
-    calls = []
+    assert python_calls(program.runner.run) == []
 
-    def profile(frame, event, arg):
-        if event == "call":
-            calls.append(frame.f_code.co_name)
-    sys.setprofile(profile)
-    try:
-        program.runner.run()
-    finally:
-        sys.setprofile(None)
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_no_python_call_inside_a_compiled_stream_step(name, rng):
+    """A stream's step, once compiled, is one C call: the stream's own compiled step (state
+    kept inside the recurrent kernels) or the session's whole-graph program it feeds."""
+    shapes, pairs, fixed = REAL[name]
+    sess = rnnengine.InferenceSession(os.path.join(DATA, name))
+    stream = sess.stream(state=pairs, feeds=fixed)
+    x = {k: (0.3 * rng.standard_normal(s)).astype(np.float32) for k, s in shapes.items()}
+    for _ in range(6):      # the compiled step is built on the second step, a program on
+        stream.step(x)      # the second call of the whole graph after that
+    if stream.compiled:
+        calls = python_calls(functools.partial(stream._runner.step, x))
+    else:
+        program = stream._program
+        assert program is not None and "call" not in program.kinds, stream.not_compiled
+        calls = python_calls(program.runner.run)
     assert calls == []
 
 

@@ -196,3 +196,31 @@ def test_reverse_model_cannot_pool():
                                  direction="reverse", linear_before_reset=1)])
     with pytest.raises(ValueError, match="reverse-direction model cannot pool"):
         rev.pool(1)
+
+
+def test_one_stream_steps_between_batched_ones_equal_independent_runs(twins):
+    """A step of one stream runs on a batch-1 stream core, the state copied in and back:
+    alternated with batched steps of the same streams it equals PyTorch, and leaves the
+    other streams' states as they were."""
+    model, ref = twins
+    rng = np.random.default_rng(11)
+    pool = model.pool(capacity=4)
+    a, b, c = pool.open(), pool.open(), pool.open()
+    xs = rng.standard_normal((2, 9, model.input_size)).astype(np.float32)
+    ys = [[], []]
+    for t in range(9):
+        if t % 3 == 2:
+            both = pool.step([b, a], xs[::-1, t])
+            ys[0].append(both[1])
+            ys[1].append(both[0])
+        else:
+            before = pool.state(c)
+            ys[0].append(pool.step([a], xs[0, t:t + 1])[0])
+            ys[1].append(pool.step([b], xs[1, t:t + 1])[0])
+            after = pool.state(c)
+            for u, v in zip(*(s if isinstance(s, tuple) else (s,) for s in (before, after))):
+                np.testing.assert_array_equal(u, v)
+    for s, sid in enumerate((a, b)):
+        y_ref, state_ref = torch_run(ref, xs[s])
+        assert_close(np.array(ys[s]), y_ref, f"outputs of stream {s}")
+        assert_close(pool.state(sid), state_ref, f"final state of stream {s}")

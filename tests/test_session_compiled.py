@@ -97,15 +97,18 @@ def test_fuzz_seed_runs_compiled():
     assert "compiled step (gather, recurrent, dense)" in repr(stream)
 
 
-def test_uncovered_operator_keeps_the_general_step(models):
+def test_uncovered_operator_runs_the_whole_graph_program(models):
     """(b) with a Conv1d front end: Conv is not an operator the compiled step runs, so the
-    stream keeps its general step (native operators) and still matches ORT."""
+    stream takes its state out of the recurrent kernels and runs the whole graph as one
+    program (state fed in and out) instead of operator by operator; it still matches ORT."""
     rng = np.random.default_rng(3)
     steps = [{"x": rng.standard_normal((1, 10, 1)).astype(np.float32)} for _ in range(200)]
     stream, _ = run_both(models["b_conv"], steps, {"h0": np.zeros((1, 1, 16), np.float32)})
-    assert "inside the recurrent kernels" in repr(stream)
+    assert "inside the recurrent kernels" not in repr(stream)
     assert not stream.compiled and "compiled" not in repr(stream)
-    assert "Conv" in stream.not_compiled
+    assert "Conv" in stream.not_compiled and "one program" in stream.not_compiled
+    status = list(stream._sess.program_status().values())
+    assert len(status) == 1 and status[0].startswith("compiled"), status
 
 
 def test_other_feeds_take_the_general_step_and_state_carries_on(models):
@@ -143,6 +146,47 @@ def test_other_feeds_take_the_general_step_and_state_carries_on(models):
         f = token()
         same(stream.step(f), ort.step(f))
     assert stream.compiled
+
+
+def test_other_feeds_beside_the_whole_graph_program(models):
+    """The stream on the whole-graph program (b_conv): feeds it was not built for go to the
+    general step with its errors, the state unchanged; a state given as a feed or a batch
+    change is no shortcut to the program; two streams of one session interleave."""
+    model = models["b_conv"]
+    rng = np.random.default_rng(8)
+    sess = InferenceSession(model)
+    stream, other = sess.stream(), sess.stream()
+    zero = {"h0": np.zeros((1, 1, 16), np.float32)}
+    ort, ort2 = AuthorLoop(model, stream.state_names, zero), AuthorLoop(model, stream.state_names, zero)
+
+    def x(batch=1):
+        return {"x": rng.standard_normal((batch, 10, 1)).astype(np.float32)}
+
+    for _ in range(4):
+        f, g = x(), x()
+        same(stream.step(f), ort.step(f))
+        same(other.step(g), ort2.step(g))
+    assert stream._program is not None
+    before = stream.state
+    with pytest.raises(ValueError, match="'x'.*float"):
+        stream.step({"x": np.zeros((1, 10, 1), np.float64).astype(np.int64)})
+    with pytest.raises(ValueError, match="missing input 'x'"):
+        stream.step({})
+    with pytest.raises(ValueError, match="unknown input name 'y'"):
+        stream.step({**x(), "y": np.zeros(1)})
+    with pytest.raises(ValueError, match="state"):
+        stream.step({**x(), "h0": zero["h0"]})
+    for name, value in before.items():
+        np.testing.assert_array_equal(stream.state[name], value)
+    for _ in range(50):
+        f, g = x(), x()
+        same(stream.step(f), ort.step(f))
+        same(other.step(g), ort2.step(g))
+    stream.reset()
+    ort = AuthorLoop(model, stream.state_names, {"h0": np.zeros((1, 3, 16), np.float32)})
+    for _ in range(5):
+        f = x(3)
+        same(stream.step(f), ort.step(f))
 
 
 def test_batch_change_rebuilds_the_compiled_step(models):

@@ -14,9 +14,13 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "rnnengine/cpu.h"
+
+/* What row m's sums start from when there is no column bias: its row bias, or zero. */
+#define RNN_DENSE_FILL(rb, m) ((rb) != NULL ? (rb)[m] : 0.0f)
 
 enum rnn_dense_act {
     RNN_DENSE_NONE = 0,
@@ -97,24 +101,31 @@ typedef float rnn_dense_v16 __attribute__((vector_size(64)));
 #define RNN_DENSE_LEVELS 0
 #endif
 
-/* y[M, N] = act(x[M, K] @ w + b) in the code of the variant ``isa`` (enum rnn_isa): avx512 and
- * amx run the x86-64-v4 code, avx2 the v3 code, the rest the portable code. A variant this
- * CPU cannot run falls back to the portable code rather than fault. */
-static void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
-                      const float *b, float *y, int act, int isa)
+/* y[M, N] = act(x[M, K] @ w + b), b [N] or NULL, or with a bias per row rb [M] (b NULL then;
+ * dense_impl.h), in the code of the variant ``isa`` (enum rnn_isa): avx512 and amx run the
+ * x86-64-v4 code, avx2 the v3 code, the rest the portable code. A variant this CPU cannot
+ * run falls back to the portable code rather than fault. */
+static void rnn_dense_rows_bias(const float *x, size_t M, size_t K, const float *w, size_t N,
+                                const float *b, const float *rb, float *y, int act, int isa)
 {
 #if RNN_DENSE_LEVELS
     if ((isa == RNN_ISA_AVX512 || isa == RNN_ISA_AMX) && rnn_cpu_supports(RNN_ISA_AVX512)) {
-        rnn_dense_run_v4(x, M, K, w, N, b, y, act);
+        rnn_dense_run_v4(x, M, K, w, N, b, rb, y, act);
         return;
     }
     if (isa == RNN_ISA_AVX2 && rnn_cpu_supports(RNN_ISA_AVX2)) {
-        rnn_dense_run_v3(x, M, K, w, N, b, y, act);
+        rnn_dense_run_v3(x, M, K, w, N, b, rb, y, act);
         return;
     }
 #endif
     (void)isa;
-    rnn_dense_run_base(x, M, K, w, N, b, y, act);
+    rnn_dense_run_base(x, M, K, w, N, b, rb, y, act);
+}
+
+static void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
+                      const float *b, float *y, int act, int isa)
+{
+    rnn_dense_rows_bias(x, M, K, w, N, b, NULL, y, act, isa);
 }
 
 #endif

@@ -456,13 +456,17 @@ static inline void rnn_exec_reduce(int op, const float *x, float *y, const int64
     }
 }
 
-/* y[M, N] = a[M, K] @ b[K, N] for each of n_mat (a, b, y) offset triples: a batched MatMul
- * or a convolution's columns, through dense.h's product in variant ``isa`` (its row tiles). */
+/* y[M, N] = act(a[M, K] @ b[K, N] + rb) for each of n_mat (a, b, y) offset triples: a
+ * batched MatMul or a convolution's columns, through dense.h's product in variant ``isa``
+ * (its row tiles). rb (NULL: none) holds a bias per row of a: the triple whose a starts at
+ * offset o takes rb[o / K ...], as a convolution's weights [G, Cog, K] and bias [G * Cog] do. */
 static inline void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
-                                   int64_t n_mat, int64_t M, int64_t K, int64_t N, int isa) {
+                                   int64_t n_mat, int64_t M, int64_t K, int64_t N,
+                                   const float *rb, int act, int isa) {
     for (int64_t m = 0; m < n_mat; m++)
-        rnn_dense(a + offs[3 * m], (size_t)M, (size_t)K, b + offs[3 * m + 1], (size_t)N, NULL,
-                  y + offs[3 * m + 2], RNN_DENSE_NONE, isa);
+        rnn_dense_rows_bias(a + offs[3 * m], (size_t)M, (size_t)K, b + offs[3 * m + 1],
+                            (size_t)N, NULL, rb != NULL ? rb + offs[3 * m] / K : NULL,
+                            y + offs[3 * m + 2], act, isa);
 }
 
 #endif

@@ -62,13 +62,28 @@ RNN_INLINE void RNN_FNW(rnn_panel_fma)(const int NB, const int G, rnn_v *a,
  * same sum in the same order, so a streamed step, a whole sequence, any batch size and any
  * thread split give bit-identical pre-activations. */
 #define RNN_UNROLL(G) ((G) * RNN_NV >= 8 ? 1 : 8 / ((G) * RNN_NV))
-#define RNN_ACC_MAX 24 /* accumulators of the largest instance (RNN_NB_MAX x G x NV) */
+#define RNN_ACC_MAX 24 /* accumulators of the largest pass (rows x gates per pass x NV) */
 #define RNN_ACC(n, g, v) (acc + (size_t)(n) * ldacc + (g) * RNN_BW + (v) * RNN_VL)
 #define RNN_FOR_ALL(NB, G)                                                                  \
     _Pragma("GCC unroll 8") for (int n = 0; n < NB; n++)                                    \
     _Pragma("GCC unroll 4") for (int g = 0; g < G; g++)                                     \
     _Pragma("GCC unroll 16") for (int v = 0; v < RNN_NV; v++)
 #define RNN_AI(u, n, g, v) ((((u) * NB + (n)) * G + (g)) * RNN_NV + (v))
+
+#ifndef RNN_PANEL_PLAIN
+/* Gates per pass over a panel for NB rows (vec_<isa>.h: RNN_GATE_PASS; default all G): with
+ * several rows, an ISA whose registers cannot hold NB x G x NV accumulators takes the gates
+ * a few at a time, each pass reusing every weight vector it loads for all NB rows. Every
+ * output's sum is the same whichever gates share a pass. */
+#ifdef RNN_GATE_PASS
+#define RNN_GP(NB, G) RNN_GATE_PASS(NB, G)
+#else
+#define RNN_GP(NB, G) (G)
+#endif
+#define RNN_MIN_(a, b) ((a) < (b) ? (a) : (b))
+/* accumulator (n, g, v) of a pass over GP gates */
+#define RNN_AG(n, g, v) (((n) * GP + (g)) * RNN_NV + (v))
+#endif
 
 #ifndef RNN_PANEL_PLAIN
 /* One (rows NB, gates G) product over K inputs (a multiple of RNN_KS, or the rows padded);
@@ -105,21 +120,28 @@ RNN_INLINE void RNN_FNW(rnn_panel_body)(const int NB, const int G, int K,
         RNN_FOR_ALL(1, G) RNN_ACC_STORE(RNN_ACC(0, g, v), a[RNN_AI(0, 0, g, v)]);
         return;
     }
-    for (int u = 0; u < U; u++) {
-        RNN_FOR_ALL(NB, G) a[RNN_AI(0, n, g, v)] = u ? RNN_ACC_ZERO() : RNN_ACC_LOAD(RNN_ACC(n, g, v));
-        const int k1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
-        int kg = u * Kp;
-        for (; kg + 2 <= k1; kg += 2) {
-            RNN_PANEL_STEP(NB, G, a, w + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
-            RNN_PANEL_STEP(NB, G, a, w + (kg + 1) * RNN_GK(G), in, ldin, (kg + 1) * RNN_KS);
+    _Pragma("GCC unroll 4") for (int g0 = 0; g0 < G; g0 += RNN_GP(NB, G)) {
+        const int GP = RNN_MIN_(RNN_GP(NB, G), G - g0);
+        const RNN_WT_T *wg = w + (size_t)g0 * RNN_BW * RNN_KS;
+        RNN_ACC_E *ag = acc + (size_t)g0 * RNN_BW;
+#define RNN_ACCG(n, g, v) (ag + (size_t)(n) * ldacc + (g) * RNN_BW + (v) * RNN_VL)
+        for (int u = 0; u < U; u++) {
+            RNN_FOR_ALL(NB, GP) a[RNN_AG(n, g, v)] = u ? RNN_ACC_ZERO() : RNN_ACC_LOAD(RNN_ACCG(n, g, v));
+            const int k1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
+            int kg = u * Kp;
+            for (; kg + 2 <= k1; kg += 2) {
+                RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+                RNN_PANEL_STEP(NB, GP, a, wg + (kg + 1) * RNN_GK(G), in, ldin, (kg + 1) * RNN_KS);
+            }
+            if (kg < k1) RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+            if (u == 0) {
+                RNN_FOR_ALL(NB, GP) RNN_ACC_STORE(RNN_ACCG(n, g, v), a[RNN_AG(n, g, v)]);
+            } else {
+                RNN_FOR_ALL(NB, GP)
+                    RNN_ACC_STORE(RNN_ACCG(n, g, v), RNN_ACC_ADD(RNN_ACC_LOAD(RNN_ACCG(n, g, v)), a[RNN_AG(n, g, v)]));
+            }
         }
-        if (kg < k1) RNN_PANEL_STEP(NB, G, a, w + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
-        if (u == 0) {
-            RNN_FOR_ALL(NB, G) RNN_ACC_STORE(RNN_ACC(n, g, v), a[RNN_AI(0, n, g, v)]);
-        } else {
-            RNN_FOR_ALL(NB, G)
-                RNN_ACC_STORE(RNN_ACC(n, g, v), RNN_ACC_ADD(RNN_ACC_LOAD(RNN_ACC(n, g, v)), a[RNN_AI(0, n, g, v)]));
-        }
+#undef RNN_ACCG
     }
 }
 #else
@@ -190,16 +212,31 @@ RNN_INLINE void RNN_FNW(rnn_panel_span)(const int NB, const int G, int kg0, int 
                                         const RNN_ACC_E *from, size_t ldfrom,
                                         RNN_ACC_E *to, size_t ldto,
                                         const char *pf, int pf_per, int pf_left) {
-    RNN_ACC_T a[RNN_ACC_MAX];
-    RNN_FOR_ALL(NB, G)
-        a[RNN_AI(0, n, g, v)] = from ? RNN_ACC_LOAD(from + (size_t)n * ldfrom + g * RNN_BW + v * RNN_VL)
-                                     : RNN_ACC_ZERO();
-    for (int kg = kg0; kg < kg1; kg++) {
-        for (int i = 0; i < pf_per && pf_left > 0; i++, pf_left--, pf += 64)
-            __builtin_prefetch(pf, 0, 3);
-        RNN_PANEL_STEP(NB, G, a, w + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+    /* with several passes each prefetches its share of the lines */
+    const int passes = (G + RNN_GP(NB, G) - 1) / RNN_GP(NB, G);
+    const int share = (pf_left + passes - 1) / passes;
+    _Pragma("GCC unroll 4") for (int g0 = 0, p = 0; g0 < G; g0 += RNN_GP(NB, G), p++) {
+        const int GP = RNN_MIN_(RNN_GP(NB, G), G - g0);
+        const RNN_WT_T *wg = w + (size_t)g0 * RNN_BW * RNN_KS;
+        const char *pfp = pf;
+        int left = pf_left, per = pf_per;
+        if (passes > 1) {
+            left = pf_left - p * share < share ? pf_left - p * share : share;
+            pfp = left > 0 ? pf + (size_t)p * share * 64 : NULL;
+            per = left > 0 ? (left + (kg1 - kg0) - 1) / (kg1 - kg0) : 0;
+        }
+        RNN_ACC_T a[RNN_ACC_MAX];
+        RNN_FOR_ALL(NB, GP)
+            a[RNN_AG(n, g, v)] = from ? RNN_ACC_LOAD(from + (size_t)n * ldfrom + (g0 + g) * RNN_BW + v * RNN_VL)
+                                      : RNN_ACC_ZERO();
+        for (int kg = kg0; kg < kg1; kg++) {
+            for (int i = 0; i < per && left > 0; i++, left--, pfp += 64)
+                __builtin_prefetch(pfp, 0, 3);
+            RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
+        }
+        RNN_FOR_ALL(NB, GP)
+            RNN_ACC_STORE(to + (size_t)n * ldto + (g0 + g) * RNN_BW + v * RNN_VL, a[RNN_AG(n, g, v)]);
     }
-    RNN_FOR_ALL(NB, G) RNN_ACC_STORE(to + (size_t)n * ldto + g * RNN_BW + v * RNN_VL, a[RNN_AI(0, n, g, v)]);
 }
 
 #define RNN_SPAN_DEF(NB, G)                                                                 \
@@ -311,6 +348,9 @@ static void RNN_FNW(rnn_panel_rows)(int ng, int G, int K, const RNN_WT_T *restri
 }
 
 #undef RNN_PANEL_DEF
+#undef RNN_GP
+#undef RNN_MIN_
+#undef RNN_AG
 #undef RNN_UNROLL
 #undef RNN_ACC_MAX
 #undef RNN_ACC

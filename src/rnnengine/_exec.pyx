@@ -40,7 +40,8 @@ cdef extern from "rnnengine/exec.h" nogil:
     void rnn_exec_reduce(int op, const float *x, float *y, const int64_t *base, int64_t n_out,
                          const rnn_rdims *r)
     void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
-                         int64_t n_mat, int64_t M, int64_t K, int64_t N, int isa)
+                         int64_t n_mat, int64_t M, int64_t K, int64_t N, const float *rb,
+                         int act, int isa)
     void rnn_exec_softmax(int log, const float *x, float *y, int64_t outer, int64_t n,
                           int64_t inner)
     void rnn_exec_norm(const float *x, float *y, int64_t rows, int64_t n, float eps,
@@ -98,6 +99,7 @@ ctypedef struct xop_t:
     char **srcs
     const void *params    # rnn_run[] | rnn_bcast | rnn_rdims | int64 offsets | rnn_affine
     const int64_t *base
+    const float *rb       # K_MATMUL: a bias per row of a (NULL: none)
     int64_t n, es, M, K, N
     float alpha, beta
     int call              # K_CALL: index in Runner._calls; K_RECURRENT: in Runner._cores
@@ -176,7 +178,8 @@ cdef class Runner:
     * ("binary", code, a, b, y, shape, a_strides, b_strides) (strides in elements);
     * ("unary", code, x, y, alpha, beta);
     * ("reduce", code, x, y, base offsets, reduced shape, reduced strides);
-    * ("matmul", a, b, y, offsets int64 [n, 3], M, K, N);
+    * ("matmul", a, b, y, offsets int64 [n, 3], M, K, N[, bias per row of a or None,
+      act 0 | 1 (ReLU)]);
     * ("dense", x, w [K, N], bias or None, y, M, act);
     * ("compare", code, a, b, y bool, shape, a_strides, b_strides): as binary, to bools;
     * ("where", condition bool, a, b, y, shape, c_strides, a_strides, b_strides);
@@ -222,7 +225,9 @@ cdef class Runner:
             elif kind == "reduce":
                 self._reduce(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
             elif kind == "matmul":
-                self._matmul(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
+                self._matmul(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7],
+                             spec[8] if len(spec) > 8 else None,
+                             spec[9] if len(spec) > 9 else 0)
             elif kind == "dense":
                 self._dense(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
             elif kind == "compare":
@@ -364,16 +369,25 @@ cdef class Runner:
         self._hold += [X, Y, B, g]
         return 0
 
-    cdef int _matmul(self, xop_t *op, a, b, y, offs, int64_t M, int64_t K, int64_t N) except -1:
+    cdef int _matmul(self, xop_t *op, a, b, y, offs, int64_t M, int64_t K, int64_t N,
+                     row_bias=None, int act=0) except -1:
         cdef cnp.ndarray A = f32(a, "matmul: a"), B = f32(b, "matmul: b"), Y = f32(y, "matmul: y")
         cdef cnp.ndarray O = i64(offs, "matmul: offsets").reshape(-1, 3)
-        if M < 1 or K < 1 or N < 1 or (O.size and (
+        cdef cnp.ndarray R
+        if M < 1 or K < 1 or N < 1 or act not in (0, 1) or (O.size and (
                 O[:, 0].min() < 0 or O[:, 0].max() + M * K > A.size
                 or O[:, 1].min() < 0 or O[:, 1].max() + K * N > B.size
                 or O[:, 2].min() < 0 or O[:, 2].max() + M * N > Y.size)):
             raise ValueError("matmul: the geometry does not fit the buffers")
         op.kind, op.a, op.b, op.y, op.M, op.K, op.N = K_MATMUL, data(A), data(B), data(Y), M, K, N
-        op.params, op.n = cnp.PyArray_DATA(O), O.shape[0]
+        op.params, op.n, op.act, op.rb = cnp.PyArray_DATA(O), O.shape[0], act, NULL
+        if row_bias is not None:
+            # row r of the triple whose a starts at o reads row_bias[o // K + r]
+            R = f32(row_bias, "matmul: row bias")
+            if A.size % K or R.size != A.size // K or (O.size and (O[:, 0] % K).any()):
+                raise ValueError("matmul: the row bias does not fit a's rows")
+            op.rb = <const float *>data(R)
+            self._hold.append(R)
         self._hold += [A, B, Y, O]
         return 0
 
@@ -521,6 +535,41 @@ cdef class Runner:
         self._hold += [X, Y, HB]
         return 0
 
+    def run_fed(self, list values, list bufs, list outs, bint exact=False):
+        """``values[i]`` copied into ``bufs[i]`` (C-contiguous buffers), ``run()``, then a
+        copy of each of ``outs``: a program's call in one C call, where a ``numpy.copyto``
+        per feed and a ``copy`` per output cost more than DTLN's glue operators. A value of
+        the buffer's very dtype and shape, C-contiguous, is copied with memcpy; any other
+        goes through ``numpy.copyto(casting="no")`` and its errors, or, with ``exact``,
+        makes the call return None with nothing copied or run."""
+        cdef Py_ssize_t i, n = len(values)
+        cdef cnp.ndarray a, b
+        cdef bint fits
+        if len(bufs) != n:
+            raise ValueError("run_fed: one buffer per value")
+        cdef list slow = []
+        for i in range(n):
+            v, b = values[i], bufs[i]
+            fits = False
+            if cnp.PyArray_CheckExact(v):
+                a = <cnp.ndarray>v
+                fits = (cnp.PyArray_ISCARRAY_RO(a) and cnp.PyArray_ISCARRAY(b)
+                        and cnp.PyArray_ISNOTSWAPPED(a) and cnp.PyArray_ISNOTSWAPPED(b)
+                        and cnp.PyArray_TYPE(a) == cnp.PyArray_TYPE(b)
+                        and (<object>a).shape == (<object>b).shape)
+            if not fits:
+                if exact:
+                    return None
+                slow.append(i)
+        for i in range(n):
+            if slow and i in slow:
+                np.copyto(bufs[i], values[i], casting="no")
+            else:
+                a, b = values[i], bufs[i]
+                memcpy(cnp.PyArray_DATA(b), cnp.PyArray_DATA(a), cnp.PyArray_NBYTES(b))
+        self.run()
+        return [cnp.PyArray_NewCopy(<cnp.ndarray>o, cnp.NPY_CORDER) for o in outs]
+
     def run(self):
         """Every operator once, in order."""
         cdef int i = 0, j
@@ -615,7 +664,8 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
                             <const rnn_rdims *>op.params)
         elif op.kind == K_MATMUL:
             rnn_exec_matmul(<const float *>op.a, <const float *>op.b, <float *>op.y,
-                            <const int64_t *>op.params, op.n, op.M, op.K, op.N, isa)
+                            <const int64_t *>op.params, op.n, op.M, op.K, op.N, op.rb, op.act,
+                            isa)
         elif op.kind == K_DENSE:
             rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
                       <const float *>op.params, <float *>op.y, op.act, isa)

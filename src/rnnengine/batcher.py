@@ -33,6 +33,20 @@ in both directions (worker 20,600-57,700 steps/s, leader/follower and hybrid 18,
 So the simpler design stayed: the hybrid, built and tested, cost two more locks and a
 hand-off protocol for nothing measurable.
 
+Inline steps: a stream stepping alone gains nothing from the worker and pays for it: the
+hand-off there and back (a condition variable, a lock or a ``call_soon_threadsafe``, two
+thread switches) cost twice a whole Silero step (a lone stream through the Batcher took 3x
+the CPU of ``SessionStream.step``). So when the stream's last step had no company, nothing
+is queued and no batch is running, the caller takes the pool lock and steps that stream's
+slot itself (``step_one``: no gathering, no splitting): 1.03-1.12x the CPU of a direct
+``SessionStream.step`` on both Silero files, threads or tasks (least of 9 interleaved runs,
+repeated at load averages 5-8; 1.8x with every step through the worker). Company ends it at once: a step that
+finds the pool busy or a queue waiting is queued, and a stream batched with others queues
+its next step too, so loaded streams batch as before. A task stepping inline runs the step
+on its event loop (as a synchronous ONNX Runtime call would), and yields to the loop every
+16 inline steps in a row: an awaited step that never suspends would starve the loop's other
+tasks. ``inline=False`` sends every step through the worker.
+
 Guarantees: one stream has at most one step in flight, so its steps apply in call order, and
 a second concurrent step of the same stream raises ConcurrentStep (a RuntimeError). ``steps(sid)`` counts the
 steps applied to a stream: an asyncio task cancelled while waiting either withdraws its step
@@ -66,8 +80,24 @@ from .model import Model
 from .session import InferenceSession
 
 
+class _Inline:
+    """``stream.request`` while its caller runs the step itself (``Batcher._inline``): to
+    the rest of the Batcher, a step already taken (no batch will take it, nobody can
+    withdraw it)."""
+    __slots__ = ()
+    taken = True
+    orphan = False
+
+
+_INLINE = _Inline()
+_QUEUE = object()        # _inline's answers: nothing done, queue the step for the worker;
+_YIELD = object()        # nothing done, yield to the event loop and ask again
+_YIELD_EVERY = 16        # inline asyncio steps in a row before the task yields to its loop
+
+
 class _Stream:
-    __slots__ = ("sid", "pid", "start", "blob", "steps", "request", "last_used")
+    __slots__ = ("sid", "pid", "start", "blob", "steps", "request", "last_used", "alone",
+                 "inline_run")
 
     def __init__(self, sid: int, start):
         self.sid = sid
@@ -77,6 +107,8 @@ class _Stream:
         self.steps = 0
         self.request: Optional[_Request] = None   # the step in flight, if any
         self.last_used = time.monotonic()
+        self.alone = False       # its last step ran without company: the next may run inline
+        self.inline_run = 0      # inline asyncio steps since its task last yielded
 
 
 class _Request:
@@ -150,6 +182,9 @@ class Batcher:
 
     max_batch: most streams stepped together. max_delay_us: longest a step waits for company
     once it is queued. idle_seconds: evict streams idle that long to bytes (None: never).
+    inline: a stream whose last step had no company steps on the caller's own thread (a
+    task: on its event loop) while nothing is queued or running, without the worker
+    (False: every step goes through the worker).
 
     Over a Model, ``step(sid, x)`` takes x ``(I,)`` and returns y ``(Hout,)``, exactly what
     ``model.stream(batch=1).step`` gives. Over a session, ``step(sid, feeds)`` takes a dict
@@ -165,7 +200,7 @@ class Batcher:
     def __init__(self, model: Union[Model, InferenceSession], max_batch: int = 64,
                  max_delay_us: float = 500, idle_seconds: Optional[float] = None,
                  max_streams: int = 1024, *, state: Optional[Dict[str, str]] = None,
-                 feeds: Optional[dict] = None):
+                 feeds: Optional[dict] = None, inline: bool = True):
         self.max_batch = check_positive_int("max_batch", max_batch)
         self.max_streams = check_positive_int("max_streams", max_streams)
         if not _finite(max_delay_us) or not max_delay_us >= 0:
@@ -175,6 +210,7 @@ class Batcher:
                              f"{idle_seconds!r}")
         self.max_delay_us = max_delay_us
         self.idle_seconds = idle_seconds
+        self.inline = bool(inline)
         self.model = model
         self._pool = _pool_for(model, self.max_streams, self.max_batch, state, feeds)
         self._delay = max_delay_us * 1e-6
@@ -183,11 +219,13 @@ class Batcher:
         self._queue: Deque[_Request] = collections.deque()
         self._closing = False
         self._stats = dict(batches=0, steps=0, largest_batch=0, evictions=0, resumes=0)
+        self._inlined = 0        # steps run inline: batches of one, counted apart (cheaper)
         self._next_eviction = time.monotonic() + (idle_seconds or 0)
         # Lock order: _pool_lock, then _cond. _pool_lock guards the pool and is held from
         # taking a batch to recording its results, so whoever holds it sees no step half done.
         self._pool_lock = threading.Lock()
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()      # _cond's lock, taken bare where nobody waits
+        self._cond = threading.Condition(self._mutex)
         self._worker = threading.Thread(target=self._serve, name="rnnengine-batcher",
                                         daemon=True)
         self._start()
@@ -215,13 +253,19 @@ class Batcher:
 
     @property
     def stats(self) -> dict:
-        """Counters: batches run, steps applied, largest batch, evictions, resumes; gauges:
+        """Counters: batches run, steps applied, largest batch, evictions, resumes, inline
+        (steps run on their caller's thread, each counted as a batch of one too); gauges:
         resident (streams holding a pool slot), slots (the pool's size), queued (steps
         waiting for a batch). The gauges are read
         without waiting for a running batch (the pool lock), so they may be one batch old."""
         with self._cond:
-            return dict(self._stats, resident=self._pool.resident, slots=self._pool.capacity,
-                        queued=len(self._queue))
+            stats = dict(self._stats, inline=self._inlined, resident=self._pool.resident,
+                         slots=self._pool.capacity, queued=len(self._queue))
+        stats["batches"] += stats["inline"]
+        stats["steps"] += stats["inline"]
+        if stats["inline"]:
+            stats["largest_batch"] = max(stats["largest_batch"], 1)
+        return stats
 
     # -- streams --------------------------------------------------------------------------
     def _stream(self, sid) -> _Stream:
@@ -315,7 +359,7 @@ class Batcher:
 
     # -- steps ----------------------------------------------------------------------------
     def _submit(self, sid, x, loop) -> _Request:
-        x = self._pool.check_input(x)
+        """Queue the step (``x`` checked) for the worker."""
         with self._cond:
             self._check_open()
             stream = self._stream(sid)
@@ -325,6 +369,7 @@ class Batcher:
                     f"another thread or task): the steps of one stream are sequential; wait "
                     f"for the first step's result before the next")
             request = stream.request = _Request(stream, x, loop)
+            stream.inline_run = 0             # its task yields while it waits
             self._queue.append(request)
             n = len(self._queue)
             # Wake the worker only when it may be waiting for exactly this: a first request,
@@ -340,7 +385,13 @@ class Batcher:
         leaves the stream as it was. ``timeout`` (seconds): DeadlineExceeded if no batch
         has taken the step by then; it never runs. A step already in a running batch is
         waited for and returned."""
-        timeout = _check_timeout(timeout)
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        x = self._pool.check_input(x)
+        if self.inline:
+            y = self._inline(sid, x, False)
+            if y is not _QUEUE:
+                return y
         request = self._submit(sid, x, None)
         if not request.waiter.acquire(timeout=-1 if timeout is None else timeout):
             if self._withdraw(request, orphan=False):
@@ -355,7 +406,16 @@ class Batcher:
         computes. Cancelled while waiting, the step either never happens or has happened
         before the CancelledError propagates; ``steps(sid)`` tells which. ``timeout`` as
         for ``step``."""
-        timeout = _check_timeout(timeout)
+        if timeout is not None:
+            timeout = _check_timeout(timeout)
+        x = self._pool.check_input(x)
+        if self.inline:
+            y = self._inline(sid, x, True)
+            if y is _YIELD:       # a run of inline steps: let the loop's other tasks go first
+                await asyncio.sleep(0)
+                y = self._inline(sid, x, True)
+            if y is not _QUEUE:
+                return y
         loop = asyncio.get_running_loop()
         request = self._submit(sid, x, loop)
         try:
@@ -371,6 +431,45 @@ class Batcher:
             if not self._withdraw(request):
                 await self._settled(request, loop)
             raise
+
+    def _inline(self, sid, x, task: bool):
+        """Run the step on the calling thread if batching has nothing to gain: the stream's
+        last step had no company, nothing is queued and no batch is running. Else (nothing
+        done) _QUEUE: go through the worker; or, for a ``task`` after a run of inline steps,
+        _YIELD: yield to the event loop first (an awaited step that never suspends would
+        keep the loop's other tasks from running, and from stepping their streams)."""
+        hint = self._streams.get(sid) if sid.__class__ is int else None
+        if (hint is not None and not hint.alone) or not self._pool_lock.acquire(False):
+            return _QUEUE      # (a stream batched last time: no locks taken to say so)
+        try:
+            with self._mutex:
+                if self._closing:
+                    self._check_open()
+                stream = self._streams.get(sid) if sid.__class__ is int else None
+                if stream is None:
+                    stream = self._stream(sid)      # another type of id, or an error
+                if not stream.alone or self._queue or stream.request is not None:
+                    return _QUEUE      # (a step in flight: _submit says ConcurrentStep)
+                if task:
+                    if stream.inline_run >= _YIELD_EVERY:
+                        stream.inline_run = 0
+                        return _YIELD
+                    stream.inline_run += 1
+                stream.request = _INLINE
+            # What follows is written without _cond: every writer of these holds the pool
+            # lock, and a reader (steps(), stats, _submit) sees the value before or after.
+            try:
+                if stream.pid is None:
+                    self._make_resident(stream)
+                y = self._pool.step_one(stream.pid, x)
+            finally:
+                stream.request = None
+                stream.last_used = time.monotonic()
+            stream.steps += 1
+            self._inlined += 1
+            return y
+        finally:
+            self._pool_lock.release()
 
     def _withdraw(self, request: _Request, orphan: bool = True) -> bool:
         """Take a request back if no batch has it yet (cancelled, or past its deadline);
@@ -466,6 +565,7 @@ class Batcher:
                         done += 1
                     request.done = True
                     stream.last_used = now
+                    stream.alone = len(batch) == 1
                     if stream.request is request:
                         stream.request = None
                 stats = self._stats

@@ -6,6 +6,8 @@
 - ``open(state=None)`` -> handle; ``close(handle)``; ``export(handle)`` -> bytes.
 - ``step(handles, inputs)`` -> a sequence whose item j is the output of ``handles[j]``, or
   the exception that step raised (the Batcher hands it to that caller only).
+- ``step_one(handle, input)`` -> the output of one stream's step alone (raises its error):
+  what a batch of one gives, without the batch's gathering and splitting.
 
 ``ModelSlots`` wraps a ``Pool`` of a ``Model`` (input: x ``(I,)``); ``SessionSlots`` a
 ``SessionPool`` of an ``InferenceSession`` (input: a dict of one stream's feeds).
@@ -117,6 +119,9 @@ class ModelSlots(Resident):
         """One timestep of the streams; row j of the result belongs to ``handles[j]``."""
         return self.pool.step(self.pids(handles), np.stack(inputs))
 
+    def step_one(self, handle: int, x: np.ndarray) -> np.ndarray:
+        return self.pool.step([self._pid[handle]], x[None])[0]
+
 
 class _Feeds:
     """One stream's checked feeds and the key of the steps they can share a graph pass with
@@ -150,6 +155,9 @@ class SessionSlots(Resident):
         self._step_inputs = [n for n in self._args if n not in carried and n not in pool._fixed]
         self._stacked = {n: ax for n, ax in pool._in_axis.items() if n in self._step_inputs}
         self._time_mode = not pool.state_names
+        # the last signature of feeds that passed the full check, when every feed is stacked
+        # per stream: (key, {name: (shape, dtype)}); feeds that match it skip the check
+        self._known: Optional[tuple] = None
 
     def _new(self, capacity: int):
         return SessionPool(self.sess, capacity, self._pairs, self._feeds)
@@ -161,6 +169,16 @@ class SessionSlots(Resident):
     def check_input(self, feeds) -> _Feeds:
         """``{input name: array}`` for one stream's step -> checked feeds; ValueError naming
         the input that does not fit."""
+        known = self._known
+        if known is not None and feeds.__class__ is dict and len(feeds) == len(known[1]):
+            sig = known[1]
+            for name, value in feeds.items():
+                seen = sig.get(name)
+                if (seen is None or value.__class__ is not np.ndarray or value.shape != seen[0]
+                        or value.dtype is not seen[1]):
+                    break
+            else:
+                return _Feeds(known[0], dict(feeds))
         if feeds is None:
             feeds = {}
         if not isinstance(feeds, dict):
@@ -188,7 +206,12 @@ class SessionSlots(Resident):
                 raise ValueError(f"input {name!r} is one stream's step: its axis {ax} "
                                  f"(the streams' axis) must be 1; got shape {value.shape}")
             key.append((name, value.shape, value.dtype.str))
-        return _Feeds(tuple(key), values)
+        key = tuple(key)
+        if all(name in self._stacked and feeds[name].__class__ is np.ndarray
+               for name in values):
+            self._known = (key, {name: (feeds[name].shape, feeds[name].dtype)
+                                 for name in values})
+        return _Feeds(key, values)
 
     def parse(self, data) -> Optional[dict]:
         """Bytes from ``export`` (or ``SessionStream.export_state``) -> a state for ``open``
@@ -219,6 +242,14 @@ class SessionSlots(Resident):
                     results[j] = error
         return results
 
+    def step_one(self, handle: int, feeds: _Feeds) -> list:
+        pool = self.pool
+        if pool._slot_path:     # SessionPool.step_one's work without its guard and checks:
+            # the Batcher's pool lock serializes every call, the feeds passed check_input
+            return pool._step_slot(pool._slot(self._pid[handle]),
+                                   {**pool._fixed, **feeds.values})
+        return pool.step_one(self._pid[handle], feeds.values)
+
     def _together(self, handles, inputs, js, results) -> bool:
         """One graph pass for the streams ``js``; False (state as before) if it failed."""
         pids = self.pids([handles[j] for j in js])
@@ -242,6 +273,8 @@ class SessionSlots(Resident):
         for name, ax in self._stacked.items():
             stacked[name] = np.concatenate([f.values[name] for f in inputs], axis=ax)
         outs = self.pool.step(self.pids(handles), stacked)
-        # the pool's output axes are settled by its first step (what the graph computes)
-        return [[np.take(o, [j], axis=ax) for o, ax in zip(outs, self.pool._out_axis)]
-                for j in range(len(inputs))]
+        # the pool's output axes are settled by its first step (what the graph computes);
+        # each stream gets its rows as a view: the arrays are this step's own, and the
+        # streams' rows do not overlap
+        cut = [(o, (slice(None),) * ax) for o, ax in zip(outs, self.pool._out_axis)]
+        return [[o[lead + (slice(j, j + 1),)] for o, lead in cut] for j in range(len(inputs))]

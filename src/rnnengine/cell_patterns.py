@@ -316,9 +316,11 @@ def _walk_adds(view: View, node) -> list:
 
 def _pick_h(view: View, weights: dict, H: int, c: str) -> Optional[str]:
     """Which of the two operands is the recurrent state h. Only its R has H rows; when the
-    input is also H wide, a weight named like a recurrent one (PyTorch's ``weight_hh``,
-    Keras' ``recurrent_kernel``) decides; otherwise the cell is left alone (the math would
-    be right, but a stream would carry the wrong input as state)."""
+    input is also H wide, the operand that travels with c decides (moved out of the same
+    tensor as c, as a state input holding both; or o * tanh(c) itself, the previous step's
+    h); failing that, a weight named like a recurrent one (PyTorch's ``weight_hh``, Keras'
+    ``recurrent_kernel``); otherwise the cell is left alone (the math would be right, but a
+    stream would carry the wrong input as state)."""
     if len(weights) != 2 or any(view.const(n) is not None for n in weights) or c in weights:
         return None
     fits = [n for n, w in weights.items() if w.shape[0] == H]
@@ -326,11 +328,47 @@ def _pick_h(view: View, weights: dict, H: int, c: str) -> Optional[str]:
         return fits[0]
     if len(fits) != 2:
         return None
-    hinted = [n for n in fits if _looks_recurrent(view, n)]
-    return hinted[0] if len(hinted) == 1 else None
+    for tied in (_same_source, _made_from, _looks_recurrent):
+        hinted = [n for n in fits if tied(view, n, c)]
+        if len(hinted) == 1:
+            return hinted[0]
+    return None
 
 
-def _looks_recurrent(view: View, operand: str) -> bool:
+# ops that only move or select values: a value read through them is still the same state
+_MOVES = {"Identity", "Cast", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose",
+          "Slice", "Gather", "Split", "Expand"}
+
+
+def _source(view: View, name: str) -> str:
+    """The value ``name`` is moved out of: followed back through ops that only move or
+    select their first input (a Concat of one input too) to a graph input or a computed
+    value."""
+    for _ in range(64):
+        found = view.scope.producer.get(name)
+        node = found[0] if found else None
+        if node is None or node.domain not in DOMAINS or not node.input or not (
+                node.op_type in _MOVES or (node.op_type == "Concat" and len(node.input) == 1)):
+            return name
+        name = node.input[0]
+    return name
+
+
+def _same_source(view: View, operand: str, c: str) -> bool:
+    """``operand`` and c are both moved out of one tensor (a state input holding h and c)."""
+    return _source(view, operand) == _source(view, c)
+
+
+def _made_from(view: View, operand: str, c: str) -> bool:
+    """``operand`` is sigmoid(.) * tanh(c) of this cell's own c: the h that goes with it."""
+    mul = view.node(_source(view, operand), "Mul")
+    if mul is None or len(mul.input) != 2:
+        return False
+    tanhs = [view.node(i, "Tanh") for i in mul.input]
+    return any(t is not None and _source(view, t.input[0]) == _source(view, c) for t in tanhs)
+
+
+def _looks_recurrent(view: View, operand: str, c: str = "") -> bool:
     for node in view.users(operand):
         if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and \
                 node.input[0] == operand:

@@ -54,6 +54,7 @@ class Program:
         self.called = called           # labels of the steps called as the general path runs them
         self.lock = threading.Lock()   # one call at a time: the buffers are the program's
         self._feeds = feeds            # name -> the buffer it is copied into
+        self._bufs = list(feeds.values())
         self._outputs = outputs        # graph output -> the buffer holding it
 
     @property
@@ -63,10 +64,18 @@ class Program:
     def run(self, feeds: Dict[str, np.ndarray]) -> List[np.ndarray]:
         """The graph's outputs for ``feeds`` (which must have the shapes and dtypes of the
         call the program was built from: ``session.programs_key``)."""
-        for name, buf in self._feeds.items():
-            np.copyto(buf, feeds[name], casting="no")
-        self.runner.run()
-        return [b.copy() for b in self._outputs]
+        return self.runner.run_fed([feeds[name] for name in self._feeds], self._bufs,
+                                   self._outputs)
+
+    def run_if_fits(self, feeds: Dict[str, np.ndarray]) -> Optional[List[np.ndarray]]:
+        """``run(feeds)`` when ``feeds`` are exactly the program's feeds, each a C-contiguous
+        ndarray of the shape and dtype it was built for; None (nothing run) otherwise. A
+        stream calls this with feeds it has not checked: a signature that matches is one
+        the session checked and traced when it built the program."""
+        if len(feeds) != len(self._bufs):
+            return None
+        return self.runner.run_fed([feeds.get(name) for name in self._feeds], self._bufs,
+                                   self._outputs, True)
 
     @staticmethod
     def build(sess, v: list, feed_names: List[str], fixed_names=()
@@ -88,6 +97,7 @@ class _Builder(Lowering):
         self.static: set = set()                   # slots whose value is fixed (constants)
         self.ops: list = []
         self.called: List[str] = []
+        self._read_counts: Optional[dict] = None   # executor_ops.Lowering._reads
         self.table = list(v)                       # what "call" steps read and write
         self.table[0] = None
         plan = self.plan

@@ -228,6 +228,8 @@ class Lowering:
             y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
             self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
             return True
+        if rec.model.threads > 1:
+            return False        # a sequence core runs on one thread; the general path splits
         core = SequenceCore(rec.cells, D, T, N)
         y = np.zeros((T, N, D * rec.Hout), _F32)      # the kernels' layout
         hbuf = np.zeros((D, N, rec.Hout), _F32)
@@ -443,6 +445,8 @@ class Lowering:
                 alpha, beta = bounds
         elif len(ins) != 1 or a:
             return False
+        if op == "Relu" and self._relu_into_product(ins[0], o):
+            return True
         bufs = self._f32(ins[:1], label)
         y = self.v[o]
         if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32 or y.size != bufs[0].size:
@@ -764,13 +768,46 @@ class Lowering:
         g = np.arange(G)
         offs = np.stack([np.tile(g * Cog * K, N), np.arange(N * G) * K * P,
                          np.arange(N * G) * Cog * P], axis=1)
-        self.ops.append(("matmul", A, columns, dst, offs, Cog, K, P))
-        if bias is not None:
-            b = np.ascontiguousarray(bias, np.float32).reshape([Co] + [1] * nsp)
-            self._broadcast(0, dst, b, o, y.shape, dst=dst)
-        if relu:
-            self.ops.append(("unary", _UNARY["Relu"], dst, dst, 0.0, 0.0))
+        # the bias starts each output channel's sums and ReLU is applied row by row (A's
+        # rows are the channels), not as two more passes over the output
+        rows_bias = None if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
+        self.ops.append(("matmul", A, columns, dst, offs, Cog, K, P, rows_bias, int(relu)))
         return True
+
+    def _relu_into_product(self, i: int, o: int) -> bool:
+        """Relu of the convolution product planned just before, whose output nothing else
+        reads: the product applies it to each row as the row is stored (one pass less over
+        the output), and ``o`` is that buffer."""
+        last = self.ops[-1] if self.ops else None
+        src = self.buf.get(i)
+        if (last is None or last[0] != "matmul" or len(last) != 10 or last[9] or src is None
+                or last[3] is not src or self._reads().get(i, 0) != 1
+                or i in self.plan.output_slots or self.v[o].__class__ is not np.ndarray
+                or self.v[o].shape != src.shape or self.v[o].dtype != src.dtype):
+            return False
+        self.ops[-1] = last[:9] + (1,)
+        self.buf[o] = src
+        self.table[o] = src
+        return True
+
+    def _reads(self) -> dict:
+        """{slot: how many steps read it}, over the plan and its If branches (a branch's
+        output moved out counts as a read)."""
+        if self._read_counts is None:
+            counts: dict = {}
+            todo = [self.plan]
+            while todo:
+                plan = todo.pop()
+                for step, (ins, _) in zip(plan.steps, plan.io):
+                    for slot in ins:
+                        counts[slot] = counts.get(slot, 0) + 1
+                    branches = getattr(step, "branches", None)
+                    for sub, moves in (branches[1].values() if branches else ()):
+                        todo.append(sub)
+                        for _, slot in moves:
+                            counts[slot] = counts.get(slot, 0) + 1
+            self._read_counts = counts
+        return self._read_counts
 
     def _batchnorm(self, node, ins, o: int, label) -> bool:
         """Inference BatchNormalization as x * a + b per channel, a and b folded once."""

@@ -179,7 +179,8 @@ class RecurrentStep:
             y = np.empty((x.shape[0], N, self.D * self.Hout), np.float32)
             h = self._initial(v[self.h0], (self.D, N, self.Hout))
             c = self._initial(v[self.c0], (self.D, N, self.H)) if self.kind == "lstm" else None
-            _kernels.run_stack(self.cells, self.D, np.ascontiguousarray(x), None, h, c, y, 1)
+            _kernels.run_stack(self.cells, self.D, np.ascontiguousarray(x), None, h, c, y,
+                               self.model.threads)
             self._write(v, x, y, h, c)
             return
         y, state = self.model.run(x, self._state(v, N), lengths=lens)

@@ -16,8 +16,9 @@ from . import _kernels, own_format
 from ._log import log
 from ._checks import (State, check_state, check_threads, check_work_size, float_array,
                       state_shapes, time_major)
-from .layers import Layer, check_precision, check_stack, pack_layer
+from .layers import Layer, check_stack, pack_layer
 from .pool import Pool
+from .precision_auto import AUTO, DEFAULT_TOLERANCE, check_request, choose, reported
 from .precision_route import route
 from .stream import Stream
 
@@ -35,28 +36,45 @@ class Model:
     (layers.int8_residual) or, in bf16, fp16 weights (layers.bf16_as_fp16); state and gate
     math stay float32 in every mode. On a CPU without AVX512-BF16 or AVX512-VNNI, bf16 and
     int8 run fp16 weights, which are faster there (``precision`` reports it; int8 warns), and
-    on the portable variant every reduced mode warns that it is slower than fp32."""
+    on the portable variant every reduced mode warns that it is slower than fp32.
+
+    precision may also be one mode per layer, or "auto" with ``calibrate`` (a few
+    representative inputs x, each as ``run`` takes it): per layer, the fastest mode on this
+    CPU whose error on the outputs for those inputs stays within ``tolerance`` (relative to
+    the outputs' scale; precision_auto)."""
 
     def __init__(self, layers: Sequence[Layer], batch_first: bool = False, threads: int = 1,
-                 precision: str = "fp32"):
+                 precision="fp32", calibrate=None, tolerance: float = DEFAULT_TOLERANCE):
         layers = tuple(layers)
         check_stack(layers)
-        # what runs: on a CPU without the mode's instruction, possibly another precision
-        self._precision = route(check_precision(precision), layers)
         self._layers = layers
-        self._cells = [kernel for k, layer in enumerate(layers)
-                       for kernel in pack_layer(layer, self._precision, f"layer {k}")]
         self.batch_first = bool(batch_first)
         self._threads = check_threads(threads)
+        request = check_request(precision, len(layers), calibrate, tolerance)
+        if request == AUTO:
+            inputs = [calibrate] if isinstance(calibrate, np.ndarray) else list(calibrate)
+            modes = choose(layers, lambda ms: [y for x in inputs for y in Model(
+                layers, batch_first, 1, ms).run(x)[:1]], tolerance)
+        else:
+            modes = (request,) * len(layers) if isinstance(request, str) else request
+        # what runs: on a CPU without the mode's instruction, possibly another precision
+        # (a loop, not a comprehension: route's warnings point at the caller's line)
+        runs = []
+        for mode, layer in zip(modes, layers):
+            runs.append(route(mode, [layer]))
+        self._modes = tuple(runs)
+        self._cells = [kernel for k, (layer, mode) in enumerate(zip(layers, self._modes))
+                       for kernel in pack_layer(layer, mode, f"layer {k}")]
         log.debug("model: %d %s layer(s), input %d, hidden %s, %s, %d thread(s)", len(layers),
                   layers[0].kind, layers[0].input_size, [la.hidden_size for la in layers],
-                  self._precision, self._threads)
+                  self.precision, self._threads)
 
     @property
-    def precision(self) -> str:
+    def precision(self):
         """The weights' precision, the one that runs: "fp32", "fp16", "bf16" or "int8" (bf16
-        and int8 run as fp16 on a CPU without their instructions: precision_route)."""
-        return self._precision
+        and int8 run as fp16 on a CPU without their instructions: precision_route), or a
+        tuple of those per layer when the layers differ (precision="auto" or per layer)."""
+        return reported(self._modes)
 
     @property
     def threads(self) -> int:
@@ -185,4 +203,4 @@ class Model:
 
     def save(self, path) -> None:
         """Write the engine's own ``.npz`` (arrays plus a JSON header; ``rnnengine.load`` reads it)."""
-        own_format.save(self._layers, self.batch_first, path, self.precision)
+        own_format.save(self._layers, self.batch_first, path, self._modes)

@@ -27,17 +27,19 @@ FORMAT_VERSION = 1
 REDUCED = ("W", "R", "proj")   # the tensors a reduced precision stores (biases stay float32)
 
 
-def save(layers, batch_first: bool, path, precision: str = "fp32") -> None:
+def save(layers, batch_first: bool, path, precision="fp32") -> None:
     """Write a stack of ``layers`` as the engine's own ``.npz`` at ``path``, its weights in
-    ``precision`` (the values the kernels use, no more)."""
+    ``precision`` (one mode, or one per layer; the values the kernels use, no more)."""
     path = os.fspath(path)
+    modes = [precision] * len(layers) if isinstance(precision, str) else list(precision)
     header = {"format": "rnnengine", "version": FORMAT_VERSION,
-              "batch_first": bool(batch_first), "precision": precision, "layers": []}
+              "batch_first": bool(batch_first),
+              "precision": modes[0] if len(set(modes)) == 1 else modes, "layers": []}
     arrays = {}
-    for k, layer in enumerate(layers):
+    for k, (layer, mode) in enumerate(zip(layers, modes)):
         onnx_form = layer.to_onnx()
         header["layers"].append(layer.attributes())
-        wtype = weight_type(layer, precision)
+        wtype = weight_type(layer, mode)
         for name in ("W", "R", "B", "P", "proj"):
             if onnx_form[name] is not None:
                 a = np.ascontiguousarray(onnx_form[name], np.float32)
@@ -100,7 +102,8 @@ def _restored(archive, key: str, precision: str, where: str) -> tuple:
 
 
 def read(archive):
-    """-> (layers, batch_first, precision) from an archive holding the header. ``archive`` has
+    """-> (layers, batch_first, precision: one mode or a tuple per layer) from an archive
+    holding the header. ``archive`` has
     ``get(key, where)`` (the array or a ModelError), ``files`` and ``path``."""
     where = "rnnengine header"
     raw = archive.get(HEADER, where)
@@ -124,12 +127,14 @@ def read(archive):
         if not isinstance(batch_first, bool):
             raise ValueError("batch_first must be true or false")
         precision = header.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        modes = precision if isinstance(precision, list) else [precision] * len(specs)
+        if len(modes) != len(specs) or any(m not in PRECISIONS for m in modes):
+            raise ValueError(f"precision {precision!r}; expected one of {', '.join(PRECISIONS)}"
+                             f" or a list of those, one per layer ({len(specs)})")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ModelError(f"{archive.path}: malformed rnnengine header: {e}") from None
-    return ([_layer(archive, k, spec, precision) for k, spec in enumerate(specs)], batch_first,
-            precision)
+    return ([_layer(archive, k, spec, mode) for k, (spec, mode) in enumerate(zip(specs, modes))],
+            batch_first, precision if isinstance(precision, str) else tuple(modes))
 
 
 def _layer(archive, k: int, spec, precision: str) -> Layer:

@@ -50,6 +50,7 @@ class Pool:
         self._stamp = np.zeros(self.capacity, np.int64)       # repeat check (_pool.resolve_ids)
         self._mark = 0
         self._lock = threading.Lock()
+        self._solo = None       # a batch-1 stream core for steps of one stream (_step_one)
 
     # -- concurrency guard ----------------------------------------------------------------
     # Every public method runs between _enter() and self._lock.release(). The lock never
@@ -104,6 +105,25 @@ class Pool:
             raise ValueError(f"stream id {ids[j]} appears more than once in one step; "
                              f"a step advances each named stream by exactly one timestep")
         return slots
+
+    def _step_one(self, slot: int, xs: np.ndarray) -> np.ndarray:
+        """One stream's step on a batch-1 stream core (what ``Stream.step`` runs): its
+        state copied in and back, which for one row costs far less than the gather, the
+        one-step sequence run and the scatter of a batched step (33 against 17 us, LSTM
+        I = H = 256). The state is written back only after the step returned."""
+        core = self._solo
+        if core is None:
+            core = self._solo = _kernels.StreamCore(self.model._cells, 1, self.model.threads)
+        h, c = core._state_views()
+        h[...] = self._h[:, slot:slot + 1]
+        if c is not None:
+            c[...] = self._c[:, slot:slot + 1]
+        y = core.step(xs)
+        h, c = core._state_views()
+        self._h[:, slot:slot + 1] = h
+        if c is not None:
+            self._c[:, slot:slot + 1] = c
+        return y
 
     # -- streams --------------------------------------------------------------------------
     @property
@@ -227,6 +247,8 @@ class Pool:
             L, _, out = self._h.shape
             if k == 0:
                 return np.empty((0, out), np.float32)
+            if k == 1:
+                return self._step_one(int(slots[0]), xs)
             h = self._h_work[:L * k * out].reshape(L, k, out)
             np.take(self._h, slots, axis=1, out=h)
             c = None

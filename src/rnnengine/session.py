@@ -21,7 +21,8 @@ from .errors import ModelError
 from .executor import Program
 from .graph import Loaded, Plan
 from .graph_rewrite import fuse_unrolled_cells
-from .layers import check_precision
+from ._checks import check_threads
+from .precision_auto import AUTO, DEFAULT_TOLERANCE, check_request, choose, reported
 from .loaders._fold import Scope
 from .loaders.onnx import _read_model
 from .model import Model
@@ -30,7 +31,7 @@ from .session_stream import SessionPool, SessionStream
 from .state_pairs import find_pairs
 
 _SEEN = "seen once"      # a signature's first call runs the general path and is remembered
-_MAX_PROGRAMS = 16       # signatures remembered per session (a new one past that starts over)
+_MAX_PROGRAMS = 32       # signatures remembered per session (past that, the oldest goes)
 
 
 def programs_key(feeds, fixed=()) -> Optional[tuple]:
@@ -50,10 +51,40 @@ def programs_key(feeds, fixed=()) -> Optional[tuple]:
     return tuple(key)
 
 
-def recurrent_model(layers, batch_first: bool, precision: str) -> Model:
+def recurrent_model(layers, batch_first: bool, precision: str, threads: int = 1) -> Model:
     """THE one place where a session builds the Models of its recurrent nodes, so that
-    ``precision=`` (docs/precision.md) reaches them all."""
-    return Model(layers, batch_first=batch_first, precision=precision)
+    ``precision=`` (docs/precision.md) and ``threads=`` reach them all."""
+    return Model(layers, batch_first=batch_first, precision=precision, threads=threads)
+
+
+def session_threads(threads, sess_options) -> int:
+    """``threads=``, else an ONNX Runtime SessionOptions' ``intra_op_num_threads`` (its 0,
+    "ORT picks", is rnnengine's default: 1), else 1."""
+    if threads is not None:
+        return check_threads(threads)
+    wanted = getattr(sess_options, "intra_op_num_threads", 0) if sess_options is not None else 0
+    if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool) and wanted > 0:
+        return int(wanted)
+    return 1
+
+
+class NodeModels:
+    """The model factory of one planning of a session: the k-th recurrent node built gets
+    ``modes[k]`` (``modes`` one mode for all, or one per node; a file's nodes are built in
+    the same order every time it is planned)."""
+
+    def __init__(self, modes, threads: int):
+        self.modes = modes
+        self.threads = threads
+        self.models: List[Model] = []
+
+    def __call__(self, layers, batch_first: bool) -> Model:
+        k = len(self.models)
+        # nodes past a per-node list are built in fp32; the session then refuses the count
+        mode = (self.modes if isinstance(self.modes, str) else
+                self.modes[k] if k < len(self.modes) else "fp32")
+        self.models.append(recurrent_model(layers, batch_first, mode, self.threads))
+        return self.models[-1]
 
 
 class NodeArg:
@@ -116,18 +147,52 @@ def read_model(source) -> tuple:
 
 
 class InferenceSession:
-    """A whole ONNX model planned once; ``run`` returns what ONNX Runtime returns."""
+    """A whole ONNX model planned once; ``run`` returns what ONNX Runtime returns.
+
+    threads (or an ONNX Runtime SessionOptions' ``intra_op_num_threads``, passed as
+    ``sess_options`` or second, as ORT takes it): the threads each recurrent node's kernels
+    split a call's hidden units over, in ``run`` and in streams and pools (1 by default;
+    ORT's 0 means 1 here). The other operators run on the calling thread, and the other
+    SessionOptions fields (optimization level, execution mode, inter-op threads, ...) have
+    no counterpart and are ignored: the plan is always fully optimised and sequential.
+    Concurrency across streams comes from calling from several threads (or a Batcher).
+
+    precision: a mode for every recurrent node, one mode per node (in the order the plan
+    builds them: ``precision`` reports it that way), or "auto" with ``calibrate`` (one feed
+    dict, or a few, as ``run`` takes them): per node, the fastest mode on this CPU whose
+    error on the outputs for those feeds stays within ``tolerance`` (precision_auto)."""
 
     def __init__(self, path_or_bytes: Union[str, os.PathLike, bytes, onnx.ModelProto],
-                 precision: str = "fp32", **_ort_style_options):
-        # ORT's sess_options / providers / provider_options are accepted and ignored, so
-        # that code written for onnxruntime.InferenceSession runs unchanged; so is an ORT
-        # SessionOptions passed second, where ORT takes it.
+                 precision="fp32", sess_options=None, *, threads: Optional[int] = None,
+                 calibrate=None, tolerance: float = DEFAULT_TOLERANCE, **_ort_style_options):
+        # ORT's providers / provider_options are accepted and ignored, so that code written
+        # for onnxruntime.InferenceSession runs unchanged; an ORT SessionOptions (as
+        # sess_options, or second, where ORT takes it) gives its intra_op_num_threads.
         if not isinstance(precision, str) and type(precision).__name__ == "SessionOptions":
-            precision = "fp32"
-        self.precision = check_precision(precision)
+            precision, sess_options = "fp32", precision
+        request = check_request(precision, None, calibrate, tolerance)
+        self.threads = session_threads(threads, sess_options)
         model, base_dir, where = read_model(path_or_bytes)
+        if request == AUTO:
+            request = self._calibrated(model, base_dir, where, calibrate, tolerance)
+        self._modes = request
         self._setup(model, base_dir, where, overridable=False)
+
+    @staticmethod
+    def _calibrated(model, base_dir, where: str, calibrate, tolerance: float) -> tuple:
+        """precision="auto": one mode per recurrent node, chosen on the calibration feeds."""
+        feeds = [calibrate] if isinstance(calibrate, dict) else list(calibrate)
+
+        def planned(modes) -> "InferenceSession":
+            sess = InferenceSession.__new__(InferenceSession)
+            sess._modes, sess.threads = modes, 1
+            sess._setup(model, base_dir, where, overridable=False)
+            return sess
+
+        nodes = planned("fp32")._node_models.models
+        return choose([m.layers[0] for m in nodes],
+                      lambda modes: [y for f in feeds for y in planned(modes).run(None, f)],
+                      tolerance)
 
     def _setup(self, model: onnx.ModelProto, base_dir, where: str, overridable: bool) -> None:
         """Plan ``model``. With ``overridable``, the initializers that are also graph inputs
@@ -135,8 +200,8 @@ class InferenceSession:
         self._where = where
         try:
             model = fuse_unrolled_cells(model, base_dir)   # LSTMCell/GRUCell -> LSTM/GRU
-            self._loaded = Loaded(model, base_dir, where, self.precision,
-                                  lambda layers, bf: recurrent_model(layers, bf, self.precision))
+            self._node_models = NodeModels(self._modes, self.threads)
+            self._loaded = Loaded(model, base_dir, where, self._modes, self._node_models)
             self._plan = Plan(model.graph, Scope(model.graph, None, (), overridable),
                               self._loaded)
             initializers = {t.name for t in model.graph.initializer}
@@ -159,6 +224,13 @@ class InferenceSession:
             # an unknown enum value, ...) that slip past the checks; the contract is one
             # exception type.
             raise ModelError(f"{where}: malformed graph ({type(e).__name__}: {e})") from e
+        built = self._node_models.models
+        if not isinstance(self._modes, str) and len(self._modes) != len(built):
+            raise ValueError(f"precision per node needs {len(built)} entries (one per "
+                             f"recurrent node); got {len(self._modes)}")
+        # what runs (a mode without its instructions may take another route: Model)
+        self.precision = reported([m.precision for m in built]) if built else (
+            self._modes if isinstance(self._modes, str) else "fp32")
         ort_ops = [op for g in self._loaded.ort_groups for op in g.op_types]
         if ort_ops:
             require_onnxruntime(ort_ops, where)
@@ -177,7 +249,8 @@ class InferenceSession:
         """This model planned with its overridable initializers as inputs."""
         if self._overrides is None:
             other = InferenceSession.__new__(InferenceSession)
-            other.precision = self.precision
+            other._modes = self._modes
+            other.threads = self.threads
             names = [a.name for a in self._overridable]
             try:
                 other._setup(self._loaded.model, self._loaded.base_dir, self._where, True)
@@ -302,7 +375,11 @@ class InferenceSession:
         if key is not None and entry.__class__ is not Program:
             if entry is None:
                 if len(self._programs) >= _MAX_PROGRAMS:
-                    self._programs.clear()
+                    # the oldest signature: forgetting them all would rebuild the ones in use
+                    try:
+                        del self._programs[next(iter(self._programs))]
+                    except (KeyError, StopIteration, RuntimeError):   # another thread's doing
+                        pass
                 self._programs[key] = _SEEN
             elif entry is _SEEN:
                 static = [name for name, _, _, value in key if value is not None]
@@ -310,6 +387,12 @@ class InferenceSession:
                                              static)
                 self._programs[key] = program if program is not None else why
         return self.finish(v, indices)
+
+    def program_for(self, feeds: Dict[str, np.ndarray], fixed=()) -> Optional[Program]:
+        """The program ``evaluate`` built for this signature of feeds, if it built one."""
+        key = programs_key(feeds, fixed)
+        entry = self._programs.get(key) if key is not None else None
+        return entry if entry.__class__ is Program else None
 
     def program_status(self) -> Dict[tuple, str]:
         """{feed signature: "compiled: <operator kinds>" | "general path: <why>"} for the

@@ -22,7 +22,8 @@ import numpy as np
 from ._checks import check_positive_int
 from ._log import log
 from .errors import StreamClosed, StreamsFull
-from .pool_layout import guess_axes, probe, stack_rows, unstack_rows
+from .executor import Program
+from .pool_layout import guess_axes, pad_rows, padded_batch, probe, stack_rows, unstack_rows
 from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
                             _zeros, state_hint)
@@ -70,6 +71,9 @@ class SessionStream:
         self._runner = None
         self._compile_next = False
         self._why: Optional[str] = None     # why compile_runner refused this plan
+        # the session's program for the signature of this stream's steps (state fed in and
+        # out), once ``evaluate`` has built it: later steps that fit it go straight to it
+        self._program: Optional[Program] = None
         self.reset()
 
     def __repr__(self) -> str:
@@ -166,6 +170,11 @@ class SessionStream:
             else:
                 self._undoing(self._elided.step, v, self._context, self._lean)
             return sess.finish(v, self._keep)
+        program = self._program
+        if program is not None and feeds.__class__ is dict:
+            outs = self._program_step(program, feeds)
+            if outs is not None:
+                return outs
         merged = self._merged(feeds)
         if self._state_inputs:
             sizes = None
@@ -179,6 +188,8 @@ class SessionStream:
                 return self._go_fast(merged)
         if self._context is None:      # the whole graph: planned per feed signature
             outs = sess.evaluate(merged, self._all, self._fixed)
+            if self._state_inputs:
+                self._program = sess.program_for(merged, self._fixed)
         else:
             v = sess.new_table(merged)
             v[0] = self._context
@@ -187,6 +198,26 @@ class SessionStream:
             else:
                 self._undoing(sess._plan.execute, v)
             outs = sess.finish(v, self._all)
+        for k, name in self._state_out:
+            self._state[name] = outs[k]
+        return [outs[k] for k in self._keep]
+
+    def _program_step(self, program, feeds: dict) -> Optional[List[np.ndarray]]:
+        """The step on the session's program for this signature, the state fed in from the
+        stream's arrays and taken back from its outputs, when ``feeds`` with the state are
+        exactly what the program was built for (a step feed given as state, or a fixed feed
+        given again, does not fit); None otherwise (the caller takes the general step)."""
+        state = self._state
+        merged = {**feeds, **state}
+        if len(merged) != len(feeds) + len(state) or any(a is None for a in state.values()) \
+                or not program.lock.acquire(False):
+            return None
+        try:
+            outs = program.run_if_fits(merged)
+        finally:
+            program.lock.release()
+        if outs is None:
+            return None
         for k, name in self._state_out:
             self._state[name] = outs[k]
         return [outs[k] for k in self._keep]
@@ -220,11 +251,26 @@ class SessionStream:
             sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
             self._step)
         if self._runner is None:
-            log.debug("stream step not compiled (general path kept): %s", self._why)
+            log.debug("stream step not compiled: %s", self._why)
+            self._leave_fast()
         else:
             log.debug("stream step compiled to one C loop for feeds %s",
                       {n: a.shape for n, a in feeds.items()})
         return outs
+
+    def _leave_fast(self) -> None:
+        """The state back out of the recurrent kernels into the stream's arrays: a step the
+        compiled step cannot take would otherwise run operator by operator every time,
+        while the whole graph with its state fed in and out is planned into one program
+        (``session.evaluate``), state glue included."""
+        packed = self._elided.pack(self._carrier, self._fixed)
+        if packed is None:
+            return
+        why = self._why
+        self._elided, self._fast = None, False
+        self.reset()
+        self._state = dict(zip(self._state_inputs, packed))
+        self._why = f"{why}; the whole graph runs as one program, state fed in and out"
 
     def _learn(self, feeds) -> None:
         """Remember the shapes and dtypes of step feeds that passed the full check."""
@@ -345,6 +391,8 @@ class SessionPool:
         # the declared shapes' guess until the first step probes the graph (_settle)
         self.batched = self.batch_dim is not None
         self._settled, self._why, self._probes = False, None, 0
+        # a step of one stream can take _step_slot: settled, batched, with state pairs
+        self._slot_path = False
         self._state: Dict[str, np.ndarray] = {}     # one stream's state per slot (axis 0)
         self._slot_axis: Dict[str, int] = {}     # time mode's stores: slots on axis 1
         if self._time_mode:
@@ -473,6 +521,8 @@ class SessionPool:
         self._out_axis = [layout.out_axis[k] for k in self._keep]
         if not self.batched:
             self.batch_dim = None
+        self._slot_path = self._settled and self.batched and not self._time_mode
+
     @_exclusive
     def state(self, sid) -> Dict[str, np.ndarray]:
         slot = self._slot(sid)
@@ -518,12 +568,43 @@ class SessionPool:
             self._ensure(merged)
             if not self._settled:
                 self._settle(merged)
+        if k == 1 and self._slot_path:
+            return self._step_slot(slots[0], merged)
         if self._time_mode:
             self._carrier.pending = []
         outs = (self._step_batched if self.batched and k else self._step_each)(slots, merged)
         if self._time_mode:        # the whole step succeeded: the final states go in
             self._carrier.commit()
         return outs
+
+    @_exclusive
+    def step_one(self, sid, feeds: dict) -> List[np.ndarray]:
+        """``step([sid], feeds)`` for one stream, feeds at batch 1: the same outputs, for
+        less. Once the first step has shown that the graph batches the streams, the slot's
+        state is fed as it is stored (one stream's state is the graph's batch-1 state) and
+        written back in place; the general ``step`` gathers rows, moves the stream axis and
+        scatters them back, which for one stream costs as much as a small model's step."""
+        if not self._slot_path:
+            return self.step([sid], feeds)
+        slot = sid % self.capacity if sid.__class__ is int else -1
+        if slot < 0 or self._sid_at[slot] != sid:
+            slot = self._slot(sid)          # another type of id, or an error
+        return self._step_slot(slot, {**self._fixed,
+                                      **_check_feeds(self._args, feeds, self._state_inputs)})
+
+    def _step_slot(self, slot: int, merged: dict) -> List[np.ndarray]:
+        """One stream's graph pass on its slot's state (batched, settled pools)."""
+        state = self._state
+        for name in self._state_inputs:
+            merged[name] = state[name][slot]
+        outs = self._sess.evaluate(merged, self._all, self._fixed)
+        for k, name in self._state_out:     # every output checked before any state is written
+            if outs[k].shape != state[name].shape[1:]:
+                raise ValueError(f"state output for {name!r} has shape {outs[k].shape}; one "
+                                 f"stream's state input is {state[name].shape[1:]}")
+        for k, name in self._state_out:
+            state[name][slot] = outs[k]
+        return [outs[k] for k in self._keep]
 
     def _run(self, merged: dict, slots, carrier=None) -> list:
         """One graph pass; time mode: on the recurrent state of ``slots`` in ``carrier``
@@ -546,16 +627,29 @@ class SessionPool:
         return lambda merged, slots: self._run(merged, slots, carrier)
 
     def _step_batched(self, slots, merged) -> List[np.ndarray]:
-        index = np.asarray(slots, np.intp)
+        """One graph pass for the streams. With state pairs, the batch is padded to
+        ``padded_batch`` rows by repeating the first stream's (rows stay apart: the probe
+        checked), so that batches of every size share a few programs; the extra rows'
+        outputs are dropped."""
+        k = len(slots)
+        size = k if self._time_mode else padded_batch(k)
+        index = np.asarray(slots + slots[:1] * (size - k), np.intp)
+        if size > k:
+            for name, ax in self._in_axis.items():
+                if name in merged and name not in self._fixed:
+                    merged[name] = pad_rows(merged[name], ax, size)
         for name in self._state_inputs:
             merged[name] = stack_rows(self._state[name][index], self._state_axis[name])
         outs = self._run(merged, slots)
-        news = [(self._state[name], unstack_rows(outs[k], self._state_axis[name], name,
-                                                 self._state[name].shape[1:], len(slots)))
-                for k, name in self._state_out]
+        news = [(self._state[name], unstack_rows(outs[j], self._state_axis[name], name,
+                                                 self._state[name].shape[1:], size)[:k])
+                for j, name in self._state_out]
         for store, new in news:      # every output checked before any state is written
-            store[index] = new
-        return [outs[k] for k in self._keep]
+            store[index[:k]] = new
+        if size == k:
+            return [outs[j] for j in self._keep]
+        return [outs[j][(slice(None),) * ax + (slice(0, k),)]
+                for j, ax in zip(self._keep, self._out_axis)]
 
     def _step_each(self, slots, merged) -> List[np.ndarray]:
         """The streams one graph pass each; their new states are kept once all passed."""

@@ -27,6 +27,7 @@ import numpy as np
 from ..errors import ModelError
 from .._checks import check_threads
 from ..layers import check_precision
+from ..precision_auto import AUTO
 from ..model import Model
 from . import keras as keras_loader, npz, onnx as onnx_loader, safetensors, torch as torch_loader
 from ._files import open_regular
@@ -40,8 +41,10 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
     malformed or holds nothing this engine runs; ``OSError`` when it cannot be read."""
     threads = check_threads(options.pop("threads", 1))
     precision = options.pop("precision", None)
-    if precision is not None:
+    if isinstance(precision, str) and precision != AUTO:
         check_precision(precision)
+    # precision="auto": a few representative inputs and the error allowed (Model)
+    auto = {k: options.pop(k) for k in ("calibrate", "tolerance") if k in options}
     path = os.fspath(path)
     with open_regular(path, "the model file")[0] as f:
         magic = f.read(9)
@@ -54,10 +57,10 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
         if fmt == ".npz":
             layers, batch_first, saved = npz.load_npz(path, node, **options)
             # no precision= given: an rnnengine file loads in the precision it was saved in
-            return Model(layers, batch_first, threads, precision or saved)
+            return Model(layers, batch_first, threads, precision or saved, **auto)
         if fmt == "ONNX":
             layers, batch_first = onnx_loader.load_onnx(path, node, **options)
-            return Model(layers, batch_first, threads, precision or "fp32")
+            return Model(layers, batch_first, threads, precision or "fp32", **auto)
         arrays = (safetensors.SafetensorsFile(path) if fmt == ".safetensors"
                   else torch_loader.read_state_dict(path))
         layers, batch_first, label, _ = npz.layers_from_arrays(arrays, path, node,
@@ -65,7 +68,7 @@ def load(path: Union[str, os.PathLike], node: Optional[str] = None, **options):
         if options.get("batch_first") is not None:
             batch_first = options["batch_first"]
         try:
-            return Model(layers, bool(batch_first), threads, precision or "fp32")
+            return Model(layers, bool(batch_first), threads, precision or "fp32", **auto)
         except ModelError as e:
             raise ModelError(f"{path}: {label}: {e}") from None
     except (ModelError, OSError):
