@@ -27,10 +27,13 @@ cdef extern from "rnnengine/exec.h" nogil:
         int64_t shape[8]
         int64_t sa[8]
         int64_t sb[8]
+        int64_t sc[8]
     ctypedef struct rnn_rdims:
         int64_t nd
         int64_t shape[8]
         int64_t stride[8]
+    ctypedef struct rnn_affine:
+        int64_t period, s_row, s_col, b_row, b_col
     void rnn_exec_move(char *dst, char *const *srcs, const rnn_run *runs, int64_t n, int64_t es)
     void rnn_exec_binary(int op, const float *a, const float *b, float *y, const rnn_bcast *g)
     void rnn_exec_unary(int op, const float *x, float *y, int64_t n, float alpha, float beta)
@@ -39,7 +42,18 @@ cdef extern from "rnnengine/exec.h" nogil:
     void rnn_exec_matmul(const float *a, const float *b, float *y, const int64_t *offs,
                          int64_t n_mat, int64_t M, int64_t K, int64_t N, const float *rb,
                          int act, int isa)
-    int RNN_BIN_COUNT, RNN_UN_COUNT
+    void rnn_exec_softmax(int log, const float *x, float *y, int64_t outer, int64_t n,
+                          int64_t inner)
+    void rnn_exec_norm(const float *x, float *y, int64_t rows, int64_t n, float eps,
+                       const float *scale, const float *bias, const rnn_affine *g,
+                       float *mean_out, float *inv_out)
+    void rnn_exec_compare(int op, const char *a, const char *b, unsigned char *y,
+                          const rnn_bcast *g)
+    void rnn_exec_where(const unsigned char *c, const float *a, const float *b, float *y,
+                        const rnn_bcast *g)
+    void rnn_exec_convert(int op, const char *x, char *y, int64_t n)
+    int RNN_BIN_COUNT, RNN_UN_COUNT, RNN_RED_COUNT, RNN_CMP_COUNT, RNN_CMP_EQ_I64, RNN_CMP_AND
+    int RNN_CV_COUNT
 
 cdef extern from "rnnengine/dense.h" nogil:
     void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
@@ -48,8 +62,9 @@ cdef extern from "rnnengine/dense.h" nogil:
 DEF MAXD = 8
 
 # exec.h's unary codes that are activations of the recurrent kernels (activations.h), run by
-# the active ISA's vectorised code: Sigmoid, Tanh, Relu, LeakyRelu, HardSigmoid, Softplus, Elu
-UNARY_ACTIVATIONS = {0: 2, 1: 1, 2: 0, 9: 4, 10: 7, 13: 10, 14: 8}
+# the active ISA's vectorised code: Sigmoid, Tanh, Relu, LeakyRelu, HardSigmoid, Softplus, Elu,
+# Softsign, ThresholdedRelu
+UNARY_ACTIVATIONS = {0: 2, 1: 1, 2: 0, 9: 4, 10: 7, 13: 10, 14: 8, 18: 9, 30: 5}
 
 cdef enum:
     K_MOVE = 0
@@ -58,17 +73,31 @@ cdef enum:
     K_REDUCE = 3
     K_MATMUL = 4
     K_DENSE = 5
-    K_CALL = 6
-    K_RECURRENT = 7
-    K_SEQUENCE = 8
+    K_SOFTMAX = 6
+    K_NORM = 7
+    K_COMPARE = 8
+    K_WHERE = 9
+    K_CONVERT = 10
+    K_CALL = 11         # the kinds before this one run in C without the GIL
+    K_RECURRENT = 12
+    K_SEQUENCE = 13
+
+KIND_NAMES = ("move", "binary", "unary", "reduce", "matmul", "dense", "softmax", "norm",
+              "compare", "where", "convert", "call", "recurrent", "sequence")
+
+# exec.h's conversions: (input dtype, output dtype) of each code
+CONVERSIONS = ((np.float32, np.int64), (np.int64, np.float32), (np.bool_, np.float32),
+               (np.float32, np.bool_), (np.int64, np.bool_), (np.bool_, np.int64),
+               (np.bool_, np.bool_))
 
 ctypedef struct xop_t:
     int kind, code, act
     char *y
     const char *a
     const char *b
+    const char *c         # K_NORM: the bias (NULL: none); K_WHERE: the condition
     char **srcs
-    const void *params    # rnn_run[] | rnn_bcast | rnn_rdims | int64 offsets
+    const void *params    # rnn_run[] | rnn_bcast | rnn_rdims | int64 offsets | rnn_affine
     const int64_t *base
     const float *rb       # K_MATMUL: a bias per row of a (NULL: none)
     int64_t n, es, M, K, N
@@ -76,8 +105,8 @@ ctypedef struct xop_t:
     int call              # K_CALL: index in Runner._calls; K_RECURRENT: in Runner._cores
     const char *h0        # K_RECURRENT: initial h [N, Hout], c [N, H] (NULL: zeros)
     const char *c0
-    char *yh              # K_RECURRENT: final h, c (NULL: not read)
-    char *yc
+    char *yh              # K_RECURRENT: final h, c (NULL: not read); K_NORM: the rows' means
+    char *yc              # and inverse deviations (NULL: not written)
 
 
 cdef inline int64_t nbytes(cnp.ndarray a):
@@ -92,6 +121,47 @@ cdef cnp.ndarray f32(a, what):
     if not isinstance(a, np.ndarray) or a.dtype != np.float32 or not a.flags.c_contiguous:
         raise ValueError(f"{what} must be a C-contiguous float32 buffer")
     return a
+
+
+cdef cnp.ndarray typed(a, dtype, what):
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or not a.flags.c_contiguous:
+        raise ValueError(f"{what} must be a C-contiguous {np.dtype(dtype)} buffer")
+    return a
+
+
+cdef cnp.ndarray bcast(what, shape, strides, sizes, int64_t total_out):
+    """An rnn_bcast (held in the array returned) for ``shape`` with each input's strides,
+    checked against the inputs' ``sizes`` and the output's size, all in elements."""
+    cdef cnp.ndarray g = np.zeros(1 + 4 * MAXD, np.int64)
+    cdef rnn_bcast *bc = <rnn_bcast *>cnp.PyArray_DATA(g)
+    cdef int64_t total = 1, reach, d, k, nd = len(shape)
+    cdef int64_t *dst
+    if not 1 <= nd <= MAXD:
+        raise ValueError(f"{what}: bad operator or rank")
+    bc.nd = nd
+    for d in range(nd):
+        if shape[d] < 1:
+            raise ValueError(f"{what}: bad geometry")
+        bc.shape[d] = shape[d]
+        total *= shape[d]
+    for k in range(len(strides)):
+        if k == 0:
+            dst = &bc.sa[0]
+        elif k == 1:
+            dst = &bc.sb[0]
+        else:
+            dst = &bc.sc[0]
+        reach = 0
+        for d in range(nd):
+            if strides[k][d] < 0:
+                raise ValueError(f"{what}: bad geometry")
+            dst[d] = strides[k][d]
+            reach += (shape[d] - 1) * strides[k][d]
+        if reach >= sizes[k]:
+            raise ValueError(f"{what}: the geometry does not fit the buffers")
+    if total != total_out:
+        raise ValueError(f"{what}: the geometry does not fit the buffers")
+    return g
 
 
 cdef cnp.ndarray i64(a, what):
@@ -111,6 +181,13 @@ cdef class Runner:
     * ("matmul", a, b, y, offsets int64 [n, 3], M, K, N[, bias per row of a or None,
       act 0 | 1 (ReLU)]);
     * ("dense", x, w [K, N], bias or None, y, M, act);
+    * ("compare", code, a, b, y bool, shape, a_strides, b_strides): as binary, to bools;
+    * ("where", condition bool, a, b, y, shape, c_strides, a_strides, b_strides);
+    * ("convert", code, x, y): element-wise dtype conversions and Not (``CONVERSIONS``);
+    * ("softmax", log, x, y, outer, n, inner): along an axis of n elements inner apart;
+    * ("norm", x, y, rows, n, eps, scale or None, bias or None, (period, s_row, s_col, b_row,
+      b_col), mean or None, inv or None): rows of n normalised, then scaled and shifted, the
+      rows' statistics written when given (exec.h: rnn_exec_norm);
     * ("call", fn): a Python callable run with the GIL.
 
     Every offset is checked against the sizes of the arrays given here; ``run()`` then runs
@@ -153,6 +230,18 @@ cdef class Runner:
                              spec[9] if len(spec) > 9 else 0)
             elif kind == "dense":
                 self._dense(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "compare":
+                self._compare(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7])
+            elif kind == "where":
+                self._where(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7],
+                            spec[8])
+            elif kind == "convert":
+                self._convert(op, spec[1], spec[2], spec[3])
+            elif kind == "softmax":
+                self._softmax(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6])
+            elif kind == "norm":
+                self._norm(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7],
+                           spec[8], spec[9], spec[10])
             elif kind == "recurrent":
                 self._recurrent(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6],
                                 spec[7])
@@ -169,9 +258,7 @@ cdef class Runner:
 
     @property
     def kinds(self):
-        names = ("move", "binary", "unary", "reduce", "matmul", "dense", "call", "recurrent",
-                 "sequence")
-        return [names[self._ops[i].kind] for i in range(self._n)]
+        return [KIND_NAMES[self._ops[i].kind] for i in range(self._n)]
 
     cdef int _move(self, xop_t *op, cnp.ndarray dst, list srcs, runs) except -1:
         cdef cnp.ndarray r = np.ascontiguousarray(runs, np.int64).reshape(-1, 8)
@@ -209,23 +296,46 @@ cdef class Runner:
 
     cdef int _binary(self, xop_t *op, int code, a, b, y, shape, sa, sb) except -1:
         cdef cnp.ndarray A = f32(a, "binary: a"), B = f32(b, "binary: b"), Y = f32(y, "binary: y")
-        cdef cnp.ndarray g = np.zeros(1 + 3 * MAXD, np.int64)
-        cdef rnn_bcast *bc = <rnn_bcast *>cnp.PyArray_DATA(g)
-        cdef int64_t total = 1, amax = 0, bmax = 0, d, nd = len(shape)
-        if not 0 <= code < RNN_BIN_COUNT or not 1 <= nd <= MAXD:
+        if not 0 <= code < RNN_BIN_COUNT:
             raise ValueError("binary: bad operator or rank")
-        bc.nd = nd
-        for d in range(nd):
-            if shape[d] < 1 or sa[d] < 0 or sb[d] < 0:
-                raise ValueError("binary: bad geometry")
-            bc.shape[d], bc.sa[d], bc.sb[d] = shape[d], sa[d], sb[d]
-            total *= shape[d]
-            amax += (shape[d] - 1) * sa[d]
-            bmax += (shape[d] - 1) * sb[d]
-        if total != Y.size or amax >= A.size or bmax >= B.size:
-            raise ValueError("binary: the geometry does not fit the buffers")
-        op.kind, op.code, op.a, op.b, op.y, op.params = K_BINARY, code, data(A), data(B), data(Y), bc
+        cdef cnp.ndarray g = bcast("binary", shape, (sa, sb), (A.size, B.size), Y.size)
+        op.kind, op.code, op.a, op.b, op.y = K_BINARY, code, data(A), data(B), data(Y)
+        op.params = cnp.PyArray_DATA(g)
         self._hold += [A, B, Y, g]
+        return 0
+
+    cdef int _compare(self, xop_t *op, int code, a, b, y, shape, sa, sb) except -1:
+        if not 0 <= code < RNN_CMP_COUNT:
+            raise ValueError("compare: bad operator or rank")
+        dtype = np.float32 if code < RNN_CMP_EQ_I64 else (np.int64 if code < RNN_CMP_AND
+                                                           else np.bool_)
+        cdef cnp.ndarray A = typed(a, dtype, "compare: a"), B = typed(b, dtype, "compare: b")
+        cdef cnp.ndarray Y = typed(y, np.bool_, "compare: y")
+        cdef cnp.ndarray g = bcast("compare", shape, (sa, sb), (A.size, B.size), Y.size)
+        op.kind, op.code, op.a, op.b, op.y = K_COMPARE, code, data(A), data(B), data(Y)
+        op.params = cnp.PyArray_DATA(g)
+        self._hold += [A, B, Y, g]
+        return 0
+
+    cdef int _where(self, xop_t *op, c, a, b, y, shape, sc, sa, sb) except -1:
+        cdef cnp.ndarray C = typed(c, np.bool_, "where: condition")
+        cdef cnp.ndarray A = f32(a, "where: a"), B = f32(b, "where: b"), Y = f32(y, "where: y")
+        cdef cnp.ndarray g = bcast("where", shape, (sa, sb, sc), (A.size, B.size, C.size),
+                                   Y.size)
+        op.kind, op.a, op.b, op.c, op.y = K_WHERE, data(A), data(B), data(C), data(Y)
+        op.params = cnp.PyArray_DATA(g)
+        self._hold += [A, B, C, Y, g]
+        return 0
+
+    cdef int _convert(self, xop_t *op, int code, x, y) except -1:
+        if not 0 <= code < RNN_CV_COUNT:
+            raise ValueError("convert: bad operator")
+        cdef cnp.ndarray X = typed(x, CONVERSIONS[code][0], "convert: x")
+        cdef cnp.ndarray Y = typed(y, CONVERSIONS[code][1], "convert: y")
+        if X.size != Y.size:
+            raise ValueError("convert: the sizes differ")
+        op.kind, op.code, op.a, op.y, op.n = K_CONVERT, code, data(X), data(Y), Y.size
+        self._hold += [X, Y]
         return 0
 
     cdef int _unary(self, xop_t *op, int code, x, y, alpha, beta) except -1:
@@ -244,7 +354,7 @@ cdef class Runner:
         cdef cnp.ndarray g = np.zeros(1 + 2 * MAXD, np.int64)
         cdef rnn_rdims *r = <rnn_rdims *>cnp.PyArray_DATA(g)
         cdef int64_t span = 0, d, nd = len(rshape)
-        if not 0 <= code <= 5 or nd > MAXD or B.size != Y.size:
+        if not 0 <= code < RNN_RED_COUNT or nd > MAXD or B.size != Y.size:
             raise ValueError("reduce: bad operator, rank or sizes")
         r.nd = nd
         for d in range(nd):
@@ -299,6 +409,61 @@ cdef class Runner:
         else:
             op.params = NULL
         self._hold += [X, W, Y]
+        return 0
+
+    cdef int _softmax(self, xop_t *op, int log, x, y, int64_t outer, int64_t n,
+                      int64_t inner) except -1:
+        cdef cnp.ndarray X = f32(x, "softmax: x"), Y = f32(y, "softmax: y")
+        if not 0 <= log <= 1 or outer < 0 or n < 0 or inner < 0:
+            raise ValueError("softmax: bad operator or geometry")
+        # the product in Python integers: no int64 wrap-around can fake a fit
+        if X.size != (<object>outer) * n * inner or Y.size != X.size:
+            raise ValueError("softmax: the geometry does not fit the buffers")
+        op.kind, op.code, op.a, op.y = K_SOFTMAX, log, data(X), data(Y)
+        op.M, op.K, op.N = outer, n, inner
+        self._hold += [X, Y]
+        return 0
+
+    cdef int _norm(self, xop_t *op, x, y, int64_t rows, int64_t n, float eps, scale, bias,
+                   geometry, mean, inv) except -1:
+        cdef cnp.ndarray X = f32(x, "norm: x"), Y = f32(y, "norm: y")
+        cdef cnp.ndarray g = np.zeros(5, np.int64)
+        cdef rnn_affine *a = <rnn_affine *>cnp.PyArray_DATA(g)
+        cdef cnp.ndarray P
+        cdef int64_t k
+        if rows < 0 or n < 0 or X.size != (<object>rows) * n or Y.size != X.size:
+            raise ValueError("norm: the geometry does not fit the buffers")
+        a.period, a.s_row, a.s_col, a.b_row, a.b_col = geometry
+        if a.period < 1 or min(a.s_row, a.s_col, a.b_row, a.b_col) < 0:
+            raise ValueError("norm: bad geometry")
+        op.kind, op.a, op.y, op.params = K_NORM, data(X), data(Y), a
+        op.M, op.K, op.alpha = rows, n, eps
+        op.b = op.c = NULL
+        op.yh = op.yc = NULL
+        for k, value in enumerate((mean, inv)):
+            if value is None:
+                continue
+            if f32(value, "norm: mean or inv").size != rows:
+                raise ValueError("norm: the statistics do not fit the rows")
+            if k == 0:
+                op.yh = data(value)
+            else:
+                op.yc = data(value)
+            self._hold.append(value)
+        for k, value in enumerate((scale, bias)):
+            if value is None:
+                continue
+            P = f32(value, "norm: scale or bias")
+            # the largest index read, for rows and n both nonzero (nothing is read otherwise)
+            if rows and n and ((min(a.period, rows) - 1) * (a.s_row, a.b_row)[k]
+                               + (n - 1) * (a.s_col, a.b_col)[k] >= P.size):
+                raise ValueError("norm: the geometry does not fit the scale or bias")
+            if k == 0:
+                op.b = data(P)
+            else:
+                op.c = data(P)
+            self._hold.append(P)
+        self._hold += [X, Y, g]
         return 0
 
     cdef int _recurrent(self, xop_t *op, StreamCore core, x, h0, c0, y, yh, yc) except -1:
@@ -504,3 +669,17 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
         elif op.kind == K_DENSE:
             rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
                       <const float *>op.params, <float *>op.y, op.act, isa)
+        elif op.kind == K_COMPARE:
+            rnn_exec_compare(op.code, op.a, op.b, <unsigned char *>op.y,
+                             <const rnn_bcast *>op.params)
+        elif op.kind == K_WHERE:
+            rnn_exec_where(<const unsigned char *>op.c, <const float *>op.a,
+                           <const float *>op.b, <float *>op.y, <const rnn_bcast *>op.params)
+        elif op.kind == K_CONVERT:
+            rnn_exec_convert(op.code, op.a, op.y, op.n)
+        elif op.kind == K_SOFTMAX:
+            rnn_exec_softmax(op.code, <const float *>op.a, <float *>op.y, op.M, op.K, op.N)
+        elif op.kind == K_NORM:
+            rnn_exec_norm(<const float *>op.a, <float *>op.y, op.M, op.K, op.alpha,
+                          <const float *>op.b, <const float *>op.c,
+                          <const rnn_affine *>op.params, <float *>op.yh, <float *>op.yc)

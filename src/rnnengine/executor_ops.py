@@ -6,6 +6,7 @@ path does). Values are read from the traced call (``self.v``); buffers are ``sel
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional
 
 import numpy as np
@@ -24,11 +25,25 @@ _MOVES = {"Transpose": (0,), "Slice": (0,), "Concat": None, "Split": (0,), "Expa
           "Tile": (0,), "Pad": (0,), "Gather": (0,), "GatherElements": (0,),
           "GatherND": (0,), "ScatterND": (0, 2), "ScatterElements": (0, 2), "Where": (1, 2)}
 _BINARY = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4, "Max": 5, "Min": 6, "PRelu": 7}
+_FMOD = 8       # Mod with fmod=1 (a float Mod must have it)
 _UNARY = {"Sigmoid": 0, "Tanh": 1, "Relu": 2, "Sqrt": 3, "Exp": 4, "Log": 5, "Neg": 6,
           "Abs": 7, "Reciprocal": 8, "LeakyRelu": 9, "HardSigmoid": 10, "Clip": 11, "Erf": 12,
-          "Softplus": 13, "Elu": 14}
+          "Softplus": 13, "Elu": 14, "Gelu": 15, "HardSwish": 17, "Softsign": 18,
+          "Sign": 19, "Floor": 20, "Ceil": 21, "Round": 22, "Sin": 23, "Cos": 24, "Tan": 25,
+          "Atan": 26, "Selu": 27, "Celu": 28, "Mish": 29, "ThresholdedRelu": 30}
+_GELU_TANH = 16
+# exec.h's comparisons (the int64 ones 5 past the float32 ones) and logic, to bools
+_COMPARE = {"Equal": 0, "Less": 1, "Greater": 2, "LessOrEqual": 3, "GreaterOrEqual": 4}
+_LOGIC = {"And": 10, "Or": 11, "Xor": 12}
+_BOOL = np.dtype(np.bool_)
+_I64 = np.dtype(np.int64)
+# exec.h's conversions by (input, output) dtype; Not is a conversion of bools to bools
+_CONVERT = {(_F32, _I64): 0, (_I64, _F32): 1, (_BOOL, _F32): 2, (_F32, _BOOL): 3,
+            (_I64, _BOOL): 4, (_BOOL, _I64): 5}
+_NOT = 6
 _REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
-           "ReduceSumSquare": 4, "ReduceL2": 5}
+           "ReduceSumSquare": 4, "ReduceL2": 5, "ReduceL1": 6, "ReduceProd": 7,
+           "ReduceLogSumExp": 8}
 _MAXD = 8
 RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
            "Multinomial", "Bernoulli"}
@@ -40,6 +55,32 @@ def _strides(shape) -> List[int]:
         out.append(n)
         n *= d
     return out[::-1]
+
+
+def _geometry(inputs, shape) -> Optional[list]:
+    """Arrays ``inputs`` broadcast to ``shape``: [(n, each input's stride), ...] per dim, dims
+    of one dropped and dims merged where every input runs on contiguously; None past the
+    kernels' rank or when an input does not broadcast so."""
+    out = list(shape) or [1]
+    geo = []
+    for x in inputs:
+        s = [1] * (len(out) - x.ndim) + list(x.shape) if len(shape) else [1]
+        if len(s) != len(out) or any(a != 1 and a != b for a, b in zip(s, out)):
+            return None
+        st = _strides(s)
+        geo.append([0 if s[d] == 1 and out[d] != 1 else st[d] for d in range(len(out))])
+    merged: list = []
+    for d in range(len(out)):
+        n = out[d]
+        if n == 1:
+            continue
+        strides = [g[d] for g in geo]
+        if merged and all(m == t * n for m, t in zip(merged[-1][1:], strides)):
+            merged[-1] = (merged[-1][0] * n, *strides)
+        else:
+            merged.append((n, *strides))
+    merged = merged or [(1,) + (0,) * len(inputs)]
+    return None if len(merged) > _MAXD else merged
 
 
 def _progressions(columns: list, cuts: np.ndarray) -> np.ndarray:
@@ -113,6 +154,13 @@ class Lowering:
             return self._conv(chain[0], ins, outs[0], label, relu=len(chain) > 1,
                               w=plan.const(names[1]), bias=plan.const(names[2]) if names[2] else None)
         node = getattr(step, "node", None)
+        if node is not None and node.op_type == "LayerNormalization":
+            # Y, and Mean / InvStdDev where the plan keeps them (an unread one may be either)
+            slots = [plan.slots.get(n) if n else None for n in node.output] + [None, None]
+            if slots[0] not in outs or any(o not in slots[:3] for o in outs):
+                return False
+            return self._norm(node, ins, slots[0], label,
+                              [t if t in outs else None for t in slots[1:3]])
         if node is None or len(outs) != len(node.output) or any(o == 2 for o in outs):
             return False
         op = node.op_type
@@ -121,9 +169,21 @@ class Lowering:
                             and self.v[outs[0]].dtype == self.buf[ins[0]].dtype):
             return self._view(ins[0], outs[0])      # a cast to the same type is the value
         if op in _MOVES:
-            return self._move(step, node, ins, outs, label)
+            if self._move(step, node, ins, outs, label):
+                return True
+            return op == "Where" and self._where(ins, outs[0], label)
+        if op in ("Cast", "CastLike"):
+            return self._convert(ins[0], outs[0])
+        if op == "Not" and len(ins) == 1:
+            return self._convert(ins[0], outs[0], _NOT)
+        if op in _COMPARE or op in _LOGIC:
+            return self._compare(node, ins, outs[0], label)
         if op in _BINARY and len(ins) == 2:
             return self._binary(_BINARY[op], ins, outs[0], label)
+        if op in ("Sum", "Mean", "Max", "Min") and len(ins) >= 2:
+            return self._variadic(op, ins, outs[0], label)
+        if op == "Mod" and len(ins) == 2 and attrs(node).get("fmod", 0) == 1:
+            return self._binary(_FMOD, ins, outs[0], label)
         if op in _UNARY:
             return self._unary(node, ins, outs[0], label)
         if op in _REDUCE:
@@ -132,6 +192,10 @@ class Lowering:
             return self._conv(node, ins, outs[0], label)
         if op == "BatchNormalization":
             return self._batchnorm(node, ins, outs[0], label)
+        if op in ("Softmax", "LogSoftmax"):
+            return self._softmax(node, ins, outs[0], label)
+        if op == "InstanceNormalization":
+            return self._norm(node, ins, outs[0], label)
         if op == "MatMul":
             return self._matmul(ins, outs[0], label)
         if op == "Gemm":
@@ -259,39 +323,113 @@ class Lowering:
         """y = a (op) b broadcast to ``shape``, the dims collapsed where both inputs run
         contiguously; into ``dst`` when given (which may be ``a``: same element, read then
         written), else a new buffer for slot ``o``."""
-        out = list(shape) or [1]
-        geo = []
-        for x in (a, b):
-            s = [1] * (len(out) - x.ndim) + list(x.shape) if len(shape) else [1]
-            if len(s) != len(out):
-                return False
-            st = _strides(s)
-            geo.append([0 if s[d] == 1 and out[d] != 1 else st[d] for d in range(len(out))])
-        merged: list = []
-        for n, sa, sb in ((out[d], geo[0][d], geo[1][d]) for d in range(len(out)) if out[d] != 1):
-            if merged and merged[-1][1] == sa * n and merged[-1][2] == sb * n:
-                merged[-1] = (merged[-1][0] * n, sa, sb)
-            else:
-                merged.append((n, sa, sb))
-        merged = merged or [(1, 0, 0)]
-        if len(merged) > _MAXD:
+        merged = _geometry((a, b), shape)
+        if merged is None:
             return False
         if dst is None:
             dst = self._new(o, tuple(shape), _F32)
-        self.ops.append(("binary", code, a, b, dst, [m[0] for m in merged],
-                         [m[1] for m in merged], [m[2] for m in merged]))
+        if dst.size:       # an empty output has nothing to compute
+            self.ops.append(("binary", code, a, b, dst, *map(list, zip(*merged))))
+        return True
+
+    def _variadic(self, op: str, ins, o: int, label) -> bool:
+        """Sum / Mean / Max / Min of two or more inputs: the first two into the output, each
+        further one folded into it, all broadcast to the output's shape (Mean divided last)."""
+        bufs = self._f32(ins, label)
+        y = self.v[o]
+        if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        full = np.broadcast_to(np.float32(0), y.shape)      # the output's geometry
+        pairs = [bufs[:2]] + [(full, b) for b in bufs[2:]]
+        if any(_geometry(p, y.shape) is None for p in pairs):
+            return False
+        code = {"Sum": 0, "Mean": 0, "Max": 5, "Min": 6}[op]
+        dst = self._new(o, y.shape, _F32)
+        self._broadcast(code, bufs[0], bufs[1], o, y.shape, dst=dst)
+        for b in bufs[2:]:
+            self._broadcast(code, dst, b, o, y.shape, dst=dst)
+        if op == "Mean":
+            self._broadcast(3, dst, np.array(len(bufs), _F32), o, y.shape, dst=dst)
+        return True
+
+    def _compare(self, node, ins, o: int, label) -> bool:
+        """Equal/Less/Greater/LessOrEqual/GreaterOrEqual of float32 or int64, And/Or/Xor of
+        bools: to bools, broadcast as the binary kernels are."""
+        bufs = [self.buf.get(i) for i in ins]
+        y = self.v[o]
+        if (len(ins) != 2 or any(b is None for b in bufs) or y.__class__ is not np.ndarray
+                or y.dtype != _BOOL or bufs[0].dtype != bufs[1].dtype):
+            return False
+        dtype = bufs[0].dtype
+        if node.op_type in _LOGIC:
+            if dtype != _BOOL:
+                return False
+            code = _LOGIC[node.op_type]
+        elif dtype in (_F32, _I64):
+            code = _COMPARE[node.op_type] + (5 if dtype == _I64 else 0)
+        else:
+            return False
+        merged = _geometry(bufs, y.shape)
+        if merged is None:
+            return False
+        dst = self._out(o)
+        if dst.size:
+            self.ops.append(("compare", code, *bufs, dst, *map(list, zip(*merged))))
+        return True
+
+    def _where(self, ins, o: int, label) -> bool:
+        """Where with a computed condition (a constant one is a move) on float32."""
+        bufs = [self.buf.get(i) for i in ins]
+        y = self.v[o]
+        if (len(ins) != 3 or any(b is None for b in bufs) or bufs[0].dtype != _BOOL
+                or y.__class__ is not np.ndarray or y.dtype != _F32
+                or any(b.dtype != _F32 for b in bufs[1:])):
+            return False
+        c, a, b = bufs
+        merged = _geometry((a, b, c), y.shape)
+        if merged is None:
+            return False
+        dst = self._out(o)
+        if dst.size:
+            shape, sa, sb, sc = map(list, zip(*merged))
+            self.ops.append(("where", c, a, b, dst, shape, sc, sa, sb))
+        return True
+
+    def _convert(self, i: int, o: int, code: Optional[int] = None) -> bool:
+        """Cast between float32, int64 and bool (``code`` None), or Not."""
+        x = self.buf.get(i)
+        y = self.v[o]
+        if x is None or y.__class__ is not np.ndarray or y.size != x.size:
+            return False
+        if code is None:
+            code = _CONVERT.get((x.dtype, y.dtype))
+        elif x.dtype != _BOOL or y.dtype != _BOOL:
+            return False
+        if code is None:
+            return False
+        self.ops.append(("convert", code, x, self._out(o)))
         return True
 
     def _unary(self, node, ins, o: int, label) -> bool:
         a = attrs(node)
         op = node.op_type
+        code = _UNARY[op]
         alpha, beta = 0.0, 0.0
-        if op == "LeakyRelu":
+        if op == "Gelu":
+            approximate = a.pop("approximate", "none")
+            if approximate not in ("none", "tanh") or a or len(ins) != 1:
+                return False
+            if approximate == "tanh":
+                code = _GELU_TANH
+        elif op == "LeakyRelu":
             alpha = a.get("alpha", 0.01)
         elif op == "HardSigmoid":
             alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
-        elif op == "Elu":
+        elif op in ("Elu", "Celu", "ThresholdedRelu"):
             alpha = a.get("alpha", 1.0)
+        elif op == "Selu":
+            alpha = a.get("alpha", 1.67326319217681884765625)
+            beta = a.get("gamma", 1.05070102214813232421875)
         elif op == "Clip":
             if self.opset < 11:
                 alpha, beta = a.get("min", -np.inf), a.get("max", np.inf)
@@ -313,7 +451,101 @@ class Lowering:
         y = self.v[o]
         if bufs is None or y.__class__ is not np.ndarray or y.dtype != _F32 or y.size != bufs[0].size:
             return False
-        self.ops.append(("unary", _UNARY[op], bufs[0], self._out(o), float(alpha), float(beta)))
+        self.ops.append(("unary", code, bufs[0], self._out(o), float(alpha), float(beta)))
+        return True
+
+    def _softmax(self, node, ins, o: int, label) -> bool:
+        """Softmax / LogSoftmax as [outer, n, inner] rows: from opset 13 along one axis, before
+        it over everything from the axis on (the input seen as 2-D there)."""
+        xs = self._f32(ins, label)
+        y = self.v[o]
+        if xs is None or len(ins) != 1 or y.__class__ is not np.ndarray or y.dtype != _F32:
+            return False
+        x = xs[0]
+        shape = x.shape
+        axis = attrs(node).get("axis", -1 if self.opset >= 13 else 1)
+        if y.shape != shape or (x.ndim and not -x.ndim <= axis < x.ndim):
+            return False
+        k = (axis + x.ndim if axis < 0 else axis) if x.ndim else 0   # 0-d: one row of one
+        if self.opset >= 13:
+            if not x.ndim:
+                return False
+            outer, n, inner = math.prod(shape[:k]), shape[k], math.prod(shape[k + 1:])
+        else:
+            outer, n, inner = math.prod(shape[:k]), math.prod(shape[k:]), 1
+        self.ops.append(("softmax", int(node.op_type == "LogSoftmax"), x, self._out(o), outer,
+                         n, inner))
+        return True
+
+    def _norm(self, node, ins, o: int, label, stats=(None, None)) -> bool:
+        """LayerNormalization or InstanceNormalization: rows of contiguous elements
+        normalised, then scaled and shifted in the same pass when the scale and bias are one
+        value per element of a row or per row's channel; any other broadcast of them runs
+        as binary kernels after it. ``stats``: the slots of LayerNormalization's Mean and
+        InvStdDev (None: not kept)."""
+        a = attrs(node)
+        xs = self._f32(ins[:1], label)
+        y = self.v[o]
+        if (xs is None or y.__class__ is not np.ndarray or y.dtype != _F32
+                or y.shape != xs[0].shape or xs[0].ndim > _MAXD):
+            return False
+        x = xs[0]
+        params = []
+        for j in (1, 2):
+            if j < len(ins) and ins[j] != 1:
+                p = self._f32(ins[j:j + 1], label)
+                if p is None:
+                    return False
+                params.append(p[0])
+            else:
+                params.append(None)
+        scale, bias = params
+        if scale is None:
+            return False
+        eps = float(a.get("epsilon", 1e-5))
+        if node.op_type == "InstanceNormalization":
+            if x.ndim < 3 or bias is None or any(p.shape != (x.shape[1],) for p in params):
+                return False
+            rows, C = x.shape[0] * x.shape[1], x.shape[1]
+            self.ops.append(("norm", x, self._out(o), rows, math.prod(x.shape[2:]), eps,
+                             scale, bias, (C, 1, 0, 1, 0), None, None))
+            return True
+        if a.get("stash_type", 1) not in (1, 11):
+            return False
+        axis = a.get("axis", -1)
+        if not -x.ndim <= axis < x.ndim:
+            return False
+        k = axis + x.ndim if axis < 0 else axis
+        row = x.shape[k:]
+        n = math.prod(row)
+        rows = math.prod(x.shape[:k])
+        for t in stats:
+            want = None if t is None else self.v[t]
+            if t is not None and (want.__class__ is not np.ndarray or want.dtype != _F32
+                                  or want.size != rows):
+                return False
+        fused, after = [], []     # (param, column stride) applied in the pass; (code, param)
+        for code, p in ((2, scale), (0, bias)):
+            if p is None:
+                fused.append((None, 0))
+                continue
+            try:
+                if np.broadcast_shapes(p.shape, x.shape) != x.shape:
+                    return False
+                fits = np.broadcast_shapes(p.shape, row) == row
+            except ValueError:
+                return False
+            if fits and p.size in (1, n) and not after:
+                fused.append((p, 1 if p.size == n else 0))
+            else:
+                fused.append((None, 0))
+                after.append((code, p))
+        dst = self._out(o)
+        self.ops.append(("norm", x, dst, rows, n, eps, fused[0][0], fused[1][0],
+                         (1, 0, fused[0][1], 0, fused[1][1]),
+                         *(None if t is None else self._out(t) for t in stats)))
+        for code, p in after if x.size else ():
+            self._broadcast(code, dst, p, o, x.shape, dst=dst)
         return True
 
     def _reduce(self, node, ins, o: int, label) -> bool:
