@@ -121,8 +121,12 @@ static void RNN_DN(rnn_dense_rows4)(const float *restrict x, size_t K, const flo
     if (n < N)
         for (size_t k = 0; k < K; k++) {
             const float *wk = w + k * N;
-            for (int r = 0; r < 4; r++)
-                for (size_t j = n; j < N; j++) y[r * N + j] += x[r * K + k] * wk[j];
+            for (size_t j = n; j < N; j++) {
+                y[j] += x[k] * wk[j];
+                y[N + j] += x[K + k] * wk[j];
+                y[2 * N + j] += x[2 * K + k] * wk[j];
+                y[3 * N + j] += x[3 * K + k] * wk[j];
+            }
         }
 }
 #endif
