@@ -65,7 +65,8 @@ def test_softmax_is_stable_on_large_values(op, axis, rng):
     assert_compiled(status, "softmax")
 
 
-@pytest.mark.parametrize("shape,axis", [((0, 4), -1), ((3, 0), 0), ((2, 0, 3), -1)])
+@pytest.mark.parametrize("shape,axis", [((0, 4), -1), ((3, 0), 0), ((3, 0), 1),
+                                        ((2, 0, 3), -1)])
 def test_softmax_empty(shape, axis, rng):
     x = np.zeros(shape, np.float32)
     nodes = [helper.make_node("Neg", ["x"], ["n"]),       # so the program has a kernel to run

@@ -69,6 +69,8 @@ def _gemm(a, opset, n_in, n_out):
 
 def softmax(x: np.ndarray, axis: int) -> np.ndarray:
     """Softmax along ``axis`` into a fresh array (the max subtraction allocates it)."""
+    if x.size == 0:         # nothing to normalise (and no max of an empty axis)
+        return x.copy()
     y = np.subtract(x, x.max(axis=axis, keepdims=True), out=ARRAY)
     np.exp(y, out=y)
     y /= np.add.reduce(y, axis=axis, keepdims=True)
@@ -76,6 +78,8 @@ def softmax(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    if x.size == 0:
+        return x.copy()
     y = np.subtract(x, x.max(axis=axis, keepdims=True), out=ARRAY)
     y -= np.log(np.add.reduce(np.exp(y), axis=axis, keepdims=True))
     return y
