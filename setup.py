@@ -2,6 +2,7 @@
 bounds checks back on for a debug build."""
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy
 from Cython.Build import cythonize
@@ -50,14 +51,17 @@ def core_user(name, flags=()):
 extensions = [
     Extension(
         "rnnengine._kernels",
-        ["src/rnnengine/_kernels.pyx"],
+        # two translation units compiled side by side: serial and AVX2 with the Cython code,
+        # the AVX-512 variants in the second (kernels.h: RNN_KERNELS_PART)
+        ["src/rnnengine/_kernels.pyx", "src/rnnengine/_kernels_wide.c"],
         include_dirs=["include", numpy.get_include()],
         # The C kernels live in headers: list them so editing one rebuilds the extension.
         depends=sorted(glob.glob("include/rnnengine/*.h")),
         extra_compile_args=compile_args,
         extra_link_args=link_args,
         # RNNENGINE_DEBUG turns on the C side's buffer-size asserts (include/rnnengine/assert.h).
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+                       ("RNN_KERNELS_PART", "1")]
         + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
     # the dense heads (dense.h) and Conv1d (conv.h), the compiled session-stream step (steps
@@ -74,12 +78,26 @@ extensions = [
 
 class ParallelBuildExt(build_ext):
     """Compiles the extensions side by side, one job per core, unless -j says otherwise
-    (pip install runs build_ext without -j, which compiles them one after another)."""
+    (pip install runs build_ext without -j, which compiles them one after another), and the
+    sources of one extension side by side too (_kernels has two)."""
 
     def finalize_options(self):
         super().finalize_options()
         if not self.parallel:
             self.parallel = os.cpu_count() or 1
+
+    def build_extensions(self):
+        compile_all = self.compiler.compile
+
+        def compile_each(sources, *args, **kwargs):
+            if len(sources) < 2:
+                return compile_all(sources, *args, **kwargs)
+            with ThreadPoolExecutor(len(sources)) as pool:
+                parts = pool.map(lambda source: compile_all([source], *args, **kwargs),
+                                 sources)
+                return [obj for objects in parts for obj in objects]
+        self.compiler.compile = compile_each
+        super().build_extensions()
 
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives,

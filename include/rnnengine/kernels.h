@@ -101,15 +101,34 @@ struct rnn_kernels {
  * once, in _kernels. */
 #ifndef RNN_KERNELS_TYPES_ONLY
 
+/* RNN_KERNELS_PART splits the variants over two translation units that the build compiles
+ * side by side (setup.py: the AVX-512 variants alone take as long to compile as the rest):
+ * 1 = serial, avx2 and neon, and the table lookup; 2 = avx512 with its dot-product and AMX
+ * entries. Unset (0): everything in one unit (the C tests, the AArch64 header check). */
+#ifndef RNN_KERNELS_PART
+#define RNN_KERNELS_PART 0
+#endif
+#define RNN_KP_NARROW (RNN_KERNELS_PART != 2)
+#define RNN_KP_WIDE (RNN_KERNELS_PART != 1)
+/* what one part defines and the other calls: external linkage when split */
+#if RNN_KERNELS_PART
+#define RNN_KP_SHARED
+#else
+#define RNN_KP_SHARED static
+#endif
+
 /* The panel products of every weight type for the current vec_<isa>.h, then its GEMM entries,
  * gate math and table. */
 #define RNN_VARIANT_BODY "rnnengine/variant.h"
 
+/* vec_serial.h's scalar helpers (rounding, conversions) serve every variant's GEMM entries */
 #include "rnnengine/vec_serial.h"
+#if RNN_KP_NARROW
 #include RNN_VARIANT_BODY
+#endif
 #include "rnnengine/vec_undef.h"
 
-#if RNN_X86
+#if RNN_X86 && RNN_KP_NARROW
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
@@ -122,9 +141,15 @@ struct rnn_kernels {
 #include "rnnengine/vec_undef.h"
 #if defined(__clang__)
 #pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw"))), apply_to = function)
 #else
 #pragma GCC pop_options
+#endif
+#endif /* RNN_X86 && RNN_KP_NARROW */
+
+#if RNN_X86 && RNN_KP_WIDE
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw")
 #endif
@@ -154,17 +179,23 @@ struct rnn_kernels {
 #else
 #pragma GCC pop_options
 #endif
-#endif /* RNN_X86 */
+#endif /* RNN_X86 && RNN_KP_WIDE */
 
-#if RNN_ARM
+#if RNN_ARM && RNN_KP_NARROW
 #include "rnnengine/vec_neon.h"
 #include RNN_VARIANT_BODY
 #include "rnnengine/vec_undef.h"
 #endif
 
 #if RNN_X86
+RNN_KP_SHARED void rnn_kernels_use_madd(rnn_kernels_t *t);
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx512_dot(void);
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_amx(void);
+#endif
+
+#if RNN_X86 && RNN_KP_NARROW
 /* The int8 entries of 16-bit integer multiply-adds (gemm_madd.h) in table t. */
-static void rnn_kernels_use_madd(rnn_kernels_t *t) {
+RNN_KP_SHARED void rnn_kernels_use_madd(rnn_kernels_t *t) {
     t->gemm[RNN_W_I8] = rnn_gemm_i8_avx2madd;
     t->gemm[RNN_W_I8R] = rnn_gemm_i8r_avx2madd;
     t->gemm_isa[RNN_W_I8] = t->gemm_isa[RNN_W_I8R] = "avx2madd";
@@ -183,9 +214,12 @@ static const rnn_kernels_t *rnn_kernels_avx2_madd(void) {
     return &t;
 }
 
+#endif
+
+#if RNN_X86 && RNN_KP_WIDE
 /* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd);
  * without VNNI, int8 takes the AVX2 integer product. */
-static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
     static rnn_kernels_t t;
     static int ready;
     if (!ready) {
@@ -208,7 +242,7 @@ static const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
 }
 
 /* avx512 with AMX tiles for bf16 (callers check rnn_cpu_supports(RNN_ISA_AMX) first). */
-static const rnn_kernels_t *rnn_kernels_amx(void) {
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_amx(void) {
     static rnn_kernels_t t;
     static int ready;
     if (!ready) {
@@ -224,6 +258,7 @@ static const rnn_kernels_t *rnn_kernels_amx(void) {
 }
 #endif
 
+#if RNN_KP_NARROW
 /* The variant's table, or NULL if it is not compiled into this build (x86 variants on
  * AArch64, neon on x86). */
 static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
@@ -246,6 +281,7 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return NULL;
     }
 }
+#endif
 
 #endif /* RNN_KERNELS_TYPES_ONLY */
 
