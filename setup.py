@@ -51,9 +51,10 @@ def core_user(name, flags=()):
 extensions = [
     Extension(
         "rnnengine._kernels",
-        # two translation units compiled side by side: serial and AVX2 with the Cython code,
-        # the AVX-512 variants in the second (kernels.h: RNN_KERNELS_PART)
-        ["src/rnnengine/_kernels.pyx", "src/rnnengine/kernels_wide.c"],
+        # three translation units compiled side by side: the Cython code with the serial
+        # variant, the AVX2 variant, the AVX-512 variants (kernels.h: RNN_KERNELS_PART)
+        ["src/rnnengine/_kernels.pyx", "src/rnnengine/kernels_avx2.c",
+         "src/rnnengine/kernels_wide.c"],
         include_dirs=["include", numpy.get_include()],
         # The C kernels live in headers: list them so editing one rebuilds the extension.
         depends=sorted(glob.glob("include/rnnengine/*.h")),

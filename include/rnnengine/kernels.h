@@ -101,15 +101,17 @@ struct rnn_kernels {
  * once, in _kernels. */
 #ifndef RNN_KERNELS_TYPES_ONLY
 
-/* RNN_KERNELS_PART splits the variants over two translation units that the build compiles
- * side by side (setup.py: the AVX-512 variants alone take as long to compile as the rest):
- * 1 = serial, avx2 and neon, and the table lookup; 2 = avx512 with its dot-product and AMX
- * entries. Unset (0): everything in one unit (the C tests, the AArch64 header check). */
+/* RNN_KERNELS_PART splits the variants over three translation units that the build compiles
+ * side by side (setup.py; one unit took 59 s): 1 = serial and neon, and the table lookup
+ * (with the Cython code); 2 = avx2 with its integer int8 product; 3 = avx512 with its
+ * dot-product and AMX entries. Unset (0): everything in one unit (the C tests, the AArch64
+ * header check). */
 #ifndef RNN_KERNELS_PART
 #define RNN_KERNELS_PART 0
 #endif
-#define RNN_KP_NARROW (RNN_KERNELS_PART != 2)
-#define RNN_KP_WIDE (RNN_KERNELS_PART != 1)
+#define RNN_KP_NARROW (RNN_KERNELS_PART == 0 || RNN_KERNELS_PART == 1)
+#define RNN_KP_AVX2 (RNN_KERNELS_PART == 0 || RNN_KERNELS_PART == 2)
+#define RNN_KP_WIDE (RNN_KERNELS_PART == 0 || RNN_KERNELS_PART == 3)
 /* what one part defines and the other calls: external linkage when split */
 #if RNN_KERNELS_PART
 #define RNN_KP_SHARED
@@ -128,7 +130,7 @@ struct rnn_kernels {
 #endif
 #include "rnnengine/vec_undef.h"
 
-#if RNN_X86 && RNN_KP_NARROW
+#if RNN_X86 && RNN_KP_AVX2
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #else
@@ -144,7 +146,7 @@ struct rnn_kernels {
 #else
 #pragma GCC pop_options
 #endif
-#endif /* RNN_X86 && RNN_KP_NARROW */
+#endif /* RNN_X86 && RNN_KP_AVX2 */
 
 #if RNN_X86 && RNN_KP_WIDE
 #if defined(__clang__)
@@ -189,11 +191,12 @@ struct rnn_kernels {
 
 #if RNN_X86
 RNN_KP_SHARED void rnn_kernels_use_madd(rnn_kernels_t *t);
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx2_madd(void);
 RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx512_dot(void);
 RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_amx(void);
 #endif
 
-#if RNN_X86 && RNN_KP_NARROW
+#if RNN_X86 && RNN_KP_AVX2
 /* The int8 entries of 16-bit integer multiply-adds (gemm_madd.h) in table t. */
 RNN_KP_SHARED void rnn_kernels_use_madd(rnn_kernels_t *t) {
     t->gemm[RNN_W_I8] = rnn_gemm_i8_avx2madd;
@@ -203,7 +206,7 @@ RNN_KP_SHARED void rnn_kernels_use_madd(rnn_kernels_t *t) {
 }
 
 /* The avx2 table with the integer int8 product. */
-static const rnn_kernels_t *rnn_kernels_avx2_madd(void) {
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx2_madd(void) {
     static rnn_kernels_t t;
     static int ready;
     if (!ready) {
