@@ -31,13 +31,14 @@ compile_args += os.environ.get("RNNENGINE_SANITIZE_CFLAGS", "").split()
 link_args = os.environ.get("RNNENGINE_SANITIZE_LDFLAGS", "").split()
 
 def core_user(name, flags=()):
-    """An extension that uses what _kernels built (its cores, its ISA choice): the kernels'
-    types only, their code is compiled once, in _kernels (kernels.h: RNN_KERNELS_TYPES_ONLY)."""
+    """An extension that uses what core.kernels built (its cores, its ISA choice): the
+    kernels' types only, their code is compiled once, in core.kernels (kernels.h:
+    RNN_KERNELS_TYPES_ONLY). ``name`` is dotted below the package: "core.dense"."""
     return Extension(
         f"rnnengine.{name}",
-        [f"src/rnnengine/{name}.pyx"],
+        [f"src/rnnengine/{name.replace('.', '/')}.pyx"],
         include_dirs=["include", numpy.get_include()],
-        depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/_kernels.pxd"],
+        depends=sorted(glob.glob("include/rnnengine/*.h")) + ["src/rnnengine/core/kernels.pxd"],
         # -fno-trapping-math lets GCC vectorise the clamps and selects of dense.h's exp
         extra_compile_args=compile_args + (["-fno-trapping-math", *flags]
                                            if os.name != "nt" else []),
@@ -50,11 +51,11 @@ def core_user(name, flags=()):
 
 extensions = [
     Extension(
-        "rnnengine._kernels",
+        "rnnengine.core.kernels",
         # three translation units compiled side by side: the Cython code with the serial
         # variant, the AVX2 variant, the AVX-512 variants (kernels.h: RNN_KERNELS_PART)
-        ["src/rnnengine/_kernels.pyx", "src/rnnengine/kernels_avx2.c",
-         "src/rnnengine/kernels_wide.c"],
+        ["src/rnnengine/core/kernels.pyx", "src/rnnengine/core/kernels_avx2.c",
+         "src/rnnengine/core/kernels_wide.c"],
         include_dirs=["include", numpy.get_include()],
         # The C kernels live in headers: list them so editing one rebuilds the extension.
         depends=sorted(glob.glob("include/rnnengine/*.h")),
@@ -66,13 +67,13 @@ extensions = [
         + ([("RNNENGINE_DEBUG", "1")] if DEBUG else []),
     ),
     # the dense heads (dense.h) and Conv1d (conv.h), the compiled session-stream step (steps
-    # _kernels' StreamCores, dense.h heads) and the executor's runner (exec.h operators over
-    # preallocated buffers): all run the ISA variant _kernels chose (active_isa)
-    *(core_user(name) for name in ("_dense", "_plan", "_exec")),
+    # core.kernels' StreamCores, dense.h heads) and the executor's runner (exec.h operators over
+    # preallocated buffers): all run the ISA variant core.kernels chose (active_isa)
+    *(core_user(name) for name in ("core.dense", "runtime._plan", "runtime._exec")),
     # FMAs in conv.h's AVX2/AVX-512 variants (-std=c11 otherwise keeps a * b + c unfused)
-    core_user("_conv", ["-ffp-contract=fast"]),
-    Extension("rnnengine._pool", ["src/rnnengine/_pool.pyx"], extra_compile_args=compile_args,
-              extra_link_args=link_args),
+    core_user("core.conv", ["-ffp-contract=fast"]),
+    Extension("rnnengine.runtime._pool", ["src/rnnengine/runtime/_pool.pyx"],
+              extra_compile_args=compile_args, extra_link_args=link_args),
 ]
 
 
@@ -80,7 +81,7 @@ extensions = [
 class ParallelBuildExt(build_ext):
     """Compiles the extensions side by side, one job per core, unless -j says otherwise
     (pip install runs build_ext without -j, which compiles them one after another), and the
-    sources of one extension side by side too (_kernels has two)."""
+    sources of one extension side by side too (core.kernels has three)."""
 
     def finalize_options(self):
         super().finalize_options()

@@ -37,8 +37,8 @@ import numpy as np
 
 import rnnengine
 from _models import ROOT, SILERO
-from rnnengine.layers import Layer
-from rnnengine.model import Model
+from rnnengine.core.layers import Layer
+from rnnengine.runtime.model import Model
 
 STREAMS, H, I = 64, 256, 256
 

@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import rnnengine  # noqa: E402
-from rnnengine import _kernels  # noqa: E402
+from rnnengine.core import kernels as _kernels  # noqa: E402
 from rnnengine.cli.bench_session import openvino_stateful_model  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 

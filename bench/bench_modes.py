@@ -26,7 +26,9 @@ import numpy as np  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "src"))
 
-from rnnengine import Layer, Model, _kernels, precision_route  # noqa: E402
+from rnnengine import Layer, Model  # noqa: E402
+from rnnengine.core import kernels as _kernels
+from rnnengine.core import precision_route
 
 MODES = ("fp32", "fp16", "bf16", "int8")
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}

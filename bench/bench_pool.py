@@ -37,8 +37,8 @@ import numpy as np  # noqa: E402
 
 from rnnengine.interop.ort import OrtReference  # noqa: E402
 from rnnengine.interop.pytorch import TorchCells, torch_module_for  # noqa: E402
-from rnnengine.layers import Layer  # noqa: E402
-from rnnengine.model import Model  # noqa: E402
+from rnnengine.core.layers import Layer  # noqa: E402
+from rnnengine.runtime.model import Model  # noqa: E402
 
 STREAMS, H, I = 64, 256, 256
 

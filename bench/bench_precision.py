@@ -30,7 +30,9 @@ import torch  # noqa: E402
 from openvino._offline_transformations import apply_make_stateful_transformation  # noqa: E402
 
 import rnnengine  # noqa: E402
-from rnnengine import Model, _kernels, _reference  # noqa: E402
+from rnnengine import Model  # noqa: E402
+from rnnengine.core import kernels as _kernels
+from rnnengine.testing import reference as _reference
 from rnnengine.interop.onnx_export import onnx_graph_for  # noqa: E402
 
 MODES = ("fp32", "fp16", "bf16", "int8")

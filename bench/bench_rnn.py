@@ -33,7 +33,7 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
 import rnnengine  # noqa: E402
-from rnnengine import _kernels  # noqa: E402
+from rnnengine.core import kernels as _kernels  # noqa: E402
 from rnnengine.interop.ort import OrtReference  # noqa: E402
 from rnnengine.interop.pytorch import TorchCells  # noqa: E402
 

@@ -67,8 +67,8 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import rnnengine  # noqa: E402
-from rnnengine import _kernels  # noqa: E402
-from rnnengine.pool_layout import padded_batch  # noqa: E402
+from rnnengine.core import kernels as _kernels  # noqa: E402
+from rnnengine.runtime.pool_layout import padded_batch  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")
 SR = np.array(16000, np.int64)

@@ -1,6 +1,6 @@
 """Unrolled cells (PyTorch nn.LSTMCell / nn.GRUCell exports: Gemm/Split/Sigmoid/Tanh, no
 LSTM node), one step per call with the state fed back: rnnengine after the rewrite
-(``graph_rewrite``: one LSTM/GRU node on the fused kernels), rnnengine before it (the same
+(``onnx.rewrite``: one LSTM/GRU node on the fused kernels), rnnengine before it (the same
 file planned operator by operator), ONNX Runtime plain and with IOBinding.
 
     python bench/bench_unrolled.py [--quick] [--silero-ifless PATH]
@@ -11,7 +11,7 @@ a dynamo export whose decoder LSTMCell is unrolled in both branches of its one I
 
 One process, every engine single-threaded, batches interleaved, best of several. "before"
 is the session with the rewrite switched off for this benchmark only (the module attribute
-``rnnengine.session.fuse_unrolled_cells`` replaced by the identity while it loads).
+``rnnengine.runtime.session.fuse_unrolled_cells`` replaced by the identity while it loads).
 """
 import argparse
 import os
@@ -25,17 +25,17 @@ from _models import SILERO_IFLESS, session_models as sm, unrolled_models as um  
 from bench_session import measure, ort_plain  # noqa: E402
 
 import rnnengine  # noqa: E402
-import rnnengine.session  # noqa: E402
+import rnnengine.runtime.session  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 
 def unrewritten(data: bytes):
-    real = rnnengine.session.fuse_unrolled_cells
-    rnnengine.session.fuse_unrolled_cells = lambda model, base_dir: model
+    real = rnnengine.runtime.session.fuse_unrolled_cells
+    rnnengine.runtime.session.fuse_unrolled_cells = lambda model, base_dir: model
     try:
         return rnnengine.InferenceSession(data)
     finally:
-        rnnengine.session.fuse_unrolled_cells = real
+        rnnengine.runtime.session.fuse_unrolled_cells = real
 
 
 def stepper(stream, feeds_of_step):

@@ -42,7 +42,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 import rnnengine
-from rnnengine.layers import Layer
+from rnnengine.core.layers import Layer
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 POLICY_VIOLATION, TRY_AGAIN_LATER = 1008, 1013

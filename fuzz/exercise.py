@@ -4,7 +4,7 @@ and run, and a Pool stepping two streams in both orders). This is what reaches t
 buffers, so a model whose sizes disagree with them is found here, by the sanitizer build."""
 import numpy as np
 
-from rnnengine._checks import is_one_way
+from rnnengine.core.checks import is_one_way
 
 
 def run_every_way(model) -> None:

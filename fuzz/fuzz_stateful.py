@@ -35,7 +35,7 @@ if __name__ == "__main__" and "-atheris" in sys.argv:
         import rnnengine
 else:
     import rnnengine
-from rnnengine.state_blob import pack_arrays, session_fingerprint
+from rnnengine.runtime.state_blob import pack_arrays, session_fingerprint
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 VOCAB = 7

@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from rnnengine import _kernels
-from rnnengine.loaders._fold import attrs as node_attributes  # noqa: F401  (tests import it)
+from rnnengine.core import kernels as _kernels
+from rnnengine.onnx.fold import attrs as node_attributes  # noqa: F401  (tests import it)
 
 # Under tools/sanitize.sh (ASan preloaded) OpenVINO's own compile_model aborts inside
 # OpenVINO, not in rnnengine: the tests that reach OpenVINO skip there and run everywhere else.

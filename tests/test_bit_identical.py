@@ -6,7 +6,10 @@ partial one, so every thread gets blocks and the panel kernels' row counts vary.
 import numpy as np
 import pytest
 
-from rnnengine import Layer, Model, _reference, layers, precision_route
+from rnnengine import Layer, Model
+from rnnengine.testing import reference as _reference
+from rnnengine.core import layers
+from rnnengine.core import precision_route
 
 CASES = [("lstm", {}), ("lstm", {"proj": 19}), ("gru", {"linear_before_reset": 0}),
          ("gru", {"linear_before_reset": 1}), ("rnn", {})]

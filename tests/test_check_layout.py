@@ -24,30 +24,47 @@ def package(tmp_path, files: dict) -> str:
 
 def test_clean_package_passes(tmp_path):
     root = package(tmp_path, {
-        "a.py": "from . import b\nfrom .sub import c\n",
-        "b.py": "import numpy\n\ndef f():\n    import torch  # optional third-party: fine\n",
-        "sub/__init__.py": "",
-        "sub/c.py": "from ..b import f\nfrom typing import TYPE_CHECKING\n"
-                    "if TYPE_CHECKING:\n    from ..a import x\n",
-        "_k.pyx": "from libc.stdlib cimport malloc\nfrom ._checks import y\n",
-        "_checks.py": "import numpy\n",
+        "errors.py": "",
+        "core/__init__.py": "",
+        "core/a.py": "from . import b\nfrom ..errors import E\n",
+        "core/b.py": "import numpy\n\ndef f():\n    import torch  # optional third-party: fine\n",
+        "runtime/__init__.py": "",
+        "runtime/c.py": "from ..core.b import f\nfrom ..core import a as _a\n"
+                        "from typing import TYPE_CHECKING\n"
+                        "if TYPE_CHECKING:\n    from ..cli import x\n",
+        "runtime/_k.pyx": "from libc.stdlib cimport malloc\nfrom ._checks import y\n",
+        "runtime/_checks.py": "import numpy\n",
     })
     assert check_layout.check(root) == []
 
 
 @pytest.mark.parametrize("files, words", [
-    ({"a.py": "from .b import x\n", "b.py": "from .a import y\n"},
-     "import cycle among: rnnengine.a, rnnengine.b"),
-    # model -> loaders.own runs loaders/__init__, which imports model
-    ({"model.py": "from .loaders.own import save\n", "loaders/__init__.py": "from ..model import M\n",
-      "loaders/own.py": "import json\n"},
-     "import cycle among: rnnengine.loaders, rnnengine.model"),
-    ({"a.py": "def f():\n    from .b import x\n", "b.py": ""},
-     "a.py:2: imports rnnengine.b inside a function"),
-    ({"a.py": "class C:\n    def m(self):\n        from . import b\n", "b.py": ""},
-     "a.py:3: imports rnnengine.b inside a function"),
-    ({"_k.pyx": "def f():\n    from .b import x\n", "b.py": ""},
-     "_k.pyx:2: imports rnnengine.b inside a function"),
+    ({"core/__init__.py": "", "core/a.py": "from .b import x\n", "core/b.py": "from .a import y\n"},
+     "import cycle among: rnnengine.core.a, rnnengine.core.b"),
+    # runtime.model -> loaders.own runs loaders/__init__, which imports runtime.model
+    ({"runtime/__init__.py": "", "runtime/model.py": "from ..loaders.own import save\n",
+      "loaders/__init__.py": "from ..runtime.model import M\n", "loaders/own.py": "import json\n"},
+     "import cycle among: rnnengine.loaders, rnnengine.runtime.model"),
+    ({"core/__init__.py": "", "core/a.py": "def f():\n    from .b import x\n", "core/b.py": ""},
+     "a.py:2: imports rnnengine.core.b inside a function"),
+    ({"core/__init__.py": "", "core/a.py": "class C:\n    def m(self):\n        from . import b\n",
+      "core/b.py": ""},
+     "a.py:3: imports rnnengine.core.b inside a function"),
+    ({"core/__init__.py": "", "core/_k.pyx": "def f():\n    from .b import x\n", "core/b.py": ""},
+     "_k.pyx:2: imports rnnengine.core.b inside a function"),
+    # dependencies run one way: core may not import runtime
+    ({"core/__init__.py": "", "core/a.py": "from ..runtime import b\n",
+      "runtime/__init__.py": "", "runtime/b.py": ""},
+     "a.py:1: room 'core' may not import rnnengine.runtime.b"),
+    # another room's private module, and a private name of another room's module
+    ({"core/__init__.py": "", "core/_k.py": "", "runtime/__init__.py": "",
+      "runtime/a.py": "from ..core import _k\n"},
+     "imports rnnengine.core._k, a private module of room 'core'"),
+    ({"core/__init__.py": "", "core/k.py": "_x = 1\n", "runtime/__init__.py": "",
+      "runtime/a.py": "from ..core.k import _x\n"},
+     "imports private name(s) _x of rnnengine.core.k"),
+    # a flat module at the top is not a room
+    ({"graph_steps.py": ""}, "'graph_steps' is not a room"),
 ])
 def test_violations_are_reported(tmp_path, files, words):
     problems = check_layout.check(package(tmp_path, files))

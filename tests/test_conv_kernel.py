@@ -1,4 +1,4 @@
-"""The C Conv1d kernel (``rnnengine._conv``, include/rnnengine/conv.h) against a float64 NumPy
+"""The C Conv1d kernel (``rnnengine.core.conv``, include/rnnengine/conv.h) against a float64 NumPy
 reference, and graphs whose Conv (+ Relu) runs on it (``ops.compiled_conv``) against ONNX
 Runtime."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rnnengine
-from rnnengine import _conv
+from rnnengine.core import conv as _conv
 from rnnengine.ops import compiled_conv
 
 RTOL = 1e-5

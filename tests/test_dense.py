@@ -5,7 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from rnnengine import InferenceSession
-from rnnengine._dense import DenseHead
+from rnnengine.core.dense import DenseHead
 from rnnengine.ops import compiled_head
 
 ort = pytest.importorskip("onnxruntime")
@@ -190,7 +190,7 @@ def test_vectorised_exp_over_the_whole_float_range(act):
 @pytest.mark.parametrize("act", [None, "Relu", "Tanh"])
 def test_row_tiles_against_float64(M, K, N, act, isa):
     """Rows taken six (AVX-512), four or one at a time, columns in tiles of 32 or 16 and the
-    rest: every path of every ISA variant (the one _kernels runs picks the code) against the
+    rest: every path of every ISA variant (the one core.kernels runs picks the code) against the
     float64 product."""
     rng = np.random.default_rng(M * 1000 + N)
     w = rng.standard_normal((K, N)).astype(np.float32)

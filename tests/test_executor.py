@@ -1,4 +1,4 @@
-"""The executor (``rnnengine.executor``): whole-model calls planned into C operators.
+"""The executor (``rnnengine.runtime.executor``): whole-model calls planned into C operators.
 
 Every operator it lowers is checked against ONNX Runtime on random shapes and attributes
 (broadcasting, negative axes, groups, strides, dilations, pads), on the call that runs the
@@ -457,7 +457,7 @@ def test_no_python_call_inside_a_compiled_stream_step(name, rng):
 def test_index_maps_compress_to_groups_that_reproduce_them(shape, perm, rng):
     """The runs a move plans reproduce the element map exactly, and a transpose is a few
     groups, not one run per element."""
-    from rnnengine.executor_ops import _CODE, _runs
+    from rnnengine.runtime.lowering import _CODE, _runs
     order = np.arange(int(np.prod(shape))).reshape(shape).transpose(perm).reshape(-1)
     runs = _runs(_CODE + order)
     got = np.full(order.size, -1)
@@ -470,7 +470,7 @@ def test_index_maps_compress_to_groups_that_reproduce_them(shape, perm, rng):
 
 def test_builds_refuse_what_they_cannot_check():
     """A Runner checks every geometry against its buffers: a run past a buffer is refused."""
-    from rnnengine._exec import Runner
+    from rnnengine.runtime._exec import Runner
     dst = np.zeros(4, np.float32)
     src = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="reads outside"):

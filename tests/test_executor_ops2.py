@@ -287,7 +287,7 @@ def test_float_mod(shapes, rng):
 # -- what the runner refuses --------------------------------------------------------------------
 
 def test_runner_refuses_geometry_past_the_buffers():
-    from rnnengine._exec import Runner
+    from rnnengine.runtime._exec import Runner
     x = np.zeros(12, np.float32)
     y = np.zeros(12, np.float32)
     with pytest.raises(ValueError, match="does not fit the buffers"):
@@ -403,7 +403,7 @@ def test_cast_between_float_int64_and_bool(rank, rng):
 
 
 def test_runner_refuses_mismatched_bool_and_int_buffers():
-    from rnnengine._exec import Runner
+    from rnnengine.runtime._exec import Runner
     f = np.zeros(6, np.float32)
     b = np.zeros(6, np.bool_)
     with pytest.raises(ValueError, match="bool"):

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from rnnengine import Layer, Model, ModelError
-from rnnengine._reference import run_stack
+from rnnengine.testing.reference import run_stack
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 EXAMPLES = int(os.environ.get("RNNENGINE_API_FUZZ_EXAMPLES", "100"))

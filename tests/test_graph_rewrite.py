@@ -11,8 +11,8 @@ import pytest
 import session_models as sm
 import unrolled_models as um
 from rnnengine import InferenceSession
-from rnnengine import graph_rewrite
-from rnnengine.graph_rewrite import REWRITTEN, fuse_unrolled_cells
+from rnnengine.onnx import rewrite as graph_rewrite
+from rnnengine.onnx.rewrite import REWRITTEN, fuse_unrolled_cells
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")

@@ -11,7 +11,7 @@ import torch
 
 import rnnengine
 from rnnengine import Layer, Model
-from rnnengine.gate_order import to_onnx
+from rnnengine.core.gate_order import to_onnx
 
 I, H = 5, 7
 

@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rnnengine import Layer, Model
-from rnnengine._reference import run_stack
+from rnnengine.testing.reference import run_stack
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from conftest import run_isolated
-from rnnengine import _reference
+from rnnengine.testing import reference as _reference
 
 HEAVY = ("onnx", "onnxruntime", "torch", "keras", "safetensors", "starlette")
 
@@ -60,9 +60,9 @@ def test_lazy_public_names_resolve(tmp_path):
         import rnnengine
         assert "onnx" not in sys.modules
         from rnnengine import InferenceSession, Batcher
-        from rnnengine.session import InferenceSession as S
-        from rnnengine.batcher import Batcher as B
-        from rnnengine.backend import RnnEngineBackend
+        from rnnengine.runtime.session import InferenceSession as S
+        from rnnengine.serving.batcher import Batcher as B
+        from rnnengine.runtime.backend import RnnEngineBackend
         assert InferenceSession is S and Batcher is B
         assert rnnengine.backend.prepare.__func__ is RnnEngineBackend.prepare.__func__
         assert set(rnnengine.__all__) <= set(dir(rnnengine))

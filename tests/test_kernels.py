@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 import rnnengine
-from rnnengine import Layer, Model, _kernels
-from rnnengine._reference import onnx_rnn
+from rnnengine import Layer, Model
+from rnnengine.core import kernels as _kernels
+from rnnengine.testing.reference import onnx_rnn
 from torch_reference import torch_model_to_layers
 
 ort = pytest.importorskip("onnxruntime")
@@ -46,13 +47,13 @@ def _run_python(code, isa_env):
 def test_env_var_forces_each_supported_isa(name):
     if name not in ISAS:
         pytest.skip(f"this CPU lacks {name}")
-    out = _run_python("import rnnengine._kernels as k; print(k.isa())", name.upper())
+    out = _run_python("import rnnengine.core.kernels as k; print(k.isa())", name.upper())
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == name
 
 
 def test_default_isa_is_the_widest_supported():
-    out = _run_python("import rnnengine._kernels as k; print(k.isa())", None)
+    out = _run_python("import rnnengine.core.kernels as k; print(k.isa())", None)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ISAS[-1]
 
@@ -65,7 +66,7 @@ def test_invalid_env_value_fails_import_with_a_clear_message():
 
 
 REFUSE = """
-import rnnengine._kernels as k
+import rnnengine.core.kernels as k
 print(k.supported_isas())
 for name in ("avx2", "avx512"):
     if name in k.supported_isas():

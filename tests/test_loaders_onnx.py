@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rnnengine
 from conftest import assert_bytes_are_a_model_error, onnx_node_model, ort_run
 from rnnengine import ModelError
-from rnnengine.gate_order import permutation
+from rnnengine.core.gate_order import permutation
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}

@@ -10,7 +10,7 @@ import pytest
 import rnnengine
 from conftest import load_fuzz_seeds, run_isolated
 from rnnengine import ModelError
-from rnnengine._reference import onnx_rnn
+from rnnengine.testing.reference import onnx_rnn
 
 seeds = load_fuzz_seeds()
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
@@ -159,8 +159,9 @@ def test_chain_without_cycle_still_loads_as_a_stack(tmp_path):
 
 ENTRY_POINTS = """
     import numpy as np
-    from rnnengine import Layer, Model, _kernels
-    from rnnengine.layers import pack_layer
+    from rnnengine import Layer, Model
+    from rnnengine.core import kernels as _kernels
+    from rnnengine.core.layers import pack_layer
     rng = np.random.default_rng(0)
     def layer(I, H):
         return Layer.from_onnx("lstm", rng.standard_normal((1, 4 * H, I), np.float32),

@@ -14,7 +14,7 @@ from conftest import (ACTIVATION_SLOTS, FEATURES, RECURRENT_OPS, activation_slot
 
 import rnnengine
 from rnnengine import Layer, Model
-from rnnengine._reference import run_stack
+from rnnengine.testing.reference import run_stack
 
 WEIGHTS = ("W", "R", "B", "P")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rnnengine.layers import Layer
-from rnnengine.model import Model
-from rnnengine.pool import Pool
+from rnnengine.core.layers import Layer
+from rnnengine.runtime.model import Model
+from rnnengine.runtime.pool import Pool
 from torch_reference import assert_close, random_model, torch_run
 
 CONFIGS = {

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import rnnengine
-from rnnengine.pool_layout import padded_batch
+from rnnengine.runtime.pool_layout import padded_batch
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -16,7 +16,11 @@ import numpy as np
 import pytest
 
 import rnnengine
-from rnnengine import Layer, Model, ModelError, _kernels, _reference, layers, precision_route
+from rnnengine import Layer, Model, ModelError
+from rnnengine.core import kernels as _kernels
+from rnnengine.testing import reference as _reference
+from rnnengine.core import layers
+from rnnengine.core import precision_route
 
 ISAS = _kernels.supported_isas()
 BUDGET = {"fp16": 5e-3, "bf16": 3e-2, "int8": 6e-2}

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import rnnengine
-from rnnengine import _reference, precision_auto
-from rnnengine.layers import PRECISIONS, Layer
+from rnnengine.testing import reference as _reference
+from rnnengine.runtime import precision_auto
+from rnnengine.core.layers import PRECISIONS, Layer
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

@@ -13,7 +13,10 @@ import numpy as np
 import pytest
 
 import rnnengine
-from rnnengine import Layer, Model, _kernels, _reference, precision_route
+from rnnengine import Layer, Model
+from rnnengine.core import kernels as _kernels
+from rnnengine.testing import reference as _reference
+from rnnengine.core import precision_route
 
 BUDGET = {"fp32": 1e-5, "fp16": 5e-3, "bf16": 3e-2, "int8": 6e-2}
 FAST = {"bf16": ("avx512bf16", "amx"), "int8": ("avx512vnni", "avx2madd")}

@@ -1,4 +1,4 @@
-"""The NumPy oracle (rnnengine._reference) against independent implementations: ONNX Runtime
+"""The NumPy oracle (rnnengine.testing.reference) against independent implementations: ONNX Runtime
 for every ONNX attribute, the ONNX conformance cases, and PyTorch for multi-layer stacks and
 LSTM projection. Every other numeric test trusts the oracle only because of this file."""
 import numpy as np
@@ -8,8 +8,8 @@ from conftest import (ACTIVATION_SLOTS, FEATURES, RECURRENT_OPS, activation_slot
                       assert_outputs_close, conformance_cases, conformance_node_inputs,
                       node_attributes, onnx_node_model, ort_attrs, ort_run,
                       peephole_clip_case, random_onnx_case)
-from rnnengine._reference import onnx_rnn, run_stack
-from rnnengine.gate_order import to_onnx
+from rnnengine.testing.reference import onnx_rnn, run_stack
+from rnnengine.core.gate_order import to_onnx
 
 torch = pytest.importorskip("torch")
 

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 import rnnengine  # noqa: E402
 from rnnengine import InferenceSession  # noqa: E402
-from rnnengine.serving_app import Service, build_app, frame_shape  # noqa: E402
+from rnnengine.serving.app import Service, build_app, frame_shape  # noqa: E402
 import session_models as sm  # noqa: E402
 
 SR = np.array(16000, np.int64)

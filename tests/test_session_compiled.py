@@ -15,7 +15,7 @@ import session_models as sm
 from session_models import AuthorLoop
 from conftest import load_fuzz_seeds
 from rnnengine import InferenceSession
-from rnnengine.session_stream import SessionStream
+from rnnengine.runtime.session_stream import SessionStream
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")

@@ -154,7 +154,7 @@ def test_outputs_never_alias_what_the_session_reuses():
 
 
 def test_a_loop_that_never_stops_is_refused(monkeypatch):
-    from rnnengine import graph_steps
+    from rnnengine.runtime import steps as graph_steps
     monkeypatch.setattr(graph_steps, "MAX_LOOP_ITERATIONS", 1000)
     body = helper.make_graph(
         [helper.make_node("Identity", ["c_in"], ["c_out"]),

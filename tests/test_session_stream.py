@@ -5,7 +5,7 @@ import pytest
 
 import session_models as sm
 from rnnengine import InferenceSession
-from rnnengine.stream_plan import absorb_views
+from rnnengine.runtime.stream_plan import absorb_views
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")

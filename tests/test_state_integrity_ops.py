@@ -15,7 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import rnnengine
 from rnnengine import InferenceSession, ModelError
-from rnnengine._conv import Conv1d
+from rnnengine.core.conv import Conv1d
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -359,7 +359,7 @@ def _loop_model(outer_trips, inner_trips, scan_shape=None):
 
 
 def test_nested_loops_share_one_trip_budget_per_run(monkeypatch):
-    monkeypatch.setattr(rnnengine.graph_steps, "MAX_LOOP_ITERATIONS", 5000)
+    monkeypatch.setattr(rnnengine.runtime.steps, "MAX_LOOP_ITERATIONS", 5000)
     x0 = {"x0": np.array(0.0, np.float32)}
     small = _loop_model(40, 100)          # 4,000 trips: within the budget, as ORT computes
     sess = InferenceSession(small)
@@ -383,7 +383,7 @@ def test_loop_scan_outputs_are_under_the_budget():
 _CONV_CHILD = """
 import sys, time
 import numpy as np
-from rnnengine._conv import Conv1d
+from rnnengine.core.conv import Conv1d
 conv = Conv1d(np.ones((256, 256, 64), np.float32), None, 1, 1, 0, 0, False)
 x = np.ones((1, 256, 64 + 20000 - 1), np.float32)
 start = time.perf_counter()

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 import session_models as sm
 from session_models import AuthorLoop
 from rnnengine import Batcher, InferenceSession
-from rnnengine.state_blob import pack_arrays, session_fingerprint
+from rnnengine.runtime.state_blob import pack_arrays, session_fingerprint
 
 pytest.importorskip("onnxruntime")
 

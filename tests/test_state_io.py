@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import rnnengine
-from rnnengine.state_io import MAGIC, export_state, import_state, model_fingerprint
+from rnnengine.runtime.state_io import MAGIC, export_state, import_state, model_fingerprint
 from torch_reference import assert_close, build_model, onnx_arrays, random_model, torch_run
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(rnnengine.__file__))))
@@ -23,8 +23,8 @@ SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(rnnengine.__f
 CHILD = textwrap.dedent("""
     import sys
     import numpy as np
-    from rnnengine.layers import Layer
-    from rnnengine.model import Model
+    from rnnengine.core.layers import Layer
+    from rnnengine.runtime.model import Model
 
     arrays, blob, ys_path, out_blob, target = sys.argv[1:6]
     d = np.load(arrays, allow_pickle=False)

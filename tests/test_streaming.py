@@ -8,7 +8,7 @@ import pytest
 
 from conftest import build_model, random_stack, random_state, states
 
-from rnnengine._reference import run_stack
+from rnnengine.testing.reference import run_stack
 
 
 STACKS = [

@@ -4,7 +4,8 @@ cells (GRU linear_before_reset=0, LSTM projection), stacks, streams and whole se
 import numpy as np
 import pytest
 
-from rnnengine import Layer, Model, _kernels
+from rnnengine import Layer, Model
+from rnnengine.core import kernels as _kernels
 
 torch = pytest.importorskip("torch")
 from torch_reference import torch_model_to_layers  # noqa: E402

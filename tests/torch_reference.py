@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rnnengine.gate_order import from_onnx, to_onnx
-from rnnengine.layers import Layer
-from rnnengine.model import Model
+from rnnengine.core.gate_order import from_onnx, to_onnx
+from rnnengine.core.layers import Layer
+from rnnengine.runtime.model import Model
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 

@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """Checks the package's layout rules:
 
+  * every top-level room is a subpackage or one of the public modules named in ``ROOMS``, and a
+    room imports only the rooms ``ROOMS`` allows it (dependencies run one way: cli, serving,
+    interop -> runtime -> loaders -> onnx -> ops -> core -> errors);
+  * no module imports a private module or name (``_x``) of another room;
   * no import cycle among the package's modules (module-level imports, as Python runs them:
     importing ``pkg.sub.mod`` also runs ``pkg.sub``'s ``__init__``);
   * no import of the package's own modules inside a function or class body (lazy imports are
@@ -20,6 +24,34 @@ import re
 import sys
 
 PACKAGE = "rnnengine"
+
+_BELOW_RUNTIME = ("loaders", "onnx", "ops", "core", "errors")
+# room -> the rooms it may import; "" is the package's __init__ (the public names)
+ROOMS = {
+    "": ("core", "runtime", "serving", "errors"),
+    "__main__": ("cli",),
+    "errors": (),
+    "testing": (),
+    "core": ("errors",),
+    "ops": ("core", "errors"),
+    "onnx": ("ops", "core", "errors"),
+    "loaders": ("onnx", "core", "errors"),
+    "runtime": _BELOW_RUNTIME,
+    "interop": ("runtime",) + _BELOW_RUNTIME,
+    "serving": ("runtime",) + _BELOW_RUNTIME,
+    "cli": ("serving", "interop", "runtime") + _BELOW_RUNTIME,
+}
+
+
+def room(module: str) -> str:
+    """'rnnengine.runtime.session' -> 'runtime'; 'rnnengine' -> ''"""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def private_part(module: str) -> bool:
+    """Whether a module below its room is private: 'rnnengine.ops._common'."""
+    return any(p.startswith("_") and not p.startswith("__") for p in module.split(".")[2:])
 
 
 def module_name(root: str, path: str) -> str:
@@ -160,13 +192,41 @@ def find_cycles(graph: dict) -> list:
     return out
 
 
+def room_problems(name: str, path: str, lineno: int, base: str, names: tuple,
+                  targets: list) -> list:
+    """Imports that cross rooms the wrong way or reach into another room's private parts."""
+    here = room(name)
+    out = []
+    for target in targets:
+        there = room(target)
+        if there in ("", here) or name.startswith(target + "."):
+            continue
+        if there not in ROOMS.get(here, ()):
+            out.append(f"{path}:{lineno}: room {here or PACKAGE!r} may not import {target} "
+                       f"(it may import: {', '.join(ROOMS.get(here, ())) or 'nothing'})")
+        elif private_part(target):
+            out.append(f"{path}:{lineno}: imports {target}, a private module of room {there!r}")
+    if room(base) not in ("", here):
+        hidden = [n for n in names if n.startswith("_") and not n.startswith("__")
+                  and f"{base}.{n}" not in targets]
+        if hidden:
+            out.append(f"{path}:{lineno}: imports private name(s) {', '.join(hidden)} of "
+                       f"{base}")
+    return out
+
+
 def check(root: str) -> list:
     modules, problems = scan(root)
+    for name, (path, _) in modules.items():
+        if room(name) not in ROOMS:
+            problems.append(f"{path}: {room(name)!r} is not a room: a top-level module must "
+                            "be a subpackage or one of " + ", ".join(sorted(ROOMS)))
     graph = {}
     for name, (path, imports) in modules.items():
         edges = graph.setdefault(name, set())
         for base, lineno, nested, names in imports:
             targets = [t for t in own_targets(modules, base, names) if t != name]
+            problems += room_problems(name, path, lineno, base, names, targets)
             if nested and targets:
                 problems.append(f"{path}:{lineno}: imports {max(targets, key=len)} inside a "
                                 "function or class "
@@ -188,7 +248,8 @@ def main(argv) -> int:
     for problem in problems:
         print(problem)
     if not problems:
-        print(f"layout ok: no import cycles, no in-function imports of own modules ({root})")
+        print(f"layout ok: rooms import one way, no private imports across rooms, no import "
+              f"cycles, no in-function imports of own modules ({root})")
     return 1 if problems else 0
 
 

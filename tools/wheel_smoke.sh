@@ -63,11 +63,11 @@ import sys
 
 import numpy as np
 import rnnengine
-import rnnengine._kernels
+import rnnengine.core.kernels
 
 model, venv = sys.argv[1:]
 # the installed wheel, not a source tree
-assert rnnengine._kernels.__file__.startswith(venv), rnnengine._kernels.__file__
+assert rnnengine.core.kernels.__file__.startswith(venv), rnnengine.core.kernels.__file__
 expected = np.load("expected.npz")
 sess = rnnengine.InferenceSession(model)
 prob, state = sess.run(None, {"input": expected["chunk"],

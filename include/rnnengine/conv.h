@@ -14,7 +14,7 @@
  * NEON, or plain loops without GCC/Clang vectors). The weights are packed for one panel
  * width, 2 vectors: rnn_conv_width_for() picks it at load from the ISA variant the
  * recurrent kernels run (RNNENGINE_ISA forces it), and rnn_conv1d runs the variant of that
- * width. The caller (src/rnnengine/_conv.pyx) checks every shape first; the asserts
+ * width. The caller (src/rnnengine/core/conv.pyx) checks every shape first; the asserts
  * repeat the buffer checks in debug and sanitizer builds.
  */
 #ifndef RNNENGINE_CONV_H

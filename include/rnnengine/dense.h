@@ -5,7 +5,7 @@
  * pointers): a streaming model's head is one row (M = 1) of a few hundred outputs, where a
  * BLAS call plus three NumPy ufuncs cost more in dispatch than the arithmetic.
  * Compiled per x86-64 level (dense_impl.h, once per variant) and chosen per call by the ISA
- * variant the caller passes: the one _kernels runs (cpu.h; RNNENGINE_ISA forces it), so a
+ * variant the caller passes: the one core.kernels runs (cpu.h; RNNENGINE_ISA forces it), so a
  * forced variant reaches the dense heads and the executor's products too.
  */
 #ifndef RNNENGINE_DENSE_H

@@ -10,7 +10,7 @@
  * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
  * the gate math (gemm_madd.h: int8's AVX2 integer product, for the avx2 table). Names are
  * rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
- * The driver calls through the table chosen at import (rnnengine._kernels: CPUID, or
+ * The driver calls through the table chosen at import (rnnengine.core.kernels: CPUID, or
  * RNNENGINE_ISA=serial|avx2|avx512|amx|neon). Every variant reads the same packed weights, so
  * switching variants needs no repacking.
  */
@@ -97,7 +97,7 @@ struct rnn_kernels {
 #define RNN_FN(name) RNN_CAT(name, RNN_ISA)
 
 /* RNN_KERNELS_TYPES_ONLY: the types and the ABI above, without the variants' code, for the
- * extensions that only step cores _kernels built (_plan, _exec): the kernels are compiled
+ * extensions that only step cores core.kernels built (_plan, _exec): the kernels are compiled
  * once, in _kernels. */
 #ifndef RNN_KERNELS_TYPES_ONLY
 

@@ -9,18 +9,18 @@ package, whose import costs more than all of rnnengine: they load on first acces
 import importlib
 from typing import TYPE_CHECKING
 
-from ._kernels import CellKernel as _CellKernel  # noqa: F401  (fails loudly if not built)
+from .core.kernels import CellKernel as _CellKernel  # noqa: F401  (fails loudly if not built)
 from .errors import (ConcurrentStep, DeadlineExceeded, Error, ModelError, StreamClosed,
                      StreamsFull)
-from .layers import Layer
-from .model import Model
-from .stream import Stream
-from .loaders import from_keras, from_torch, load
+from .core.layers import Layer
+from .runtime.model import Model
+from .runtime.stream import Stream
+from .runtime.load import from_keras, from_torch, load
 
 if TYPE_CHECKING:   # for type checkers and the API docs, which read the source, not __getattr__
-    from .backend import backend
-    from .batcher import Batcher
-    from .session import InferenceSession
+    from .runtime.backend import backend
+    from .serving.batcher import Batcher
+    from .runtime.session import InferenceSession
 
 __all__ = ["Batcher", "ConcurrentStep", "DeadlineExceeded", "Error", "InferenceSession",
            "ModelError", "Layer", "Model", "Stream", "StreamClosed", "StreamsFull", "backend",
@@ -28,7 +28,8 @@ __all__ = ["Batcher", "ConcurrentStep", "DeadlineExceeded", "Error", "InferenceS
 __version__ = "0.1.0"
 
 # public name -> the submodule that defines it (imported on first access)
-_LAZY = {"InferenceSession": ".session", "Batcher": ".batcher", "backend": ".backend"}
+_LAZY = {"InferenceSession": ".runtime.session", "Batcher": ".serving.batcher",
+         "backend": ".runtime.backend"}
 
 
 def __getattr__(name: str):
@@ -36,8 +37,6 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(module, __name__), name)
-    # Bound after the import: importing ``.backend`` sets the package attribute ``backend`` to
-    # the submodule, which the public name (the Backend class) must shadow.
     globals()[name] = value
     return value
 

@@ -13,9 +13,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ModelError
-from ..layers import PRECISIONS
-from ..loaders import load
-from ..model import Model
+from ..core.layers import PRECISIONS
+from ..runtime.load import load
+from ..runtime.model import Model
 
 DIRECTION_NAMES = {1: "forward", 2: "bidirectional"}
 

@@ -10,7 +10,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import ModelError
-from ..loaders._fold import attrs, node_label, subgraphs
+from ..onnx.fold import attrs, node_label, subgraphs
 from ..loaders.onnx import recurrent_nodes
 
 # op -> how its inputs print; a condition built from anything else is not described

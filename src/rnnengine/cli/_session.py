@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import ModelError
-from ..session import InferenceSession
+from ..runtime.session import InferenceSession
 from ._common import CommandError, existing_file, load_array, one_line, optional_import
 
 # Options that pick recurrent layers: they mean --recurrent-only.

@@ -8,7 +8,7 @@ import argparse
 
 import numpy as np
 
-from .._checks import is_one_way
+from ..core.checks import is_one_way
 from ..interop import Unsupported
 from ..interop.ort import OrtReference
 from ..interop.pytorch import TorchCells, torch_module_for

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Dict, List, Tuple
 
-from ..graph_rewrite import REWRITTEN
-from ..loaders._fold import node_label
-from ..stream_checks import state_hint
+from ..onnx.rewrite import REWRITTEN
+from ..onnx.fold import node_label
+from ..runtime.stream_checks import state_hint
 from ._common import one_line
 from ._session import fmt_shape, load_session
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..model import Model
+from ..runtime.model import Model
 from ._common import CommandError, add_command, existing_file, load_array, load_from_args
 from ._session import (is_onnx, load_session, parse_dims, parse_feeds, parse_inputs,
                        state_pairs, whole_model, whole_model_args, zero_state)

@@ -1,5 +1,5 @@
 """``rnnengine serve MODEL``: a whole ONNX model served over WebSocket streams, one-shot
-``POST /run``, Prometheus ``/metrics`` and health checks (the protocol: serving_app.py).
+``POST /run``, Prometheus ``/metrics`` and health checks (the protocol: serving/app.py).
 Needs the optional extra ``rnnengine[serve]`` (Starlette + uvicorn), imported only here."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 import os
 
-from ..serving_app import CONFIG_ENV, Service, build_app, log_to_stderr
+from ..serving.app import CONFIG_ENV, Service, build_app, log_to_stderr
 from ._common import CommandError, add_command, optional_import
 from ._session import _split, load_session, parse_feeds
 
@@ -83,6 +83,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     else:
         os.environ[CONFIG_ENV] = json.dumps(config)
-        uvicorn.run("rnnengine.serving_app:app_from_env", factory=True, host=args.host,
+        uvicorn.run("rnnengine.serving.app:app_from_env", factory=True, host=args.host,
                     port=args.port, workers=args.workers, log_level=args.log_level)
     return 0

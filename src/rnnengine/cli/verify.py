@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from .._checks import is_one_way
+from ..core.checks import is_one_way
 from ..interop import Unsupported
 from ..interop.onnx_cut import cut_chain
 from ..interop.ort import OrtReference
@@ -18,7 +18,7 @@ from ..interop.pytorch import (STATE_DICT_FILES, torch_module_for, torch_module_
                                torch_run)
 from ..loaders.onnx import chain_nodes
 from ..errors import ModelError
-from ..model import Model
+from ..runtime.model import Model
 from ._common import (CommandError, Progress, add_command, describe, diff_scale, load_from_args,
                       one_line, optional_import, random_input, table)
 from ._session import whole_model, whole_model_args

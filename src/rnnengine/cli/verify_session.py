@@ -11,8 +11,8 @@ from typing import Dict, List, NamedTuple, Optional
 import numpy as np
 
 from ._common import Progress, diff_scale, one_line
-from ..stream_checks import state_hint
-from ..time_axis import check_streamable
+from ..runtime.stream_checks import state_hint
+from ..runtime.time_axis import check_streamable
 from ._session import (batch_dim, hinted, load_session, ort_run, ort_session, parse_dims,
                        parse_feeds, parse_state, random_feeds, state_pairs, zero_state)
 

@@ -17,7 +17,7 @@ from typing import List
 import onnx
 from onnx import TensorProto, helper
 
-from ..loaders._fold import subgraphs
+from ..onnx.fold import subgraphs
 from . import Unsupported
 
 STATE_SLOTS = {4: "sequence_lens", 5: "initial_h", 6: "initial_c"}

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..model import Model
+from ..runtime.model import Model
 from . import Unsupported
 
 ONNX_ACTIVATION_NAMES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..model import Model
+from ..runtime.model import Model
 from . import Unsupported
 from .onnx_export import onnx_graph_for
 

@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 
-from ..gate_order import from_onnx
-from ..model import Model
+from ..core.gate_order import from_onnx
+from ..runtime.model import Model
 from . import Unsupported
 
 TORCH_DEFAULT_ACTIVATIONS = {"lstm": ("sigmoid", "tanh", "tanh"), "gru": ("sigmoid", "tanh")}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ModelError
-from ..layers import GATES
-from ._fold import Folder, NotConstant, Scope, attrs, fold_node
+from ..core.layers import GATES
+from ..onnx.fold import Folder, NotConstant, Scope, attrs, fold_node
 
 RECURRENT = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 _DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}

@@ -22,7 +22,7 @@ from typing import List, Tuple
 
 import numpy as np
 
-from ..layers import Layer
+from ..core.layers import Layer
 from .npz import keras_cell
 
 # Keras 3 activation name -> (ONNX function, alpha, beta) computing the same thing with the

@@ -30,11 +30,11 @@ from typing import Optional
 
 import numpy as np
 
-from .. import own_format
+from . import own_format
 from ..errors import ModelError
-from ..gate_order import to_onnx
-from ..layers import GATES, Layer, check_stack
-from ._files import open_regular
+from ..core.gate_order import to_onnx
+from ..core.layers import GATES, Layer, check_stack
+from ..core.files import open_regular
 
 HEADER = own_format.HEADER
 KIND_BY_GATES = {4: "lstm", 3: "gru", 1: "rnn"}

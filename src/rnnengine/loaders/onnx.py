@@ -3,7 +3,7 @@
 * Every LSTM/GRU/RNN node of the default domain is a candidate, also inside If/Loop/Scan
   bodies. A node is named by ``node.name``, by its first output's name, or (when names repeat
   across subgraphs) by its qualified name ``outer::attribute::name``.
-* Weight inputs (W, R, B, P) are folded to constants by ``_fold.Folder``.
+* Weight inputs (W, R, B, P) are folded to constants by ``onnx.fold.Folder``.
 * Exporters write a multi-layer ``nn.LSTM`` as one node per layer joined by glue: layer k's Y
   ``[T, D, N, H]`` goes through ``Transpose(0,2,1,3)`` + ``Reshape(T, N, D*H)`` (or just
   ``Squeeze(1)`` when D=1) into layer k+1's X; the dynamo exporter with dynamic shapes computes
@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Optional, Union
 import numpy as np
 
 from ..errors import ModelError
-from ..layers import Layer, check_stack
-from ._files import open_regular
+from ..core.layers import Layer, check_stack
+from ..core.files import open_regular
 from ._chains import RECURRENT, link_chains
-from ._fold import Folder, NotConstant, Scope, attrs, model_opset, node_label, subgraphs
+from ..onnx.fold import Folder, NotConstant, Scope, attrs, model_opset, node_label, subgraphs
 
 if TYPE_CHECKING:
     import onnx
 
 
 
-class _Found:
+class Found:
     """One recurrent node and the graph it sits in."""
 
     def __init__(self, node: onnx.NodeProto, scope: Scope):
@@ -62,7 +62,7 @@ def load_onnx(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional[s
     ``node`` picks a recurrent node by name (required when there are several candidates);
     the layers are that node and, with ``chain=True``, the layers an exporter chained after
     it. ``batch_first`` overrides the layout inferred from the graph."""
-    model, base_dir, where = _read_model(source)
+    model, base_dir, where = read_model(source)
     folder = Folder(base_dir, model_opset(model))
     nodes = _chain(model, folder, where, node, chain)
     layers = [_layer(f, folder, where) for f in nodes]   # checks X and layout first
@@ -90,7 +90,7 @@ def recurrent_nodes(source: Union[str, os.PathLike, onnx.ModelProto]) -> list:
     ``(node, chained)``: ``node.qualname`` is the name ``node=`` always accepts (``outer::
     attribute::name`` inside subgraphs) and ``chained`` lists the nodes an exporter chained
     after it, which ``node=`` loads too unless ``chain=False``."""
-    model, base_dir, where = _read_model(source)
+    model, base_dir, where = read_model(source)
     found = []
     _find_recurrent(Scope(model.graph, None, ()), found)
     following = link_chains(found, Folder(base_dir, model_opset(model)))
@@ -108,7 +108,7 @@ def chain_nodes(source: Union[str, os.PathLike, onnx.ModelProto], node: Optional
                 chain: bool = True) -> list:
     """The nodes ``load_onnx(source, node, chain=chain)`` loads, first layer first (each
     with ``.node``, the NodeProto, and ``.scope``, the graph it sits in)."""
-    model, base_dir, where = _read_model(source)
+    model, base_dir, where = read_model(source)
     return _chain(model, Folder(base_dir, model_opset(model)), where, node, chain)
 
 
@@ -177,7 +177,7 @@ def _check_no_cycle(nodes: list, where: str) -> None:
         pending.extend(i for i in producer.input if i)
 
 
-def _read_model(source):
+def read_model(source):
     """-> (ModelProto, folder for external data or None, name for messages)."""
     import onnx   # here, not at the top: importing rnnengine for .npz weights does not load it
     if isinstance(source, onnx.ModelProto):
@@ -199,7 +199,7 @@ def _read_model(source):
 def _find_recurrent(scope: Scope, out: list) -> None:
     for node in scope.nodes:
         if node.domain in ("", "ai.onnx") and node.op_type in RECURRENT:
-            out.append(_Found(node, scope))
+            out.append(Found(node, scope))
         for label, g in subgraphs(node):
             _find_recurrent(Scope(g, scope, scope.path + (f"{node_label(node)}::{label}",)),
                             out)
@@ -215,13 +215,13 @@ def _describe(nodes: list) -> str:
 
 # --- one node -> one Layer ---------------------------------------------------------------
 
-def _layer(found: _Found, folder: Folder, where: str) -> Layer:
+def _layer(found: Found, folder: Folder, where: str) -> Layer:
     layer = node_layer(found, folder, where)
     _check_runtime_inputs(found, folder, where)
     return layer
 
 
-def node_layer(found: _Found, folder: Folder, where: str) -> Layer:
+def node_layer(found: Found, folder: Folder, where: str) -> Layer:
     """The Layer of one recurrent node: its weights (W, R, B, P) folded to constants and its
     attributes decoded. The node's run-time inputs (X, sequence_lens, initial state) are
     not looked at (``InferenceSession`` feeds them from the graph)."""
@@ -270,7 +270,7 @@ def node_layer(found: _Found, folder: Folder, where: str) -> Layer:
         raise ModelError(f"{here}: {e}") from None
 
 
-def _check_runtime_inputs(found: _Found, folder: Folder, where: str) -> None:
+def _check_runtime_inputs(found: Found, folder: Folder, where: str) -> None:
     """``load`` returns only the layers: a constant sequence_lens or non-zero constant
     initial state would be silently lost, so it is refused."""
     node, scope = found.node, found.scope
@@ -292,7 +292,7 @@ def _check_runtime_inputs(found: _Found, folder: Folder, where: str) -> None:
                              "initial state at run time (Model.run(x, state))")
 
 
-def _input_is_batch_first(found: _Found) -> bool:
+def _input_is_batch_first(found: Found) -> bool:
     """Follow X back through Transpose/Identity/Cast: is the tensor the user feeds (N, T, I)?"""
     layout = attrs(found.node).get("layout", 0)
     labels = ["N", "T", "I"] if layout else ["T", "N", "I"]

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 
 from ..errors import ModelError
-from ._files import open_regular
+from ..core.files import open_regular
 
 MAX_HEADER = 100 * 2**20   # the reference implementation's own limit (100 MB)
 DTYPES = {

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from ..errors import ModelError
 from . import conv, elementwise, index, nn, reduce, shape, tensor
 from ._common import Attrs, guard
+from ._common import MAX_ELEMENTS, check_size, node_label  # noqa: F401  (for onnx/, runtime/)
 from .conv import compiled_conv
 from .fusion import compiled_head, fuse_chain
 

@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .._conv import Conv1d
+from ..core.conv import Conv1d
 from ._common import MAX_ELEMENTS, Attrs, check_size, guard, node_label, registrar, same_dtype
 
 OPS = {}

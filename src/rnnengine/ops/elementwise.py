@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from .. import _kernels
+from ..core import kernels as _kernels
 from ._common import ARRAY, check_broadcast, registrar, same_dtype
 
 OPS = {}

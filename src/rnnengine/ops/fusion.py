@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from .. import _dense
+from ..core import dense as _dense
 from ._common import ARRAY, Attrs, guard, node_label, norm_axis, same_dtype
 from .elementwise import sigmoid_
 from .nn import gemm, gemm_attrs, log_softmax, softmax
