@@ -14,7 +14,7 @@ opens/closes. Contract checked:
 * after EVERY failed call, each stream's state equals a replay of its successful calls on a
   fresh stream (``STATE`` findings), and equals ORT's.
 
-Plain-Python deterministic mode (tests/test_fuzz_stateful.py runs it)::
+Plain-Python deterministic mode (tests/runtime/test_fuzz_stateful.py runs it)::
 
     python fuzz/fuzz_stateful.py --cases 50 --seed 0
 

@@ -21,6 +21,11 @@ reaches_openvino = pytest.mark.skipif(SANITIZED, reason="OpenVINO aborts under A
 # Tests import the installed package (CI: `pip install .`). For an in-place build during
 # development, run them with PYTHONPATH=src.
 
+# Where things are, for the tests in tests/<room>/: this folder, its data, the clone's root.
+TESTS = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(TESTS, "data")
+ROOT = os.path.dirname(TESTS)
+
 ONNX_INPUTS = {
     "LSTM": ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"),
     "GRU": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
@@ -370,7 +375,7 @@ def load_fuzz_seeds():
     import importlib.util
     import os
 
-    path = os.path.join(os.path.dirname(__file__), os.pardir, "fuzz", "seeds.py")
+    path = os.path.join(ROOT, "fuzz", "seeds.py")
     spec = importlib.util.spec_from_file_location("fuzz_seeds", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,5 +1,5 @@
 """Models whose recurrent cell is unrolled into plain operators (no LSTM/GRU node), for
-tests/test_graph_rewrite.py and bench/bench_unrolled.py: PyTorch exports of nn.LSTMCell /
+tests/onnx/test_graph_rewrite.py and bench/bench_unrolled.py: PyTorch exports of nn.LSTMCell /
 nn.GRUCell and onnx.helper graphs written as tf2onnx writes Keras cells."""
 from __future__ import annotations
 

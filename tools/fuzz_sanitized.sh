@@ -10,7 +10,7 @@
 #   3. fuzz/fuzz_stateful.py (atheris): random small stateful graphs through SessionStream,
 #      SessionPool and Batcher, good and bad calls interleaved; outputs against ONNX Runtime,
 #      state after every failed call against a replay ($STATEFUL_RUNS inputs, about a minute);
-#   4. tests/test_fuzz_api.py (hypothesis): random stacks through the public constructors.
+#   4. tests/runtime/test_fuzz_api.py (hypothesis): random stacks through the public constructors.
 # Bounded and reproducible by default (fixed seed and counts, a few minutes on CI):
 #   bash tools/fuzz_sanitized.sh                       # CI
 #   FUZZ_ARGS="-max_total_time=600" API_EXAMPLES=5000 bash tools/fuzz_sanitized.sh  # by hand
@@ -49,4 +49,4 @@ python fuzz/fuzz_stateful.py -atheris -seed=1 -runs="$STATEFUL_RUNS" -timeout=60
     || { grep -v '^WARNING' "$artifacts/fuzz_stateful.log" | tail -n 60; ls -l "$artifacts"; exit 1; }
 grep -E '^stat::(number_of_executed_units|new_units_added|peak_rss_mb)' "$artifacts/fuzz_stateful.log"
 RNNENGINE_API_FUZZ_EXAMPLES=$API_EXAMPLES python -m pytest -q -p no:cacheprovider \
-    tests/test_fuzz_api.py --hypothesis-seed=1 --hypothesis-show-statistics
+    tests/runtime/test_fuzz_api.py --hypothesis-seed=1 --hypothesis-show-statistics

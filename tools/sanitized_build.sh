@@ -3,7 +3,7 @@
 # RNN_ASSERT buffer checks on: RNNENGINE_DEBUG=1) in a scratch copy of the tree, cds there and
 # exports what a Python process needs to run against it ($work is removed on exit).
 # Leak detection is off: CPython itself keeps memory alive until exit, which LeakSanitizer
-# would report; growth over time is checked by tests/test_no_leaks.py instead.
+# would report; growth over time is checked by tests/core/test_no_leaks.py instead.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

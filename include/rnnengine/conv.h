@@ -39,7 +39,7 @@
 #define RNN_CONV_CHECK_MACS ((size_t)1 << 27)
 
 /* GCC/Clang generic vectors; -DRNN_CONV_VECTORS=0 builds the plain loops other compilers
- * get (tests/test_conv_kernel.py builds both, and the portable-only -DRNN_X86=0). */
+ * get (tests/core/test_conv_kernel.py builds both, and the portable-only -DRNN_X86=0). */
 #ifndef RNN_CONV_VECTORS
 #if defined(__GNUC__) || defined(__clang__)
 #define RNN_CONV_VECTORS 1

@@ -2,7 +2,7 @@
  * of a vec_<isa>.h and compiled once per variant (no include guard: kernels.h includes it per
  * ISA). RNN_FN(name) gives the variant's name, e.g. rnn_tanh_avx512.
  *
- * Accuracy (tests/test_kernels.py checks it against float64 NumPy): exp within ~2 ulp over
+ * Accuracy (tests/core/test_kernels.py checks it against float64 NumPy): exp within ~2 ulp over
  * [-87, 88], sigmoid within ~3e-7 and tanh within 4e-7 absolute, enough to keep every fidelity test at
  * 1e-5 after hundreds of steps. NaN inputs give NaN. Inputs beyond the clamp saturate.
  */

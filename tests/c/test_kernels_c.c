@@ -15,7 +15,7 @@
  *             pool splits them) must give the sequence's bits exactly, the promise of
  *             kernels_impl.h; and every output within tolerance of the serial variant's.
  * The SIMD variants sum in their own order with FMAs, so they are not the serial variant's
- * bits (tests/test_bit_identical.py holds each variant to its own bits, as here); how many
+ * bits (tests/core/test_bit_identical.py holds each variant to its own bits, as here); how many
  * cases happen to match serial bit for bit is printed for information.
  *
  * Weights are packed here in the layout of cells.h (layers.py: pack_weights). fp16 and bf16

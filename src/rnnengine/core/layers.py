@@ -374,7 +374,7 @@ def dequantize_int8(q: np.ndarray, scale: np.ndarray, q2=None) -> np.ndarray:
 # predicted int8 rounding error of a layer's worst unit exceeds this (int8_rounding_error).
 # Measured values: N(0, 1/H) weights 0.015 (H=64) to 0.021 (H=1024), LSTM, GRU and RNN;
 # PyTorch's default initialisation 0.0045; Silero's LSTM nodes 0.134 (max |diff| 0.11-0.18 from
-# fp32 without the residual on tests/test_precision.py's protocol, budget 6e-2); the demo
+# fp32 without the residual on tests/core/test_precision.py's protocol, budget 6e-2); the demo
 # character model 0.129. The value of Gaussian rows grows only like sqrt(log K), so ordinary
 # layers stay well below 0.05 and keep int8's bytes.
 INT8_RESIDUAL_ABOVE = 0.05
@@ -384,7 +384,7 @@ INT8_RESIDUAL_ABOVE = 0.05
 # rounding error of the worst unit exceeds this (bf16_rounding_error). Measured values:
 # N(0, 1/H) weights 0.0050-0.0056 (LSTM, GRU and RNN, H=64 to 1024); PyTorch's default
 # initialisation 0.0025-0.0027; Silero's LSTM nodes 0.033 (max |diff| from fp32 on
-# tests/test_precision.py's protocol up to 7.1e-2 in bf16, budget 3e-2; 3.7e-3 with fp16
+# tests/core/test_precision.py's protocol up to 7.1e-2 in bf16, budget 3e-2; 3.7e-3 with fp16
 # weights); the demo character model 0.038. A relative step makes the value of Gaussian rows
 # their norm, about constant in K: ordinary layers keep bf16 and its AMX products.
 BF16_AS_FP16_ABOVE = 0.015

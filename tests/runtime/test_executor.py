@@ -19,8 +19,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import rnnengine
+import conftest
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = conftest.DATA
 
 
 def single(op, inputs, attrs=None, consts=None, opset=17, n_out=1, out_dtype=TensorProto.FLOAT):

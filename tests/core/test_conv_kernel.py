@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 import rnnengine
 from rnnengine.core import conv as _conv
 from rnnengine.ops import compiled_conv
+import conftest
 
 RTOL = 1e-5
 
@@ -302,7 +303,7 @@ def build_c(tmp_path, source, flags):
     """``source`` compiled against include/ with ``flags``: the executable's path and the
     environment to run it in."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    include = os.path.join(os.path.dirname(__file__), "..", "include")
+    include = os.path.join(conftest.ROOT, "include")
     if cc is None or not os.path.isdir(include):
         pytest.skip("no C compiler or no include/ (an installed package)")
     src, exe = tmp_path / "check.c", tmp_path / "check"

@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 
 import rnnengine
+import conftest
 import session_models as sm
-from test_session_stream import author_loop, silero_chunks
+from stream_checks import author_loop, silero_chunks
 from torch_reference import assert_close, random_model, torch_run
 
 pytest.importorskip("ray.serve")
@@ -31,7 +32,7 @@ import ray  # noqa: E402
 from ray import serve  # noqa: E402
 
 pytestmark = pytest.mark.ray
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 DEMO = os.path.join(ROOT, "examples", "ray_serve", "demo.py")
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(rnnengine.__file__)))
 RECIPE = os.path.join(ROOT, "examples", "ray_serve")

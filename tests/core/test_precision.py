@@ -21,6 +21,7 @@ from rnnengine.core import kernels as _kernels
 from rnnengine.testing import reference as _reference
 from rnnengine.core import layers
 from rnnengine.core import precision_route
+import conftest
 
 ISAS = _kernels.supported_isas()
 BUDGET = {"fp16": 5e-3, "bf16": 3e-2, "int8": 6e-2}
@@ -30,13 +31,13 @@ MODES = sorted(BUDGET)
 BUDGET_R = {**BUDGET, "int8r": BUDGET["int8"], "fp32": 1e-5}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 STREAM_STEPS, SEQ_T, SEQ_N = 300, 100, 4
-SILERO = os.path.join(os.path.dirname(__file__), "data", "silero_vad_16k_op15.onnx")
+SILERO = os.path.join(conftest.DATA, "silero_vad_16k_op15.onnx")
 
 
 @pytest.fixture(autouse=True)
 def each_weight_types_own_product(monkeypatch):
     """Here each weight type's own product is held to its budget on every variant, so the
-    reroute by variant is off (tests/test_precision_route.py tests the reroute)."""
+    reroute by variant is off (tests/core/test_precision_route.py tests the reroute)."""
     monkeypatch.setattr(precision_route, "REROUTE", False)
 
 

@@ -4,19 +4,16 @@ InferenceSession plans it, ``run`` writes the model's outputs (not the recurrent
 against ONNX Runtime on the same file, never against rnnengine itself."""
 from __future__ import annotations
 
-import os
 import re
-import sys
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-sys.path.insert(0, os.path.dirname(__file__))
-import session_models as sm  # noqa: E402
+import session_models as sm
 
-from rnnengine.cli import main  # noqa: E402
+from rnnengine.cli import main
 from conftest import reaches_openvino
 
 ort = pytest.importorskip("onnxruntime")

@@ -16,10 +16,11 @@ import rnnengine
 from test_batcher import TIMEOUT, inputs, run_async, run_threads
 from test_batcher_session import assert_outputs, ort_expected, silero_steps
 from torch_reference import assert_close, torch_run
+import conftest
 
 pytest.importorskip("onnxruntime")
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(conftest.DATA)
 SR = np.array(16000, np.int64)
 SILERO_ZERO = {"state": np.zeros((2, 1, 128), np.float32)}
 SILERO_FILES = ["silero_vad.onnx", "silero_vad_16k_op15.onnx"]

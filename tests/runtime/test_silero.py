@@ -16,8 +16,9 @@ from onnx import helper
 
 import rnnengine
 from rnnengine import ModelError
+import conftest
 
-PATH = os.path.join(os.path.dirname(__file__), "data", "silero_vad_16k_op15.onnx")
+PATH = os.path.join(conftest.DATA, "silero_vad_16k_op15.onnx")
 NODES = {"/model/decoder/rnn/LSTM": "/model/decoder/If_1::then_branch::/model/decoder/rnn/LSTM",
          "/model/decoder/rnn_1/LSTM": "/model/decoder/If_1::else_branch::/model/decoder/rnn_1/LSTM"}
 H = 128

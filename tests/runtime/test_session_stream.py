@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 
 import session_models as sm
+from stream_checks import TOL, author_loop, check_pool, check_stream, silero_chunks
 from rnnengine import InferenceSession
 from rnnengine.runtime.stream_plan import absorb_views
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-TOL = dict(rtol=1e-4, atol=1e-4)
 SR = np.array(16000, np.int64)
 
 
@@ -21,36 +21,6 @@ def models():
             "a_fixed": sm.embedding_lstm(True, dynamic=False),
             "b_linear": sm.frontend_gru(False), "b_conv": sm.frontend_gru(True),
             "d": sm.packed_lstm()}
-
-
-def author_loop(ort, steps, state_inputs, state_outputs, first_state):
-    """Feed each step's state outputs back as the next step's state inputs, by hand."""
-    names = [o.name for o in ort.get_outputs()]
-    state = dict(first_state)
-    results = []
-    for feeds in steps:
-        outs = dict(zip(names, ort.run(None, {**feeds, **state})))
-        state = {i: outs[o] for o, i in zip(state_outputs, state_inputs)}
-        results.append([outs[n] for n in names if n not in state_outputs])
-    return results, state
-
-
-def check_stream(model, steps, pairs, zero_state, stream_feeds=None):
-    sess = InferenceSession(model)
-    stream = sess.stream(feeds=stream_feeds)
-    assert stream.state_names == pairs
-    expected, final = author_loop(sm.ort_session(model), [{**s, **(stream_feeds or {})}
-                                                          for s in steps],
-                                  list(pairs.values()), list(pairs), zero_state)
-    for feeds, want in zip(steps, expected):
-        got = stream.step(feeds)
-        assert len(got) == len(want)
-        for a, b in zip(got, want):
-            assert a.shape == b.shape and a.dtype == b.dtype
-            np.testing.assert_allclose(a, b, **TOL)
-    for name, value in final.items():
-        np.testing.assert_allclose(stream.state[name], value, **TOL)
-    return stream
 
 
 def test_stream_embedding_lstm_with_state(models):
@@ -105,12 +75,6 @@ def test_fast_stream_state_round_trip(models):
         np.testing.assert_array_equal(a.step({"x": x})[0], b.step({"x": x})[0])
     a.reset()
     assert not a.state["state"].any() if a.state["state"] is not None else True
-
-
-def silero_chunks(rng, n, batch=1):
-    t = np.arange(512) / 16000
-    return [(0.2 * np.sin(2 * np.pi * 200 * (k + 1) * t)[None].repeat(batch, 0)
-             + 0.05 * rng.standard_normal((batch, 512))).astype(np.float32) for k in range(n)]
 
 
 def test_stream_silero_with_sr_fixed_once():
@@ -198,42 +162,6 @@ def test_stream_along_time_refuses_an_op_that_mixes_timesteps():
 
 
 # --- pools -------------------------------------------------------------------------------
-
-def check_pool(model, make_feeds, pairs, zero, n_streams, steps, fixed=None, batched=True):
-    """Streams join and leave at different times; every step moves a different subset;
-    each stream must match its own ORT author loop."""
-    sess = InferenceSession(model)
-    pool = sess.pool(capacity=n_streams, feeds=fixed)
-    assert pool.batched == batched
-    assert ("one graph pass" in repr(pool)) == batched
-    ort = sm.ort_session(model)
-    names = [o.name for o in ort.get_outputs()]
-    rng = np.random.default_rng(8)
-    ids = [pool.open() for _ in range(n_streams)]
-    state = {sid: dict(zero) for sid in ids}
-    for step in range(steps):
-        chosen = [sid for sid in ids if rng.random() < 0.7]
-        rng.shuffle(chosen)
-        if not chosen:
-            continue
-        rows = {sid: make_feeds(rng) for sid in chosen}
-        stacked = {k: np.concatenate([rows[sid][k] for sid in chosen], axis=ax)
-                   for k, ax in pool._in_axis.items() if k in rows[chosen[0]]}
-        got = pool.step(chosen, stacked)
-        for j, sid in enumerate(chosen):
-            outs = dict(zip(names, ort.run(None, {**rows[sid], **state[sid], **(fixed or {})})))
-            state[sid] = {i: outs[o] for o, i in pairs.items()}
-            want = [outs[n] for n in names if n not in pairs]
-            for a, b, ax in zip(got, want, pool._out_axis):
-                np.testing.assert_allclose(np.take(a, [j], axis=ax), b, **TOL)
-        if step == steps // 2:       # a stream leaves, a new one joins at zero state
-            pool.close(ids[0])
-            ids[0] = pool.open()
-            state[ids[0]] = dict(zero)
-    for sid in ids:
-        for name, value in pool.state(sid).items():
-            np.testing.assert_allclose(value, state[sid][name], **TOL)
-    return pool
 
 
 def test_pool_silero_16_streams():

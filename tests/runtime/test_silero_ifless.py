@@ -9,8 +9,9 @@ import numpy as np
 import onnxruntime as ort
 
 from rnnengine import InferenceSession
+import conftest
 
-PATH = os.path.join(os.path.dirname(__file__), "data", "silero_vad_op18_ifless.onnx")
+PATH = os.path.join(conftest.DATA, "silero_vad_op18_ifless.onnx")
 SR = np.array(16000, np.int64)
 TOL = dict(rtol=1e-4, atol=1e-4)
 

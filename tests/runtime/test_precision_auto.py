@@ -13,8 +13,9 @@ import rnnengine
 from rnnengine.testing import reference as _reference
 from rnnengine.runtime import precision_auto
 from rnnengine.core.layers import PRECISIONS, Layer
+import conftest
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = conftest.DATA
 
 
 def stack(rng, hidden=(96, 96), inputs=24):

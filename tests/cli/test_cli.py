@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import conftest
 
 torch = pytest.importorskip("torch")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(conftest.ROOT)
 SILERO = ROOT / "tests" / "data" / "silero_vad_16k_op15.onnx"
 
 

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from rnnengine import ModelError  # noqa: E402
 from rnnengine.ops import NATIVE_OPS, native_op  # noqa: E402
+import conftest
 
 RNG = np.random.default_rng(7)
 F, I, B = np.float32, np.int64, np.bool_
@@ -535,7 +536,7 @@ def test_numpy_before_2_3_still_returns_arrays():
 
 
 def test_silero_ops_are_all_native():
-    path = os.path.join(os.path.dirname(__file__), "data", "silero_vad_16k_op15.onnx")
+    path = os.path.join(conftest.DATA, "silero_vad_16k_op15.onnx")
     model = onnx.load(path)
     ops = set()
 

@@ -14,9 +14,10 @@ import pytest
 
 import rnnengine
 from rnnengine.cli import main, verify
+import conftest
 
 pytest.importorskip("onnxruntime")
-DATA = Path(__file__).parent / "data"
+DATA = Path(conftest.DATA)
 SILERO = str(DATA / "silero_vad_16k_op15.onnx")
 SILERO_OFFICIAL = str(DATA / "silero_vad.onnx")
 GTCRN = str(DATA / "gtcrn.onnx")

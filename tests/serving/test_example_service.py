@@ -20,12 +20,13 @@ import pytest
 
 import rnnengine
 from torch_reference import assert_close, torch_run, torch_twin
+import conftest
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("websockets")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = conftest.ROOT
 EXAMPLES = os.path.join(ROOT, "examples")
 PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(rnnengine.__file__)))
 DEMO = dict(kind="gru", input_size=6, hidden_size=12, num_layers=2, seed=3)

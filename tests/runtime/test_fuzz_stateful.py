@@ -7,8 +7,10 @@ import sys
 
 import pytest
 
+import conftest
+
 pytest.importorskip("onnxruntime")
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "fuzz"))
+sys.path.insert(0, os.path.join(conftest.ROOT, "fuzz"))
 import fuzz_stateful  # noqa: E402
 
 CASES = int(os.environ.get("RNNENGINE_STATEFUL_FUZZ_CASES", "600"))

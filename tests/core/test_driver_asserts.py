@@ -8,8 +8,9 @@ import shutil
 import subprocess
 
 import pytest
+import conftest
 
-INCLUDE = os.path.join(os.path.dirname(__file__), os.pardir, "include")
+INCLUDE = os.path.join(conftest.ROOT, "include")
 
 PROGRAM = r"""
 #include <stdio.h>

@@ -17,10 +17,11 @@ from rnnengine.onnx.rewrite import REWRITTEN, fuse_unrolled_cells
 pytest.importorskip("onnxruntime")
 pytest.importorskip("torch")
 
-from test_session_stream import check_pool, check_stream  # noqa: E402
+from stream_checks import check_pool, check_stream  # noqa: E402
+import conftest
 
 TOL = dict(rtol=1e-4, atol=1e-4)
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = conftest.DATA
 EXPORTERS = ["torchscript", "dynamo"]
 
 

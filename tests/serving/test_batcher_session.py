@@ -16,11 +16,12 @@ import pytest
 import rnnengine
 import session_models as sm
 from test_batcher import TIMEOUT, relay, run_async, run_threads
-from test_session_stream import author_loop, silero_chunks
+from stream_checks import author_loop, silero_chunks
+import conftest
 
 pytest.importorskip("onnxruntime")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(conftest.ROOT)
 TOL = dict(rtol=1e-4, atol=1e-4)
 SR = np.array(16000, np.int64)
 SILERO_ZERO = {"state": np.zeros((2, 1, 128), np.float32)}

@@ -11,10 +11,11 @@ import pytest
 
 import rnnengine
 from rnnengine.runtime.pool_layout import padded_batch
+import conftest
 
 ort = pytest.importorskip("onnxruntime")
 
-SILERO = str(Path(__file__).resolve().parent / "data" / "silero_vad.onnx")
+SILERO = str(Path(conftest.DATA) / "silero_vad.onnx")
 SR = np.array(16000, np.int64)
 
 
