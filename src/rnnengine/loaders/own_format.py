@@ -17,8 +17,8 @@ import numpy as np
 
 from ..errors import ModelError
 from ..core.layers import (ACTIVATIONS, PRECISIONS, Layer, dequantize_int8, from_bfloat16,
-                     int8_residual, int8_residual_part, quantize_int8, to_bfloat16, to_float16,
-                     weight_type)
+                           int8_residual, int8_residual_part, quantize_int8, to_bfloat16, to_float16,
+                           weight_type)
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1

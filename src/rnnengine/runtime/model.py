@@ -16,7 +16,7 @@ from ..core import kernels as _kernels
 from ..loaders import own_format
 from ..core.log import log
 from ..core.checks import (State, check_state, check_threads, check_work_size, float_array,
-                      state_shapes, time_major)
+                           state_shapes, time_major)
 from ..core.layers import Layer, check_stack, pack_layer
 from .pool import Pool
 from .precision_auto import AUTO, DEFAULT_TOLERANCE, check_request, choose, reported

@@ -32,9 +32,9 @@ import onnx
 from ..ops import NATIVE_OPS, compiled_conv, compiled_head, fuse_chain, native_op
 from ..errors import ModelError
 from ..onnx.fold import (Folder, NotConstant, Scope, fold_node, foldable, model_opset,
-                            node_label, read_tensor, subgraph_free_names, subgraphs)
+                         node_label, read_tensor, subgraph_free_names, subgraphs)
 from .steps import (CONTROL, RECURRENT, bind, if_step, lookup_step, loop_step,
-                          RUN_BUDGET, RecurrentStep)
+                    RUN_BUDGET, RecurrentStep)
 from .shapes import cluster_step, shape_clusters
 from .views import view_op
 from .ort_bridge import OrtGroup

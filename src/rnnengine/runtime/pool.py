@@ -24,7 +24,7 @@ from ..core import kernels as _kernels
 from . import _pool
 from . import state_io
 from ..core.checks import (State, check_one_way, check_positive_int, check_size, check_state,
-                      float_array, state_shapes)
+                           float_array, state_shapes)
 from ..errors import ConcurrentStep, StreamClosed, StreamsFull
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import state_io
 from ..core.checks import (check_one_way, check_positive_int, check_state, check_threads,
-                      check_work_size, float_array, time_major)
+                           check_work_size, float_array, time_major)
 from ..core.kernels import StreamCore
 
 
