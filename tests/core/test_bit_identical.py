@@ -8,8 +8,7 @@ import pytest
 
 from rnnengine import Layer, Model
 from rnnengine.testing import reference as _reference
-from rnnengine.core import layers
-from rnnengine.core import precision_route
+from rnnengine.core import precision, precision_route
 
 CASES = [("lstm", {}), ("lstm", {"proj": 19}), ("gru", {"linear_before_reset": 0}),
          ("gru", {"linear_before_reset": 1}), ("rnn", {})]
@@ -206,7 +205,7 @@ def test_int8_agrees_bit_for_bit(isa, monkeypatch, kind, mode, I):
     B = rng.uniform(-0.3, 0.3, (1, 2 * G * H))
     lbr = int(kind == "gru")
     if mode == "int8r":
-        monkeypatch.setattr(layers, "INT8_RESIDUAL_ABOVE", 0.0)
+        monkeypatch.setattr(precision, "INT8_RESIDUAL_ABOVE", 0.0)
     monkeypatch.setattr(precision_route, "REROUTE", False)
 
     def make(threads=1):

@@ -161,7 +161,7 @@ ENTRY_POINTS = """
     import numpy as np
     from rnnengine import Layer, Model
     from rnnengine.core import kernels as _kernels
-    from rnnengine.core.layers import pack_layer
+    from rnnengine.core.packing import pack_layer
     rng = np.random.default_rng(0)
     def layer(I, H):
         return Layer.from_onnx("lstm", rng.standard_normal((1, 4 * H, I), np.float32),

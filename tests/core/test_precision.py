@@ -19,7 +19,7 @@ import rnnengine
 from rnnengine import Layer, Model, ModelError
 from rnnengine.core import kernels as _kernels
 from rnnengine.testing import reference as _reference
-from rnnengine.core import layers
+from rnnengine.core import precision
 from rnnengine.core import precision_route
 import conftest
 
@@ -27,7 +27,7 @@ ISAS = _kernels.supported_isas()
 BUDGET = {"fp16": 5e-3, "bf16": 3e-2, "int8": 6e-2}
 MODES = sorted(BUDGET)
 # "int8r": int8 with the residual weight part forced on for every layer (cells.h: i8r; the
-# rule that picks it, layers.int8_residual, is tested on its own below)
+# rule that picks it, precision.int8_residual, is tested on its own below)
 BUDGET_R = {**BUDGET, "int8r": BUDGET["int8"], "fp32": 1e-5}
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 STREAM_STEPS, SEQ_T, SEQ_N = 300, 100, 4
@@ -73,7 +73,7 @@ def make_model(layer_list, mode, **options):
     with contextlib.ExitStack() as stack:
         if mode == "int8r":
             stack.enter_context(pytest.MonkeyPatch.context()).setattr(
-                layers, "INT8_RESIDUAL_ABOVE", 0.0)
+                precision, "INT8_RESIDUAL_ABOVE", 0.0)
         model = Model(layer_list, precision="int8" if mode == "int8r" else mode, **options)
     assert {cell.precision for cell in model._cells} == {mode}
     return model
@@ -195,21 +195,21 @@ def silero_layer(node=SILERO_NODES[0]):
     return rnnengine.load(SILERO, node=node).layers[0]
 
 
-# precision -> (the rule's predicted error, its threshold's name in layers, the weight type
+# precision -> (the rule's predicted error, its threshold's name in core.precision, the weight type
 # it picks for the layers over the threshold)
-RULES = {"int8": (layers.int8_rounding_error, "INT8_RESIDUAL_ABOVE", "int8r"),
-         "bf16": (layers.bf16_rounding_error, "BF16_AS_FP16_ABOVE", "fp16")}
+RULES = {"int8": (precision.int8_rounding_error, "INT8_RESIDUAL_ABOVE", "int8r"),
+         "bf16": (precision.bf16_rounding_error, "BF16_AS_FP16_ABOVE", "fp16")}
 
 
 @pytest.mark.parametrize("mode", sorted(RULES))
 def test_rounding_rule_picks_silero_not_ordinary_weights(mode):
-    """The rules (layers.int8_rounding_error against INT8_RESIDUAL_ABOVE, bf16_rounding_error
+    """The rules (precision.int8_rounding_error against INT8_RESIDUAL_ABOVE, bf16_rounding_error
     against BF16_AS_FP16_ABOVE) from the weights alone: Silero's large rows get the residual
     int8 part or fp16 weights; N(0, 1/H) weights and PyTorch's default initialisation
     U(-1/sqrt(H), 1/sqrt(H)) keep the mode's own weights (bf16: its AMX and vdpbf16ps
     products)."""
     error, threshold, picked = RULES[mode]
-    limit = getattr(layers, threshold)
+    limit = getattr(precision, threshold)
     for node in SILERO_NODES:
         assert error(silero_layer(node)) > 2 * limit
         model = rnnengine.load(SILERO, node=node, precision=mode)
@@ -219,7 +219,7 @@ def test_rounding_rule_picks_silero_not_ordinary_weights(mode):
         for H in (256, 1024):
             layer = Layer.from_onnx(kind, **random_case(kind, H, seed=H))
             assert error(layer) < limit / 2, (kind, H)
-            assert layers.weight_type(layer, mode) == mode
+            assert precision.weight_type(layer, mode) == mode
             bound, G = 1 / np.sqrt(H), GATES[kind]
             torch_like = Layer.from_onnx(kind, W=rng.uniform(-bound, bound, (1, G * H, H)),
                                          R=rng.uniform(-bound, bound, (1, G * H, H)))
@@ -235,7 +235,7 @@ def test_bf16_keeps_bf16_weights_beyond_the_fp16_range():
     R = layer.R.copy()
     R[0, 3, 5] = 1e5
     big = Layer.from_onnx("lstm", layer.W, R, np.concatenate([layer.Wb, layer.Rb], axis=1))
-    assert layers.bf16_rounding_error(big) > layers.BF16_AS_FP16_ABOVE
+    assert precision.bf16_rounding_error(big) > precision.BF16_AS_FP16_ABOVE
     assert {cell.precision for cell in Model([big], precision="bf16")._cells} == {"bf16"}
 
 
@@ -292,12 +292,12 @@ def test_reloaded_layer_runs_the_type_its_file_holds(tmp_path, limit, kept):
     other side of its threshold): a file decides, whatever the rule would say now."""
     layer = Layer.from_onnx("lstm", **random_case("lstm", 48, 1))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(layers, "BF16_AS_FP16_ABOVE", limit)
+        patch.setattr(precision, "BF16_AS_FP16_ABOVE", limit)
         model = Model([layer], precision="bf16")
         assert {cell.precision for cell in model._cells} == {kept}
         model.save(tmp_path / "m.npz")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(layers, "BF16_AS_FP16_ABOVE", 1.0 - limit)   # the rule flips
+        patch.setattr(precision, "BF16_AS_FP16_ABOVE", 1.0 - limit)   # the rule flips
         loaded = rnnengine.load(tmp_path / "m.npz")
         assert {cell.precision for cell in loaded._cells} == {kept}
     x = np.random.default_rng(2).normal(size=(30, 2, 48)).astype(np.float32)
@@ -336,7 +336,7 @@ def test_bf16_file_weight_type_checks(tmp_path):
     rnnengine.load(SILERO, node=SILERO_NODES[0], precision="bf16").save(path)
     with np.load(path, allow_pickle=False) as archive:
         arrays = dict(archive)
-    mixed = dict(arrays, **{"layer0/R": layers.to_bfloat16(arrays["layer0/R"])})
+    mixed = dict(arrays, **{"layer0/R": precision.to_bfloat16(arrays["layer0/R"])})
     np.savez(tmp_path / "mixed.npz", **mixed)
     with pytest.raises(ModelError, match="W fp16, R bf16"):
         rnnengine.load(tmp_path / "mixed.npz")

@@ -12,7 +12,8 @@ import pytest
 import rnnengine
 from rnnengine.testing import reference as _reference
 from rnnengine.runtime import precision_auto
-from rnnengine.core.layers import PRECISIONS, Layer
+from rnnengine.core.layers import Layer
+from rnnengine.core.precision import PRECISIONS
 import conftest
 
 DATA = conftest.DATA

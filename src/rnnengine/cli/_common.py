@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import ModelError
-from ..core.layers import PRECISIONS
+from ..core.precision import PRECISIONS
 from ..runtime.load import load
 from ..runtime.model import Model
 

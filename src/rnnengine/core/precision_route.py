@@ -25,7 +25,7 @@ import numpy as np
 
 from . import kernels as _kernels
 from .log import log
-from .layers import FP16_MAX
+from .precision import FP16_MAX
 
 # The products that make a mode pay off (_kernels.gemm_isa names), per mode, and the
 # variants where one does not: AVX2's int8 product in the avx512 variant (a CPU with AVX-512

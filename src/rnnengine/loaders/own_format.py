@@ -1,10 +1,10 @@
 """The engine's own ``.npz`` format, written and read here: every array under
 ``layer{k}/{W,R,B,P,proj}`` and a JSON header (as a uint8 array ``__rnnengine__``) with the
 attributes. With a reduced "precision" in the header, W, R and proj are stored in the weight
-type that precision ran the layer with (layers.weight_type): float16, bfloat16 bits as uint16
-(or float16 for the layers a bf16 model runs with fp16 weights: layers.bf16_as_fp16), or int8
+type that precision ran the layer with (precision.weight_type): float16, bfloat16 bits as uint16
+(or float16 for the layers a bf16 model runs with fp16 weights: precision.bf16_as_fp16), or int8
 with a float32 ``{name}_scale`` per row, plus the int8 residual part ``{name}_fine`` for the
-layers that carry one (layers.int8_residual); the rest stays float32. A reloaded layer runs
+layers that carry one (precision.int8_residual); the rest stays float32. A reloaded layer runs
 with the type its file holds (Layer.stored_types), not the rules again. No pickle: it is read
 back with ``allow_pickle=False`` (loaders/npz.py opens the archive and hands it here when it
 holds the header)."""
@@ -16,9 +16,10 @@ import os
 import numpy as np
 
 from ..errors import ModelError
-from ..core.layers import (ACTIVATIONS, PRECISIONS, Layer, dequantize_int8, from_bfloat16,
-                           int8_residual, int8_residual_part, quantize_int8, to_bfloat16, to_float16,
-                           weight_type)
+from ..core.layers import ACTIVATIONS, Layer
+from ..core.precision import (PRECISIONS, dequantize_int8, from_bfloat16, int8_residual,
+                              int8_residual_part, quantize_int8, to_bfloat16, to_float16,
+                              weight_type)
 
 HEADER = "__rnnengine__"
 FORMAT_VERSION = 1
@@ -74,12 +75,12 @@ def _stored(key: str, a: np.ndarray, wtype: str) -> dict:
 
 def _restored(archive, key: str, precision: str, where: str) -> tuple:
     """Inverse of ``_stored``: (the weight as float32, its weight type); fp16 and bf16
-    exactly, int8 as layers.dequantize_int8, which quantizes back to the same parts."""
+    exactly, int8 as precision.dequantize_int8, which quantizes back to the same parts."""
     a = archive.get(key, where)
     if precision == "fp32":
         return a, "fp32"
     if precision == "bf16" and a.dtype == np.float16:
-        return a.astype(np.float32), "fp16"     # layers.bf16_as_fp16
+        return a.astype(np.float32), "fp16"     # precision.bf16_as_fp16
     expected = {"fp16": "f", "bf16": "u", "int8": "i"}[precision]
     if a.dtype.kind != expected or (precision == "bf16" and a.dtype != np.uint16):
         raise ModelError(f"{archive.path}: {where}: {key!r} has dtype {a.dtype}, not what a "
@@ -168,7 +169,7 @@ def _layer(archive, k: int, spec, precision: str) -> Layer:
             linear_before_reset=int(spec["linear_before_reset"]),
             proj=arrays.get("proj"))
         # Residual int8 weights must be what the layer's per-row scales call for
-        # (layers.int8_rounding_error depends on nothing else, so a saved layer passes).
+        # (precision.int8_rounding_error depends on nothing else, so a saved layer passes).
         fine = any(f"layer{k}/{name}_fine" in archive.files for name in REDUCED)
         if fine and not (wtypes["W"] == "int8r" and int8_residual(layer)):
             raise ModelError(f"{archive.path}: {here}: holds int8 residual weights (_fine) "

@@ -15,7 +15,7 @@ from typing import Optional, Union
 
 from ..errors import ModelError
 from ..core.checks import check_threads
-from ..core.layers import check_precision
+from ..core.precision import check_precision
 from ..loaders import file_errors, keras as keras_loader, read, torch as torch_loader
 from .model import Model
 from .precision_auto import AUTO

@@ -17,7 +17,8 @@ from ..loaders import own_format
 from ..core.log import log
 from ..core.checks import (State, check_state, check_threads, check_work_size, float_array,
                            state_shapes, time_major)
-from ..core.layers import Layer, check_stack, pack_layer
+from ..core.layers import Layer, check_stack
+from ..core.packing import pack_layer
 from .pool import Pool
 from .precision_auto import AUTO, DEFAULT_TOLERANCE, check_request, choose, reported
 from ..core.precision_route import route
@@ -34,7 +35,7 @@ class Model:
     precision: how the weights are stored and multiplied: "fp32" (default, exact),
     "fp16", "bf16" or "int8" (per output row, with inputs quantized per step). Layers whose
     weight rows are too large for the mode's error budget get a second, residual int8 part
-    (layers.int8_residual) or, in bf16, fp16 weights (layers.bf16_as_fp16); state and gate
+    (precision.int8_residual) or, in bf16, fp16 weights (precision.bf16_as_fp16); state and gate
     math stay float32 in every mode. On a CPU without AVX512-BF16, bf16 runs fp16 weights,
     which are faster there, and so does int8 without a fast integer product (AVX512-VNNI, or
     AVX2's on the avx2 variant) (``precision`` reports it; int8 warns), and on the portable

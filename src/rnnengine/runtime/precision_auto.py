@@ -22,7 +22,9 @@ import numpy as np
 from ..core import kernels as _kernels
 from ..core.checks import state_shapes
 from ..errors import ModelError
-from ..core.layers import PRECISIONS, Layer, check_precision, pack_layer
+from ..core.layers import Layer
+from ..core.packing import pack_layer
+from ..core.precision import PRECISIONS, check_precision
 from ..core.precision_route import route
 
 AUTO = "auto"
