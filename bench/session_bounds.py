@@ -27,7 +27,7 @@ import rnnengine  # noqa: E402
 def native_parts(sess, stream):
     carrier = next(iter(stream._context.values()))
     layers = [carrier.streams[r] for r in stream._elided.recs]
-    head = next(c.cell_contents for s in sess._plan.steps for c in (s.__closure__ or ())
+    head = next(c.cell_contents for s in sess.plan.steps for c in (s.__closure__ or ())
                 if getattr(c.cell_contents, "__qualname__", "").startswith("compiled_head."))
     return layers, head
 
@@ -51,7 +51,7 @@ def main():
             stream.step(feeds)
         (l0, l1), head = native_parts(sess, stream)
         if "tokens" in feeds:
-            table = next(v for v in sess._plan.consts.values() if getattr(v, "shape", 0) == (20, 8))
+            table = next(v for v in sess.plan.consts.values() if getattr(v, "shape", 0) == (20, 8))
             tokens = feeds["tokens"].reshape(-1)
 
             def native():

@@ -27,7 +27,7 @@ import rnnengine  # noqa: E402
 def timed(sess):
     """Wrap every step of every plan; returns the {(plan, label): [seconds]} they fill."""
     times = collections.defaultdict(list)
-    for plan in sess._plan.loaded.plans:
+    for plan in sess.plan.loaded.plans:
         for i, (step, label) in enumerate(zip(plan.steps, plan.labels)):
             def wrapped(v, step=step, key=(plan.path, label)):
                 t = time.perf_counter()

@@ -34,7 +34,7 @@ def test_one_input(data: bytes) -> None:
         sess = rnnengine.InferenceSession(data)
     except rnnengine.ModelError:
         return
-    if sess._loaded.ort_groups:
+    if sess.loaded.ort_groups:
         return
     feeds = {a.name: _zeros(a) for a in sess.get_inputs()}
     if any(v is None for v in feeds.values()):

@@ -162,7 +162,7 @@ def ort_run(model, feeds):
 
 
 def fused_labels(sess):
-    return [label for label in sess._plan.labels if label.startswith("fused")]
+    return [label for label in sess.plan.labels if label.startswith("fused")]
 
 
 @pytest.mark.parametrize("attrs", [
@@ -180,7 +180,7 @@ def test_graph_conv_runs_in_c_and_matches_ort(attrs, relu, bias):
     b = rng.standard_normal(11).astype(np.float32) if bias else None
     model = conv_model(("N", 5, "L"), w, b, relu, **attrs)
     sess = rnnengine.InferenceSession(model)
-    assert len(fused_labels(sess)) == 1 and len(sess._plan.steps) == 1
+    assert len(fused_labels(sess)) == 1 and len(sess.plan.steps) == 1
     for N, L in ((1, 9), (4, 16), (2, 7)):   # new lengths: auto_pad's pads change
         x = rng.standard_normal((N, 5, L)).astype(np.float32)
         (want,) = ort_run(model, {"x": x})

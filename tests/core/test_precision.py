@@ -471,7 +471,7 @@ def test_inference_session_runs_its_recurrent_nodes_in_the_mode(mode):
     exact = InferenceSession(SILERO).run(None, feeds)
     sess = InferenceSession(SILERO, precision=mode)
     assert sess.precision == mode
-    assert [step.model.precision for step in sess._loaded.recurrent] == [mode, mode]
+    assert [step.model.precision for step in sess.loaded.recurrent] == [mode, mode]
     reduced = sess.run(None, feeds)
     # int8 measured <= 8.9e-6 here (seeds 4-11, every variant; 2.2e-3 before its residual)
     budget = BUDGET[mode]

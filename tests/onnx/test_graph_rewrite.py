@@ -58,7 +58,7 @@ def recurrent(sess):
 
 def activations(sess):
     """Sigmoid/Tanh nodes of the original graph still planned as operators."""
-    plan = sess._plan
+    plan = sess.plan
     return [n.op_type for n in plan.nodes if n.op_type in ("Sigmoid", "Tanh")]
 
 

@@ -92,7 +92,7 @@ def test_one_session_follows_changing_shapes():
         for a, b in zip(ours.run(None, feeds), theirs.run(None, feeds)):
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, **TOL)
-    assert any(label.startswith("shapes of") for p in ours._loaded.plans for label in p.labels)
+    assert any(label.startswith("shapes of") for p in ours.loaded.plans for label in p.labels)
 
 
 def test_silero_state_of_wrong_fixed_dim_is_refused_like_ort():
@@ -174,7 +174,7 @@ def test_unknown_ops_are_grouped_into_few_ort_sessions():
              helper.make_node("Add", ["b", "c"], ["y"])]
     model = _model(nodes, [_f("x", ["N", 5])], [_f("y", ["N", 5])])
     sess = InferenceSession(model)
-    groups = sess._loaded.ort_groups
+    groups = sess.loaded.ort_groups
     assert sorted(len(g.nodes) for g in groups) == [1, 2]
     assert sess.placement()["<unnamed Add -> r>"] == "native"
     x = np.random.default_rng(5).standard_normal((3, 5)).astype(np.float32)

@@ -27,7 +27,7 @@ def options(threads: int):
 
 
 def recurrent_threads(sess) -> set:
-    return {rec.model.threads for rec in sess._loaded.recurrent}
+    return {rec.model.threads for rec in sess.loaded.recurrent}
 
 
 def test_intra_op_num_threads_reaches_every_recurrent_node(lstm):

@@ -241,7 +241,7 @@ def test_old_session_state_bytes_are_refused_clearly():
 def test_layer_and_session_state_bytes_do_not_cross():
     sess = InferenceSession(cell_graph(("batch", H)))
     stream = sess.stream(state={"h_out": "h"})
-    model = InferenceSession(sm.embedding_lstm(False))._loaded.recurrent[0].model
+    model = InferenceSession(sm.embedding_lstm(False)).loaded.recurrent[0].model
     blob = model.stream().export_state()
     with pytest.raises(ValueError, match="session"):
         stream.import_state(blob)

@@ -27,7 +27,7 @@ def session_lines(path: str) -> List[Tuple[str, str]]:
             rows.append((what, f"{a.name}  {fmt_shape(a.shape)}  {a.type}"))
     rows += _placement_rows(sess)
     rows += [("unrolled cell", f"{node_label(n)}: {n.doc_string[len(REWRITTEN) + 2:]}")
-             for plan in sess._loaded.plans for n in plan.nodes
+             for plan in sess.loaded.plans for n in plan.nodes
              if n.doc_string.startswith(REWRITTEN)]
     pairs, error = _pairs(sess)
     if pairs:
@@ -42,7 +42,7 @@ def _placement_rows(sess) -> List[Tuple[str, str]]:
     """Per kind: how many nodes of each op type, over the main graph and every subgraph."""
     counts: Dict[str, Counter] = {}
     folded = 0
-    for plan in sess._loaded.plans:
+    for plan in sess.loaded.plans:
         folded += len(plan.graph.node) - len(plan.nodes)
         for node in plan.nodes:
             kind = plan.kinds.get(node_label(node), "native")
@@ -60,7 +60,7 @@ def _placement_rows(sess) -> List[Tuple[str, str]]:
     if "onnxruntime" not in counts:
         rows.append(("runs onnxruntime", "nothing (every operator is native)"))
     else:
-        groups = len(sess._loaded.ort_groups)
+        groups = len(sess.loaded.ort_groups)
         rows.append(("", f"in {groups} onnxruntime session{'s' * (groups != 1)} "
                      "(maximal groups)"))
     rows.append(("folded at load", f"{folded} constant node{'s' * (folded != 1)}"))

@@ -94,8 +94,8 @@ class Program:
 
 class _Builder(Lowering):
     def __init__(self, sess, v: list, feed_names: List[str], fixed_names=()):
-        self.sess, self.plan, self.v = sess, sess._plan, v
-        self.opset = sess._loaded.opset
+        self.sess, self.plan, self.v = sess, sess.plan, v
+        self.opset = sess.loaded.opset
         self.buf: Dict[int, np.ndarray] = {}       # slot -> the buffer holding its value
         self.static: set = set()                   # slots whose value is fixed (constants)
         self.ops: list = []
@@ -108,10 +108,10 @@ class _Builder(Lowering):
             if value is not None:
                 self._constant(slot)
         for name in fixed_names:
-            self._constant(plan.input_slots[sess._input_index[name]])
+            self._constant(plan.input_slots[sess.input_index[name]])
         self.feeds = {}
         for name in feed_names:
-            slot = plan.input_slots[sess._input_index[name]]
+            slot = plan.input_slots[sess.input_index[name]]
             value = v[slot]
             if value.__class__ is not np.ndarray:
                 raise NotPlanned(f"feed {name!r} is not an ndarray")
@@ -167,7 +167,7 @@ class _Builder(Lowering):
 
     def _check(self, program: Program) -> None:
         """Run once on the traced feeds: every output must match the traced call."""
-        feeds = {name: self.v[self.plan.input_slots[self.sess._input_index[name]]]
+        feeds = {name: self.v[self.plan.input_slots[self.sess.input_index[name]]]
                  for name in self.feeds}
         try:
             got = program.run(feeds)

@@ -160,7 +160,11 @@ class InferenceSession:
     precision: a mode for every recurrent node, one mode per node (in the order the plan
     builds them: ``precision`` reports it that way), or "auto" with ``calibrate`` (one feed
     dict, or a few, as ``run`` takes them): per node, the fastest mode on this CPU whose
-    error on the outputs for those feeds stays within ``tolerance`` (precision_auto)."""
+    error on the outputs for those feeds stays within ``tolerance`` (precision_auto).
+
+    For the rest of the runtime (streams, pools, the executor, the command line): ``loaded``
+    (the parsed model, its recurrent nodes and subgraph plans: ``plan.Loaded``), ``plan`` (the
+    main graph's ``plan.Plan``) and ``input_index`` (input name -> position)."""
 
     def __init__(self, path_or_bytes: Union[str, os.PathLike, bytes, onnx.ModelProto],
                  precision="fp32", sess_options=None, *, threads: Optional[int] = None,
@@ -201,9 +205,9 @@ class InferenceSession:
         try:
             model = fuse_unrolled_cells(model, base_dir)   # LSTMCell/GRUCell -> LSTM/GRU
             self._node_models = NodeModels(self._modes, self.threads)
-            self._loaded = Loaded(model, base_dir, where, self._modes, self._node_models)
-            self._plan = Plan(model.graph, Scope(model.graph, None, (), overridable),
-                              self._loaded)
+            self.loaded = Loaded(model, base_dir, where, self._modes, self._node_models)
+            self.plan = Plan(model.graph, Scope(model.graph, None, (), overridable),
+                             self.loaded)
             initializers = {t.name for t in model.graph.initializer}
             self._inputs = [NodeArg(i) for i in model.graph.input
                             if overridable or i.name not in initializers]
@@ -231,16 +235,16 @@ class InferenceSession:
         # what runs (a mode without its instructions may take another route: Model)
         self.precision = reported([m.precision for m in built]) if built else (
             self._modes if isinstance(self._modes, str) else "fp32")
-        ort_ops = [op for g in self._loaded.ort_groups for op in g.op_types]
+        ort_ops = [op for g in self.loaded.ort_groups for op in g.op_types]
         if ort_ops:
             require_onnxruntime(ort_ops, where)
         self._programs: dict = {}      # feed signature -> Program | _SEEN | why not
-        self._input_index = {a.name: k for k, a in enumerate(self._inputs)}
+        self.input_index = {a.name: k for k, a in enumerate(self._inputs)}
         self._output_index = {a.name: k for k, a in enumerate(self._outputs)}
         # outputs whose arrays the plan reuses across runs: the caller gets a copy
         self._const_outputs = {k for k, (name, slot) in enumerate(zip(
-            self._plan.output_names, self._plan.output_slots))
-            if name in self._plan.consts or slot in self._plan.shared}
+            self.plan.output_names, self.plan.output_slots))
+            if name in self.plan.consts or slot in self.plan.shared}
         # The plan that takes overrides is built on the first run that feeds one: until
         # then the defaults are folded like any constant (the fast plan).
         self._overrides: Optional["InferenceSession"] = None
@@ -253,7 +257,7 @@ class InferenceSession:
             other.threads = self.threads
             names = [a.name for a in self._overridable]
             try:
-                other._setup(self._loaded.model, self._loaded.base_dir, self._where, True)
+                other._setup(self.loaded.model, self.loaded.base_dir, self._where, True)
             except ModelError as e:
                 raise ValueError(f"initializers {names} cannot be overridden in this model: "
                                  f"{e}") from None
@@ -279,13 +283,13 @@ class InferenceSession:
         """{node label: "native" | "recurrent" | "if" | "loop" | "ort"} over every graph
         (folded nodes are absent): what runs where."""
         out = {}
-        for plan in self._loaded.plans:
+        for plan in self.loaded.plans:
             out.update(plan.kinds)
         return out
 
     def state_pairs(self) -> Dict[str, str]:
         """{output: input} pairs ``stream()`` finds automatically (state_pairs.py); {} if none."""
-        return find_pairs(self._loaded.model.graph, self._inputs, self._outputs)
+        return find_pairs(self.loaded.model.graph, self._inputs, self._outputs)
 
     def __repr__(self) -> str:
         kinds = list(self.placement().values())
@@ -312,10 +316,10 @@ class InferenceSession:
         if not isinstance(feeds, dict):
             raise TypeError(f"feeds must be a dict of input name -> array; got "
                             f"{type(feeds).__name__}")
-        v = self._plan.template.copy()
-        slots = self._plan.input_slots
+        v = self.plan.template.copy()
+        slots = self.plan.input_slots
         for name, value in feeds.items():
-            k = self._input_index.get(name)
+            k = self.input_index.get(name)
             if k is None:
                 raise ValueError(f"unknown input name {name!r}; the inputs are "
                                  f"{[a.name for a in self._inputs]}")
@@ -331,8 +335,8 @@ class InferenceSession:
         """The outputs at ``indices`` as ONNX Runtime gives them: ndarrays the caller owns,
         none of them a feed (an Identity of an input) or another output (two outputs of one
         value), so writing into one changes nothing else."""
-        out, seen = [], {id(v[s]) for s in self._plan.input_slots}
-        slots = self._plan.output_slots
+        out, seen = [], {id(v[s]) for s in self.plan.input_slots}
+        slots = self.plan.output_slots
         for k in indices:
             value = v[slots[k]]
             if not isinstance(value, np.ndarray):
@@ -371,7 +375,7 @@ class InferenceSession:
                 entry.lock.release()
             return [outs[k] for k in indices]
         v = self.new_table(feeds)
-        self._plan.execute(v)
+        self.plan.execute(v)
         if key is not None and entry.__class__ is not Program:
             if entry is None:
                 if len(self._programs) >= _MAX_PROGRAMS:

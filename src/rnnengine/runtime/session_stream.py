@@ -49,7 +49,7 @@ class SessionStream:
         index = {a.name: k for k, a in enumerate(sess.get_outputs())}
         self._state_out = [(index[out], inp) for out, inp in self.state_names.items()]
         self._all = list(range(len(index)))
-        self._recurrent = sess._loaded.recurrent
+        self._recurrent = sess.loaded.recurrent
         self._time_mode = not self.state_names
         self._elided = None
         if self._time_mode:
@@ -60,10 +60,10 @@ class SessionStream:
         self._fast = False       # the elided plan is used once verified on the first step
         # the fast path's table: the template with the fixed feeds in place; step feeds whose
         # shape and dtype passed the full check once skip it ({name: (shape, dtype, slot)})
-        plan = sess._plan
+        plan = sess.plan
         self._base = plan.template.copy()
         for name, value in self._fixed.items():
-            self._base[plan.input_slots[sess._input_index[name]]] = value
+            self._base[plan.input_slots[sess.input_index[name]]] = value
         self._known: Dict[str, tuple] = {}
         self._n_step_feeds = len(self._args) - len(self._state_inputs) - len(self._fixed)
         # the compiled step (stream_runner): built from a traced step once the fast path
@@ -194,9 +194,9 @@ class SessionStream:
             v = sess.new_table(merged)
             v[0] = self._context
             if self._carrier is None:
-                sess._plan.execute(v)
+                sess.plan.execute(v)
             else:
-                self._undoing(sess._plan.execute, v)
+                self._undoing(sess.plan.execute, v)
             outs = sess.finish(v, self._all)
         for k, name in self._state_out:
             self._state[name] = outs[k]
@@ -277,7 +277,7 @@ class SessionStream:
         sess = self._sess
         for name, value in (feeds or {}).items():
             if name not in self._fixed and isinstance(value, np.ndarray):
-                slot = sess._plan.input_slots[sess._input_index[name]]
+                slot = sess.plan.input_slots[sess.input_index[name]]
                 self._known[name] = (value.shape, value.dtype, slot)
 
     def _go_fast(self, merged: dict) -> List[np.ndarray]:
@@ -375,7 +375,7 @@ class SessionPool:
         time_axes = {}
         if self._time_mode:      # recurrent state per slot, carried along the time axis
             time_axes = _check_time_mode(sess)
-            self._carrier = SlotCarrier(sess._loaded.recurrent, self.capacity)
+            self._carrier = SlotCarrier(sess.loaded.recurrent, self.capacity)
         self._args = {a.name: a for a in sess.get_inputs()}
         self._fixed = {name: self._args[name].check(value).copy()
                        for name, value in _check_feeds(self._args, feeds).items()}
@@ -616,13 +616,13 @@ class SessionPool:
         if self._time_mode:
             carrier = carrier or self._carrier
             carrier.index = np.asarray(slots, np.intp)
-            v[0] = {rec: carrier for rec in sess._loaded.recurrent}
-        sess._plan.execute(v)
+            v[0] = {rec: carrier for rec in sess.loaded.recurrent}
+        sess.plan.execute(v)
         return sess.finish(v, self._all)
 
     def _runner(self, capacity: int):
         """``run(feeds, slots)`` on zero recurrent state of its own (for the probe)."""
-        carrier = (SlotCarrier(self._sess._loaded.recurrent, capacity) if self._time_mode
+        carrier = (SlotCarrier(self._sess.loaded.recurrent, capacity) if self._time_mode
                    else None)
         return lambda merged, slots: self._run(merged, slots, carrier)
 

@@ -36,7 +36,7 @@ def session_fingerprint(sess) -> str:
         digest = hashlib.sha256(b"rnnengine-session-v1")
         for arg in sess.get_inputs() + sess.get_outputs():
             digest.update(json.dumps([arg.name, arg.type, arg.shape]).encode())
-        digest.update(sess._loaded.model.graph.SerializeToString())
+        digest.update(sess.loaded.model.graph.SerializeToString())
         return digest.hexdigest()
     return cached_fingerprint(sess, compute)
 

@@ -33,7 +33,7 @@ def _exclusive(method):
 def _pairs(sess, state) -> Dict[str, str]:
     inputs, outputs = sess.get_inputs(), sess.get_outputs()
     if state is None:
-        return find_pairs(sess._loaded.model.graph, inputs, outputs)
+        return find_pairs(sess.loaded.model.graph, inputs, outputs)
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict {{output name: input name}}; got "
                         f"{type(state).__name__}")
@@ -54,7 +54,7 @@ def state_hint(sess, pairs: Dict[str, str], error: str = "") -> str:
     """How to name the pairs when the graph has inputs that look like state but are not
     paired ("" when it has none; with ``error``, also when it is not about a missing one of
     those inputs)."""
-    found = candidate_pairs(sess._loaded.model, sess.get_inputs(), sess.get_outputs(), pairs)
+    found = candidate_pairs(sess.loaded.model, sess.get_inputs(), sess.get_outputs(), pairs)
     if error and not any(error.startswith(f"missing input {i!r}") for _, i in found):
         return ""
     return name_pairs_hint(pairs, found) if found else ""
@@ -97,7 +97,7 @@ def _check_time_mode(sess) -> Dict[str, int]:
     apart and every recurrent node run one way (ValueError naming the offender).
     Returns {input: its time axis}."""
     time_axes = check_streamable(sess)
-    for rec in sess._loaded.recurrent:
+    for rec in sess.loaded.recurrent:
         try:
             check_one_way(rec.model.layers, "stream")
         except ValueError as e:

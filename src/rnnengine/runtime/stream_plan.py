@@ -180,12 +180,12 @@ class ElidedPlan:
     """See the module docstring. ``step(v)`` runs the kept outputs' steps on table ``v``."""
 
     def __init__(self, sess, pairs: Dict[str, str], fixed: set):
-        plan = sess._plan
+        plan = sess.plan
         self.sess, self.plan = sess, plan
         slots = plan.slots
-        self.recs = [r for r in sess._loaded.recurrent
+        self.recs = [r for r in sess.loaded.recurrent
                      if any(r.node is n for n in plan.nodes)]
-        self.ok = (len(self.recs) == len(sess._loaded.recurrent) and self.recs and all(
+        self.ok = (len(self.recs) == len(sess.loaded.recurrent) and self.recs and all(
             r.lens == NONE and r.h0 != NONE and (r.kind != "lstm" or r.c0 != NONE)
             and is_one_way(r.model.layers) for r in self.recs))
         if not self.ok:

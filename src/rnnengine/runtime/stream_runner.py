@@ -143,7 +143,7 @@ def compile_runner(sess, elided, carrier, steps: list, v: list, feeds: dict, fix
     plan = elided.plan
 
     def slot(name):
-        return plan.input_slots[sess._input_index[name]]
+        return plan.input_slots[sess.input_index[name]]
 
     b = _Builder(plan, v, {slot(n) for n in fixed})
     kept = [plan.output_slots[k] for k in keep]

@@ -207,16 +207,16 @@ def _safe_axes(node, plan):
 
 def check_streamable(sess) -> Dict[str, int]:
     """{graph input: time axis}; ValueError naming the node that mixes timesteps."""
-    plan = sess._plan
-    if not sess._loaded.recurrent:
+    plan = sess.plan
+    if not sess.loaded.recurrent:
         raise ValueError("this graph has neither state inputs/outputs nor recurrent nodes: "
                          "there is nothing to stream; use run()")
-    nested = [r.label for r in sess._loaded.recurrent
+    nested = [r.label for r in sess.loaded.recurrent
               if not any(r.node is n for n in plan.nodes)]
     if nested:
         raise ValueError(f"recurrent node(s) {nested} sit inside If/Loop bodies: streaming "
                          "along time needs state inputs and outputs (state=...)")
-    ranks = _ranks(sess._loaded.model)
+    ranks = _ranks(sess.loaded.model)
     timed = dict(_backward(plan, ranks))
     inputs = dict(timed)
     for node in plan.nodes:
