@@ -334,8 +334,8 @@ def stack(pool, rows, ids):
     for n in names:
         if len({rows[s][n].dtype for s in ids}) > 1:    # np.concatenate would cast
             raise ValueError(f"the rows of {n!r} differ in dtype")
-    return {n: (np.concatenate([rows[s][n] for s in ids], axis=pool._in_axis[n])
-                if n in pool._in_axis else rows[ids[0]][n]) for n in names}
+    return {n: (np.concatenate([rows[s][n] for s in ids], axis=pool.in_axis[n])
+                if n in pool.in_axis else rows[ids[0]][n]) for n in names}
 
 
 def pool_program(c, sess, ort, kind, pairs, steps, zero, n_ops):
@@ -358,17 +358,17 @@ def pool_program(c, sess, ort, kind, pairs, steps, zero, n_ops):
         if what == "step":
             rows = {s: good_feeds(c, steps) for s in sids}
             for s in sids:       # inputs not stacked per stream are one value for all
-                rows[s].update({n: v for n, v in rows[sids[0]].items() if n not in pool._in_axis})
+                rows[s].update({n: v for n, v in rows[sids[0]].items() if n not in pool.in_axis})
             got = pool.step(sids, stack(pool, rows, sids))
             for j, sid in enumerate(sids):
                 want = refs[sid].step(rows[sid])
-                same_outputs([np.take(o, [j], axis=ax) for o, ax in zip(got, pool._out_axis)],
+                same_outputs([np.take(o, [j], axis=ax) for o, ax in zip(got, pool.out_axis)],
                              want, f"{where} stream {sid}")
         elif what == "bad":
             rows = {s: good_feeds(c, steps) for s in sids}
             bad = rows[sids[c.int(0, len(sids) - 1)]] = bad_feeds(c, steps, kind)
             for s in sids:       # a bad input shared by the streams is bad for all
-                rows[s].update({n: v for n, v in bad.items() if n not in pool._in_axis})
+                rows[s].update({n: v for n, v in bad.items() if n not in pool.in_axis})
             try:
                 feeds = stack(pool, rows, sids)
             except (ValueError, KeyError):     # the bad row does not stack: all rows bad

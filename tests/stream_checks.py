@@ -63,13 +63,13 @@ def check_pool(model, make_feeds, pairs, zero, n_streams, steps, fixed=None, bat
             continue
         rows = {sid: make_feeds(rng) for sid in chosen}
         stacked = {k: np.concatenate([rows[sid][k] for sid in chosen], axis=ax)
-                   for k, ax in pool._in_axis.items() if k in rows[chosen[0]]}
+                   for k, ax in pool.in_axis.items() if k in rows[chosen[0]]}
         got = pool.step(chosen, stacked)
         for j, sid in enumerate(chosen):
             outs = dict(zip(names, ort.run(None, {**rows[sid], **state[sid], **(fixed or {})})))
             state[sid] = {i: outs[o] for o, i in pairs.items()}
             want = [outs[n] for n in names if n not in pairs]
-            for a, b, ax in zip(got, want, pool._out_axis):
+            for a, b, ax in zip(got, want, pool.out_axis):
                 np.testing.assert_allclose(np.take(a, [j], axis=ax), b, **TOL)
         if step == steps // 2:       # a stream leaves, a new one joins at zero state
             pool.close(ids[0])

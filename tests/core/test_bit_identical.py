@@ -211,7 +211,7 @@ def test_int8_agrees_bit_for_bit(isa, monkeypatch, kind, mode, I):
     def make(threads=1):
         model = Model([Layer.from_onnx(kind, W, R, B, linear_before_reset=lbr)],
                       threads=threads, precision="int8")
-        assert {cell.precision for cell in model._cells} == {mode}
+        assert {cell.precision for cell in model.cells} == {mode}
         return model
 
     model = make()

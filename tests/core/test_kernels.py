@@ -402,7 +402,7 @@ def test_step_converts_and_checks_input(lstm_model):
 def test_concurrent_use_of_a_stream_is_refused(lstm_model):
     _, model = lstm_model
     s = model.stream(1)
-    s._core._lock()   # what another thread holds while its step runs
+    s.core._lock()   # what another thread holds while its step runs
     try:
         for call in (lambda: s.step(np.zeros(6, np.float32)),
                      lambda: s.run(np.zeros((2, 6), np.float32)),
@@ -412,7 +412,7 @@ def test_concurrent_use_of_a_stream_is_refused(lstm_model):
             with pytest.raises(RuntimeError, match="already in use by another thread"):
                 call()
     finally:
-        s._core._unlock()
+        s.core._unlock()
     s.step(np.zeros(6, np.float32))
 
 

@@ -180,16 +180,16 @@ ENTRY_POINTS = """
     }}
     for name, bufs in cases.items():
         try:
-            _kernels.run_stack(model._cells, 1, x, None, bufs["h"], bufs["c"], bufs["y"])
+            _kernels.run_stack(model.cells, 1, x, None, bufs["h"], bufs["c"], bufs["y"])
         except ValueError as e:
             print(name, "ValueError")
     for name, x_bad in {{"x too narrow": np.ones((5, 2, 2), np.float32)}}.items():
         try:
-            _kernels.run_stack(model._cells, 1, x_bad, None, good["h"], good["c"], good["y"])
+            _kernels.run_stack(model.cells, 1, x_bad, None, good["h"], good["c"], good["y"])
         except ValueError:
             print(name, "ValueError")
     try:
-        _kernels.run_stack(model._cells, 1, x, np.zeros(1, np.int32), **good)
+        _kernels.run_stack(model.cells, 1, x, np.zeros(1, np.int32), **good)
     except ValueError:
         print("short lengths ValueError")
     mixed = pack_layer(layer(3, 2)) + pack_layer(layer(2, 300))

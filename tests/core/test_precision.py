@@ -75,7 +75,7 @@ def make_model(layer_list, mode, **options):
             stack.enter_context(pytest.MonkeyPatch.context()).setattr(
                 precision, "INT8_RESIDUAL_ABOVE", 0.0)
         model = Model(layer_list, precision="int8" if mode == "int8r" else mode, **options)
-    assert {cell.precision for cell in model._cells} == {mode}
+    assert {cell.precision for cell in model.cells} == {mode}
     return model
 
 
@@ -213,7 +213,7 @@ def test_rounding_rule_picks_silero_not_ordinary_weights(mode):
     for node in SILERO_NODES:
         assert error(silero_layer(node)) > 2 * limit
         model = rnnengine.load(SILERO, node=node, precision=mode)
-        assert {cell.precision for cell in model._cells} == {picked}
+        assert {cell.precision for cell in model.cells} == {picked}
     rng = np.random.default_rng(0)
     for kind in GATES:
         for H in (256, 1024):
@@ -225,7 +225,7 @@ def test_rounding_rule_picks_silero_not_ordinary_weights(mode):
                                          R=rng.uniform(-bound, bound, (1, G * H, H)))
             assert error(torch_like) < limit / 5, (kind, H)
     ordinary = Model([Layer.from_onnx("lstm", **random_case("lstm", 256, 0))], precision=mode)
-    assert {cell.precision for cell in ordinary._cells} == {mode}
+    assert {cell.precision for cell in ordinary.cells} == {mode}
 
 
 def test_bf16_keeps_bf16_weights_beyond_the_fp16_range():
@@ -236,14 +236,14 @@ def test_bf16_keeps_bf16_weights_beyond_the_fp16_range():
     R[0, 3, 5] = 1e5
     big = Layer.from_onnx("lstm", layer.W, R, np.concatenate([layer.Wb, layer.Rb], axis=1))
     assert precision.bf16_rounding_error(big) > precision.BF16_AS_FP16_ABOVE
-    assert {cell.precision for cell in Model([big], precision="bf16")._cells} == {"bf16"}
+    assert {cell.precision for cell in Model([big], precision="bf16").cells} == {"bf16"}
 
 
 def test_cell_refuses_panels_of_another_weight_type():
     """An int8r cell reads twice the quads: given plain int8 panels it must refuse them
     (_kernels.CellKernel checks every panel against cells.h: rnn_panel_bytes)."""
     layer = Layer.from_onnx("lstm", **random_case("lstm", 32, 0))
-    px, ph, bias, *_ = Model([layer], precision="int8")._cells[0].arrays
+    px, ph, bias, *_ = Model([layer], precision="int8").cells[0].arrays
     acts = [(a.code, a.alpha, a.beta) for a in layer.activations[0]]
     with pytest.raises(ValueError, match="bytes; expected"):
         _kernels.CellKernel(_kernels.KIND_CODES["lstm"], 4, 32, 32, 32, False, False, False,
@@ -268,10 +268,10 @@ def test_picked_weight_type_save_load_exact(tmp_path, mode):
             assert json.loads(archive["__rnnengine__"].tobytes())["precision"] == "bf16"
     loaded = rnnengine.load(path)
     assert loaded.precision == mode
-    assert {cell.precision for cell in loaded._cells} == {picked}
+    assert {cell.precision for cell in loaded.cells} == {picked}
     x = np.random.default_rng(3).normal(size=(50, 2, model.input_size)).astype(np.float32)
     np.testing.assert_array_equal(loaded.run(x)[0], model.run(x)[0])
-    for k, (a, b) in enumerate(zip(model._cells, loaded._cells)):
+    for k, (a, b) in enumerate(zip(model.cells, loaded.cells)):
         for p, q in zip(a.arrays, b.arrays):
             if p is not None:
                 np.testing.assert_array_equal(p, q, err_msg=f"cell {k}")
@@ -294,12 +294,12 @@ def test_reloaded_layer_runs_the_type_its_file_holds(tmp_path, limit, kept):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "BF16_AS_FP16_ABOVE", limit)
         model = Model([layer], precision="bf16")
-        assert {cell.precision for cell in model._cells} == {kept}
+        assert {cell.precision for cell in model.cells} == {kept}
         model.save(tmp_path / "m.npz")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(precision, "BF16_AS_FP16_ABOVE", 1.0 - limit)   # the rule flips
         loaded = rnnengine.load(tmp_path / "m.npz")
-        assert {cell.precision for cell in loaded._cells} == {kept}
+        assert {cell.precision for cell in loaded.cells} == {kept}
     x = np.random.default_rng(2).normal(size=(30, 2, 48)).astype(np.float32)
     np.testing.assert_array_equal(loaded.run(x)[0], model.run(x)[0])
 

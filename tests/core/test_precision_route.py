@@ -67,7 +67,7 @@ def test_route_by_variant_within_the_modes_budget(isa, mode):
     model, warned = build(W, R, B, mode)
     runs, warns = expected(isa, mode)
     assert model.precision == runs
-    assert {cell.precision for cell in model._cells} == {runs}
+    assert {cell.precision for cell in model.cells} == {runs}
     assert bool(warned) == warns, [str(w.message) for w in warned]
     for w in warned:
         assert f"precision={mode!r}" in str(w.message) and isa in str(w.message)

@@ -83,13 +83,13 @@ def test_model_pool_full_closed_concurrent():
 def test_model_stream_concurrent():
     model, _ = random_model("gru", 3, 4)
     stream = model.stream()
-    stream._core._lock()        # another thread inside the stream
+    stream.core._lock()        # another thread inside the stream
     try:
         with pytest.raises(ConcurrentStep, match="already in use") as info:
             stream.step(np.ones((1, 3), np.float32))
         typed(info.value, ConcurrentStep, RuntimeError)
     finally:
-        stream._core._unlock()
+        stream.core._unlock()
 
 
 def test_session_pool_full_and_closed():

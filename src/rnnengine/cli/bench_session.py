@@ -128,7 +128,7 @@ def _pool_row(sess, ort, fixed, pairs, dims, batch, args, rng, notes) -> dict:
     one = {**dims, **({batch: 1} if batch else {})}
     singles = [random_feeds(sess, fixed, one, 1, rng, skip=pairs.values()) for _ in range(N)]
     try:
-        stacked = {n: np.concatenate([s[n] for s in singles], axis=pool._in_axis[n])
+        stacked = {n: np.concatenate([s[n] for s in singles], axis=pool.in_axis[n])
                    for n in singles[0]}
     except (KeyError, ValueError):
         notes.append(f"pool of {N}: not timed (cannot stack the inputs of {N} streams)")

@@ -97,7 +97,7 @@ def _stream_rows(sess, pairs: Dict[str, str], error) -> List[Tuple[str, str]]:
         return rows
     # inputs the pool neither stacks per stream nor carries as state: given once
     fixed = [a.name for a in sess.get_inputs()
-             if a.name not in pool._in_axis and a.name not in pairs.values()]
+             if a.name not in pool.in_axis and a.name not in pairs.values()]
     rows.append(("fixed inputs", ", ".join(fixed) + " (give once: stream(feeds=...))"
                  if fixed else "none"))
     rows.append(("pool", f"batched: one graph pass for all streams, stacked on dim "

@@ -84,7 +84,7 @@ def file_graph_check(path: str, node_name: Optional[str], chain: bool, model: Mo
         return label, f"not compared: X is {types[cut.x]}"
     rng = np.random.default_rng(seed + 1)
     x = random_input(model, T, N, seed).astype(dtype)
-    h_shape, c_shape = model._state_shapes(N)
+    h_shape, c_shape = model.state_shapes(N)
     c_shape = c_shape or h_shape  # GRU and RNN: no cell state (slot 6 never occurs)
     D = model.num_directions
     feeds, h0, c0 = {cut.x: x}, [], []

@@ -114,7 +114,7 @@ def _pool_row(sess, ort, fixed, pairs, dims, args, rng) -> Row:
     one = {**dims, pool.batch_dim: 1} if pool.batch_dim else dims
     # inputs the pool does not stack per stream are given once, the same for every stream
     shared = {**fixed, **random_feeds(sess, fixed, one, args.seq_len, rng, skip=list(
-        pool._in_axis) + list(pairs.values()))}
+        pool.in_axis) + list(pairs.values()))}
     if len(shared) > len(fixed):
         pool = sess.pool(k, state=pairs, feeds=shared)
     ids = [pool.open() for _ in range(k)]
@@ -127,7 +127,7 @@ def _pool_row(sess, ort, fixed, pairs, dims, args, rng) -> Row:
         each = [random_feeds(sess, shared, one, args.seq_len, rng, skip=pairs.values())
                 for _ in ids]
         stacked = {n: np.concatenate([f[n] for f in each], axis=ax)
-                   for n, ax in pool._in_axis.items() if n in each[0]}
+                   for n, ax in pool.in_axis.items() if n in each[0]}
         ours = hinted(pool.step, ids, stacked)
         alone = []
         for j, f in enumerate(each):
@@ -136,7 +136,7 @@ def _pool_row(sess, ort, fixed, pairs, dims, args, rng) -> Row:
             alone.append(got)
         for i, n in enumerate(kept):
             _worst(acc, n, ours[i], np.concatenate([a[n] for a in alone],
-                                                    axis=pool._out_axis[i]))
+                                                    axis=pool.out_axis[i]))
         progress.advance()
     progress.close()
     state = [d for j, sid in enumerate(ids) for inp, value in pool.state(sid).items()

@@ -224,7 +224,7 @@ class Lowering:
         yh = None if rec.yh == 2 else self._new(rec.yh, (D, N, rec.Hout), _F32)
         yc = None if rec.yc == 2 or not lstm else self._new(rec.yc, (D, N, rec.H), _F32)
         if T == 1 and is_one_way(rec.model.layers):
-            core = rec.model.stream(batch=N)._core
+            core = rec.model.stream(batch=N).core
             y = self._new(rec.y, (1, 1, N, rec.Hout), _F32)
             self.ops.append(("recurrent", core, x, state[0], state[1], y, yh, yc))
             return True

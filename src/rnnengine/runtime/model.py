@@ -66,8 +66,10 @@ class Model:
         for mode, layer in zip(modes, layers):
             runs.append(route(mode, [layer]))
         self._modes = tuple(runs)
-        self._cells = [kernel for k, (layer, mode) in enumerate(zip(layers, self._modes))
-                       for kernel in pack_layer(layer, mode, f"layer {k}")]
+        # the packed kernels the C code runs, one per layer and direction (streams, pools and
+        # the session's recurrent steps run these)
+        self.cells = [kernel for k, (layer, mode) in enumerate(zip(layers, self._modes))
+                      for kernel in pack_layer(layer, mode, f"layer {k}")]
         log.debug("model: %d %s layer(s), input %d, hidden %s, %s, %d thread(s)", len(layers),
                   layers[0].kind, layers[0].input_size, [la.hidden_size for la in layers],
                   self.precision, self._threads)
@@ -135,7 +137,7 @@ class Model:
                 f"parameters={self.num_parameters:,})")
 
     # -- state helpers -------------------------------------------------------------------
-    def _state_shapes(self, batch: int):
+    def state_shapes(self, batch: int):
         return state_shapes(self._layers, batch)
 
     def zero_state(self, batch: int) -> State:
@@ -178,7 +180,7 @@ class Model:
         if x.ndim != 3 or x.shape[2] != I:
             raise ValueError(f"x must be float32 of shape {expected} or (T, {I}); got {given}")
         T, N = x.shape[0], x.shape[1]
-        check_work_size(self._cells, self.output_size, T, N)
+        check_work_size(self.cells, self.output_size, T, N)
         x = np.ascontiguousarray(x, dtype=np.float32)
         lens = self._check_lengths(lengths, T, N)
         if unbatched and lens is not None and lens.shape[0] != 1:
@@ -186,7 +188,7 @@ class Model:
         h, c = check_state(self._layers, state, N, unbatched)
         # every element is written (rows past a length get zeros): no need to clear it first
         y = np.empty((T, N, self.output_size), np.float32)
-        _kernels.run_stack(self._cells, self.num_directions, x, lens, h, c, y, self._threads)
+        _kernels.run_stack(self.cells, self.num_directions, x, lens, h, c, y, self._threads)
         if unbatched:
             y, h = y[:, 0], h[:, 0]
             c = None if c is None else c[:, 0]

@@ -115,7 +115,7 @@ class Pool:
         I = H = 256). The state is written back only after the step returned."""
         core = self._solo
         if core is None:
-            core = self._solo = _kernels.StreamCore(self.model._cells, 1, self.model.threads)
+            core = self._solo = _kernels.StreamCore(self.model.cells, 1, self.model.threads)
         h, c = core._state_views()
         h[...] = self._h[:, slot:slot + 1]
         if c is not None:
@@ -259,7 +259,7 @@ class Pool:
                 c = self._c_work[:L * k * H].reshape(L, k, H)
                 np.take(self._c, slots, axis=1, out=c)
             y = np.empty((1, k, out), np.float32)
-            _kernels.run_stack(self.model._cells, 1, xs[None], None, h, c, y)
+            _kernels.run_stack(self.model.cells, 1, xs[None], None, h, c, y)
             # Scatter only after the kernel returned: a failed step leaves every state as it was.
             self._h[:, slots] = h
             if c is not None:

@@ -41,8 +41,8 @@ class SessionStream:
         self._lock = threading.RLock()
         self.state_names: Dict[str, str] = _pairs(sess, state)
         self._args = {a.name: a for a in sess.get_inputs()}
-        self._fixed = {name: self._args[name].check(value).copy()
-                       for name, value in _check_feeds(self._args, feeds).items()}
+        self.fixed = {name: self._args[name].check(value).copy()     # the feeds given once
+                      for name, value in _check_feeds(self._args, feeds).items()}
         self._state_inputs = list(self.state_names.values())
         self._keep = [k for k, a in enumerate(sess.get_outputs())
                       if a.name not in self.state_names]
@@ -55,17 +55,17 @@ class SessionStream:
         if self._time_mode:
             _check_time_mode(sess)
         else:
-            elided = ElidedPlan(sess, self.state_names, set(self._fixed))
+            elided = ElidedPlan(sess, self.state_names, set(self.fixed))
             self._elided = elided if elided.ok else None
         self._fast = False       # the elided plan is used once verified on the first step
         # the fast path's table: the template with the fixed feeds in place; step feeds whose
         # shape and dtype passed the full check once skip it ({name: (shape, dtype, slot)})
         plan = sess.plan
         self._base = plan.template.copy()
-        for name, value in self._fixed.items():
+        for name, value in self.fixed.items():
             self._base[plan.input_slots[sess.input_index[name]]] = value
         self._known: Dict[str, tuple] = {}
-        self._n_step_feeds = len(self._args) - len(self._state_inputs) - len(self._fixed)
+        self._n_step_feeds = len(self._args) - len(self._state_inputs) - len(self.fixed)
         # the compiled step (stream_runner): built from a traced step once the fast path
         # runs with known feeds; while it exists, ``step`` hands the call to it
         self._runner = None
@@ -125,7 +125,7 @@ class SessionStream:
             self._lean = self._elided.lean_steps(carrier) if self._fast else None
 
     def _merged(self, feeds) -> dict:
-        merged = dict(self._fixed)
+        merged = dict(self.fixed)
         if feeds:
             merged.update(_check_feeds(self._args, feeds, self._state_inputs))
         return merged
@@ -187,9 +187,9 @@ class SessionStream:
             if self._elided is not None:
                 return self._go_fast(merged)
         if self._context is None:      # the whole graph: planned per feed signature
-            outs = sess.evaluate(merged, self._all, self._fixed)
+            outs = sess.evaluate(merged, self._all, self.fixed)
             if self._state_inputs:
-                self._program = sess.program_for(merged, self._fixed)
+                self._program = sess.program_for(merged, self.fixed)
         else:
             v = sess.new_table(merged)
             v[0] = self._context
@@ -248,7 +248,7 @@ class SessionStream:
         outs = sess.finish(v, self._keep)
         self._compile_next = False
         self._runner, self._why = compile_runner(
-            sess, elided, carrier, steps, v, feeds, self._fixed, self._keep, self._lock,
+            sess, elided, carrier, steps, v, feeds, self.fixed, self._keep, self._lock,
             self._step)
         if self._runner is None:
             log.debug("stream step not compiled: %s", self._why)
@@ -263,7 +263,7 @@ class SessionStream:
         compiled step cannot take would otherwise run operator by operator every time,
         while the whole graph with its state fed in and out is planned into one program
         (``session.evaluate``), state glue included."""
-        packed = self._elided.pack(self._carrier, self._fixed)
+        packed = self._elided.pack(self._carrier, self.fixed)
         if packed is None:
             return
         why = self._why
@@ -276,7 +276,7 @@ class SessionStream:
         """Remember the shapes and dtypes of step feeds that passed the full check."""
         sess = self._sess
         for name, value in (feeds or {}).items():
-            if name not in self._fixed and isinstance(value, np.ndarray):
+            if name not in self.fixed and isinstance(value, np.ndarray):
                 slot = sess.plan.input_slots[sess.input_index[name]]
                 self._known[name] = (value.shape, value.dtype, slot)
 
@@ -290,12 +290,12 @@ class SessionStream:
         exact = elided.verify(feeds, zero)      # a bad feed raises here; retried next step
         self._elided = None
         if not exact:
-            return self.step({k: v for k, v in feeds.items() if k not in self._fixed})
+            return self.step({k: v for k, v in feeds.items() if k not in self.fixed})
         current = [merged[n] for n in self._state_inputs]
         self._elided, self._fast = elided, True
         self.reset()
-        elided.unpack(self._carrier, current, self._fixed)
-        return self.step({k: v for k, v in feeds.items() if k not in self._fixed})
+        elided.unpack(self._carrier, current, self.fixed)
+        return self.step({k: v for k, v in feeds.items() if k not in self.fixed})
 
     # -- state -----------------------------------------------------------------------------
     @property
@@ -303,7 +303,7 @@ class SessionStream:
         """A copy of the carried state: {state input name: array} (time-axis mode:
         {"<node>/h": (1, N, H), "<node>/c": ...} per recurrent node)."""
         if self._fast:
-            packed = self._elided.pack(self._carrier, self._fixed)
+            packed = self._elided.pack(self._carrier, self.fixed)
             if packed is not None:
                 return dict(zip(self._state_inputs, packed))
             return {n: None for n in self._state_inputs}
@@ -334,7 +334,7 @@ class SessionStream:
                                  "with another)")
         if self._fast:
             self._elided.unpack(self._carrier, [checked[n] for n in self._state_inputs],
-                                self._fixed)
+                                self.fixed)
             self._drop_runner()     # unpack gave the carrier new streams
         else:
             self._state = checked
@@ -377,22 +377,23 @@ class SessionPool:
             time_axes = _check_time_mode(sess)
             self._carrier = SlotCarrier(sess.loaded.recurrent, self.capacity)
         self._args = {a.name: a for a in sess.get_inputs()}
-        self._fixed = {name: self._args[name].check(value).copy()
-                       for name, value in _check_feeds(self._args, feeds).items()}
+        self.fixed = {name: self._args[name].check(value).copy()     # the feeds given once
+                      for name, value in _check_feeds(self._args, feeds).items()}
         self._state_inputs = list(self.state_names.values())
         outputs = sess.get_outputs()
         index = {a.name: k for k, a in enumerate(outputs)}
         self._state_out = [(index[out], inp) for out, inp in self.state_names.items()]
         self._keep = [k for k, a in enumerate(outputs) if a.name not in self.state_names]
         self._all = list(range(len(outputs)))
-        self.batch_dim, self._in_axis, self._state_axis, self._out_axis = guess_axes(
+        self.batch_dim, self.in_axis, self._state_axis, self.out_axis = guess_axes(
             sess.get_inputs(), outputs, self._state_inputs, [outputs[k] for k in self._keep],
             time_axes)
         # the declared shapes' guess until the first step probes the graph (_settle)
         self.batched = self.batch_dim is not None
         self._settled, self._why, self._probes = False, None, 0
-        # a step of one stream can take _step_slot: settled, batched, with state pairs
-        self._slot_path = False
+        # a step of one stream can take _step_slot: settled, batched, with state pairs (the
+        # Batcher's adapter reads it, as it reads in_axis, out_axis and fixed)
+        self.slot_path = False
         self._state: Dict[str, np.ndarray] = {}     # one stream's state per slot (axis 0)
         self._slot_axis: Dict[str, int] = {}     # time mode's stores: slots on axis 1
         if self._time_mode:
@@ -464,8 +465,8 @@ class SessionPool:
     def _one(self, merged: dict, j: int) -> dict:
         """Stream j's part of feeds stacked on their streams' axes (the rest as they are)."""
         one = dict(merged)
-        for name, ax in self._in_axis.items():
-            if name in merged and name not in self._fixed:
+        for name, ax in self.in_axis.items():
+            if name in merged and name not in self.fixed:
                 one[name] = np.take(merged[name], [j], axis=ax)
         return one
 
@@ -507,21 +508,21 @@ class SessionPool:
         what the graph computes (``pool_layout.probe``). Made-up rows the graph refuses
         decide nothing: this step goes one by one and the next asks again (three times)."""
         outputs = self._sess.get_outputs()
-        stacked = {n: ax for n, ax in self._in_axis.items()
-                   if n in merged and n not in self._fixed}
+        stacked = {n: ax for n, ax in self.in_axis.items()
+                   if n in merged and n not in self.fixed}
         layout = probe(self._runner, self._one(merged, 0), stacked,
                        {n: merged[n] for n in stacked},
                        {n: np.zeros_like(self._state[n][0]) for n in self._state_inputs},
                        self._state_axis,
                        [(o.name, self.state_names.get(o.name)) for o in outputs],
-                       dict(zip(self._keep, self._out_axis)))
+                       dict(zip(self._keep, self.out_axis)))
         self._probes += 1
         self._settled = layout.settled or self._probes >= 3
         self.batched, self._why = layout.batched, layout.why
-        self._out_axis = [layout.out_axis[k] for k in self._keep]
+        self.out_axis = [layout.out_axis[k] for k in self._keep]
         if not self.batched:
             self.batch_dim = None
-        self._slot_path = self._settled and self.batched and not self._time_mode
+        self.slot_path = self._settled and self.batched and not self._time_mode
 
     @_exclusive
     def state(self, sid) -> Dict[str, np.ndarray]:
@@ -554,12 +555,12 @@ class SessionPool:
         slots = [self._slot(s) for s in ids]
         if len(set(slots)) != len(slots):
             raise ValueError(f"ids must be distinct; got {list(ids)}")
-        merged = dict(self._fixed)
+        merged = dict(self.fixed)
         merged.update(_check_feeds(self._args, feeds, self._state_inputs))
         k = len(slots)
         for name, value in merged.items():
-            ax = self._in_axis.get(name)
-            if ax is not None and name not in self._fixed:
+            ax = self.in_axis.get(name)
+            if ax is not None and name not in self.fixed:
                 shape = getattr(value, "shape", ())
                 if len(shape) <= ax or shape[ax] != k:
                     raise ValueError(f"input {name!r} must stack the {k} streams on axis "
@@ -568,7 +569,7 @@ class SessionPool:
             self._ensure(merged)
             if not self._settled:
                 self._settle(merged)
-        if k == 1 and self._slot_path:
+        if k == 1 and self.slot_path:
             return self._step_slot(slots[0], merged)
         if self._time_mode:
             self._carrier.pending = []
@@ -584,12 +585,12 @@ class SessionPool:
         state is fed as it is stored (one stream's state is the graph's batch-1 state) and
         written back in place; the general ``step`` gathers rows, moves the stream axis and
         scatters them back, which for one stream costs as much as a small model's step."""
-        if not self._slot_path:
+        if not self.slot_path:
             return self.step([sid], feeds)
         slot = sid % self.capacity if sid.__class__ is int else -1
         if slot < 0 or self._sid_at[slot] != sid:
             slot = self._slot(sid)          # another type of id, or an error
-        return self._step_slot(slot, {**self._fixed,
+        return self._step_slot(slot, {**self.fixed,
                                       **_check_feeds(self._args, feeds, self._state_inputs)})
 
     def _step_slot(self, slot: int, merged: dict) -> List[np.ndarray]:
@@ -597,7 +598,7 @@ class SessionPool:
         state = self._state
         for name in self._state_inputs:
             merged[name] = state[name][slot]
-        outs = self._sess.evaluate(merged, self._all, self._fixed)
+        outs = self._sess.evaluate(merged, self._all, self.fixed)
         for k, name in self._state_out:     # every output checked before any state is written
             if outs[k].shape != state[name].shape[1:]:
                 raise ValueError(f"state output for {name!r} has shape {outs[k].shape}; one "
@@ -611,7 +612,7 @@ class SessionPool:
         (the pool's own by default)."""
         sess = self._sess
         if not self._time_mode:        # the whole graph: planned per feed signature
-            return sess.evaluate(merged, self._all, self._fixed)
+            return sess.evaluate(merged, self._all, self.fixed)
         v = sess.new_table(merged)
         if self._time_mode:
             carrier = carrier or self._carrier
@@ -635,8 +636,8 @@ class SessionPool:
         size = k if self._time_mode else padded_batch(k)
         index = np.asarray(slots + slots[:1] * (size - k), np.intp)
         if size > k:
-            for name, ax in self._in_axis.items():
-                if name in merged and name not in self._fixed:
+            for name, ax in self.in_axis.items():
+                if name in merged and name not in self.fixed:
                     merged[name] = pad_rows(merged[name], ax, size)
         for name in self._state_inputs:
             merged[name] = stack_rows(self._state[name][index], self._state_axis[name])
@@ -649,15 +650,15 @@ class SessionPool:
         if size == k:
             return [outs[j] for j in self._keep]
         return [outs[j][(slice(None),) * ax + (slice(0, k),)]
-                for j, ax in zip(self._keep, self._out_axis)]
+                for j, ax in zip(self._keep, self.out_axis)]
 
     def _step_each(self, slots, merged) -> List[np.ndarray]:
         """The streams one graph pass each; their new states are kept once all passed."""
         results, finals = [], []
         for j, slot in enumerate(slots):
             one = dict(merged)
-            for name, ax in self._in_axis.items():
-                if name in merged and name not in self._fixed and name not in self._state:
+            for name, ax in self.in_axis.items():
+                if name in merged and name not in self.fixed and name not in self._state:
                     one[name] = np.take(merged[name], [j], axis=ax)
             for name in self._state_inputs:
                 one[name] = self._state[name][slot]
@@ -668,5 +669,5 @@ class SessionPool:
             results.append([outs[k] for k in self._keep])
         for name, slot, value in finals:
             self._state[name][slot] = value
-        return [np.concatenate([r[i] for r in results], axis=self._out_axis[i])
+        return [np.concatenate([r[i] for r in results], axis=self.out_axis[i])
                 if results else np.empty((0,)) for i in range(len(self._keep))]

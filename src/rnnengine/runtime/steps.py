@@ -133,7 +133,7 @@ class RecurrentStep:
         self.Hout = layer.output_size
         self.I = layer.input_size
         self.model = loaded.model_factory([layer], self.layout == 1)
-        self.cells = self.model._cells
+        self.cells = self.model.cells
         self.widest = max(max(k.gates * k.hidden_size for k in self.cells), self.D * self.Hout)
         ins = list(ins) + [1] * (8 - len(ins))        # slot 1 is always None
         self.x, self.lens, self.h0, self.c0 = ins[0], ins[4], ins[5], ins[6]

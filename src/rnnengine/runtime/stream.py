@@ -26,53 +26,54 @@ class Stream:
         threads = model.threads if threads is None else check_threads(threads)
         self.model = model
         self.batch = batch
-        self._core = StreamCore(model._cells, batch, threads)
+        # the stream's state lives in its core (the session executor steps such cores too)
+        self.core = StreamCore(model.cells, batch, threads)
         # The per-step hot path is the core's own method: a Python wrapper around it would
         # add a call to every step (the class-level step below documents it).
-        self.step = self._core.step
+        self.step = self.core.step
 
     def step(self, x_t, out: Optional[np.ndarray] = None) -> np.ndarray:
         """One timestep: x_t ``(N, I)`` (or ``(I,)`` when batch is 1) -> y_t ``(N, Hout)``
         (or ``(Hout,)``). out: an optional float32 C-contiguous array of that shape to write
         y_t into (no allocation); it is returned."""
-        return self._core.step(x_t, out)
+        return self.core.step(x_t, out)
 
     @property
     def threads(self) -> int:
-        return self._core.threads
+        return self.core.threads
 
     @property
     def state(self):
         """A copy of the current state, in the structure ``Model.run`` returns."""
-        self._core._lock()
+        self.core._lock()
         try:
-            h, c = self._core._state_views()
+            h, c = self.core._state_views()
             return (h.copy(), c.copy()) if c is not None else h.copy()
         finally:
-            self._core._unlock()
+            self.core._unlock()
 
     @state.setter
     def state(self, value) -> None:
         h_new, c_new = check_state(self.model.layers, value, self.batch, False)
-        self._core._lock()
+        self.core._lock()
         try:
-            h, c = self._core._state_views()
+            h, c = self.core._state_views()
             h[...] = h_new
             if c is not None:
                 c[...] = c_new
         finally:
-            self._core._unlock()
+            self.core._unlock()
 
     def reset(self) -> None:
         """Back to the zero state."""
-        self._core._lock()
+        self.core._lock()
         try:
-            h, c = self._core._state_views()
+            h, c = self.core._state_views()
             h[...] = 0
             if c is not None:
                 c[...] = 0
         finally:
-            self._core._unlock()
+            self.core._unlock()
 
     def run(self, chunk) -> np.ndarray:
         """Several timesteps, state carried on: chunk ``(T, N, I)`` (``(N, T, I)`` when the
@@ -87,10 +88,10 @@ class Stream:
         x = time_major(chunk, batch_first) if chunk.ndim == 3 or single else chunk
         if x.ndim != 3 or x.shape[1:] != (self.batch, I):
             raise ValueError(f"chunk must be float32 of shape {expected}; got {chunk.shape}")
-        check_work_size(model._cells, model.output_size, x.shape[0], self.batch)
+        check_work_size(model.cells, model.output_size, x.shape[0], self.batch)
         x = np.ascontiguousarray(x, dtype=np.float32)
         y = np.empty((x.shape[0], self.batch, model.output_size), np.float32)
-        self._core._run(x, y)
+        self.core._run(x, y)
         if single:
             return y[:, 0]
         return np.ascontiguousarray(y.transpose(1, 0, 2)) if batch_first else y

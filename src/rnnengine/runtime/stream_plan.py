@@ -67,7 +67,7 @@ class Carrier:
     def saved(self) -> tuple:
         """What ``restore`` needs to undo a step that failed part-way (the recurrent nodes
         may have stepped before a later operator raised)."""
-        return dict(self.streams), [(s._core, core_saved(s._core))
+        return dict(self.streams), [(s.core, core_saved(s.core))
                                     for s in self.streams.values()]
 
     def restore(self, saved: tuple) -> None:

@@ -102,7 +102,7 @@ class _Builder:
         if dtype != np.float32 or shape != (1, N, rec.I):
             raise Uncovered(f"recurrent node {rec.label!r}: X traced as {shape} {dtype}")
         dst = self.made(rec.y, (1, 1, N, rec.Hout), np.float32)
-        self.ops.append(("recurrent", stream._core, buf, dst))
+        self.ops.append(("recurrent", stream.core, buf, dst))
 
     def dense(self, spec, ins: list, outs: list, label: str) -> None:
         w, b, act, lo, top = spec

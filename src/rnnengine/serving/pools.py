@@ -148,12 +148,12 @@ class SessionSlots(Resident):
         self._pairs, self._feeds = state, feeds
         super().__init__(limit, first)       # the first pool checks state= and feeds=
         pool = self.pool
-        self._pairs, self._feeds = pool.state_names, pool._fixed
+        self._pairs, self._feeds = pool.state_names, pool.fixed
         self._args = {a.name: a for a in sess.get_inputs()}
         carried = set(pool.state_names.values())
         self._carried = carried
-        self._step_inputs = [n for n in self._args if n not in carried and n not in pool._fixed]
-        self._stacked = {n: ax for n, ax in pool._in_axis.items() if n in self._step_inputs}
+        self._step_inputs = [n for n in self._args if n not in carried and n not in pool.fixed]
+        self._stacked = {n: ax for n, ax in pool.in_axis.items() if n in self._step_inputs}
         self._time_mode = not pool.state_names
         # the last signature of feeds that passed the full check, when every feed is stacked
         # per stream: (key, {name: (shape, dtype)}); feeds that match it skip the check
@@ -244,10 +244,10 @@ class SessionSlots(Resident):
 
     def step_one(self, handle: int, feeds: _Feeds) -> list:
         pool = self.pool
-        if pool._slot_path:     # SessionPool.step_one's work without its guard and checks:
+        if pool.slot_path:     # SessionPool.step_one's work without its guard and checks:
             # the Batcher's pool lock serializes every call, the feeds passed check_input
             return pool._step_slot(pool._slot(self._pid[handle]),
-                                   {**pool._fixed, **feeds.values})
+                                   {**pool.fixed, **feeds.values})
         return pool.step_one(self._pid[handle], feeds.values)
 
     def _together(self, handles, inputs, js, results) -> bool:
@@ -276,5 +276,5 @@ class SessionSlots(Resident):
         # the pool's output axes are settled by its first step (what the graph computes);
         # each stream gets its rows as a view: the arrays are this step's own, and the
         # streams' rows do not overlap
-        cut = [(o, (slice(None),) * ax) for o, ax in zip(outs, self.pool._out_axis)]
+        cut = [(o, (slice(None),) * ax) for o, ax in zip(outs, self.pool.out_axis)]
         return [[o[lead + (slice(j, j + 1),)] for o, lead in cut] for j in range(len(inputs))]
