@@ -52,9 +52,10 @@ def test_name_produced_twice_is_a_model_error():
 
 
 def test_not_a_model():
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match=r"^<bytes>: not an ONNX model \("):
         InferenceSession(b"\x08\x01garbage\xff\xff")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="InferenceSession takes a path, the model's bytes or an "
+                                        "onnx.ModelProto; got int"):
         InferenceSession(12)
 
 

@@ -98,7 +98,7 @@ def test_one_session_follows_changing_shapes():
 def test_silero_state_of_wrong_fixed_dim_is_refused_like_ort():
     feeds = {"input": np.full((1, 512), 0.05, np.float32),
              "state": np.zeros((0, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="Got invalid dimensions for input: state"):
         sm.ort_session(sm.SILERO).run(None, feeds)
     with pytest.raises(ValueError, match=r"input 'state' must have shape \(2, batch, 128\)"):
         InferenceSession(sm.SILERO).run(None, feeds)
