@@ -75,23 +75,43 @@ def torch_twin(kind: str, arrays: list) -> torch.nn.Module:
     return module
 
 
-def torch_run(module: torch.nn.Module, xs, state=None):
-    """One unbatched sequence xs ``(T, I)`` from ``state`` (engine structure, batch 1, or None
-    for zeros) -> (ys ``(T, Hout)``, final state in the engine structure, batch 1), float64."""
-    x = torch.from_numpy(np.asarray(xs, np.float64)).reshape(len(xs), 1, -1)
+def torch_run(module: torch.nn.Module, x, state=None, lengths=None):
+    """Run a PyTorch RNN ``module`` in its own dtype -> (y, final state) as NumPy arrays.
+
+    ``x`` is batched in the module's layout (``(T, N, I)``, or ``(N, T, I)`` batch-first) or one
+    unbatched sequence ``(T, I)``; ``state`` is NumPy in the engine's structure (h, or (h, c) for
+    an LSTM) or None for zeros; ``lengths`` (one a batch entry) go through packing. An unbatched
+    sequence gives y ``(T, Hout)`` and takes and gives the state with batch 1, as a stream holds
+    it."""
+    dtype = next(module.parameters()).dtype
+    x = np.asarray(x)
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[None] if module.batch_first else x[:, None]
+
+    def tensor(a):
+        if unbatched:
+            a = np.reshape(a, (a.shape[0], 1, -1))
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
     if state is not None:
-        if isinstance(state, tuple):
-            state = tuple(torch.from_numpy(np.asarray(s, np.float64).reshape(s.shape[0], 1, -1))
-                          for s in state)
-        else:
-            state = torch.from_numpy(np.asarray(state, np.float64).reshape(state.shape[0], 1, -1))
+        state = tuple(map(tensor, state)) if isinstance(state, tuple) else tensor(state)
     with torch.no_grad():
-        y, final = module(x, state)
-    if isinstance(final, tuple):
-        final = tuple(s.numpy() for s in final)
-    else:
-        final = final.numpy()
-    return y[:, 0].numpy(), final
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+        if lengths is None:
+            y, final = module(xt, state)
+        else:
+            T = x.shape[1] if module.batch_first else x.shape[0]
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                xt, torch.tensor(lengths), batch_first=module.batch_first, enforce_sorted=False)
+            y, final = module(packed, state)
+            y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=module.batch_first,
+                                                          total_length=T)
+    final = tuple(t.numpy() for t in final) if isinstance(final, tuple) else final.numpy()
+    y = y.numpy()
+    if unbatched:
+        y = y[0] if module.batch_first else y[:, 0]
+    return y, final
 
 
 def assert_close(actual, expected, what: str = "") -> None:

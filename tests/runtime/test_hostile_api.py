@@ -13,6 +13,7 @@ import torch
 import rnnengine
 from rnnengine import Layer, Model
 from rnnengine.core.gate_order import to_onnx
+from torch_reference import torch_run
 
 I, H = 5, 7
 
@@ -37,12 +38,6 @@ def torch_lstm_and_model(num_layers=1, seed=0):
 @pytest.fixture(scope="module")
 def pair():
     return torch_lstm_and_model(num_layers=2)
-
-
-def torch_run(net, x, state=None):
-    with torch.no_grad():
-        y, (h, c) = net(torch.from_numpy(np.ascontiguousarray(x, np.float32)), state)
-    return y.numpy(), h.numpy(), c.numpy()
 
 
 # -- x ---------------------------------------------------------------------------------
@@ -76,7 +71,7 @@ def test_other_float_dtypes_are_converted(pair, dtype):
     net, model = pair
     x = np.random.default_rng(1).standard_normal((6, 3, I)).astype(dtype)
     y, (h, c) = model.run(x)
-    y_ref, h_ref, c_ref = torch_run(net, x.astype(np.float32))
+    y_ref, (h_ref, c_ref) = torch_run(net, x.astype(np.float32))
     np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(c, c_ref, rtol=1e-5, atol=1e-6)
 
@@ -156,7 +151,7 @@ def test_user_state_is_never_written(pair):
     y, (h1, c1) = model.run(x, (h, c))
     np.testing.assert_array_equal(h, h0)
     np.testing.assert_array_equal(c, c0)
-    y_ref, h_ref, c_ref = torch_run(net, x, (torch.from_numpy(h0), torch.from_numpy(c0)))
+    y_ref, (h_ref, c_ref) = torch_run(net, x, (h0, c0))
     np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-6)
 
 
