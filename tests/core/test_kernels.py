@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import rnnengine
+from conftest import conformance_cases
 from rnnengine import Layer, Model
 from rnnengine.core import kernels as _kernels
 from rnnengine.testing.reference import onnx_rnn
@@ -244,22 +245,6 @@ def test_onnx_attributes_match_onnxruntime(isa, case):
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
-
-
-_conformance = []
-
-
-def conformance_cases():
-    """ONNX's LSTM/GRU/RNN node test cases, collected once (collect_testcases(None) builds
-    every operator's cases; called with an op name it would cache that first result)."""
-    if not _conformance:
-        from onnx.backend.test.case.node import collect_testcases
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _conformance.extend(
-                c for c in collect_testcases(None)
-                if c.model.graph.node and c.model.graph.node[0].op_type in ("LSTM", "GRU", "RNN"))
-    return _conformance
 
 
 def test_onnx_conformance_cases(isa):
