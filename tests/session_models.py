@@ -203,10 +203,13 @@ def ort_session(model):
 
 
 class AuthorLoop:
-    """ONNX Runtime stepped by hand: the state outputs fed back as the next inputs."""
+    """ONNX Runtime stepped by hand: the state outputs fed back as the next inputs.
+
+    ``model`` is what ort_session takes, or an ONNX Runtime session already made (several loops
+    can share one); ``pairs`` maps each state output to the input it feeds."""
 
     def __init__(self, model, pairs, zero):
-        self.ort = ort_session(model)
+        self.ort = model if hasattr(model, "get_outputs") else ort_session(model)
         self.names = [o.name for o in self.ort.get_outputs()]
         self.pairs, self.state = pairs, dict(zero)
 

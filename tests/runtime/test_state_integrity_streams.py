@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import session_models as sm
 from session_models import AuthorLoop
+from stream_checks import same
 from rnnengine import Batcher, InferenceSession
 from rnnengine.runtime.state_blob import pack_arrays, session_fingerprint
 
@@ -48,13 +49,6 @@ def lstm_pairs(I=8, H=8, batch="N", seed=0) -> bytes:
         [("x", f, [1, batch, I]), ("h0", f, [1, batch, H]), ("c0", f, [1, batch, H])],
         [("Y", f, [1, 1, batch, H]), ("hn", f, [1, batch, H]), ("cn", f, [1, batch, H])],
         {"W": u(1, 4 * H, I), "R": u(1, 4 * H, H), "B": u(1, 8 * H)})
-
-
-def same(got, want):
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        np.testing.assert_allclose(a, b, **TOL)
 
 
 # -- the compiled step holds what it reads ------------------------------------------------
