@@ -125,32 +125,38 @@ def assert_close(actual, expected, what: str = "") -> None:
                                err_msg=what)
 
 
-def torch_model_to_layers(m, kind):
-    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
-    L = m.num_layers
-    D = 2 if m.bidirectional else 1
-    proj = getattr(m, "proj_size", 0)
+def torch_to_onnx_layers(module):
+    """PyTorch nn.LSTM/GRU/RNN parameters -> one ONNX-layout dict per layer (run_stack's input).
 
-    def onnx_rows(a):
+    Gate orders: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h (always linear-before-reset)."""
+    if isinstance(module, torch.nn.LSTM):
+        kind, extra = "lstm", {}
+    elif isinstance(module, torch.nn.GRU):
+        kind, extra = "gru", {"linear_before_reset": 1}
+    else:
+        kind = "rnn"
+        extra = {"activations": ["Relu" if module.nonlinearity == "relu" else "Tanh"]
+                 * (2 if module.bidirectional else 1)}
+
+    def reorder(a):
         return to_onnx(a, kind, "torch")
 
+    sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    sfx = ["", "_reverse"] if module.bidirectional else [""]
     layers = []
-    for l in range(L):
-        Ws, Rs, Bs, Ps = [], [], [], []
-        for d in range(D):
-            sfx = f"_l{l}" + ("_reverse" if d else "")
-            g = lambda n: getattr(m, n + sfx).detach().numpy()  # noqa: E731
-            Ws.append(onnx_rows(g("weight_ih")))
-            Rs.append(onnx_rows(g("weight_hh")))
-            Bs.append(np.concatenate([onnx_rows(g("bias_ih")), onnx_rows(g("bias_hh"))]))
-            if proj:
-                Ps.append(g("weight_hr"))
-        acts = None
-        if kind == "rnn" and m.nonlinearity == "relu":
-            acts = ["Relu"]
-        layers.append(Layer.from_onnx(
-            kind, np.stack(Ws), np.stack(Rs), np.stack(Bs),
-            direction="bidirectional" if D == 2 else "forward", activations=acts,
-            linear_before_reset=1 if kind == "gru" else 0,
-            proj=np.stack(Ps) if proj else None))
+    for k in range(module.num_layers):
+        d = dict(kind=kind, direction="bidirectional" if module.bidirectional else "forward",
+                 W=np.stack([reorder(sd[f"weight_ih_l{k}{s}"]) for s in sfx]),
+                 R=np.stack([reorder(sd[f"weight_hh_l{k}{s}"]) for s in sfx]), **extra)
+        if module.bias:
+            d["B"] = np.stack([np.concatenate([reorder(sd[f"bias_ih_l{k}{s}"]),
+                                               reorder(sd[f"bias_hh_l{k}{s}"])]) for s in sfx])
+        if getattr(module, "proj_size", 0):
+            d["proj"] = np.stack([sd[f"weight_hr_l{k}{s}"] for s in sfx])
+        layers.append(d)
     return layers
+
+
+def torch_model_to_layers(module):
+    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
+    return [Layer.from_onnx(**arrays) for arrays in torch_to_onnx_layers(module)]

@@ -284,7 +284,7 @@ def test_matches_pytorch_run_step_and_chunks(isa, case):
     if proj:
         kw["proj_size"] = proj
     m = cls(I, H, num_layers=L, bidirectional=bidir, **kw).eval()
-    model = Model(torch_model_to_layers(m, kind))
+    model = Model(torch_model_to_layers(m))
     x = np.random.default_rng(H).standard_normal((T, N, I)).astype(np.float32)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -339,7 +339,7 @@ def test_each_isa_matches_serial_and_the_reference(isa, kind, lbr):
 def lstm_model():
     torch.manual_seed(0)
     m = torch.nn.LSTM(6, 20).eval()
-    return m, Model(torch_model_to_layers(m, "lstm"))
+    return m, Model(torch_model_to_layers(m))
 
 
 def test_step_out_argument_writes_in_place(lstm_model):
@@ -425,7 +425,7 @@ def test_workspace_reuse_across_models_does_not_leak_values(isa):
     torch.manual_seed(4)
     big = torch.nn.GRU(30, 90, num_layers=2).eval()
     small = torch.nn.GRU(4, 9).eval()
-    mb, ms = Model(torch_model_to_layers(big, "gru")), Model(torch_model_to_layers(small, "gru"))
+    mb, ms = Model(torch_model_to_layers(big)), Model(torch_model_to_layers(small))
     rng = np.random.default_rng(6)
     xb = rng.standard_normal((12, 5, 30)).astype(np.float32)
     xs = rng.standard_normal((7, 3, 4)).astype(np.float32)

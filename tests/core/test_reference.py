@@ -9,11 +9,11 @@ from conftest import (ACTIVATION_SLOTS, FEATURES, RECURRENT_OPS, activation_slot
                       node_attributes, onnx_node_model, ort_attrs, ort_run,
                       peephole_clip_case, random_onnx_case)
 from rnnengine.testing.reference import onnx_rnn, run_stack
-from rnnengine.core.gate_order import to_onnx
 
 torch = pytest.importorskip("torch")
 
-from torch_reference import torch_run  # noqa: E402  (after the skip: it imports torch)
+# after the skip: torch_reference imports torch
+from torch_reference import torch_run, torch_to_onnx_layers  # noqa: E402
 
 
 def oracle_vs_ort(op, inputs, attrs, opset=22):
@@ -127,37 +127,6 @@ def test_conformance_case(case):
 
 
 # ---------------------------------------------------------------- PyTorch stacks, projection
-
-def torch_to_onnx_layers(module):
-    """PyTorch nn.LSTM/GRU/RNN parameters -> one ONNX-layout dict per layer (run_stack's input).
-
-    Gate orders: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h (always linear-before-reset)."""
-    if isinstance(module, torch.nn.LSTM):
-        kind, extra = "lstm", {}
-    elif isinstance(module, torch.nn.GRU):
-        kind, extra = "gru", {"linear_before_reset": 1}
-    else:
-        kind = "rnn"
-        extra = {"activations": ["Relu" if module.nonlinearity == "relu" else "Tanh"]}
-
-    def reorder(a):
-        return to_onnx(a, kind, "torch")
-
-    sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
-    sfx = ["", "_reverse"] if module.bidirectional else [""]
-    layers = []
-    for k in range(module.num_layers):
-        d = dict(kind=kind, direction="bidirectional" if module.bidirectional else "forward",
-                 W=np.stack([reorder(sd[f"weight_ih_l{k}{s}"]) for s in sfx]),
-                 R=np.stack([reorder(sd[f"weight_hh_l{k}{s}"]) for s in sfx]), **extra)
-        if module.bias:
-            d["B"] = np.stack([np.concatenate([reorder(sd[f"bias_ih_l{k}{s}"]),
-                                               reorder(sd[f"bias_hh_l{k}{s}"])]) for s in sfx])
-        if getattr(module, "proj_size", 0):
-            d["proj"] = np.stack([sd[f"weight_hr_l{k}{s}"] for s in sfx])
-        layers.append(d)
-    return layers
-
 
 TORCH_CASES = [
     # kind, layers, bidirectional, proj, batch_first, lengths, initial state, bias

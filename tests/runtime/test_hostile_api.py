@@ -12,8 +12,7 @@ import torch
 
 import rnnengine
 from rnnengine import Layer, Model
-from rnnengine.core.gate_order import to_onnx
-from torch_reference import torch_run
+from torch_reference import torch_model_to_layers, torch_run
 
 I, H = 5, 7
 
@@ -22,17 +21,7 @@ def torch_lstm_and_model(num_layers=1, seed=0):
     """A PyTorch LSTM and the same weights as an rnnengine Model (gates i,f,g,o -> i,o,f,c)."""
     torch.manual_seed(seed)
     net = torch.nn.LSTM(I, H, num_layers=num_layers)
-
-    def onnx_order(w):
-        return to_onnx(w, "lstm", "torch")[None]
-
-    layers = []
-    for k in range(num_layers):
-        get = lambda name: getattr(net, f"{name}_l{k}").detach().numpy()
-        B = np.concatenate([onnx_order(get("bias_ih")), onnx_order(get("bias_hh"))], axis=1)
-        layers.append(Layer.from_onnx("lstm", onnx_order(get("weight_ih")),
-                                      onnx_order(get("weight_hh")), B))
-    return net, Model(layers)
+    return net, Model(torch_model_to_layers(net))
 
 
 @pytest.fixture(scope="module")
