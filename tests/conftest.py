@@ -76,14 +76,9 @@ def graph_feeds(model, inputs: dict) -> list:
 
 def ort_run(model, inputs: dict) -> list:
     """Run ``model`` in ONNX Runtime (CPU, one thread); ``inputs`` may hold extra names."""
-    import onnxruntime as ort
+    from session_models import ort_session    # imports onnx: only for the tests that run ORT
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, {i.name: inputs[i.name] for i in model.graph.input})
+    return ort_session(model).run(None, {i.name: inputs[i.name] for i in model.graph.input})
 
 
 # Gate functions multiply the cell/hidden state: outside [0, 1] (Relu, Tanh, ...) they can make

@@ -17,6 +17,7 @@ import pytest
 
 import rnnengine
 from conftest import conformance_cases
+from session_models import ort_session
 from rnnengine import Layer, Model
 from rnnengine.core import kernels as _kernels
 from rnnengine.testing.reference import onnx_rnn
@@ -207,13 +208,6 @@ def _onnx_case(op, D, H, I, T, N, rng, **attrs):
     return model, [feeds[n] for n in names], names
 
 
-def _ort_run(model, inputs, names):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(zip(names, inputs)))
-
-
 ORT_CASES = [
     # op, D, H, I, T, N, attributes
     ("LSTM", 1, 17, 5, 4, 7, {}),
@@ -240,7 +234,7 @@ def test_onnx_attributes_match_onnxruntime(isa, case):
     op, D, H, I, T, N, attrs = case
     rng = np.random.default_rng(H * 131 + N)
     model, inputs, names = _onnx_case(op, D, H, I, T, N, rng, **dict(attrs))
-    expected = _ort_run(model, inputs, names)
+    expected = ort_session(model).run(None, dict(zip(names, inputs)))
     got = rnnengine.backend.prepare(model).run(inputs)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):

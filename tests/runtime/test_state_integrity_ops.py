@@ -16,22 +16,15 @@ from onnx import TensorProto, helper, numpy_helper
 import rnnengine
 from rnnengine import InferenceSession, ModelError
 from rnnengine.core.conv import Conv1d
-from session_models import graph_model, value_info
+from session_models import graph_model, ort_session, value_info
 
 ort = pytest.importorskip("onnxruntime")
-
-
-def _ort(model):
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
 
 
 def _ort_refuses(model, feeds, reason):
     """ONNX Runtime refuses the model for ``reason`` (a regex), not for a flaw of the test's."""
     with pytest.raises(Exception, match=reason):
-        _ort(model).run(None, feeds)
+        ort_session(model).run(None, feeds)
 
 
 def _same(got, want):
@@ -98,7 +91,7 @@ def _fold_models(node, data, others):
 def test_folding_matches_ort_and_the_run_time_operator(case):
     _, node, data, others = case
     folded, run = _fold_models(node, data, others)
-    want = _ort(run).run(None, {"d": data})
+    want = ort_session(run).run(None, {"d": data})
     sess = InferenceSession(folded)
     assert sess.placement() == {}, "every node folds at load"
     _same(sess.run(None, {}), want)
@@ -122,7 +115,8 @@ def test_integer_division_by_zero_is_refused(op):
         InferenceSession(fed).run(None, {"a": a, "b": b})
     # a divisor without zeros still divides as ORT does
     b = np.array([3, -2, 4], np.int32)
-    _same(InferenceSession(fed).run(None, {"a": a, "b": b}), _ort(fed).run(None, {"a": a, "b": b}))
+    feeds = {"a": a, "b": b}
+    _same(InferenceSession(fed).run(None, feeds), ort_session(fed).run(None, feeds))
 
 
 # -- operators refuse what ONNX forbids ------------------------------------------------------
@@ -189,7 +183,7 @@ def _overridable_model(ir_version):
 
 def test_an_overridable_initializer_takes_the_fed_value_or_its_default():
     model = _overridable_model(8)
-    ref, sess = _ort(model), InferenceSession(model)
+    ref, sess = ort_session(model), InferenceSession(model)
     assert [a.name for a in sess.get_inputs()] == [a.name for a in ref.get_inputs()]
     assert ([a.name for a in sess.get_overridable_initializers()]
             == [a.name for a in ref.get_overridable_initializers()] == ["d"])
@@ -203,7 +197,7 @@ def test_an_overridable_initializer_takes_the_fed_value_or_its_default():
 def test_before_ir_4_an_initializer_listed_as_input_is_a_constant():
     model = _overridable_model(3)
     model.opset_import[0].version = 8
-    ref, sess = _ort(model), InferenceSession(model)
+    ref, sess = ort_session(model), InferenceSession(model)
     assert sess.get_overridable_initializers() == ref.get_overridable_initializers() == []
     x = np.array([0.5, -1.0], np.float32)
     _same(sess.run(None, {"x": x}), ref.run(None, {"x": x}))
@@ -241,7 +235,7 @@ def _extreme(kind):
 def test_reduced_precision_refuses_weights_it_cannot_hold(tmp_path, precision, kind, reason):
     model = _lstm(_extreme(kind))
     x = np.full((5, 2, 8), 1e-3, np.float32)
-    want = _ort(model).run(None, {"X": x})[0]
+    want = ort_session(model).run(None, {"X": x})[0]
     got = InferenceSession(model).run(None, {"X": x})[0]   # fp32 matches the reference
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     path = tmp_path / "lstm.onnx"
@@ -256,7 +250,7 @@ def test_reduced_precision_refuses_weights_it_cannot_hold(tmp_path, precision, k
 def test_reduced_precision_keeps_ordinary_weights(precision):
     model = _lstm(_lstm_weights())
     x = np.random.default_rng(2).standard_normal((5, 2, 8)).astype(np.float32)
-    want = _ort(model).run(None, {"X": x})[0]
+    want = ort_session(model).run(None, {"X": x})[0]
     got = InferenceSession(model, precision=precision).run(None, {"X": x})[0]
     np.testing.assert_allclose(got, want, atol=3e-2)
 
@@ -354,8 +348,8 @@ def test_nested_loops_share_one_trip_budget_per_run(monkeypatch):
     x0 = {"x0": np.array(0.0, np.float32)}
     small = _loop_model(40, 100)          # 4,000 trips: within the budget, as ORT computes
     sess = InferenceSession(small)
-    _same(sess.run(None, x0), _ort(small).run(None, x0))
-    _same(sess.run(None, x0), _ort(small).run(None, x0))   # the budget is per run
+    _same(sess.run(None, x0), ort_session(small).run(None, x0))
+    _same(sess.run(None, x0), ort_session(small).run(None, x0))   # the budget is per run
     # 100 x 100 = 10,000 trips: each Loop alone is under 5,000, together they are not
     with pytest.raises(ValueError, match="inner_loop.*limit is 5,000 per run"):
         InferenceSession(_loop_model(100, 100)).run(None, x0)
