@@ -366,6 +366,31 @@ def run_isolated(code: str, timeout: float = 120):
                           text=True, timeout=timeout)
 
 
+def interrupted(code, args, after, timeout):
+    """Run ``code`` in a child until it prints "ready", send SIGINT ``after`` seconds later:
+    (its output, its stderr, its exit code, seconds from the signal to its exit)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", code, *args],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = child.stdout.readline().split()
+        assert ready and ready[0] == "ready", child.stderr.read()
+        time.sleep(after)
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=timeout)
+        waited = time.monotonic() - sent
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    return out, err, child.returncode, waited
+
+
 def load_fuzz_seeds():
     """fuzz/seeds.py as a module: the seed builders (multi-layer ONNX chains among them) are
     the tests' builders too, so the seeds the fuzzer mutates are known to load and run."""

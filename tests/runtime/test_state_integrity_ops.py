@@ -3,10 +3,6 @@ load computes what the operators compute at run time, operators refuse what ONNX
 an initializer that is also a graph input can be overridden, reduced precisions refuse
 weights they cannot hold, and every allocation and every Loop runs under one budget.
 ONNX Runtime on the same graph is the reference: where it refuses a graph, so do we."""
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import onnx
@@ -15,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import rnnengine
 from rnnengine import InferenceSession, ModelError
+from conftest import interrupted
 from rnnengine.core.conv import Conv1d
 from session_models import graph_model, ort_session, value_info
 
@@ -387,18 +384,6 @@ except KeyboardInterrupt:
 
 
 def test_a_long_compiled_conv_stops_on_ctrl_c():
-    child = subprocess.Popen([sys.executable, "-c", _CONV_CHILD], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline().split() == ["ready"], child.stderr.read()
-        time.sleep(1.0)
-        sent = time.monotonic()
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=120)
-        waited = time.monotonic() - sent
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    out, err, _, waited = interrupted(_CONV_CHILD, [], after=1.0, timeout=120)
     assert out.split()[:1] == ["interrupted"], (out, err[-2000:])
     assert waited < 5.0, f"exited {waited:.1f} s after SIGINT"
