@@ -45,17 +45,23 @@ def chunks(seed: int, n: int) -> list:
 
 @pytest.fixture(scope="module")
 def ort_session():
-    return ort.InferenceSession(sm.SILERO, providers=["CPUExecutionProvider"])
+    return sm.ort_session(sm.SILERO)
 
 
 def ort_loop(session, xs) -> list:
     """ONNX Runtime alone, the state carried by hand: each step's output."""
-    state = np.zeros((2, 1, 128), np.float32)
-    outs = []
-    for x in xs:
-        out, state = session.run(None, {"input": x, "state": state, "sr": SR})
-        outs.append(out.ravel())
-    return outs
+    loop = sm.AuthorLoop(session, {"stateN": "state"}, {"state": np.zeros((2, 1, 128), np.float32)})
+    return [loop.step({"input": x, "sr": SR})[0].ravel() for x in xs]
+
+
+async def drained(ws):
+    """What a draining server sends a client, then closes with 1001: (farewell, state blob)."""
+    farewell = json.loads(await ws.recv())
+    blob = await ws.recv()
+    with pytest.raises(ConnectionClosed, match=r"^received 1001 \(going away\) drain;") as info:
+        await ws.recv()
+    assert info.value.rcvd.code == 1001
+    return farewell, blob
 
 
 class Running:
@@ -201,12 +207,7 @@ def test_drain_hands_each_client_its_state(servers, ort_session):
         async with connect(server.ws) as ws:
             ys = [await step(ws, x) for x in xs[:6]]
             stepped.set()
-            farewell = json.loads(await ws.recv())
-            blob = await ws.recv()
-            with pytest.raises(ConnectionClosed, match=r"^received 1001 \(going away\) drain;") as info:
-                await ws.recv()
-            assert info.value.rcvd.code == 1001
-            return ys, farewell, blob
+            return (ys, *await drained(ws))
 
     async def main():
         events = [ready() for _ in inputs]
@@ -334,12 +335,7 @@ def test_cli_sigterm_drains_through_the_real_signal(ort_session):
             async with ws:
                 ys = [await step(ws, x) for x in xs[:5]]
                 proc.send_signal(signal.SIGTERM)
-                farewell = json.loads(await ws.recv())
-                blob = await ws.recv()
-                with pytest.raises(ConnectionClosed, match=r"^received 1001 \(going away\) drain;") as info:
-                    await ws.recv()
-                assert info.value.rcvd.code == 1001
-                return ys, farewell, blob
+                return (ys, *await drained(ws))
         ys, farewell, blob = run(main(), 90)
         proc.wait(30)
     finally:
