@@ -14,6 +14,16 @@ from onnx import TensorProto, helper, numpy_helper
 SILERO = os.path.join(os.path.dirname(__file__), "data", "silero_vad_16k_op15.onnx")
 
 
+def value_info(name, shape, elem=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def graph_model(nodes, inputs, outputs, inits=(), opset=17):
+    """A ModelProto of ``nodes`` with the given value infos and initializers, one opset."""
+    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
 def _export(module, args, names, outputs, dynamic_axes) -> bytes:
     import torch
     f = io.BytesIO()
@@ -193,10 +203,13 @@ def ort_session(model):
 
 
 class AuthorLoop:
-    """ONNX Runtime stepped by hand: the state outputs fed back as the next inputs."""
+    """ONNX Runtime stepped by hand: the state outputs fed back as the next inputs.
+
+    ``model`` is what ort_session takes, or an ONNX Runtime session already made (several loops
+    can share one); ``pairs`` maps each state output to the input it feeds."""
 
     def __init__(self, model, pairs, zero):
-        self.ort = ort_session(model)
+        self.ort = model if hasattr(model, "get_outputs") else ort_session(model)
         self.names = [o.name for o in self.ort.get_outputs()]
         self.pairs, self.state = pairs, dict(zero)
 

@@ -9,15 +9,18 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 
 
 def author_loop(ort, steps, state_inputs, state_outputs, first_state):
-    """Feed each step's state outputs back as the next step's state inputs, by hand."""
-    names = [o.name for o in ort.get_outputs()]
-    state = dict(first_state)
-    results = []
-    for feeds in steps:
-        outs = dict(zip(names, ort.run(None, {**feeds, **state})))
-        state = {i: outs[o] for o, i in zip(state_outputs, state_inputs)}
-        results.append([outs[n] for n in names if n not in state_outputs])
-    return results, state
+    """Feed each step's state outputs back as the next step's state inputs, by hand.
+    -> (each step's other outputs, the final state)."""
+    loop = sm.AuthorLoop(ort, dict(zip(state_outputs, state_inputs)), first_state)
+    return [loop.step(feeds) for feeds in steps], loop.state
+
+
+def same(got, want):
+    """The engine's outputs ``got`` are arrays of ``want``'s shapes and dtypes, values within TOL."""
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, **TOL)
 
 
 def check_stream(model, steps, pairs, zero_state, stream_feeds=None):
@@ -28,11 +31,7 @@ def check_stream(model, steps, pairs, zero_state, stream_feeds=None):
                                                           for s in steps],
                                   list(pairs.values()), list(pairs), zero_state)
     for feeds, want in zip(steps, expected):
-        got = stream.step(feeds)
-        assert len(got) == len(want)
-        for a, b in zip(got, want):
-            assert a.shape == b.shape and a.dtype == b.dtype
-            np.testing.assert_allclose(a, b, **TOL)
+        same(stream.step(feeds), want)
     for name, value in final.items():
         np.testing.assert_allclose(stream.state[name], value, **TOL)
     return stream
@@ -52,10 +51,9 @@ def check_pool(model, make_feeds, pairs, zero, n_streams, steps, fixed=None, bat
     assert pool.batched == batched
     assert ("one graph pass" in repr(pool)) == batched
     ort = sm.ort_session(model)
-    names = [o.name for o in ort.get_outputs()]
     rng = np.random.default_rng(8)
     ids = [pool.open() for _ in range(n_streams)]
-    state = {sid: dict(zero) for sid in ids}
+    loops = {sid: sm.AuthorLoop(ort, pairs, zero) for sid in ids}
     for step in range(steps):
         chosen = [sid for sid in ids if rng.random() < 0.7]
         rng.shuffle(chosen)
@@ -66,16 +64,14 @@ def check_pool(model, make_feeds, pairs, zero, n_streams, steps, fixed=None, bat
                    for k, ax in pool.in_axis.items() if k in rows[chosen[0]]}
         got = pool.step(chosen, stacked)
         for j, sid in enumerate(chosen):
-            outs = dict(zip(names, ort.run(None, {**rows[sid], **state[sid], **(fixed or {})})))
-            state[sid] = {i: outs[o] for o, i in pairs.items()}
-            want = [outs[n] for n in names if n not in pairs]
+            want = loops[sid].step({**rows[sid], **(fixed or {})})
             for a, b, ax in zip(got, want, pool.out_axis):
                 np.testing.assert_allclose(np.take(a, [j], axis=ax), b, **TOL)
         if step == steps // 2:       # a stream leaves, a new one joins at zero state
             pool.close(ids[0])
             ids[0] = pool.open()
-            state[ids[0]] = dict(zero)
+            loops[ids[0]] = sm.AuthorLoop(ort, pairs, zero)
     for sid in ids:
         for name, value in pool.state(sid).items():
-            np.testing.assert_allclose(value, state[sid][name], **TOL)
+            np.testing.assert_allclose(value, loops[sid].state[name], **TOL)
     return pool

@@ -75,23 +75,43 @@ def torch_twin(kind: str, arrays: list) -> torch.nn.Module:
     return module
 
 
-def torch_run(module: torch.nn.Module, xs, state=None):
-    """One unbatched sequence xs ``(T, I)`` from ``state`` (engine structure, batch 1, or None
-    for zeros) -> (ys ``(T, Hout)``, final state in the engine structure, batch 1), float64."""
-    x = torch.from_numpy(np.asarray(xs, np.float64)).reshape(len(xs), 1, -1)
+def torch_run(module: torch.nn.Module, x, state=None, lengths=None):
+    """Run a PyTorch RNN ``module`` in its own dtype -> (y, final state) as NumPy arrays.
+
+    ``x`` is batched in the module's layout (``(T, N, I)``, or ``(N, T, I)`` batch-first) or one
+    unbatched sequence ``(T, I)``; ``state`` is NumPy in the engine's structure (h, or (h, c) for
+    an LSTM) or None for zeros; ``lengths`` (one a batch entry) go through packing. An unbatched
+    sequence gives y ``(T, Hout)`` and takes and gives the state with batch 1, as a stream holds
+    it."""
+    dtype = next(module.parameters()).dtype
+    x = np.asarray(x)
+    unbatched = x.ndim == 2
+    if unbatched:
+        x = x[None] if module.batch_first else x[:, None]
+
+    def tensor(a):
+        if unbatched:
+            a = np.reshape(a, (a.shape[0], 1, -1))
+        return torch.from_numpy(np.ascontiguousarray(a)).to(dtype)
+
     if state is not None:
-        if isinstance(state, tuple):
-            state = tuple(torch.from_numpy(np.asarray(s, np.float64).reshape(s.shape[0], 1, -1))
-                          for s in state)
-        else:
-            state = torch.from_numpy(np.asarray(state, np.float64).reshape(state.shape[0], 1, -1))
+        state = tuple(map(tensor, state)) if isinstance(state, tuple) else tensor(state)
     with torch.no_grad():
-        y, final = module(x, state)
-    if isinstance(final, tuple):
-        final = tuple(s.numpy() for s in final)
-    else:
-        final = final.numpy()
-    return y[:, 0].numpy(), final
+        xt = torch.from_numpy(np.ascontiguousarray(x)).to(dtype)
+        if lengths is None:
+            y, final = module(xt, state)
+        else:
+            T = x.shape[1] if module.batch_first else x.shape[0]
+            packed = torch.nn.utils.rnn.pack_padded_sequence(
+                xt, torch.tensor(lengths), batch_first=module.batch_first, enforce_sorted=False)
+            y, final = module(packed, state)
+            y, _ = torch.nn.utils.rnn.pad_packed_sequence(y, batch_first=module.batch_first,
+                                                          total_length=T)
+    final = tuple(t.numpy() for t in final) if isinstance(final, tuple) else final.numpy()
+    y = y.numpy()
+    if unbatched:
+        y = y[0] if module.batch_first else y[:, 0]
+    return y, final
 
 
 def assert_close(actual, expected, what: str = "") -> None:
@@ -105,32 +125,38 @@ def assert_close(actual, expected, what: str = "") -> None:
                                err_msg=what)
 
 
-def torch_model_to_layers(m, kind):
-    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
-    L = m.num_layers
-    D = 2 if m.bidirectional else 1
-    proj = getattr(m, "proj_size", 0)
+def torch_to_onnx_layers(module):
+    """PyTorch nn.LSTM/GRU/RNN parameters -> one ONNX-layout dict per layer (run_stack's input).
 
-    def onnx_rows(a):
+    Gate orders: LSTM i,f,g,o -> i,o,f,c; GRU r,z,n -> z,r,h (always linear-before-reset)."""
+    if isinstance(module, torch.nn.LSTM):
+        kind, extra = "lstm", {}
+    elif isinstance(module, torch.nn.GRU):
+        kind, extra = "gru", {"linear_before_reset": 1}
+    else:
+        kind = "rnn"
+        extra = {"activations": ["Relu" if module.nonlinearity == "relu" else "Tanh"]
+                 * (2 if module.bidirectional else 1)}
+
+    def reorder(a):
         return to_onnx(a, kind, "torch")
 
+    sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
+    sfx = ["", "_reverse"] if module.bidirectional else [""]
     layers = []
-    for l in range(L):
-        Ws, Rs, Bs, Ps = [], [], [], []
-        for d in range(D):
-            sfx = f"_l{l}" + ("_reverse" if d else "")
-            g = lambda n: getattr(m, n + sfx).detach().numpy()  # noqa: E731
-            Ws.append(onnx_rows(g("weight_ih")))
-            Rs.append(onnx_rows(g("weight_hh")))
-            Bs.append(np.concatenate([onnx_rows(g("bias_ih")), onnx_rows(g("bias_hh"))]))
-            if proj:
-                Ps.append(g("weight_hr"))
-        acts = None
-        if kind == "rnn" and m.nonlinearity == "relu":
-            acts = ["Relu"]
-        layers.append(Layer.from_onnx(
-            kind, np.stack(Ws), np.stack(Rs), np.stack(Bs),
-            direction="bidirectional" if D == 2 else "forward", activations=acts,
-            linear_before_reset=1 if kind == "gru" else 0,
-            proj=np.stack(Ps) if proj else None))
+    for k in range(module.num_layers):
+        d = dict(kind=kind, direction="bidirectional" if module.bidirectional else "forward",
+                 W=np.stack([reorder(sd[f"weight_ih_l{k}{s}"]) for s in sfx]),
+                 R=np.stack([reorder(sd[f"weight_hh_l{k}{s}"]) for s in sfx]), **extra)
+        if module.bias:
+            d["B"] = np.stack([np.concatenate([reorder(sd[f"bias_ih_l{k}{s}"]),
+                                               reorder(sd[f"bias_hh_l{k}{s}"])]) for s in sfx])
+        if getattr(module, "proj_size", 0):
+            d["proj"] = np.stack([sd[f"weight_hr_l{k}{s}"] for s in sfx])
+        layers.append(d)
     return layers
+
+
+def torch_model_to_layers(module):
+    """nn.LSTM/GRU/RNN -> rnnengine layers (ONNX gate order), independent of any loader."""
+    return [Layer.from_onnx(**arrays) for arrays in torch_to_onnx_layers(module)]

@@ -15,6 +15,7 @@ import rnnengine
 from rnnengine.core import conv as _conv
 from rnnengine.ops import compiled_conv
 import conftest
+from session_models import ort_session
 
 RTOL = 1e-5
 
@@ -155,12 +156,6 @@ def conv_model(x_shape, w, b, relu, dtype=TensorProto.FLOAT, w_input=False, **at
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]).SerializeToString()
 
 
-def ort_run(model, feeds):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"]).run(None, feeds)
-
-
 def fused_labels(sess):
     return [label for label in sess.plan.labels if label.startswith("fused")]
 
@@ -183,7 +178,7 @@ def test_graph_conv_runs_in_c_and_matches_ort(attrs, relu, bias):
     assert len(fused_labels(sess)) == 1 and len(sess.plan.steps) == 1
     for N, L in ((1, 9), (4, 16), (2, 7)):   # new lengths: auto_pad's pads change
         x = rng.standard_normal((N, 5, L)).astype(np.float32)
-        (want,) = ort_run(model, {"x": x})
+        (want,) = ort_session(model).run(None, {"x": x})
         (got,) = sess.run(None, {"x": x})
         assert got.shape == want.shape
         assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
@@ -224,7 +219,7 @@ def test_graph_conv_with_weights_as_input_is_not_compiled():
     assert not fused_labels(sess)
     x = rng.standard_normal((2, 3, 6)).astype(np.float32)
     got = sess.run(None, {"x": x, "w": w})[0]
-    want = ort_run(model, {"x": x, "w": w})[0]
+    want = ort_session(model).run(None, {"x": x, "w": w})[0]
     assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 
@@ -243,7 +238,7 @@ def test_relu_read_elsewhere_is_not_fused():
     sess = rnnengine.InferenceSession(model)
     assert len(fused_labels(sess)) == 1 and "Relu" not in fused_labels(sess)[0]
     x = rng.standard_normal((1, 3, 5)).astype(np.float32)
-    for got, want in zip(sess.run(None, {"x": x}), ort_run(model, {"x": x})):
+    for got, want in zip(sess.run(None, {"x": x}), ort_session(model).run(None, {"x": x})):
         assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
 
 

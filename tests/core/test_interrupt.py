@@ -1,13 +1,11 @@
 """Ctrl-C during a long Model.run / Stream.run raises KeyboardInterrupt promptly (the compute
 loop runs without the GIL, so Python's handler alone would wait for the whole sequence), and a
 stream keeps the state it had before the call."""
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import pytest
+
+from conftest import interrupted
 
 # Sized from a short timed run so that the whole sequence would take about LONG seconds.
 LONG = 30.0
@@ -42,26 +40,6 @@ CHILD = textwrap.dedent("""
         sys.exit(0)
     print("finished", round(time.perf_counter() - start, 3), flush=True)
 """)
-
-
-def interrupted(code, args, after, timeout):
-    """Run ``code`` in a child until it prints "ready", send SIGINT ``after`` seconds later:
-    (its output, its stderr, its exit code, seconds from the signal to its exit)."""
-    child = subprocess.Popen([sys.executable, "-c", code, *args],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready = child.stdout.readline().split()
-        assert ready and ready[0] == "ready", child.stderr.read()
-        time.sleep(after)
-        sent = time.monotonic()
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=timeout)
-        waited = time.monotonic() - sent
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    return out, err, child.returncode, waited
 
 
 @pytest.mark.parametrize("mode", ["run", "stream"])

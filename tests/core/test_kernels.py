@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import rnnengine
+from conftest import conformance_cases
+from session_models import ort_session
 from rnnengine import Layer, Model
 from rnnengine.core import kernels as _kernels
 from rnnengine.testing.reference import onnx_rnn
@@ -206,13 +208,6 @@ def _onnx_case(op, D, H, I, T, N, rng, **attrs):
     return model, [feeds[n] for n in names], names
 
 
-def _ort_run(model, inputs, names):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, dict(zip(names, inputs)))
-
-
 ORT_CASES = [
     # op, D, H, I, T, N, attributes
     ("LSTM", 1, 17, 5, 4, 7, {}),
@@ -239,27 +234,11 @@ def test_onnx_attributes_match_onnxruntime(isa, case):
     op, D, H, I, T, N, attrs = case
     rng = np.random.default_rng(H * 131 + N)
     model, inputs, names = _onnx_case(op, D, H, I, T, N, rng, **dict(attrs))
-    expected = _ort_run(model, inputs, names)
+    expected = ort_session(model).run(None, dict(zip(names, inputs)))
     got = rnnengine.backend.prepare(model).run(inputs)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=RTOL, atol=ATOL)
-
-
-_conformance = []
-
-
-def conformance_cases():
-    """ONNX's LSTM/GRU/RNN node test cases, collected once (collect_testcases(None) builds
-    every operator's cases; called with an op name it would cache that first result)."""
-    if not _conformance:
-        from onnx.backend.test.case.node import collect_testcases
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            _conformance.extend(
-                c for c in collect_testcases(None)
-                if c.model.graph.node and c.model.graph.node[0].op_type in ("LSTM", "GRU", "RNN"))
-    return _conformance
 
 
 def test_onnx_conformance_cases(isa):
@@ -299,7 +278,7 @@ def test_matches_pytorch_run_step_and_chunks(isa, case):
     if proj:
         kw["proj_size"] = proj
     m = cls(I, H, num_layers=L, bidirectional=bidir, **kw).eval()
-    model = Model(torch_model_to_layers(m, kind))
+    model = Model(torch_model_to_layers(m))
     x = np.random.default_rng(H).standard_normal((T, N, I)).astype(np.float32)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -354,7 +333,7 @@ def test_each_isa_matches_serial_and_the_reference(isa, kind, lbr):
 def lstm_model():
     torch.manual_seed(0)
     m = torch.nn.LSTM(6, 20).eval()
-    return m, Model(torch_model_to_layers(m, "lstm"))
+    return m, Model(torch_model_to_layers(m))
 
 
 def test_step_out_argument_writes_in_place(lstm_model):
@@ -440,7 +419,7 @@ def test_workspace_reuse_across_models_does_not_leak_values(isa):
     torch.manual_seed(4)
     big = torch.nn.GRU(30, 90, num_layers=2).eval()
     small = torch.nn.GRU(4, 9).eval()
-    mb, ms = Model(torch_model_to_layers(big, "gru")), Model(torch_model_to_layers(small, "gru"))
+    mb, ms = Model(torch_model_to_layers(big)), Model(torch_model_to_layers(small))
     rng = np.random.default_rng(6)
     xb = rng.standard_normal((12, 5, 30)).astype(np.float32)
     xs = rng.standard_normal((7, 3, 4)).astype(np.float32)

@@ -78,7 +78,7 @@ def torch_npz(path, shapes: dict):
 ])
 def test_torch_npz_whose_layers_differ_in_width_names_the_arrays(tmp_path, shapes, named):
     path = torch_npz(tmp_path / "m.npz", shapes)
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match="every layer of a PyTorch RNN has the same hidden_size") as info:
         rnnengine.load(path)
     message = str(info.value)
     assert str(path) in message

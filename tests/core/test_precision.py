@@ -143,7 +143,7 @@ def test_gemm_isa_names_the_product(isa):
         assert _kernels.gemm_isa("int8") == _kernels.gemm_isa("int8r") == "avx2madd"
     if isa in ("avx512", "amx"):
         assert _kernels.gemm_isa("int8") in ("avx512vnni", "avx2madd")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not in tuple"):
         _kernels.gemm_isa("fp8")
 
 

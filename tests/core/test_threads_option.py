@@ -33,7 +33,7 @@ def test_threads_match_pytorch_and_one_thread(isa, case, threads):
     cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
     kw = dict(extra, **({"proj_size": proj} if proj else {}))
     m = cls(I, H, num_layers=L, **kw).eval()
-    layers = torch_model_to_layers(m, kind)
+    layers = torch_model_to_layers(m)
     one, many = Model(layers, threads=1), Model(layers, threads=threads)
     assert many.threads == threads
     x = np.random.default_rng(H).standard_normal((6, N, I)).astype(np.float32)
@@ -77,7 +77,7 @@ def test_gru_linear_before_reset_0_with_threads(isa):
 def test_more_threads_than_blocks():
     torch.manual_seed(1)
     m = torch.nn.LSTM(3, 8).eval()   # one 16-unit block: nothing to split
-    model = Model(torch_model_to_layers(m, "lstm"), threads=4)
+    model = Model(torch_model_to_layers(m), threads=4)
     x = np.random.default_rng(2).standard_normal((4, 2, 3)).astype(np.float32)
     with torch.no_grad():
         yt = m(torch.from_numpy(x))[0].numpy()

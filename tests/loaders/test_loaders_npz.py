@@ -3,6 +3,7 @@ Keras layers (KERAS_BACKEND=torch), ONNX-named arrays against ONNX Runtime, the 
 format round trip (exact), and every malformed archive against a ModelError naming the file,
 the weight group and the reason."""
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "torch")   # real Keras layers without TensorFlow
 
@@ -107,10 +108,11 @@ def test_several_modules_need_node(tmp_path):
     decoder = torch.nn.LSTM(4, 5).eval()
     arrays = {**state_dict_arrays(encoder, "model.encoder."), **state_dict_arrays(decoder, "model.decoder.")}
     path = save_npz(tmp_path / "two.npz", arrays)
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=r"2 weight groups; pick one with node=<name>:\n"
+                                         r"  model\.encoder \(pytorch\)\n  model\.decoder \(pytorch\)"
+                       ) as info:
         rnnengine.load(path)
-    message = str(info.value)
-    assert path in message and "model.encoder" in message and "model.decoder" in message
+    assert path in str(info.value)
     x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
     with torch.no_grad():
         y_enc = encoder(torch.from_numpy(x))[0]
@@ -329,26 +331,32 @@ MALFORMED = {
     "missing_weight_hh": (lambda p: torch_arrays(**{"rnn.weight_hh_l1": None}), "weight_hh is missing"),
     "bias_ih_alone": (lambda p: torch_arrays(**{"rnn.bias_hh_l0": None}), "must come together"),
     "bad_weight_hh_shape": (lambda p: torch_arrays(**{"rnn.weight_hh_l0": np.ones((16, 5), np.float32)}),
-                            "rnn.weight_hh_l0"),
+                            "shapes 'rnn.weight_ih_l0' (16, 3), 'rnn.weight_hh_l0' (16, 5) do not make "
+                            "1, 3 or 4 gates of one hidden size"),
     "gap_in_layers": (lambda p: {k.replace("_l1", "_l2"): v for k, v in torch_arrays().items()},
-                      "not numbered"),
+                      "layers [0, 2] are not numbered 0..1"),
     "integer_weights": (lambda p: torch_arrays(**{"rnn.weight_ih_l0": np.ones((16, 3), np.int32)}),
-                        "float"),
+                        "'rnn.weight_ih_l0' must be a float array; got dtype int32"),
     "stack_sizes_disagree": (lambda p: torch_arrays(**{"rnn.weight_ih_l1": np.ones((16, 7), np.float32)}),
                              "layer 1 takes 7 inputs"),
     "pickled_array": (lambda p: {"W": np.array([{"evil": 1}], dtype=object),
-                                 "R": np.ones((1, 4, 1), np.float32)}, "pickle"),
+                                 "R": np.ones((1, 4, 1), np.float32)},
+                      "array 'W' holds Python objects (a pickle); refused"),
     "keras_bias_shape": (lambda p: {"l/cell/kernel": np.ones((2, 12), np.float32),
                                     "l/cell/recurrent_kernel": np.ones((3, 12), np.float32),
-                                    "l/cell/bias": np.ones((5,), np.float32)}, "l/cell/bias"),
+                                    "l/cell/bias": np.ones((5,), np.float32)},
+                         "'l/cell/bias' has shape (5,); expected (12,)"),
     "keras_no_kernel": (lambda p: {"l/cell/recurrent_kernel": np.ones((3, 12), np.float32)},
-                        "no kernel"),
+                        "'l/cell/recurrent_kernel' has no kernel beside it"),
     "onnx_names_bad_op": (lambda p: {"W": np.ones((1, 4, 2), np.float32), "R": np.ones((1, 4, 1), np.float32),
-                                     "op_type": np.array("Conv")}, "op_type"),
+                                     "op_type": np.array("Conv")},
+                          "op_type must be LSTM, GRU or RNN; got 'conv'"),
     "onnx_names_bad_direction": (lambda p: {"W": np.ones((1, 4, 2), np.float32),
                                             "R": np.ones((1, 4, 1), np.float32),
-                                            "direction": np.array("bidirectional")}, "direction"),
-    "nothing_recognised": (lambda p: {"conv.weight": np.ones(3, np.float32)}, "conv.weight"),
+                                            "direction": np.array("bidirectional")},
+                                 "W has 1 direction(s) but direction='bidirectional'"),
+    "nothing_recognised": (lambda p: {"conv.weight": np.ones(3, np.float32)},
+                           "or an rnnengine file; found 1 array(s): 'conv.weight'"),
     "own_bad_json": (lambda p: own_file(p, b"{not json"), "malformed rnnengine header"),
     "own_future_version": (lambda p: own_file(p, b'{"format": "rnnengine", "version": 99, '
                                                  b'"batch_first": false, "layers": [{}]}'), "version 99"),
@@ -363,10 +371,9 @@ MALFORMED = {
 def test_malformed_archive_names_file_group_reason(tmp_path, case):
     build, reason = MALFORMED[case]
     path = save_npz(tmp_path / "bad.npz", build(tmp_path))
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=re.escape(reason)) as info:
         rnnengine.load(path)
-    message = str(info.value)
-    assert path in message and reason in message, message
+    assert path in str(info.value)
 
 
 def test_nonlinearity_for_lstm_weights_is_refused(tmp_path):
@@ -381,15 +388,17 @@ def test_nonlinearity_for_lstm_weights_is_refused(tmp_path):
 
 def test_unknown_group_name_lists_the_groups(tmp_path):
     path = save_npz(tmp_path / "lstm.npz", torch_arrays())
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=r"no weight group named 'decoder'; the groups are:\n  rnn \(pytorch\)"):
         rnnengine.load(path, node="decoder")
-    assert "'decoder'" in str(info.value) and "rnn (pytorch)" in str(info.value)
 
 
-@pytest.mark.parametrize("content", [b"PK\x03\x04" + b"\x00" * 40, b"PK" + bytes(range(256)),
-                                     b"\x93NUMPY\x01\x00"])
-def test_corrupt_archives_are_model_errors(tmp_path, content):
-    assert_bytes_are_a_model_error(tmp_path / "corrupt.npz", content)
+@pytest.mark.parametrize("content, reason", [
+    (b"PK\x03\x04" + b"\x00" * 40, "not a readable .npz archive"),
+    (b"PK" + bytes(range(256)), "not a readable .npz archive"),
+    (b"\x93NUMPY\x01\x00", "a single .npy array, not a model"),
+])
+def test_corrupt_archives_are_model_errors(tmp_path, content, reason):
+    assert_bytes_are_a_model_error(tmp_path / "corrupt.npz", content, re.escape(reason))
 
 
 def test_truncated_archive_is_a_model_error(tmp_path):
@@ -397,9 +406,8 @@ def test_truncated_archive_is_a_model_error(tmp_path):
     data = open(path, "rb").read()
     cut = tmp_path / "cut.npz"
     cut.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=f"^{re.escape(str(cut))}: not a readable .npz archive"):
         rnnengine.load(cut)
-    assert str(cut) in str(info.value)
 
 
 def test_threads_option_gives_a_threaded_model_with_the_same_results(tmp_path):

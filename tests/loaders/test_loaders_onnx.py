@@ -7,6 +7,7 @@ side by side (one graph input each); every test case loads its own stack by node
 import contextlib
 import io
 import os
+import re
 import warnings
 
 import numpy as np
@@ -158,10 +159,10 @@ def test_pytorch_export_matches_pytorch(zoos, exporter, kind, index):
 
 def test_zoo_without_node_lists_every_stack(zoos):
     path, nets = zoos("torchscript_folded", "lstm")
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=f"^{re.escape(path)}: {len(nets)} candidate recurrent "
+                                         "models; pick one with node=<name>:") as info:
         rnnengine.load(path)
     message = str(info.value)
-    assert path in message and f"{len(nets)} candidate" in message
     for k in range(len(nets)):
         assert head_node(path, f"x{k}") in message
 
@@ -477,10 +478,10 @@ def test_external_data_escaping_the_folder_is_refused(tmp_path, location):
     node = helper.make_node("RNN", ["X", "W", "R"], ["Y"], name="rnn_ext", hidden_size=2)
     path = save(make_model([node], [tensor, numpy_helper.from_array(R, "R")], [vinfo("X")],
                            [vinfo("Y")]), folder)
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=f"^{re.escape(path)}: node 'rnn_ext': .*external data "
+                                         f"location {re.escape(repr(location))} is outside the "
+                                         f"model's folder {re.escape(repr(str(folder)))}; refused"):
         rnnengine.load(path)
-    message = str(info.value)
-    assert path in message and "rnn_ext" in message and "outside the model's folder" in message
 
 
 def test_layout_1_is_batch_first(tmp_path):
@@ -562,9 +563,9 @@ def test_node_names_qualified_and_by_output(tmp_path):
     model = make_model([node], inits, [vinfo("X"), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
                        [vinfo("Y")])
     path = save(model, tmp_path)
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=r"'rnn' names 2 recurrent nodes; use a qualified name:\n"
+                                         r"  choose::else_branch::rnn\n  choose::then_branch::rnn"):
         rnnengine.load(path, node="rnn")
-    assert "choose::then_branch::rnn" in str(info.value) and "choose::else_branch::rnn" in str(info.value)
     X = x_for(2)
     for label, cond in (("then", True), ("else", False)):
         by_qualname = rnnengine.load(path, node=f"choose::{label}_branch::rnn")
@@ -593,16 +594,21 @@ def lstm_model(W_source="init", **node_changes):
 
 
 MALFORMED = {
-    "weights_from_graph_input": (lambda: lstm_model("input"), "graph input 'W'"),
+    "weights_from_graph_input": (lambda: lstm_model("input"),
+                                 "input W ('W') is not a constant: it depends on graph input 'W'"),
     "unfoldable_op": (lambda: lstm_model("none", nodes=[helper.make_node("Hardmax", ["R"], ["W"])]),
-                      "Hardmax"),
-    "undefined_weight": (lambda: lstm_model("none"), "defines 'W'"),
-    "wrong_hidden_size": (lambda: lstm_model(hidden_size=5), "hidden_size=5"),
-    "bad_direction": (lambda: lstm_model(direction="sideways"), "sideways"),
-    "bad_activation": (lambda: lstm_model(activations=["Sigmoid", "Tanh", "Cube"]), "Cube"),
+                      "it is computed by Hardmax node"),
+    "undefined_weight": (lambda: lstm_model("none"),
+                         "is not a constant: no node, initializer or input defines 'W'"),
+    "wrong_hidden_size": (lambda: lstm_model(hidden_size=5),
+                          "hidden_size=5 but W implies 3"),
+    "bad_direction": (lambda: lstm_model(direction="sideways"),
+                      "direction must be forward, reverse or bidirectional; got 'sideways'"),
+    "bad_activation": (lambda: lstm_model(activations=["Sigmoid", "Tanh", "Cube"]),
+                       "unknown activation 'Cube'; expected one of Relu"),
     "missing_R": (lambda: lstm_model(inputs=["X", "W", "", "B"]), "input R is missing"),
     "integer_weights": (lambda: lstm_model("none", nodes=[const("W", np.ones((1, 12, 2), np.int64))]),
-                        "dtype int64"),
+                        "has dtype int64; expected a float tensor"),
     "constant_initial_h": (lambda: lstm_model(inputs=["X", "W", "R", "B", "", "h0"],
                                               nodes=[const("h0", np.ones((1, 1, 3), np.float32))]),
                            "initial_h is a non-zero constant"),
@@ -619,18 +625,15 @@ MALFORMED = {
 def test_malformed_model_names_file_node_reason(tmp_path, case):
     build, reason = MALFORMED[case]
     path = save(build(), tmp_path)
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=f"^{re.escape(path)}: node 'bad_lstm': .*{re.escape(reason)}"):
         rnnengine.load(path)
-    message = str(info.value)
-    assert path in message, message
-    assert "bad_lstm" in message, message
-    assert reason in message, message
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00" * 10, b"not an onnx file at all\n" * 5,
                                      bytes(range(256)) * 4])
 def test_garbage_bytes_are_a_model_error(tmp_path, content):
-    assert_bytes_are_a_model_error(tmp_path / "garbage.onnx", content)
+    # what follows is the protobuf library's own wording, which changes between its versions
+    assert_bytes_are_a_model_error(tmp_path / "garbage.onnx", content, r"not an ONNX model \(")
 
 
 def test_cyclic_graph_is_an_error_not_a_hang(tmp_path):
@@ -661,9 +664,9 @@ def test_model_without_recurrent_nodes(tmp_path):
 
 def test_unknown_node_name_lists_the_nodes(tmp_path):
     path = save(lstm_model(), tmp_path)
-    with pytest.raises(ModelError) as info:
+    with pytest.raises(ModelError, match=r"no LSTM/GRU/RNN node named 'nope'; the recurrent nodes "
+                                         r"are:\n  bad_lstm \(LSTM\)"):
         rnnengine.load(path, node="nope")
-    assert "'nope'" in str(info.value) and "bad_lstm" in str(info.value)
 
 
 def test_option_errors_are_user_errors(tmp_path):

@@ -344,7 +344,7 @@ def test_constant_kinds():
         check("Constant", [], attrs, opset)
     node = helper.make_node("Constant", [], ["c"], value=t)
     out = native_op(node, 13)()[0]
-    with pytest.raises(ValueError):   # shared between calls, so read-only
+    with pytest.raises(ValueError, match="read-only"):   # shared between calls, so read-only
         out[0, 0] = 9
 
 

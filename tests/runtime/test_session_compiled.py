@@ -14,6 +14,7 @@ import pytest
 import session_models as sm
 from session_models import AuthorLoop
 from conftest import load_fuzz_seeds
+from stream_checks import same
 from rnnengine import InferenceSession
 from rnnengine.runtime.session_stream import SessionStream
 
@@ -28,13 +29,6 @@ def models():
     return {"dtln": sm.packed_lstm(features=257, hidden=128, outputs=257),
             "a": sm.embedding_lstm(True), "b_linear": sm.frontend_gru(False),
             "b_conv": sm.frontend_gru(True)}
-
-
-def same(got, want):
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        assert isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
-        np.testing.assert_allclose(a, b, **TOL)
 
 
 def run_both(model, feeds_list, zero):

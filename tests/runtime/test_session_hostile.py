@@ -5,16 +5,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import session_models as sm
+from session_models import graph_model, value_info
 from rnnengine import InferenceSession, ModelError
-
-
-def _f(name, shape, elem=TensorProto.FLOAT):
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-def _model(nodes, inputs, outputs, inits=(), opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
 
 def test_cycle_is_a_model_error():
@@ -22,47 +14,48 @@ def test_cycle_is_a_model_error():
              helper.make_node("Relu", ["a"], ["b"], name="second"),
              helper.make_node("Identity", ["a"], ["y"])]
     with pytest.raises(ModelError, match="cycle.*first.*second"):
-        InferenceSession(_model(nodes, [_f("x", [2])], [_f("y", [2])]))
+        InferenceSession(graph_model(nodes, [value_info("x", [2])], [value_info("y", [2])]))
 
 
 def test_dangling_input_is_a_model_error():
     nodes = [helper.make_node("Add", ["x", "ghost"], ["y"], name="adder")]
     with pytest.raises(ModelError, match="'adder'.*'ghost'.*dangling"):
-        InferenceSession(_model(nodes, [_f("x", [2])], [_f("y", [2])]))
+        InferenceSession(graph_model(nodes, [value_info("x", [2])], [value_info("y", [2])]))
 
 
 def test_dangling_graph_output_is_a_model_error():
     nodes = [helper.make_node("Relu", ["x"], ["y"])]
     with pytest.raises(ModelError, match="'nowhere'.*dangling"):
-        InferenceSession(_model(nodes, [_f("x", [2])], [_f("nowhere", [2])]))
+        InferenceSession(graph_model(nodes, [value_info("x", [2])], [value_info("nowhere", [2])]))
 
 
 def test_dangling_name_inside_a_branch_is_a_model_error():
     branch = helper.make_graph([helper.make_node("Identity", ["ghost"], ["o"])], "b", [],
-                               [_f("o", [1])])
+                               [value_info("o", [1])])
     nodes = [helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=branch)]
     with pytest.raises(ModelError, match="ghost"):
-        InferenceSession(_model(nodes, [_f("c", [], TensorProto.BOOL)], [_f("y", [1])]))
+        InferenceSession(graph_model(nodes, [value_info("c", [], TensorProto.BOOL)], [value_info("y", [1])]))
 
 
 def test_name_produced_twice_is_a_model_error():
     nodes = [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["x"], ["y"])]
     with pytest.raises(ModelError, match="twice"):
-        InferenceSession(_model(nodes, [_f("x", [2])], [_f("y", [2])]))
+        InferenceSession(graph_model(nodes, [value_info("x", [2])], [value_info("y", [2])]))
 
 
 def test_not_a_model():
-    with pytest.raises(ModelError):
+    with pytest.raises(ModelError, match=r"^<bytes>: not an ONNX model \("):
         InferenceSession(b"\x08\x01garbage\xff\xff")
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="InferenceSession takes a path, the model's bytes or an "
+                                        "onnx.ModelProto; got int"):
         InferenceSession(12)
 
 
 @pytest.fixture(scope="module")
 def head():
     w = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
-    return InferenceSession(_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="dense")],
-                                   [_f("x", ["N", "F"])], [_f("y", ["N", 3])], [w]))
+    return InferenceSession(graph_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="dense")],
+                                   [value_info("x", ["N", "F"])], [value_info("y", ["N", 3])], [w]))
 
 
 def test_shape_that_does_not_fit_at_run_time_names_the_node(head):
@@ -98,11 +91,11 @@ def test_unknown_output_name(head):
 def test_if_with_a_non_scalar_condition():
     def branch(v):
         return helper.make_graph([helper.make_node("Constant", [], ["o"], value=numpy_helper.from_array(
-            np.array([v], np.float32)))], "b", [], [_f("o", [1])])
+            np.array([v], np.float32)))], "b", [], [value_info("o", [1])])
 
-    model = _model([helper.make_node("If", ["cond"], ["y"], then_branch=branch(1.0),
+    model = graph_model([helper.make_node("If", ["cond"], ["y"], then_branch=branch(1.0),
                                      else_branch=branch(0.0), name="switch")],
-                   [_f("cond", ["K"], TensorProto.BOOL)], [_f("y", [1])])
+                   [value_info("cond", ["K"], TensorProto.BOOL)], [value_info("y", [1])])
     sess = InferenceSession(model)
     assert sess.run(None, {"cond": np.array([True])})[0].tolist() == [1.0]
     with pytest.raises(ValueError, match="condition 'cond' of If node 'switch'.*one element"):
@@ -141,7 +134,7 @@ def test_outputs_never_alias_what_the_session_reuses():
              helper.make_node("Mul", ["s", "two"], ["shape2"]),
              helper.make_node("Identity", ["two"], ["k"])]
     two = numpy_helper.from_array(np.array([2, 2], np.int64), "two")
-    sess = InferenceSession(_model(nodes, [_f("x", ["A", "B"])],
+    sess = InferenceSession(graph_model(nodes, [value_info("x", ["A", "B"])],
                                    [helper.make_tensor_value_info("shape2", TensorProto.INT64, [2]),
                                     helper.make_tensor_value_info("k", TensorProto.INT64, [2])],
                                    [two]))
@@ -160,12 +153,12 @@ def test_a_loop_that_never_stops_is_refused(monkeypatch):
         [helper.make_node("Identity", ["c_in"], ["c_out"]),
          helper.make_node("Add", ["s_in", "one"], ["s_out"])], "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
-         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []), _f("s_in", [])],
-        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), _f("s_out", [])])
+         helper.make_tensor_value_info("c_in", TensorProto.BOOL, []), value_info("s_in", [])],
+        [helper.make_tensor_value_info("c_out", TensorProto.BOOL, []), value_info("s_out", [])])
     one = numpy_helper.from_array(np.array(1, np.float32), "one")
-    model = _model([helper.make_node("Loop", ["", "go", "s0"], ["s"], body=body, name="spin")],
-                   [helper.make_tensor_value_info("go", TensorProto.BOOL, []), _f("s0", [])],
-                   [_f("s", [])], [one])
+    model = graph_model([helper.make_node("Loop", ["", "go", "s0"], ["s"], body=body, name="spin")],
+                   [helper.make_tensor_value_info("go", TensorProto.BOOL, []), value_info("s0", [])],
+                   [value_info("s", [])], [one])
     sess = InferenceSession(model)
     with pytest.raises(ValueError, match="'spin' ran 1,000 iterations"):
         sess.run(None, {"go": np.array(True), "s0": np.array(0, np.float32)})

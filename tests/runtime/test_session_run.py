@@ -5,6 +5,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import session_models as sm
+from session_models import graph_model, value_info
 from rnnengine import InferenceSession, ModelError
 
 pytest.importorskip("onnxruntime")
@@ -98,7 +99,7 @@ def test_one_session_follows_changing_shapes():
 def test_silero_state_of_wrong_fixed_dim_is_refused_like_ort():
     feeds = {"input": np.full((1, 512), 0.05, np.float32),
              "state": np.zeros((0, 1, 128), np.float32), "sr": np.array(16000, np.int64)}
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="Got invalid dimensions for input: state"):
         sm.ort_session(sm.SILERO).run(None, feeds)
     with pytest.raises(ValueError, match=r"input 'state' must have shape \(2, batch, 128\)"):
         InferenceSession(sm.SILERO).run(None, feeds)
@@ -155,15 +156,6 @@ def test_bytes_path_and_proto_load_the_same(tmp_path):
 
 # --- operators through ONNX Runtime, control flow ----------------------------------------
 
-def _model(nodes, inputs, outputs, inits=(), opset=17):
-    graph = helper.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-
-
-def _f(name, shape):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
 def test_unknown_ops_are_grouped_into_few_ort_sessions():
     """LpNormalization -> Hardmax are joined (one session); the native Add between the
     first LpNormalization and the second splits them."""
@@ -172,7 +164,7 @@ def test_unknown_ops_are_grouped_into_few_ort_sessions():
              helper.make_node("Add", ["a", "x"], ["r"]),
              helper.make_node("LpNormalization", ["r"], ["c"]),
              helper.make_node("Add", ["b", "c"], ["y"])]
-    model = _model(nodes, [_f("x", ["N", 5])], [_f("y", ["N", 5])])
+    model = graph_model(nodes, [value_info("x", ["N", 5])], [value_info("y", ["N", 5])])
     sess = InferenceSession(model)
     groups = sess.loaded.ort_groups
     assert sorted(len(g.nodes) for g in groups) == [1, 2]
@@ -182,9 +174,9 @@ def test_unknown_ops_are_grouped_into_few_ort_sessions():
 
 
 def test_without_onnxruntime_loading_lists_the_ops(monkeypatch):
-    model = _model([helper.make_node("LpNormalization", ["x"], ["a"]),
+    model = graph_model([helper.make_node("LpNormalization", ["x"], ["a"]),
                     helper.make_node("Hardmax", ["a"], ["y"])],
-                   [_f("x", [2, 5])], [_f("y", [2, 5])])
+                   [value_info("x", [2, 5])], [value_info("y", [2, 5])])
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
     with pytest.raises(ModelError, match="Hardmax, LpNormalization"):
         InferenceSession(model)
@@ -208,13 +200,13 @@ def test_loop_with_an_lstm_in_its_body():
         "body",
         [helper.make_tensor_value_info("i", TensorProto.INT64, []),
          helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-         _f("h_in", [1, 2, H]), _f("c_in", [1, 2, H])],
+         value_info("h_in", [1, 2, H]), value_info("c_in", [1, 2, H])],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-         _f("h_out", [1, 2, H]), _f("c_out", [1, 2, H]), _f("scan", [])])
+         value_info("h_out", [1, 2, H]), value_info("c_out", [1, 2, H]), value_info("scan", [])])
     nodes = [helper.make_node("Loop", ["M", "", "h0", "c0"], ["hN", "cN", "sums"], body=body)]
-    model = _model(nodes, [_f("x", [3, 2, I]), _f("h0", [1, 2, H]), _f("c0", [1, 2, H]),
+    model = graph_model(nodes, [value_info("x", [3, 2, I]), value_info("h0", [1, 2, H]), value_info("c0", [1, 2, H]),
                            helper.make_tensor_value_info("M", TensorProto.INT64, [])],
-                   [_f("hN", [1, 2, H]), _f("cN", [1, 2, H]), _f("sums", ["K"])],
+                   [value_info("hN", [1, 2, H]), value_info("cN", [1, 2, H]), value_info("sums", ["K"])],
                    _lstm_weights(rng, I, H))
     sess = InferenceSession(model)
     assert "recurrent" in sess.placement().values()
@@ -237,15 +229,15 @@ def test_if_picks_its_branch_from_a_run_time_value():
         return helper.make_graph(
             [helper.make_node("LSTM", ["x", "W" + suffix, "R" + suffix, "B" + suffix],
                               ["Y" + suffix, "h" + suffix], hidden_size=H)],
-            "b" + suffix, [], [_f("h" + suffix, [1, 1, H])])
+            "b" + suffix, [], [value_info("h" + suffix, [1, 1, H])])
 
     nodes = [helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(
                  np.array(16000, np.int64))),
              helper.make_node("Equal", ["sr", "k"], ["is16"]),
              helper.make_node("If", ["is16"], ["h"], then_branch=branch(""),
                               else_branch=branch("2"))]
-    model = _model(nodes, [_f("x", [2, 1, I]), helper.make_tensor_value_info(
-        "sr", TensorProto.INT64, [])], [_f("h", [1, 1, H])], w1 + w2)
+    model = graph_model(nodes, [value_info("x", [2, 1, I]), helper.make_tensor_value_info(
+        "sr", TensorProto.INT64, [])], [value_info("h", [1, 1, H])], w1 + w2)
     x = rng.standard_normal((2, 1, I)).astype(np.float32)
     a = assert_same_as_ort(model, {"x": x, "sr": np.array(16000, np.int64)})
     b = assert_same_as_ort(model, {"x": x, "sr": np.array(8000, np.int64)})
@@ -255,12 +247,12 @@ def test_if_picks_its_branch_from_a_run_time_value():
 def test_ort_group_inside_a_branch_reads_outer_values():
     then = helper.make_graph([helper.make_node("LpNormalization", ["x"], ["t"], axis=0),
                               helper.make_node("Relu", ["t"], ["o"])], "then", [],
-                             [_f("o", [4])])
+                             [value_info("o", [4])])
     other = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [],
-                              [_f("e", [4])])
-    model = _model([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
-                   [_f("x", [4]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
-                   [_f("y", [4])])
+                              [value_info("e", [4])])
+    model = graph_model([helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
+                   [value_info("x", [4]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                   [value_info("y", [4])])
     sess = InferenceSession(model)
     assert "ort" in sess.placement().values()
     x = np.array([1.0, -2.0, 3.0, -4.0], np.float32)

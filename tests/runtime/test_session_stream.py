@@ -114,12 +114,17 @@ def test_explicit_pairs_reset_and_state_bytes(models):
                                   fresh.step({"tokens": tokens[0]})[0])
 
 
-@pytest.mark.parametrize("blob", [b"", b"RNNESESS", b"RNNESESS\xff\xff\xff\x7f{}",
-                                  b"RNNESESS\x02\x00\x00\x00[]xx", b"PK\x03\x04garbage",
-                                  b'RNNESESS\x1e\x00\x00\x00[["h0", "float32", [9999, 2]]]'])
-def test_hostile_state_bytes(models, blob):
+SHORT = "shorter than the 14-byte prefix"
+OLD = "a session state exported by an older rnnengine"
+
+
+@pytest.mark.parametrize("blob, reason", [
+    (b"", SHORT), (b"RNNESESS", SHORT), (b"RNNESESS\xff\xff\xff\x7f{}", OLD),
+    (b"RNNESESS\x02\x00\x00\x00[]xx", OLD), (b"PK\x03\x04garbage", SHORT),
+    (b'RNNESESS\x1e\x00\x00\x00[["h0", "float32", [9999, 2]]]', OLD)])
+def test_hostile_state_bytes(models, blob, reason):
     stream = InferenceSession(models["a_state"]).stream()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"^not a valid rnnengine state: .*{reason}"):
         stream.import_state(blob)
 
 

@@ -10,6 +10,8 @@ import onnxruntime as ort
 
 from rnnengine import InferenceSession
 import conftest
+from session_models import AuthorLoop
+from stream_checks import same
 
 PATH = os.path.join(conftest.DATA, "silero_vad_op18_ifless.onnx")
 SR = np.array(16000, np.int64)
@@ -22,15 +24,9 @@ def chunks(rng, n, batch=1):
              + 0.05 * rng.standard_normal((batch, 512))).astype(np.float32) for k in range(n)]
 
 
-def author_loop(xs, batch=1):
+def author_loop():
     """ONNX Runtime on the file as written, the state round-tripped by hand."""
-    ref = ort.InferenceSession(PATH, providers=["CPUExecutionProvider"])
-    state = np.zeros((2, batch, 128), np.float32)
-    outs = []
-    for x in xs:
-        out, state = ref.run(None, {"input": x, "sr": SR, "state": state})
-        outs.append(out)
-    return outs, state
+    return AuthorLoop(PATH, {"stateN": "state"}, {"state": np.zeros((2, 1, 128), np.float32)})
 
 
 def test_both_unrolled_cells_run_on_the_recurrent_kernels():
@@ -45,26 +41,23 @@ def test_run_matches_onnxruntime():
     state = np.random.default_rng(1).standard_normal((2, 3, 128)).astype(np.float32) * 0.3
     feeds = {"input": xs[0], "sr": SR, "state": state}
     want = ort.InferenceSession(PATH, providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = InferenceSession(PATH).run(None, feeds)
-    for a, b in zip(got, want):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        np.testing.assert_allclose(a, b, **TOL)
+    same(InferenceSession(PATH).run(None, feeds), want)
 
 
 def test_stream_200_steps_matches_the_author_loop():
     xs = chunks(np.random.default_rng(2), 200)
-    want, final = author_loop(xs)
+    ref = author_loop()
     stream = InferenceSession(PATH).stream(feeds={"sr": SR})
-    for x, w in zip(xs, want):
-        (got,) = stream.step({"input": x})
-        np.testing.assert_allclose(got, w, **TOL)
-    np.testing.assert_allclose(stream.state["state"], final, **TOL)
+    for x in xs:
+        same(stream.step({"input": x}), ref.step({"input": x, "sr": SR}))
+    np.testing.assert_allclose(stream.state["state"], ref.state["state"], **TOL)
 
 
 def test_pool_of_interleaved_streams_matches_separate_loops():
     rng = np.random.default_rng(3)
     streams = [chunks(rng, 8) for _ in range(4)]
-    want = [author_loop(xs)[0] for xs in streams]
+    refs = [author_loop() for _ in streams]
+    want = [[refs[i].step({"input": x, "sr": SR})[0] for x in xs] for i, xs in enumerate(streams)]
     pool = InferenceSession(PATH).pool(8, feeds={"sr": SR})
     ids = [pool.open() for _ in streams]
     done = [0] * len(streams)

@@ -254,14 +254,16 @@ def nested(magic_version: bytes) -> bytes:
     return magic_version + struct.pack("<I", len(head)) + head
 
 
-@pytest.mark.parametrize("blob", [nested(b"RNNESESS"), nested(b"RNNESTAT\x01\x00")],
-                         ids=["old-magic", "current"])
-def test_deeply_nested_state_header_is_a_value_error(blob):
+@pytest.mark.parametrize("blob, reason", [
+    (nested(b"RNNESESS"), "a session state exported by an older rnnengine"),
+    (nested(b"RNNESTAT\x01\x00"), "header JSON is nested too deeply")], ids=["old-magic", "current"])
+def test_deeply_nested_state_header_is_a_value_error(blob, reason):
     sess = InferenceSession(sm.SILERO)
-    with pytest.raises(ValueError):
+    reason = f"^not a valid rnnengine state: {reason}"
+    with pytest.raises(ValueError, match=reason):
         sess.stream(feeds={"sr": SR}).import_state(blob)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=reason):
         sess.pool(2, feeds={"sr": SR}).import_state(blob)
     with rnnengine.Batcher(sess, feeds={"sr": SR}) as batcher:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=reason):
             batcher.resume(blob)

@@ -5,6 +5,7 @@ share memory with feeds, with each other or with the carried state, a kept ``str
 stays valid across ``reset()``, and the compiled step holds the arrays it reads while it
 runs without the GIL. Every output is compared with ONNX Runtime stepped by hand (state
 outputs fed back as inputs)."""
+import re
 import threading
 import time
 
@@ -15,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import session_models as sm
 from session_models import AuthorLoop
+from stream_checks import same
 from rnnengine import Batcher, InferenceSession
 from rnnengine.runtime.state_blob import pack_arrays, session_fingerprint
 
@@ -47,13 +49,6 @@ def lstm_pairs(I=8, H=8, batch="N", seed=0) -> bytes:
         [("x", f, [1, batch, I]), ("h0", f, [1, batch, H]), ("c0", f, [1, batch, H])],
         [("Y", f, [1, 1, batch, H]), ("hn", f, [1, batch, H]), ("cn", f, [1, batch, H])],
         {"W": u(1, 4 * H, I), "R": u(1, 4 * H, H), "B": u(1, 8 * H)})
-
-
-def same(got, want):
-    assert len(got) == len(want)
-    for a, b in zip(got, want):
-        assert a.shape == b.shape and a.dtype == b.dtype
-        np.testing.assert_allclose(a, b, **TOL)
 
 
 # -- the compiled step holds what it reads ------------------------------------------------
@@ -493,7 +488,7 @@ def test_rejected_time_axis_import_changes_nothing():
     before = stream.state
     blob_state = {k: v + 1.0 for k, v in before.items()}
     blob_state["lstm1/h"] = np.zeros((1, 1, 5), np.float32)     # the second node's: wrong H
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("state h must have shape (1, 1, 8); got (1, 1, 5)")):
         stream.import_state(pack_arrays(blob_state, session_fingerprint(sess)))
     assert_state(stream.state, before)
     x = xs(20, 1, (1, 1, 6))[0]
@@ -506,7 +501,7 @@ def test_rejected_pool_set_state_changes_nothing():
     sid = pool.open()
     pool.step([sid], {"x": xs(21, 1, (1, 1, 6))[0]})
     before = pool.state(sid)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("input 'c0' must have shape (1, 1, 8); got (1, 1, 5)")):
         pool.set_state(sid, {"h0": before["h0"] + 1, "c0": np.zeros((1, 1, 5), np.float32)})
     assert_state(pool.state(sid), before)
     tpool = InferenceSession(time_graph()).pool(2)
@@ -515,7 +510,8 @@ def test_rejected_pool_set_state_changes_nothing():
     before = tpool.state(sid)
     bad = {k: v + 1 for k, v in before.items()}
     bad["lstm1/c"] = np.zeros((1, 1, 5), np.float32)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("state 'lstm1/c' of one stream must have shape "
+                                                   "(1, 1, 8); got (1, 1, 5)")):
         tpool.set_state(sid, bad)
     assert_state(tpool.state(sid), before)
 

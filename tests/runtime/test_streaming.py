@@ -3,6 +3,8 @@ what the whole sequence gives in the NumPy oracle (and Model.run), on multi-laye
 
 Against the float64 oracle the float32 tolerance is the project's 1e-5; against Model.run
 (float32 too, but a different path: one GEMM for all timesteps) it is 1e-6."""
+import re
+
 import numpy as np
 import pytest
 
@@ -208,7 +210,8 @@ def test_reverse_model_refuses_to_stream(kind, rng):
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
 def test_bad_batch(bad, rng):
     _, model = make(rng, ("gru", 1, 0))
-    with pytest.raises((ValueError, TypeError)):
+    with pytest.raises((ValueError, TypeError),
+                       match=f"^batch must be a positive integer; got {re.escape(repr(bad))}$"):
         model.stream(batch=bad)
 
 

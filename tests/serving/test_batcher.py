@@ -329,22 +329,22 @@ def test_cancelled_task_either_withdraws_or_completes_its_step(model):
         task = asyncio.create_task(batcher.step_async(sid, xs[1]))
         while not batcher._queue:
             await asyncio.sleep(0.001)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        task.cancel("the caller left")
+        with pytest.raises(asyncio.CancelledError, match="^the caller left$"):
             await task
         assert batcher.steps(sid) == 0 and not batcher._queue
         # 2. Taken into a batch that is running: the CancelledError waits for it.
         others = [company(0)]
         task = asyncio.create_task(batcher.step_async(sid, xs[0]))
         assert await loop.run_in_executor(None, gate.entered.wait, TIMEOUT)
-        task.cancel()
+        task.cancel("the caller left")
         await asyncio.sleep(0.01)
         assert not task.done()                      # still waiting for the running batch
         nxt = asyncio.create_task(batcher.step_async(sid, xs[2]))   # allowed: the caller left
         await asyncio.sleep(0.01)
         assert batcher.steps(sid) == 0
         gate.release.set()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(asyncio.CancelledError, match="^the caller left$"):
             await task
         assert batcher.steps(sid) == 1              # it happened before the task saw the error
         await others[0]
