@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -45,52 +44,6 @@ class Progress:
         if self.active:  # erase the bar so the results start on a clean line
             self.stream.write("\r" + " " * (len(self.label) + 50) + "\r")
             self.stream.flush()
-
-
-def best_of(repeat: int, contenders: Dict[str, Callable[[], float]], progress: Progress):
-    """Interleaved repetitions (every contender once per round), best time of each."""
-    best = {name: float("inf") for name in contenders}
-    for _ in range(repeat):
-        for name, measure in contenders.items():
-            best[name] = min(best[name], measure())
-            progress.advance()
-    return best
-
-
-def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
-    """A measurement: mean seconds per call over ``calls`` back-to-back calls."""
-    def measure() -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - start) / calls
-    return measure
-
-
-def ratio(best: Dict[str, float], contender: str) -> str:
-    """'53.0 us (2.11x)': a contender's time and its ratio to rnnengine's ('-' if absent)."""
-    if contender not in best:
-        return "-"
-    return f"{fmt_time(best[contender])} ({best[contender] / best['rnnengine']:.2f}x)"
-
-
-def print_results(rows: Sequence[Sequence[str]], compared: bool, notes: Sequence[str]) -> None:
-    """A benchmark's table, what its ratios mean, then its notes."""
-    print()
-    print(table(rows))
-    if compared:
-        print("(x) = their time / rnnengine's time: above 1 means rnnengine is faster")
-    for note in notes:
-        print(note)
-
-
-def fmt_time(seconds: float) -> str:
-    """1.2e-5 -> '12.0 us', 0.0031 -> '3.10 ms'."""
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
