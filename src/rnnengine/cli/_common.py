@@ -46,6 +46,17 @@ class Progress:
             self.stream.flush()
 
 
+def with_progress(n: int, label: str):
+    """``range(n)`` drawing a progress bar that advances after each step, erased at the end."""
+    progress = Progress(n, label)
+    try:
+        for i in range(n):
+            yield i
+            progress.advance()
+    finally:
+        progress.close()
+
+
 def table(rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns separated by two spaces; the first row is the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
