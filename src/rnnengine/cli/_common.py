@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from ..runtime.load import load
 from ..runtime.model import Model
 
 DIRECTION_NAMES = {1: "forward", 2: "bidirectional"}
+Read = TypeVar("Read")
 
 
 class CommandError(Exception):
@@ -72,22 +73,30 @@ def existing_file(path: str) -> str:
     return path
 
 
+def read_model(path: str, read: Callable[[], Read]) -> Read:
+    """``read()`` of the model file at ``path``, with every failure turned into one line
+    naming the file: the typed errors as they are (file faults are ModelError, a bad option
+    TypeError or ValueError), anything else a hostile file still provokes as a ModelError."""
+    existing_file(path)
+    try:
+        return read()
+    except (ModelError, ValueError, TypeError):
+        raise
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read model ({type(exc).__name__}): {exc}") from exc
+
+
 def load_model(path: str, node: Optional[str] = None, **options) -> Model:
     """``rnnengine.load`` with every failure turned into one line naming the file."""
-    existing_file(path)
     options = {k: v for k, v in options.items() if v is not None}
     try:
-        return load(path, node=node, **options)
+        return read_model(path, lambda: load(path, node=node, **options))
     except ModelError as exc:
         if "node=" in str(exc) and node is None:  # the API's wording; say it the CLI's way
             raise ModelError(f"{exc} (on the command line: --node NAME)") from exc
         raise
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (TypeError, ValueError):  # a bad option (the loader reports file faults as ModelError)
-        raise
-    except Exception as exc:  # anything a hostile file still provokes: name it, one line
-        raise ModelError(f"{path}: cannot read model ({type(exc).__name__}): {exc}") from exc
 
 
 def load_array(path: str, what: str) -> np.ndarray:

@@ -9,9 +9,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ModelError
 from ..runtime.session import InferenceSession
-from ._common import CommandError, existing_file, load_array, one_line, optional_import
+from ._common import CommandError, load_array, one_line, optional_import, read_model
 
 # Options that pick recurrent layers: they mean --recurrent-only.
 PICK_LAYERS = ("node", "no_chain", "nonlinearity")
@@ -54,15 +53,8 @@ def whole_model(args: argparse.Namespace) -> bool:
 
 
 def load_session(path: str, precision: Optional[str] = None) -> InferenceSession:
-    existing_file(path)
-    try:
-        return InferenceSession(path, precision=precision or "fp32")
-    except (ModelError, ValueError, TypeError):
-        raise
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except Exception as exc:  # anything a hostile file still provokes: name it, one line
-        raise ModelError(f"{path}: cannot read model ({type(exc).__name__}): {exc}") from exc
+    """The whole graph's session, with every failure turned into one line naming the file."""
+    return read_model(path, lambda: InferenceSession(path, precision=precision or "fp32"))
 
 
 def _split(text: str, option: str) -> tuple:
