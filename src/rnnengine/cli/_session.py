@@ -244,6 +244,27 @@ def ort_run(session, feeds: Dict[str, np.ndarray], names: Optional[List[str]] = 
                            f"({one_line(exc)}); {FEED_HINT}") from exc
 
 
+def ort_loop(session, pairs: Dict[str, str], zero: Dict[str, np.ndarray]):
+    """ONNX Runtime stepped the way a graph's authors stream it: one run per step, each
+    step's state outputs fed back by hand as the next step's state inputs (``pairs``: output
+    -> input; ``zero``: the first state). -> (step(feeds) -> {output: value}, the state it
+    carries, updated in place)."""
+    names = [o.name for o in session.get_outputs()]
+    state = dict(zero)
+
+    def step(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        outs = dict(zip(names, ort_run(session, {**feeds, **state})))
+        state.update({inp: outs[out] for out, inp in pairs.items()})
+        return outs
+    return step, state
+
+
+def stack_feeds(pool, each: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """The feeds of several streams stacked on the axis the pool takes each input on
+    (KeyError: an input the pool does not stack)."""
+    return {n: np.concatenate([f[n] for f in each], axis=pool._in_axis[n]) for n in each[0]}
+
+
 def hinted(call, *args):
     """rnnengine's own run/step: a ValueError about the feeds gets the same hint."""
     try:

@@ -26,8 +26,9 @@ from ..interop.ort import OrtReference, graph_iobinding_stepper
 from ..interop.pytorch import TorchCells, torch_module_for
 from ._common import (CommandError, Progress, add_command, describe, load_from_args,
                       optional_import, table)
-from ._session import (batch_dim, hinted, load_session, ort_session, parse_dims, parse_feeds,
-                       random_feeds, state_pairs, whole_model, whole_model_args, zero_state)
+from ._session import (batch_dim, hinted, load_session, ort_loop, ort_session, parse_dims,
+                       parse_feeds, random_feeds, stack_feeds, state_pairs, whole_model,
+                       whole_model_args, zero_state)
 
 IOBINDING = "onnxruntime IOBinding"
 STREAM = "stream step, batch 1"
@@ -281,8 +282,7 @@ def _pool_row(sess, ort, fixed, pairs, one, args, rng, notes) -> dict:
     ids = [pool.open() for _ in range(N)]
     singles = [random_feeds(sess, fixed, one, 1, rng, skip=pairs.values()) for _ in range(N)]
     try:
-        stacked = {n: np.concatenate([s[n] for s in singles], axis=pool._in_axis[n])
-                   for n in singles[0]}
+        stacked = stack_feeds(pool, singles)
     except (KeyError, ValueError):
         notes.append(f"pool of {N}: not timed (cannot stack the inputs of {N} streams)")
         return {}
@@ -299,16 +299,8 @@ def _pool_row(sess, ort, fixed, pairs, one, args, rng, notes) -> dict:
 
 
 def ort_plain(sess, feeds: List[dict], pairs: Dict[str, str], zero: dict) -> Callable:
-    """ORT's plain way to stream a graph: one run per step on each of ``feeds`` in turn,
-    its state outputs fed back by hand as the next step's state inputs."""
-    names = [o.name for o in sess.get_outputs()]
-    state = dict(zero)
-
-    def step(feed):
-        outs = dict(zip(names, sess.run(None, {**feed, **state})))
-        for out, inp in pairs.items():
-            state[inp] = outs[out]
-    return cycling(step, feeds)
+    """ORT's plain way to stream a graph (``ort_loop``) on each of ``feeds`` in turn."""
+    return cycling(ort_loop(sess, pairs, zero)[0], feeds)
 
 
 def openvino_stateful_model(source, shapes: Dict[str, tuple], pairs: Dict[str, str],

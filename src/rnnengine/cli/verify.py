@@ -28,9 +28,9 @@ from ..runtime.stream_checks import state_hint
 from ..runtime.time_axis import check_streamable
 from ._common import (CommandError, add_command, describe, diff_scale, load_from_args,
                       one_line, optional_import, random_input, table, with_progress)
-from ._session import (batch_dim, hinted, is_onnx, load_session, ort_run, ort_session,
-                       parse_dims, parse_feeds, parse_state, random_feeds, state_pairs,
-                       whole_model, whole_model_args, zero_state)
+from ._session import (batch_dim, hinted, is_onnx, load_session, ort_loop, ort_run,
+                       ort_session, parse_dims, parse_feeds, parse_state, random_feeds,
+                       stack_feeds, state_pairs, whole_model, whole_model_args, zero_state)
 
 POOL_STREAMS = 3
 
@@ -292,17 +292,15 @@ def _stream_row(sess, ort, fixed, pairs, dims, args, rng) -> Row:
     feeds each step's state outputs to the next step."""
     steps = args.steps
     stream = sess.stream(state=pairs, feeds=fixed)
-    ort_state = zero_state(sess, pairs, dims, args.seq_len)
-    outputs = [a.name for a in sess.get_outputs()]
-    kept = [n for n in outputs if n not in pairs]
+    ort_step, ort_state = ort_loop(ort, pairs, zero_state(sess, pairs, dims, args.seq_len))
+    kept = [a.name for a in sess.get_outputs() if a.name not in pairs]
     acc: Dict[str, tuple] = {}
     for _ in with_progress(steps, "verify stream"):
         step_feeds = random_feeds(sess, fixed, dims, args.seq_len, rng, skip=pairs.values())
         ours = dict(zip(kept, hinted(stream.step, step_feeds)))
-        theirs = dict(zip(outputs, ort_run(ort, {**fixed, **step_feeds, **ort_state})))
+        theirs = ort_step({**fixed, **step_feeds})
         for n in kept:
             _worst(acc, n, ours[n], theirs[n])
-        ort_state = {inp: theirs[out] for out, inp in pairs.items()}
     carried = stream.state
     state = [d for inp in pairs.values() for d in diff_scale(carried[inp], ort_state[inp])]
     return Row(f"onnxruntime, whole model: stream x{steps}, state {_pair_label(pairs)} "
@@ -325,26 +323,19 @@ def _pool_row(sess, ort, fixed, pairs, dims, args, rng) -> Row:
     if len(shared) > len(fixed):
         pool = sess.pool(k, state=pairs, feeds=shared)
     ids = [pool.open() for _ in range(k)]
-    states = [zero_state(sess, pairs, one, args.seq_len) for _ in ids]
-    outputs = [a.name for a in sess.get_outputs()]
-    kept = [n for n in outputs if n not in pairs]
+    loops = [ort_loop(ort, pairs, zero_state(sess, pairs, one, args.seq_len)) for _ in ids]
+    kept = [a.name for a in sess.get_outputs() if a.name not in pairs]
     acc: Dict[str, tuple] = {}
     for _ in with_progress(steps, "verify pool"):
         each = [random_feeds(sess, shared, one, args.seq_len, rng, skip=pairs.values())
                 for _ in ids]
-        stacked = {n: np.concatenate([f[n] for f in each], axis=ax)
-                   for n, ax in pool._in_axis.items() if n in each[0]}
-        ours = hinted(pool.step, ids, stacked)
-        alone = []
-        for j, f in enumerate(each):
-            got = dict(zip(outputs, ort_run(ort, {**shared, **f, **states[j]})))
-            states[j] = {inp: got[out] for out, inp in pairs.items()}
-            alone.append(got)
+        ours = hinted(pool.step, ids, stack_feeds(pool, each))
+        alone = [step({**shared, **f}) for (step, _), f in zip(loops, each)]
         for i, n in enumerate(kept):
             _worst(acc, n, ours[i], np.concatenate([a[n] for a in alone],
                                                     axis=pool._out_axis[i]))
-    state = [d for j, sid in enumerate(ids) for inp, value in pool.state(sid).items()
-             for d in diff_scale(value, states[j][inp])]
+    state = [d for sid, (_, carried) in zip(ids, loops) for inp, value in
+             pool.state(sid).items() for d in diff_scale(value, carried[inp])]
     return Row(label, list(acc.values()), state, stream=True)
 
 
