@@ -99,6 +99,15 @@ def load_model(path: str, node: Optional[str] = None, **options) -> Model:
         raise
 
 
+def write(path: str, save: Callable[..., object], /, *args, **kwargs) -> None:
+    """``save(path, *args, **kwargs)`` (np.save, np.savez, Model.save), a failure to write
+    as one line naming the file."""
+    try:
+        save(path, *args, **kwargs)
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+
+
 def load_array(path: str, what: str) -> np.ndarray:
     existing_file(path)
     try:
