@@ -75,8 +75,12 @@ def read_state(path: str, model: Model):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if whole_model(args):
-        return run_whole(args)
+    return run_whole(args) if whole_model(args) else run_layers(args)
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    """The recurrent layers on one sequence x; y (and with --state the final state)
+    written."""
     if len(args.input) != 1 or (is_onnx(args.model) and "=" in args.input[0]
                                 and not os.path.exists(args.input[0])):
         raise CommandError("the recurrent layers take one input: -i x.npy")
@@ -98,7 +102,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         shapes += ", state " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
     print(f"{args.input} x {x.shape} -> {args.output} ({shapes})")
     return 0
-
 
 
 def run_whole(args: argparse.Namespace) -> int:
