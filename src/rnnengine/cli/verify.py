@@ -100,16 +100,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     """Whole graph or layer stack, decided once; both end in the same table and verdict."""
-    if not whole_model(args):
-        if args.feed or args.dim or args.pairs:
-            raise CommandError("--feed, --dim and --state name inputs of a whole ONNX graph")
+    whole = whole_model(args)
+    if not whole and (args.feed or args.dim or args.pairs):
+        raise CommandError("--feed, --dim and --state name inputs of a whole ONNX graph")
+    rows = whole_rows(args) if whole else []
+    try:
         # time-major, whatever the file implies: a load option, never set on a Model
         model = load_from_args(args, batch_first=False)
-        return report(args, model, layer_rows(args, model))
-    rows = whole_rows(args)
-    try:
-        model = load_from_args(args, batch_first=False)
     except ModelError as exc:  # no recurrent layers to load alone (or several)
+        if not whole:
+            raise
         reason = ("several recurrent nodes: pick one with --node NAME (rnnengine info "
                   "lists them)" if "candidate" in str(exc) else one_line(exc))
         rows.append(Row("recurrent layers alone", None, None, f"not compared: {reason}"))
