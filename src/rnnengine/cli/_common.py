@@ -1,6 +1,6 @@
-"""What every command shares: loading a model or an array with one-line errors, the model's
-one-line description, progress bar, tables, optional imports, and the command-line arguments
-that name a model."""
+"""What every command shares: reading a model or an array and writing a file with one-line
+errors, the model's one-line description, progress bar, tables, optional imports, and the
+command-line arguments that name a model."""
 from __future__ import annotations
 
 import argparse

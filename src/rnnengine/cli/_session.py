@@ -1,7 +1,8 @@
 """What the whole-model commands share (run, verify, bench on an ``.onnx`` file through
 ``rnnengine.InferenceSession``): the session loaded with one-line errors, feeds named on the
 command line (``-i name=file.npy``, ``--feed name=value``, ``--dim name=size``), random
-feeds that respect each input's dtype and shape, and ONNX Runtime's session on the file."""
+feeds that respect each input's dtype and shape, the feeds of a pool's streams stacked, and
+ONNX Runtime's session on the file, stepped with the state fed back by hand."""
 from __future__ import annotations
 
 import argparse
