@@ -30,7 +30,7 @@ import onnxruntime as ort  # noqa: E402
 
 import rnnengine  # noqa: E402
 from rnnengine.core import kernels as _kernels  # noqa: E402
-from rnnengine.cli.bench_session import openvino_stateful_model  # noqa: E402
+from rnnengine.cli.bench import openvino_stateful_model  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

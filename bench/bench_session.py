@@ -33,7 +33,7 @@ from _models import SILERO, session_models as sm  # noqa: E402
 from bench_rnn import interleaved  # noqa: E402
 
 import rnnengine  # noqa: E402
-from rnnengine.cli.bench_session import openvino_stateful_model  # noqa: E402
+from rnnengine.cli.bench import openvino_stateful_model  # noqa: E402
 from rnnengine.interop.ort import graph_iobinding_stepper  # noqa: E402
 
 

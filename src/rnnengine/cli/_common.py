@@ -1,14 +1,13 @@
-"""What every command shares: loading a model or an array with one-line errors, the model's
-one-line description, progress bar, tables, optional imports, and the command-line arguments
-that name a model."""
+"""What every command shares: reading a model or an array and writing a file with one-line
+errors, the model's one-line description, progress bar, tables, optional imports, and the
+command-line arguments that name a model."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from ..runtime.load import load
 from ..runtime.model import Model
 
 DIRECTION_NAMES = {1: "forward", 2: "bidirectional"}
+Read = TypeVar("Read")
 
 
 class CommandError(Exception):
@@ -47,50 +47,15 @@ class Progress:
             self.stream.flush()
 
 
-def best_of(repeat: int, contenders: Dict[str, Callable[[], float]], progress: Progress):
-    """Interleaved repetitions (every contender once per round), best time of each."""
-    best = {name: float("inf") for name in contenders}
-    for _ in range(repeat):
-        for name, measure in contenders.items():
-            best[name] = min(best[name], measure())
+def with_progress(n: int, label: str):
+    """``range(n)`` drawing a progress bar that advances after each step, erased at the end."""
+    progress = Progress(n, label)
+    try:
+        for i in range(n):
+            yield i
             progress.advance()
-    return best
-
-
-def timed(fn: Callable[[], object], calls: int) -> Callable[[], float]:
-    """A measurement: mean seconds per call over ``calls`` back-to-back calls."""
-    def measure() -> float:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - start) / calls
-    return measure
-
-
-def ratio(best: Dict[str, float], contender: str) -> str:
-    """'53.0 us (2.11x)': a contender's time and its ratio to rnnengine's ('-' if absent)."""
-    if contender not in best:
-        return "-"
-    return f"{fmt_time(best[contender])} ({best[contender] / best['rnnengine']:.2f}x)"
-
-
-def print_results(rows: Sequence[Sequence[str]], compared: bool, notes: Sequence[str]) -> None:
-    """A benchmark's table, what its ratios mean, then its notes."""
-    print()
-    print(table(rows))
-    if compared:
-        print("(x) = their time / rnnengine's time: above 1 means rnnengine is faster")
-    for note in notes:
-        print(note)
-
-
-def fmt_time(seconds: float) -> str:
-    """1.2e-5 -> '12.0 us', 0.0031 -> '3.10 ms'."""
-    if seconds < 1e-3:
-        return f"{seconds * 1e6:.1f} us"
-    if seconds < 1:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds:.2f} s"
+    finally:
+        progress.close()
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -108,22 +73,39 @@ def existing_file(path: str) -> str:
     return path
 
 
+def read_model(path: str, read: Callable[[], Read]) -> Read:
+    """``read()`` of the model file at ``path``, with every failure turned into one line
+    naming the file: the typed errors as they are (file faults are ModelError, a bad option
+    TypeError or ValueError), anything else a hostile file still provokes as a ModelError."""
+    existing_file(path)
+    try:
+        return read()
+    except (ModelError, ValueError, TypeError):
+        raise
+    except OSError as exc:
+        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read model ({type(exc).__name__}): {exc}") from exc
+
+
 def load_model(path: str, node: Optional[str] = None, **options) -> Model:
     """``rnnengine.load`` with every failure turned into one line naming the file."""
-    existing_file(path)
     options = {k: v for k, v in options.items() if v is not None}
     try:
-        return load(path, node=node, **options)
+        return read_model(path, lambda: load(path, node=node, **options))
     except ModelError as exc:
         if "node=" in str(exc) and node is None:  # the API's wording; say it the CLI's way
             raise ModelError(f"{exc} (on the command line: --node NAME)") from exc
         raise
+
+
+def write(path: str, save: Callable[..., object], /, *args, **kwargs) -> None:
+    """``save(path, *args, **kwargs)`` (np.save, np.savez, Model.save), a failure to write
+    as one line naming the file."""
+    try:
+        save(path, *args, **kwargs)
     except OSError as exc:
-        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except (TypeError, ValueError):  # a bad option (the loader reports file faults as ModelError)
-        raise
-    except Exception as exc:  # anything a hostile file still provokes: name it, one line
-        raise ModelError(f"{path}: cannot read model ({type(exc).__name__}): {exc}") from exc
+        raise CommandError(f"{path}: cannot write: {exc.strerror or exc}") from exc
 
 
 def load_array(path: str, what: str) -> np.ndarray:

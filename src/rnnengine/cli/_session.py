@@ -1,7 +1,8 @@
 """What the whole-model commands share (run, verify, bench on an ``.onnx`` file through
 ``rnnengine.InferenceSession``): the session loaded with one-line errors, feeds named on the
 command line (``-i name=file.npy``, ``--feed name=value``, ``--dim name=size``), random
-feeds that respect each input's dtype and shape, and ONNX Runtime's session on the file."""
+feeds that respect each input's dtype and shape, the feeds of a pool's streams stacked, and
+ONNX Runtime's session on the file, stepped with the state fed back by hand."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ModelError
 from ..runtime.session import InferenceSession
-from ._common import CommandError, existing_file, load_array, one_line, optional_import
+from ._common import CommandError, load_array, one_line, optional_import, read_model
 
 # Options that pick recurrent layers: they mean --recurrent-only.
 PICK_LAYERS = ("node", "no_chain", "nonlinearity")
@@ -54,15 +54,8 @@ def whole_model(args: argparse.Namespace) -> bool:
 
 
 def load_session(path: str, precision: Optional[str] = None) -> InferenceSession:
-    existing_file(path)
-    try:
-        return InferenceSession(path, precision=precision or "fp32")
-    except (ModelError, ValueError, TypeError):
-        raise
-    except OSError as exc:
-        raise CommandError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except Exception as exc:  # anything a hostile file still provokes: name it, one line
-        raise ModelError(f"{path}: cannot read model ({type(exc).__name__}): {exc}") from exc
+    """The whole graph's session, with every failure turned into one line naming the file."""
+    return read_model(path, lambda: InferenceSession(path, precision=precision or "fp32"))
 
 
 def _split(text: str, option: str) -> tuple:
@@ -250,6 +243,27 @@ def ort_run(session, feeds: Dict[str, np.ndarray], names: Optional[List[str]] = 
     except Exception as exc:
         raise CommandError(f"onnxruntime cannot run the model on these feeds "
                            f"({one_line(exc)}); {FEED_HINT}") from exc
+
+
+def ort_loop(session, pairs: Dict[str, str], zero: Dict[str, np.ndarray]):
+    """ONNX Runtime stepped the way a graph's authors stream it: one run per step, each
+    step's state outputs fed back by hand as the next step's state inputs (``pairs``: output
+    -> input; ``zero``: the first state). -> (step(feeds) -> {output: value}, the state it
+    carries, updated in place)."""
+    names = [o.name for o in session.get_outputs()]
+    state = dict(zero)
+
+    def step(feeds: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        outs = dict(zip(names, ort_run(session, {**feeds, **state})))
+        state.update({inp: outs[out] for out, inp in pairs.items()})
+        return outs
+    return step, state
+
+
+def stack_feeds(pool, each: Sequence[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    """The feeds of several streams stacked on the axis the pool takes each input on
+    (KeyError: an input the pool does not stack)."""
+    return {n: np.concatenate([f[n] for f in each], axis=pool.in_axis[n]) for n in each[0]}
 
 
 def hinted(call, *args):

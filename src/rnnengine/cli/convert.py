@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import CommandError, add_command, describe, load_from_args, load_model
+from ._common import add_command, describe, load_from_args, load_model, write
 
 
 def add_parser(sub) -> None:
@@ -19,10 +19,7 @@ HELP = "write the model in rnnengine's own .npz format"
 def cmd_convert(args: argparse.Namespace) -> int:
     model = load_from_args(args)
     out = args.out if args.out.endswith(".npz") else args.out + ".npz"
-    try:
-        model.save(out)
-    except OSError as exc:
-        raise CommandError(f"{out}: cannot write: {exc.strerror or exc}") from exc
+    write(out, model.save)
     again = load_model(out)  # proves the file reads back before we say it was written
     print(f"wrote {out} ({os.path.getsize(out):,} bytes): {describe(again)}")
     return 0

@@ -10,7 +10,8 @@ from typing import Optional
 import numpy as np
 
 from ..runtime.model import Model
-from ._common import CommandError, add_command, existing_file, load_array, load_from_args
+from ._common import (CommandError, add_command, existing_file, load_array, load_from_args,
+                      write)
 from ._session import (is_onnx, load_session, parse_dims, parse_feeds, parse_inputs,
                        state_pairs, whole_model, whole_model_args, zero_state)
 
@@ -74,8 +75,12 @@ def read_state(path: str, model: Model):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if whole_model(args):
-        return run_whole(args)
+    return run_whole(args) if whole_model(args) else run_layers(args)
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    """The recurrent layers on one sequence x; y (and with --state the final state)
+    written."""
     if len(args.input) != 1 or (is_onnx(args.model) and "=" in args.input[0]
                                 and not os.path.exists(args.input[0])):
         raise CommandError("the recurrent layers take one input: -i x.npy")
@@ -89,21 +94,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     lengths = parse_lengths(args.lengths)
     state0 = None if args.initial_state is None else read_state(args.initial_state, model)
     y, state = model.run(x, state0, lengths=lengths)
-    try:
-        np.save(args.output, y)
-    except OSError as exc:
-        raise CommandError(f"{args.output}: cannot write: {exc.strerror or exc}") from exc
+    write(args.output, np.save, y)
     shapes = f"y {y.shape}"
     if args.state:
         arrays = {"h": state[0], "c": state[1]} if isinstance(state, tuple) else {"h": state}
-        try:
-            np.savez(args.state, **arrays)
-        except OSError as exc:
-            raise CommandError(f"{args.state}: cannot write: {exc.strerror or exc}") from exc
+        write(args.state, np.savez, **arrays)
         shapes += ", state " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
     print(f"{args.input} x {x.shape} -> {args.output} ({shapes})")
     return 0
-
 
 
 def run_whole(args: argparse.Namespace) -> int:
@@ -129,13 +127,10 @@ def run_whole(args: argparse.Namespace) -> int:
         raise CommandError(f"missing input{'s' * (len(missing) > 1)} {missing}: give each "
                            "with -i NAME=FILE.npy (or --feed NAME=VALUE)")
     results = sess.run(None, {**feeds, **zeros})
-    try:
-        if as_npz:
-            np.savez(args.output, **dict(zip(outputs, results)))
-        else:
-            np.save(args.output, results[0])
-    except OSError as exc:
-        raise CommandError(f"{args.output}: cannot write: {exc.strerror or exc}") from exc
+    if as_npz:
+        write(args.output, np.savez, **dict(zip(outputs, results)))
+    else:
+        write(args.output, np.save, results[0])
     given = ", ".join(f"{n} {tuple(v.shape)}" for n, v in feeds.items())
     if zeros:
         given += ", zero state " + ", ".join(f"{n} {tuple(v.shape)}" for n, v in zeros.items())
