@@ -181,11 +181,13 @@ def test_conv(x_shape, w_shape, attrs, bias, rng):
 
 
 @pytest.mark.parametrize("also_read", [False, True])
-def test_conv_relu_runs_inside_the_product(also_read, rng):
-    """Conv (2-D, bias, stride) -> Relu: bias and Relu are applied by the product as it
-    stores each channel's row, no pass of their own; when the convolution's own output is
-    read too (here a graph output), the Relu stays an operator."""
-    x = rng.standard_normal((1, 3, 12, 20)).astype(np.float32)
+@pytest.mark.parametrize("width,kind", [(20, "conv2d"), (6, "matmul")])
+def test_conv_relu_runs_inside_the_kernel(width, kind, also_read, rng):
+    """Conv (2-D, bias, stride) -> Relu: bias and Relu are applied by the kernel as it stores
+    its output (the direct kernel for long rows, the product of the window gather for short
+    ones), no pass of their own; when the convolution's own output is read too (here a graph
+    output), the Relu stays an operator."""
+    x = rng.standard_normal((1, 3, 12, width)).astype(np.float32)
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 1]),
@@ -196,7 +198,7 @@ def test_conv_relu_runs_inside_the_product(also_read, rng):
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    status = compiled_matches_ort(model, {"x": x}, rng, ["matmul"], rtol=1e-4, atol=1e-4)
+    status = compiled_matches_ort(model, {"x": x}, rng, [kind], rtol=1e-4, atol=1e-4)
     assert ("unary" in status) == also_read and "binary" not in status, status
 
 
