@@ -180,6 +180,53 @@ def test_conv(x_shape, w_shape, attrs, bias, rng):
                          rtol=1e-4, atol=1e-4)
 
 
+def random_conv_model(seed):
+    """A Conv (1-D or 2-D, maybe followed by a Relu) with random groups, strides, dilations,
+    pads (asymmetric, or an auto_pad), bias, and an input whose output rows are long enough
+    for the direct kernel: (model, x)."""
+    rng = np.random.default_rng(seed)
+    two_d = rng.random() < 0.7
+    group = int(rng.choice([1, 2, 3]))
+    cg, cog = int(rng.integers(1, 4)), int(rng.choice([1, 2, 4, 7, 8, 12]))
+    if rng.random() < 0.25:
+        group, cg, cog = int(rng.integers(2, 7)), 1, 1                 # depthwise
+    k = [int(rng.integers(1, 4)), int(rng.integers(1, 6))] if two_d else [int(rng.integers(1, 6))]
+    strides = [int(rng.integers(1, 3)) for _ in k]
+    auto = str(rng.choice(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    # ONNX Runtime refuses dilations with auto_pad SAME
+    dil = [1 if auto.startswith("SAME") else int(rng.integers(1, 3)) for _ in k]
+    attrs = dict(group=group, strides=strides, dilations=dil, kernel_shape=k)
+    if auto == "NOTSET":
+        attrs["pads"] = [int(p) for p in rng.integers(0, 3, 2 * len(k))]
+    else:
+        attrs["auto_pad"] = auto
+    spatial = ([int(rng.integers(max(k[0], 2) * dil[0], 9))] if two_d else []) + \
+        [int(rng.integers(12 * strides[-1] + k[-1] * dil[-1], 90))]
+    x = rng.standard_normal((int(rng.integers(1, 3)), group * cg, *spatial)).astype(np.float32)
+    w = rng.standard_normal((group * cog, cg, *k)).astype(np.float32)
+    consts = {"w": w}
+    if rng.random() < 0.7:
+        consts["b"] = rng.standard_normal(group * cog).astype(np.float32)
+    relu = rng.random() < 0.5
+    nodes = [helper.make_node("Conv", ["x", *consts], ["c" if relu else "y"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_convs_run_on_the_direct_kernel(seed, isa, rng):
+    """Random convolutions planned onto the direct kernel (its Relu fused: no unary left),
+    against ONNX Runtime, on every ISA variant this CPU runs."""
+    model, x = random_conv_model(seed)
+    status = compiled_matches_ort(model, {"x": x}, rng, ["conv2d"], rtol=1e-4, atol=1e-4)
+    assert "unary" not in status and "matmul" not in status and "move" not in status, status
+
+
 @pytest.mark.parametrize("also_read", [False, True])
 @pytest.mark.parametrize("width,kind", [(20, "conv2d"), (6, "matmul")])
 def test_conv_relu_runs_inside_the_kernel(width, kind, also_read, rng):
@@ -472,6 +519,7 @@ def test_index_maps_compress_to_groups_that_reproduce_them(shape, perm, rng):
 
 def test_builds_refuse_what_they_cannot_check():
     """A Runner checks every geometry against its buffers: a run past a buffer is refused."""
+    from rnnengine._conv import Conv2d
     from rnnengine._exec import Runner
     dst = np.zeros(4, np.float32)
     src = np.zeros(3, np.float32)
@@ -487,6 +535,21 @@ def test_builds_refuse_what_they_cannot_check():
         Runner([("binary", 0, src, src, dst, [4], [1], [1])])
     with pytest.raises(ValueError, match="does not fit"):
         Runner([("matmul", src, src, dst, np.array([[0, 0, 0]]), 2, 2, 2)])
+    # a 3 -> 4 channel 2-D conv, 3x3 kernel, padded by 1: (2, 3, 5, 6) -> (2, 4, 5, 6)
+    conv = Conv2d(np.ones((4, 3, 3, 3), np.float32), None, (1, 1), (1, 1), (1, 1, 1, 1), 1,
+                  False)
+    x, y = np.zeros(2 * 3 * 5 * 6, np.float32), np.zeros(2 * 4 * 5 * 6, np.float32)
+    Runner([("conv2d", conv, x, y, (2, 5, 6), 0)])          # fits
+    for bad_x, bad_y, nhw, match in ((x[:-1], y, (2, 5, 6), "does not fit the buffers"),
+                                     (x, y[:-1], (2, 5, 6), "does not fit the buffers"),
+                                     (x, y, (2, 5, 7), "does not fit the buffers"),
+                                     (x, y, (2, 0, 6), "does not fit an input"),
+                                     (x[::2], y, (1, 5, 6), "C-contiguous"),
+                                     (x.astype(np.float64), y, (2, 5, 6), "float32")):
+        with pytest.raises(ValueError, match=match):
+            Runner([("conv2d", conv, bad_x, bad_y, nhw, 0)])
+    with pytest.raises(ValueError, match="Conv2d"):
+        Runner([("conv2d", object(), x, y, (2, 5, 6), 0)])
 
 
 def test_token_ids_of_one_shape_share_one_program(rng):
