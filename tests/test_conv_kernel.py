@@ -421,6 +421,29 @@ def test_conv2d_kernel_matches_ort(case, isa):
     assert np.array_equal(conv(wide[..., ::2]), y)
 
 
+@pytest.mark.parametrize("case", random_conv2d_cases(12, 12)[:12], ids=lambda c: "x".join(
+    map(str, c[:8])))
+@pytest.mark.parametrize("upsample", [(2, 1), (1, 3), (3, 2)])
+def test_conv2d_upsampled_input_matches_ort(case, upsample, isa):
+    """With upsampling the kernel convolves the input spread out (zeros between its rows and
+    columns), what ONNX Runtime's Conv gives on the spread input."""
+    N, C, H, W, M, group, KH, KW, strides, dil, pads, bias, relu = case
+    rng = np.random.default_rng(abs(hash((case, upsample))) % 2**32)
+    x = rng.standard_normal((max(N, 1), C, H, W)).astype(np.float32)
+    spread = np.zeros((x.shape[0], C, (H - 1) * upsample[0] + 1, (W - 1) * upsample[1] + 1),
+                      np.float32)
+    spread[:, :, ::upsample[0], ::upsample[1]] = x
+    w = rng.standard_normal((M, C // group, KH, KW)).astype(np.float32)
+    b = rng.standard_normal(M).astype(np.float32) if bias else None
+    conv = _conv.Conv2d(w, b, strides, dil, pads, group, relu, upsample=upsample)
+    y = conv(x)
+    (want,) = ort_run(conv2d_model(spread.shape, w, b, relu, group=group,
+                                   strides=list(strides), dilations=list(dil), pads=list(pads),
+                                   kernel_shape=[KH, KW]), {"x": spread})
+    assert y.shape == want.shape == (x.shape[0], M, *conv.out_shape(H, W))
+    assert np.abs(y - want).max() <= 1e-5 * max(1.0, np.abs(want).max())
+
+
 def test_conv2d_relu_keeps_nan():
     conv = _conv.Conv2d(np.ones((2, 1, 1, 1), np.float32), None, (1, 1), (1, 1),
                         (0, 0, 0, 0), 1, True)
@@ -454,6 +477,8 @@ def test_conv2d_bad_input_raises_before_c(bad, match):
     ((np.ones((2, 4, 3, 3), np.float32), None, (1, 1), (1, 1), (0,) * 4, 3, False), "group"),
     ((np.ones((2, 4, 3, 3), np.float32), None, (1, 1), (2 ** 62, 1), (0,) * 4, 1, False),
      "reach past"),
+    ((np.ones((2, 4, 3, 3), np.float32), None, (1, 1), (1, 1), (0,) * 4, 1, False, (1, 0)),
+     "upsampling"),
 ])
 def test_conv2d_bad_construction_raises(args, match):
     with pytest.raises(ValueError, match=match):
@@ -474,7 +499,7 @@ static float rnd(void) {
 static double check(size_t N, size_t C, size_t H, size_t W, size_t M, size_t G, size_t KH,
                     size_t KW, size_t sh, size_t sw, size_t dh, size_t dw, size_t pt,
                     size_t pl, size_t pb, size_t pr, int relu) {
-    rnn_conv2d_t cv = {N, C, H, W, M, G, KH, KW, sh, sw, dh, dw, pt, pl, 0, 0, relu, NULL};
+    rnn_conv2d_t cv = {N, C, H, W, M, G, KH, KW, sh, sw, dh, dw, pt, pl, 0, 0, relu, NULL, 1, 1};
     cv.Ho = (H + pt + pb - (KH - 1) * dh - 1) / sh + 1;
     cv.Wo = (W + pl + pr - (KW - 1) * dw - 1) / sw + 1;
     const size_t Cg = C / G, Cog = M / G, CK = Cg * KH * KW, yn = N * M * cv.Ho * cv.Wo;

@@ -3,7 +3,12 @@
  *                             * x[n, g*Cg + c, oh*sh + kh*dh - pt, ow*sw + kw*dw - pl])
  * with x (N, C, H, W), C = G * Cg, w (M, Cg, KH, KW), M = G * Cog, y (N, M, Ho, Wo); inputs
  * outside the image read zero (the bottom and right pads only show in Ho, Wo, which the
- * caller computes). A 1-D convolution is the case H = KH = 1.
+ * caller computes). A 1-D convolution is the case H = KH = 1. With upsampling factors
+ * uh, uw > 1 the input is first spread out, uh - 1 rows (uw - 1 columns) of zeros between
+ * two of its rows (columns): x[.., ih, iw] sits at padded position (ih*uh + pt, iw*uw + pl).
+ * That makes a transposed convolution of stride (uh, uw) a convolution of stride 1 (the
+ * caller flips and transposes its weights and sets the pads to the kernel's reach minus
+ * the transposed convolution's pads).
  *
  * Why not im2col + a product (what the executor planned before): the window gather writes
  * KH * KW copies of the input and the product reads them back. Here the output row is the
@@ -38,6 +43,7 @@ typedef struct {
     size_t Ho, Wo;                /* output rows and columns */
     int relu;
     const rnn_cancel_t *cancel;   /* asked between output rows; NULL: never stop */
+    size_t uh, uw;                /* input upsampling (1, 1: none) */
 } rnn_conv2d_t;
 
 /* Output channels per packed block for Cog channels per group: the smallest of 1, 2, 4, 8
@@ -103,13 +109,17 @@ static int rnn_conv2d_sizes_ok(const rnn_conv2d_t *cv, size_t x_len, size_t wp_l
     const size_t big = (size_t)PTRDIFF_MAX / 4;
     size_t n, CK, span;
     if (cv->G < 1 || cv->C % cv->G || cv->M % cv->G || cv->KH < 1 || cv->KW < 1
-            || cv->sh < 1 || cv->sw < 1 || cv->dh < 1 || cv->dw < 1 || cv->Ho < 1
+            || cv->sh < 1 || cv->sw < 1 || cv->dh < 1 || cv->dw < 1 || cv->uh < 1
+            || cv->uw < 1 || cv->Ho < 1
             || cv->Wo < 1 || cv->C < 1 || cv->M < 1)
         return 0;
     /* every dimension and each reach (a window's span plus the stride's) below big, so
      * the sums and the products below are checked one at a time */
     if (cv->N > big || cv->C > big || cv->H > big || cv->W > big || cv->M > big
             || cv->pt > big || cv->pl > big || cv->Ho > big || cv->Wo > big)
+        return 0;
+    if (!rnn_conv_mul(cv->H ? cv->H - 1 : 0, cv->uh, &n) || n > big
+            || !rnn_conv_mul(cv->W ? cv->W - 1 : 0, cv->uw, &n) || n > big)
         return 0;
     if (!rnn_conv_mul(cv->KH - 1, cv->dh, &span) || span > big
             || !rnn_conv_mul(cv->Ho - 1, cv->sh, &n) || n > big)
@@ -144,19 +154,20 @@ static inline size_t rnn_conv2d_scratch_size(const rnn_conv2d_t *cv) {
 }
 
 /* Sample xn (C, H, W) into the scratch image: every element written, zero where the
- * padded image is padding (or past the input's right edge). */
+ * padded image is padding, a gap of the upsampling, or past the input's right edge. */
 static void rnn_conv2d_fill(const rnn_conv2d_t *cv, const float *xn, float *s) {
     const size_t Hp = rnn_conv2d_hp(cv), Wq = rnn_conv2d_wq(cv), sw = cv->sw;
     for (size_t c = 0; c < cv->C; c++)
         for (size_t r = 0; r < Hp; r++) {
             float *row = s + (c * Hp + r) * sw * Wq;
-            const ptrdiff_t ih = (ptrdiff_t)r - (ptrdiff_t)cv->pt;
-            if (ih < 0 || ih >= (ptrdiff_t)cv->H) {
+            const ptrdiff_t at = (ptrdiff_t)r - (ptrdiff_t)cv->pt;
+            const ptrdiff_t ih = at / (ptrdiff_t)cv->uh;
+            if (at < 0 || at % (ptrdiff_t)cv->uh || ih >= (ptrdiff_t)cv->H) {
                 memset(row, 0, sw * Wq * sizeof *row);
                 continue;
             }
             const float *src = xn + (c * cv->H + (size_t)ih) * cv->W;
-            if (sw == 1) {
+            if (sw == 1 && cv->uw == 1) {
                 /* columns [pl, pl + W) of the padded row, clipped to the Wq it keeps */
                 const size_t lead = cv->pl < Wq ? cv->pl : Wq;
                 const size_t n = cv->W < Wq - lead ? cv->W : Wq - lead;
@@ -167,7 +178,7 @@ static void rnn_conv2d_fill(const rnn_conv2d_t *cv, const float *xn, float *s) {
             }
             memset(row, 0, sw * Wq * sizeof *row);
             for (size_t t = 0; t < cv->W; t++) {
-                const size_t j = t + cv->pl, q = j / sw;
+                const size_t j = t * cv->uw + cv->pl, q = j / sw;
                 if (q < Wq) row[(j % sw) * Wq + q] = src[t];
             }
         }

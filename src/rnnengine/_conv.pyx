@@ -41,6 +41,7 @@ cdef extern from "rnnengine/conv2d.h" nogil:
         size_t N, C, H, W, M, G, KH, KW, sh, sw, dh, dw, pt, pl, Ho, Wo
         int relu
         const rnn_cancel_t *cancel
+        size_t uh, uw
     size_t rnn_conv2d_packed_size(size_t G, size_t Cog, size_t CK)
     size_t rnn_conv2d_packed_bias(size_t G, size_t Cog)
     size_t rnn_conv2d_scratch_size(const rnn_conv2d_t *cv)
@@ -200,15 +201,18 @@ def conv2d_kernel():
 
 
 cdef class Conv2d:
-    """``Conv2d(w, b, strides, dilations, pads, group, relu)``: w (M, C / group, KH, KW)
-    float32, b (M,) float32 or None, strides and dilations (h, w), pads (top, left, bottom,
-    right). ``conv(x)``: x float32 (N, C, H, W) -> y (N, M, Ho, Wo), a new array. The packed
-    weights (``packed``, ``packed_bias``) are what the executor's runner hands the kernel."""
+    """``Conv2d(w, b, strides, dilations, pads, group, relu, upsample=(1, 1))``: w (M,
+    C / group, KH, KW) float32, b (M,) float32 or None, strides and dilations (h, w), pads
+    (top, left, bottom, right), upsample (h, w): the input spread out first, that many - 1
+    zeros between two rows (columns), as a transposed convolution's strides spread it.
+    ``conv(x)``: x float32 (N, C, H, W) -> y (N, M, Ho, Wo), a new array. The packed weights
+    (``packed``, ``packed_bias``) are what the executor's runner hands the kernel."""
     cdef readonly object packed, packed_bias
-    cdef readonly Py_ssize_t M, C, G, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr
+    cdef readonly Py_ssize_t M, C, G, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr, uh, uw
     cdef readonly bint relu
 
-    def __init__(self, w, b, strides, dilations, pads, Py_ssize_t group, bint relu):
+    def __init__(self, w, b, strides, dilations, pads, Py_ssize_t group, bint relu,
+                 upsample=(1, 1)):
         cdef cnp.ndarray wa, wp, bp
         cdef const float *bias_p = NULL
         cdef size_t CK, Cog
@@ -219,17 +223,19 @@ cdef class Conv2d:
         self.sh, self.sw = (int(v) for v in strides)
         self.dh, self.dw = (int(v) for v in dilations)
         self.pt, self.pl, self.pb, self.pr = (int(v) for v in pads)
-        if min(self.sh, self.sw, self.dh, self.dw) < 1 or min(self.pt, self.pl, self.pb,
-                                                               self.pr) < 0:
-            raise ValueError(f"strides and dilations must be >= 1 and pads >= 0; got strides "
-                             f"{tuple(strides)}, dilations {tuple(dilations)}, pads "
-                             f"{tuple(pads)}")
+        self.uh, self.uw = (int(v) for v in upsample)
+        if (min(self.sh, self.sw, self.dh, self.dw, self.uh, self.uw) < 1
+                or min(self.pt, self.pl, self.pb, self.pr) < 0):
+            raise ValueError(f"strides, dilations and upsampling must be >= 1 and pads >= 0; "
+                             f"got strides {tuple(strides)}, dilations {tuple(dilations)}, "
+                             f"upsampling {tuple(upsample)}, pads {tuple(pads)}")
         self.M, self.KH, self.KW = wa.shape[0], wa.shape[2], wa.shape[3]
         if group < 1 or self.M % group:
             raise ValueError(f"group must be >= 1 and divide the {self.M} output channels; "
                              f"got {group}")
         for span in ((<object>self.KH - 1) * self.dh, (<object>self.KW - 1) * self.dw,
-                     <object>self.pt + self.pb, <object>self.pl + self.pr, self.sh, self.sw):
+                     <object>self.pt + self.pb, <object>self.pl + self.pr, self.sh, self.sw,
+                     self.uh, self.uw):
             if span >= MAX_SPAN:
                 raise ValueError(f"kernel ({self.KH}, {self.KW}) with dilations "
                                  f"{tuple(dilations)}, strides {tuple(strides)} and pads "
@@ -250,10 +256,12 @@ cdef class Conv2d:
                         <float *>cnp.PyArray_DATA(bp), bp.shape[0])
         self.packed, self.packed_bias = wp, bp
 
-    def out_shape(self, Py_ssize_t H, Py_ssize_t W):
+    def out_shape(self, H, W):
         """(Ho, Wo) for an input of H x W (a value < 1: the kernel does not fit)."""
-        cdef Py_ssize_t sh = H + self.pt + self.pb - (self.KH - 1) * self.dh - 1
-        cdef Py_ssize_t sw = W + self.pl + self.pr - (self.KW - 1) * self.dw - 1
+        # the upsampled input's extent, in Python integers (no wrap-around)
+        H, W = (H - 1) * self.uh + 1 if H > 0 else 0, (W - 1) * self.uw + 1 if W > 0 else 0
+        sh = H + self.pt + self.pb - (self.KH - 1) * self.dh - 1
+        sw = W + self.pl + self.pr - (self.KW - 1) * self.dw - 1
         return (sh // self.sh + 1 if sh >= 0 else 0, sw // self.sw + 1 if sw >= 0 else 0)
 
     def geometry(self, x_shape, relu=None):
@@ -268,7 +276,7 @@ cdef class Conv2d:
                              f"by {(self.pt, self.pl, self.pb, self.pr)}")
         return dict(N=x_shape[0], C=self.C, H=x_shape[2], W=x_shape[3], M=self.M, G=self.G,
                     KH=self.KH, KW=self.KW, sh=self.sh, sw=self.sw, dh=self.dh, dw=self.dw,
-                    pt=self.pt, pl=self.pl, Ho=Ho, Wo=Wo,
+                    pt=self.pt, pl=self.pl, Ho=Ho, Wo=Wo, uh=self.uh, uw=self.uw,
                     relu=int(self.relu if relu is None else relu))
 
     def __call__(self, x):
@@ -287,7 +295,7 @@ cdef class Conv2d:
         cv.N, cv.C, cv.H, cv.W, cv.M, cv.G = g["N"], g["C"], g["H"], g["W"], g["M"], g["G"]
         cv.KH, cv.KW, cv.sh, cv.sw, cv.dh, cv.dw = g["KH"], g["KW"], g["sh"], g["sw"], g["dh"], g["dw"]
         cv.pt, cv.pl, cv.Ho, cv.Wo, cv.relu = g["pt"], g["pl"], g["Ho"], g["Wo"], g["relu"]
-        cv.cancel = NULL
+        cv.uh, cv.uw, cv.cancel = g["uh"], g["uw"], NULL
         y = np.empty((cv.N, self.M, cv.Ho, cv.Wo), np.float32)
         if cv.N == 0:
             return y

@@ -69,6 +69,7 @@ cdef extern from "rnnengine/conv2d.h" nogil:
         size_t N, C, H, W, M, G, KH, KW, sh, sw, dh, dw, pt, pl, Ho, Wo
         int relu
         const rnn_cancel_t *cancel
+        size_t uh, uw
     size_t rnn_conv2d_scratch_size(const rnn_conv2d_t *cv)
     int rnn_conv2d_sizes_ok(const rnn_conv2d_t *cv, size_t x_len, size_t wp_len,
                             size_t bp_len, size_t scratch_len, size_t y_len)
@@ -444,6 +445,7 @@ cdef class Runner:
         c.cv.KH, c.cv.KW, c.cv.sh, c.cv.sw = g["KH"], g["KW"], g["sh"], g["sw"]
         c.cv.dh, c.cv.dw, c.cv.pt, c.cv.pl = g["dh"], g["dw"], g["pt"], g["pl"]
         c.cv.Ho, c.cv.Wo, c.cv.relu, c.cv.cancel = g["Ho"], g["Wo"], relu, NULL
+        c.cv.uh, c.cv.uw = g["uh"], g["uw"]
         # sizes in Python integers: no wrap-around can fake a fit
         if (X.size != (<object>N) * g["C"] * H * W
                 or Y.size != (<object>N) * g["M"] * g["Ho"] * g["Wo"]):
