@@ -227,6 +227,50 @@ def test_random_convs_run_on_the_direct_kernel(seed, isa, rng):
     assert "unary" not in status and "matmul" not in status and "move" not in status, status
 
 
+def random_conv_transpose_model(seed):
+    """A ConvTranspose (1-D or 2-D, maybe followed by a Relu) with random groups, strides,
+    dilations, output_padding and pads within the kernel's reach, and output rows long
+    enough for the direct kernel: (model, x)."""
+    rng = np.random.default_rng(seed)
+    nsp = int(rng.choice([1, 2, 2]))
+    group = int(rng.choice([1, 2, 3]))
+    cg, cog = int(rng.integers(1, 4)), int(rng.choice([1, 2, 5, 8, 9]))
+    k = [int(rng.integers(1, 5)) for _ in range(nsp)]
+    strides = [int(rng.integers(1, 4)) for _ in range(nsp)]
+    dil = [int(rng.integers(1, 3)) for _ in range(nsp)]
+    extra = [int(rng.integers(0, s)) for s in strides]     # ONNX Runtime: below the stride
+    reach = [(kk - 1) * d for kk, d in zip(k, dil)]
+    pads = [int(rng.integers(0, r + 1)) for r in reach * 2]
+    spatial = [int(rng.integers(1, 6)) for _ in range(nsp - 1)] + [int(rng.integers(14, 40))]
+    for i in range(nsp):    # at least one output row
+        while strides[i] * (spatial[i] - 1) + extra[i] + reach[i] + 1 - pads[i] - pads[nsp + i] < 1:
+            spatial[i] += 1
+    attrs = dict(group=group, strides=strides, dilations=dil, kernel_shape=k, pads=pads,
+                 output_padding=extra)
+    x = rng.standard_normal((int(rng.integers(1, 3)), group * cg, *spatial)).astype(np.float32)
+    consts = {"w": rng.standard_normal((group * cg, cog, *k)).astype(np.float32)}
+    if rng.random() < 0.7:
+        consts["b"] = rng.standard_normal(group * cog).astype(np.float32)
+    relu = rng.random() < 0.5
+    nodes = [helper.make_node("ConvTranspose", ["x", *consts], ["c" if relu else "y"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_conv_transposes_run_on_the_direct_kernel(seed, isa, rng):
+    """Random transposed convolutions planned onto the direct kernel (the input spread out
+    by the strides), against ONNX Runtime, on every ISA variant this CPU runs."""
+    model, x = random_conv_transpose_model(seed)
+    status = compiled_matches_ort(model, {"x": x}, rng, ["conv2d"], rtol=1e-4, atol=1e-4)
+    assert "unary" not in status and "matmul" not in status and "move" not in status, status
+
+
 @pytest.mark.parametrize("also_read", [False, True])
 @pytest.mark.parametrize("width,kind", [(20, "conv2d"), (6, "matmul")])
 def test_conv_relu_runs_inside_the_kernel(width, kind, also_read, rng):
@@ -249,22 +293,31 @@ def test_conv_relu_runs_inside_the_kernel(width, kind, also_read, rng):
     assert ("unary" in status) == also_read and "binary" not in status, status
 
 
-CONV_TRANSPOSES = [
-    ((1, 4, 10), (4, 3, 3), {}),
-    ((1, 4, 10), (4, 2, 4), {"strides": [2], "pads": [1, 1]}),
+CONV_TRANSPOSES = [   # (x shape, w shape, attributes, on the direct kernel)
+    ((1, 4, 10), (4, 3, 3), {}, True),
+    ((1, 4, 5), (4, 3, 3), {}, False),
+    ((1, 4, 10), (4, 2, 4), {"strides": [2], "pads": [1, 1]}, True),
+    ((1, 4, 10), (4, 2, 4), {"strides": [3], "pads": [0, 2], "output_padding": [2]}, True),
     ((1, 16, 1, 33), (16, 2, 1, 5), {"group": 8, "strides": [1, 2], "pads": [0, 2, 0, 2],
-                                     "output_padding": [0, 1]}),
-    ((2, 6, 3, 4), (6, 2, 3, 3), {"group": 3, "dilations": [2, 1]}),
+                                     "output_padding": [0, 1]}, True),
+    ((2, 6, 3, 4), (6, 2, 3, 3), {"group": 3, "dilations": [2, 1]}, False),
+    ((2, 6, 3, 14), (6, 2, 3, 3), {"group": 3, "dilations": [2, 1], "strides": [2, 1],
+                                   "pads": [1, 0, 2, 1]}, True),
+    ((1, 16, 12, 20), (16, 1, 3, 3), {"group": 16, "dilations": [5, 1], "pads": [10, 1, 10, 1]},
+     True),                                      # GTCRN's depthwise dilated ones
+    ((1, 3, 2, 20), (3, 2, 3, 3), {"pads": [3, 1, 0, 1]}, False),   # pads past the reach
 ]
 
 
-@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_TRANSPOSES)
-def test_conv_transpose(x_shape, w_shape, attrs, rng):
+@pytest.mark.parametrize("x_shape,w_shape,attrs,direct", CONV_TRANSPOSES)
+def test_conv_transpose(x_shape, w_shape, attrs, direct, rng):
     x = rng.standard_normal(x_shape).astype(np.float32)
     consts = {"w": rng.standard_normal(w_shape).astype(np.float32),
               "b": rng.standard_normal(w_shape[1] * attrs.get("group", 1)).astype(np.float32)}
-    compiled_matches_ort(single("ConvTranspose", {"x": x}, dict(attrs), consts=consts),
-                         {"x": x}, rng, ["matmul"], rtol=1e-4, atol=1e-4)
+    status = compiled_matches_ort(single("ConvTranspose", {"x": x}, dict(attrs),
+                                         consts=consts), {"x": x}, rng, rtol=1e-4, atol=1e-4)
+    # output rows of 12 or more run on the direct kernel, shorter ones on the product
+    assert ("conv2d" if direct else "matmul") in status, status
 
 
 def test_batchnorm(rng):

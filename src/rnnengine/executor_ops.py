@@ -47,10 +47,10 @@ _REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
            "ReduceSumSquare": 4, "ReduceL2": 5, "ReduceL1": 6, "ReduceProd": 7,
            "ReduceLogSumExp": 8}
 _MAXD = 8
-# A convolution runs on conv2d.h's direct kernel when its output rows are at least this
-# long (the kernel vectorises along them: a shorter row wastes most of a vector, where the
-# gather and product below vectorise over the channels) and its kernel at most this wide
-# (the runner's kernel then allocates nothing).
+# A convolution (or transposed one) runs on conv2d.h's direct kernel when its output rows
+# are at least this long (the kernel vectorises along them: a shorter row wastes most of a
+# vector, where the gather and product below vectorise over the channels) and its kernel
+# at most this wide (the runner's kernel then allocates nothing).
 _DIRECT_MIN_WO = 12
 _DIRECT_MAX_KW = 64
 RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
@@ -663,7 +663,7 @@ class Lowering:
 
     # -- convolution as a gather and a product ---------------------------------------------
     def _conv(self, node, ins, o: int, label, relu: bool = False, w=None, bias=None) -> bool:
-        """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, pads): a Conv whose
+        """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, pads): one whose
         output rows are long enough runs on conv2d.h's direct kernel (bias and ReLU fused);
         otherwise the input is gathered into columns [N, G, Cg*KH*KW, Ho*Wo] (zeros where
         the window leaves the input; for ConvTranspose, where the stride skips), then per
@@ -761,10 +761,11 @@ class Lowering:
         if not np.allclose(want, y, rtol=1e-4, atol=1e-5 * scale):
             return False
         dst = self._new(o, y.shape, _F32)
-        if not transpose and Wo >= _DIRECT_MIN_WO and KW <= _DIRECT_MAX_KW:
-            conv = Conv2d(w4, bias, strides, dil, pads, G, relu)
-            self.ops.append(("conv2d", conv, x, dst, (N, H, W), int(relu)))
-            return True
+        if Wo >= _DIRECT_MIN_WO and KW <= _DIRECT_MAX_KW:
+            conv = self._direct_conv(a, transpose, nsp, w4, bias, strides, dil, pads, G, relu)
+            if conv is not None and conv.out_shape(H, W) == (Ho, Wo):
+                self.ops.append(("conv2d", conv, x, dst, (N, H, W), int(relu)))
+                return True
         zero = np.zeros(1, _F32)
         if Cog >= P:
             # rows of the window per output position, grouped [G, N*P, K], then dense.h once
@@ -796,6 +797,28 @@ class Lowering:
         rows_bias = None if bias is None else np.ascontiguousarray(bias, np.float32).reshape(-1)
         self.ops.append(("matmul", A, columns, dst, offs, Cog, K, P, rows_bias, int(relu)))
         return True
+
+    @staticmethod
+    def _direct_conv(a, transpose, nsp, w4, bias, strides, dil, pads, G, relu):
+        """The direct kernel of a Conv (2-D geometry: a 1-D one has a height of one), or of a
+        ConvTranspose as a convolution of its input spread out by its strides, with each
+        group's weights transposed and flipped and pads the kernel's reach minus its pads
+        (output_padding adds to the end); None when such pads would be negative."""
+        if not transpose:
+            return Conv2d(w4, bias, strides, dil, pads, G, relu)
+        extra = list(a.get("output_padding", [0] * nsp))
+        extra = [0] + extra if nsp == 1 else extra
+        C, Cog, KH, KW = w4.shape
+        if len(extra) != 2:
+            return None
+        reach = [(KH - 1) * dil[0], (KW - 1) * dil[1]]
+        cpads = [reach[0] - pads[0], reach[1] - pads[1], reach[0] - pads[2] + extra[0],
+                 reach[1] - pads[3] + extra[1]]
+        if min(cpads) < 0:
+            return None
+        w = (w4.reshape(G, C // G, Cog, KH, KW).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+             .reshape(G * Cog, C // G, KH, KW))
+        return Conv2d(w, bias, (1, 1), dil, cpads, G, relu, upsample=strides)
 
     def _relu_into_product(self, i: int, o: int) -> bool:
         """Relu of the convolution product planned just before, whose output nothing else
