@@ -192,6 +192,8 @@ def random_conv_model(seed):
         group, cg, cog = int(rng.integers(2, 7)), 1, 1                 # depthwise
     k = [int(rng.integers(1, 4)), int(rng.integers(1, 6))] if two_d else [int(rng.integers(1, 6))]
     strides = [int(rng.integers(1, 3)) for _ in k]
+    if max(k) == 1 and max(strides) == 1:
+        k[-1] = 2       # not pointwise: that one is a plain product (test_pointwise_conv...)
     auto = str(rng.choice(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
     # ONNX Runtime refuses dilations with auto_pad SAME
     dil = [1 if auto.startswith("SAME") else int(rng.integers(1, 3)) for _ in k]
@@ -237,6 +239,8 @@ def random_conv_transpose_model(seed):
     cg, cog = int(rng.integers(1, 4)), int(rng.choice([1, 2, 5, 8, 9]))
     k = [int(rng.integers(1, 5)) for _ in range(nsp)]
     strides = [int(rng.integers(1, 4)) for _ in range(nsp)]
+    if max(k) == 1 and max(strides) == 1:
+        k[-1] = 2       # not pointwise: that one is a plain product (test_pointwise_conv...)
     dil = [int(rng.integers(1, 3)) for _ in range(nsp)]
     extra = [int(rng.integers(0, s)) for s in strides]     # ONNX Runtime: below the stride
     reach = [(kk - 1) * d for kk, d in zip(k, dil)]
@@ -269,6 +273,17 @@ def test_random_conv_transposes_run_on_the_direct_kernel(seed, isa, rng):
     model, x = random_conv_transpose_model(seed)
     status = compiled_matches_ort(model, {"x": x}, rng, ["conv2d"], rtol=1e-4, atol=1e-4)
     assert "unary" not in status and "matmul" not in status and "move" not in status, status
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_pointwise_conv_stays_a_product(op, rng):
+    """A 1x1 convolution with unit strides and no pads is a plain product, which runs faster
+    than the direct kernel: it stays one."""
+    x = rng.standard_normal((2, 8, 5, 30)).astype(np.float32)
+    w_shape = (6, 8, 1, 1) if op == "Conv" else (8, 6, 1, 1)
+    consts = {"w": rng.standard_normal(w_shape).astype(np.float32)}
+    compiled_matches_ort(single(op, {"x": x}, {}, consts=consts), {"x": x}, rng, ["matmul"],
+                         rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("also_read", [False, True])

@@ -761,7 +761,10 @@ class Lowering:
         if not np.allclose(want, y, rtol=1e-4, atol=1e-5 * scale):
             return False
         dst = self._new(o, y.shape, _F32)
-        if Wo >= _DIRECT_MIN_WO and KW <= _DIRECT_MAX_KW:
+        # a pointwise one (1x1, unit strides, no pads) is a plain product: the gather
+        # below is then a copy, and the product runs faster than the direct kernel
+        pointwise = KH == KW == 1 and strides == [1, 1] and not any(pads)
+        if Wo >= _DIRECT_MIN_WO and KW <= _DIRECT_MAX_KW and not pointwise:
             conv = self._direct_conv(a, transpose, nsp, w4, bias, strides, dil, pads, G, relu)
             if conv is not None and conv.out_shape(H, W) == (Ho, Wo):
                 self.ops.append(("conv2d", conv, x, dst, (N, H, W), int(relu)))
