@@ -1,8 +1,8 @@
 """A 1-D convolution (groups 1) with its bias and an optional ReLU as one C call:
 include/rnnengine/conv.h; and ``Conv2d``, any 2-D (or 1-D, as a height of one) convolution,
 grouped, strided, dilated, padded, as one C call (include/rnnengine/conv2d.h), which the
-executor's plans run (``conv2d_kernel``). ``ops.conv.compiled_conv`` builds these for a graph's constant
-weights. ``Conv1d.__call__`` raises ValueError on an input the kernel cannot take (the caller
+executor's plans run too (``conv2d_kernel``). ``ops.conv.compiled_conv`` builds these for a
+graph's constant weights. ``Conv1d.__call__`` raises ValueError on an input the kernel cannot take (the caller
 checks dtype and rank first and runs the general NumPy path for anything else). A long call
 stops on Ctrl-C (KeyboardInterrupt), as the recurrent kernels do (_signals.pxi)."""
 import threading
@@ -293,7 +293,8 @@ cdef class Conv2d:
         g = self.geometry(x.shape)
         xa = np.ascontiguousarray(x)
         cv.N, cv.C, cv.H, cv.W, cv.M, cv.G = g["N"], g["C"], g["H"], g["W"], g["M"], g["G"]
-        cv.KH, cv.KW, cv.sh, cv.sw, cv.dh, cv.dw = g["KH"], g["KW"], g["sh"], g["sw"], g["dh"], g["dw"]
+        cv.KH, cv.KW, cv.sh, cv.sw = g["KH"], g["KW"], g["sh"], g["sw"]
+        cv.dh, cv.dw = g["dh"], g["dw"]
         cv.pt, cv.pl, cv.Ho, cv.Wo, cv.relu = g["pt"], g["pl"], g["Ho"], g["Wo"], g["relu"]
         cv.uh, cv.uw, cv.cancel = g["uh"], g["uw"], NULL
         y = np.empty((cv.N, self.M, cv.Ho, cv.Wo), np.float32)
