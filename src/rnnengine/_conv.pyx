@@ -285,6 +285,12 @@ cdef class Conv2d:
         cdef rnn_cancel_t cancel
         cdef signal_watch_t watch
         cdef int rc, isa = active_isa()
+        cdef const float *xp
+        cdef const float *wpp
+        cdef const float *bpp
+        cdef float *sp
+        cdef float *yp
+        cdef size_t xn, wn, bn, sn, yn
         if (type(x) is not np.ndarray or cnp.PyArray_TYPE(x) != cnp.NPY_FLOAT32
                 or cnp.PyArray_NDIM(x) != 4):
             raise ValueError(f"x must be a float32 (N, {self.C}, H, W) array; got "
@@ -303,13 +309,17 @@ cdef class Conv2d:
         if rnn_conv2d_scratch_size(&cv) == 0:
             raise ValueError(f"Conv2d: the input {x.shape} is too large")
         s = np.empty(rnn_conv2d_scratch_size(&cv), np.float32)
-        cv.cancel = watch_signals(&cancel, &watch)
-        with nogil:
-            rc = rnn_conv2d(&cv, <const float *>cnp.PyArray_DATA(xa), cnp.PyArray_SIZE(xa),
-                            <const float *>cnp.PyArray_DATA(wp), cnp.PyArray_SIZE(wp),
-                            <const float *>cnp.PyArray_DATA(bp), cnp.PyArray_SIZE(bp),
-                            <float *>cnp.PyArray_DATA(s), cnp.PyArray_SIZE(s),
-                            <float *>cnp.PyArray_DATA(y), cnp.PyArray_SIZE(y), isa)
+        xp, wpp = <const float *>cnp.PyArray_DATA(xa), <const float *>cnp.PyArray_DATA(wp)
+        bpp = <const float *>cnp.PyArray_DATA(bp)
+        sp, yp = <float *>cnp.PyArray_DATA(s), <float *>cnp.PyArray_DATA(y)
+        xn, wn, bn, sn, yn = (cnp.PyArray_SIZE(xa), cnp.PyArray_SIZE(wp), cnp.PyArray_SIZE(bp),
+                              cnp.PyArray_SIZE(s), cnp.PyArray_SIZE(y))
+        if yn * wn // bn >= NOGIL_MIN_MACS:      # output elements times C / G * KH * KW
+            cv.cancel = watch_signals(&cancel, &watch)
+            with nogil:
+                rc = rnn_conv2d(&cv, xp, xn, wpp, wn, bpp, bn, sp, sn, yp, yn, isa)
+        else:
+            rc = rnn_conv2d(&cv, xp, xn, wpp, wn, bpp, bn, sp, sn, yp, yn, isa)
         if rc == 1:
             raise_pending()
         if rc == -2:
