@@ -181,12 +181,120 @@ def test_conv(x_shape, w_shape, attrs, bias, rng):
                          rtol=1e-4, atol=1e-4)
 
 
+def random_conv_model(seed):
+    """A Conv (1-D or 2-D, maybe followed by a Relu) with random groups, strides, dilations,
+    pads (asymmetric, or an auto_pad), bias, and an input whose output rows are long enough
+    for the direct kernel: (model, x)."""
+    rng = np.random.default_rng(seed)
+    two_d = rng.random() < 0.7
+    group = int(rng.choice([1, 2, 3]))
+    cg, cog = int(rng.integers(1, 4)), int(rng.choice([1, 2, 4, 7, 8, 12]))
+    if rng.random() < 0.25:
+        group, cg, cog = int(rng.integers(2, 7)), 1, 1                 # depthwise
+    k = [int(rng.integers(1, 4)), int(rng.integers(1, 6))] if two_d else [int(rng.integers(1, 6))]
+    strides = [int(rng.integers(1, 3)) for _ in k]
+    if max(k) == 1 and max(strides) == 1:
+        k[-1] = 2       # not pointwise: that one is a plain product (test_pointwise_conv...)
+    auto = str(rng.choice(["NOTSET", "NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    # ONNX Runtime refuses dilations with auto_pad SAME
+    dil = [1 if auto.startswith("SAME") else int(rng.integers(1, 3)) for _ in k]
+    attrs = dict(group=group, strides=strides, dilations=dil, kernel_shape=k)
+    if auto == "NOTSET":
+        attrs["pads"] = [int(p) for p in rng.integers(0, 3, 2 * len(k))]
+    else:
+        attrs["auto_pad"] = auto
+    spatial = ([int(rng.integers(max(k[0], 2) * dil[0], 9))] if two_d else []) + \
+        [int(rng.integers(12 * strides[-1] + k[-1] * dil[-1], 90))]
+    x = rng.standard_normal((int(rng.integers(1, 3)), group * cg, *spatial)).astype(np.float32)
+    w = rng.standard_normal((group * cog, cg, *k)).astype(np.float32)
+    consts = {"w": w}
+    if rng.random() < 0.7:
+        consts["b"] = rng.standard_normal(group * cog).astype(np.float32)
+    relu = rng.random() < 0.5
+    nodes = [helper.make_node("Conv", ["x", *consts], ["c" if relu else "y"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_convs_run_on_the_direct_kernel(seed, isa, rng):
+    """Random convolutions planned onto the direct kernel (its Relu fused: no unary left),
+    against ONNX Runtime, on every ISA variant this CPU runs."""
+    model, x = random_conv_model(seed)
+    status = compiled_matches_ort(model, {"x": x}, rng, ["conv2d"], rtol=1e-4, atol=1e-4)
+    assert "unary" not in status and "matmul" not in status and "move" not in status, status
+
+
+def random_conv_transpose_model(seed):
+    """A ConvTranspose (1-D or 2-D, maybe followed by a Relu) with random groups, strides,
+    dilations, output_padding and pads within the kernel's reach, and output rows long
+    enough for the direct kernel: (model, x)."""
+    rng = np.random.default_rng(seed)
+    nsp = int(rng.choice([1, 2, 2]))
+    group = int(rng.choice([1, 2, 3]))
+    cg, cog = int(rng.integers(1, 4)), int(rng.choice([1, 2, 5, 8, 9]))
+    k = [int(rng.integers(1, 5)) for _ in range(nsp)]
+    strides = [int(rng.integers(1, 4)) for _ in range(nsp)]
+    if max(k) == 1 and max(strides) == 1:
+        k[-1] = 2       # not pointwise: that one is a plain product (test_pointwise_conv...)
+    dil = [int(rng.integers(1, 3)) for _ in range(nsp)]
+    extra = [int(rng.integers(0, s)) for s in strides]     # ONNX Runtime: below the stride
+    reach = [(kk - 1) * d for kk, d in zip(k, dil)]
+    pads = [int(rng.integers(0, r + 1)) for r in reach * 2]
+    spatial = [int(rng.integers(1, 6)) for _ in range(nsp - 1)] + [int(rng.integers(14, 40))]
+    for i in range(nsp):    # at least one output row
+        while strides[i] * (spatial[i] - 1) + extra[i] + reach[i] + 1 - pads[i] - pads[nsp + i] < 1:
+            spatial[i] += 1
+    attrs = dict(group=group, strides=strides, dilations=dil, kernel_shape=k, pads=pads,
+                 output_padding=extra)
+    x = rng.standard_normal((int(rng.integers(1, 3)), group * cg, *spatial)).astype(np.float32)
+    consts = {"w": rng.standard_normal((group * cg, cog, *k)).astype(np.float32)}
+    if rng.random() < 0.7:
+        consts["b"] = rng.standard_normal(group * cog).astype(np.float32)
+    relu = rng.random() < 0.5
+    nodes = [helper.make_node("ConvTranspose", ["x", *consts], ["c" if relu else "y"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_conv_transposes_run_on_the_direct_kernel(seed, isa, rng):
+    """Random transposed convolutions planned onto the direct kernel (the input spread out
+    by the strides), against ONNX Runtime, on every ISA variant this CPU runs."""
+    model, x = random_conv_transpose_model(seed)
+    status = compiled_matches_ort(model, {"x": x}, rng, ["conv2d"], rtol=1e-4, atol=1e-4)
+    assert "unary" not in status and "matmul" not in status and "move" not in status, status
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+def test_pointwise_conv_stays_a_product(op, rng):
+    """A 1x1 convolution with unit strides and no pads is a plain product, which runs faster
+    than the direct kernel: it stays one."""
+    x = rng.standard_normal((2, 8, 5, 30)).astype(np.float32)
+    w_shape = (6, 8, 1, 1) if op == "Conv" else (8, 6, 1, 1)
+    consts = {"w": rng.standard_normal(w_shape).astype(np.float32)}
+    compiled_matches_ort(single(op, {"x": x}, {}, consts=consts), {"x": x}, rng, ["matmul"],
+                         rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("also_read", [False, True])
-def test_conv_relu_runs_inside_the_product(also_read, rng):
-    """Conv (2-D, bias, stride) -> Relu: bias and Relu are applied by the product as it
-    stores each channel's row, no pass of their own; when the convolution's own output is
-    read too (here a graph output), the Relu stays an operator."""
-    x = rng.standard_normal((1, 3, 12, 20)).astype(np.float32)
+@pytest.mark.parametrize("width,kind", [(20, "conv2d"), (6, "matmul")])
+def test_conv_relu_runs_inside_the_kernel(width, kind, also_read, rng):
+    """Conv (2-D, bias, stride) -> Relu: bias and Relu are applied by the kernel as it stores
+    its output (the direct kernel for long rows, the product of the window gather for short
+    ones), no pass of their own; when the convolution's own output is read too (here a graph
+    output), the Relu stays an operator."""
+    x = rng.standard_normal((1, 3, 12, width)).astype(np.float32)
     w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 1]),
@@ -197,26 +305,35 @@ def test_conv_relu_runs_inside_the_product(also_read, rng):
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outs],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    status = compiled_matches_ort(model, {"x": x}, rng, ["matmul"], rtol=1e-4, atol=1e-4)
+    status = compiled_matches_ort(model, {"x": x}, rng, [kind], rtol=1e-4, atol=1e-4)
     assert ("unary" in status) == also_read and "binary" not in status, status
 
 
-CONV_TRANSPOSES = [
-    ((1, 4, 10), (4, 3, 3), {}),
-    ((1, 4, 10), (4, 2, 4), {"strides": [2], "pads": [1, 1]}),
+CONV_TRANSPOSES = [   # (x shape, w shape, attributes, on the direct kernel)
+    ((1, 4, 10), (4, 3, 3), {}, True),
+    ((1, 4, 5), (4, 3, 3), {}, False),
+    ((1, 4, 10), (4, 2, 4), {"strides": [2], "pads": [1, 1]}, True),
+    ((1, 4, 10), (4, 2, 4), {"strides": [3], "pads": [0, 2], "output_padding": [2]}, True),
     ((1, 16, 1, 33), (16, 2, 1, 5), {"group": 8, "strides": [1, 2], "pads": [0, 2, 0, 2],
-                                     "output_padding": [0, 1]}),
-    ((2, 6, 3, 4), (6, 2, 3, 3), {"group": 3, "dilations": [2, 1]}),
+                                     "output_padding": [0, 1]}, True),
+    ((2, 6, 3, 4), (6, 2, 3, 3), {"group": 3, "dilations": [2, 1]}, False),
+    ((2, 6, 3, 14), (6, 2, 3, 3), {"group": 3, "dilations": [2, 1], "strides": [2, 1],
+                                   "pads": [1, 0, 2, 1]}, True),
+    ((1, 16, 12, 20), (16, 1, 3, 3), {"group": 16, "dilations": [5, 1], "pads": [10, 1, 10, 1]},
+     True),                                      # GTCRN's depthwise dilated ones
+    ((1, 3, 2, 20), (3, 2, 3, 3), {"pads": [3, 1, 0, 1]}, False),   # pads past the reach
 ]
 
 
-@pytest.mark.parametrize("x_shape,w_shape,attrs", CONV_TRANSPOSES)
-def test_conv_transpose(x_shape, w_shape, attrs, rng):
+@pytest.mark.parametrize("x_shape,w_shape,attrs,direct", CONV_TRANSPOSES)
+def test_conv_transpose(x_shape, w_shape, attrs, direct, rng):
     x = rng.standard_normal(x_shape).astype(np.float32)
     consts = {"w": rng.standard_normal(w_shape).astype(np.float32),
               "b": rng.standard_normal(w_shape[1] * attrs.get("group", 1)).astype(np.float32)}
-    compiled_matches_ort(single("ConvTranspose", {"x": x}, dict(attrs), consts=consts),
-                         {"x": x}, rng, ["matmul"], rtol=1e-4, atol=1e-4)
+    status = compiled_matches_ort(single("ConvTranspose", {"x": x}, dict(attrs),
+                                         consts=consts), {"x": x}, rng, rtol=1e-4, atol=1e-4)
+    # output rows of 12 or more run on the direct kernel, shorter ones on the product
+    assert ("conv2d" if direct else "matmul") in status, status
 
 
 def test_batchnorm(rng):
@@ -471,6 +588,7 @@ def test_index_maps_compress_to_groups_that_reproduce_them(shape, perm, rng):
 
 def test_builds_refuse_what_they_cannot_check():
     """A Runner checks every geometry against its buffers: a run past a buffer is refused."""
+    from rnnengine.core.conv import Conv2d
     from rnnengine.runtime._exec import Runner
     dst = np.zeros(4, np.float32)
     src = np.zeros(3, np.float32)
@@ -486,6 +604,21 @@ def test_builds_refuse_what_they_cannot_check():
         Runner([("binary", 0, src, src, dst, [4], [1], [1])])
     with pytest.raises(ValueError, match="does not fit"):
         Runner([("matmul", src, src, dst, np.array([[0, 0, 0]]), 2, 2, 2)])
+    # a 3 -> 4 channel 2-D conv, 3x3 kernel, padded by 1: (2, 3, 5, 6) -> (2, 4, 5, 6)
+    conv = Conv2d(np.ones((4, 3, 3, 3), np.float32), None, (1, 1), (1, 1), (1, 1, 1, 1), 1,
+                  False)
+    x, y = np.zeros(2 * 3 * 5 * 6, np.float32), np.zeros(2 * 4 * 5 * 6, np.float32)
+    Runner([("conv2d", conv, x, y, (2, 5, 6), 0)])          # fits
+    for bad_x, bad_y, nhw, match in ((x[:-1], y, (2, 5, 6), "does not fit the buffers"),
+                                     (x, y[:-1], (2, 5, 6), "does not fit the buffers"),
+                                     (x, y, (2, 5, 7), "does not fit the buffers"),
+                                     (x, y, (2, 0, 6), "does not fit an input"),
+                                     (x[::2], y, (1, 5, 6), "C-contiguous"),
+                                     (x.astype(np.float64), y, (2, 5, 6), "float32")):
+        with pytest.raises(ValueError, match=match):
+            Runner([("conv2d", conv, bad_x, bad_y, nhw, 0)])
+    with pytest.raises(ValueError, match="Conv2d"):
+        Runner([("conv2d", object(), x, y, (2, 5, 6), 0)])
 
 
 def test_token_ids_of_one_shape_share_one_program(rng):

@@ -11,7 +11,7 @@ constants shared between calls: never write into an output you did not allocate.
 
 ``fuse_chain(nodes, opset)`` runs a MatMul/Gemm (+ Add) (+ activation) head as one call;
 ``compiled_head`` runs it in C when its weights are constant; ``compiled_conv`` runs a 1-D
-Conv (+ Relu) with constant weights in C.
+or 2-D Conv (+ Relu) with constant weights in C.
 """
 from __future__ import annotations
 

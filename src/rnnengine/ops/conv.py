@@ -9,8 +9,10 @@ of the input) and one ``np.matmul`` (convolutions: W viewed as (group, M/group, 
 or one reduction over the kernel axis (pools). A 1x1 Conv with unit strides and no padding
 skips the gather.
 
-``compiled_conv`` runs a 1-D Conv with constant weights (and a Relu after it) as one C call
-(``_conv.Conv1d``, include/rnnengine/conv.h) instead.
+``compiled_conv`` runs a Conv with constant weights (and a Relu after it) as one C call
+instead: a 1-D one of group 1 on ``_conv.Conv1d`` (include/rnnengine/conv.h, tuned for the
+few output positions of a streaming step), any other 1-D or 2-D one on ``_conv.Conv2d``
+(include/rnnengine/conv2d.h).
 """
 from __future__ import annotations
 
@@ -18,14 +20,14 @@ import math
 
 import numpy as np
 
-from ..core.conv import Conv1d
+from ..core.conv import Conv1d, Conv2d
 from ._common import MAX_ELEMENTS, Attrs, check_size, guard, node_label, registrar, same_dtype
 
 OPS = {}
 op = registrar(OPS)
 
 
-def _same_pads(spatial, kernel, strides, dilations, upper):
+def same_pads(spatial, kernel, strides, dilations, upper):
     begins, ends = [], []
     for d, k, s, dl in zip(spatial, kernel, strides, dilations):
         total = max(0, (-(-d // s) - 1) * s + (k - 1) * dl + 1 - d)
@@ -97,7 +99,7 @@ class _Window:
             raise ValueError(f"strides {strides} and dilations {dil} do not fit {n} spatial "
                              "dims")
         if self.auto in ("SAME_UPPER", "SAME_LOWER") and not transpose:
-            pads = _same_pads(spatial, kernel, strides, dil, self.auto == "SAME_UPPER")
+            pads = same_pads(spatial, kernel, strides, dil, self.auto == "SAME_UPPER")
         else:
             pads = (self.auto == "NOTSET" and self.pads) or [0] * (2 * n)
         if len(pads) != 2 * n:
@@ -206,7 +208,7 @@ _F32 = np.dtype(np.float32)
 
 def compiled_conv(nodes, const):
     """``nodes`` = [Conv] or [Conv, Relu] (the Relu reading the Conv's only output) as one C
-    call when the Conv is 1-D with group 1 and its W and B are float32 constants
+    call when the Conv is 1-D or 2-D and its W and B are float32 constants
     (``const(name)`` -> array or None): a function of X alone, with ``inputs``/``outputs``
     naming the chain's X and its output. An X the kernel does not take (another dtype or
     rank, a wrong channel count) runs the NumPy path, which also reports the error. None when
@@ -227,28 +229,45 @@ def compiled_conv(nodes, const):
     names = list(conv.input) + [""] * (3 - len(conv.input))
     w = const(names[1]) if names[1] else None
     b = const(names[2]) if names[2] else None
-    if (a.unread() or general.group != 1 or w is None or w.dtype != _F32 or w.ndim != 3
-            or min(w.shape) < 1 or (names[2] and (b is None or b.dtype != _F32
-                                                  or b.shape != (w.shape[0],)))):
+    if (a.unread() or w is None or w.dtype != _F32 or w.ndim not in (3, 4)
+            or min(w.shape) < 1 or w.shape[0] % general.group
+            or (names[2] and (b is None or b.dtype != _F32 or b.shape != (w.shape[0],)))):
         return None
-    # input length -> (Conv1d, outputs per sample); auto_pad SAME makes pads depend on it
+    one_d = w.ndim == 3 and general.group == 1
+    w4 = w if w.ndim == 4 else w[:, :, None, :]      # a 1-D conv as a height of one
+    channels = w.shape[1] * general.group
+    # input's spatial shape -> (kernel, output shape); auto_pad SAME makes pads depend on it
     kernels = {}
 
-    def kernel(length):
-        strides, dil, pads = general.geometry((length,), w.shape[2:])
-        k = Conv1d(w, b, strides[0], dil[0], pads[0], pads[1], relu)
-        if len(kernels) > 16:   # lengths change rarely; keep the table small if they do
+    def kernel(spatial):
+        strides, dil, pads = general.geometry(spatial, w.shape[2:])
+        if one_d:
+            k = Conv1d(w, b, strides[0], dil[0], pads[0], pads[1], relu)
+            out = (w.shape[0], k.out_length(spatial[0]))
+        else:
+            if len(spatial) == 1:
+                strides, dil, pads = [1, *strides], [1, *dil], [0, pads[0], 0, pads[1]]
+            k = Conv2d(w4, b, strides, dil, pads, general.group, relu)
+            out = (w.shape[0], *k.out_shape(*((1,) * (2 - len(spatial)) + tuple(spatial))))
+            out = out if len(spatial) == 2 else out[:1] + out[2:]
+        if min(out) < 1:
+            raise ValueError(f"kernel {w.shape[2:]} (dilations {tuple(dil)}) does not fit the "
+                             f"input {spatial} padded by {pads}")
+        if len(kernels) > 16:   # shapes change rarely; keep the table small if they do
             kernels.clear()
-        kernels[length] = k, w.shape[0] * k.out_length(length)
-        return kernels[length]
+        kernels[spatial] = k, out
+        return kernels[spatial]
 
     def run(x):
-        if (x.__class__ is np.ndarray and x.dtype is _F32 and x.ndim == 3
-                and x.shape[1] == w.shape[1]):
-            k, per_sample = kernels.get(x.shape[2]) or kernel(x.shape[2])
-            if x.shape[0] * per_sample > MAX_ELEMENTS:
-                check_size((x.shape[0], per_sample), "the output")   # raises
-            return (k(x),)
+        if (x.__class__ is np.ndarray and x.dtype is _F32 and x.ndim == w.ndim
+                and x.shape[1] == channels):
+            spatial = x.shape[2:]
+            k, out = kernels.get(spatial) or kernel(spatial)
+            if x.shape[0] * math.prod(out) > MAX_ELEMENTS:
+                check_size((x.shape[0], *out), "the output")   # raises
+            if one_d:
+                return (k(x),)
+            return (k(x if x.ndim == 4 else x[:, :, None, :]).reshape(x.shape[0], *out),)
         y = general(x, w, b)[0]
         return (np.maximum(y, 0, out=y) if relu else y,)
 

@@ -10,12 +10,14 @@ never read after ``run`` returns control to another thread.
 import numpy as np
 cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport int64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
 from ..core.cells cimport rnn_activation_t, rnn_flag_release
 from ..core.kernels cimport SequenceCore, StreamCore, active_isa, active_kernels
+from ..core.conv import CONV2D_CAPSULE, Conv2d, conv2d_kernel
 
 cnp.import_array()
 
@@ -59,6 +61,36 @@ cdef extern from "rnnengine/dense.h" nogil:
     void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
                    const float *b, float *y, int act, int isa)
 
+cdef extern from "rnnengine/conv2d.h" nogil:
+    enum: RNN_C2_KW_STACK
+    ctypedef struct rnn_cancel_t:
+        pass
+    ctypedef struct rnn_conv2d_t:
+        size_t N, C, H, W, M, G, KH, KW, sh, sw, dh, dw, pt, pl, Ho, Wo
+        int relu
+        const rnn_cancel_t *cancel
+        size_t uh, uw
+    size_t rnn_conv2d_scratch_size(const rnn_conv2d_t *cv)
+    int rnn_conv2d_sizes_ok(const rnn_conv2d_t *cv, size_t x_len, size_t wp_len,
+                            size_t bp_len, size_t scratch_len, size_t y_len)
+
+# rnn_conv2d, compiled once in _conv (with the FMA contraction its variants need)
+ctypedef int (*conv2d_fn)(const rnn_conv2d_t *cv, const float *x, size_t x_len,
+                          const float *wp, size_t wp_len, const float *bp, size_t bp_len,
+                          float *scratch, size_t scratch_len, float *y, size_t y_len,
+                          int isa) noexcept nogil
+cdef conv2d_fn CONV2D = <conv2d_fn>PyCapsule_GetPointer(conv2d_kernel(), CONV2D_CAPSULE)
+
+# a K_CONV2D operator's call (held in a byte array: xop_t.params)
+ctypedef struct conv2d_call_t:
+    rnn_conv2d_t cv
+    const float *x
+    const float *wp
+    const float *bp
+    float *scratch
+    float *y
+    size_t x_len, wp_len, bp_len, s_len, y_len
+
 DEF MAXD = 8
 
 # exec.h's unary codes that are activations of the recurrent kernels (activations.h), run by
@@ -78,12 +110,13 @@ cdef enum:
     K_COMPARE = 8
     K_WHERE = 9
     K_CONVERT = 10
-    K_CALL = 11         # the kinds before this one run in C without the GIL
-    K_RECURRENT = 12
-    K_SEQUENCE = 13
+    K_CONV2D = 11
+    K_CALL = 12         # the kinds before this one run in C without the GIL
+    K_RECURRENT = 13
+    K_SEQUENCE = 14
 
 KIND_NAMES = ("move", "binary", "unary", "reduce", "matmul", "dense", "softmax", "norm",
-              "compare", "where", "convert", "call", "recurrent", "sequence")
+              "compare", "where", "convert", "conv2d", "call", "recurrent", "sequence")
 
 # exec.h's conversions: (input dtype, output dtype) of each code
 CONVERSIONS = ((np.float32, np.int64), (np.int64, np.float32), (np.bool_, np.float32),
@@ -188,6 +221,9 @@ cdef class Runner:
     * ("norm", x, y, rows, n, eps, scale or None, bias or None, (period, s_row, s_col, b_row,
       b_col), mean or None, inv or None): rows of n normalised, then scaled and shifted, the
       rows' statistics written when given (exec.h: rnn_exec_norm);
+    * ("conv2d", conv, x, y, (N, H, W), relu): ``conv`` a ``_conv.Conv2d`` (its packed
+      weights), x holding (N, C, H, W) and y (N, M, Ho, Wo) floats in any shape, relu 0 | 1
+      (include/rnnengine/conv2d.h);
     * ("call", fn): a Python callable run with the GIL.
 
     Every offset is checked against the sizes of the arrays given here; ``run()`` then runs
@@ -242,6 +278,8 @@ cdef class Runner:
             elif kind == "norm":
                 self._norm(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7],
                            spec[8], spec[9], spec[10])
+            elif kind == "conv2d":
+                self._conv2d(op, spec[1], spec[2], spec[3], spec[4], spec[5])
             elif kind == "recurrent":
                 self._recurrent(op, spec[1], spec[2], spec[3], spec[4], spec[5], spec[6],
                                 spec[7])
@@ -389,6 +427,39 @@ cdef class Runner:
             op.rb = <const float *>data(R)
             self._hold.append(R)
         self._hold += [A, B, Y, O]
+        return 0
+
+    cdef int _conv2d(self, xop_t *op, conv, x, y, nhw, int relu) except -1:
+        cdef cnp.ndarray X = f32(x, "conv2d: x"), Y = f32(y, "conv2d: y"), S
+        cdef cnp.ndarray call = np.zeros(sizeof(conv2d_call_t), np.uint8)
+        cdef conv2d_call_t *c = <conv2d_call_t *>cnp.PyArray_DATA(call)
+        cdef cnp.ndarray WP, BP
+        if not isinstance(conv, Conv2d) or not 0 <= relu <= 1:
+            raise ValueError("conv2d: takes a _conv.Conv2d and relu 0 or 1")
+        N, H, W = nhw
+        g = conv.geometry((N, conv.C, H, W), relu)     # ValueError when x does not fit
+        if conv.KW > RNN_C2_KW_STACK:
+            raise ValueError(f"conv2d: a kernel wider than {RNN_C2_KW_STACK} columns")
+        WP, BP = f32(conv.packed, "conv2d: weights"), f32(conv.packed_bias, "conv2d: bias")
+        c.cv.N, c.cv.C, c.cv.H, c.cv.W, c.cv.M, c.cv.G = N, g["C"], H, W, g["M"], g["G"]
+        c.cv.KH, c.cv.KW, c.cv.sh, c.cv.sw = g["KH"], g["KW"], g["sh"], g["sw"]
+        c.cv.dh, c.cv.dw, c.cv.pt, c.cv.pl = g["dh"], g["dw"], g["pt"], g["pl"]
+        c.cv.Ho, c.cv.Wo, c.cv.relu, c.cv.cancel = g["Ho"], g["Wo"], relu, NULL
+        c.cv.uh, c.cv.uw = g["uh"], g["uw"]
+        # sizes in Python integers: no wrap-around can fake a fit
+        if (X.size != (<object>N) * g["C"] * H * W
+                or Y.size != (<object>N) * g["M"] * g["Ho"] * g["Wo"]):
+            raise ValueError("conv2d: the geometry does not fit the buffers")
+        if rnn_conv2d_scratch_size(&c.cv) == 0:
+            raise ValueError("conv2d: the scratch image's size overflows")
+        S = np.zeros(rnn_conv2d_scratch_size(&c.cv), np.float32)
+        c.x, c.wp, c.bp = <const float *>data(X), <const float *>data(WP), <const float *>data(BP)
+        c.scratch, c.y = <float *>data(S), <float *>data(Y)
+        c.x_len, c.wp_len, c.bp_len, c.s_len, c.y_len = X.size, WP.size, BP.size, S.size, Y.size
+        if not rnn_conv2d_sizes_ok(&c.cv, c.x_len, c.wp_len, c.bp_len, c.s_len, c.y_len):
+            raise ValueError("conv2d: the geometry does not fit the buffers")
+        op.kind, op.params = K_CONV2D, c
+        self._hold += [X, Y, S, WP, BP, call, conv]
         return 0
 
     cdef int _dense(self, xop_t *op, x, w, bias, y, int64_t M, int act) except -1:
@@ -641,6 +712,7 @@ cdef class Runner:
 cdef void run_c(xop_t *ops, int n) noexcept nogil:
     cdef xop_t *op
     cdef rnn_activation_t act
+    cdef const conv2d_call_t *conv
     cdef int i
     cdef int isa = active_isa()
     for i in range(n):
@@ -677,6 +749,12 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
                            <const float *>op.b, <float *>op.y, <const rnn_bcast *>op.params)
         elif op.kind == K_CONVERT:
             rnn_exec_convert(op.code, op.a, op.y, op.n)
+        elif op.kind == K_CONV2D:
+            # sizes checked when the op was made; a kernel at most RNN_C2_KW_STACK wide
+            # allocates nothing, so nothing can fail here
+            conv = <const conv2d_call_t *>op.params
+            CONV2D(&conv.cv, conv.x, conv.x_len, conv.wp, conv.wp_len, conv.bp, conv.bp_len,
+                   conv.scratch, conv.s_len, conv.y, conv.y_len, isa)
         elif op.kind == K_SOFTMAX:
             rnn_exec_softmax(op.code, <const float *>op.a, <float *>op.y, op.M, op.K, op.N)
         elif op.kind == K_NORM:

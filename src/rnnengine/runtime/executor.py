@@ -17,9 +17,10 @@ constant, every value has a fixed shape, and each operator can be planned once:
   own, through the active ISA's table; Gelu, HardSwish, Mish, Sin, Floor, ...), comparisons
   and boolean logic, Where on a computed condition, Cast between float32, int64 and bool,
   reductions, Softmax/LogSoftmax on any axis, Layer-/Instance-/BatchNormalization,
-  MatMul/Gemm and Conv/ConvTranspose (a window gather and a product, bias and a following
-  Relu fused) run as C kernels (``include/rnnengine/exec.h``, ``dense.h``;
-  ``lowering.Lowering`` plans them);
+  MatMul/Gemm and Conv/ConvTranspose (a direct convolution over output rows, or for short
+  rows a window gather and a product; bias and a following Relu fused) run as C kernels
+  (``include/rnnengine/exec.h``, ``dense.h``, ``conv2d.h``; ``lowering.Lowering`` plans
+  them);
 * LSTM/GRU/RNN nodes run on the recurrent kernels: one timestep one way on a stream core
   (``_kernels.StreamCore``), anything longer as one sequence run (``_kernels.SequenceCore``),
   their state copied in and out of buffers;

@@ -12,9 +12,11 @@ from typing import List, Optional
 import numpy as np
 
 from ..core.checks import is_one_way
+from ..core.conv import Conv2d
 from ..core.kernels import SequenceCore
 from .steps import RecurrentStep
 from ..onnx.fold import attrs
+from ..ops.conv import same_pads
 
 _CODE = np.int64(1) << 40   # element codes: (source + 1) << 40 | flat index
 _F32 = np.dtype(np.float32)
@@ -45,6 +47,12 @@ _REDUCE = {"ReduceSum": 0, "ReduceMean": 1, "ReduceMax": 2, "ReduceMin": 3,
            "ReduceSumSquare": 4, "ReduceL2": 5, "ReduceL1": 6, "ReduceProd": 7,
            "ReduceLogSumExp": 8}
 _MAXD = 8
+# A convolution (or transposed one) runs on conv2d.h's direct kernel when its output rows
+# are at least this long (the kernel vectorises along them: a shorter row wastes most of a
+# vector, where the gather and product below vectorise over the channels) and its kernel
+# at most this wide (the runner's kernel then allocates nothing).
+_DIRECT_MIN_WO = 12
+_DIRECT_MAX_KW = 64
 RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
            "Multinomial", "Bernoulli"}
 
@@ -655,10 +663,12 @@ class Lowering:
 
     # -- convolution as a gather and a product ---------------------------------------------
     def _conv(self, node, ins, o: int, label, relu: bool = False, w=None, bias=None) -> bool:
-        """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, explicit pads): the
-        input gathered into columns [N, G, Cg*KH*KW, Ho*Wo] (zeros where the window leaves
-        the input; for ConvTranspose, where the stride skips), then per group
-        W_g [Cog, Cg*KH*KW] @ columns, then the bias. Checked against the traced output."""
+        """Conv / ConvTranspose (1-D or 2-D, any group, stride, dilation, pads): one whose
+        output rows are long enough runs on conv2d.h's direct kernel (bias and ReLU fused);
+        otherwise the input is gathered into columns [N, G, Cg*KH*KW, Ho*Wo] (zeros where
+        the window leaves the input; for ConvTranspose, where the stride skips), then per
+        group W_g [Cog, Cg*KH*KW] @ columns, then the bias. Checked against the traced
+        output."""
         a = attrs(node)
         transpose = node.op_type == "ConvTranspose"
         xs = self._f32(ins[:1], label)
@@ -671,8 +681,10 @@ class Lowering:
                 if ins[2] not in self.static:
                     return False
                 bias = self.v[ins[2]]
+        auto = a.get("auto_pad", "NOTSET")
         if (xs is None or y.__class__ is not np.ndarray or y.dtype != _F32
-                or a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or "output_shape" in a):
+                or auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+                or (transpose and auto != "NOTSET" and auto != "VALID") or "output_shape" in a):
             return False
         x = xs[0]
         w = np.asarray(w)
@@ -682,9 +694,16 @@ class Lowering:
             return False
         G = int(a.get("group", 1))
         N, C = x.shape[:2]
-        pads = list(a.get("pads", [0] * 2 * nsp))
         strides = list(a.get("strides", [1] * nsp))
         dil = list(a.get("dilations", [1] * nsp))
+        if auto == "NOTSET":
+            pads = list(a.get("pads", [0] * 2 * nsp))
+        elif auto == "VALID":
+            pads = [0] * 2 * nsp
+        elif len(strides) != nsp or len(dil) != nsp:
+            return False
+        else:      # the traced input's shape fixes them
+            pads = same_pads(x.shape[2:], w.shape[2:], strides, dil, auto == "SAME_UPPER")
         if nsp == 1:       # as 2-D with a height of one
             x4, w4, y4 = x.reshape(N, C, 1, -1), w[:, :, None, :], (y.shape[0], y.shape[1], 1, y.shape[2])
             pads, strides, dil = [0, pads[0], 0, pads[1]], [1] + strides, [1] + dil
@@ -742,6 +761,14 @@ class Lowering:
         if not np.allclose(want, y, rtol=1e-4, atol=1e-5 * scale):
             return False
         dst = self._new(o, y.shape, _F32)
+        # a pointwise one (1x1, unit strides, no pads) is a plain product: the gather
+        # below is then a copy, and the product runs faster than the direct kernel
+        pointwise = KH == KW == 1 and strides == [1, 1] and not any(pads)
+        if Wo >= _DIRECT_MIN_WO and KW <= _DIRECT_MAX_KW and not pointwise:
+            conv = self._direct_conv(a, transpose, nsp, w4, bias, strides, dil, pads, G, relu)
+            if conv is not None and conv.out_shape(H, W) == (Ho, Wo):
+                self.ops.append(("conv2d", conv, x, dst, (N, H, W), int(relu)))
+                return True
         zero = np.zeros(1, _F32)
         if Cog >= P:
             # rows of the window per output position, grouped [G, N*P, K], then dense.h once
@@ -774,18 +801,42 @@ class Lowering:
         self.ops.append(("matmul", A, columns, dst, offs, Cog, K, P, rows_bias, int(relu)))
         return True
 
+    @staticmethod
+    def _direct_conv(a, transpose, nsp, w4, bias, strides, dil, pads, G, relu):
+        """The direct kernel of a Conv (2-D geometry: a 1-D one has a height of one), or of a
+        ConvTranspose as a convolution of its input spread out by its strides, with each
+        group's weights transposed and flipped and pads the kernel's reach minus its pads
+        (output_padding adds to the end); None when such pads would be negative."""
+        if not transpose:
+            return Conv2d(w4, bias, strides, dil, pads, G, relu)
+        extra = list(a.get("output_padding", [0] * nsp))
+        extra = [0] + extra if nsp == 1 else extra
+        C, Cog, KH, KW = w4.shape
+        if len(extra) != 2:
+            return None
+        reach = [(KH - 1) * dil[0], (KW - 1) * dil[1]]
+        cpads = [reach[0] - pads[0], reach[1] - pads[1], reach[0] - pads[2] + extra[0],
+                 reach[1] - pads[3] + extra[1]]
+        if min(cpads) < 0:
+            return None
+        w = (w4.reshape(G, C // G, Cog, KH, KW).transpose(0, 2, 1, 3, 4)[..., ::-1, ::-1]
+             .reshape(G * Cog, C // G, KH, KW))
+        return Conv2d(w, bias, (1, 1), dil, cpads, G, relu, upsample=strides)
+
     def _relu_into_product(self, i: int, o: int) -> bool:
         """Relu of the convolution product planned just before, whose output nothing else
         reads: the product applies it to each row as the row is stored (one pass less over
         the output), and ``o`` is that buffer."""
         last = self.ops[-1] if self.ops else None
         src = self.buf.get(i)
-        if (last is None or last[0] != "matmul" or len(last) != 10 or last[9] or src is None
-                or last[3] is not src or self._reads().get(i, 0) != 1
+        # the product's or the direct kernel's output, and where its ReLU flag is
+        at = {"matmul": (3, 9, 10), "conv2d": (3, 5, 6)}.get(last[0] if last else None)
+        if (at is None or len(last) != at[2] or last[at[1]] or src is None
+                or last[at[0]] is not src or self._reads().get(i, 0) != 1
                 or i in self.plan.output_slots or self.v[o].__class__ is not np.ndarray
                 or self.v[o].shape != src.shape or self.v[o].dtype != src.dtype):
             return False
-        self.ops[-1] = last[:9] + (1,)
+        self.ops[-1] = last[:at[1]] + (1,)
         self.buf[o] = src
         self.table[o] = src
         return True

@@ -301,7 +301,7 @@ class Plan:
         return chain if len(chain) > 1 else None
 
     def _conv_chain(self, node) -> Optional[tuple]:
-        """(nodes, fn): a 1-D Conv with constant weights, and the Relu that alone reads it,
+        """(nodes, fn): a 1-D or 2-D Conv with constant weights, and the Relu that alone reads it,
         as one C call (``ops.compiled_conv``); None when it is not such a Conv."""
         if node.op_type != "Conv" or self._kind(node) != "native":
             return None
