@@ -191,12 +191,13 @@ static double input_rel(const rnn_kernels_t *k, int wtype) {
 /* ---- gemm entries against the float64 product ---- */
 
 /* acc rows += in rows @ a panel of G gates, K inputs, for ng rows (the entries chunk rows by
- * their register blocking, so 1..9 and 25 rows cross every limit, and K = 1100 crosses the
+ * their register blocking, up to 4, 6 or 8 rows a pass and half that for int8's two input
+ * parts, so 1..13 and 25 rows cross every limit twice over, and K = 1100 crosses the
  * chunks of K the reduced types' entries take, 512 k's), with padding in both
  * strides; the padding must stay untouched. Tolerance: fp32 rounding of the sum, 8 ulp of
  * its magnitude, plus the input's own rounding (input_rel) times sum |w| max |x|. */
 static void test_gemm(const variant_t *v, const variant_t *serial) {
-    static const int rows[] = {1, 2, 3, 4, 5, 7, 9, 25};
+    static const int rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 25};
     static const int ks[] = {1, 6, 37, 130, 1100};
     for (int wt = 0; wt < RNN_W_COUNT; wt++)
         for (int G = 1; G <= 4; G++)
