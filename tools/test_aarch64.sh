@@ -1,8 +1,8 @@
 #!/bin/sh
 # The C kernels on AArch64 without an AArch64 machine: tests/c/test_kernels_c.c cross-compiled
 # (static) and run under qemu-user (serial and neon variants, on a CPU model with dotprod and
-# one without), and the same program compiled
-# and run natively (x86-64: serial, avx2, avx512 where the CPU has them). Also compiles every
+# one without), and the same program compiled and run natively (x86-64: serial, avx2, avx512
+# where the CPU has them). Also compiles every
 # header the extensions include (kernels.h through driver.h, conv.h, dense.h) for AArch64
 # with warnings as errors, which is as far as the package itself can be checked without an
 # AArch64 Python. Timings under qemu mean nothing; this checks results only.

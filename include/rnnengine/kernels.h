@@ -8,7 +8,8 @@
  * function pointers in two parts: the gate math (phase, xproj: kernels_impl.h) and one GEMM
  * entry per weight type (gemm_entries.h over gemm_impl.h), so a new product (another weight
  * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
- * the gate math (gemm_madd.h: int8's AVX2 integer product, for the avx2 table). Names are
+ * the gate math (gemm_madd.h: int8's AVX2 integer product, for the avx2 table; gemm_neon_i8.h:
+ * NEON's, SDOT or SMULL, for the neon table). Names are
  * rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
  * The driver calls through the table chosen at import (rnnengine._kernels: CPUID, or
  * RNNENGINE_ISA=serial|avx2|avx512|amx|neon). Every variant reads the same packed weights, so
