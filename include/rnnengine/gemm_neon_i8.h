@@ -10,6 +10,9 @@
  *                     instructions per row per 16 products, no conversion of the weights
  *   rnn_gemm_i8_neondot, rnn_gemm_i8r_neondot       SDOT: one instruction per row per 16
  *                     products (4 units x a quad of k's)
+ * Executed instructions under qemu for one 16-row LSTM product (G = 4, K = 256, both input
+ * parts, quantization included): 674k with fp32 arithmetic on the converted weights (the
+ * variant's generic entry, which the neon table used before), 212k SMULL, 102k SDOT.
  *
  * Both run gemm_entries.h's int8 entry (rnn_gemm_i8_body: inputs quantized per row in two
  * parts, q in [-127, 127], stored here as signed bytes, so no shift to take back as with
