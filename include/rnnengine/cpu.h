@@ -27,6 +27,13 @@
 #endif
 #endif
 
+#if RNN_ARM && defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20) /* the kernel's bit for SDOT/UDOT (asm/hwcap.h) */
+#endif
+#endif
+
 #if RNN_X86
 #include <cpuid.h>
 #if defined(__linux__)
@@ -88,14 +95,19 @@ static inline int rnn_cpu_supports(int isa) {
     return 0;
 }
 
-/* Instructions beyond a variant's baseline that some of its GEMM entries use (kernels.h). */
-enum rnn_cpu_feature { RNN_CPU_AVX512BF16 = 0, RNN_CPU_AVX512VNNI = 1 };
+/* Instructions beyond a variant's baseline that some of its GEMM entries use (kernels.h).
+ * ASIMDDP: AArch64's SDOT/UDOT (ARMv8.2 dotprod, optional before ARMv8.4), as Linux reports
+ * it in the auxiliary vector; elsewhere (other OSes) taken as absent. */
+enum rnn_cpu_feature { RNN_CPU_AVX512BF16 = 0, RNN_CPU_AVX512VNNI = 1, RNN_CPU_ASIMDDP = 2 };
 
 static inline int rnn_cpu_has(int feature) {
 #if RNN_X86
     __builtin_cpu_init();
     if (feature == RNN_CPU_AVX512BF16) return __builtin_cpu_supports("avx512bf16");
     if (feature == RNN_CPU_AVX512VNNI) return __builtin_cpu_supports("avx512vnni");
+#endif
+#if RNN_ARM && defined(__linux__)
+    if (feature == RNN_CPU_ASIMDDP) return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
 #endif
     (void)feature;
     return 0;

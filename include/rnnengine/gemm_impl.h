@@ -80,6 +80,15 @@ RNN_INLINE void RNN_FNW(rnn_panel_fma)(const int NB, const int G, rnn_v *a,
 #else
 #define RNN_GP(NB, G) (G)
 #endif
+/* k groups per iteration of the several-row loop, 1 or 2 (vec_<isa>.h: RNN_K_UNROLL(KS);
+ * default 2): two steps give the scheduler more to overlap, but where each step already
+ * fills the registers (NEON's products of grouped k's) GCC hoists the second step's
+ * operands and spills. The sums are the same either way. */
+#ifdef RNN_K_UNROLL
+#define RNN_KU RNN_K_UNROLL(RNN_KS)
+#else
+#define RNN_KU 2
+#endif
 #define RNN_MIN_(a, b) ((a) < (b) ? (a) : (b))
 /* accumulator (n, g, v) of a pass over GP gates */
 #define RNN_AG(n, g, v) (((n) * GP + (g)) * RNN_NV + (v))
@@ -129,9 +138,10 @@ RNN_INLINE void RNN_FNW(rnn_panel_body)(const int NB, const int G, int K,
             RNN_FOR_ALL(NB, GP) a[RNN_AG(n, g, v)] = u ? RNN_ACC_ZERO() : RNN_ACC_LOAD(RNN_ACCG(n, g, v));
             const int k1 = Kg < (u + 1) * Kp ? Kg : (u + 1) * Kp;
             int kg = u * Kp;
-            for (; kg + 2 <= k1; kg += 2) {
+            for (; kg + RNN_KU <= k1; kg += RNN_KU) {
                 RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
-                RNN_PANEL_STEP(NB, GP, a, wg + (kg + 1) * RNN_GK(G), in, ldin, (kg + 1) * RNN_KS);
+                if (RNN_KU == 2)
+                    RNN_PANEL_STEP(NB, GP, a, wg + (kg + 1) * RNN_GK(G), in, ldin, (kg + 1) * RNN_KS);
             }
             if (kg < k1) RNN_PANEL_STEP(NB, GP, a, wg + kg * RNN_GK(G), in, ldin, kg * RNN_KS);
             if (u == 0) {
@@ -349,6 +359,7 @@ static void RNN_FNW(rnn_panel_rows)(int ng, int G, int K, const RNN_WT_T *restri
 
 #undef RNN_PANEL_DEF
 #undef RNN_GP
+#undef RNN_KU
 #undef RNN_MIN_
 #undef RNN_AG
 #undef RNN_UNROLL

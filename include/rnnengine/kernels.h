@@ -8,7 +8,8 @@
  * function pointers in two parts: the gate math (phase, xproj: kernels_impl.h) and one GEMM
  * entry per weight type (gemm_entries.h over gemm_impl.h), so a new product (another weight
  * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
- * the gate math (gemm_madd.h: int8's AVX2 integer product, for the avx2 table). Names are
+ * the gate math (gemm_madd.h: int8's AVX2 integer product, for the avx2 table; gemm_neon_i8.h:
+ * NEON's, SDOT or SMULL, for the neon table). Names are
  * rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
  * The driver calls through the table chosen at import (rnnengine.core.kernels: CPUID, or
  * RNNENGINE_ISA=serial|avx2|avx512|amx|neon). Every variant reads the same packed weights, so
@@ -183,10 +184,59 @@ struct rnn_kernels {
 #endif
 #endif /* RNN_X86 && RNN_KP_WIDE */
 
+/* NEON's SDOT entries need dotprod intrinsics callable under a target region: GCC's
+ * arm_neon.h declares them so; clang's only from version 17 (before, only under -march). */
+#if RNN_ARM && (!defined(__clang__) || __clang_major__ >= 17 || defined(__ARM_FEATURE_DOTPROD))
+#define RNN_NEON_SDOT 1
+#else
+#define RNN_NEON_SDOT 0
+#endif
+
 #if RNN_ARM && RNN_KP_NARROW
 #include "rnnengine/vec_neon.h"
 #include RNN_VARIANT_BODY
+#define RNN_NEON_DOT 0
+#include "rnnengine/gemm_neon_i8.h"
+#if RNN_NEON_SDOT
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("dotprod"))), apply_to = function)
+#else
+#pragma GCC push_options
+/* arm_neon.h declares SDOT under armv8.2-a+dotprod, and inlining wants the caller's target
+ * to include the callee's; a CPU with dotprod implements ARMv8.2 (the feature's minimum) */
+#pragma GCC target("arch=armv8.2-a+dotprod")
+#endif
+#define RNN_NEON_DOT 1
+#include "rnnengine/gemm_neon_i8.h"
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif /* RNN_NEON_SDOT */
 #include "rnnengine/vec_undef.h"
+
+/* The neon table with its integer int8 product: SDOT where the CPU has it, else SMULL
+ * (gemm_neon_i8.h; both give the serial variant's bits). */
+static const rnn_kernels_t *rnn_kernels_neon_int(void) {
+    static rnn_kernels_t t;
+    static int ready;
+    if (!ready) {
+        t = rnn_kernels_neon;
+        t.gemm[RNN_W_I8] = rnn_gemm_i8_neonsmull;
+        t.gemm[RNN_W_I8R] = rnn_gemm_i8r_neonsmull;
+        t.gemm_isa[RNN_W_I8] = t.gemm_isa[RNN_W_I8R] = "neonsmull";
+#if RNN_NEON_SDOT
+        if (rnn_cpu_has(RNN_CPU_ASIMDDP)) {
+            t.gemm[RNN_W_I8] = rnn_gemm_i8_neondot;
+            t.gemm[RNN_W_I8R] = rnn_gemm_i8r_neondot;
+            t.gemm_isa[RNN_W_I8] = t.gemm_isa[RNN_W_I8R] = "neondot";
+        }
+#endif
+        ready = 1;
+    }
+    return &t;
+}
 #endif
 
 #if RNN_X86
@@ -278,7 +328,7 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
 #endif
 #if RNN_ARM
     case RNN_ISA_NEON:
-        return &rnn_kernels_neon;
+        return rnn_kernels_neon_int();
 #endif
     default:
         return NULL;

@@ -59,8 +59,24 @@ static inline float32x4_t rnn_i8_neon(int32x4_t u, int j) {
 }
 
 /* 32 registers of 4 floats, as many floats as AVX2's 16 of 8, but the compiler keeps each
- * row's broadcast input in a register of its own (FMLA by element) where x86 broadcasts from
- * memory: with 6 rows of one gate (24 accumulators, 4 weight vectors, 6 inputs, the k loop
- * unrolled twice) GCC 12 spilled 46 vector registers in the loop, with 5 rows 8, with 4 none. */
-#define RNN_NB_MAX(G) ((G) == 1 ? 4 : (G) == 2 ? 2 : 1)
-#define RNN_PANEL_INSTANCES(X) X(1, 1) X(2, 1) X(3, 1) X(4, 1) X(1, 2) X(2, 2) X(1, 3) X(1, 4)
+ * row's broadcast input in a register of its own (LD1R, then FMLA) where x86 broadcasts from
+ * memory. One row keeps all G gates in one pass (the memory-bound streamed step); several
+ * rows take the gates a few at a time as on AVX2 (gemm_impl.h: RNN_GATE_PASS), each weight
+ * vector loaded feeding NB FMAs. Rows and gates per pass: accumulators 4 x NB x gates,
+ * weights 4 x gates, NB broadcasts, at most 32 registers: 4 rows x 1 gate (16 + 4 + 4) or
+ * 2 rows x 2 gates (16 + 8 + 2). More rows do not fit: with 6 rows of one gate (24
+ * accumulators, 4 weight vectors, 6 inputs, the k loop unrolled twice) GCC 12 spilled 46
+ * vector registers in the loop, with 5 rows 8, with 4 none. No AArch64 machine to time it;
+ * executed instructions under qemu for one 16-row product over K = 256 (the gate passes save
+ * weight loads, which the count understates): LSTM 127k -> 107k, GRU 94k -> 82k (fp32),
+ * 146k -> 136k and 116k -> 101k (fp16). */
+#define RNN_NB_MAX(G) 4
+/* Two k groups per loop iteration for fp32 and fp16 panels; one for the products over
+ * grouped k's (bf16 pairs, int8 quads: several broadcasts or product halves per row per
+ * step), where two made GCC 12 spill (bf16 entry 435 vector spills, SMULL int8 4x1 47 in
+ * the loop) and one does not or barely (61 outside the loops, 13). */
+#define RNN_K_UNROLL(KS) ((KS) == 1 ? 2 : 1)
+#define RNN_GATE_PASS(NB, G) ((NB) == 1 ? (G) : (NB) == 2 && (G) >= 2 ? 2 : 1)
+#define RNN_PANEL_INSTANCES(X)                                                            \
+    X(1, 1) X(2, 1) X(3, 1) X(4, 1) X(1, 2) X(2, 2) X(3, 2) X(4, 2) X(1, 3) X(2, 3)       \
+    X(3, 3) X(4, 3) X(1, 4) X(2, 4) X(3, 4) X(4, 4)

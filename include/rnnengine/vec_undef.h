@@ -26,5 +26,6 @@
 #undef rnn_v_load_i8
 #undef RNN_NB_MAX
 #undef RNN_GATE_PASS
+#undef RNN_K_UNROLL
 #undef RNN_PANEL_INSTANCES
 #undef RNN_PANEL_PLAIN

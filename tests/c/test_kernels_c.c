@@ -16,7 +16,9 @@
  *             kernels_impl.h; and every output within tolerance of the serial variant's.
  * The SIMD variants sum in their own order with FMAs, so they are not the serial variant's
  * bits (tests/core/test_bit_identical.py holds each variant to its own bits, as here); how many
- * cases happen to match serial bit for bit is printed for information.
+ * cases happen to match serial bit for bit is printed for information. Except NEON's integer
+ * int8 products (SDOT, or SMULL without dotprod), whose GEMM entries must give the serial
+ * variant's bits exactly.
  *
  * Weights are packed here in the layout of cells.h (layers.py: pack_weights). fp16 and bf16
  * weights are drawn exactly representable, so the reference multiplies by the same values;
@@ -33,7 +35,7 @@
 
 /* ---- checks ---- */
 
-static int n_pass, n_fail, n_same_as_serial, n_compared_to_serial;
+static int n_pass, n_fail, n_same_as_serial, n_compared_to_serial, n_promised_serial;
 
 static void check(int ok, const char *isa, const char *what, const char *detail) {
     if (ok) {
@@ -188,15 +190,24 @@ static double input_rel(const rnn_kernels_t *k, int wtype) {
     return 0.0;
 }
 
+/* The products promised to give the serial variant's bits: NEON's integer int8 products
+ * (gemm_neon_i8.h: exact integer sums, dequantized in the serial variant's order). */
+static int serial_bits_promised(const rnn_kernels_t *k, int wtype) {
+    const char *g = k->gemm_isa[wtype];
+    return (wtype == RNN_W_I8 || wtype == RNN_W_I8R) &&
+           (!strcmp(g, "neondot") || !strcmp(g, "neonsmull"));
+}
+
 /* ---- gemm entries against the float64 product ---- */
 
 /* acc rows += in rows @ a panel of G gates, K inputs, for ng rows (the entries chunk rows by
- * their register blocking, so 1..9 and 25 rows cross every limit, and K = 1100 crosses the
+ * their register blocking, up to 4, 6 or 8 rows a pass and half that for int8's two input
+ * parts, so 1..13 and 25 rows cross every limit twice over, and K = 1100 crosses the
  * chunks of K the reduced types' entries take, 512 k's), with padding in both
  * strides; the padding must stay untouched. Tolerance: fp32 rounding of the sum, 8 ulp of
  * its magnitude, plus the input's own rounding (input_rel) times sum |w| max |x|. */
 static void test_gemm(const variant_t *v, const variant_t *serial) {
-    static const int rows[] = {1, 2, 3, 4, 5, 7, 9, 25};
+    static const int rows[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 25};
     static const int ks[] = {1, 6, 37, 130, 1100};
     for (int wt = 0; wt < RNN_W_COUNT; wt++)
         for (int G = 1; G <= 4; G++)
@@ -256,6 +267,12 @@ static void test_gemm(const variant_t *v, const variant_t *serial) {
                              "worst error %.3g of tolerance vs float64, %.3g vs serial%s", worst,
                              worst_s, pad_ok ? "" : "; wrote into the padding");
                     check(ok && pad_ok, v->name, what, detail);
+                    if (v != serial && serial_bits_promised(v->k, wt)) {
+                        snprintf(detail, sizeof detail, "%s: not the serial variant's bits",
+                                 v->k->gemm_isa[wt]);
+                        check(same, v->name, what, detail);
+                        n_promised_serial++;
+                    }
                     if (v != serial) {
                         n_compared_to_serial++;
                         n_same_as_serial += same;
@@ -700,7 +717,7 @@ int main(void) {
     }
     for (int i = 0; i < nv; i++) {
         const int p0 = n_pass, f0 = n_fail;
-        const int c0 = n_compared_to_serial, s0 = n_same_as_serial;
+        const int c0 = n_compared_to_serial, s0 = n_same_as_serial, b0 = n_promised_serial;
         double worst[RNN_W_COUNT] = {0};
         test_gemm(&vars[i], &vars[0]);
         test_activate(&vars[i], &vars[0]);
@@ -710,6 +727,9 @@ int main(void) {
         for (int wt = 0; wt < RNN_W_COUNT; wt++) printf(" %s %.2g", WT_NAMES[wt], worst[wt]);
         if (i) printf("; %d of %d cases the serial variant's bits", n_same_as_serial - s0,
                       n_compared_to_serial - c0);
+        printf("; int8 product %s", vars[i].k->gemm_isa[RNN_W_I8]);
+        if (n_promised_serial > b0)
+            printf(" (%d gemm cases held to the serial variant's bits)", n_promised_serial - b0);
         printf("\n");
     }
     printf("%d passed, %d failed\n", n_pass, n_fail);

@@ -12,10 +12,10 @@ batch 1, T=100 sequences at H=256 batch 1 and 16):
     bf16  1.9-2.6 (steps), 0.96-1.09 (sequences);
     fp16  2.2-3.0 (steps), 0.92-1.21 (sequences), and 8 times finer steps than bf16.
 So without its instruction, bf16 runs fp16 weights (the same bytes, within its budget), and
-so does int8 where it has no fast product (neon; avx512 without VNNI: NOT_FAST_ON), half the
-weight bytes of fp32 and more accurate. The portable variant (no SIMD) converts every weight
-in scalar C: every reduced mode is slower than fp32 there (0.09-0.51), and the model keeps the
-mode with a RuntimeWarning saying so.
+so does int8 where it has no fast product (neon without dotprod; avx512 without VNNI:
+NOT_FAST_ON), half the weight bytes of fp32 and more accurate. The portable variant (no
+SIMD) converts every weight in scalar C: every reduced mode is slower than fp32 there
+(0.09-0.51), and the model keeps the mode with a RuntimeWarning saying so.
 """
 from __future__ import annotations
 
@@ -32,7 +32,11 @@ from .precision import FP16_MAX
 # but not VNNI) beats fp32's 16-wide FMAs on streamed steps only (this machine, its VNNI
 # hidden: LSTM/GRU H=1024 steps 3.0-3.4x, fp16 2.5-2.6x; T=100 H=256 sequences 0.87-1.02x at
 # batch 1 and 0.53-0.54x at batch 16, fp16 1.15-1.31x and 0.81-0.86x), so int8 takes fp16 there.
-FAST_PRODUCTS = {"bf16": ("avx512bf16", "amx"), "int8": ("avx512vnni", "avx2madd")}
+# NEON's SDOT (neondot) is counted fast without a measurement on AArch64 hardware (none here):
+# one instruction per 16 products per row against fp16 weights' conversion and 4 FMAs, and
+# half their weight bytes; its SMULL fallback (neonsmull) is not.
+FAST_PRODUCTS = {"bf16": ("avx512bf16", "amx"),
+                 "int8": ("avx512vnni", "avx2madd", "neondot")}
 NOT_FAST_ON = {"avx2madd": ("avx512", "amx")}
 # How much slower than fp32 int8 runs with a product that is not fast, as above.
 INT8_SLOWER = {"avx2madd": "up to 2 times slower than fp32 on batched sequences"}
