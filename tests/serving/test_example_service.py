@@ -107,11 +107,14 @@ def test_concurrent_clients_get_exact_per_frame_outputs(server, tmp_path):
     frames = [40, 60, 25, 50]
     results, errors = {}, []
     connected = threading.Barrier(len(windows) + 1, timeout=TIMEOUT)
+    go = threading.Event()    # the clients step only after the full server refused one more
 
     def run_client(n):
         try:
             with client_module.StreamClient(url, timeout=TIMEOUT) as client:
                 connected.wait()
+                if not go.wait(TIMEOUT):
+                    raise TimeoutError("never told to go")
                 xs = np.random.default_rng(100 + n).standard_normal(
                     (frames[n], client.input_size)).astype(np.float32)
                 results[n] = (xs, client.run(xs, windows[n]))
@@ -126,8 +129,11 @@ def test_concurrent_clients_get_exact_per_frame_outputs(server, tmp_path):
     connected.wait()
     # All streams but one are taken: one more client fits, the next is refused.
     extra = client_module.StreamClient(url, timeout=TIMEOUT)
-    with pytest.raises(client_module.ServerError, match="the Batcher is full: all 5 streams"):
-        client_module.StreamClient(url, timeout=TIMEOUT)
+    try:
+        with pytest.raises(client_module.ServerError, match="the Batcher is full: all 5 streams"):
+            client_module.StreamClient(url, timeout=TIMEOUT)
+    finally:
+        go.set()
     for t in threads:
         t.join(timeout=TIMEOUT)
     assert not any(t.is_alive() for t in threads)
