@@ -89,7 +89,7 @@ static inline int rnn_cpu_supports(int isa) {
 }
 
 /* Instructions beyond a variant's baseline that some of its GEMM entries use (kernels.h). */
-enum rnn_cpu_feature { RNN_CPU_AVX512BF16 = 0, RNN_CPU_AVX512VNNI = 1 };
+enum rnn_cpu_feature { RNN_CPU_AVX512BF16 = 0, RNN_CPU_AVX512VNNI = 1, RNN_CPU_FEATURES = 2 };
 
 static inline int rnn_cpu_has(int feature) {
 #if RNN_X86
