@@ -162,9 +162,10 @@ def test_sequences_longer_than_one_projection_chunk(isa, kind, extra):
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 def test_fp16_weights_wider_than_one_slice_agree_bit_for_bit(isa, kind):
     """fp16 weights with K > 128 inputs: a call with more rows than one register block
-    converts the panel in K slices into fp32 (gemm_entries.h: rnn_gemm_f16), a call with
-    fewer converts it in registers in one pass. Both must add the same products in the same
-    order, so each row alone, the whole batch and streamed steps give the same bits; and the
+    runs several tiles over the panel (the portable variant converts it in K slices into
+    fp32: gemm_entries.h, rnn_gemm_f16), a call with fewer converts it in registers in one
+    pass. Both must add the same products in the same order, so each row alone, the whole
+    batch and streamed steps give the same bits; and the
     outputs stay within fp16's budget of the float64 reference on the rounded weights."""
     G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
     rng = np.random.default_rng(12)
