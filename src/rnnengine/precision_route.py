@@ -11,10 +11,12 @@ variant:
     int8  3.3-5.0 (steps), 1.29-1.47 (sequences), the same with the residual part (int8r);
           in fp32 arithmetic (the product before vpmaddwd) 0.59-0.83 and 0.25-0.29;
     bf16  1.9-2.6 (steps), 0.96-1.09 (sequences);
-    fp16  2.2-3.0 (steps), 0.92-1.21 (sequences), and 8 times finer steps than bf16;
+    fp16  2.2-3.0 (steps), 1.05-1.21 (batch 1), 0.97-1.09 (batch 16; 0.92-0.99 while
+          it converted K slices of the panel for several tiles of rows), and 8 times finer
+          steps than bf16;
 on the avx512 variant with VNNI hidden (as on a Skylake-SP), 512-bit vpmaddwd:
-    int8  4.6-5.4 (steps), 1.49-1.85 (batch 1), 1.22-1.30 (batch 16);
-    fp16  2.6-2.8 (steps), 1.10-1.32 (batch 1), 0.84-0.87 (batch 16).
+    int8  4.6-6.8 (steps), 1.49-2.01 (batch 1), 1.22-1.32 (batch 16);
+    fp16  2.6-3.1 (steps), 1.10-1.33 (batch 1), 0.97-1.04 (batch 16).
 So without its instruction, bf16 runs fp16 weights (the same bytes, within its budget), and
 so does int8 where it has no fast product (neon), half the weight bytes of fp32 and more
 accurate. The portable variant (no SIMD) converts every weight in scalar C: every reduced
