@@ -7,6 +7,9 @@ three workloads where a reduced precision can lose to fp32: a streamed step at H
     python bench/bench_modes.py --isa avx2         # as on an AVX2-only CPU (e.g. Zen 3)
     python bench/bench_modes.py --raw              # also each weight type without the
                                                    # precision policy's reroute
+    python bench/bench_modes.py --isa avx512 --without avx512vnni
+                                                   # as on an AVX-512 CPU without VNNI
+                                                   # (e.g. Skylake-SP)
 
 Thread CPU time (time.thread_time: time the thread spent preempted on a shared machine is
 left out), single thread, the modes interleaved batch by batch and each one's best batch
@@ -106,12 +109,16 @@ def workloads(kind, raw):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--isa", help="variant to force (serial, avx2, avx512, amx)")
+    ap.add_argument("--without", default="",
+                    help="CPU features to act as if missing, comma-separated "
+                         f"({', '.join(_kernels.CPU_FEATURES)})")
     ap.add_argument("--kinds", default="lstm,gru")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--raw", action="store_true")
     args = ap.parse_args()
-    if args.isa:
-        _kernels.set_isa(args.isa)
+    if args.isa or args.without:
+        _kernels.set_isa(args.isa or _kernels.isa(),
+                         without=[f for f in args.without.split(",") if f])
     print(f"variant {_kernels.isa()}; products: "
           + ", ".join(f"{t} {_kernels.gemm_isa(t)}" for t in _kernels.WEIGHT_TYPES))
     for kind in args.kinds.split(","):

@@ -1,6 +1,6 @@
 /* The eleven ONNX recurrent activations: codes and parameters.
  *
- * Codes match rnnengine/layers.py ACTIVATIONS. The vectorized implementations (one per ISA)
+ * Codes match rnnengine/core/layers.py ACTIVATIONS. The vectorized implementations (one per ISA)
  * are in math_impl.h; this header holds what every variant shares.
  */
 #ifndef RNNENGINE_ACTIVATIONS_H

@@ -1,6 +1,6 @@
 /* The packed form of one direction of one layer, and the buffers of one timestep.
  *
- * Equations and gate orders are ONNX's (see rnnengine/layers.py):
+ * Equations and gate orders are ONNX's (see rnnengine/core/layers.py):
  *
  *   LSTM  i = f(xi + ri + Pi*c'),  f = f(xf + rf + Pf*c')  (or 1 - i with input_forget),
  *         g = g(xc + rc),  c = f*c' + i*g,  o = f(xo + ro + Po*c),  h = o * h(c)
@@ -13,7 +13,7 @@
  *
  * with clip applied to every gate pre-activation (peephole term included) before f/g.
  *
- * Packed layout (built once by layers.py: pack_layer). Hidden units are grouped in blocks of
+ * Packed layout (built once by core/packing.py: pack_layer). Hidden units are grouped in blocks of
  * RNN_BW = 16; a layer has HB = ceil(H/16) blocks, the last one padded with zero weights.
  * For each block the weights of all its gates are interleaved per input column,
  * panel[b][k][g][0:16] = W[g*H + 16*b + (0:16), k], so one pass over a block's panel produces
@@ -34,8 +34,8 @@
  *               what the first leaves, in RNN_I8_FINE times finer steps, and their [G][16]
  *               int32 sums: w ~= scale * (q1 + q2 / RNN_I8_FINE), about 15 bits, the same
  *               split as the inputs' (gemm_entries.h: rnn_quant_row). Twice the bytes of i8,
- *               so layers.py packs it only for layers whose int8 rounding alone would exceed
- *               the budget (layers.py: int8_residual).
+ *               so core/precision.py picks it only for layers whose int8 rounding alone
+ *               would exceed the budget (int8_residual).
  * Biases, peepholes, state and the gate math stay fp32 for every type.
  */
 #ifndef RNNENGINE_CELLS_H
@@ -51,7 +51,7 @@ enum rnn_kind { RNN_KIND_LSTM = 0, RNN_KIND_GRU = 1, RNN_KIND_RNN = 2 };
 
 /* The registry of weight types, one line each: the enum constant, the token in the products'
  * names (rnn_gemm_<token>_<isa>, gemm_entries.h) and the name Python uses
- * (_kernels.WEIGHT_TYPES). The enum, the names and every variant's table of products
+ * (core.kernels.WEIGHT_TYPES). The enum, the names and every variant's table of products
  * (kernels_impl.h) are derived from it; "int8r" is int8 with a residual weight part. */
 #define RNN_WTYPES(X)                 \
     X(RNN_W_F32, f32, "fp32")       \

@@ -98,7 +98,8 @@ static inline int rnn_cpu_supports(int isa) {
 /* Instructions beyond a variant's baseline that some of its GEMM entries use (kernels.h).
  * ASIMDDP: AArch64's SDOT/UDOT (ARMv8.2 dotprod, optional before ARMv8.4), as Linux reports
  * it in the auxiliary vector; elsewhere (other OSes) taken as absent. */
-enum rnn_cpu_feature { RNN_CPU_AVX512BF16 = 0, RNN_CPU_AVX512VNNI = 1, RNN_CPU_ASIMDDP = 2 };
+enum rnn_cpu_feature { RNN_CPU_AVX512BF16 = 0, RNN_CPU_AVX512VNNI = 1, RNN_CPU_ASIMDDP = 2,
+                       RNN_CPU_FEATURES = 3 };
 
 static inline int rnn_cpu_has(int feature) {
 #if RNN_X86

@@ -19,7 +19,7 @@
  * arithmetic, none of its weight bytes). Silero's LSTM nodes, whose weight rows are 3-4x
  * those of N(0, 1/H) weights, need it: 1.1e-1-1.8e-1 from fp32 with i8 weights on the tests'
  * protocol, 4e-4-1.4e-3 with i8r. Twice the weight bytes: a streamed LSTM H=1024 step runs
- * 1.9x fp32 in i8r against 3.9x in i8, so layers.py packs it only where its rule asks.
+ * 1.9x fp32 in i8r against 3.9x in i8, so core/precision.py picks it only where its rule asks.
  */
 
 #define RNN_GE_(name, wt, isa) name##_##wt##_##isa
@@ -28,8 +28,6 @@
 #define rnn_panel_rows_f16 RNN_GE(rnn_panel_rows, f16, RNN_ISA)
 #define rnn_panel_rows_bf16 RNN_GE(rnn_panel_rows, bf16, RNN_ISA)
 #define rnn_panel_rows_i8 RNN_GE(rnn_panel_rows, i8, RNN_ISA)
-#define rnn_panel_part_f32 RNN_GE(rnn_panel_part, f32, RNN_ISA)
-#define rnn_span_f32 RNN_GE(rnn_span, f32, RNN_ISA)
 
 #define RNN_KC 512           /* k's per chunk of converted input rows (a multiple of 4) */
 #define RNN_ROWS_MAX 8       /* >= RNN_NB_MAX(G) of every variant */
@@ -41,72 +39,39 @@ static void RNN_FN(rnn_gemm_f32)(int ng, int G, int K, const void *w, const floa
     rnn_panel_rows_f32(ng, G, K, (const float *)w, in, ldin, acc, ldacc);
 }
 
-/* fp16: with one chunk of rows the conversion happens in registers as the panel streams by
- * (the memory-bound case the type is for). With several chunks, each would convert the whole
- * panel again, and the conversions share ports with the FMAs (T=100 N=16 LSTM H=256 ran 1.37x
- * slower than fp32): convert K slices once into L1, for up to RNN_F16_ROWS rows, and run the
- * fp32 product on them. The slices follow the parts of the one-pass sums (rnn_panel_part:
- * part 0 onto acc, the others from zero in tmp, added when they end), so the sums are the
- * same in the same order whatever the row count: a row alone, the batch and a streamed step
- * give the same bits. The portable variant sums k in order in any slicing. */
+/* fp16: the weights converted in registers as the panel streams by, each weight vector once
+ * per k for all the rows of a register tile (gemm_impl.h: up to RNN_NB_MAX rows, the gates a
+ * few at a time on avx2), so the conversions are a small share of the FMAs, and the panel is
+ * read in half the bytes of fp32. Converting K slices once into L1 for all the rows and
+ * running the fp32 product on them, as this entry did for more rows than one tile, measured
+ * slower on batched sequences (T=100 N=16 H=256, LSTM and GRU: avx2 0.96-0.99x fp32 -> 1.05-1.09x
+ * in registers, avx512 0.85-0.90x -> 0.99-1.04x). Every row count sums the same products in
+ * the same order, so a row alone, the batch and a streamed step give the same bits. The
+ * portable variant, whose loops convert every weight for every row, converts K slices once
+ * into fp32 for several rows and sums k in order in any slicing. */
 #define RNN_F16_KS 128
-#define RNN_F16_ROWS 64
 static void RNN_FN(rnn_gemm_f16)(int ng, int G, int K, const void *w, const float *in,
                                  size_t ldin, float *acc, size_t ldacc,
                                  rnn_gemm_memo_t *memo) {
     (void)memo;
     const uint16_t *wh = (const uint16_t *)w;
-    if (ng <= RNN_NB_MAX(G)) {
-        rnn_panel_rows_f16(ng, G, K, wh, in, ldin, acc, ldacc);
+#ifdef RNN_PANEL_PLAIN
+    if (ng > RNN_NB_MAX(G)) {
+        _Alignas(64) float slice[RNN_F16_KS * 4 * RNN_BW];
+        const size_t units = (size_t)G * RNN_BW;
+        for (int k0 = 0; k0 < K; k0 += RNN_F16_KS) {
+            const int kc = K - k0 < RNN_F16_KS ? K - k0 : RNN_F16_KS;
+            const uint16_t *src = wh + (size_t)k0 * units;
+            for (size_t i = 0; i < (size_t)kc * units; i += RNN_VL)
+                rnn_v_store(slice + i, rnn_v_load_f16(src + i));
+            rnn_panel_rows_f32(ng, G, kc, slice, in + k0, ldin, acc, ldacc);
+        }
         return;
     }
-    _Alignas(64) float slice[RNN_F16_KS * 4 * RNN_BW];
-    const size_t units = (size_t)G * RNN_BW;
-#ifdef RNN_PANEL_PLAIN
-    for (int k0 = 0; k0 < K; k0 += RNN_F16_KS) {
-        const int kc = K - k0 < RNN_F16_KS ? K - k0 : RNN_F16_KS;
-        const uint16_t *src = wh + (size_t)k0 * units;
-        for (size_t i = 0; i < (size_t)kc * units; i += RNN_VL)
-            rnn_v_store(slice + i, rnn_v_load_f16(src + i));
-        rnn_panel_rows_f32(ng, G, kc, slice, in + k0, ldin, acc, ldacc);
-    }
-#else
-    _Alignas(64) float tmp[RNN_F16_ROWS * 4 * RNN_BW];
-    const int nbmax = RNN_NB_MAX(G);
-    for (int r0 = 0; r0 < ng; r0 += RNN_F16_ROWS) {
-        const int rows = ng - r0 < RNN_F16_ROWS ? ng - r0 : RNN_F16_ROWS;
-        const float *x = in + (size_t)r0 * ldin;
-        float *a = acc + (size_t)r0 * ldacc;
-        for (int u = 0, U = 1; u < U; u++) {
-            int k0, k1;
-            U = rnn_panel_part_f32(G, K, u, &k0, &k1);
-            float *dst = u ? tmp : a;
-            const size_t ldd = u ? units : ldacc;
-            if (u && k0 >= k1) memset(tmp, 0, (size_t)rows * units * sizeof(float));
-            for (int s0 = k0; s0 < k1; s0 += RNN_F16_KS) {
-                const int kc = k1 - s0 < RNN_F16_KS ? k1 - s0 : RNN_F16_KS;
-                const uint16_t *src = wh + (size_t)s0 * units;
-                for (size_t i = 0; i < (size_t)kc * units; i += RNN_VL)
-                    rnn_v_store(slice + i, rnn_v_load_f16(src + i));
-                for (int n0 = 0; n0 < rows; n0 += nbmax) {
-                    const int nb = rows - n0 < nbmax ? rows - n0 : nbmax;
-                    float *d = dst + (size_t)n0 * ldd;
-                    rnn_span_f32(nb, G, 0, kc, slice, x + (size_t)n0 * ldin + s0, ldin,
-                                 u == 0 || s0 > k0 ? d : NULL, ldd, d, ldd, NULL, 0, 0);
-                }
-            }
-            if (u)
-                for (int n = 0; n < rows; n++)
-                    for (size_t o = 0; o < units; o += RNN_VL)
-                        rnn_v_store(a + (size_t)n * ldacc + o,
-                                    rnn_v_add(rnn_v_load(a + (size_t)n * ldacc + o),
-                                              rnn_v_load(tmp + (size_t)n * units + o)));
-        }
-    }
 #endif
+    rnn_panel_rows_f16(ng, G, K, wh, in, ldin, acc, ldacc);
 }
 #undef RNN_F16_KS
-#undef RNN_F16_ROWS
 
 /* dst[0:kp] = src[0:kc], zeros after (kp - kc < 4). */
 static inline void RNN_FN(rnn_copy_padded)(float *dst, const float *src, int kc, int kp) {
@@ -284,5 +249,3 @@ static void RNN_FN(rnn_gemm_i8r)(int ng, int G, int K, const void *w, const floa
 #undef rnn_panel_rows_f16
 #undef rnn_panel_rows_bf16
 #undef rnn_panel_rows_i8
-#undef rnn_panel_part_f32
-#undef rnn_span_f32

@@ -205,7 +205,7 @@ static inline void RNN_FNW(rnn_panel)(int nb, int G, int K, const RNN_WT_T *rest
 #ifndef RNN_PANEL_PLAIN
 /* rnn_panel_body's split of Kg k groups of a G-gate panel: returns the number of parts and
  * sets [*kg0, *kg1), part u's groups (empty for a part past the end). Whoever sums a panel in
- * pieces (rnn_panel_sliced, gemm_entries.h's fp16 entry) follows it to keep the same bits. */
+ * pieces (rnn_panel_sliced) follows it to keep the same bits. */
 static inline int RNN_FNW(rnn_panel_part)(int G, int Kg, int u, int *kg0, int *kg1) {
     const int U = RNN_UNROLL(G), Kp = (Kg + U - 1) / U;
     *kg0 = u * Kp;

@@ -8,8 +8,8 @@
  * function pointers in two parts: the gate math (phase, xproj: kernels_impl.h) and one GEMM
  * entry per weight type (gemm_entries.h over gemm_impl.h), so a new product (another weight
  * type, another instruction such as gemm_dot.h's) plugs in as a table entry without copying
- * the gate math (gemm_madd.h: int8's AVX2 integer product, for the avx2 table; gemm_neon_i8.h:
- * NEON's, SDOT or SMULL, for the neon table). Names are
+ * the gate math (gemm_madd.h: int8's integer product without VNNI, at both widths;
+ * gemm_neon_i8.h: NEON's, SDOT or SMULL, for the neon table). Names are
  * rnn_<op>_<wtype>_<isa> for products, rnn_<op>_<isa> otherwise.
  * The driver calls through the table chosen at import (rnnengine.core.kernels: CPUID, or
  * RNNENGINE_ISA=serial|avx2|avx512|amx|neon). Every variant reads the same packed weights, so
@@ -99,13 +99,13 @@ struct rnn_kernels {
 
 /* RNN_KERNELS_TYPES_ONLY: the types and the ABI above, without the variants' code, for the
  * extensions that only step cores core.kernels built (_plan, _exec): the kernels are compiled
- * once, in _kernels. */
+ * once, in core.kernels. */
 #ifndef RNN_KERNELS_TYPES_ONLY
 
 /* RNN_KERNELS_PART splits the variants over three translation units that the build compiles
  * side by side (setup.py; one unit took 59 s): 1 = serial and neon, and the table lookup
  * (with the Cython code); 2 = avx2 with its integer int8 product; 3 = avx512 with its
- * dot-product and AMX entries. Unset (0): everything in one unit (the C tests, the AArch64
+ * integer, dot-product and AMX entries. Unset (0): everything in one unit (the C tests, the AArch64
  * header check). */
 #ifndef RNN_KERNELS_PART
 #define RNN_KERNELS_PART 0
@@ -158,6 +158,7 @@ struct rnn_kernels {
 #endif
 #include "rnnengine/vec_avx512.h"
 #include RNN_VARIANT_BODY
+#include "rnnengine/gemm_madd.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512dq,avx512bw,avx512bf16,avx512vnni"))), apply_to = function)
@@ -240,28 +241,19 @@ static const rnn_kernels_t *rnn_kernels_neon_int(void) {
 #endif
 
 #if RNN_X86
-RNN_KP_SHARED void rnn_kernels_use_madd(rnn_kernels_t *t);
 RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx2_madd(void);
-RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx512_dot(void);
-RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_amx(void);
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx512_dot(unsigned hide);
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_amx(unsigned hide);
 #endif
 
 #if RNN_X86 && RNN_KP_AVX2
-/* The int8 entries of 16-bit integer multiply-adds (gemm_madd.h) in table t. */
-RNN_KP_SHARED void rnn_kernels_use_madd(rnn_kernels_t *t) {
-    t->gemm[RNN_W_I8] = rnn_gemm_i8_avx2madd;
-    t->gemm[RNN_W_I8R] = rnn_gemm_i8r_avx2madd;
-    t->gemm_isa[RNN_W_I8] = t->gemm_isa[RNN_W_I8R] = "avx2madd";
-    t->gemm_memo[RNN_W_I8] = t->gemm_memo[RNN_W_I8R] = RNN_MADD_MEMO;
-}
-
 /* The avx2 table with the integer int8 product. */
 RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx2_madd(void) {
     static rnn_kernels_t t;
     static int ready;
     if (!ready) {
         t = rnn_kernels_avx2;
-        rnn_kernels_use_madd(&t);
+        rnn_kernels_use_avx2madd(&t);
         ready = 1;
     }
     return &t;
@@ -271,50 +263,58 @@ RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx2_madd(void) {
 
 #if RNN_X86 && RNN_KP_WIDE
 /* The avx512 table with the dot-product GEMM entries this CPU has (vdpbf16ps, vpdpbusd);
- * without VNNI, int8 takes the AVX2 integer product. */
-RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx512_dot(void) {
-    static rnn_kernels_t t;
-    static int ready;
-    if (!ready) {
-        t = rnn_kernels_avx512;
-        if (rnn_cpu_has(RNN_CPU_AVX512BF16)) {
-            t.gemm[RNN_W_BF16] = rnn_gemm_bf16_avx512bf16;
-            t.gemm_isa[RNN_W_BF16] = "avx512bf16";
+ * without VNNI, int8 takes the 512-bit integer product of gemm_madd.h. hide: features
+ * (1 << enum rnn_cpu_feature) to act as if the CPU lacked, so tests and benchmarks run the
+ * products of such a CPU here; one table per combination. */
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_avx512_dot(unsigned hide) {
+    static rnn_kernels_t t[1u << RNN_CPU_FEATURES];
+    static int ready[1u << RNN_CPU_FEATURES];
+    hide &= (1u << RNN_CPU_FEATURES) - 1u;
+    if (!ready[hide]) {
+        rnn_kernels_t *k = &t[hide];
+        *k = rnn_kernels_avx512;
+        if (rnn_cpu_has(RNN_CPU_AVX512BF16) && !(hide >> RNN_CPU_AVX512BF16 & 1u)) {
+            k->gemm[RNN_W_BF16] = rnn_gemm_bf16_avx512bf16;
+            k->gemm_isa[RNN_W_BF16] = "avx512bf16";
         }
-        if (rnn_cpu_has(RNN_CPU_AVX512VNNI)) {
-            t.gemm[RNN_W_I8] = rnn_gemm_i8_avx512vnni;
-            t.gemm_isa[RNN_W_I8] = "avx512vnni";
-            t.gemm[RNN_W_I8R] = rnn_gemm_i8r_avx512vnni;
-            t.gemm_isa[RNN_W_I8R] = "avx512vnni";
+        if (rnn_cpu_has(RNN_CPU_AVX512VNNI) && !(hide >> RNN_CPU_AVX512VNNI & 1u)) {
+            k->gemm[RNN_W_I8] = rnn_gemm_i8_avx512vnni;
+            k->gemm_isa[RNN_W_I8] = "avx512vnni";
+            k->gemm[RNN_W_I8R] = rnn_gemm_i8r_avx512vnni;
+            k->gemm_isa[RNN_W_I8R] = "avx512vnni";
         } else {
-            rnn_kernels_use_madd(&t);
+            rnn_kernels_use_avx512madd(k);
         }
-        ready = 1;
+        ready[hide] = 1;
     }
-    return &t;
+    return &t[hide];
 }
 
 /* avx512 with AMX tiles for bf16 (callers check rnn_cpu_supports(RNN_ISA_AMX) first). */
-RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_amx(void) {
-    static rnn_kernels_t t;
-    static int ready;
-    if (!ready) {
-        t = *rnn_kernels_avx512_dot();
-        t.gemm[RNN_W_BF16] = rnn_gemm_bf16_amx;
-        t.gemm_isa[RNN_W_BF16] = "amx";
-        t.release = rnn_amx_release;
-        t.gemm_memo[RNN_W_BF16] = RNN_AMX_MEMO;
-        t.gemm2[RNN_W_BF16] = rnn_gemm2_bf16_amx;
-        ready = 1;
+RNN_KP_SHARED const rnn_kernels_t *rnn_kernels_amx(unsigned hide) {
+    static rnn_kernels_t t[1u << RNN_CPU_FEATURES];
+    static int ready[1u << RNN_CPU_FEATURES];
+    hide &= (1u << RNN_CPU_FEATURES) - 1u;
+    if (!ready[hide]) {
+        rnn_kernels_t *k = &t[hide];
+        *k = *rnn_kernels_avx512_dot(hide);
+        k->gemm[RNN_W_BF16] = rnn_gemm_bf16_amx;
+        k->gemm_isa[RNN_W_BF16] = "amx";
+        k->release = rnn_amx_release;
+        k->gemm_memo[RNN_W_BF16] = RNN_AMX_MEMO;
+        k->gemm2[RNN_W_BF16] = rnn_gemm2_bf16_amx;
+        ready[hide] = 1;
     }
-    return &t;
+    return &t[hide];
 }
 #endif
 
 #if RNN_KP_NARROW
 /* The variant's table, or NULL if it is not compiled into this build (x86 variants on
- * AArch64, neon on x86). */
-static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
+ * AArch64, neon on x86). hide: CPU features its products act as if missing
+ * (rnn_kernels_avx512_dot; 0 for the products this CPU has). */
+static inline const rnn_kernels_t *rnn_kernels_hiding(int isa, unsigned hide) {
+    (void)hide;
     switch (isa) {
     case RNN_ISA_SERIAL:
         return &rnn_kernels_serial;
@@ -322,9 +322,9 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
     case RNN_ISA_AVX2:
         return rnn_kernels_avx2_madd();
     case RNN_ISA_AVX512:
-        return rnn_kernels_avx512_dot();
+        return rnn_kernels_avx512_dot(hide);
     case RNN_ISA_AMX:
-        return rnn_kernels_amx();
+        return rnn_kernels_amx(hide);
 #endif
 #if RNN_ARM
     case RNN_ISA_NEON:
@@ -334,6 +334,8 @@ static inline const rnn_kernels_t *rnn_kernels_for(int isa) {
         return NULL;
     }
 }
+
+static inline const rnn_kernels_t *rnn_kernels_for(int isa) { return rnn_kernels_hiding(isa, 0); }
 #endif
 
 #endif /* RNN_KERNELS_TYPES_ONLY */

@@ -41,6 +41,18 @@ static inline __m256 rnn_bf16_avx2(__m256i u, int j) {
                                  : _mm256_slli_epi32(u, 16));
 }
 
+/* 32-bit integer lanes, for int8's 16-bit multiply-adds (gemm_madd.h) */
+#define rnn_vi __m256i
+#define rnn_vi_load(p) _mm256_loadu_si256((const __m256i *)(const void *)(p))
+#define rnn_vi_store(p, a) _mm256_storeu_si256((__m256i *)(void *)(p), (a))
+#define rnn_vi_set1(i) _mm256_set1_epi32(i)
+#define rnn_vi_zero() _mm256_setzero_si256()
+#define rnn_vi_add(a, b) _mm256_add_epi32((a), (b))
+#define rnn_vi_madd16(a, b) _mm256_madd_epi16((a), (b))
+#define rnn_vi_lo8(q) _mm256_srai_epi16(_mm256_slli_epi16((q), 8), 8)
+#define rnn_vi_hi8(q) _mm256_srai_epi16((q), 8)
+#define rnn_vi_to_v(a) _mm256_cvtepi32_ps(a)
+
 /* 16 ymm registers. One row keeps all G gates in one pass (G x 2 accumulators, the weights
  * as memory operands): the memory-bound streamed step. Several rows take the gates a few at
  * a time (gemm_impl.h: rnn_panel_tile), up to 6 rows x 1 gate x 2 vectors = 12 accumulators,

@@ -44,6 +44,18 @@ static inline __m512 rnn_bf16_avx512(__m512i u, int j) {
                                  : _mm512_slli_epi32(u, 16));
 }
 
+/* 32-bit integer lanes, for int8's 16-bit multiply-adds (gemm_madd.h; AVX-512BW) */
+#define rnn_vi __m512i
+#define rnn_vi_load(p) _mm512_loadu_si512((const void *)(p))
+#define rnn_vi_store(p, a) _mm512_storeu_si512((void *)(p), (a))
+#define rnn_vi_set1(i) _mm512_set1_epi32(i)
+#define rnn_vi_zero() _mm512_setzero_si512()
+#define rnn_vi_add(a, b) _mm512_add_epi32((a), (b))
+#define rnn_vi_madd16(a, b) _mm512_madd_epi16((a), (b))
+#define rnn_vi_lo8(q) _mm512_srai_epi16(_mm512_slli_epi16((q), 8), 8)
+#define rnn_vi_hi8(q) _mm512_srai_epi16((q), 8)
+#define rnn_vi_to_v(a) _mm512_cvtepi32_ps(a)
+
 /* 32 zmm registers: up to 24 accumulators, G weight vectors and a broadcast. */
 #define RNN_NB_MAX(G) ((G) == 4 ? 6 : 8)
 #define RNN_PANEL_INSTANCES(X)                                                            \

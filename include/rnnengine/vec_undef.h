@@ -24,6 +24,16 @@
 #undef rnn_v_load_f16
 #undef rnn_v_load_bf16
 #undef rnn_v_load_i8
+#undef rnn_vi
+#undef rnn_vi_load
+#undef rnn_vi_store
+#undef rnn_vi_set1
+#undef rnn_vi_zero
+#undef rnn_vi_add
+#undef rnn_vi_madd16
+#undef rnn_vi_lo8
+#undef rnn_vi_hi8
+#undef rnn_vi_to_v
 #undef RNN_NB_MAX
 #undef RNN_GATE_PASS
 #undef RNN_K_UNROLL

@@ -8,7 +8,7 @@ import pytest
 
 from rnnengine import Layer, Model
 from rnnengine.testing import reference as _reference
-from rnnengine.core import precision, precision_route
+from rnnengine.core import kernels as _kernels, precision, precision_route
 
 CASES = [("lstm", {}), ("lstm", {"proj": 19}), ("gru", {"linear_before_reset": 0}),
          ("gru", {"linear_before_reset": 1}), ("rnn", {})]
@@ -164,9 +164,10 @@ def test_sequences_longer_than_one_projection_chunk(isa, kind, extra):
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 def test_fp16_weights_wider_than_one_slice_agree_bit_for_bit(isa, kind):
     """fp16 weights with K > 128 inputs: a call with more rows than one register block
-    converts the panel in K slices into fp32 (gemm_entries.h: rnn_gemm_f16), a call with
-    fewer converts it in registers in one pass. Both must add the same products in the same
-    order, so each row alone, the whole batch and streamed steps give the same bits; and the
+    runs several tiles over the panel (the portable variant converts it in K slices into
+    fp32: gemm_entries.h, rnn_gemm_f16), a call with fewer converts it in registers in one
+    pass. Both must add the same products in the same order, so each row alone, the whole
+    batch and streamed steps give the same bits; and the
     outputs stay within fp16's budget of the float64 reference on the rounded weights."""
     G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
     rng = np.random.default_rng(12)
@@ -190,13 +191,20 @@ def test_fp16_weights_wider_than_one_slice_agree_bit_for_bit(isa, kind):
 @pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize("mode", ["int8", "int8r"])
 @pytest.mark.parametrize("I", [9, 1100])
-def test_int8_agrees_bit_for_bit(isa, monkeypatch, kind, mode, I):
+@pytest.mark.parametrize("without", [(), ("avx512vnni",)])
+def test_int8_agrees_bit_for_bit(isa, monkeypatch, kind, mode, I, without):
     """int8 quantizes each input row on its own and sums integers exactly, K in chunks (the
     AVX2 product: 512 k's, each chunk's sums scaled into fp32 in order); rows are quantized
     once per phase where they fit a per-thread buffer (I = 9), else per call and K chunk
     (I = 1100, 3 chunks). Each row alone, the batch (30 rows: more than a phase's row group),
     streamed steps and thread splits must give the same bits; "int8r" runs the residual
-    weight part too. And the outputs stay within int8's budget of the float64 reference."""
+    weight part too. And the outputs stay within int8's budget of the float64 reference.
+    without: on the AVX-512 variants, also the product of a CPU without VNNI (512-bit
+    vpmaddwd; the fixture switches back)."""
+    if without:
+        if isa not in ("avx512", "amx"):
+            pytest.skip("VNNI's products are the AVX-512 variants'")
+        _kernels.set_isa(isa, without=without)
     G = {"lstm": 4, "gru": 3, "rnn": 1}[kind]
     rng = np.random.default_rng(13)
     H, T, N = 40, 4, 30

@@ -138,11 +138,18 @@ def test_gemm_isa_names_the_product(isa):
     assert _kernels.gemm_isa("fp32") == ("avx512" if isa == "amx" else isa)
     if isa == "amx":
         assert _kernels.gemm_isa("bf16") == "amx"
-    # int8's integer products: vpdpbusd where the CPU has AVX512-VNNI, else AVX2's vpmaddwd
+    # int8's integer products: vpdpbusd where the CPU has AVX512-VNNI, else vpmaddwd of the
+    # variant's width; set_isa's `without` leaves a feature's products out (the fixture
+    # switches back)
     if isa == "avx2":
         assert _kernels.gemm_isa("int8") == _kernels.gemm_isa("int8r") == "avx2madd"
     if isa in ("avx512", "amx"):
-        assert _kernels.gemm_isa("int8") in ("avx512vnni", "avx2madd")
+        assert _kernels.gemm_isa("int8") in ("avx512vnni", "avx512madd")
+        _kernels.set_isa(isa, without=("avx512vnni",))
+        assert _kernels.gemm_isa("int8") == _kernels.gemm_isa("int8r") == "avx512madd"
+    if isa == "avx512":
+        _kernels.set_isa(isa, without=("avx512bf16",))
+        assert _kernels.gemm_isa("bf16") == "avx512"
     with pytest.raises(ValueError, match="not in tuple"):
         _kernels.gemm_isa("fp8")
 

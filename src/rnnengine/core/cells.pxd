@@ -7,6 +7,9 @@ cdef extern from "rnnengine/cpu.h" nogil:
         RNN_ISA_AVX512
         RNN_ISA_AMX
         RNN_ISA_COUNT
+    enum:
+        RNN_CPU_AVX512BF16
+        RNN_CPU_AVX512VNNI
     const char *const rnn_isa_names[]
     int rnn_cpu_supports(int isa)
     int rnn_cpu_best_isa()
@@ -92,6 +95,7 @@ cdef extern from "rnnengine/kernels.h" nogil:
         int vector_width
         const char *gemm_isa[RNN_W_COUNT]
     const rnn_kernels_t *rnn_kernels_for(int isa)
+    const rnn_kernels_t *rnn_kernels_hiding(int isa, unsigned hide)
 
 cdef extern from "rnnengine/workers.h" nogil:
     ctypedef struct rnn_pool_t:

@@ -49,10 +49,22 @@ cdef int active_isa() noexcept nogil:
     return ACTIVE_ISA
 
 
-def set_isa(name):
+# CPU features whose products set_isa can leave out (cpu.h: enum rnn_cpu_feature)
+CPU_FEATURES = {"avx512bf16": RNN_CPU_AVX512BF16, "avx512vnni": RNN_CPU_AVX512VNNI}
+
+
+def set_isa(name, without=()):
     """Switch the variant for every later call in this process (tests and bench use it; the
-    packed weights are the same for all variants). name=None picks the best one."""
+    packed weights are the same for all variants). name=None picks the best one. without:
+    CPU_FEATURES names whose products the variant leaves out, as on a CPU that lacks them
+    (e.g. ("avx512vnni",): int8 as on an AVX-512 CPU without VNNI); for tests and bench."""
     global KERNELS, ACTIVE_ISA
+    cdef unsigned hide = 0
+    for feature in without:
+        if feature not in CPU_FEATURES:
+            raise ValueError(f"unknown CPU feature {feature!r}; expected one of "
+                             f"{', '.join(CPU_FEATURES)}")
+        hide |= 1u << CPU_FEATURES[feature]
     if name is None:
         index = rnn_cpu_best_isa()
     else:
@@ -63,7 +75,7 @@ def set_isa(name):
         if not rnn_cpu_supports(index):
             raise RuntimeError(f"ISA {key!r} is not supported by this CPU or build; "
                                f"supported: {', '.join(supported_isas())}")
-    KERNELS = rnn_kernels_for(index)
+    KERNELS = rnn_kernels_hiding(index, hide)
     ACTIVE_ISA = index
 
 

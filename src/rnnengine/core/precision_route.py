@@ -2,20 +2,26 @@
 reduced precision never makes a model silently slower than fp32.
 
 The reduced products are fast where the CPU has their instruction: AVX512-BF16 (vdpbf16ps,
-AMX) for bf16; for int8, AVX512-VNNI (vpdpbusd) and, on the avx2 variant, AVX2's 16-bit
-integer multiply-adds (vpmaddwd, gemm_madd.h). Elsewhere a product runs in fp32 arithmetic on
-converted weights (gemm_entries.h). Measured with bench/bench_modes.py on an AMD EPYC (Zen 5)
-forced to the avx2 variant, fp32 time over the mode's (LSTM and GRU: a stream step at H=1024
-batch 1, T=100 sequences at H=256 batch 1 and 16):
+AMX) for bf16; for int8, AVX512-VNNI (vpdpbusd) and, without it, 16-bit integer
+multiply-adds (vpmaddwd, gemm_madd.h: AVX2's on the avx2 variant, AVX-512BW's on avx512).
+Elsewhere a product runs in fp32 arithmetic on converted weights (gemm_entries.h). Measured
+with bench/bench_modes.py on an AMD EPYC (Zen 5), fp32 time over the mode's (LSTM and GRU: a
+stream step at H=1024 batch 1, T=100 sequences at H=256 batch 1 and 16); forced to the avx2
+variant:
     int8  3.3-5.0 (steps), 1.29-1.47 (sequences), the same with the residual part (int8r);
           in fp32 arithmetic (the product before vpmaddwd) 0.59-0.83 and 0.25-0.29;
     bf16  1.9-2.6 (steps), 0.96-1.09 (sequences);
-    fp16  2.2-3.0 (steps), 0.92-1.21 (sequences), and 8 times finer steps than bf16.
+    fp16  2.2-3.0 (steps), 1.05-1.21 (batch 1), 0.97-1.09 (batch 16; 0.92-0.99 while
+          it converted K slices of the panel for several tiles of rows), and 8 times finer
+          steps than bf16;
+on the avx512 variant with VNNI hidden (as on a Skylake-SP), 512-bit vpmaddwd:
+    int8  4.6-6.8 (steps), 1.49-2.01 (batch 1), 1.22-1.32 (batch 16);
+    fp16  2.6-3.1 (steps), 1.10-1.33 (batch 1), 0.97-1.04 (batch 16).
 So without its instruction, bf16 runs fp16 weights (the same bytes, within its budget), and
-so does int8 where it has no fast product (neon without dotprod; avx512 without VNNI:
-NOT_FAST_ON), half the weight bytes of fp32 and more accurate. The portable variant (no
-SIMD) converts every weight in scalar C: every reduced mode is slower than fp32 there
-(0.09-0.51), and the model keeps the mode with a RuntimeWarning saying so.
+so does int8 where it has no fast product (neon without dotprod), half the weight bytes of
+fp32 and more accurate. The portable variant (no SIMD) converts every weight in scalar C:
+every reduced mode is slower than fp32 there (0.09-0.51), and the model keeps the mode with
+a RuntimeWarning saying so.
 """
 from __future__ import annotations
 
@@ -27,19 +33,12 @@ from . import kernels as _kernels
 from .log import log
 from .precision import FP16_MAX
 
-# The products that make a mode pay off (_kernels.gemm_isa names), per mode, and the
-# variants where one does not: AVX2's int8 product in the avx512 variant (a CPU with AVX-512
-# but not VNNI) beats fp32's 16-wide FMAs on streamed steps only (this machine, its VNNI
-# hidden: LSTM/GRU H=1024 steps 3.0-3.4x, fp16 2.5-2.6x; T=100 H=256 sequences 0.87-1.02x at
-# batch 1 and 0.53-0.54x at batch 16, fp16 1.15-1.31x and 0.81-0.86x), so int8 takes fp16 there.
-# NEON's SDOT (neondot) is counted fast without a measurement on AArch64 hardware (none here):
-# one instruction per 16 products per row against fp16 weights' conversion and 4 FMAs, and
-# half their weight bytes; its SMULL fallback (neonsmull) is not.
+# The products that make a mode pay off (_kernels.gemm_isa names), per mode. NEON's SDOT
+# (neondot) is counted fast without a measurement on AArch64 hardware (none here): one
+# instruction per 16 products per row against fp16 weights' conversion and 4 FMAs, and half
+# their weight bytes; its SMULL fallback (neonsmull) is not.
 FAST_PRODUCTS = {"bf16": ("avx512bf16", "amx"),
-                 "int8": ("avx512vnni", "avx2madd", "neondot")}
-NOT_FAST_ON = {"avx2madd": ("avx512", "amx")}
-# How much slower than fp32 int8 runs with a product that is not fast, as above.
-INT8_SLOWER = {"avx2madd": "up to 2 times slower than fp32 on batched sequences"}
+                 "int8": ("avx512vnni", "avx2madd", "avx512madd", "neondot")}
 # Off in tests that measure each weight type's own product on every variant.
 REROUTE = True
 
@@ -63,12 +62,11 @@ def route(precision: str, layers) -> str:
             stacklevel=3)
         return precision
     product = _kernels.gemm_isa(precision) if precision in FAST_PRODUCTS else None
-    if product is None or (product in FAST_PRODUCTS[precision]
-                           and variant not in NOT_FAST_ON.get(product, ())):
+    if product is None or product in FAST_PRODUCTS[precision]:
         return precision
     instruction = (f"{precision} dot product" if variant == "neon"
                    else {"bf16": "AVX512-BF16", "int8": "AVX512-VNNI"}[precision])
-    slower = INT8_SLOWER.get(product, "1.2-4 times slower than fp32")
+    slower = "1.2-4 times slower than fp32"
     if _fits_fp16(layers):
         if precision == "int8":
             warnings.warn(

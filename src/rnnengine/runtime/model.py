@@ -37,9 +37,9 @@ class Model:
     weight rows are too large for the mode's error budget get a second, residual int8 part
     (precision.int8_residual) or, in bf16, fp16 weights (precision.bf16_as_fp16); state and gate
     math stay float32 in every mode. On a CPU without AVX512-BF16, bf16 runs fp16 weights,
-    which are faster there, and so does int8 without a fast integer product (AVX512-VNNI, or
-    AVX2's on the avx2 variant) (``precision`` reports it; int8 warns), and on the portable
-    variant every reduced mode warns that it is slower than fp32.
+    which are faster there, and so does int8 without a fast integer product (on AArch64; x86
+    has VNNI or 16-bit multiply-adds) (``precision`` reports it; int8 warns), and on the
+    portable variant every reduced mode warns that it is slower than fp32.
 
     precision may also be one mode per layer, or "auto" with ``calibrate`` (a few
     representative inputs x, each as ``run`` takes it): per layer, the fastest mode on this
