@@ -60,7 +60,7 @@ def check(model, x, tol=TOL):
 
 def uses_c_head(model) -> bool:
     """Whether a step of the planned graph calls ops.compiled_head's function."""
-    steps = InferenceSession(model)._plan.steps
+    steps = InferenceSession(model).plan.steps
     return any(getattr(c.cell_contents, "__qualname__", "").startswith("compiled_head.")
                for step in steps for c in (step.__closure__ or ()))
 
