@@ -14,6 +14,7 @@ goes to ``fallback`` (the stream's general step, which checks it in full and rep
 error), with nothing computed here."""
 import numpy as np
 
+from ._dense import PANEL_ROWS, pack_panels, padded_columns
 from .errors import ConcurrentStep
 cimport numpy as cnp
 from cpython.dict cimport PyDict_GetItem
@@ -28,8 +29,10 @@ from ._kernels cimport StreamCore, active_isa
 cnp.import_array()
 
 cdef extern from "rnnengine/dense.h" nogil:
-    void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
+    void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t ldw, size_t N,
                    const float *b, float *y, int act, int isa)
+    void rnn_dense_panels(const float *x, size_t M, size_t K, const float *wp, size_t N,
+                          const float *b, float *y, int act, int isa)
 
 # below this many multiply-adds the GIL release costs more than it frees (as _dense.pyx)
 DEF DENSE_NOGIL_MIN_MACS = 65536
@@ -46,9 +49,10 @@ ctypedef struct op_t:
     int dst           # buffer written
     int core          # recurrent: index in StepRunner._cores
     bint nogil
-    const float *w    # dense: w [K, N], b [N] or NULL
+    const float *w    # dense: w [K, ldw] (columns past N zero), or in panels when ldw is 0
+                      # (_dense.pack_panels: fewer rows than PANEL_ROWS); b [N] or NULL
     const float *b
-    size_t M, K, N
+    size_t M, K, N, ldw
     int act
     const char *table  # gather: rows of row_bytes
     size_t rows, row_bytes, count
@@ -137,8 +141,12 @@ cdef class StepRunner:
                 self._cores.append(core)
             elif spec[0] == "dense":
                 _, w, b, act, M, _, _ = spec
-                w = np.ascontiguousarray(w, np.float32)
                 op.kind, op.K, op.N, op.M, op.act = OP_DENSE, w.shape[0], w.shape[1], M, act
+                if M < PANEL_ROWS:
+                    w, op.ldw = pack_panels(w), 0
+                else:
+                    w = padded_columns(w)
+                    op.ldw = w.shape[1]
                 op.w = <const float *>cnp.PyArray_DATA(w)
                 self._hold.append(w)
                 if b is not None:
@@ -285,14 +293,21 @@ cdef class StepRunner:
             elif op.kind == OP_DENSE:
                 if op.nogil:
                     with nogil:
-                        rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
+                        dense(op, x, y, isa)
                 else:
-                    rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
+                    dense(op, x, y, isa)
             else:
                 for j in range(op.count):
                     memcpy(<char *>y + j * op.row_bytes, op.table + op.idx[j] * op.row_bytes,
                            op.row_bytes)
         return 0
+
+
+cdef inline void dense(const op_t *op, const float *x, float *y, int isa) noexcept nogil:
+    if op.ldw:
+        rnn_dense(x, op.M, op.K, op.w, op.ldw, op.N, op.b, y, op.act, isa)
+    else:
+        rnn_dense_panels(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
 
 
 def core_saved(StreamCore core):
