@@ -73,7 +73,7 @@ typedef float rnn_dense_v16 __attribute__((vector_size(64)));
  * stored as panels of RNN_DENSE_PANEL columns (the last one narrower), each [K][pw]
  * contiguous, its columns padded with zeros to a multiple of 16 (rnn_dense_pack_panels). A
  * row's product then reads the weights once, in the order they are stored. */
-#define RNN_DENSE_PANEL 256
+#define RNN_DENSE_PANEL 64
 static inline size_t rnn_dense_panel_cols(size_t N)
 {
     return (N + 15) & ~(size_t)15;
@@ -104,7 +104,7 @@ static inline size_t rnn_dense_panel_cols(size_t N)
 #define RNN_DN_TARGET __attribute__((target("arch=x86-64-v3"), optimize("fp-contract=fast")))
 #define RNN_DN_VT rnn_dense_v8
 #define RNN_DN_VT1 rnn_dense_v8
-#define RNN_DN_ROW1_MAX 0
+#define RNN_DN_ROW1_MAX 8
 #define RNN_DN_WIDE 0
 #include "rnnengine/dense_impl.h"
 #undef RNN_DN

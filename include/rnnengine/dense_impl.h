@@ -4,8 +4,8 @@
  *   RNN_DN_TARGET   its target attribute (empty for the portable variant)
  *   RNN_DN_VT       the vector type of its four-row tile (dense.h: rnn_dense_v4 or _v8)
  *   RNN_DN_VT1      the vector type of its one-row tiles (the widest its registers hold)
- *   RNN_DN_ROW1_MAX the most RNN_DN_VT1 sums its registers hold in a one-row tile over a
- *                   panel (16 or 8), or 0: a pass over y per k instead
+ *   RNN_DN_ROW1_MAX the most RNN_DN_VT1 sums its registers hold in a one-row tile over
+ *                   panels (16 or 8), or 0: a pass over y per k instead
  *   RNN_DN_WIDE     1 to add the six-row tile of 32 columns in zmm vectors (AVX-512 only:
  *                   it needs 32 vector registers)
  */
@@ -94,77 +94,81 @@ static void RNN_DN(rnn_dense_row)(const float *restrict x, size_t K, const float
 }
 
 #if defined(__GNUC__) || defined(__clang__)
-/* Columns [n, n + T vectors) of one row over the whole of K, the T sums in registers, from
- * weights wp + (column - p0) + k * lds: each weight loaded once and no partial sum stored.
- * Columns at or past N (a panel's zero padding) are summed and dropped; sums start from b,
- * or fill. */
-#define RNN_DN_ROW1_TILE(VT, T, x, K, wp, lds, p0, N, b, fill, y, n, n_end)                 \
+/* Columns [n, n + T vectors) of one row over the whole of K, the T sums in registers: vector
+ * t's weights for k at wt + (t / TPP) * gap + k * lds + (t % TPP) * width (TPP vectors in each
+ * of T / TPP panels, gap floats apart; wt evaluated at the tile's first column n). Each weight
+ * is loaded once and no partial sum is stored. Columns at or past N (a panel's zero padding)
+ * are summed and dropped; sums start from b, or fill. */
+#define RNN_DN_ROW1_TILE(VT, T, TPP, x, K, wt, lds, gap, N, b, fill, y, n, n_end)           \
     for (const size_t W_ = sizeof(VT) / sizeof(float); n + (T) * W_ <= (n_end);              \
          n += (T) * W_) {                                                                   \
         VT a_[T];                                                                           \
-        _Pragma("GCC unroll 16") for (int t_ = 0; t_ < (T); t_++) {                         \
-            const size_t c_ = n + t_ * W_;                                                  \
-            if ((b) != NULL && c_ + W_ <= (N)) {                                            \
-                a_[t_] = RNN_DENSE_VLOAD(VT, (b) + c_);                                     \
-            } else {                                                                        \
-                float f_[sizeof(VT) / sizeof(float)];                                       \
-                for (size_t j_ = 0; j_ < W_; j_++)                                          \
-                    f_[j_] = (b) != NULL && c_ + j_ < (N) ? (b)[c_ + j_] : (fill);          \
-                a_[t_] = RNN_DENSE_VLOAD(VT, f_);                                           \
-            }                                                                               \
+        {                                                                                   \
+            float f_[(T) * sizeof(VT) / sizeof(float)];                                     \
+            for (size_t j_ = 0; j_ < (T) * W_; j_++)                                        \
+                f_[j_] = (b) != NULL && n + j_ < (N) ? (b)[n + j_] : (fill);                \
+            _Pragma("GCC unroll 16") for (int t_ = 0; t_ < (T); t_++)                       \
+                a_[t_] = RNN_DENSE_VLOAD(VT, f_ + t_ * W_);                                 \
         }                                                                                   \
-        const float *restrict wn_ = (wp) + (n - (p0));                                      \
+        const float *restrict wn_ = (wt);                                                   \
         for (size_t k_ = 0; k_ < (K); k_++) {                                               \
             const float xk_ = (x)[k_];                                                      \
             _Pragma("GCC unroll 16") for (int t_ = 0; t_ < (T); t_++)                       \
-                a_[t_] += xk_ * RNN_DENSE_VLOAD(VT, wn_ + k_ * (lds) + t_ * W_);            \
+                a_[t_] += xk_ * RNN_DENSE_VLOAD(VT, wn_ + (t_ / (TPP)) * (gap) + k_ * (lds)  \
+                                                        + (t_ % (TPP)) * W_);               \
         }                                                                                   \
-        _Pragma("GCC unroll 16") for (int t_ = 0; t_ < (T); t_++) {                         \
-            const size_t c_ = n + t_ * W_;                                                  \
-            if (c_ + W_ <= (N)) {                                                           \
-                RNN_DENSE_VSTORE((y) + c_, a_[t_]);                                         \
-            } else if (c_ < (N)) {                                                          \
-                float f_[sizeof(VT) / sizeof(float)];                                       \
-                RNN_DENSE_VSTORE(f_, a_[t_]);                                               \
-                memcpy((y) + c_, f_, ((N) - c_) * sizeof(float));                           \
-            }                                                                               \
+        {                                                                                   \
+            float f_[(T) * sizeof(VT) / sizeof(float)];                                     \
+            _Pragma("GCC unroll 16") for (int t_ = 0; t_ < (T); t_++)                       \
+                RNN_DENSE_VSTORE(f_ + t_ * W_, a_[t_]);                                     \
+            memcpy((y) + n, f_, ((N) - n < (T) * W_ ? (N) - n : (T) * W_) * sizeof(float)); \
         }                                                                                   \
     }
 #endif
 
-/* One row from weights packed in column panels (dense.h: rnn_dense_pack_panel): each panel
- * [K][pw] contiguous, so a row streams every weight once, in the order it is stored (row-major
+/* One row from weights packed in column panels (dense.h: rnn_dense_pack_panels): each panel
+ * [K][pw] contiguous, so a row streams every weight in the order it is stored (row-major
  * tiles narrower than a row jump a row's length each k: a 256 x 512 product ran at 140 GB/s
- * from L2 that way, 236 GB/s from panels). With RNN_DN_ROW1_MAX, whole panels in register
- * tiles; else a pass over the panel's columns of y per k. Either way the k-ordered fused sums
- * of rnn_dense_row, so the same bits. */
+ * from L2 that way, 210-235 GB/s from panels, on AVX-512 and AVX2 alike). With
+ * RNN_DN_ROW1_MAX, register tiles: sixteen vectors over four panels where the registers hold
+ * them, else a panel at a time, then the narrower last panel; without it, a pass over the
+ * panel's columns of y per k. Either way the k-ordered fused sums of rnn_dense_row: the same
+ * bits. */
 RNN_DN_TARGET
 static void RNN_DN(rnn_dense_panel_row)(const float *restrict x, size_t K,
                                         const float *restrict wp, size_t N,
                                         const float *restrict b, float fill, float *restrict y,
                                         int act)
 {
-    const size_t Np = rnn_dense_panel_cols(N);
-    for (size_t p0 = 0; p0 < Np; p0 += RNN_DENSE_PANEL) {
-        const size_t pw = Np - p0 < RNN_DENSE_PANEL ? Np - p0 : RNN_DENSE_PANEL;
-        const float *restrict w = wp + K * p0;
+    const size_t Np = rnn_dense_panel_cols(N), P = RNN_DENSE_PANEL;
 #if (defined(__GNUC__) || defined(__clang__)) && RNN_DN_ROW1_MAX
-        size_t n = p0;
-#if RNN_DN_ROW1_MAX >= 16
-        RNN_DN_ROW1_TILE(RNN_DN_VT1, 16, x, K, w, pw, p0, N, b, fill, y, n, p0 + pw)
+#define RNN_DN_PV (RNN_DENSE_PANEL / (sizeof(RNN_DN_VT1) / sizeof(float)))  /* vectors a panel */
+    const size_t full = Np / P * P, last = Np - full;    /* the whole panels; the last's width */
+    size_t n = 0;
+#if RNN_DN_ROW1_MAX >= 16    /* four panels of four vectors */
+    RNN_DN_ROW1_TILE(RNN_DN_VT1, 4 * RNN_DN_PV, RNN_DN_PV, x, K, wp + K * n, P, P * K, N, b,
+                     fill, y, n, full)
 #endif
-        RNN_DN_ROW1_TILE(RNN_DN_VT1, 8, x, K, w, pw, p0, N, b, fill, y, n, p0 + pw)
-        RNN_DN_ROW1_TILE(RNN_DN_VT1, 4, x, K, w, pw, p0, N, b, fill, y, n, p0 + pw)
-        RNN_DN_ROW1_TILE(RNN_DN_VT1, 2, x, K, w, pw, p0, N, b, fill, y, n, p0 + pw)
-        RNN_DN_ROW1_TILE(RNN_DN_VT1, 1, x, K, w, pw, p0, N, b, fill, y, n, p0 + pw)
+    RNN_DN_ROW1_TILE(RNN_DN_VT1, RNN_DN_PV, RNN_DN_PV, x, K, wp + K * n, P, 0, N, b, fill, y, n,
+                     full)
+    /* the last panel, [full, Np): last floats wide */
+    RNN_DN_ROW1_TILE(RNN_DN_VT1, 4, 4, x, K, wp + K * full + (n - full), last, 0, N, b, fill,
+                     y, n, Np)
+    RNN_DN_ROW1_TILE(RNN_DN_VT1, 2, 2, x, K, wp + K * full + (n - full), last, 0, N, b, fill,
+                     y, n, Np)
+    RNN_DN_ROW1_TILE(RNN_DN_VT1, 1, 1, x, K, wp + K * full + (n - full), last, 0, N, b, fill,
+                     y, n, Np)
+#undef RNN_DN_PV
 #else
+    for (size_t p0 = 0; p0 < Np; p0 += P) {
+        const size_t pw = Np - p0 < P ? Np - p0 : P;
         if (p0 < N) {
             const size_t cols = N - p0 < pw ? N - p0 : pw;
             for (size_t j = 0; j < cols; j++) y[p0 + j] = b != NULL ? b[p0 + j] : fill;
-            RNN_DN(rnn_dense_product)(x, K, w, pw, cols, y + p0);
+            RNN_DN(rnn_dense_product)(x, K, wp + K * p0, pw, cols, y + p0);
         }
-#endif
     }
+#endif
     RNN_DN(rnn_dense_activate)(y, N, act);
 }
 
