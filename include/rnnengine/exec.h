@@ -465,7 +465,7 @@ static inline void rnn_exec_matmul(const float *a, const float *b, float *y, con
                                    const float *rb, int act, int isa) {
     for (int64_t m = 0; m < n_mat; m++)
         rnn_dense_rows_bias(a + offs[3 * m], (size_t)M, (size_t)K, b + offs[3 * m + 1],
-                            (size_t)N, NULL, rb != NULL ? rb + offs[3 * m] / K : NULL,
+                            (size_t)N, (size_t)N, NULL, rb != NULL ? rb + offs[3 * m] / K : NULL,
                             y + offs[3 * m + 2], act, isa);
 }
 

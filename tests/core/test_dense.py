@@ -215,3 +215,25 @@ def test_rows_of_a_head_narrower_than_a_tile(act):
     logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
     want = logp if act == "LogSoftmax" else np.exp(logp)
     np.testing.assert_allclose(DenseHead(w, b, act)(x), want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("K,N", [(128, 257), (37, 1), (64, 15), (5, 16), (33, 17), (256, 512),
+                                 (19, 300), (8, 529)])
+@pytest.mark.parametrize("act", [None, "Sigmoid"])
+def test_one_row_gives_the_bits_of_a_batch(K, N, act, isa):
+    """A stream's step (one row: row-major weights, or the column panels the compiled step
+    packs them into) sums each column in k order, as the row tiles of a batch do: the very
+    bits of the batch's row, whichever row count and layout; and the float64 product."""
+    rng = np.random.default_rng(K * 1000 + N)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    b = rng.standard_normal(N).astype(np.float32)
+    x = rng.standard_normal((9, K)).astype(np.float32)
+    batch = DenseHead(w, b, act)(x)
+    for head in (DenseHead(w, b, act), DenseHead(w, b, act, panels=True)):
+        for m in range(9):
+            np.testing.assert_array_equal(head(x[m:m + 1])[0], batch[m])
+        if head.panels:
+            np.testing.assert_array_equal(head(x[:3]), batch[:3])
+    want = x.astype(np.float64) @ w.astype(np.float64) + b
+    want = want if act is None else 1 / (1 + np.exp(-want))
+    np.testing.assert_allclose(batch, want, rtol=1e-5, atol=1e-5 * np.sqrt(K))

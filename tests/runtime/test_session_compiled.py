@@ -105,6 +105,50 @@ def test_uncovered_operator_runs_the_whole_graph_program(models):
     assert len(status) == 1 and status[0].startswith("compiled"), status
 
 
+def test_whole_graph_program_steps_in_one_call_and_keeps_state_on_bad_feeds(models):
+    """(b) with a Conv1d front end, stepped on the whole-graph program: after the program is
+    built the step is one compiled call (``_plan.ProgramStep``); feeds it was not built for
+    go to the general step, which raises the same errors with the state as it was; another
+    stream of the session on the same program in between changes nothing; the outputs are
+    the caller's own (the next step does not overwrite them) and match ORT throughout."""
+    rng = np.random.default_rng(5)
+    sess = InferenceSession(models["b_conv"])
+    stream, other = sess.stream(), sess.stream()
+    zero = {"h0": np.zeros((1, 1, 16), np.float32)}
+    ort = AuthorLoop(models["b_conv"], stream.state_names, zero)
+
+    def x():
+        return {"x": rng.standard_normal((1, 10, 1)).astype(np.float32)}
+
+    kept = []
+    for _ in range(6):
+        f = x()
+        got = stream.step(f)
+        same(got, ort.step(f))
+        kept.append((got, [a.copy() for a in got]))
+        other.step(x())
+    assert type(stream._whole).__name__ == "ProgramStep"
+    for got, copy in kept:
+        for a, b in zip(got, copy):
+            np.testing.assert_array_equal(a, b)
+    before = stream.state
+    with pytest.raises(ValueError, match="'x'"):
+        stream.step({"x": np.zeros((1, 10, 1), np.float64)})
+    with pytest.raises(ValueError, match="missing input 'x'"):
+        stream.step({})
+    with pytest.raises(ValueError, match="state"):
+        stream.step({**x(), "h0": zero["h0"]})
+    for name, value in stream.state.items():
+        np.testing.assert_array_equal(value, before[name])
+    for _ in range(3):
+        f = x()
+        same(stream.step(f), ort.step(f))
+    stream.reset()
+    ort = AuthorLoop(models["b_conv"], stream.state_names, zero)
+    f = x()
+    same(stream.step(f), ort.step(f))
+
+
 def test_other_feeds_take_the_general_step_and_state_carries_on(models):
     """Feeds the runner was not built for (wrong dtype or shape, missing, extra, not an
     ndarray, not contiguous, an index out of range) go to the general step: the same

@@ -1,4 +1,4 @@
-# Included by _kernels.pyx and _conv.pyx (each declares rnn_cancel_t: include/rnnengine/cancel.h).
+# Included by kernels.pyx and conv.pyx (each declares rnn_cancel_t: include/rnnengine/cancel.h).
 # -- Ctrl-C during a long sequence or convolution -------------------------------------------
 # The sequence loop (and a long convolution) runs without the GIL, so Python's SIGINT
 # handler cannot run until it returns. Between timesteps (a convolution: between column

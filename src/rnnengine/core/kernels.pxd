@@ -1,6 +1,6 @@
 # StreamCore's C-level face, for the compiled session-stream runner (_plan.pyx), which steps
 # the very cores a session stream's recurrent nodes keep their state in, without a Python
-# call per node. The attributes are documented in _kernels.pyx.
+# call per node. The attributes are documented in kernels.pyx.
 cimport numpy as cnp
 
 from .cells cimport rnn_cell_t, rnn_kernels_t, rnn_pool_t, rnn_stack_run_t

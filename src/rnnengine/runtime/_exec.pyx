@@ -8,6 +8,8 @@ The feeds are copied into their buffers before any operator runs, so a caller's 
 never read after ``run`` returns control to another thread.
 """
 import numpy as np
+
+from ..core.dense import PANEL_ROWS, pack_panels, padded_columns
 cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_GetPointer
@@ -58,8 +60,10 @@ cdef extern from "rnnengine/exec.h" nogil:
     int RNN_CV_COUNT
 
 cdef extern from "rnnengine/dense.h" nogil:
-    void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
+    void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t ldw, size_t N,
                    const float *b, float *y, int act, int isa)
+    void rnn_dense_panels(const float *x, size_t M, size_t K, const float *wp, size_t N,
+                          const float *b, float *y, int act, int isa)
 
 cdef extern from "rnnengine/conv2d.h" nogil:
     enum: RNN_C2_KW_STACK
@@ -134,6 +138,8 @@ ctypedef struct xop_t:
     const int64_t *base
     const float *rb       # K_MATMUL: a bias per row of a (NULL: none)
     int64_t n, es, M, K, N
+    int64_t ldw           # K_DENSE: w's row length (columns past N zero: _dense.padded_columns),
+                          # or 0: w in panels (_dense.pack_panels, fewer rows than PANEL_ROWS)
     float alpha, beta
     int call              # K_CALL: index in Runner._calls; K_RECURRENT: in Runner._cores
     const char *h0        # K_RECURRENT: initial h [N, Hout], c [N, H] (NULL: zeros)
@@ -469,11 +475,16 @@ cdef class Runner:
                 or not 0 <= act <= 5:
             raise ValueError("dense: the geometry does not fit the buffers")
         op.kind, op.a, op.y, op.M, op.K, op.N, op.act = K_DENSE, data(X), data(Y), M, W.shape[0], W.shape[1], act
+        if M < PANEL_ROWS:
+            W, op.ldw = pack_panels(W), 0
+        else:
+            W = padded_columns(W)
+            op.ldw = W.shape[1]
         op.b = data(W)
         op.base = NULL
         if bias is not None:
             Bi = f32(bias, "dense: bias")
-            if Bi.size != W.shape[1]:
+            if Bi.size != op.N:
                 raise ValueError("dense: the bias does not fit")
             op.params = data(Bi)
             self._hold.append(Bi)
@@ -739,8 +750,12 @@ cdef void run_c(xop_t *ops, int n) noexcept nogil:
                             <const int64_t *>op.params, op.n, op.M, op.K, op.N, op.rb, op.act,
                             isa)
         elif op.kind == K_DENSE:
-            rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
-                      <const float *>op.params, <float *>op.y, op.act, isa)
+            if op.ldw == 0:
+                rnn_dense_panels(<const float *>op.a, op.M, op.K, <const float *>op.b, op.N,
+                                 <const float *>op.params, <float *>op.y, op.act, isa)
+            else:
+                rnn_dense(<const float *>op.a, op.M, op.K, <const float *>op.b, op.ldw, op.N,
+                          <const float *>op.params, <float *>op.y, op.act, isa)
         elif op.kind == K_COMPARE:
             rnn_exec_compare(op.code, op.a, op.b, <unsigned char *>op.y,
                              <const rnn_bcast *>op.params)

@@ -14,6 +14,7 @@ goes to ``fallback`` (the stream's general step, which checks it in full and rep
 error), with nothing computed here."""
 import numpy as np
 
+from ..core.dense import PANEL_ROWS, pack_panels, padded_columns
 from ..errors import ConcurrentStep
 cimport numpy as cnp
 from cpython.dict cimport PyDict_GetItem
@@ -28,8 +29,10 @@ from ..core.kernels cimport StreamCore, active_isa
 cnp.import_array()
 
 cdef extern from "rnnengine/dense.h" nogil:
-    void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t N,
+    void rnn_dense(const float *x, size_t M, size_t K, const float *w, size_t ldw, size_t N,
                    const float *b, float *y, int act, int isa)
+    void rnn_dense_panels(const float *x, size_t M, size_t K, const float *wp, size_t N,
+                          const float *b, float *y, int act, int isa)
 
 # below this many multiply-adds the GIL release costs more than it frees (as core/dense.pyx)
 DEF DENSE_NOGIL_MIN_MACS = 65536
@@ -46,9 +49,10 @@ ctypedef struct op_t:
     int dst           # buffer written
     int core          # recurrent: index in StepRunner._cores
     bint nogil
-    const float *w    # dense: w [K, N], b [N] or NULL
+    const float *w    # dense: w [K, ldw] (columns past N zero), or in panels when ldw is 0
+                      # (_dense.pack_panels: fewer rows than PANEL_ROWS); b [N] or NULL
     const float *b
-    size_t M, K, N
+    size_t M, K, N, ldw
     int act
     const char *table  # gather: rows of row_bytes
     size_t rows, row_bytes, count
@@ -137,8 +141,12 @@ cdef class StepRunner:
                 self._cores.append(core)
             elif spec[0] == "dense":
                 _, w, b, act, M, _, _ = spec
-                w = np.ascontiguousarray(w, np.float32)
                 op.kind, op.K, op.N, op.M, op.act = OP_DENSE, w.shape[0], w.shape[1], M, act
+                if M < PANEL_ROWS:
+                    w, op.ldw = pack_panels(w), 0
+                else:
+                    w = padded_columns(w)
+                    op.ldw = w.shape[1]
                 op.w = <const float *>cnp.PyArray_DATA(w)
                 self._hold.append(w)
                 if b is not None:
@@ -285,14 +293,88 @@ cdef class StepRunner:
             elif op.kind == OP_DENSE:
                 if op.nogil:
                     with nogil:
-                        rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
+                        dense(op, x, y, isa)
                 else:
-                    rnn_dense(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
+                    dense(op, x, y, isa)
             else:
                 for j in range(op.count):
                     memcpy(<char *>y + j * op.row_bytes, op.table + op.idx[j] * op.row_bytes,
                            op.row_bytes)
         return 0
+
+
+cdef inline void dense(const op_t *op, const float *x, float *y, int isa) noexcept nogil:
+    if op.ldw:
+        rnn_dense(x, op.M, op.K, op.w, op.ldw, op.N, op.b, y, op.act, isa)
+    else:
+        rnn_dense_panels(x, op.M, op.K, op.w, op.N, op.b, y, op.act, isa)
+
+
+cdef class ProgramStep:
+    """``ProgramStep(program, stream, lock, fallback, state_out, keep)``: a session stream's
+    step on the session's whole-graph program (``executor.Program``, the state fed in and
+    out), for a stream whose step the ``StepRunner`` cannot take. ``step(feeds)`` does in one
+    call what a Python path of five frames did (on DTLN model_2, 5 of 37 us a step): the
+    stream's lock and the program's, the feeds and the stream's state (``stream._state``,
+    read each call: reset and set_state replace it) in the program's order, copied in; the
+    program run; the state outputs (``state_out``: (output index, state input)) kept as the
+    stream's state, the outputs at ``keep`` returned (copies: nothing aliases the program's
+    buffers). Feeds that are not exactly the step's (a name missing or extra, a state input
+    given, another shape or dtype), a state not yet set, or the program in use by another
+    stream go to ``fallback`` with nothing run or changed."""
+    cdef object _run_fed, _stream, _acquire, _release, _fallback, _plock
+    cdef tuple _names, _state_out, _keep
+    cdef list _bufs, _outs
+
+    def __init__(self, program, stream, lock, fallback, state_out, keep):
+        self._run_fed = program.runner.run_fed
+        self._plock = program.lock
+        self._names = tuple(program._feeds)
+        self._bufs = list(program._bufs)
+        self._outs = list(program._outputs)
+        self._stream = stream
+        self._acquire, self._release = lock.acquire, lock.release
+        self._fallback = fallback
+        self._state_out = tuple((int(k), name) for k, name in state_out)
+        self._keep = tuple(int(k) for k in keep)
+
+    def step(self, feeds=None):
+        """One step of the stream: ``feeds`` -> list of the non-state outputs."""
+        if not self._acquire(False):
+            raise ConcurrentStep("SessionStream.step() called while another thread is using "
+                               "it: give each thread its own stream/pool or serialize the "
+                               "calls")
+        try:
+            outs = self._run(feeds)
+        finally:
+            self._release()
+        return self._fallback(feeds) if outs is None else outs
+
+    cdef object _run(self, feeds):
+        cdef dict state = self._stream._state
+        cdef list values = []
+        cdef PyObject *item
+        if type(feeds) is not dict or len(<dict>feeds) + len(state) != len(self._names):
+            return None
+        # with the counts equal, every name found means the feeds are exactly the step's
+        for name in self._names:
+            item = PyDict_GetItem(feeds, name)
+            if item == NULL:
+                item = PyDict_GetItem(state, name)
+                if item == NULL:
+                    return None
+            values.append(<object>item)      # a state not yet set (None) does not fit
+        if not self._plock.acquire(False):
+            return None
+        try:
+            outs = self._run_fed(values, self._bufs, self._outs, True)
+        finally:
+            self._plock.release()
+        if outs is None:
+            return None
+        for k, name in self._state_out:
+            state[name] = outs[k]
+        return [outs[k] for k in self._keep]
 
 
 def core_saved(StreamCore core):

@@ -28,6 +28,7 @@ from .state_blob import pack_arrays, session_fingerprint, unpack_arrays
 from .stream_checks import (_check_feeds, _check_time_mode, _exclusive, _pairs, _symbols,
                             _zeros, state_hint)
 from .stream_plan import Carrier, ElidedPlan, SlotCarrier
+from ._plan import ProgramStep
 from .stream_runner import compile_runner
 
 
@@ -72,8 +73,10 @@ class SessionStream:
         self._compile_next = False
         self._why: Optional[str] = None     # why compile_runner refused this plan
         # the session's program for the signature of this stream's steps (state fed in and
-        # out), once ``evaluate`` has built it: later steps that fit it go straight to it
+        # out), once ``evaluate`` has built it: later steps that fit it go straight to it,
+        # through ``_whole`` (its step in one compiled call, the general step its fallback)
         self._program: Optional[Program] = None
+        self._whole: Optional[ProgramStep] = None
         self.reset()
 
     def __repr__(self) -> str:
@@ -134,9 +137,9 @@ class SessionStream:
         """One call of the graph: ``feeds`` (the inputs that are neither state nor given
         as fixed feeds) -> the non-state outputs, in the graph's order. A call that fails
         leaves the state as it was."""
-        runner = self._runner
+        runner = self._runner or self._whole
         try:
-            if runner is not None:       # the compiled step (it takes the lock itself)
+            if runner is not None:       # a compiled step (it takes the lock itself)
                 return runner.step(feeds)
             return self._step(feeds)
         except ValueError as exc:
@@ -170,11 +173,6 @@ class SessionStream:
             else:
                 self._undoing(self._elided.step, v, self._context, self._lean)
             return sess.finish(v, self._keep)
-        program = self._program
-        if program is not None and feeds.__class__ is dict:
-            outs = self._program_step(program, feeds)
-            if outs is not None:
-                return outs
         merged = self._merged(feeds)
         if self._state_inputs:
             sizes = None
@@ -189,7 +187,11 @@ class SessionStream:
         if self._context is None:      # the whole graph: planned per feed signature
             outs = sess.evaluate(merged, self._all, self.fixed)
             if self._state_inputs:
-                self._program = sess.program_for(merged, self.fixed)
+                program = sess.program_for(merged, self.fixed)
+                if program is not self._program:
+                    self._program = program
+                    self._whole = None if program is None else ProgramStep(
+                        program, self, self._lock, self._step, self._state_out, self._keep)
         else:
             v = sess.new_table(merged)
             v[0] = self._context
@@ -198,26 +200,6 @@ class SessionStream:
             else:
                 self._undoing(sess.plan.execute, v)
             outs = sess.finish(v, self._all)
-        for k, name in self._state_out:
-            self._state[name] = outs[k]
-        return [outs[k] for k in self._keep]
-
-    def _program_step(self, program, feeds: dict) -> Optional[List[np.ndarray]]:
-        """The step on the session's program for this signature, the state fed in from the
-        stream's arrays and taken back from its outputs, when ``feeds`` with the state are
-        exactly what the program was built for (a step feed given as state, or a fixed feed
-        given again, does not fit); None otherwise (the caller takes the general step)."""
-        state = self._state
-        merged = {**feeds, **state}
-        if len(merged) != len(feeds) + len(state) or any(a is None for a in state.values()) \
-                or not program.lock.acquire(False):
-            return None
-        try:
-            outs = program.run_if_fits(merged)
-        finally:
-            program.lock.release()
-        if outs is None:
-            return None
         for k, name in self._state_out:
             self._state[name] = outs[k]
         return [outs[k] for k in self._keep]
