@@ -4,6 +4,7 @@ InferenceSession plans it, ``run`` writes the model's outputs (not the recurrent
 against ONNX Runtime on the same file, never against rnnengine itself."""
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
@@ -14,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 import session_models as sm
 
 from rnnengine.cli import main
+import conftest
 from conftest import reaches_openvino
 
 ort = pytest.importorskip("onnxruntime")
@@ -87,6 +89,24 @@ def test_info_counts_what_runs_through_onnxruntime(capsys, files):
     status, out, _ = cli(capsys, "info", files / "reduce.onnx")
     assert status == 0
     assert re.search(r"^stream\s+no: .*ReduceMean", out, re.M), out
+
+
+def test_info_says_how_the_executor_runs_a_call(capsys, files):
+    """The executor's row: a graph whose steps all have C kernels (DTLN model_2) runs as one
+    C loop with nothing left over; steps without a C kernel (an embedding's Gather by run-time
+    ids, Hardmax through ONNX Runtime) are named as steps the loop calls; inputs that cannot
+    run at the declared shapes say so."""
+    status, out, _ = cli(capsys, "info", os.path.join(conftest.DATA, "dtln_model_2.onnx"))
+    assert status == 0
+    assert re.search(r"^executor\s+one C loop: .*2 recurrent", out, re.M), out
+    assert re.search(r"^no C kernel yet\s+none \(every step runs in the loop\)$", out, re.M)
+    status, out, _ = cli(capsys, "info", files / "a_state.onnx")
+    assert re.search(r"^no C kernel yet\s+Gather node '/emb/Gather'$", out, re.M), out
+    status, out, _ = cli(capsys, "info", files / "hardmax.onnx")
+    assert status == 0
+    assert re.search(r"^no C kernel yet\s+.*Hardmax", out, re.M), out
+    status, out, _ = cli(capsys, "info", SILERO)    # a 1-sample chunk is too short to pad
+    assert re.search(r"^executor\s+planned on the first calls: .*Pad", out, re.M), out
 
 
 def test_info_pairs_of_a_pytorch_export(capsys, files):

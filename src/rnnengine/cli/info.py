@@ -2,7 +2,9 @@
 recurrent node with the name ``--node`` takes; for an ONNX file also the whole graph as
 ``InferenceSession`` planned it, read from the session's own plan (never recomputed here):
 inputs and outputs, which operators run natively, on the recurrent kernels or through ONNX
-Runtime (counts per op type), the constant nodes folded at load, the state pairs
+Runtime (counts per op type), how the executor runs a call once planned (its C operators,
+and the steps it still calls without a C kernel), the constant nodes folded at load, the
+state pairs
 ``stream()`` finds, the fixed inputs, and whether streams and pools of streams run
 batched."""
 from __future__ import annotations
@@ -12,6 +14,8 @@ import os
 from collections import Counter
 from typing import Dict, List, Tuple
 
+import numpy as np
+
 from ..errors import ModelError
 from ..onnx.fold import node_label
 from ..onnx.rewrite import REWRITTEN
@@ -19,7 +23,7 @@ from ..runtime.model import Model
 from ..runtime.stream_checks import state_hint
 from ._common import add_command, describe, existing_file, load_from_args, one_line
 from ._nodes import node_lines
-from ._session import fmt_shape, is_onnx, load_session
+from ._session import fmt_shape, is_onnx, load_session, random_feeds
 
 
 def add_parser(sub) -> None:
@@ -123,6 +127,7 @@ def session_lines(path: str) -> List[Tuple[str, str]]:
         for a in args:
             rows.append((what, f"{a.name}  {fmt_shape(a.shape)}  {a.type}"))
     rows += _placement_rows(sess)
+    rows += _executor_rows(sess)
     rows += [("unrolled cell", f"{node_label(n)}: {n.doc_string[len(REWRITTEN) + 2:]}")
              for plan in sess.loaded.plans for n in plan.nodes
              if n.doc_string.startswith(REWRITTEN)]
@@ -162,6 +167,34 @@ def _placement_rows(sess) -> List[Tuple[str, str]]:
                      "(maximal groups)"))
     rows.append(("folded at load", f"{folded} constant node{'s' * (folded != 1)}"))
     return rows
+
+
+def _executor_rows(sess) -> List[Tuple[str, str]]:
+    """How one call runs once planned: the executor's C operators, and the steps it calls as
+    the general path runs them (no C kernel yet). Planned from two calls on feeds of the
+    declared shapes (dynamic dims 1, random values); a graph those feeds do not fit is
+    planned on its first real calls instead, which ``verify`` (with --feed, --dim) shows."""
+    feeds = random_feeds(sess, {}, {}, 1, np.random.default_rng(0))
+    try:
+        for _ in range(2):
+            sess.run(None, feeds)
+    except (ValueError, TypeError, ModelError, ArithmeticError) as exc:
+        why = one_line(exc)
+        return [("executor", "planned on the first calls: inputs of the declared shapes "
+                             "(dynamic dims 1, random values) do not run here ("
+                             + (why if len(why) <= 80 else why[:77] + "...") + ")")]
+    status = list(sess.program_status().values())
+    if not status:
+        return [("executor", "not planned on inputs of the declared shapes")]
+    how = status[0]
+    if how.startswith("compiled: "):
+        ops, _, called = how[len("compiled: "):].partition(
+            "; called as the general path runs them: ")
+        rows = [("executor", f"one C loop: {ops}")]
+        rows.append(("no C kernel yet", called if called else
+                     "none (every step runs in the loop)"))
+        return rows
+    return [("executor", how)]
 
 
 def _pairs(sess):
