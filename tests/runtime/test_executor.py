@@ -181,6 +181,23 @@ def test_conv(x_shape, w_shape, attrs, bias, rng):
                          rtol=1e-4, atol=1e-4)
 
 
+def conv_graph(rng, op: str, attrs: dict, x, w, out_channels: int):
+    """A one-``op`` graph on input x with constant weights w, a random bias (70% of the time)
+    and a following Relu (half of the time)."""
+    consts = {"w": w}
+    if rng.random() < 0.7:
+        consts["b"] = rng.standard_normal(out_channels).astype(np.float32)
+    relu = rng.random() < 0.5
+    nodes = [helper.make_node(op, ["x", *consts], ["c" if relu else "y"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(a, n) for n, a in consts.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def random_conv_model(seed):
     """A Conv (1-D or 2-D, maybe followed by a Relu) with random groups, strides, dilations,
     pads (asymmetric, or an auto_pad), bias, and an input whose output rows are long enough
@@ -207,18 +224,7 @@ def random_conv_model(seed):
         [int(rng.integers(12 * strides[-1] + k[-1] * dil[-1], 90))]
     x = rng.standard_normal((int(rng.integers(1, 3)), group * cg, *spatial)).astype(np.float32)
     w = rng.standard_normal((group * cog, cg, *k)).astype(np.float32)
-    consts = {"w": w}
-    if rng.random() < 0.7:
-        consts["b"] = rng.standard_normal(group * cog).astype(np.float32)
-    relu = rng.random() < 0.5
-    nodes = [helper.make_node("Conv", ["x", *consts], ["c" if relu else "y"], **attrs)]
-    if relu:
-        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(a, n) for n, a in consts.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+    return conv_graph(rng, "Conv", attrs, x, w, group * cog), x
 
 
 @pytest.mark.parametrize("seed", range(16))
@@ -253,18 +259,8 @@ def random_conv_transpose_model(seed):
     attrs = dict(group=group, strides=strides, dilations=dil, kernel_shape=k, pads=pads,
                  output_padding=extra)
     x = rng.standard_normal((int(rng.integers(1, 3)), group * cg, *spatial)).astype(np.float32)
-    consts = {"w": rng.standard_normal((group * cg, cog, *k)).astype(np.float32)}
-    if rng.random() < 0.7:
-        consts["b"] = rng.standard_normal(group * cog).astype(np.float32)
-    relu = rng.random() < 0.5
-    nodes = [helper.make_node("ConvTranspose", ["x", *consts], ["c" if relu else "y"], **attrs)]
-    if relu:
-        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(a, n) for n, a in consts.items()])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), x
+    w = rng.standard_normal((group * cg, cog, *k)).astype(np.float32)
+    return conv_graph(rng, "ConvTranspose", attrs, x, w, group * cog), x
 
 
 @pytest.mark.parametrize("seed", range(16))
