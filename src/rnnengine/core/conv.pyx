@@ -61,16 +61,6 @@ DEF MAX_SPAN = 2 ** 62
 include "_signals.pxi"
 
 
-cdef int kernel_failed(int rc, str misfit, str no_memory) except -1:
-    """The error for a convolution kernel's nonzero return: 1 interrupted (the pending
-    KeyboardInterrupt), -2 buffers that do not fit (``misfit``), else no memory."""
-    if rc == 1:
-        raise_pending()
-    if rc == -2:
-        raise ValueError(misfit)
-    raise MemoryError(no_memory)
-
-
 def best_width():
     """The panel width (output channels per panel) of the active ISA variant (the one the
     recurrent kernels run: _kernels.isa())."""
@@ -190,10 +180,13 @@ cdef class Conv1d:
                 rc = rnn_conv1d(&cv, xp, xn, pk.wp, pk.wn, pk.bp, pk.bn, pk.width, yp, yn)
         else:
             rc = rnn_conv1d(&cv, xp, xn, pk.wp, pk.wn, pk.bp, pk.bn, pk.width, yp, yn)
+        if rc == 1:
+            raise_pending()
+        if rc == -2:
+            raise ValueError(f"Conv1d: sizes do not fit the kernel: x {x.shape}, weights "
+                             f"({self.M}, {self.C}, {self.KW}), Lout {cv.Lout}")
         if rc != 0:
-            kernel_failed(rc, f"Conv1d: sizes do not fit the kernel: x {x.shape}, weights "
-                              f"({self.M}, {self.C}, {self.KW}), Lout {cv.Lout}",
-                          "Conv1d: cannot allocate the column buffer")
+            raise MemoryError("Conv1d: cannot allocate the column buffer")
         return y
 
 
@@ -327,8 +320,11 @@ cdef class Conv2d:
                 rc = rnn_conv2d(&cv, xp, xn, wpp, wn, bpp, bn, sp, sn, yp, yn, isa)
         else:
             rc = rnn_conv2d(&cv, xp, xn, wpp, wn, bpp, bn, sp, sn, yp, yn, isa)
+        if rc == 1:
+            raise_pending()
+        if rc == -2:
+            raise ValueError(f"Conv2d: sizes do not fit the kernel: x {x.shape}, weights "
+                             f"({self.M}, {self.C // self.G}, {self.KH}, {self.KW})")
         if rc != 0:
-            kernel_failed(rc, f"Conv2d: sizes do not fit the kernel: x {x.shape}, weights "
-                              f"({self.M}, {self.C // self.G}, {self.KH}, {self.KW})",
-                          "Conv2d: cannot allocate the kernel's offsets")
+            raise MemoryError("Conv2d: cannot allocate the kernel's offsets")
         return y
