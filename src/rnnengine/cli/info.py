@@ -21,7 +21,8 @@ from ..onnx.fold import node_label
 from ..onnx.rewrite import REWRITTEN
 from ..runtime.model import Model
 from ..runtime.stream_checks import state_hint
-from ._common import add_command, describe, existing_file, load_from_args, one_line
+from ._common import (CommandError, add_command, describe, existing_file, load_from_args,
+                      one_line)
 from ._nodes import node_lines
 from ._session import fmt_shape, is_onnx, load_session, random_feeds
 
@@ -174,11 +175,11 @@ def _executor_rows(sess) -> List[Tuple[str, str]]:
     the general path runs them (no C kernel yet). Planned from two calls on feeds of the
     declared shapes (dynamic dims 1, random values); a graph those feeds do not fit is
     planned on its first real calls instead, which ``verify`` (with --feed, --dim) shows."""
-    feeds = random_feeds(sess, {}, {}, 1, np.random.default_rng(0))
     try:
+        feeds = random_feeds(sess, {}, {}, 1, np.random.default_rng(0))
         for _ in range(2):
             sess.run(None, feeds)
-    except (ValueError, TypeError, ModelError, ArithmeticError) as exc:
+    except (CommandError, ValueError, TypeError, ModelError, ArithmeticError) as exc:
         why = one_line(exc)
         return [("executor", "planned on the first calls: inputs of the declared shapes "
                              "(dynamic dims 1, random values) do not run here ("
